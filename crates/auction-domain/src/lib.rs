@@ -1,0 +1,14 @@
+//! The auction domain: what an auction, a bid and an event id are, and the
+//! rules that decide whether input is acceptable. Pure logic, no I/O, so every
+//! service and the Redis scripts' callers agree on one definition.
+
+mod event_id;
+mod model;
+mod validate;
+
+pub use event_id::EventId;
+pub use model::{Auction, AuctionStatus, Bid, BidSource, EventKind};
+pub use validate::{
+    AuctionId, BidRequest, BidderName, CreateAuctionRequest, IdempotencyKey, InputError,
+    MAX_AMOUNT, MAX_DURATION_MS, parse_bid_request, parse_create_request,
+};

@@ -1,0 +1,301 @@
+//! Input validation. Every rejection carries a stable snake_case code and a
+//! human sentence: the contract's error body, decided here once.
+
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The largest amount (cents) anywhere: 10^12.
+pub const MAX_AMOUNT: u64 = 1_000_000_000_000;
+/// The longest auction: 30 days.
+pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
+const MAX_TITLE_CHARS: usize = 200;
+const MAX_NAME_CHARS: usize = 64;
+
+/// Why input was refused: the contract's `{"error","message"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl InputError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        InputError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// An auction id: 1 to 64 characters of `[A-Za-z0-9_-]`. Safe to embed in
+/// Redis key names, JSON strings and URLs without escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AuctionId(String);
+
+impl AuctionId {
+    pub fn parse(text: &str) -> Result<AuctionId, InputError> {
+        let valid = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(AuctionId(text.to_owned()))
+        } else {
+            Err(InputError::new(
+                "invalid_auction_id",
+                "auction id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AuctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A bidder's display name: 1 to 64 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BidderName(String);
+
+impl BidderName {
+    pub fn parse(text: &str) -> Result<BidderName, InputError> {
+        if printable(text, MAX_NAME_CHARS) {
+            Ok(BidderName(text.to_owned()))
+        } else {
+            Err(InputError::new(
+                "invalid_bidder",
+                "bidder must be 1 to 64 printable characters",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An `Idempotency-Key` header value: 1 to 128 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(bytes: &[u8]) -> Result<IdempotencyKey, InputError> {
+        let valid = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic);
+        match std::str::from_utf8(bytes) {
+            Ok(text) if valid => Ok(IdempotencyKey(text.to_owned())),
+            _ => Err(InputError::new(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 128 visible ASCII characters",
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn printable(text: &str, max_chars: usize) -> bool {
+    let chars = text.chars().count();
+    (1..=max_chars).contains(&chars) && !text.chars().any(char::is_control)
+}
+
+/// A validated `POST /auctions/{id}/bids` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BidRequest {
+    pub amount: u64,
+    pub bidder: BidderName,
+}
+
+/// A validated `POST /auctions` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateAuctionRequest {
+    pub id: Option<AuctionId>,
+    pub title: String,
+    pub starting_price: u64,
+    pub min_increment: u64,
+    pub duration_ms: u64,
+}
+
+pub fn parse_bid_request(body: &[u8]) -> Result<BidRequest, InputError> {
+    let object = json_object(body)?;
+    let amount = money(&object, "amount", "invalid_amount")?;
+    let bidder = match required(&object, "bidder")? {
+        Value::String(text) => BidderName::parse(text)?,
+        _ => return Err(InputError::new("invalid_bidder", "bidder must be a string")),
+    };
+    Ok(BidRequest { amount, bidder })
+}
+
+pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputError> {
+    let object = json_object(body)?;
+    let id = match object.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(AuctionId::parse(text)?),
+        Some(_) => {
+            return Err(InputError::new("invalid_auction_id", "id must be a string"));
+        }
+    };
+    let title = match required(&object, "title")? {
+        Value::String(text) if printable(text, MAX_TITLE_CHARS) => text.clone(),
+        _ => {
+            return Err(InputError::new(
+                "invalid_title",
+                "title must be 1 to 200 printable characters",
+            ));
+        }
+    };
+    let starting_price = money(&object, "starting_price", "invalid_starting_price")?;
+    let min_increment = money(&object, "min_increment", "invalid_min_increment")?;
+    let duration_ms = whole_number(required(&object, "duration_ms")?)
+        .filter(|ms| (1..=MAX_DURATION_MS).contains(ms))
+        .ok_or_else(|| {
+            InputError::new(
+                "invalid_duration",
+                format!("duration_ms must be a whole number from 1 to {MAX_DURATION_MS}"),
+            )
+        })?;
+    Ok(CreateAuctionRequest {
+        id,
+        title,
+        starting_price,
+        min_increment,
+        duration_ms,
+    })
+}
+
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, InputError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(InputError::new(
+            "malformed_json",
+            "the body must be a JSON object",
+        )),
+        Err(error) => Err(InputError::new(
+            "malformed_json",
+            format!("the body is not valid JSON: {error}"),
+        )),
+    }
+}
+
+fn required<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a Value, InputError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Err(InputError::new(
+            "missing_field",
+            format!("the field `{field}` is required"),
+        )),
+        Some(value) => Ok(value),
+    }
+}
+
+/// A JSON number that is a whole, non-negative integer. `35000.0` counts as
+/// whole; `35000.5`, `-1`, `"35000"` and `1e400` do not.
+fn whole_number(value: &Value) -> Option<u64> {
+    let Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(n) = number.as_u64() {
+        return Some(n);
+    }
+    // Floats are accepted only when they are exact integers in range, so
+    // `1.5e3` means 1500 but no cent is ever rounded.
+    let float = number.as_f64()?;
+    (float.fract() == 0.0 && (0.0..=MAX_AMOUNT as f64).contains(&float)).then_some(float as u64)
+}
+
+fn money(object: &Map<String, Value>, field: &str, code: &'static str) -> Result<u64, InputError> {
+    whole_number(required(object, field)?)
+        .filter(|n| (1..=MAX_AMOUNT).contains(n))
+        .ok_or_else(|| {
+            InputError::new(
+                code,
+                format!("{field} must be a whole number of cents from 1 to {MAX_AMOUNT}"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bid(body: &str) -> Result<BidRequest, InputError> {
+        parse_bid_request(body.as_bytes())
+    }
+
+    #[test]
+    fn accepts_a_valid_bid() {
+        let request = bid(r#"{"amount":35000,"bidder":"user_789"}"#).unwrap();
+        assert_eq!(request.amount, 35000);
+        assert_eq!(request.bidder.as_str(), "user_789");
+    }
+
+    #[test]
+    fn refuses_bad_amounts_with_invalid_amount() {
+        for body in [
+            r#"{"amount":0,"bidder":"a"}"#,
+            r#"{"amount":-5,"bidder":"a"}"#,
+            r#"{"amount":100.5,"bidder":"a"}"#,
+            r#"{"amount":1000000000000000,"bidder":"a"}"#,
+            r#"{"amount":"100","bidder":"a"}"#,
+        ] {
+            assert_eq!(bid(body).unwrap_err().code, "invalid_amount", "{body}");
+        }
+    }
+
+    #[test]
+    fn reports_missing_fields_and_malformed_json() {
+        assert_eq!(bid(r#"{"bidder":"a"}"#).unwrap_err().code, "missing_field");
+        assert_eq!(bid(r#"{"amount":5}"#).unwrap_err().code, "missing_field");
+        assert_eq!(bid("{").unwrap_err().code, "malformed_json");
+        assert_eq!(bid("[1]").unwrap_err().code, "malformed_json");
+    }
+
+    #[test]
+    fn bidder_names_must_be_printable() {
+        assert_eq!(bid(r#"{"amount":5,"bidder":""}"#).unwrap_err().code, "invalid_bidder");
+        assert_eq!(bid(r#"{"amount":5,"bidder":"a\nb"}"#).unwrap_err().code, "invalid_bidder");
+        let long = format!(r#"{{"amount":5,"bidder":"{}"}}"#, "x".repeat(65));
+        assert_eq!(bid(&long).unwrap_err().code, "invalid_bidder");
+        assert!(bid(r#"{"amount":5,"bidder":"Zoë 🦀"}"#).is_ok());
+    }
+
+    #[test]
+    fn auction_ids_are_restricted() {
+        assert!(AuctionId::parse("abc-DEF_123").is_ok());
+        for bad in ["", "a b", "a/b", "a{b}", "ä", &"x".repeat(65)] {
+            assert!(AuctionId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn create_request_validation() {
+        let ok = parse_create_request(
+            br#"{"title":"Lamp","starting_price":1000,"min_increment":100,"duration_ms":60000}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.id, None);
+        let bad = parse_create_request(
+            br#"{"title":"Lamp","starting_price":1000,"min_increment":100,"duration_ms":0}"#,
+        );
+        assert_eq!(bad.unwrap_err().code, "invalid_duration");
+        let bad_id = parse_create_request(
+            br#"{"id":"a b","title":"Lamp","starting_price":1000,"min_increment":100,"duration_ms":5}"#,
+        );
+        assert_eq!(bad_id.unwrap_err().code, "invalid_auction_id");
+    }
+}

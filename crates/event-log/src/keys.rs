@@ -1,0 +1,39 @@
+use auction_domain::AuctionId;
+
+/// The auction's state hash.
+pub fn state_key(id: &AuctionId) -> String {
+    format!("auction:{{{id}}}")
+}
+
+/// The auction's event stream.
+pub fn stream_key(id: &AuctionId) -> String {
+    format!("auction:{{{id}}}:events")
+}
+
+/// The auction's pub/sub channel (also built inside the Lua prelude).
+pub fn live_channel(id: &AuctionId) -> String {
+    format!("auction:{{{id}}}:live")
+}
+
+pub(crate) fn idempotency_key(id: &AuctionId, key: &str) -> String {
+    format!("auction:{{{id}}}:idem:{key}")
+}
+
+/// Sorted set of auction ids by creation time (for listing).
+pub(crate) const INDEX_BY_CREATION: &str = "auctions:by_created";
+/// Sorted set of open auction ids by `ends_at` (for the closer).
+pub(crate) const INDEX_BY_END: &str = "auctions:by_end";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        let id = AuctionId::parse("1234").unwrap();
+        assert_eq!(state_key(&id), "auction:{1234}");
+        assert_eq!(stream_key(&id), "auction:{1234}:events");
+        assert_eq!(live_channel(&id), "auction:{1234}:live");
+        assert_eq!(idempotency_key(&id, "k"), "auction:{1234}:idem:k");
+    }
+}

@@ -1,0 +1,22 @@
+//! The Redis event log: the one place that knows the Redis layout.
+//!
+//! - `auction:{ID}` — a hash with the auction's state;
+//! - `auction:{ID}:events` — a stream of every event a client can see;
+//! - `auction:{ID}:live` — a pub/sub channel with one [`Notice`] per event.
+//!
+//! Writes go through Lua scripts that validate and append atomically, so any
+//! number of bidder replicas agree on one order. Reads are plain stream
+//! ranges. See `docs/ARCHITECTURE.md` for how edges use the notice chain.
+
+mod connection;
+mod keys;
+mod log;
+mod notice;
+
+pub use connection::{RedisTarget, connect_manager, parse_redis_url};
+pub use keys::{live_channel, state_key, stream_key};
+pub use log::{
+    AuctionSpec, BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome, EventLog,
+    LogError, StreamWindow,
+};
+pub use notice::{Notice, StoredEvent};

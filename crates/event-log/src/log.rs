@@ -1,0 +1,493 @@
+use crate::keys::{self, INDEX_BY_CREATION, INDEX_BY_END};
+use crate::notice::StoredEvent;
+use auction_domain::{
+    Auction, AuctionId, AuctionStatus, Bid, BidSource, BidderName, EventId, EventKind,
+    IdempotencyKey,
+};
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamRangeReply};
+use redis::{AsyncCommands, Script, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::LazyLock;
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/prelude.lua"),
+                include_str!(concat!("lua/", $file))
+            ))
+        })
+    };
+}
+
+static CREATE: LazyLock<Script> = script!("create.lua");
+static ENSURE_OPEN: LazyLock<Script> = script!("ensure_open.lua");
+static PLACE_BID: LazyLock<Script> = script!("place_bid.lua");
+static CLOSE_IF_DUE: LazyLock<Script> = script!("close_if_due.lua");
+
+/// How long the answer to an `Idempotency-Key` is kept.
+const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// Redis could not be reached or answered something unexpected.
+#[derive(Debug, Clone)]
+pub enum LogError {
+    /// Redis is down, timed out or refused the command. Retry later.
+    Unavailable(String),
+    /// Redis answered, but not in the shape the scripts produce.
+    Corrupt(String),
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::Unavailable(message) => write!(f, "Redis is unavailable: {message}"),
+            LogError::Corrupt(message) => write!(f, "unexpected data in Redis: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+impl From<redis::RedisError> for LogError {
+    fn from(error: redis::RedisError) -> Self {
+        LogError::Unavailable(error.to_string())
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> LogError {
+    LogError::Corrupt(what.into())
+}
+
+/// What an auction is created (or re-opened) with.
+#[derive(Debug, Clone)]
+pub struct AuctionSpec {
+    pub id: AuctionId,
+    pub title: String,
+    pub starting_price: u64,
+    pub min_increment: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum CreateOutcome {
+    Created(Auction),
+    Exists,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnsureOutcome {
+    Created,
+    Reopened,
+    AlreadyOpen,
+}
+
+/// The decision on one bid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BidAnswer {
+    Accepted { id: EventId, bid: Bid },
+    TooLow { current: u64, min_next: u64 },
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BidAttempt {
+    pub answer: BidAnswer,
+    /// True when this is the stored answer of an earlier request with the
+    /// same `Idempotency-Key`: nothing was appended this time.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// This call closed the auction and appended its `closed` event.
+    Closed,
+    AlreadyClosed,
+    NotDue,
+    Missing,
+}
+
+/// The ids currently held by an auction's stream (`None` when empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamWindow {
+    pub first: Option<EventId>,
+    pub last: Option<EventId>,
+}
+
+/// Handle to the event log. Cheap to clone; all clones share one
+/// multiplexed connection.
+#[derive(Clone)]
+pub struct EventLog {
+    conn: ConnectionManager,
+    maxlen: u64,
+}
+
+impl EventLog {
+    /// `maxlen` bounds each stream (`XADD MAXLEN ~`): the resume window.
+    pub fn new(conn: ConnectionManager, maxlen: u64) -> Self {
+        EventLog { conn, maxlen }
+    }
+
+    pub async fn ping(&self) -> Result<(), LogError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn create(&self, spec: &AuctionSpec) -> Result<CreateOutcome, LogError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = spec_invocation(&CREATE, spec)
+            .invoke_async(&mut conn)
+            .await?;
+        match reply.as_slice() {
+            [status] if status == "exists" => Ok(CreateOutcome::Exists),
+            [status, json] if status == "ok" => {
+                let auction = parse_auction(json)?;
+                self.index(&auction).await?;
+                Ok(CreateOutcome::Created(auction))
+            }
+            _ => Err(corrupt(format!("create answered {reply:?}"))),
+        }
+    }
+
+    /// Makes sure the auction exists and is open: creates it, or starts a new
+    /// round after it closed (closing it first if it is past its end).
+    pub async fn ensure_open(
+        &self,
+        spec: &AuctionSpec,
+    ) -> Result<(EnsureOutcome, Auction), LogError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = spec_invocation(&ENSURE_OPEN, spec)
+            .arg(self.maxlen)
+            .invoke_async(&mut conn)
+            .await?;
+        let (status, json) = match reply.as_slice() {
+            [status, json] => (status.as_str(), json),
+            _ => return Err(corrupt(format!("ensure_open answered {reply:?}"))),
+        };
+        let outcome = match status {
+            "created" => EnsureOutcome::Created,
+            "reopened" => EnsureOutcome::Reopened,
+            "open" => EnsureOutcome::AlreadyOpen,
+            other => return Err(corrupt(format!("ensure_open answered {other:?}"))),
+        };
+        let auction = parse_auction(json)?;
+        if outcome != EnsureOutcome::AlreadyOpen {
+            self.index(&auction).await?;
+        }
+        Ok((outcome, auction))
+    }
+
+    /// Records the auction in the listing and closing indexes. Idempotent;
+    /// kept out of the scripts so each script touches one cluster slot.
+    async fn index(&self, auction: &Auction) -> Result<(), LogError> {
+        let mut conn = self.conn.clone();
+        let created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(INDEX_BY_CREATION)
+            .arg("NX")
+            .arg(created_at)
+            .arg(&auction.id)
+            .ignore()
+            .cmd("ZADD")
+            .arg(INDEX_BY_END)
+            .arg(auction.ends_at)
+            .arg(&auction.id)
+            .ignore()
+            .exec_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Validates and appends a bid atomically. `Ok(None)`: unknown auction.
+    pub async fn place_bid(
+        &self,
+        auction: &AuctionId,
+        amount: u64,
+        bidder: &BidderName,
+        source: BidSource,
+        traceparent: Option<&str>,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<Option<BidAttempt>, LogError> {
+        let mut conn = self.conn.clone();
+        let bidder_json = serde_json::to_string(bidder.as_str())
+            .map_err(|error| corrupt(format!("cannot encode bidder: {error}")))?;
+        let idem_key = keys::idempotency_key(auction, idempotency_key.map_or("", |k| k.as_str()));
+        let reply: Vec<String> = PLACE_BID
+            .key(keys::state_key(auction))
+            .key(keys::stream_key(auction))
+            .key(idem_key)
+            .arg(auction.as_str())
+            .arg(amount)
+            .arg(bidder_json)
+            .arg(source.as_str())
+            .arg(traceparent.unwrap_or(""))
+            .arg(self.maxlen)
+            .arg(IDEMPOTENCY_TTL_MS)
+            .arg(if idempotency_key.is_some() { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        let (replayed, answer) = match reply.as_slice() {
+            [status] if status == "not_found" => return Ok(None),
+            [status, answer] if status == "new" => (false, answer),
+            [status, answer] if status == "dup" => (true, answer),
+            _ => return Err(corrupt(format!("place_bid answered {reply:?}"))),
+        };
+        Ok(Some(BidAttempt {
+            answer: parse_bid_answer(answer)?,
+            replayed,
+        }))
+    }
+
+    pub async fn close_if_due(&self, auction: &AuctionId) -> Result<CloseOutcome, LogError> {
+        let mut conn = self.conn.clone();
+        let reply: String = CLOSE_IF_DUE
+            .key(keys::state_key(auction))
+            .key(keys::stream_key(auction))
+            .arg(auction.as_str())
+            .arg(self.maxlen)
+            .invoke_async(&mut conn)
+            .await?;
+        let outcome = match reply.as_str() {
+            "closed" => CloseOutcome::Closed,
+            "already" => CloseOutcome::AlreadyClosed,
+            "not_due" => CloseOutcome::NotDue,
+            "missing" => CloseOutcome::Missing,
+            other => return Err(corrupt(format!("close_if_due answered {other:?}"))),
+        };
+        if matches!(outcome, CloseOutcome::Closed | CloseOutcome::AlreadyClosed | CloseOutcome::Missing) {
+            let _: i64 = conn.zrem(INDEX_BY_END, auction.as_str()).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Open auctions whose `ends_at` is at or before `now_ms`, oldest first.
+    pub async fn due_for_close(&self, now_ms: u64, limit: usize) -> Result<Vec<AuctionId>, LogError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(INDEX_BY_END)
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        // An id that fails validation was not written by us: skip it.
+        Ok(ids.iter().filter_map(|id| AuctionId::parse(id).ok()).collect())
+    }
+
+    pub async fn get(&self, auction: &AuctionId) -> Result<Option<Auction>, LogError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> = conn.hgetall(keys::state_key(auction)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        auction_from_hash(&fields).map(Some)
+    }
+
+    /// The most recently created auctions, newest first, at most `limit`.
+    pub async fn list(&self, limit: usize) -> Result<Vec<Auction>, LogError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .zrevrange(INDEX_BY_CREATION, 0, limit.saturating_sub(1) as isize)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(format!("auction:{{{id}}}"));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        hashes
+            .iter()
+            .filter(|fields| !fields.is_empty())
+            .map(auction_from_hash)
+            .collect()
+    }
+
+    /// Up to `count` events strictly after `after`, oldest first.
+    pub async fn read_after(
+        &self,
+        auction: &AuctionId,
+        after: EventId,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let mut conn = self.conn.clone();
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys::stream_key(auction))
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        reply.ids.iter().map(stored_event).collect()
+    }
+
+    /// The newest `count` events, newest first.
+    pub async fn read_latest(
+        &self,
+        auction: &AuctionId,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let mut conn = self.conn.clone();
+        let reply: StreamRangeReply = conn
+            .xrevrange_count(keys::stream_key(auction), "+", "-", count)
+            .await?;
+        reply.ids.iter().map(stored_event).collect()
+    }
+
+    /// The first and last ids the stream still holds.
+    pub async fn window(&self, auction: &AuctionId) -> Result<StreamWindow, LogError> {
+        let mut conn = self.conn.clone();
+        let stream = keys::stream_key(auction);
+        let (first, last): (StreamRangeReply, StreamRangeReply) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XREVRANGE")
+            .arg(&stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let id_of = |reply: &StreamRangeReply| -> Result<Option<EventId>, LogError> {
+            reply
+                .ids
+                .first()
+                .map(|entry| EventId::parse(&entry.id).ok_or_else(|| corrupt("stream id")))
+                .transpose()
+        };
+        Ok(StreamWindow {
+            first: id_of(&first)?,
+            last: id_of(&last)?,
+        })
+    }
+}
+
+fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(keys::state_key(&spec.id))
+        .key(keys::stream_key(&spec.id))
+        .arg(spec.id.as_str())
+        .arg(&spec.title)
+        .arg(serde_json::to_string(&spec.title).unwrap_or_else(|_| "\"\"".into()))
+        .arg(spec.starting_price)
+        .arg(spec.min_increment)
+        .arg(spec.duration_ms);
+    invocation
+}
+
+fn parse_auction(json: &str) -> Result<Auction, LogError> {
+    serde_json::from_str(json).map_err(|error| corrupt(format!("auction JSON: {error}")))
+}
+
+fn parse_bid_answer(answer: &str) -> Result<BidAnswer, LogError> {
+    let mut lines = answer.splitn(3, '\n');
+    let number = |text: Option<&str>| -> Result<u64, LogError> {
+        text.and_then(|t| t.parse().ok())
+            .ok_or_else(|| corrupt(format!("bid answer {answer:?}")))
+    };
+    match lines.next() {
+        Some("closed") => Ok(BidAnswer::Closed),
+        Some("too_low") => Ok(BidAnswer::TooLow {
+            current: number(lines.next())?,
+            min_next: number(lines.next())?,
+        }),
+        Some("ok") => {
+            let id = lines
+                .next()
+                .and_then(EventId::parse)
+                .ok_or_else(|| corrupt(format!("bid answer {answer:?}")))?;
+            let bid = serde_json::from_str(lines.next().unwrap_or(""))
+                .map_err(|error| corrupt(format!("bid JSON: {error}")))?;
+            Ok(BidAnswer::Accepted { id, bid })
+        }
+        _ => Err(corrupt(format!("bid answer {answer:?}"))),
+    }
+}
+
+fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auction, LogError> {
+    let text = |name: &str| -> Result<&str, LogError> {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(format!("auction hash lacks {name}")))
+    };
+    let number = |name: &str| -> Result<u64, LogError> {
+        text(name)?
+            .parse()
+            .map_err(|_| corrupt(format!("auction field {name} is not a number")))
+    };
+    let status = match text("status")? {
+        "open" => AuctionStatus::Open,
+        "closed" => AuctionStatus::Closed,
+        other => return Err(corrupt(format!("auction status {other:?}"))),
+    };
+    let current = match fields.get("current").map(String::as_str) {
+        None | Some("") => None,
+        Some(json) => Some(
+            serde_json::from_str(json).map_err(|error| corrupt(format!("current bid: {error}")))?,
+        ),
+    };
+    Ok(Auction {
+        id: text("id")?.to_owned(),
+        title: text("title")?.to_owned(),
+        status,
+        starting_price: number("starting_price")?,
+        min_increment: number("min_increment")?,
+        ends_at: number("ends_at")?,
+        current,
+    })
+}
+
+fn stored_event(entry: &StreamId) -> Result<StoredEvent, LogError> {
+    let field = |name: &str| -> Option<String> {
+        match entry.map.get(name)? {
+            Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+            Value::SimpleString(text) => Some(text.clone()),
+            _ => None,
+        }
+    };
+    let bad = || corrupt(format!("stream entry {}", entry.id));
+    Ok(StoredEvent {
+        id: EventId::parse(&entry.id).ok_or_else(bad)?,
+        prev: field("prev").as_deref().and_then(EventId::parse).ok_or_else(bad)?,
+        kind: field("kind").as_deref().and_then(EventKind::parse).ok_or_else(bad)?,
+        data: field("data").ok_or_else(bad)?,
+        traceparent: field("tp").filter(|tp| !tp.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bid_answers_parse() {
+        assert_eq!(parse_bid_answer("closed").unwrap(), BidAnswer::Closed);
+        assert_eq!(
+            parse_bid_answer("too_low\n100\n150").unwrap(),
+            BidAnswer::TooLow { current: 100, min_next: 150 }
+        );
+        let accepted = parse_bid_answer(
+            "ok\n7-0\n{\"auction\":\"a\",\"amount\":5,\"bidder\":\"b\",\"placed_at\":1,\"source\":\"user\"}",
+        )
+        .unwrap();
+        assert!(matches!(accepted, BidAnswer::Accepted { id, .. } if id == EventId::new(7, 0)));
+        assert!(parse_bid_answer("nonsense").is_err());
+    }
+}

@@ -1,0 +1,10 @@
+-- Closes an auction whose end has passed. KEYS: state, stream. ARGV: id, maxlen.
+-- Returns 'closed' (this call closed it), 'already', 'not_due' or 'missing'.
+-- Atomic, so however many replicas race here, one 'closed' event is appended.
+local state, stream = KEYS[1], KEYS[2]
+local st = redis.call('HMGET', state, 'status', 'ends_at')
+if not st[1] then return 'missing' end
+if st[1] ~= 'open' then return 'already' end
+if now_ms() < tonumber(st[2]) then return 'not_due' end
+close_auction(state, stream, ARGV[1], ARGV[2])
+return 'closed'

@@ -1,0 +1,45 @@
+-- Validates and appends one bid. KEYS: state, stream, idempotency key.
+-- ARGV: id, amount, bidder_json, source, traceparent, maxlen, idem_ttl_ms, use_idem ('1'|'0').
+-- Returns {'not_found'} | {'dup', answer} | {'new', answer}, where answer is
+--   'ok\n<id>\n<bid json>' | 'too_low\n<current>\n<min_next>' | 'closed'.
+-- The answer is stored under the idempotency key, so a retry gets it back.
+local state, stream, idem = KEYS[1], KEYS[2], KEYS[3]
+local id, maxlen = ARGV[1], ARGV[6]
+local use_idem = ARGV[8] == '1'
+if use_idem then
+  local prior = redis.call('GET', idem)
+  if prior then return {'dup', prior} end
+end
+if redis.call('EXISTS', state) == 0 then
+  return {'not_found'}
+end
+local now = now_ms()
+local st = redis.call('HMGET', state, 'status', 'ends_at', 'starting_price', 'min_increment',
+  'current_amount')
+local answer
+if st[1] ~= 'open' then
+  answer = 'closed'
+elseif now >= tonumber(st[2]) then
+  close_auction(state, stream, id, maxlen)
+  answer = 'closed'
+else
+  local amount = tonumber(ARGV[2])
+  local current, min_next = 0, tonumber(st[3])
+  if st[5] and st[5] ~= '' then
+    current = tonumber(st[5])
+    min_next = current + tonumber(st[4])
+  end
+  if amount < min_next then
+    answer = 'too_low\n' .. num(current) .. '\n' .. num(min_next)
+  else
+    local bid = '{"auction":"' .. id .. '","amount":' .. ARGV[2] .. ',"bidder":' .. ARGV[3] ..
+      ',"placed_at":' .. num(now) .. ',"source":"' .. ARGV[4] .. '"}'
+    redis.call('HSET', state, 'current', bid, 'current_amount', ARGV[2])
+    local event_id = append(state, stream, id, 'bid', bid, ARGV[5], maxlen)
+    answer = 'ok\n' .. event_id .. '\n' .. bid
+  end
+end
+if use_idem then
+  redis.call('SET', idem, answer, 'PX', ARGV[7])
+end
+return {'new', answer}

@@ -1,0 +1,47 @@
+-- Shared helpers, prepended to every script of the event log.
+-- Keys of one auction share the hash tag {ID}, so every script touches one slot.
+-- Numbers: Lua numbers are doubles; every amount (<= 2 * 10^12) and time in ms
+-- is an integer well below 2^53, so arithmetic is exact. '%.0f' prints them
+-- without an exponent.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function num(x)
+  return string.format('%.0f', x)
+end
+
+-- The auction as clients see it, from the state hash. `title_json` and
+-- `current` are stored already JSON-encoded by the caller.
+local function auction_json(state_key)
+  local f = redis.call('HMGET', state_key, 'id', 'title_json', 'status', 'starting_price',
+    'min_increment', 'ends_at', 'current')
+  local current = f[7]
+  if not current or current == '' then current = 'null' end
+  return '{"id":"' .. f[1] .. '","title":' .. f[2] .. ',"status":"' .. f[3] ..
+    '","starting_price":' .. f[4] .. ',"min_increment":' .. f[5] ..
+    ',"ends_at":' .. f[6] .. ',"current":' .. current .. '}'
+end
+
+-- Appends one event to the auction's stream and publishes its notice.
+-- The notice carries the new id and the id of the event before it, so a
+-- subscriber can see a missed notice. Format (lines): v1, id, prev, kind,
+-- traceparent, data. `data` is one-line JSON and goes last.
+local function append(state_key, stream_key, auction_id, kind, data, traceparent, maxlen)
+  local prev = redis.call('HGET', state_key, 'last_id')
+  if not prev then prev = '0-0' end
+  local id = redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, '*',
+    'kind', kind, 'data', data, 'prev', prev, 'tp', traceparent)
+  redis.call('HSET', state_key, 'last_id', id)
+  redis.call('PUBLISH', 'auction:{' .. auction_id .. '}:live',
+    'v1\n' .. id .. '\n' .. prev .. '\n' .. kind .. '\n' .. traceparent .. '\n' .. data)
+  return id
+end
+
+local function close_auction(state_key, stream_key, auction_id, maxlen)
+  redis.call('HSET', state_key, 'status', 'closed')
+  return append(state_key, stream_key, auction_id, 'closed',
+    '{"auction":' .. auction_json(state_key) .. '}', '', maxlen)
+end
