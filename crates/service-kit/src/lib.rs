@@ -1,0 +1,12 @@
+//! The life of a service process, shared by `bidder`, `sse-edge` and
+//! `ws-edge`: read settings (exit 2 on a bad one), start telemetry, bind,
+//! serve `/healthz` `/readyz` `/metrics`, and on SIGTERM/SIGINT turn
+//! unready, refuse new connections, drain and exit 0 within the grace period.
+
+mod error;
+mod health;
+mod process;
+
+pub use error::{ApiError, error_response};
+pub use health::{Health, ops_routes, watch_redis};
+pub use process::{Common, Context, Process, bind, serve};

@@ -1,0 +1,9 @@
+//! Observability for every process: `tracing` logs to stderr, OpenTelemetry
+//! trace export over OTLP (only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set),
+//! and the contract's Prometheus metrics.
+
+mod logging;
+mod metrics;
+
+pub use logging::{LogFormat, TelemetryGuard, init};
+pub use metrics::{BidOutcome, Metrics, Transport, TransportMetrics};

@@ -1,1 +1,105 @@
-fn main() {}
+//! `bidder`: the write path. Validates bids, orders them in Redis through
+//! atomic scripts, simulates bidding, and closes auctions at their end.
+
+mod api;
+mod closer;
+mod rate_limit;
+mod simulator;
+
+use event_log::{EventLog, connect_manager};
+use service_kit::{Context, Process, bind, serve, watch_redis};
+use settings::{SettingError, Settings};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The bidder's own settings (the common ones live in `service_kit`).
+#[derive(Debug, Clone)]
+pub struct BidderSettings {
+    pub simulate: bool,
+    pub sim_auctions: Vec<auction_domain::AuctionId>,
+    pub sim_interval: Duration,
+    pub sim_duration_ms: u64,
+    pub stream_maxlen: u64,
+    pub rate_limit_per_s: u64,
+    pub rate_limit_burst: u64,
+    pub trust_forwarded_for: bool,
+    pub close_check_interval: Duration,
+}
+
+impl BidderSettings {
+    fn read(settings: &Settings) -> Result<BidderSettings, SettingError> {
+        let sim_auctions = settings
+            .list("sim_auctions", "1234")
+            .iter()
+            .map(|id| {
+                auction_domain::AuctionId::parse(id)
+                    .map_err(|error| settings.error("sim_auctions", format!("{id:?}: {}", error.message)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(BidderSettings {
+            simulate: settings.flag("simulate", true)?,
+            sim_auctions,
+            sim_interval: Duration::from_millis(settings.number("sim_interval_ms", 2000, 1..=3_600_000)?),
+            sim_duration_ms: settings.number(
+                "sim_duration_ms",
+                600_000,
+                1000..=auction_domain::MAX_DURATION_MS,
+            )?,
+            stream_maxlen: settings.number("stream_maxlen", 10_000, 10..=10_000_000)?,
+            rate_limit_per_s: settings.number("rate_limit_per_s", 50, 1..=1_000_000)?,
+            rate_limit_burst: settings.number("rate_limit_burst", 100, 1..=1_000_000)?,
+            trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
+            close_check_interval: Duration::from_millis(settings.number(
+                "close_check_ms",
+                250,
+                10..=60_000,
+            )?),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let process = Process::start("bidder", "0.0.0.0:8080");
+    let own = BidderSettings::read(&process.settings)
+        .unwrap_or_else(|error| Process::exit_bad_setting(&error));
+    process.run(|ctx| run(ctx, own))
+}
+
+async fn run(ctx: Context, own: BidderSettings) -> Result<(), String> {
+    let reconnects = ctx.metrics.redis_reconnects();
+    let conn = connect_manager(&ctx.common.redis, move || {
+        reconnects.inc();
+    })
+        .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
+    let log = EventLog::new(conn, own.stream_maxlen);
+    ctx.metrics.register_bid_series(&["user", "simulated"]);
+
+    let probe = log.clone();
+    watch_redis(&ctx, Duration::from_millis(500), move || {
+        let probe = probe.clone();
+        async move { probe.ping().await.is_ok() }
+    });
+    let listener = bind(&ctx).await?;
+    let closer = tokio::spawn(closer::run(ctx.clone(), log.clone(), own.close_check_interval));
+    let simulator = own
+        .simulate
+        .then(|| tokio::spawn(simulator::run(ctx.clone(), log.clone(), own.clone())));
+
+    let routes = api::routes(api::ApiState {
+        log,
+        metrics: ctx.metrics.clone(),
+        limiter: Arc::new(rate_limit::RateLimiter::new(
+            own.rate_limit_per_s,
+            own.rate_limit_burst,
+        )),
+        trust_forwarded_for: own.trust_forwarded_for,
+    });
+    let served = serve(&ctx, listener, routes).await;
+    // The loops watch the same shutdown token; wait for them to finish.
+    let _ = closer.await;
+    if let Some(simulator) = simulator {
+        let _ = simulator.await;
+    }
+    served
+}

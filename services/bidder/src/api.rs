@@ -1,0 +1,306 @@
+//! The bidder's HTTP API (contract: "bidder — HTTP API").
+
+use crate::rate_limit::RateLimiter;
+use auction_domain::{
+    AuctionId, BidSource, IdempotencyKey, InputError, parse_bid_request, parse_create_request,
+};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use event_log::{AuctionSpec, BidAnswer, CreateOutcome, EventLog, LogError};
+use serde_json::json;
+use service_kit::ApiError;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+use telemetry::{BidOutcome, Metrics};
+
+/// Request bodies larger than this get 413.
+const MAX_BODY: usize = 4096;
+/// `GET /auctions` lists at most this many, newest first.
+const LIST_LIMIT: usize = 1000;
+const OPENAPI: &str = include_str!("../openapi.json");
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub log: EventLog,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<RateLimiter>,
+    pub trust_forwarded_for: bool,
+}
+
+pub fn routes(state: ApiState) -> Router {
+    Router::new()
+        .route("/auctions", post(create_auction).get(list_auctions))
+        .route("/auctions/{id}", get(get_auction))
+        .route("/auctions/{id}/bids", post(place_bid))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+fn invalid(error: InputError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, error.code, error.message)
+}
+
+fn unavailable(error: LogError) -> ApiError {
+    match error {
+        LogError::Unavailable(message) => {
+            tracing::warn!(%message, "Redis unavailable");
+            ApiError::redis_unavailable()
+        }
+        LogError::Corrupt(message) => {
+            tracing::error!(%message, "unexpected data in Redis");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "unexpected data in the event store",
+            )
+        }
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no auction with id {id:?}"),
+    )
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+impl ApiState {
+    fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        if self.trust_forwarded_for {
+            let forwarded = headers
+                .get("x-forwarded-for")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split(',').next())
+                .and_then(|first| first.trim().parse().ok());
+            if let Some(ip) = forwarded {
+                return ip;
+            }
+        }
+        peer.ip()
+    }
+
+    fn rate_limit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.limiter
+            .check(self.client_ip(peer, headers), Instant::now())
+            .map_err(|seconds| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests from this client; slow down",
+                )
+                .retry_after(seconds)
+            })
+    }
+}
+
+/// Reads a JSON body: 415 unless `Content-Type` is JSON, 413 over 4 KiB.
+async fn json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.len() > 5 && mime[mime.len() - 5..].eq_ignore_ascii_case("+json"))
+        });
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body must be at most {MAX_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| too_large())
+}
+
+async fn create_auction(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.rate_limit(peer, &headers)?;
+    let body = json_body(&headers, body).await?;
+    let request = parse_create_request(&body).map_err(invalid)?;
+    let explicit_id = request.id.is_some();
+    let mut spec = AuctionSpec {
+        id: request.id.unwrap_or_else(random_id),
+        title: request.title,
+        starting_price: request.starting_price,
+        min_increment: request.min_increment,
+        duration_ms: request.duration_ms,
+    };
+    // A generated id that collides (1 in 62^12) is regenerated a few times.
+    for _ in 0..3 {
+        match state.log.create(&spec).await.map_err(unavailable)? {
+            CreateOutcome::Created(auction) => {
+                tracing::info!(auction = %auction.id, "auction created");
+                let body = serde_json::to_string(&auction).unwrap_or_default();
+                return Ok(json_response(StatusCode::CREATED, body));
+            }
+            CreateOutcome::Exists if explicit_id => break,
+            CreateOutcome::Exists => spec.id = random_id(),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "auction_exists",
+        format!("an auction with id {:?} already exists", spec.id.as_str()),
+    ))
+}
+
+fn random_id() -> AuctionId {
+    let text: String = std::iter::repeat_with(fastrand::alphanumeric).take(12).collect();
+    // Alphanumeric characters always form a valid id.
+    AuctionId::parse(&text).unwrap_or_else(|_| unreachable!("alphanumeric ids are valid"))
+}
+
+async fn list_auctions(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let auctions = state.log.list(LIST_LIMIT).await.map_err(unavailable)?;
+    let body = serde_json::to_string(&auctions).unwrap_or_else(|_| "[]".into());
+    Ok(json_response(StatusCode::OK, body))
+}
+
+async fn get_auction(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let auction_id = AuctionId::parse(&id).map_err(invalid)?;
+    match state.log.get(&auction_id).await.map_err(unavailable)? {
+        Some(auction) => Ok(json_response(
+            StatusCode::OK,
+            serde_json::to_string(&auction).unwrap_or_default(),
+        )),
+        None => Err(not_found(&id)),
+    }
+}
+
+async fn place_bid(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let metrics = &state.metrics;
+    let result = place_bid_inner(&state, peer, &id, &headers, body).await;
+    match &result {
+        Ok((_, outcome)) => metrics.bid("user", *outcome),
+        Err(error) if error.status == StatusCode::BAD_REQUEST
+            || error.status == StatusCode::PAYLOAD_TOO_LARGE
+            || error.status == StatusCode::UNSUPPORTED_MEDIA_TYPE =>
+        {
+            metrics.bid("user", BidOutcome::invalid)
+        }
+        Err(_) => {}
+    }
+    result.map(|(response, _)| response)
+}
+
+async fn place_bid_inner(
+    state: &ApiState,
+    peer: SocketAddr,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Response, BidOutcome), ApiError> {
+    state.rate_limit(peer, headers)?;
+    let auction = AuctionId::parse(id).map_err(invalid)?;
+    let body = json_body(headers, body).await?;
+    let request = parse_bid_request(&body).map_err(invalid)?;
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|value| IdempotencyKey::parse(value.as_bytes()))
+        .transpose()
+        .map_err(invalid)?;
+    let attempt = state
+        .log
+        .place_bid(
+            &auction,
+            request.amount,
+            &request.bidder,
+            BidSource::User,
+            None,
+            idempotency_key.as_ref(),
+        )
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| not_found(id))?;
+    let (response, outcome) = match attempt.answer {
+        BidAnswer::Accepted { id, bid } => (
+            json_response(
+                StatusCode::CREATED,
+                json!({ "id": id.to_string(), "bid": bid }).to_string(),
+            ),
+            BidOutcome::accepted,
+        ),
+        BidAnswer::TooLow { current, min_next } => (
+            json_response(
+                StatusCode::CONFLICT,
+                json!({
+                    "error": "bid_too_low",
+                    "message": format!("the bid must be at least {min_next}"),
+                    "current": current,
+                    "min_next": min_next,
+                })
+                .to_string(),
+            ),
+            BidOutcome::too_low,
+        ),
+        BidAnswer::Closed => (
+            json_response(
+                StatusCode::CONFLICT,
+                json!({ "error": "auction_closed", "message": "the auction is closed" })
+                    .to_string(),
+            ),
+            BidOutcome::closed,
+        ),
+    };
+    let outcome = if attempt.replayed {
+        BidOutcome::duplicate
+    } else {
+        outcome
+    };
+    Ok((response, outcome))
+}
