@@ -1,0 +1,119 @@
+use crate::{free_port, wait_for};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// A `redis-server` of one test's own: a free loopback port (never 6379),
+/// a temporary directory, append-only persistence so a kill and restart
+/// keeps the data (as a production Redis with AOF would).
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("auction-redis-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        for _ in 0..5 {
+            let port = free_port();
+            if port == 6379 {
+                continue;
+            }
+            if let Some(child) = spawn(port, dir.path()) {
+                return RedisServer {
+                    port,
+                    dir,
+                    child: Some(child),
+                };
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = wait_for("redis-server to restart", Duration::from_secs(10), || {
+            spawn(self.port, self.dir.path())
+        });
+        self.child = Some(child);
+    }
+
+    /// Sends one command (inline protocol) and returns the raw reply.
+    pub fn command(&self, line: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set timeout");
+        stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("write to redis");
+        let mut buffer = [0u8; 4096];
+        let read = stream.read(&mut buffer).unwrap_or(0);
+        String::from_utf8_lossy(&buffer[..read]).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(port: u16, dir: &Path) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "yes", "--loglevel", "warning"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is not installed (apt-get install redis-server)");
+    for _ in 0..250 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None; // exited: most likely the port was taken
+        }
+        if ping(port) {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}

@@ -1,0 +1,260 @@
+//! The bid path against a real Redis: ordering under races, idempotency,
+//! bad input, closing, and two replicas agreeing on one order.
+
+mod common;
+
+use common::{Stack, eventually, id_pair};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_bids_are_strictly_increasing_and_none_is_lost() {
+    let stack = std::sync::Arc::new(Stack::start(1, &[]));
+    stack.create_auction("race", 1_000, 100, 600_000).await;
+
+    let mut clients = Vec::new();
+    for client in 0..8u64 {
+        let stack = stack.clone();
+        clients.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut rejected = 0;
+            for round in 0..25u64 {
+                let (_, auction) = stack.get("/auctions/race").await;
+                let base = auction["current"]["amount"].as_u64().unwrap_or(900);
+                // Everyone aims at nearly the same amount, so most bids race.
+                let amount = base + 100 + (client + round) % 3 * 50;
+                let body = format!(r#"{{"amount":{amount},"bidder":"client_{client}"}}"#);
+                let (status, json) = stack.post_json("/auctions/race/bids", &body).await;
+                match status {
+                    201 => accepted.push((json["id"].as_str().unwrap().to_owned(), amount)),
+                    409 => {
+                        assert_eq!(json["error"], "bid_too_low", "{json}");
+                        let current = json["current"].as_u64().expect("current");
+                        let min_next = json["min_next"].as_u64().expect("min_next");
+                        assert_eq!(min_next, current + 100, "{json}");
+                        assert!(amount < min_next, "a bid of {amount} was refused: {json}");
+                        rejected += 1;
+                    }
+                    other => panic!("unexpected status {other}: {json}"),
+                }
+            }
+            (accepted, rejected)
+        }));
+    }
+    let mut accepted = Vec::new();
+    let mut rejected = 0;
+    for client in clients {
+        let (mine, refused) = client.await.unwrap();
+        accepted.extend(mine);
+        rejected += refused;
+    }
+    assert!(rejected > 0, "the test must produce races");
+
+    let stream = stack.stream("race").await;
+    let mut previous: Option<(u64, (u64, u64))> = None;
+    for (id, kind, data) in &stream {
+        assert_eq!(kind, "bid");
+        let amount = data["amount"].as_u64().unwrap();
+        if let Some((last_amount, last_id)) = previous {
+            assert!(amount >= last_amount + 100, "{amount} after {last_amount}");
+            assert!(id_pair(id) > last_id);
+        }
+        previous = Some((amount, id_pair(id)));
+    }
+    let in_stream: BTreeSet<(String, u64)> = stream
+        .iter()
+        .map(|(id, _, data)| (id.clone(), data["amount"].as_u64().unwrap()))
+        .collect();
+    let answered: BTreeSet<(String, u64)> = accepted.into_iter().collect();
+    assert_eq!(in_stream, answered, "accepted bids and the stream differ");
+    assert_eq!(in_stream.len() + rejected, 200);
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_answer_and_appends_once() {
+    let stack = Stack::start(1, &[]);
+    stack.create_auction("idem", 1_000, 100, 600_000).await;
+    let post = |key: &'static str, amount: u64| {
+        let request = stack
+            .http
+            .post(stack.url("/auctions/idem/bids"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(format!(r#"{{"amount":{amount},"bidder":"ann"}}"#));
+        async move { common::status_and_json(request.send().await.unwrap()).await }
+    };
+    let first = post("key-1", 1_500).await;
+    assert_eq!(first.0, 201);
+    let retry = post("key-1", 1_500).await;
+    assert_eq!(retry, first, "a retry returns the first answer");
+    // Same key, different body: still the first answer, nothing appended.
+    assert_eq!(post("key-1", 9_000).await, first);
+    assert_eq!(stack.stream("idem").await.len(), 1);
+
+    let low = post("key-2", 1_000).await;
+    assert_eq!(low.0, 409);
+    stack.post_json("/auctions/idem/bids", r#"{"amount":5000,"bidder":"bob"}"#).await;
+    assert_eq!(post("key-2", 1_000).await, low, "a rejection replays too");
+    assert_eq!(stack.stream("idem").await.len(), 2);
+
+    let metrics = stack.http.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"auction_bids_total{source="user",outcome="duplicate"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
+    let stack = Stack::start(1, &[]);
+    stack.create_auction("good", 1_000, 100, 600_000).await;
+    let (status, _) = stack.post_json("/auctions/good/bids", r#"{"amount":1000,"bidder":"a"}"#).await;
+    assert_eq!(status, 201);
+    let before = stack.stream("good").await;
+
+    let long_id = "x".repeat(10 * 1024);
+    let huge = format!(r#"{{"amount":5000,"bidder":"{}"}}"#, "a".repeat(1024 * 1024));
+    let cases: Vec<(String, &str, String, u16, &str)> = vec![
+        ("/auctions/good/bids".into(), "application/json", "hello".into(), 400, "malformed_json"),
+        ("/auctions/good/bids".into(), "text/plain", r#"{"amount":5000,"bidder":"a"}"#.into(), 415, "unsupported_media_type"),
+        ("/auctions/good/bids".into(), "application/json", r#"{"bidder":"a"}"#.into(), 400, "missing_field"),
+        ("/auctions/good/bids".into(), "application/json", r#"{"amount":5000}"#.into(), 400, "missing_field"),
+        ("/auctions/good/bids".into(), "application/json", r#"{"amount":0,"bidder":"a"}"#.into(), 400, "invalid_amount"),
+        ("/auctions/good/bids".into(), "application/json", r#"{"amount":-5000,"bidder":"a"}"#.into(), 400, "invalid_amount"),
+        ("/auctions/good/bids".into(), "application/json", r#"{"amount":5000.5,"bidder":"a"}"#.into(), 400, "invalid_amount"),
+        ("/auctions/good/bids".into(), "application/json", r#"{"amount":1000000000000000,"bidder":"a"}"#.into(), 400, "invalid_amount"),
+        ("/auctions/good/bids".into(), "application/json", r#"{"amount":5000,"bidder":"a\u0000b"}"#.into(), 400, "invalid_bidder"),
+        ("/auctions/b%20d/bids".into(), "application/json", r#"{"amount":5000,"bidder":"a"}"#.into(), 400, "invalid_auction_id"),
+        ("/auctions/a%7Bb%7D/bids".into(), "application/json", r#"{"amount":5000,"bidder":"a"}"#.into(), 400, "invalid_auction_id"),
+        (format!("/auctions/{long_id}/bids"), "application/json", r#"{"amount":5000,"bidder":"a"}"#.into(), 400, "invalid_auction_id"),
+        ("/auctions/good/bids".into(), "application/json", huge, 413, "body_too_large"),
+        ("/auctions/nope/bids".into(), "application/json", r#"{"amount":5000,"bidder":"a"}"#.into(), 404, "not_found"),
+    ];
+    for (path, content_type, body, want_status, want_code) in cases {
+        let response = stack
+            .http
+            .post(stack.url(&path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, json) = common::status_and_json(response).await;
+        let shown = &path[..path.len().min(40)];
+        assert_eq!(status, want_status, "{shown}: {json}");
+        assert_eq!(json["error"], want_code, "{shown}: {json}");
+        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+    }
+    assert_eq!(stack.stream("good").await, before, "the stream is untouched");
+    assert_eq!(stack.get("/auctions/nope").await.0, 404);
+    let (status, auction) = stack.get("/auctions/good").await;
+    assert_eq!(status, 200);
+    assert_eq!(auction["current"]["amount"], 1000);
+    let metrics = stack.http.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"auction_bids_total{source="user",outcome="invalid"} 13"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn create_validates_and_refuses_duplicates() {
+    let stack = Stack::start(1, &[]);
+    let (status, auction) = stack
+        .post_json("/auctions", r#"{"title":"Lamp","starting_price":500,"min_increment":50,"duration_ms":60000}"#)
+        .await;
+    assert_eq!(status, 201, "{auction}");
+    assert_eq!(auction["status"], "open");
+    assert_eq!(auction["current"], Value::Null);
+    let id = auction["id"].as_str().unwrap().to_owned();
+    let (status, json) = stack
+        .post_json("/auctions", &format!(r#"{{"id":"{id}","title":"Again","starting_price":500,"min_increment":50,"duration_ms":60000}}"#))
+        .await;
+    assert_eq!((status, json["error"].as_str()), (409, Some("auction_exists")));
+    let (status, json) = stack
+        .post_json("/auctions", r#"{"title":"","starting_price":500,"min_increment":50,"duration_ms":60000}"#)
+        .await;
+    assert_eq!((status, json["error"].as_str()), (400, Some("invalid_title")));
+    let (status, list) = stack.get("/auctions").await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+}
+
+#[tokio::test]
+async fn an_auction_closes_once_at_its_end_and_refuses_later_bids() {
+    let stack = Stack::start(2, &[]);
+    stack.create_auction("short", 1_000, 100, 300).await;
+    let (status, _) = stack.post_json("/auctions/short/bids", r#"{"amount":1000,"bidder":"a"}"#).await;
+    assert_eq!(status, 201);
+    let stream = eventually("the closed event", Duration::from_secs(10), || async {
+        let stream = stack.stream("short").await;
+        stream.iter().any(|(_, kind, _)| kind == "closed").then_some(stream)
+    })
+    .await;
+    let (_, auction) = stack.get("/auctions/short").await;
+    assert_eq!(auction["status"], "closed");
+    assert_eq!(auction["current"]["amount"], 1000);
+    let (status, json) = stack.post_json("/auctions/short/bids", r#"{"amount":5000,"bidder":"b"}"#).await;
+    assert_eq!((status, json["error"].as_str()), (409, Some("auction_closed")));
+    // Let both closers run many more passes; still exactly one closed event.
+    let passes_later = stack.stream("short").await;
+    assert_eq!(passes_later.iter().filter(|(_, kind, _)| kind == "closed").count(), 1);
+    assert_eq!(stream[1].2["auction"]["status"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
+    let stack = Stack::start(
+        2,
+        &[
+            ("AUCTION_SIMULATE", "true".into()),
+            ("AUCTION_SIM_AUCTIONS", "sim-a,sim-b".into()),
+            ("AUCTION_SIM_INTERVAL_MS", "15".into()),
+            ("AUCTION_SIM_DURATION_MS", "1000".into()),
+        ],
+    );
+    for auction in ["sim-a", "sim-b"] {
+        eventually("three rounds to close", Duration::from_secs(20), || async {
+            let stream = stack.stream(auction).await;
+            (stream.iter().filter(|(_, kind, _)| kind == "closed").count() >= 3).then_some(())
+        })
+        .await;
+    }
+    for bidder in &stack.bidders {
+        bidder.signal("TERM");
+    }
+    for auction in ["sim-a", "sim-b"] {
+        let stream = stack.stream(auction).await;
+        // Rounds: bids strictly increasing, then exactly one closed, then
+        // (after a new round opens) bids again.
+        let mut last_amount: Option<u64> = None;
+        let mut previous_kind = "opened";
+        let mut closed = 0;
+        for (_, kind, data) in &stream {
+            match kind.as_str() {
+                "bid" => {
+                    assert_ne!(previous_kind, "closed", "a bid after close in {auction}");
+                    let amount = data["amount"].as_u64().unwrap();
+                    if let Some(last) = last_amount {
+                        assert!(amount >= last + 1_000, "{amount} after {last} in {auction}");
+                    }
+                    last_amount = Some(amount);
+                }
+                "closed" => {
+                    assert_ne!(previous_kind, "closed", "two closed events in a row in {auction}");
+                    closed += 1;
+                }
+                "opened" => {
+                    assert_eq!(previous_kind, "closed", "a round opened without a close");
+                    last_amount = None;
+                }
+                other => panic!("unexpected kind {other}"),
+            }
+            previous_kind = kind;
+        }
+        assert!(closed >= 3);
+    }
+    // Both replicas did bid.
+    for bidder in &stack.bidders {
+        assert!(bidder.logs().contains("simulator started"));
+    }
+}

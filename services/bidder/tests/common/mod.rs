@@ -1,0 +1,128 @@
+//! Helpers for the bidder's end-to-end tests: a real redis-server and real
+//! bidder processes, talked to over HTTP and RESP.
+#![allow(dead_code)]
+
+use redis::AsyncCommands;
+use serde_json::Value;
+use std::time::Duration;
+use test_support::{RedisServer, ServiceProcess};
+
+pub struct Stack {
+    pub redis: RedisServer,
+    pub bidders: Vec<ServiceProcess>,
+    pub http: reqwest::Client,
+}
+
+/// Settings for a quiet bidder: no simulator, generous rate limits.
+pub fn quiet(redis: &RedisServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUCTION_REDIS_URL", redis.url()),
+        ("AUCTION_SIMULATE", "false".into()),
+        ("AUCTION_RATE_LIMIT_PER_S", "100000".into()),
+        ("AUCTION_RATE_LIMIT_BURST", "100000".into()),
+        ("AUCTION_CLOSE_CHECK_MS", "20".into()),
+    ]
+}
+
+impl Stack {
+    pub fn start(bidders: usize, extra: &[(&'static str, String)]) -> Stack {
+        let redis = RedisServer::start();
+        let mut env = quiet(&redis);
+        env.extend(extra.iter().cloned());
+        let bidders = (0..bidders)
+            .map(|_| ServiceProcess::start("bidder", &env))
+            .collect();
+        Stack {
+            redis,
+            bidders,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.bidders[0].url())
+    }
+
+    pub async fn post_json(&self, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        status_and_json(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        status_and_json(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn create_auction(&self, id: &str, starting: u64, increment: u64, duration_ms: u64) {
+        let body = serde_json::json!({
+            "id": id, "title": format!("Item {id}"), "starting_price": starting,
+            "min_increment": increment, "duration_ms": duration_ms,
+        });
+        let (status, json) = self.post_json("/auctions", &body.to_string()).await;
+        assert_eq!(status, 201, "create failed: {json}");
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Every entry of the auction's stream: (id, kind, data JSON).
+    pub async fn stream(&self, auction: &str) -> Vec<(String, String, Value)> {
+        let mut conn = self.redis().await;
+        let reply: redis::streams::StreamRangeReply = conn
+            .xrange_all(format!("auction:{{{auction}}}:events"))
+            .await
+            .unwrap();
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let kind: String = entry.get("kind").unwrap();
+                let data: String = entry.get("data").unwrap();
+                (entry.id.clone(), kind, serde_json::from_str(&data).unwrap())
+            })
+            .collect()
+    }
+}
+
+pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, json)
+}
+
+/// Parses an event id into its (ms, seq) pair for ordering.
+pub fn id_pair(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// Polls `check` every 20 ms until it yields `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
