@@ -95,7 +95,8 @@ pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     pub fn parse(bytes: &[u8]) -> Result<IdempotencyKey, InputError> {
-        let valid = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic);
+        let valid =
+            !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic);
         match std::str::from_utf8(bytes) {
             Ok(text) if valid => Ok(IdempotencyKey(text.to_owned())),
             _ => Err(InputError::new(
@@ -267,8 +268,14 @@ mod tests {
 
     #[test]
     fn bidder_names_must_be_printable() {
-        assert_eq!(bid(r#"{"amount":5,"bidder":""}"#).unwrap_err().code, "invalid_bidder");
-        assert_eq!(bid(r#"{"amount":5,"bidder":"a\nb"}"#).unwrap_err().code, "invalid_bidder");
+        assert_eq!(
+            bid(r#"{"amount":5,"bidder":""}"#).unwrap_err().code,
+            "invalid_bidder"
+        );
+        assert_eq!(
+            bid(r#"{"amount":5,"bidder":"a\nb"}"#).unwrap_err().code,
+            "invalid_bidder"
+        );
         let long = format!(r#"{{"amount":5,"bidder":"{}"}}"#, "x".repeat(65));
         assert_eq!(bid(&long).unwrap_err().code, "invalid_bidder");
         assert!(bid(r#"{"amount":5,"bidder":"Zoë 🦀"}"#).is_ok());

@@ -24,7 +24,10 @@ pub fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
         .map_err(|error| format!("{url:?} is not a valid Redis URL ({error})"))?;
     // RESP3 lets the connection report disconnections as push messages,
     // which is how reconnects are counted.
-    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
     let client = Client::open(info.set_redis_settings(resp3))
         .map_err(|error| format!("{url:?} is not a valid Redis URL ({error})"))?;
     Ok(RedisTarget { client })
@@ -62,9 +65,17 @@ mod tests {
 
     #[test]
     fn url_errors_are_sentences() {
-        assert!(parse_redis_url("nonsense").unwrap_err().contains("not a redis:// URL"));
+        assert!(
+            parse_redis_url("nonsense")
+                .unwrap_err()
+                .contains("not a redis:// URL")
+        );
         assert!(parse_redis_url("http://x").is_err());
-        assert!(parse_redis_url("rediss://x:6380").unwrap_err().contains("TLS"));
+        assert!(
+            parse_redis_url("rediss://x:6380")
+                .unwrap_err()
+                .contains("TLS")
+        );
         assert!(parse_redis_url("redis://127.0.0.1:7000/0").is_ok());
         assert!(parse_redis_url("redis://user:pass@host:7000").is_ok());
     }

@@ -259,14 +259,21 @@ impl EventLog {
             "missing" => CloseOutcome::Missing,
             other => return Err(corrupt(format!("close_if_due answered {other:?}"))),
         };
-        if matches!(outcome, CloseOutcome::Closed | CloseOutcome::AlreadyClosed | CloseOutcome::Missing) {
+        if matches!(
+            outcome,
+            CloseOutcome::Closed | CloseOutcome::AlreadyClosed | CloseOutcome::Missing
+        ) {
             let _: i64 = conn.zrem(INDEX_BY_END, auction.as_str()).await?;
         }
         Ok(outcome)
     }
 
     /// Open auctions whose `ends_at` is at or before `now_ms`, oldest first.
-    pub async fn due_for_close(&self, now_ms: u64, limit: usize) -> Result<Vec<AuctionId>, LogError> {
+    pub async fn due_for_close(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<AuctionId>, LogError> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = redis::cmd("ZRANGE")
             .arg(INDEX_BY_END)
@@ -279,7 +286,10 @@ impl EventLog {
             .query_async(&mut conn)
             .await?;
         // An id that fails validation was not written by us: skip it.
-        Ok(ids.iter().filter_map(|id| AuctionId::parse(id).ok()).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| AuctionId::parse(id).ok())
+            .collect())
     }
 
     pub async fn get(&self, auction: &AuctionId) -> Result<Option<Auction>, LogError> {
@@ -465,8 +475,14 @@ fn stored_event(entry: &StreamId) -> Result<StoredEvent, LogError> {
     let bad = || corrupt(format!("stream entry {}", entry.id));
     Ok(StoredEvent {
         id: EventId::parse(&entry.id).ok_or_else(bad)?,
-        prev: field("prev").as_deref().and_then(EventId::parse).ok_or_else(bad)?,
-        kind: field("kind").as_deref().and_then(EventKind::parse).ok_or_else(bad)?,
+        prev: field("prev")
+            .as_deref()
+            .and_then(EventId::parse)
+            .ok_or_else(bad)?,
+        kind: field("kind")
+            .as_deref()
+            .and_then(EventKind::parse)
+            .ok_or_else(bad)?,
         data: field("data").ok_or_else(bad)?,
         traceparent: field("tp").filter(|tp| !tp.is_empty()),
     })
@@ -481,7 +497,10 @@ mod tests {
         assert_eq!(parse_bid_answer("closed").unwrap(), BidAnswer::Closed);
         assert_eq!(
             parse_bid_answer("too_low\n100\n150").unwrap(),
-            BidAnswer::TooLow { current: 100, min_next: 150 }
+            BidAnswer::TooLow {
+                current: 100,
+                min_next: 150
+            }
         );
         let accepted = parse_bid_answer(
             "ok\n7-0\n{\"auction\":\"a\",\"amount\":5,\"bidder\":\"b\",\"placed_at\":1,\"source\":\"user\"}",

@@ -64,7 +64,13 @@ mod tests {
 
     #[test]
     fn rejects_foreign_payloads() {
-        for bad in [&b"hello"[..], b"v1\n5-1\n5-0\nbid\n", b"v2\n5-1\n5-0\nbid\n\n{}", b"v1\nx\n5-0\nbid\n\n{}", b"\xff"] {
+        for bad in [
+            &b"hello"[..],
+            b"v1\n5-1\n5-0\nbid\n",
+            b"v2\n5-1\n5-0\nbid\n\n{}",
+            b"v1\nx\n5-0\nbid\n\n{}",
+            b"\xff",
+        ] {
             assert_eq!(Notice::parse(bad), None);
         }
     }

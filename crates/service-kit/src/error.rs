@@ -53,7 +53,10 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()

@@ -106,7 +106,9 @@ where
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let ok = tokio::time::timeout(interval, ping()).await.unwrap_or(false);
+            let ok = tokio::time::timeout(interval, ping())
+                .await
+                .unwrap_or(false);
             health.set_redis_ok(ok);
         }
     });

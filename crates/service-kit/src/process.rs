@@ -61,7 +61,8 @@ impl Process {
     /// Reads the layered settings and the common ones; on a bad setting
     /// prints one line naming it and exits 2.
     pub fn start(name: &'static str, default_listen: &str) -> Process {
-        let settings = Settings::from_process().unwrap_or_else(|error| Process::exit_bad_setting(&error));
+        let settings =
+            Settings::from_process().unwrap_or_else(|error| Process::exit_bad_setting(&error));
         let common = Common::read(&settings, default_listen)
             .unwrap_or_else(|error| Process::exit_bad_setting(&error));
         Process {
@@ -91,7 +92,10 @@ impl Process {
                 return ExitCode::from(2);
             }
         };
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(error) => {
                 tracing::error!(%error, "cannot start the runtime");
@@ -112,7 +116,10 @@ impl Process {
             let deadline = async move {
                 shutdown.cancelled().await;
                 tokio::time::sleep(grace).await;
-                tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; exiting");
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "grace period over; exiting"
+                );
             };
             tokio::select! {
                 result = app(ctx) => result,
@@ -143,7 +150,10 @@ async fn on_signal(ctx: Context) {
 #[cfg(unix)]
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",

@@ -54,14 +54,16 @@ impl Settings {
                     problem: format!("{} is not a readable file", path.display()),
                 });
             }
-            builder = builder.add_source(config::File::from(path.clone()).format(config::FileFormat::Toml));
+            builder = builder
+                .add_source(config::File::from(path.clone()).format(config::FileFormat::Toml));
         }
         // Only AUCTION_* variables, minus AUCTION_CONFIG (it names the file).
         let variables: config::Map<String, String> = env
             .into_iter()
             .filter(|(name, _)| name.starts_with("AUCTION_") && name != "AUCTION_CONFIG")
             .collect();
-        builder = builder.add_source(config::Environment::with_prefix(ENV_PREFIX).source(Some(variables)));
+        builder = builder
+            .add_source(config::Environment::with_prefix(ENV_PREFIX).source(Some(variables)));
         let merged = builder.build().map_err(|error| SettingError {
             setting: file
                 .map(|path| format!("AUCTION_CONFIG ({})", path.display()))
@@ -92,14 +94,23 @@ impl Settings {
     }
 
     /// A whole number within `range`.
-    pub fn number(&self, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64, SettingError> {
+    pub fn number(
+        &self,
+        key: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, SettingError> {
         let value = self.get(key, default)?;
         if range.contains(&value) {
             Ok(value)
         } else {
             Err(SettingError {
                 setting: env_name(key),
-                problem: format!("{value} is out of range {}..={}", range.start(), range.end()),
+                problem: format!(
+                    "{value} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                ),
             })
         }
     }
@@ -171,19 +182,26 @@ fn config_file_from_args(
         setting: "--config".into(),
         problem: "expects a file name".into(),
     };
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            return args.next().map(PathBuf::from).map(Some).ok_or_else(missing);
-        }
-        if let Some(path) = arg.strip_prefix("--config=") {
-            return Ok(Some(PathBuf::from(path)));
-        }
+    let Some(arg) = args.next() else {
+        return Ok(None);
+    };
+    let file = if arg == "--config" {
+        args.next().map(PathBuf::from).ok_or_else(missing)?
+    } else if let Some(path) = arg.strip_prefix("--config=") {
+        PathBuf::from(path)
+    } else {
         return Err(SettingError {
             setting: "arguments".into(),
             problem: format!("unknown argument {arg:?} (only --config FILE is accepted)"),
         });
+    };
+    match args.next() {
+        None => Ok(Some(file)),
+        Some(extra) => Err(SettingError {
+            setting: "arguments".into(),
+            problem: format!("unexpected argument {extra:?} after --config FILE"),
+        }),
     }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -191,7 +209,11 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Settings {
-        Settings::load(None, pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+        Settings::load(
+            None,
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -199,24 +221,41 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("settings-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("a.toml");
-        std::fs::write(&file, "sim_interval_ms = 500\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "sim_interval_ms = 500\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
         let settings = Settings::load(
             Some(file),
             [("AUCTION_LISTEN".to_string(), "127.0.0.1:9001".to_string())],
         )
         .unwrap();
-        assert_eq!(settings.number("sim_interval_ms", 2000, 1..=60_000).unwrap(), 500);
-        assert_eq!(settings.listen_addr("listen", "0.0.0.0:1").unwrap().port(), 9001);
+        assert_eq!(
+            settings
+                .number("sim_interval_ms", 2000, 1..=60_000)
+                .unwrap(),
+            500
+        );
+        assert_eq!(
+            settings.listen_addr("listen", "0.0.0.0:1").unwrap().port(),
+            9001
+        );
         assert_eq!(settings.number("other_ms", 7, 0..=10).unwrap(), 7);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn errors_name_the_setting() {
-        let settings = env(&[("AUCTION_LISTEN", ":99999"), ("AUCTION_SIM_INTERVAL_MS", "fast")]);
+        let settings = env(&[
+            ("AUCTION_LISTEN", ":99999"),
+            ("AUCTION_SIM_INTERVAL_MS", "fast"),
+        ]);
         let listen = settings.listen_addr("listen", "0.0.0.0:8080").unwrap_err();
         assert_eq!(listen.setting, "AUCTION_LISTEN");
-        let number = settings.number("sim_interval_ms", 2000, 1..=10).unwrap_err();
+        let number = settings
+            .number("sim_interval_ms", 2000, 1..=10)
+            .unwrap_err();
         assert_eq!(number.setting, "AUCTION_SIM_INTERVAL_MS");
         assert!(number.to_string().contains("\"fast\""));
     }
@@ -234,7 +273,10 @@ mod tests {
     #[test]
     fn args_take_only_config() {
         let args = |a: &[&str]| config_file_from_args(a.iter().map(|s| s.to_string()));
-        assert_eq!(args(&["--config", "x.toml"]).unwrap(), Some(PathBuf::from("x.toml")));
+        assert_eq!(
+            args(&["--config", "x.toml"]).unwrap(),
+            Some(PathBuf::from("x.toml"))
+        );
         assert_eq!(args(&[]).unwrap(), None);
         assert!(args(&["--config"]).is_err());
         assert!(args(&["--bogus"]).is_err());

@@ -31,10 +31,8 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(error) = provider.shutdown() {
-                eprintln!("trace export did not shut down cleanly: {error}");
-            }
+        if let Some(Err(error)) = self.provider.take().map(|provider| provider.shutdown()) {
+            eprintln!("trace export did not shut down cleanly: {error}");
         }
     }
 }
@@ -57,9 +55,9 @@ pub fn init(service: &'static str, format: LogFormat) -> Result<TelemetryGuard, 
     };
 
     let provider = otlp_provider(service)?;
-    let otel_layer = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer(service))
-    });
+    let otel_layer = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
 
     tracing_subscriber::registry()
         .with(filter)
@@ -78,7 +76,8 @@ pub fn init(service: &'static str, format: LogFormat) -> Result<TelemetryGuard, 
 }
 
 fn otlp_provider(service: &'static str) -> Result<Option<SdkTracerProvider>, String> {
-    let endpoint_set = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty())
+    let endpoint_set = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .is_some_and(|v| !v.is_empty())
         || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some_and(|v| !v.is_empty());
     if !endpoint_set {
         return Ok(None);

@@ -127,7 +127,11 @@ impl Metrics {
             "Time from a bid's placed_at to its write on a client socket",
             delivery_latency.clone(),
         );
-        registry.register("auction_resumes", "Resume attempts by outcome", resumes.clone());
+        registry.register(
+            "auction_resumes",
+            "Resume attempts by outcome",
+            resumes.clone(),
+        );
         registry.register(
             "auction_slow_consumer_disconnects",
             "Connections closed because their queue overflowed",
@@ -165,12 +169,17 @@ impl Metrics {
             delivery_latency: self.delivery_latency.get_or_create(&labels).clone(),
             resumes_replayed: resume(ResumeOutcome::replayed),
             resumes_reset: resume(ResumeOutcome::reset),
-            slow_consumer_disconnects: self.slow_consumer_disconnects.get_or_create(&labels).clone(),
+            slow_consumer_disconnects: self
+                .slow_consumer_disconnects
+                .get_or_create(&labels)
+                .clone(),
         }
     }
 
     pub fn bid(&self, source: &'static str, outcome: BidOutcome) {
-        self.bids.get_or_create(&BidLabels { source, outcome }).inc();
+        self.bids
+            .get_or_create(&BidLabels { source, outcome })
+            .inc();
     }
 
     /// Makes every bid series visible at zero.
@@ -195,7 +204,8 @@ impl Metrics {
         text
     }
 
-    pub const CONTENT_TYPE: &'static str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
 }
 
 #[cfg(test)]

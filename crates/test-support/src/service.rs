@@ -39,7 +39,10 @@ impl ServiceProcess {
             .env("AUCTION_LISTEN", "127.0.0.1:0")
             .env("AUCTION_LOG_FORMAT", "pretty")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (name, value) in env {
@@ -169,7 +172,9 @@ mod tests {
     #[test]
     fn finds_the_address_in_pretty_and_json_lines() {
         assert_eq!(
-            listening_addr("INFO x: bidder listening on 127.0.0.1:4000").unwrap().port(),
+            listening_addr("INFO x: bidder listening on 127.0.0.1:4000")
+                .unwrap()
+                .port(),
             4000
         );
         assert_eq!(

@@ -46,7 +46,10 @@ pub fn routes(state: ApiState) -> Router {
 
 async fn openapi() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         OPENAPI,
     )
         .into_response()
@@ -84,7 +87,10 @@ fn not_found(id: &str) -> ApiError {
 fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -151,7 +157,9 @@ async fn json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|length| length > MAX_BODY as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| too_large())
 }
 
 async fn create_auction(
@@ -191,7 +199,9 @@ async fn create_auction(
 }
 
 fn random_id() -> AuctionId {
-    let text: String = std::iter::repeat_with(fastrand::alphanumeric).take(12).collect();
+    let text: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(12)
+        .collect();
     // Alphanumeric characters always form a valid id.
     AuctionId::parse(&text).unwrap_or_else(|_| unreachable!("alphanumeric ids are valid"))
 }
@@ -227,9 +237,10 @@ async fn place_bid(
     let result = place_bid_inner(&state, peer, &id, &headers, body).await;
     match &result {
         Ok((_, outcome)) => metrics.bid("user", *outcome),
-        Err(error) if error.status == StatusCode::BAD_REQUEST
-            || error.status == StatusCode::PAYLOAD_TOO_LARGE
-            || error.status == StatusCode::UNSUPPORTED_MEDIA_TYPE =>
+        Err(error)
+            if error.status == StatusCode::BAD_REQUEST
+                || error.status == StatusCode::PAYLOAD_TOO_LARGE
+                || error.status == StatusCode::UNSUPPORTED_MEDIA_TYPE =>
         {
             metrics.bid("user", BidOutcome::invalid)
         }

@@ -33,14 +33,19 @@ impl BidderSettings {
             .list("sim_auctions", "1234")
             .iter()
             .map(|id| {
-                auction_domain::AuctionId::parse(id)
-                    .map_err(|error| settings.error("sim_auctions", format!("{id:?}: {}", error.message)))
+                auction_domain::AuctionId::parse(id).map_err(|error| {
+                    settings.error("sim_auctions", format!("{id:?}: {}", error.message))
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(BidderSettings {
             simulate: settings.flag("simulate", true)?,
             sim_auctions,
-            sim_interval: Duration::from_millis(settings.number("sim_interval_ms", 2000, 1..=3_600_000)?),
+            sim_interval: Duration::from_millis(settings.number(
+                "sim_interval_ms",
+                2000,
+                1..=3_600_000,
+            )?),
             sim_duration_ms: settings.number(
                 "sim_duration_ms",
                 600_000,
@@ -71,7 +76,7 @@ async fn run(ctx: Context, own: BidderSettings) -> Result<(), String> {
     let conn = connect_manager(&ctx.common.redis, move || {
         reconnects.inc();
     })
-        .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
+    .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
     let log = EventLog::new(conn, own.stream_maxlen);
     ctx.metrics.register_bid_series(&["user", "simulated"]);
 
@@ -81,7 +86,11 @@ async fn run(ctx: Context, own: BidderSettings) -> Result<(), String> {
         async move { probe.ping().await.is_ok() }
     });
     let listener = bind(&ctx).await?;
-    let closer = tokio::spawn(closer::run(ctx.clone(), log.clone(), own.close_check_interval));
+    let closer = tokio::spawn(closer::run(
+        ctx.clone(),
+        log.clone(),
+        own.close_check_interval,
+    ));
     let simulator = own
         .simulate
         .then(|| tokio::spawn(simulator::run(ctx.clone(), log.clone(), own.clone())));

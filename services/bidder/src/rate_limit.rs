@@ -37,7 +37,8 @@ impl RateLimiter {
         };
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&client) {
             let full_after = self.burst / self.per_second;
-            buckets.retain(|_, bucket| now.duration_since(bucket.updated).as_secs_f64() < full_after);
+            buckets
+                .retain(|_, bucket| now.duration_since(bucket.updated).as_secs_f64() < full_after);
             if buckets.len() >= MAX_CLIENTS {
                 buckets.clear();
             }
@@ -72,8 +73,15 @@ mod tests {
             assert!(limiter.check(client, start).is_ok());
         }
         assert_eq!(limiter.check(client, start), Err(1));
-        assert!(limiter.check(client, start + Duration::from_millis(600)).is_ok());
+        assert!(
+            limiter
+                .check(client, start + Duration::from_millis(600))
+                .is_ok()
+        );
         let other: IpAddr = "127.0.0.2".parse().unwrap();
-        assert!(limiter.check(other, start).is_ok(), "buckets are per client");
+        assert!(
+            limiter.check(other, start).is_ok(),
+            "buckets are per client"
+        );
     }
 }

@@ -9,7 +9,13 @@ use service_kit::Context;
 use telemetry::BidOutcome;
 
 const BIDDERS: [&str; 8] = [
-    "sim_ada", "sim_grace", "sim_linus", "sim_barbara", "sim_ken", "sim_margaret", "sim_dennis",
+    "sim_ada",
+    "sim_grace",
+    "sim_linus",
+    "sim_barbara",
+    "sim_ken",
+    "sim_margaret",
+    "sim_dennis",
     "sim_frances",
 ];
 /// Starting price and increment of simulated auctions, cents.

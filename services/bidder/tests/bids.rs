@@ -1,6 +1,8 @@
 //! The bid path against a real Redis: ordering under races, idempotency,
 //! bad input, closing, and two replicas agreeing on one order.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Stack, eventually, id_pair};
@@ -94,11 +96,21 @@ async fn idempotency_key_returns_the_first_answer_and_appends_once() {
 
     let low = post("key-2", 1_000).await;
     assert_eq!(low.0, 409);
-    stack.post_json("/auctions/idem/bids", r#"{"amount":5000,"bidder":"bob"}"#).await;
+    stack
+        .post_json("/auctions/idem/bids", r#"{"amount":5000,"bidder":"bob"}"#)
+        .await;
     assert_eq!(post("key-2", 1_000).await, low, "a rejection replays too");
     assert_eq!(stack.stream("idem").await.len(), 2);
 
-    let metrics = stack.http.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains(r#"auction_bids_total{source="user",outcome="duplicate"} 3"#),
         "{metrics}"
@@ -109,27 +121,116 @@ async fn idempotency_key_returns_the_first_answer_and_appends_once() {
 async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
     let stack = Stack::start(1, &[]);
     stack.create_auction("good", 1_000, 100, 600_000).await;
-    let (status, _) = stack.post_json("/auctions/good/bids", r#"{"amount":1000,"bidder":"a"}"#).await;
+    let (status, _) = stack
+        .post_json("/auctions/good/bids", r#"{"amount":1000,"bidder":"a"}"#)
+        .await;
     assert_eq!(status, 201);
     let before = stack.stream("good").await;
 
     let long_id = "x".repeat(10 * 1024);
-    let huge = format!(r#"{{"amount":5000,"bidder":"{}"}}"#, "a".repeat(1024 * 1024));
+    let huge = format!(
+        r#"{{"amount":5000,"bidder":"{}"}}"#,
+        "a".repeat(1024 * 1024)
+    );
     let cases: Vec<(String, &str, String, u16, &str)> = vec![
-        ("/auctions/good/bids".into(), "application/json", "hello".into(), 400, "malformed_json"),
-        ("/auctions/good/bids".into(), "text/plain", r#"{"amount":5000,"bidder":"a"}"#.into(), 415, "unsupported_media_type"),
-        ("/auctions/good/bids".into(), "application/json", r#"{"bidder":"a"}"#.into(), 400, "missing_field"),
-        ("/auctions/good/bids".into(), "application/json", r#"{"amount":5000}"#.into(), 400, "missing_field"),
-        ("/auctions/good/bids".into(), "application/json", r#"{"amount":0,"bidder":"a"}"#.into(), 400, "invalid_amount"),
-        ("/auctions/good/bids".into(), "application/json", r#"{"amount":-5000,"bidder":"a"}"#.into(), 400, "invalid_amount"),
-        ("/auctions/good/bids".into(), "application/json", r#"{"amount":5000.5,"bidder":"a"}"#.into(), 400, "invalid_amount"),
-        ("/auctions/good/bids".into(), "application/json", r#"{"amount":1000000000000000,"bidder":"a"}"#.into(), 400, "invalid_amount"),
-        ("/auctions/good/bids".into(), "application/json", r#"{"amount":5000,"bidder":"a\u0000b"}"#.into(), 400, "invalid_bidder"),
-        ("/auctions/b%20d/bids".into(), "application/json", r#"{"amount":5000,"bidder":"a"}"#.into(), 400, "invalid_auction_id"),
-        ("/auctions/a%7Bb%7D/bids".into(), "application/json", r#"{"amount":5000,"bidder":"a"}"#.into(), 400, "invalid_auction_id"),
-        (format!("/auctions/{long_id}/bids"), "application/json", r#"{"amount":5000,"bidder":"a"}"#.into(), 400, "invalid_auction_id"),
-        ("/auctions/good/bids".into(), "application/json", huge, 413, "body_too_large"),
-        ("/auctions/nope/bids".into(), "application/json", r#"{"amount":5000,"bidder":"a"}"#.into(), 404, "not_found"),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            "hello".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "text/plain",
+            r#"{"amount":5000,"bidder":"a"}"#.into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"bidder":"a"}"#.into(),
+            400,
+            "missing_field",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"amount":5000}"#.into(),
+            400,
+            "missing_field",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"amount":0,"bidder":"a"}"#.into(),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"amount":-5000,"bidder":"a"}"#.into(),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"amount":5000.5,"bidder":"a"}"#.into(),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"amount":1000000000000000,"bidder":"a"}"#.into(),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"amount":5000,"bidder":"a\u0000b"}"#.into(),
+            400,
+            "invalid_bidder",
+        ),
+        (
+            "/auctions/b%20d/bids".into(),
+            "application/json",
+            r#"{"amount":5000,"bidder":"a"}"#.into(),
+            400,
+            "invalid_auction_id",
+        ),
+        (
+            "/auctions/a%7Bb%7D/bids".into(),
+            "application/json",
+            r#"{"amount":5000,"bidder":"a"}"#.into(),
+            400,
+            "invalid_auction_id",
+        ),
+        (
+            format!("/auctions/{long_id}/bids"),
+            "application/json",
+            r#"{"amount":5000,"bidder":"a"}"#.into(),
+            400,
+            "invalid_auction_id",
+        ),
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            huge,
+            413,
+            "body_too_large",
+        ),
+        (
+            "/auctions/nope/bids".into(),
+            "application/json",
+            r#"{"amount":5000,"bidder":"a"}"#.into(),
+            404,
+            "not_found",
+        ),
     ];
     for (path, content_type, body, want_status, want_code) in cases {
         let response = stack
@@ -144,22 +245,43 @@ async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
         let shown = &path[..path.len().min(40)];
         assert_eq!(status, want_status, "{shown}: {json}");
         assert_eq!(json["error"], want_code, "{shown}: {json}");
-        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{json}");
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{json}"
+        );
     }
-    assert_eq!(stack.stream("good").await, before, "the stream is untouched");
+    assert_eq!(
+        stack.stream("good").await,
+        before,
+        "the stream is untouched"
+    );
     assert_eq!(stack.get("/auctions/nope").await.0, 404);
     let (status, auction) = stack.get("/auctions/good").await;
     assert_eq!(status, 200);
     assert_eq!(auction["current"]["amount"], 1000);
-    let metrics = stack.http.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"auction_bids_total{source="user",outcome="invalid"} 13"#), "{metrics}");
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"auction_bids_total{source="user",outcome="invalid"} 13"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn create_validates_and_refuses_duplicates() {
     let stack = Stack::start(1, &[]);
     let (status, auction) = stack
-        .post_json("/auctions", r#"{"title":"Lamp","starting_price":500,"min_increment":50,"duration_ms":60000}"#)
+        .post_json(
+            "/auctions",
+            r#"{"title":"Lamp","starting_price":500,"min_increment":50,"duration_ms":60000}"#,
+        )
         .await;
     assert_eq!(status, 201, "{auction}");
     assert_eq!(auction["status"], "open");
@@ -168,11 +290,20 @@ async fn create_validates_and_refuses_duplicates() {
     let (status, json) = stack
         .post_json("/auctions", &format!(r#"{{"id":"{id}","title":"Again","starting_price":500,"min_increment":50,"duration_ms":60000}}"#))
         .await;
-    assert_eq!((status, json["error"].as_str()), (409, Some("auction_exists")));
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (409, Some("auction_exists"))
+    );
     let (status, json) = stack
-        .post_json("/auctions", r#"{"title":"","starting_price":500,"min_increment":50,"duration_ms":60000}"#)
+        .post_json(
+            "/auctions",
+            r#"{"title":"","starting_price":500,"min_increment":50,"duration_ms":60000}"#,
+        )
         .await;
-    assert_eq!((status, json["error"].as_str()), (400, Some("invalid_title")));
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (400, Some("invalid_title"))
+    );
     let (status, list) = stack.get("/auctions").await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
@@ -183,21 +314,37 @@ async fn create_validates_and_refuses_duplicates() {
 async fn an_auction_closes_once_at_its_end_and_refuses_later_bids() {
     let stack = Stack::start(2, &[]);
     stack.create_auction("short", 1_000, 100, 300).await;
-    let (status, _) = stack.post_json("/auctions/short/bids", r#"{"amount":1000,"bidder":"a"}"#).await;
+    let (status, _) = stack
+        .post_json("/auctions/short/bids", r#"{"amount":1000,"bidder":"a"}"#)
+        .await;
     assert_eq!(status, 201);
     let stream = eventually("the closed event", Duration::from_secs(10), || async {
         let stream = stack.stream("short").await;
-        stream.iter().any(|(_, kind, _)| kind == "closed").then_some(stream)
+        stream
+            .iter()
+            .any(|(_, kind, _)| kind == "closed")
+            .then_some(stream)
     })
     .await;
     let (_, auction) = stack.get("/auctions/short").await;
     assert_eq!(auction["status"], "closed");
     assert_eq!(auction["current"]["amount"], 1000);
-    let (status, json) = stack.post_json("/auctions/short/bids", r#"{"amount":5000,"bidder":"b"}"#).await;
-    assert_eq!((status, json["error"].as_str()), (409, Some("auction_closed")));
+    let (status, json) = stack
+        .post_json("/auctions/short/bids", r#"{"amount":5000,"bidder":"b"}"#)
+        .await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (409, Some("auction_closed"))
+    );
     // Let both closers run many more passes; still exactly one closed event.
     let passes_later = stack.stream("short").await;
-    assert_eq!(passes_later.iter().filter(|(_, kind, _)| kind == "closed").count(), 1);
+    assert_eq!(
+        passes_later
+            .iter()
+            .filter(|(_, kind, _)| kind == "closed")
+            .count(),
+        1
+    );
     assert_eq!(stream[1].2["auction"]["status"], "closed");
 }
 
@@ -215,7 +362,12 @@ async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
     for auction in ["sim-a", "sim-b"] {
         eventually("three rounds to close", Duration::from_secs(20), || async {
             let stream = stack.stream(auction).await;
-            (stream.iter().filter(|(_, kind, _)| kind == "closed").count() >= 3).then_some(())
+            (stream
+                .iter()
+                .filter(|(_, kind, _)| kind == "closed")
+                .count()
+                >= 3)
+                .then_some(())
         })
         .await;
     }
@@ -240,7 +392,10 @@ async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
                     last_amount = Some(amount);
                 }
                 "closed" => {
-                    assert_ne!(previous_kind, "closed", "two closed events in a row in {auction}");
+                    assert_ne!(
+                        previous_kind, "closed",
+                        "two closed events in a row in {auction}"
+                    );
                     closed += 1;
                 }
                 "opened" => {

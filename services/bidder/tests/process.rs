@@ -1,5 +1,7 @@
 //! The bidder as a process: Redis outages, bad settings, shutdown, docs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Stack, eventually};
@@ -12,7 +14,13 @@ async fn survives_a_redis_restart_without_being_restarted() {
     stack.create_auction("outage", 1_000, 100, 600_000).await;
     let ready = |stack: &Stack| {
         let request = stack.http.get(stack.url("/readyz"));
-        async move { request.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        async move {
+            request
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
     };
     assert_eq!(ready(&stack).await, 200);
 
@@ -24,7 +32,10 @@ async fn survives_a_redis_restart_without_being_restarted() {
     assert_eq!(status, 503, "{json}");
     assert_eq!(json["error"], "redis_unavailable");
     assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
-    assert!(started.elapsed() < Duration::from_secs(5), "503 must come promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503 must come promptly"
+    );
     eventually("readyz to turn 503", Duration::from_secs(10), || async {
         (ready(&stack).await == 503).then_some(())
     })
@@ -42,7 +53,15 @@ async fn survives_a_redis_restart_without_being_restarted() {
         .await;
     assert_eq!(status, 201, "{json}");
     assert_eq!(stack.stream("outage").await.len(), 1);
-    let metrics = stack.http.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let reconnects: u64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("auction_redis_reconnects_total "))

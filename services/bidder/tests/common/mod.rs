@@ -1,6 +1,6 @@
 //! Helpers for the bidder's end-to-end tests: a real redis-server and real
 //! bidder processes, talked to over HTTP and RESP.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -122,7 +122,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
