@@ -5,7 +5,10 @@ use std::time::Duration;
 /// A parsed, validated Redis address. Creating it opens no connection.
 #[derive(Clone, Debug)]
 pub struct RedisTarget {
+    /// RESP3 client for commands (disconnections arrive as push messages).
     pub client: Client,
+    /// RESP2 client for the dedicated pub/sub connection of an edge.
+    pub pubsub_client: Client,
 }
 
 /// Parses `AUCTION_REDIS_URL`: `redis://`, `rediss://` or `unix://`. Errors
@@ -24,13 +27,17 @@ pub fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
         .map_err(|error| format!("{url:?} is not a valid Redis URL ({error})"))?;
     // RESP3 lets the connection report disconnections as push messages,
     // which is how reconnects are counted.
+    let invalid = |error: redis::RedisError| format!("{url:?} is not a valid Redis URL ({error})");
+    let pubsub_client = Client::open(info.clone()).map_err(invalid)?;
     let resp3 = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    let client = Client::open(info.set_redis_settings(resp3))
-        .map_err(|error| format!("{url:?} is not a valid Redis URL ({error})"))?;
-    Ok(RedisTarget { client })
+    let client = Client::open(info.set_redis_settings(resp3)).map_err(invalid)?;
+    Ok(RedisTarget {
+        client,
+        pubsub_client,
+    })
 }
 
 /// A multiplexed connection that reconnects by itself, with backoff.

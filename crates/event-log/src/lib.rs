@@ -17,6 +17,6 @@ pub use connection::{RedisTarget, connect_manager, parse_redis_url};
 pub use keys::{live_channel, state_key, stream_key};
 pub use log::{
     AuctionSpec, BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome, EventLog,
-    LogError, StreamWindow,
+    LogError, Snapshot, StreamWindow,
 };
 pub use notice::{Notice, StoredEvent};

@@ -108,11 +108,38 @@ pub enum CloseOutcome {
     Missing,
 }
 
-/// The ids currently held by an auction's stream (`None` when empty).
+/// What an auction's stream holds: the oldest retained event (with the id
+/// of the event before it) and the newest. `None` when the stream is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamWindow {
     pub first: Option<EventId>,
+    /// The `prev` of the oldest retained event: everything after this id is
+    /// still in the stream.
+    pub first_prev: Option<EventId>,
     pub last: Option<EventId>,
+}
+
+impl StreamWindow {
+    /// Whether a client that has seen everything up to `id` can be brought
+    /// up to date from the stream alone: `id` is at or after the point the
+    /// retained events follow, and not in the future.
+    pub fn can_resume_from(&self, id: EventId) -> bool {
+        match (self.first_prev, self.last) {
+            (Some(floor), Some(last)) => floor <= id && id <= last,
+            _ => false,
+        }
+    }
+}
+
+/// A consistent view of one auction for a client's `init`: state and the
+/// newest events, read atomically.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub auction: Auction,
+    /// Newest first.
+    pub recent: Vec<StoredEvent>,
+    /// The id of the newest event (`0-0` when there is none).
+    pub last_id: EventId,
 }
 
 /// Handle to the event log. Cheap to clone; all clones share one
@@ -354,7 +381,7 @@ impl EventLog {
         reply.ids.iter().map(stored_event).collect()
     }
 
-    /// The first and last ids the stream still holds.
+    /// The oldest and newest events the stream still holds.
     pub async fn window(&self, auction: &AuctionId) -> Result<StreamWindow, LogError> {
         let mut conn = self.conn.clone();
         let stream = keys::stream_key(auction);
@@ -373,17 +400,52 @@ impl EventLog {
             .arg(1)
             .query_async(&mut conn)
             .await?;
-        let id_of = |reply: &StreamRangeReply| -> Result<Option<EventId>, LogError> {
-            reply
-                .ids
-                .first()
-                .map(|entry| EventId::parse(&entry.id).ok_or_else(|| corrupt("stream id")))
-                .transpose()
-        };
+        let first = first.ids.first().map(stored_event).transpose()?;
+        let last = last.ids.first().map(stored_event).transpose()?;
         Ok(StreamWindow {
-            first: id_of(&first)?,
-            last: id_of(&last)?,
+            first: first.as_ref().map(|event| event.id),
+            first_prev: first.as_ref().map(|event| event.prev),
+            last: last.map(|event| event.id),
         })
+    }
+
+    pub async fn exists(&self, auction: &AuctionId) -> Result<bool, LogError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.exists(keys::state_key(auction)).await?)
+    }
+
+    /// The auction's state and its newest `count` events, atomically
+    /// (MULTI/EXEC on one slot). `Ok(None)`: unknown auction.
+    pub async fn snapshot(
+        &self,
+        auction: &AuctionId,
+        count: usize,
+    ) -> Result<Option<Snapshot>, LogError> {
+        let mut conn = self.conn.clone();
+        let (fields, recent): (HashMap<String, String>, StreamRangeReply) = redis::pipe()
+            .atomic()
+            .cmd("HGETALL")
+            .arg(keys::state_key(auction))
+            .cmd("XREVRANGE")
+            .arg(keys::stream_key(auction))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let last_id = fields
+            .get("last_id")
+            .and_then(|id| EventId::parse(id))
+            .unwrap_or(EventId::ZERO);
+        Ok(Some(Snapshot {
+            auction: auction_from_hash(&fields)?,
+            recent: recent.ids.iter().map(stored_event).collect::<Result<_, _>>()?,
+            last_id,
+        }))
     }
 }
 

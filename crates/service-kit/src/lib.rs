@@ -6,7 +6,9 @@
 mod error;
 mod health;
 mod process;
+mod raw_http;
 
 pub use error::{ApiError, error_response};
 pub use health::{Health, ops_routes, watch_redis};
 pub use process::{Common, Context, Process, bind, serve};
+pub use raw_http::{FastPath, RequestHead, error_response_bytes, serve_with_fast_path};

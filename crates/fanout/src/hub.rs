@@ -1,0 +1,456 @@
+//! The replica's one subscription path: Redis pub/sub → per-auction feeds.
+
+use crate::codec::{Codec, Item, placed_at_ms};
+use auction_domain::{AuctionId, EventId};
+use event_log::{EventLog, Notice, RedisTarget, StoredEvent};
+use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use redis::aio::{PubSubSink, PubSubStream};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How many events one backfill read asks for.
+const BACKFILL_BATCH: usize = 256;
+/// Redis operations of the subscription path give up after this long; the
+/// connection is then treated as lost and re-established.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound of the queue of "start watching this auction" requests.
+const COMMAND_QUEUE: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Capacity of each auction's broadcast ring, which is also how far a
+    /// client may fall behind before it counts as slow and is disconnected.
+    pub queue_capacity: usize,
+    /// How often every feed gets an [`Item::Tick`].
+    pub keepalive: Duration,
+    /// How long a feed with no clients stays subscribed (avoids churn when a
+    /// client reconnects).
+    pub idle_feed_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinError {
+    /// The subscription path could not go live in time (Redis down).
+    Unavailable,
+    /// Too many new auctions requested at once.
+    Busy,
+}
+
+struct FeedHandle<F> {
+    tx: broadcast::Sender<Item<F>>,
+    live: watch::Receiver<bool>,
+}
+
+struct Shared<C: Codec> {
+    feeds: Mutex<HashMap<AuctionId, FeedHandle<C::Frame>>>,
+    commands: mpsc::Sender<Watch<C::Frame>>,
+    codec: C,
+    log: EventLog,
+    config: HubConfig,
+    connected: AtomicBool,
+}
+
+/// Handle to the replica's hub; cheap to clone.
+pub struct Hub<C: Codec> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: Codec> Clone for Hub<C> {
+    fn clone(&self) -> Self {
+        Hub {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A request to the subscriber task: start watching an auction.
+struct Watch<F> {
+    auction: AuctionId,
+    tx: broadcast::Sender<Item<F>>,
+    live: watch::Sender<bool>,
+}
+
+impl<C: Codec> Hub<C> {
+    /// Starts the subscriber task; it runs until `shutdown`.
+    pub fn start(
+        target: &RedisTarget,
+        log: EventLog,
+        codec: C,
+        config: HubConfig,
+        reconnects: Counter,
+        shutdown: CancellationToken,
+    ) -> Hub<C> {
+        let (commands, requests) = mpsc::channel(COMMAND_QUEUE);
+        let shared = Arc::new(Shared {
+            feeds: Mutex::new(HashMap::new()),
+            commands,
+            codec,
+            log,
+            config,
+            connected: AtomicBool::new(false),
+        });
+        let subscriber = Subscriber {
+            shared: shared.clone(),
+            client: target.pubsub_client.clone(),
+            cursors: HashMap::new(),
+            requests,
+            reconnects,
+            shutdown,
+        };
+        tokio::spawn(subscriber.run());
+        Hub { shared }
+    }
+
+    pub fn codec(&self) -> &C {
+        &self.shared.codec
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.shared.log
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.shared.config
+    }
+
+    /// Whether the pub/sub connection is up (part of readiness).
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Attaches a receiver to the auction's feed, starting the feed if
+    /// needed, and waits until the feed is live: from then on, every event
+    /// appended to the stream after the feed's starting point reaches the
+    /// receiver, in order. The caller reads anything older from the stream.
+    pub async fn join(
+        &self,
+        auction: &AuctionId,
+        wait: Duration,
+    ) -> Result<broadcast::Receiver<Item<C::Frame>>, JoinError> {
+        let (rx, mut live) = {
+            let mut feeds = lock(&self.shared.feeds);
+            match feeds.get(auction) {
+                Some(feed) => (feed.tx.subscribe(), feed.live.clone()),
+                None => {
+                    let (tx, rx) = broadcast::channel(self.shared.config.queue_capacity);
+                    let (live_tx, live_rx) = watch::channel(false);
+                    let request = Watch {
+                        auction: auction.clone(),
+                        tx: tx.clone(),
+                        live: live_tx,
+                    };
+                    self.shared
+                        .commands
+                        .try_send(request)
+                        .map_err(|_| JoinError::Busy)?;
+                    feeds.insert(
+                        auction.clone(),
+                        FeedHandle {
+                            tx,
+                            live: live_rx.clone(),
+                        },
+                    );
+                    (rx, live_rx)
+                }
+            }
+        };
+        match tokio::time::timeout(wait, live.wait_for(|live| *live)).await {
+            Ok(Ok(_)) => Ok(rx),
+            _ => Err(JoinError::Unavailable),
+        }
+    }
+
+    /// Number of auctions this replica currently watches.
+    pub fn feed_count(&self) -> usize {
+        lock(&self.shared.feeds).len()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The subscriber task's view of one watched auction.
+struct Cursor<F> {
+    channel: String,
+    tx: broadcast::Sender<Item<F>>,
+    live: watch::Sender<bool>,
+    /// The newest event published to the feed. Only meaningful once live.
+    last: EventId,
+    idle_since: Option<Instant>,
+}
+
+struct Subscriber<C: Codec> {
+    shared: Arc<Shared<C>>,
+    client: redis::Client,
+    cursors: HashMap<AuctionId, Cursor<C::Frame>>,
+    requests: mpsc::Receiver<Watch<C::Frame>>,
+    reconnects: Counter,
+    shutdown: CancellationToken,
+}
+
+/// Why the pump stopped.
+enum Stop {
+    Shutdown,
+    Lost(String),
+}
+
+impl<C: Codec> Subscriber<C> {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        let mut connected_before = false;
+        loop {
+            let connect = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub());
+            let pubsub = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                result = connect => result,
+            };
+            let Ok(Ok(pubsub)) = pubsub else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            if connected_before {
+                self.reconnects.inc();
+            }
+            let connected_at = Instant::now();
+            let stop = match self.resume(&mut sink).await {
+                Ok(()) => {
+                    connected_before = true;
+                    self.shared.connected.store(true, Ordering::Relaxed);
+                    tracing::info!(feeds = self.cursors.len(), "subscribed to Redis pub/sub");
+                    self.pump(&mut sink, &mut stream).await
+                }
+                Err(error) => Stop::Lost(error),
+            };
+            self.shared.connected.store(false, Ordering::Relaxed);
+            match stop {
+                Stop::Shutdown => return,
+                Stop::Lost(error) => {
+                    tracing::warn!(%error, "Redis pub/sub connection lost; reconnecting");
+                }
+            }
+            // A connection that failed quickly must not turn into a busy loop.
+            if connected_at.elapsed() > Duration::from_secs(5) {
+                backoff = Duration::from_millis(50);
+            } else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// After (re)connecting: subscribe to every watched auction, then bring
+    /// each feed up to date from the stream (notices sent while we were
+    /// away are gone; the stream has the events).
+    async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
+        let channels: Vec<String> = self.cursors.values().map(|c| c.channel.clone()).collect();
+        if !channels.is_empty() {
+            timed(sink.subscribe(channels)).await?;
+        }
+        let auctions: Vec<AuctionId> = self.cursors.keys().cloned().collect();
+        for auction in auctions {
+            let live = self.cursors.get(&auction).is_some_and(|c| *c.live.borrow());
+            if live {
+                self.backfill(&auction).await?;
+            } else {
+                self.go_live(&auction).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn pump(&mut self, sink: &mut PubSubSink, stream: &mut PubSubStream) -> Stop {
+        let config = self.shared.config.clone();
+        let mut keepalive = tokio::time::interval(config.keepalive);
+        keepalive.reset();
+        let mut sweep = tokio::time::interval(config.idle_feed_ttl.max(Duration::from_millis(100)));
+        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let result = tokio::select! {
+                _ = self.shutdown.cancelled() => return Stop::Shutdown,
+                message = stream.next() => match message {
+                    Some(message) => self.on_message(&message).await,
+                    None => Err("the pub/sub stream ended".to_owned()),
+                },
+                request = self.requests.recv() => match request {
+                    Some(request) => self.watch(sink, request).await,
+                    None => return Stop::Shutdown,
+                },
+                _ = keepalive.tick() => {
+                    for cursor in self.cursors.values() {
+                        let _ = cursor.tx.send(Item::Tick);
+                    }
+                    Ok(())
+                }
+                _ = sweep.tick() => self.sweep(sink).await,
+                _ = ping.tick() => timed(sink.ping::<redis::Value>()).await.map(|_| ()),
+            };
+            if let Err(error) = result {
+                return Stop::Lost(error);
+            }
+        }
+    }
+
+    /// Starts watching an auction: subscribe, then learn the newest event
+    /// so the feed knows where its chain starts.
+    async fn watch(&mut self, sink: &mut PubSubSink, request: Watch<C::Frame>) -> Result<(), String> {
+        let channel = event_log::live_channel(&request.auction);
+        let auction = request.auction.clone();
+        self.cursors.insert(
+            request.auction,
+            Cursor {
+                channel: channel.clone(),
+                tx: request.tx,
+                live: request.live,
+                last: EventId::ZERO,
+                idle_since: None,
+            },
+        );
+        timed(sink.subscribe(channel)).await?;
+        self.go_live(&auction).await
+    }
+
+    async fn go_live(&mut self, auction: &AuctionId) -> Result<(), String> {
+        let window = timed(self.shared.log.window(auction)).await?;
+        if let Some(cursor) = self.cursors.get_mut(auction) {
+            cursor.last = window.last.unwrap_or(EventId::ZERO);
+            let _ = cursor.live.send(true);
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, message: &redis::Msg) -> Result<(), String> {
+        let Some(auction) = auction_of_channel(message.get_channel_name()) else {
+            return Ok(());
+        };
+        let Some(event) = Notice::parse(message.get_payload_bytes()) else {
+            tracing::warn!(channel = message.get_channel_name(), "ignoring a malformed notice");
+            return Ok(());
+        };
+        let Some(cursor) = self.cursors.get_mut(&auction) else {
+            return Ok(()); // an auction we stopped watching
+        };
+        if !*cursor.live.borrow() || event.id <= cursor.last {
+            return Ok(()); // not started yet, or already published
+        }
+        if event.prev == cursor.last {
+            publish(&self.shared.codec, &auction, cursor, &event);
+            return Ok(());
+        }
+        tracing::debug!(%auction, last = %cursor.last, prev = %event.prev, "gap in notices; backfilling");
+        self.backfill(&auction).await
+    }
+
+    /// Publishes everything the stream holds after the feed's last event.
+    async fn backfill(&mut self, auction: &AuctionId) -> Result<(), String> {
+        loop {
+            let Some(after) = self.cursors.get(auction).map(|c| c.last) else {
+                return Ok(());
+            };
+            let batch = timed(self.shared.log.read_after(auction, after, BACKFILL_BATCH)).await?;
+            let Some(cursor) = self.cursors.get_mut(auction) else {
+                return Ok(());
+            };
+            if let Some(first) = batch.first() {
+                if first.prev != after {
+                    // The events in between were trimmed from the stream:
+                    // this feed's clients must start over.
+                    tracing::warn!(%auction, %after, "events lost beyond retention; resetting clients");
+                    let _ = cursor.tx.send(Item::Reset);
+                }
+            }
+            for event in &batch {
+                publish(&self.shared.codec, auction, cursor, event);
+            }
+            if batch.len() < BACKFILL_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stops watching auctions that have had no clients for a while.
+    async fn sweep(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
+        let now = Instant::now();
+        let ttl = self.shared.config.idle_feed_ttl;
+        let mut expired = Vec::new();
+        for (auction, cursor) in self.cursors.iter_mut() {
+            if cursor.tx.receiver_count() > 0 {
+                cursor.idle_since = None;
+            } else if now.duration_since(*cursor.idle_since.get_or_insert(now)) >= ttl {
+                expired.push(auction.clone());
+            }
+        }
+        for auction in expired {
+            let removed = {
+                let mut feeds = lock(&self.shared.feeds);
+                // Re-check under the lock: `join` subscribes under it.
+                let idle = feeds.get(&auction).is_none_or(|f| f.tx.receiver_count() == 0);
+                if idle {
+                    feeds.remove(&auction);
+                }
+                idle
+            };
+            if removed {
+                if let Some(cursor) = self.cursors.remove(&auction) {
+                    timed(sink.unsubscribe(cursor.channel)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn publish<C: Codec>(codec: &C, auction: &AuctionId, cursor: &mut Cursor<C::Frame>, event: &StoredEvent) {
+    if event.id <= cursor.last {
+        return;
+    }
+    let frame = codec.event(auction, event);
+    // No receivers is fine: the feed may be idle, waiting to be swept.
+    let _ = cursor.tx.send(Item::Event {
+        id: event.id,
+        placed_at_ms: placed_at_ms(&event.data),
+        frame,
+    });
+    cursor.last = event.id;
+}
+
+/// `auction:{ID}:live` → `ID`.
+fn auction_of_channel(channel: &str) -> Option<AuctionId> {
+    let id = channel.strip_prefix("auction:{")?.strip_suffix("}:live")?;
+    AuctionId::parse(id).ok()
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    operation: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REDIS_TIMEOUT, operation).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("Redis did not answer in time".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auction_of_channel;
+
+    #[test]
+    fn channel_names_map_back_to_auctions() {
+        assert_eq!(auction_of_channel("auction:{a-1}:live").unwrap().as_str(), "a-1");
+        assert!(auction_of_channel("auction:{a b}:live").is_none());
+        assert!(auction_of_channel("other").is_none());
+    }
+}

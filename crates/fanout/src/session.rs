@@ -1,0 +1,259 @@
+//! How a client connection starts: the contract's resume rules.
+//!
+//! 1. Join the auction's feed first, so nothing published from now on is
+//!    missed.
+//! 2. A resume id the stream can still serve: replay everything after it
+//!    from the stream ([`CatchUp`]). Anything else (none, garbled, empty, in
+//!    the future, older than retention): an `init` snapshot, `reset: true`
+//!    unless no id was given.
+//! 3. Go live, dropping feed events at or below the last id sent.
+
+use crate::codec::{Codec, Item};
+use crate::hub::{Hub, JoinError};
+use auction_domain::{AuctionId, EventId, EventKind};
+use event_log::{LogError, Snapshot};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Events of the current round shown in `init.history`.
+const HISTORY_LEN: usize = 10;
+/// How many newest events a snapshot reads to find that history.
+const SNAPSHOT_EVENTS: usize = 40;
+/// Events per replay read.
+const REPLAY_BATCH: usize = 256;
+
+/// The client's resume point, from `Last-Event-ID`, `lastEventId` or `last_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// No resume point was given.
+    Fresh,
+    /// A well-formed id (it may still be too old or in the future).
+    From(EventId),
+    /// Present but not an id (empty, garbled, not UTF-8, too long).
+    Garbled,
+}
+
+impl Resume {
+    pub fn parse(value: Option<&[u8]>) -> Resume {
+        match value {
+            None => Resume::Fresh,
+            Some(bytes) => std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|text| EventId::parse(text.trim()))
+                .map_or(Resume::Garbled, Resume::From),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    NotFound,
+    Unavailable,
+    Busy,
+}
+
+impl From<JoinError> for OpenError {
+    fn from(error: JoinError) -> Self {
+        match error {
+            JoinError::Unavailable => OpenError::Unavailable,
+            JoinError::Busy => OpenError::Busy,
+        }
+    }
+}
+
+impl From<LogError> for OpenError {
+    fn from(_: LogError) -> Self {
+        OpenError::Unavailable
+    }
+}
+
+/// How the client's view starts.
+pub enum Start<F> {
+    /// Send this `init` frame; it reflects events up to `last`.
+    Init { frame: F, last: EventId, reset: bool },
+    /// Replay the stream after the client's id, then go live.
+    Replay(CatchUp),
+}
+
+pub struct Opening<F> {
+    pub feed: broadcast::Receiver<Item<F>>,
+    pub start: Start<F>,
+}
+
+/// Joins the feed and decides how the client starts (steps 1 and 2).
+pub async fn open<C: Codec>(
+    hub: &Hub<C>,
+    auction: &AuctionId,
+    resume: Resume,
+    join_wait: Duration,
+) -> Result<Opening<C::Frame>, OpenError> {
+    let feed = hub.join(auction, join_wait).await?;
+    if let Resume::From(id) = resume {
+        if hub.log().window(auction).await?.can_resume_from(id) {
+            return Ok(Opening {
+                feed,
+                start: Start::Replay(CatchUp::new(auction.clone(), id)),
+            });
+        }
+    }
+    let start = init(hub, auction, resume != Resume::Fresh).await?;
+    Ok(Opening { feed, start })
+}
+
+/// A fresh `init` for `auction`.
+pub async fn init<C: Codec>(
+    hub: &Hub<C>,
+    auction: &AuctionId,
+    reset: bool,
+) -> Result<Start<C::Frame>, OpenError> {
+    let snapshot = hub
+        .log()
+        .snapshot(auction, SNAPSHOT_EVENTS)
+        .await?
+        .ok_or(OpenError::NotFound)?;
+    let json = init_json(&snapshot, reset);
+    Ok(Start::Init {
+        frame: hub.codec().init(auction, snapshot.last_id, &json),
+        last: snapshot.last_id,
+        reset,
+    })
+}
+
+/// `{"auction":Auction,"history":[Bid...],"reset":bool}`: the history is the
+/// current round's bids, newest first.
+pub fn init_json(snapshot: &Snapshot, reset: bool) -> String {
+    let auction = serde_json::to_string(&snapshot.auction).unwrap_or_else(|_| "null".into());
+    let mut json = String::with_capacity(auction.len() + 160 * HISTORY_LEN + 40);
+    json.push_str("{\"auction\":");
+    json.push_str(&auction);
+    json.push_str(",\"history\":[");
+    let bids = snapshot
+        .recent
+        .iter()
+        .skip_while(|event| event.kind == EventKind::Closed)
+        .take_while(|event| event.kind == EventKind::Bid)
+        .take(HISTORY_LEN);
+    for (index, bid) in bids.enumerate() {
+        if index > 0 {
+            json.push(',');
+        }
+        json.push_str(&bid.data);
+    }
+    json.push_str("],\"reset\":");
+    json.push_str(if reset { "true" } else { "false" });
+    json.push('}');
+    json
+}
+
+/// Replays an auction's stream after a client's id, in batches.
+#[derive(Debug)]
+pub struct CatchUp {
+    auction: AuctionId,
+    after: EventId,
+    done: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatchUpError {
+    /// Events after the client's id were trimmed meanwhile: send a reset
+    /// `init` instead (only possible before anything was replayed).
+    Gap,
+    Unavailable,
+}
+
+impl CatchUp {
+    pub fn new(auction: AuctionId, after: EventId) -> CatchUp {
+        CatchUp {
+            auction,
+            after,
+            done: false,
+        }
+    }
+
+    /// The id of the last event replayed so far (or the resume id).
+    pub fn last(&self) -> EventId {
+        self.after
+    }
+
+    /// Appends the next batch of encoded events to `out`. Returns `false`
+    /// once the stream has nothing more: the client is caught up.
+    pub async fn next_batch<C: Codec>(
+        &mut self,
+        hub: &Hub<C>,
+        out: &mut Vec<(EventId, u64, C::Frame)>,
+    ) -> Result<bool, CatchUpError> {
+        if self.done {
+            return Ok(false);
+        }
+        let events = hub
+            .log()
+            .read_after(&self.auction, self.after, REPLAY_BATCH)
+            .await
+            .map_err(|_| CatchUpError::Unavailable)?;
+        if let Some(first) = events.first() {
+            if first.prev != self.after {
+                return Err(CatchUpError::Gap);
+            }
+        }
+        for event in &events {
+            let frame = hub.codec().event(&self.auction, event);
+            out.push((event.id, crate::codec::placed_at_ms(&event.data), frame));
+            self.after = event.id;
+        }
+        self.done = events.len() < REPLAY_BATCH;
+        Ok(!events.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auction_domain::{Auction, AuctionStatus};
+    use event_log::StoredEvent;
+
+    fn event(seq: u64, kind: EventKind, data: &str) -> StoredEvent {
+        StoredEvent {
+            id: EventId::new(10, seq),
+            prev: EventId::new(10, seq.saturating_sub(1)),
+            kind,
+            data: data.into(),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn resume_values_parse() {
+        assert_eq!(Resume::parse(None), Resume::Fresh);
+        assert_eq!(Resume::parse(Some(b"5-1")), Resume::From(EventId::new(5, 1)));
+        for garbled in [&b""[..], b"abc", b"\xff\xfe", b"5-", &[b'9'; 10_240][..]] {
+            assert_eq!(Resume::parse(Some(garbled)), Resume::Garbled);
+        }
+    }
+
+    #[test]
+    fn init_history_is_the_current_round_newest_first() {
+        let snapshot = Snapshot {
+            auction: Auction {
+                id: "a".into(),
+                title: "T".into(),
+                status: AuctionStatus::Closed,
+                starting_price: 1,
+                min_increment: 1,
+                ends_at: 5,
+                current: None,
+            },
+            recent: vec![
+                event(5, EventKind::Closed, "{}"),
+                event(4, EventKind::Bid, r#"{"amount":3}"#),
+                event(3, EventKind::Bid, r#"{"amount":2}"#),
+                event(2, EventKind::Opened, "{}"),
+                event(1, EventKind::Bid, r#"{"amount":1}"#),
+            ],
+            last_id: EventId::new(10, 5),
+        };
+        let json: serde_json::Value = serde_json::from_str(&init_json(&snapshot, true)).unwrap();
+        assert_eq!(json["history"], serde_json::json!([{"amount":3},{"amount":2}]));
+        assert_eq!(json["reset"], true);
+        assert_eq!(json["auction"]["status"], "closed");
+    }
+}

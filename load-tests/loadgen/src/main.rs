@@ -1,0 +1,77 @@
+//! `loadgen`: the project's own load generator. Targets loopback only.
+//!
+//! `loadgen bids --url http://127.0.0.1:8080 [--concurrency 32] [--seconds 10]`
+//! creates one auction per worker and posts strictly increasing bids as fast
+//! as the bidder answers, then prints accepted bids/s and latency percentiles.
+
+mod bids;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+/// `--name value` pairs after the scenario name.
+pub struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut map = HashMap::new();
+        let mut args = args.peekable();
+        while let Some(flag) = args.next() {
+            let name = flag
+                .strip_prefix("--")
+                .ok_or_else(|| format!("expected --flag, got {flag:?}"))?;
+            let value = args.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            map.insert(name.to_owned(), value);
+        }
+        Ok(Args(map))
+    }
+
+    pub fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.0.get(name) {
+            None => Ok(default),
+            Some(text) => text.parse().map_err(|_| format!("--{name}: cannot parse {text:?}")),
+        }
+    }
+
+    pub fn text(&self, name: &str, default: &str) -> String {
+        self.0.get(name).cloned().unwrap_or_else(|| default.to_owned())
+    }
+}
+
+/// Refuses targets other than loopback: load tests never leave the machine.
+pub fn ensure_loopback(url: &str) -> Result<(), String> {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+    if host == "localhost" || host == "[::1]" || host.starts_with("127.") {
+        Ok(())
+    } else {
+        Err(format!("refusing to load {host:?}: loopback targets only"))
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let scenario = args.next().unwrap_or_default();
+    let result = Args::parse(args).and_then(|args| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| error.to_string())?;
+        match scenario.as_str() {
+            "bids" => runtime.block_on(bids::run(&args)),
+            _ => Err("usage: loadgen bids --url URL [--concurrency N] [--seconds S]".into()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("loadgen: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `sse-edge`: a stateless replica that fans auction events out to browsers
+//! over Server-Sent Events. Any replica serves any resume.
+
+mod codec;
+mod stream;
+
+use event_log::{EventLog, connect_manager};
+use fanout::{Hub, HubConfig};
+use service_kit::{Context, Process, bind, serve_with_fast_path, watch_redis};
+use settings::{SettingError, Settings};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use stream::SseEndpoint;
+use telemetry::Transport;
+
+#[derive(Debug, Clone)]
+struct SseSettings {
+    keepalive: Duration,
+    retry_ms: u64,
+    max_connections: usize,
+    queue: usize,
+    bidder_public_url: String,
+}
+
+impl SseSettings {
+    fn read(settings: &Settings) -> Result<SseSettings, SettingError> {
+        Ok(SseSettings {
+            keepalive: Duration::from_millis(settings.number("sse_keepalive_ms", 15_000, 100..=3_600_000)?),
+            retry_ms: settings.number("sse_retry_ms", 2_000, 0..=3_600_000)?,
+            max_connections: settings.number("max_connections", 10_000, 1..=10_000_000)? as usize,
+            queue: settings.number("client_queue", 256, 4..=65_536)? as usize,
+            bidder_public_url: settings.raw("bidder_public_url").unwrap_or_default(),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let process = Process::start("sse-edge", "0.0.0.0:8081");
+    let own = SseSettings::read(&process.settings)
+        .unwrap_or_else(|error| Process::exit_bad_setting(&error));
+    process.run(|ctx| run(ctx, own))
+}
+
+async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
+    let reconnects = ctx.metrics.redis_reconnects();
+    let manager_reconnects = reconnects.clone();
+    let conn = connect_manager(&ctx.common.redis, move || {
+        manager_reconnects.inc();
+    })
+    .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
+    let log = EventLog::new(conn, 0);
+    let hub = Hub::start(
+        &ctx.common.redis,
+        log.clone(),
+        codec::SseCodec,
+        HubConfig {
+            queue_capacity: own.queue,
+            keepalive: own.keepalive,
+            idle_feed_ttl: Duration::from_secs(10),
+        },
+        reconnects,
+        ctx.shutdown.clone(),
+    );
+    let probe_hub = hub.clone();
+    watch_redis(&ctx, Duration::from_millis(500), move || {
+        let hub = probe_hub.clone();
+        async move { hub.connected() && hub.log().ping().await.is_ok() }
+    });
+    let endpoint = Arc::new(SseEndpoint::new(
+        hub,
+        ctx.metrics.transport(Transport::sse),
+        own.max_connections,
+        own.retry_ms,
+        ctx.shutdown.clone(),
+    ));
+    let _ = &own.bidder_public_url;
+    let listener = bind(&ctx).await?;
+    let routes = axum::Router::new();
+    serve_with_fast_path(&ctx, listener, routes, endpoint.clone()).await?;
+    // Accepting has stopped; wait for every stream to end cleanly (the
+    // grace deadline of `Process::run` bounds this).
+    endpoint.drained().await;
+    Ok(())
+}

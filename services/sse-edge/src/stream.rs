@@ -1,0 +1,434 @@
+//! The SSE endpoint, `GET /auctions/{id}/events`, on the raw socket.
+//!
+//! Per connection this holds the socket, a receiver on the auction's feed
+//! (a cursor into a shared ring, not a copy of its events), the last id
+//! sent, and a small batch buffer. One task per connection reads what the
+//! feed has ready and writes it with one vectored write.
+
+use crate::codec::{KEEPALIVE, SseCodec};
+use auction_domain::{AuctionId, EventId};
+use bytes::Bytes;
+use fanout::{CatchUpError, Hub, Item, OpenError, Resume, Start};
+use service_kit::{FastPath, RequestHead, error_response_bytes};
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use telemetry::TransportMetrics;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+/// Most frames written by one vectored write.
+const MAX_BATCH: usize = 64;
+/// While a write is blocked, how often to check whether the client has
+/// fallen further behind than its queue allows.
+const OVERFLOW_CHECK: Duration = Duration::from_millis(50);
+/// A write blocked this long means the client is gone or stuck.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How long a new connection waits for its auction's feed to go live.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+
+pub struct SseEndpoint {
+    pub hub: Hub<SseCodec>,
+    pub metrics: TransportMetrics,
+    pub max_connections: usize,
+    pub retry_ms: u64,
+    pub shutdown: CancellationToken,
+    open: AtomicUsize,
+    drained: Notify,
+}
+
+impl SseEndpoint {
+    pub fn new(
+        hub: Hub<SseCodec>,
+        metrics: TransportMetrics,
+        max_connections: usize,
+        retry_ms: u64,
+        shutdown: CancellationToken,
+    ) -> SseEndpoint {
+        SseEndpoint {
+            hub,
+            metrics,
+            max_connections,
+            retry_ms,
+            shutdown,
+            open: AtomicUsize::new(0),
+            drained: Notify::new(),
+        }
+    }
+
+    /// Resolves once every stream has ended (after shutdown).
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts one open stream, for the cap, the gauge and draining.
+struct Slot<'a>(&'a SseEndpoint);
+
+impl<'a> Slot<'a> {
+    fn acquire(endpoint: &'a SseEndpoint) -> Option<Slot<'a>> {
+        let previous = endpoint.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(endpoint);
+        if previous >= endpoint.max_connections {
+            return None; // dropping `slot` gives the count back
+        }
+        endpoint.metrics.connections.inc();
+        Some(slot)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) <= self.0.max_connections {
+            self.0.metrics.connections.dec();
+        }
+        self.0.drained.notify_waiters();
+    }
+}
+
+/// `/auctions/{id}/events` → the raw `{id}`.
+fn events_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/auctions/")?.strip_suffix("/events")
+}
+
+impl FastPath for SseEndpoint {
+    fn claims(&self, head: &RequestHead) -> bool {
+        head.method == "GET" && events_path(head.path()).is_some()
+    }
+
+    async fn serve(self: Arc<Self>, stream: TcpStream, head: RequestHead) {
+        let refuse = |status, reason, code, message: &str, retry| {
+            error_response_bytes(status, reason, code, message, retry)
+        };
+        let raw_id = events_path(head.path()).unwrap_or("");
+        let Ok(auction) = AuctionId::parse(raw_id) else {
+            let body = refuse(404, "Not Found", "not_found", "no such auction", None);
+            return finish(stream, &body).await;
+        };
+        let Some(_slot) = Slot::acquire(&self) else {
+            let body = refuse(503, "Service Unavailable", "too_many_connections", "this replica is full; retry", Some(1));
+            return finish(stream, &body).await;
+        };
+        if self.shutdown.is_cancelled() {
+            let body = refuse(503, "Service Unavailable", "draining", "this replica is shutting down", Some(1));
+            return finish(stream, &body).await;
+        }
+        let resume = Resume::parse(
+            head.header("last-event-id")
+                .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
+        );
+        let unavailable = || refuse(503, "Service Unavailable", "redis_unavailable", "the event store is unreachable; retry shortly", Some(1));
+        match self.hub.log().exists(&auction).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let body = refuse(404, "Not Found", "not_found", &format!("no auction with id {raw_id:?}"), None);
+                return finish(stream, &body).await;
+            }
+            Err(_) => return finish(stream, &unavailable()).await,
+        }
+        let opening = match fanout::open(&self.hub, &auction, resume, JOIN_WAIT).await {
+            Ok(opening) => opening,
+            Err(OpenError::NotFound) => {
+                let body = refuse(404, "Not Found", "not_found", "no such auction", None);
+                return finish(stream, &body).await;
+            }
+            Err(_) => return finish(stream, &unavailable()).await,
+        };
+        let mut connection = Connection {
+            endpoint: &self,
+            stream: &stream,
+            feed: opening.feed,
+            last_sent: EventId::ZERO,
+            batch: Vec::new(),
+        };
+        if connection.start(&auction, opening.start).await.is_ok() {
+            connection.live().await;
+        }
+        // End the stream cleanly (FIN): the browser sees the end and
+        // reconnects, to this replica or another, with its last id.
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Writes a complete refusal and closes.
+async fn finish(mut stream: TcpStream, response: &[u8]) {
+    let frames = [Bytes::copy_from_slice(response)];
+    let _ = write_with_deadline(&stream, &frames, Duration::from_secs(5)).await;
+    let _ = stream.shutdown().await;
+}
+
+enum Ended {
+    Closed,
+}
+
+struct Connection<'a> {
+    endpoint: &'a SseEndpoint,
+    stream: &'a TcpStream,
+    feed: broadcast::Receiver<Item<Bytes>>,
+    last_sent: EventId,
+    batch: Vec<(Bytes, u64)>,
+}
+
+impl Connection<'_> {
+    /// Response head, `retry:`, then the init or the replay.
+    async fn start(&mut self, auction: &AuctionId, start: Start<Bytes>) -> Result<(), Ended> {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nretry: {}\n\n",
+            self.endpoint.retry_ms
+        );
+        self.write(&[Bytes::from(head)]).await?;
+        let metrics = &self.endpoint.metrics;
+        match start {
+            Start::Init { frame, last, reset } => {
+                if reset {
+                    metrics.resumes_reset.inc();
+                }
+                self.last_sent = last;
+                self.write(&[frame]).await
+            }
+            Start::Replay(mut catch_up) => {
+                let mut replayed = Vec::new();
+                loop {
+                    replayed.clear();
+                    match catch_up.next_batch(&self.endpoint.hub, &mut replayed).await {
+                        Ok(more) => {
+                            let frames: Vec<Bytes> = replayed.iter().map(|(_, _, f)| f.clone()).collect();
+                            self.write(&frames).await?;
+                            metrics.events_delivered.inc_by(frames.len() as u64);
+                            self.last_sent = catch_up.last();
+                            if !more {
+                                break;
+                            }
+                        }
+                        Err(CatchUpError::Gap) if self.last_sent == EventId::ZERO => {
+                            // Trimmed between the window check and the read.
+                            let Ok(Start::Init { frame, last, .. }) = fanout::init(&self.endpoint.hub, auction, true).await else {
+                                return Err(Ended::Closed);
+                            };
+                            metrics.resumes_reset.inc();
+                            self.last_sent = last;
+                            return self.write(&[frame]).await;
+                        }
+                        Err(_) => return Err(Ended::Closed),
+                    }
+                }
+                metrics.resumes_replayed.inc();
+                Ok(())
+            }
+        }
+    }
+
+    /// Forwards the feed until the client leaves, lags or the replica drains.
+    async fn live(&mut self) {
+        let shutdown = self.endpoint.shutdown.clone();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                item = self.feed.recv() => item,
+                _ = client_gone(self.stream) => return,
+            };
+            if !self.take(first) {
+                return;
+            }
+            while self.batch.len() < MAX_BATCH {
+                match self.feed.try_recv() {
+                    Ok(item) => {
+                        if !self.take(Ok(item)) {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        self.take(Err(broadcast::error::RecvError::Lagged(n)));
+                        return;
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => return,
+                }
+            }
+            if self.batch.is_empty() {
+                continue;
+            }
+            if self.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Adds one feed item to the batch. `false`: end the connection.
+    fn take(&mut self, item: Result<Item<Bytes>, broadcast::error::RecvError>) -> bool {
+        match item {
+            Ok(Item::Event { id, placed_at_ms, frame }) => {
+                if id > self.last_sent {
+                    self.last_sent = id;
+                    self.batch.push((frame, placed_at_ms));
+                }
+                true
+            }
+            Ok(Item::Tick) => {
+                self.batch.push((Bytes::from_static(KEEPALIVE), 0));
+                true
+            }
+            Ok(Item::Reset) => false,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.endpoint.metrics.slow_consumer_disconnects.inc();
+                false
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Ended> {
+        let result = write_frames(
+            self.stream,
+            self.batch.iter().map(|(frame, _)| frame),
+            &self.feed,
+            self.endpoint.hub.config().queue_capacity,
+            &self.endpoint.shutdown,
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                let metrics = &self.endpoint.metrics;
+                let now_ms = now_ms();
+                let mut events = 0;
+                for (_, placed_at) in &self.batch {
+                    if *placed_at > 0 {
+                        events += 1;
+                        metrics
+                            .delivery_latency
+                            .observe(now_ms.saturating_sub(*placed_at) as f64 / 1000.0);
+                    }
+                }
+                metrics.events_delivered.inc_by(events);
+                self.batch.clear();
+                Ok(())
+            }
+            Err(WriteError::Slow) => {
+                self.endpoint.metrics.slow_consumer_disconnects.inc();
+                Err(Ended::Closed)
+            }
+            Err(_) => Err(Ended::Closed),
+        }
+    }
+
+    async fn write(&mut self, frames: &[Bytes]) -> Result<(), Ended> {
+        write_frames(
+            self.stream,
+            frames.iter(),
+            &self.feed,
+            self.endpoint.hub.config().queue_capacity,
+            &self.endpoint.shutdown,
+        )
+        .await
+        .map_err(|_| Ended::Closed)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Resolves when the client closes its side (or sends something, which an
+/// SSE client never does: we stop reading and let it be).
+async fn client_gone(stream: &TcpStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let mut scratch = [0u8; 64];
+        match stream.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum WriteError {
+    /// The client fell further behind than its queue allows.
+    Slow,
+    Io,
+}
+
+/// Writes every frame, in as few vectored writes as the socket allows. While
+/// the socket is full, checks whether the feed has lapped this client.
+async fn write_frames<'f>(
+    stream: &TcpStream,
+    frames: impl Iterator<Item = &'f Bytes> + Clone,
+    feed: &broadcast::Receiver<Item<Bytes>>,
+    capacity: usize,
+    shutdown: &CancellationToken,
+) -> Result<(), WriteError> {
+    let total: usize = frames.clone().map(Bytes::len).sum();
+    let mut written = 0;
+    let mut stalled = Duration::ZERO;
+    while written < total {
+        match try_write_from(stream, frames.clone(), written) {
+            Ok(n) => {
+                written += n;
+                stalled = Duration::ZERO;
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    ready = stream.writable() => ready.map_err(|_| WriteError::Io)?,
+                    _ = tokio::time::sleep(OVERFLOW_CHECK) => {
+                        stalled += OVERFLOW_CHECK;
+                        if feed.len() >= capacity || stalled >= WRITE_STALL {
+                            return Err(WriteError::Slow);
+                        }
+                    }
+                    _ = shutdown.cancelled() => return Err(WriteError::Io),
+                }
+            }
+            Err(_) => return Err(WriteError::Io),
+        }
+    }
+    Ok(())
+}
+
+async fn write_with_deadline(stream: &TcpStream, frames: &[Bytes], deadline: Duration) -> Result<(), WriteError> {
+    let never = CancellationToken::new();
+    let (_tx, rx) = broadcast::channel::<Item<Bytes>>(1);
+    tokio::time::timeout(deadline, write_frames(stream, frames.iter(), &rx, usize::MAX, &never))
+        .await
+        .map_err(|_| WriteError::Io)?
+}
+
+/// One non-blocking vectored write of `frames`, skipping the first `skip`
+/// bytes (already written). Up to `MAX_BATCH` slices per call.
+fn try_write_from<'f>(stream: &TcpStream, frames: impl Iterator<Item = &'f Bytes>, mut skip: usize) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+    let mut count = 0;
+    for frame in frames {
+        if skip >= frame.len() {
+            skip -= frame.len();
+            continue;
+        }
+        slices[count] = IoSlice::new(&frame[skip..]);
+        skip = 0;
+        count += 1;
+        if count == MAX_BATCH {
+            break;
+        }
+    }
+    match count {
+        0 => Ok(0),
+        1 => stream.try_write(&slices[0]),
+        _ => stream.try_write_vectored(&slices[..count]),
+    }
+}
