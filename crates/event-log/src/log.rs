@@ -443,7 +443,11 @@ impl EventLog {
             .unwrap_or(EventId::ZERO);
         Ok(Some(Snapshot {
             auction: auction_from_hash(&fields)?,
-            recent: recent.ids.iter().map(stored_event).collect::<Result<_, _>>()?,
+            recent: recent
+                .ids
+                .iter()
+                .map(stored_event)
+                .collect::<Result<_, _>>()?,
             last_id,
         }))
     }

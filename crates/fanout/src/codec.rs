@@ -56,7 +56,9 @@ mod tests {
     #[test]
     fn finds_placed_at() {
         assert_eq!(
-            placed_at_ms(r#"{"auction":"a","amount":5,"bidder":"b","placed_at":1763900000000,"source":"user"}"#),
+            placed_at_ms(
+                r#"{"auction":"a","amount":5,"bidder":"b","placed_at":1763900000000,"source":"user"}"#
+            ),
             1763900000000
         );
         assert_eq!(placed_at_ms(r#"{"auction":{}}"#), 0);

@@ -172,7 +172,9 @@ impl<C: Codec> Hub<C> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The subscriber task's view of one watched auction.
@@ -306,7 +308,11 @@ impl<C: Codec> Subscriber<C> {
 
     /// Starts watching an auction: subscribe, then learn the newest event
     /// so the feed knows where its chain starts.
-    async fn watch(&mut self, sink: &mut PubSubSink, request: Watch<C::Frame>) -> Result<(), String> {
+    async fn watch(
+        &mut self,
+        sink: &mut PubSubSink,
+        request: Watch<C::Frame>,
+    ) -> Result<(), String> {
         let channel = event_log::live_channel(&request.auction);
         let auction = request.auction.clone();
         self.cursors.insert(
@@ -337,7 +343,10 @@ impl<C: Codec> Subscriber<C> {
             return Ok(());
         };
         let Some(event) = Notice::parse(message.get_payload_bytes()) else {
-            tracing::warn!(channel = message.get_channel_name(), "ignoring a malformed notice");
+            tracing::warn!(
+                channel = message.get_channel_name(),
+                "ignoring a malformed notice"
+            );
             return Ok(());
         };
         let Some(cursor) = self.cursors.get_mut(&auction) else {
@@ -364,13 +373,13 @@ impl<C: Codec> Subscriber<C> {
             let Some(cursor) = self.cursors.get_mut(auction) else {
                 return Ok(());
             };
-            if let Some(first) = batch.first() {
-                if first.prev != after {
-                    // The events in between were trimmed from the stream:
-                    // this feed's clients must start over.
-                    tracing::warn!(%auction, %after, "events lost beyond retention; resetting clients");
-                    let _ = cursor.tx.send(Item::Reset);
-                }
+            if let Some(first) = batch.first()
+                && first.prev != after
+            {
+                // The events in between were trimmed from the stream: this
+                // feed's clients must start over.
+                tracing::warn!(%auction, %after, "events lost beyond retention; resetting clients");
+                let _ = cursor.tx.send(Item::Reset);
             }
             for event in &batch {
                 publish(&self.shared.codec, auction, cursor, event);
@@ -397,23 +406,28 @@ impl<C: Codec> Subscriber<C> {
             let removed = {
                 let mut feeds = lock(&self.shared.feeds);
                 // Re-check under the lock: `join` subscribes under it.
-                let idle = feeds.get(&auction).is_none_or(|f| f.tx.receiver_count() == 0);
+                let idle = feeds
+                    .get(&auction)
+                    .is_none_or(|f| f.tx.receiver_count() == 0);
                 if idle {
                     feeds.remove(&auction);
                 }
                 idle
             };
-            if removed {
-                if let Some(cursor) = self.cursors.remove(&auction) {
-                    timed(sink.unsubscribe(cursor.channel)).await?;
-                }
+            if removed && let Some(cursor) = self.cursors.remove(&auction) {
+                timed(sink.unsubscribe(cursor.channel)).await?;
             }
         }
         Ok(())
     }
 }
 
-fn publish<C: Codec>(codec: &C, auction: &AuctionId, cursor: &mut Cursor<C::Frame>, event: &StoredEvent) {
+fn publish<C: Codec>(
+    codec: &C,
+    auction: &AuctionId,
+    cursor: &mut Cursor<C::Frame>,
+    event: &StoredEvent,
+) {
     if event.id <= cursor.last {
         return;
     }
@@ -449,7 +463,10 @@ mod tests {
 
     #[test]
     fn channel_names_map_back_to_auctions() {
-        assert_eq!(auction_of_channel("auction:{a-1}:live").unwrap().as_str(), "a-1");
+        assert_eq!(
+            auction_of_channel("auction:{a-1}:live").unwrap().as_str(),
+            "a-1"
+        );
         assert!(auction_of_channel("auction:{a b}:live").is_none());
         assert!(auction_of_channel("other").is_none());
     }

@@ -18,4 +18,6 @@ mod session;
 
 pub use codec::{Codec, Item, placed_at_ms};
 pub use hub::{Hub, HubConfig, JoinError};
-pub use session::{CatchUp, CatchUpError, OpenError, Opening, Resume, Start, init, init_json, open};
+pub use session::{
+    CatchUp, CatchUpError, OpenError, Opening, Resume, Start, init, init_json, open,
+};

@@ -70,7 +70,11 @@ impl From<LogError> for OpenError {
 /// How the client's view starts.
 pub enum Start<F> {
     /// Send this `init` frame; it reflects events up to `last`.
-    Init { frame: F, last: EventId, reset: bool },
+    Init {
+        frame: F,
+        last: EventId,
+        reset: bool,
+    },
     /// Replay the stream after the client's id, then go live.
     Replay(CatchUp),
 }
@@ -88,13 +92,13 @@ pub async fn open<C: Codec>(
     join_wait: Duration,
 ) -> Result<Opening<C::Frame>, OpenError> {
     let feed = hub.join(auction, join_wait).await?;
-    if let Resume::From(id) = resume {
-        if hub.log().window(auction).await?.can_resume_from(id) {
-            return Ok(Opening {
-                feed,
-                start: Start::Replay(CatchUp::new(auction.clone(), id)),
-            });
-        }
+    if let Resume::From(id) = resume
+        && hub.log().window(auction).await?.can_resume_from(id)
+    {
+        return Ok(Opening {
+            feed,
+            start: Start::Replay(CatchUp::new(auction.clone(), id)),
+        });
     }
     let start = init(hub, auction, resume != Resume::Fresh).await?;
     Ok(Opening { feed, start })
@@ -190,10 +194,10 @@ impl CatchUp {
             .read_after(&self.auction, self.after, REPLAY_BATCH)
             .await
             .map_err(|_| CatchUpError::Unavailable)?;
-        if let Some(first) = events.first() {
-            if first.prev != self.after {
-                return Err(CatchUpError::Gap);
-            }
+        if let Some(first) = events.first()
+            && first.prev != self.after
+        {
+            return Err(CatchUpError::Gap);
         }
         for event in &events {
             let frame = hub.codec().event(&self.auction, event);
@@ -224,7 +228,10 @@ mod tests {
     #[test]
     fn resume_values_parse() {
         assert_eq!(Resume::parse(None), Resume::Fresh);
-        assert_eq!(Resume::parse(Some(b"5-1")), Resume::From(EventId::new(5, 1)));
+        assert_eq!(
+            Resume::parse(Some(b"5-1")),
+            Resume::From(EventId::new(5, 1))
+        );
         for garbled in [&b""[..], b"abc", b"\xff\xfe", b"5-", &[b'9'; 10_240][..]] {
             assert_eq!(Resume::parse(Some(garbled)), Resume::Garbled);
         }
@@ -252,7 +259,10 @@ mod tests {
             last_id: EventId::new(10, 5),
         };
         let json: serde_json::Value = serde_json::from_str(&init_json(&snapshot, true)).unwrap();
-        assert_eq!(json["history"], serde_json::json!([{"amount":3},{"amount":2}]));
+        assert_eq!(
+            json["history"],
+            serde_json::json!([{"amount":3},{"amount":2}])
+        );
         assert_eq!(json["reset"], true);
         assert_eq!(json["auction"]["status"], "closed");
     }

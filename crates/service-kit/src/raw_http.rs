@@ -68,7 +68,11 @@ pub trait FastPath: Send + Sync + 'static {
     /// Whether this request is the fast path's.
     fn claims(&self, head: &RequestHead) -> bool;
     /// Serves the request on the raw socket, writing the whole response.
-    fn serve(self: Arc<Self>, stream: TcpStream, head: RequestHead) -> impl Future<Output = ()> + Send;
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        head: RequestHead,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Accepts connections until shutdown, routing each to `fast` or `router`.
@@ -99,7 +103,9 @@ pub async fn serve_with_fast_path<F: FastPath>(
         let router = router.clone();
         let shutdown = ctx.shutdown.clone();
         tokio::spawn(async move {
-            let Ok(Ok((head, buffered))) = tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream)).await else {
+            let Ok(Ok((head, buffered))) =
+                tokio::time::timeout(HEAD_TIMEOUT, read_head(&stream)).await
+            else {
                 return;
             };
             // Each path runs in a task of its own, sized for that path alone.
@@ -151,7 +157,12 @@ async fn read_head(stream: &TcpStream) -> io::Result<(Option<RequestHead>, Vec<u
     }
 }
 
-async fn serve_hyper(stream: TcpStream, buffered: Vec<u8>, router: Router, shutdown: tokio_util::sync::CancellationToken) {
+async fn serve_hyper(
+    stream: TcpStream,
+    buffered: Vec<u8>,
+    router: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let io = TokioIo::new(Rewind {
         prefix: Bytes::from(buffered),
         inner: stream,
@@ -180,7 +191,11 @@ struct Rewind {
 }
 
 impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix.split_to(n));
@@ -191,11 +206,19 @@ impl AsyncRead for Rewind {
 }
 
 impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -214,9 +237,17 @@ impl AsyncWrite for Rewind {
 
 /// A complete, minimal HTTP/1.1 response with a JSON error body, for fast
 /// paths that refuse a request.
-pub fn error_response_bytes(status: u16, reason: &str, code: &str, message: &str, retry_after_s: Option<u64>) -> Vec<u8> {
+pub fn error_response_bytes(
+    status: u16,
+    reason: &str,
+    code: &str,
+    message: &str,
+    retry_after_s: Option<u64>,
+) -> Vec<u8> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    let retry = retry_after_s.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+    let retry = retry_after_s
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n{retry}Connection: close\r\n\r\n{body}",
         body.len()

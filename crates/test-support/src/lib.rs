@@ -9,7 +9,7 @@
 mod redis_server;
 mod service;
 
-pub use redis_server::RedisServer;
+pub use redis_server::{Entry, RedisServer, id_pair};
 pub use service::{ServiceProcess, binary_path, run_to_exit};
 
 use std::time::{Duration, Instant};

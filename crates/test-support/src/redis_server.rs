@@ -117,3 +117,56 @@ fn ping(port: u16) -> bool {
         && stream.read_exact(&mut reply).is_ok()
         && &reply == b"+PONG\r\n"
 }
+
+/// One entry of an auction's stream, as tests compare them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub kind: String,
+    pub data: String,
+}
+
+impl RedisServer {
+    fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|client| client.get_connection())
+            .expect("connect to the test redis-server")
+    }
+
+    /// Every entry of `auction`'s stream, oldest first.
+    pub fn stream(&self, auction: &str) -> Vec<Entry> {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("auction:{{{auction}}}:events"))
+            .arg("-")
+            .arg("+")
+            .query(&mut self.connection())
+            .expect("XRANGE");
+        reply
+            .ids
+            .iter()
+            .map(|entry| Entry {
+                id: entry.id.clone(),
+                kind: entry.get("kind").expect("kind field"),
+                data: entry.get("data").expect("data field"),
+            })
+            .collect()
+    }
+
+    /// The ids of `auction`'s stream strictly after `after` and up to and
+    /// including `until`, compared as (ms, seq) pairs.
+    pub fn stream_ids_between(&self, auction: &str, after: &str, until: &str) -> Vec<String> {
+        let (after, until) = (id_pair(after), id_pair(until));
+        self.stream(auction)
+            .into_iter()
+            .map(|entry| entry.id)
+            .filter(|id| id_pair(id) > after && id_pair(id) <= until)
+            .collect()
+    }
+}
+
+/// `"<ms>-<seq>"` → `(ms, seq)`; `0-0` for anything else.
+pub fn id_pair(id: &str) -> (u64, u64) {
+    id.split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .unwrap_or((0, 0))
+}

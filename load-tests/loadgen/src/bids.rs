@@ -79,8 +79,14 @@ pub async fn run(args: &Args) -> Result<(), String> {
     println!("accepted      {accepted}");
     println!("failed        {failed}");
     println!("bids_per_s    {:.0}", accepted as f64 / elapsed);
-    println!("p50_ms        {:.2}", total.value_at_quantile(0.50) as f64 / 1000.0);
-    println!("p99_ms        {:.2}", total.value_at_quantile(0.99) as f64 / 1000.0);
+    println!(
+        "p50_ms        {:.2}",
+        total.value_at_quantile(0.50) as f64 / 1000.0
+    );
+    println!(
+        "p99_ms        {:.2}",
+        total.value_at_quantile(0.99) as f64 / 1000.0
+    );
     println!("max_ms        {:.2}", total.max() as f64 / 1000.0);
     if failed > 0 {
         return Err(format!("{failed} requests failed"));

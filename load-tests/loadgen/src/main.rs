@@ -20,7 +20,9 @@ impl Args {
             let name = flag
                 .strip_prefix("--")
                 .ok_or_else(|| format!("expected --flag, got {flag:?}"))?;
-            let value = args.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            let value = args
+                .next()
+                .ok_or_else(|| format!("--{name} needs a value"))?;
             map.insert(name.to_owned(), value);
         }
         Ok(Args(map))
@@ -29,12 +31,17 @@ impl Args {
     pub fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
         match self.0.get(name) {
             None => Ok(default),
-            Some(text) => text.parse().map_err(|_| format!("--{name}: cannot parse {text:?}")),
+            Some(text) => text
+                .parse()
+                .map_err(|_| format!("--{name}: cannot parse {text:?}")),
         }
     }
 
     pub fn text(&self, name: &str, default: &str) -> String {
-        self.0.get(name).cloned().unwrap_or_else(|| default.to_owned())
+        self.0
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
     }
 }
 

@@ -69,9 +69,67 @@ mod tests {
         assert_eq!(&frame[..], b"id: 5-1\nevent: bid\ndata: {\"a\":1}\n\n");
     }
 
+    /// Decodes `frame` with a standard SSE parser (eventsource-stream).
+    fn decode(frame: Bytes) -> Vec<eventsource_stream::Event> {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(frame)])
+                .eventsource()
+                .map(|event| event.unwrap())
+                .collect()
+                .await
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_payload_decodes_back(data in "(?s).{0,200}", seq in 0u64..1000) {
+            let frame = encode(Some(EventId::new(1_700_000_000_000, seq)), "bid", &data);
+            let events = decode(frame);
+            proptest::prop_assert_eq!(events.len(), 1);
+            // SSE carries line breaks as LF: CR and CRLF arrive as LF. Every
+            // other character, leading spaces and colons included, is kept.
+            let expected = data.replace("\r\n", "\n").replace('\r', "\n");
+            proptest::prop_assert_eq!(&events[0].data, &expected);
+            proptest::prop_assert_eq!(&events[0].event, "bid");
+            proptest::prop_assert_eq!(events[0].id.clone(), format!("1700000000000-{seq}"));
+        }
+
+        #[test]
+        fn json_payloads_decode_identically(text in "(?s).{0,100}") {
+            // Event data is JSON, which escapes every control character.
+            let data = serde_json::json!({ "bidder": text }).to_string();
+            let events = decode(encode(None, "bid", &data));
+            proptest::prop_assert_eq!(&events[0].data, &data);
+        }
+    }
+
+    #[test]
+    fn tricky_payloads_survive() {
+        for data in [
+            "",
+            " leading space",
+            ":colon",
+            "data: nested",
+            "a\r\n\r\nb",
+            "\n",
+            "émoji 🦀 \u{0}",
+        ] {
+            let events = decode(encode(None, "x", data));
+            assert_eq!(events[0].data, data.replace("\r\n", "\n"), "{data:?}");
+        }
+    }
+
     #[test]
     fn splits_every_kind_of_line_break() {
         let frame = encode(None, "x", "a\nb\r\nc\rd");
-        assert_eq!(&frame[..], b"event: x\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(
+            &frame[..],
+            b"event: x\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
     }
 }

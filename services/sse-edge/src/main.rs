@@ -20,16 +20,23 @@ struct SseSettings {
     retry_ms: u64,
     max_connections: usize,
     queue: usize,
+    send_buffer: usize,
     bidder_public_url: String,
 }
 
 impl SseSettings {
     fn read(settings: &Settings) -> Result<SseSettings, SettingError> {
         Ok(SseSettings {
-            keepalive: Duration::from_millis(settings.number("sse_keepalive_ms", 15_000, 100..=3_600_000)?),
+            keepalive: Duration::from_millis(settings.number(
+                "sse_keepalive_ms",
+                15_000,
+                100..=3_600_000,
+            )?),
             retry_ms: settings.number("sse_retry_ms", 2_000, 0..=3_600_000)?,
             max_connections: settings.number("max_connections", 10_000, 1..=10_000_000)? as usize,
             queue: settings.number("client_queue", 256, 4..=65_536)? as usize,
+            send_buffer: settings.number("socket_send_buffer", 131_072, 4096..=16_777_216)?
+                as usize,
             bidder_public_url: settings.raw("bidder_public_url").unwrap_or_default(),
         })
     }
@@ -72,6 +79,7 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         ctx.metrics.transport(Transport::sse),
         own.max_connections,
         own.retry_ms,
+        own.send_buffer,
         ctx.shutdown.clone(),
     ));
     let _ = &own.bidder_public_url;

@@ -35,6 +35,9 @@ pub struct SseEndpoint {
     pub metrics: TransportMetrics,
     pub max_connections: usize,
     pub retry_ms: u64,
+    /// SO_SNDBUF of each stream: without a cap the kernel grows a stuck
+    /// client's buffer to megabytes, and it would take that long to notice.
+    pub send_buffer: usize,
     pub shutdown: CancellationToken,
     open: AtomicUsize,
     drained: Notify,
@@ -46,6 +49,7 @@ impl SseEndpoint {
         metrics: TransportMetrics,
         max_connections: usize,
         retry_ms: u64,
+        send_buffer: usize,
         shutdown: CancellationToken,
     ) -> SseEndpoint {
         SseEndpoint {
@@ -53,6 +57,7 @@ impl SseEndpoint {
             metrics,
             max_connections,
             retry_ms,
+            send_buffer,
             shutdown,
             open: AtomicUsize::new(0),
             drained: Notify::new(),
@@ -115,22 +120,48 @@ impl FastPath for SseEndpoint {
             return finish(stream, &body).await;
         };
         let Some(_slot) = Slot::acquire(&self) else {
-            let body = refuse(503, "Service Unavailable", "too_many_connections", "this replica is full; retry", Some(1));
+            let body = refuse(
+                503,
+                "Service Unavailable",
+                "too_many_connections",
+                "this replica is full; retry",
+                Some(1),
+            );
             return finish(stream, &body).await;
         };
         if self.shutdown.is_cancelled() {
-            let body = refuse(503, "Service Unavailable", "draining", "this replica is shutting down", Some(1));
+            let body = refuse(
+                503,
+                "Service Unavailable",
+                "draining",
+                "this replica is shutting down",
+                Some(1),
+            );
             return finish(stream, &body).await;
         }
         let resume = Resume::parse(
             head.header("last-event-id")
                 .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
         );
-        let unavailable = || refuse(503, "Service Unavailable", "redis_unavailable", "the event store is unreachable; retry shortly", Some(1));
+        let unavailable = || {
+            refuse(
+                503,
+                "Service Unavailable",
+                "redis_unavailable",
+                "the event store is unreachable; retry shortly",
+                Some(1),
+            )
+        };
         match self.hub.log().exists(&auction).await {
             Ok(true) => {}
             Ok(false) => {
-                let body = refuse(404, "Not Found", "not_found", &format!("no auction with id {raw_id:?}"), None);
+                let body = refuse(
+                    404,
+                    "Not Found",
+                    "not_found",
+                    &format!("no auction with id {raw_id:?}"),
+                    None,
+                );
                 return finish(stream, &body).await;
             }
             Err(_) => return finish(stream, &unavailable()).await,
@@ -143,6 +174,7 @@ impl FastPath for SseEndpoint {
             }
             Err(_) => return finish(stream, &unavailable()).await,
         };
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer);
         let mut connection = Connection {
             endpoint: &self,
             stream: &stream,
@@ -202,7 +234,8 @@ impl Connection<'_> {
                     replayed.clear();
                     match catch_up.next_batch(&self.endpoint.hub, &mut replayed).await {
                         Ok(more) => {
-                            let frames: Vec<Bytes> = replayed.iter().map(|(_, _, f)| f.clone()).collect();
+                            let frames: Vec<Bytes> =
+                                replayed.iter().map(|(_, _, f)| f.clone()).collect();
                             self.write(&frames).await?;
                             metrics.events_delivered.inc_by(frames.len() as u64);
                             self.last_sent = catch_up.last();
@@ -212,7 +245,9 @@ impl Connection<'_> {
                         }
                         Err(CatchUpError::Gap) if self.last_sent == EventId::ZERO => {
                             // Trimmed between the window check and the read.
-                            let Ok(Start::Init { frame, last, .. }) = fanout::init(&self.endpoint.hub, auction, true).await else {
+                            let Ok(Start::Init { frame, last, .. }) =
+                                fanout::init(&self.endpoint.hub, auction, true).await
+                            else {
                                 return Err(Ended::Closed);
                             };
                             metrics.resumes_reset.inc();
@@ -268,7 +303,11 @@ impl Connection<'_> {
     /// Adds one feed item to the batch. `false`: end the connection.
     fn take(&mut self, item: Result<Item<Bytes>, broadcast::error::RecvError>) -> bool {
         match item {
-            Ok(Item::Event { id, placed_at_ms, frame }) => {
+            Ok(Item::Event {
+                id,
+                placed_at_ms,
+                frame,
+            }) => {
                 if id > self.last_sent {
                     self.last_sent = id;
                     self.batch.push((frame, placed_at_ms));
@@ -401,17 +440,28 @@ async fn write_frames<'f>(
     Ok(())
 }
 
-async fn write_with_deadline(stream: &TcpStream, frames: &[Bytes], deadline: Duration) -> Result<(), WriteError> {
+async fn write_with_deadline(
+    stream: &TcpStream,
+    frames: &[Bytes],
+    deadline: Duration,
+) -> Result<(), WriteError> {
     let never = CancellationToken::new();
     let (_tx, rx) = broadcast::channel::<Item<Bytes>>(1);
-    tokio::time::timeout(deadline, write_frames(stream, frames.iter(), &rx, usize::MAX, &never))
-        .await
-        .map_err(|_| WriteError::Io)?
+    tokio::time::timeout(
+        deadline,
+        write_frames(stream, frames.iter(), &rx, usize::MAX, &never),
+    )
+    .await
+    .map_err(|_| WriteError::Io)?
 }
 
 /// One non-blocking vectored write of `frames`, skipping the first `skip`
 /// bytes (already written). Up to `MAX_BATCH` slices per call.
-fn try_write_from<'f>(stream: &TcpStream, frames: impl Iterator<Item = &'f Bytes>, mut skip: usize) -> io::Result<usize> {
+fn try_write_from<'f>(
+    stream: &TcpStream,
+    frames: impl Iterator<Item = &'f Bytes>,
+    mut skip: usize,
+) -> io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); MAX_BATCH];
     let mut count = 0;
     for frame in frames {

@@ -1,8 +1,7 @@
 //! Helpers for the bidder's end-to-end tests: a real redis-server and real
 //! bidder processes, talked to over HTTP and RESP.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-use redis::AsyncCommands;
 use serde_json::Value;
 use std::time::Duration;
 use test_support::{RedisServer, ServiceProcess};
@@ -71,28 +70,17 @@ impl Stack {
         assert_eq!(status, 201, "create failed: {json}");
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-
     /// Every entry of the auction's stream: (id, kind, data JSON).
     pub async fn stream(&self, auction: &str) -> Vec<(String, String, Value)> {
-        let mut conn = self.redis().await;
-        let reply: redis::streams::StreamRangeReply = conn
-            .xrange_all(format!("auction:{{{auction}}}:events"))
-            .await
-            .unwrap();
-        reply
-            .ids
-            .iter()
+        self.redis
+            .stream(auction)
+            .into_iter()
             .map(|entry| {
-                let kind: String = entry.get("kind").unwrap();
-                let data: String = entry.get("data").unwrap();
-                (entry.id.clone(), kind, serde_json::from_str(&data).unwrap())
+                (
+                    entry.id,
+                    entry.kind,
+                    serde_json::from_str(&entry.data).unwrap(),
+                )
             })
             .collect()
     }
@@ -105,11 +93,7 @@ pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
     (status, json)
 }
 
-/// Parses an event id into its (ms, seq) pair for ordering.
-pub fn id_pair(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap();
-    (ms.parse().unwrap(), seq.parse().unwrap())
-}
+pub use test_support::id_pair;
 
 /// Polls `check` every 20 ms until it yields `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

@@ -1,0 +1,240 @@
+//! The SSE endpoint's contract: headers, resume points of every kind,
+//! refusals, keepalives.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::start_edge;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use std::time::Duration;
+use test_support::{RedisServer, ServiceProcess, id_pair};
+
+struct Setup {
+    redis: RedisServer,
+    bidder: ServiceProcess,
+    edge: ServiceProcess,
+    http: reqwest::Client,
+}
+
+async fn setup(edge_env: &[(&'static str, &str)]) -> Setup {
+    let redis = RedisServer::start();
+    let mut env = common::bidder_env(&redis, "", 1000);
+    env.push(("AUCTION_STREAM_MAXLEN", "10".into()));
+    let bidder = ServiceProcess::start("bidder", &env);
+    let edge = start_edge(&redis, edge_env);
+    let http = reqwest::Client::new();
+    let create = r#"{"id":"a1","title":"Chair","starting_price":100,"min_increment":1,"duration_ms":600000}"#;
+    let response = http
+        .post(format!("{}/auctions", bidder.url()))
+        .header("content-type", "application/json")
+        .body(create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    Setup {
+        redis,
+        bidder,
+        edge,
+        http,
+    }
+}
+
+impl Setup {
+    async fn bid(&self, amount: u64) -> String {
+        let response = self
+            .http
+            .post(format!("{}/auctions/a1/bids", self.bidder.url()))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"amount":{amount},"bidder":"x"}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let json: serde_json::Value = response.json().await.unwrap();
+        json["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens the stream with `last_event_id` and returns the first event.
+    async fn first_event(
+        &self,
+        path: &str,
+        last_event_id: Option<&[u8]>,
+    ) -> (u16, eventsource_stream::Event) {
+        let mut request = self.http.get(format!("{}{path}", self.edge.url()));
+        if let Some(id) = last_event_id {
+            request = request.header(
+                "Last-Event-ID",
+                reqwest::header::HeaderValue::from_bytes(id).unwrap(),
+            );
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let mut events = response.bytes_stream().eventsource();
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("well-formed SSE");
+        (status, event)
+    }
+}
+
+#[tokio::test]
+async fn every_unusable_resume_point_gets_a_reset_init() {
+    let setup = setup(&[]).await;
+    let oldest = setup.bid(100).await;
+    let mut newest = oldest.clone();
+    for amount in 101..400 {
+        newest = setup.bid(amount).await;
+    }
+    let first_kept = setup.redis.stream("a1")[0].id.clone();
+    assert!(
+        id_pair(&first_kept) > id_pair(&oldest),
+        "the stream was trimmed"
+    );
+    let (ms, _) = id_pair(&newest);
+    let future = format!("{}-0", ms + 60_000);
+    let long = format!("{}-0", "1".repeat(10 * 1024));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbled", b"not-an-id".to_vec()),
+        ("empty", Vec::new()),
+        ("future", future.into_bytes()),
+        ("10 KB", long.into_bytes()),
+        ("older than retention", oldest.into_bytes()),
+        ("latin-1 bytes", vec![0xe9, b'-', b'1']),
+    ];
+    for (what, id) in cases {
+        let (status, event) = setup.first_event("/auctions/a1/events", Some(&id)).await;
+        assert_eq!(status, 200, "{what}");
+        assert_eq!(event.event, "init", "{what}");
+        let init: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(init["reset"], true, "{what}");
+        assert_eq!(init["auction"]["current"]["amount"], 399, "{what}");
+        assert_eq!(init["history"].as_array().unwrap().len(), 10, "{what}");
+        assert_eq!(event.id, newest, "{what}: init carries the newest id");
+    }
+    // The query parameter works the same way.
+    let (_, event) = setup
+        .first_event("/auctions/a1/events?lastEventId=garbage", None)
+        .await;
+    assert_eq!(event.event, "init");
+    assert!(event.data.contains("\"reset\":true"));
+    // No resume point at all: a plain init.
+    let (_, event) = setup.first_event("/auctions/a1/events", None).await;
+    assert!(event.data.contains("\"reset\":false"));
+    // A resume point still in the stream: the next event, no init.
+    let kept = setup.redis.stream("a1");
+    let (_, event) = setup
+        .first_event("/auctions/a1/events", Some(kept[2].id.as_bytes()))
+        .await;
+    assert_eq!(
+        (event.event.as_str(), event.id.as_str()),
+        ("bid", kept[3].id.as_str())
+    );
+    let (_, event) = setup
+        .first_event(
+            &format!("/auctions/a1/events?lastEventId={}", kept[4].id),
+            None,
+        )
+        .await;
+    assert_eq!(event.id, kept[5].id);
+    // Still alive and well.
+    let health = setup
+        .http
+        .get(format!("{}/healthz", setup.edge.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(!setup.edge.logs().contains("panicked"));
+    let metrics = setup
+        .http
+        .get(format!("{}/metrics", setup.edge.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("auction_resumes_total{transport=\"sse\",outcome=\"reset\"} 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("auction_resumes_total{transport=\"sse\",outcome=\"replayed\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn headers_retry_and_keepalive_comments() {
+    let setup = setup(&[
+        ("AUCTION_SSE_KEEPALIVE_MS", "200"),
+        ("AUCTION_SSE_RETRY_MS", "1500"),
+    ])
+    .await;
+    let response = setup
+        .http
+        .get(format!("{}/auctions/a1/events", setup.edge.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while text.matches(": keepalive").count() < 2 {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("keepalives in time");
+        text.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
+    }
+    assert!(text.starts_with("retry: 1500\n\n"), "{text}");
+    assert!(text.contains("event: init\n"));
+}
+
+#[tokio::test]
+async fn refusals_use_the_contract_error_shape() {
+    let setup = setup(&[("AUCTION_MAX_CONNECTIONS", "2")]).await;
+    for path in ["/auctions/nope/events", "/auctions/bad%20id/events"] {
+        let response = setup
+            .http
+            .get(format!("{}{path}", setup.edge.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let json: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(json["error"], "not_found");
+    }
+    let url = format!("{}/auctions/a1/events", setup.edge.url());
+    let first = setup.http.get(&url).send().await.unwrap();
+    let second = setup.http.get(&url).send().await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = setup.http.get(&url).send().await.unwrap();
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    let json: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(json["error"], "too_many_connections");
+    drop((first, second));
+    // Capacity comes back when clients leave.
+    let mut recovered = false;
+    for _ in 0..100 {
+        if setup.http.get(&url).send().await.unwrap().status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recovered);
+}

@@ -1,0 +1,321 @@
+//! Resuming without gaps or duplicates: across replicas, across a Redis
+//! restart, after a slow-client disconnect, and through a drain.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{assert_exact, follow, start_edge, stream_head};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use test_support::{RedisServer, ServiceProcess, id_pair, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn wait_for_events(redis: &RedisServer, auction: &str, count: usize) -> String {
+    wait_for("events in the stream", Duration::from_secs(20), || {
+        let stream = redis.stream(auction);
+        (stream.len() >= count).then(|| stream.last().unwrap().id.clone())
+    })
+}
+
+/// Waits until the stream has `more` events after `after`; returns the newest.
+fn wait_for_more(redis: &RedisServer, auction: &str, after: &str, more: usize) -> String {
+    wait_for("more events", Duration::from_secs(20), || {
+        let newer: Vec<_> = redis
+            .stream(auction)
+            .into_iter()
+            .filter(|e| id_pair(&e.id) > id_pair(after))
+            .collect();
+        (newer.len() >= more).then(|| newer.last().unwrap().id.clone())
+    })
+}
+
+fn metric(edge: &ServiceProcess, name: &str) -> f64 {
+    let text = reqwest::blocking_get(&format!("{}/metrics", edge.url()));
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+mod reqwest {
+    pub use ::reqwest::*;
+    /// A tiny blocking GET for metrics, without reqwest's blocking feature.
+    pub fn blocking_get(url: &str) -> String {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hops_replicas_with_nothing_lost_or_repeated() {
+    let redis = RedisServer::start();
+    let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "hop", 20));
+    wait_for_events(&redis, "hop", 1);
+    let mut edge_a = start_edge(&redis, &[]);
+    let edge_b = start_edge(&redis, &[]);
+    let edges = vec![edge_a.url(), edge_b.url()];
+    let mut killed = false;
+    let seen = follow(&edges, "hop", Duration::from_secs(30), |seen| {
+        if !killed && seen.ids.len() >= 15 {
+            edge_a.kill(); // SIGKILL: no goodbye
+            killed = true;
+        }
+        seen.ids.len() >= 45
+    })
+    .await;
+    assert!(killed && seen.reconnects >= 1, "{seen:?}");
+    assert_eq!(
+        seen.inits.len(),
+        1,
+        "the hop resumed, it did not restart: {:?}",
+        seen.inits
+    );
+    assert_exact(&redis, "hop", &seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing_for_100_clients() {
+    let mut redis = RedisServer::start();
+    let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "rr", 20));
+    wait_for_events(&redis, "rr", 1);
+    let edge = start_edge(&redis, &[]);
+    let target: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let edges = vec![edge.url()];
+        let target = target.clone();
+        clients.push(tokio::spawn(async move {
+            follow(&edges, "rr", Duration::from_secs(60), |seen| {
+                target
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .is_some_and(|t| seen.has_reached(t))
+            })
+            .await
+        }));
+    }
+    tokio::task::block_in_place(|| {
+        wait_for("100 connections", Duration::from_secs(20), || {
+            (metric(&edge, "auction_connections{transport=\"sse\"}") >= 100.0).then_some(())
+        });
+        let before = stream_head(&redis, "rr");
+        wait_for_more(&redis, "rr", &before, 10);
+        redis.kill();
+        wait_for("the edge to notice", Duration::from_secs(10), || {
+            let ready = reqwest::blocking_get(&format!("{}/readyz", edge.url()));
+            ready.contains(" 503 ").then_some(())
+        });
+        redis.restart();
+        let after = stream_head(&redis, "rr");
+        *target.lock().unwrap() = Some(wait_for_more(&redis, "rr", &after, 20));
+    });
+    for client in clients {
+        let seen = client.await.unwrap();
+        assert_eq!(seen.inits.len(), 1, "no client was reset: {:?}", seen.inits);
+        assert_exact(&redis, "rr", &seen);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_dropped_and_resumes_without_loss() {
+    let redis = RedisServer::start();
+    let bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "", 1000));
+    let edge = start_edge(
+        &redis,
+        &[
+            ("AUCTION_CLIENT_QUEUE", "128"),
+            ("AUCTION_SOCKET_SEND_BUFFER", "16384"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let create =
+        r#"{"id":"slow","title":"Slow","starting_price":1,"min_increment":1,"duration_ms":600000}"#;
+    let response = http
+        .post(format!("{}/auctions", bidder.url()))
+        .header("content-type", "application/json")
+        .body(create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    // The slow client: a tiny receive buffer, and it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut slow = socket.connect(edge.addr).await.unwrap();
+    slow.write_all(b"GET /auctions/slow/events HTTP/1.1\r\nHost: edge\r\n\r\n")
+        .await
+        .unwrap();
+
+    // A healthy client on the same auction, reading throughout.
+    let target: Arc<Mutex<Option<String>>> = Arc::default();
+    let healthy = {
+        let edges = vec![edge.url()];
+        let target = target.clone();
+        tokio::spawn(async move {
+            follow(&edges, "slow", Duration::from_secs(60), |seen| {
+                target
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .is_some_and(|t| seen.has_reached(t))
+            })
+            .await
+        })
+    };
+    tokio::task::block_in_place(|| {
+        wait_for("both connections", Duration::from_secs(10), || {
+            (metric(&edge, "auction_connections{transport=\"sse\"}") >= 2.0).then_some(())
+        })
+    });
+    let mut last = String::new();
+    for amount in 1..=6000u64 {
+        let body = format!(r#"{{"amount":{amount},"bidder":"b"}}"#);
+        let response = http
+            .post(format!("{}/auctions/slow/bids", bidder.url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let json: serde_json::Value = response.json().await.unwrap();
+        last = json["id"].as_str().unwrap().to_owned();
+        if amount % 500 == 0
+            && metric(
+                &edge,
+                "auction_slow_consumer_disconnects_total{transport=\"sse\"}",
+            ) >= 1.0
+        {
+            break;
+        }
+    }
+    *target.lock().unwrap() = Some(last.clone());
+    tokio::task::block_in_place(|| {
+        wait_for(
+            "the slow client to be dropped",
+            Duration::from_secs(20),
+            || {
+                (metric(
+                    &edge,
+                    "auction_slow_consumer_disconnects_total{transport=\"sse\"}",
+                ) >= 1.0)
+                    .then_some(())
+            },
+        )
+    });
+    let healthy = healthy.await.unwrap();
+    assert_exact(&redis, "slow", &healthy);
+    assert_eq!(
+        healthy.reconnects, 0,
+        "the healthy client kept its connection"
+    );
+
+    // The slow client now reads what it was sent before the edge closed it,
+    // then resumes from its last id like EventSource would.
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = bytes::Bytes::copy_from_slice(&raw[body_at..]);
+    let mut before = common::Seen::default();
+    let mut events =
+        futures_util::stream::iter([Ok::<_, std::convert::Infallible>(body)]).eventsource();
+    while let Some(Ok(event)) = events.next().await {
+        if event.event == "init" {
+            before.inits.push((event.id.clone(), false));
+        } else {
+            before.ids.push(event.id.clone());
+        }
+        before.last = Some(event.id.clone());
+    }
+    assert!(before.ids.len() < 6000, "it was cut off early");
+    let mut rest = before.clone();
+    let resumed = common::follow_from(
+        &[edge.url()],
+        "slow",
+        before.last.clone(),
+        Duration::from_secs(30),
+        |seen| seen.has_reached(&last),
+    )
+    .await;
+    assert!(
+        resumed.inits.is_empty(),
+        "resumed, not reset: {:?}",
+        resumed.inits
+    );
+    rest.ids.extend(resumed.ids);
+    rest.last = resumed.last;
+    assert_exact(&redis, "slow", &rest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_500_clients_who_resume_on_another_replica() {
+    let redis = RedisServer::start();
+    let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "drain", 20));
+    wait_for_events(&redis, "drain", 1);
+    let mut edge_a = start_edge(&redis, &[("AUCTION_SHUTDOWN_GRACE_MS", "5000")]);
+    let edge_b = start_edge(&redis, &[]);
+    let target: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut clients = Vec::new();
+    for _ in 0..500 {
+        let edges = vec![edge_a.url(), edge_b.url()];
+        let target = target.clone();
+        clients.push(tokio::spawn(async move {
+            follow(&edges, "drain", Duration::from_secs(90), |seen| {
+                target
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .is_some_and(|t| seen.has_reached(t))
+            })
+            .await
+        }));
+    }
+    tokio::task::block_in_place(|| {
+        wait_for("500 connections on A", Duration::from_secs(30), || {
+            (metric(&edge_a, "auction_connections{transport=\"sse\"}") >= 500.0).then_some(())
+        });
+        let started = std::time::Instant::now();
+        edge_a.signal("TERM");
+        let status = edge_a.wait_exit(Duration::from_secs(10)).expect("A exits");
+        assert_eq!(status.code(), Some(0), "{}", edge_a.logs());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "within the grace period"
+        );
+        assert!(
+            !edge_a.logs().contains("grace period over"),
+            "every stream ended before the deadline"
+        );
+        let head = stream_head(&redis, "drain");
+        *target.lock().unwrap() = Some(wait_for_more(&redis, "drain", &head, 10));
+    });
+    for client in clients {
+        let seen = client.await.unwrap();
+        assert!(seen.reconnects >= 1);
+        assert_eq!(
+            seen.inits.len(),
+            1,
+            "resumed on B, not reset: {:?}",
+            seen.inits
+        );
+        assert_exact(&redis, "drain", &seen);
+    }
+}
