@@ -1,13 +1,22 @@
 //! `loadgen`: the project's own load generator. Targets loopback only.
 //!
-//! `loadgen bids --url http://127.0.0.1:8080 [--concurrency 32] [--seconds 10]`
-//! creates one auction per worker and posts strictly increasing bids as fast
-//! as the bidder answers, then prints accepted bids/s and latency percentiles.
+//! - `bids`: accepted bids per second through the bidder's HTTP API, with
+//!   latency percentiles (one auction per worker, strictly increasing bids);
+//! - `sse`: N SSE clients on one auction; M events appended at a given
+//!   rate; deliveries/s, delivery latency percentiles, missing and
+//!   duplicated events, and the edge's CPU and RSS from /proc.
 
 mod bids;
+mod proc_stats;
+mod sse;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  loadgen bids --url URL [--concurrency N] [--seconds S]
+  loadgen sse --edge URL --redis URL [--clients N] [--events M] [--rate R] [--edge-pid PID]
+              (--events 0: idle connections, reports RSS per connection)";
 
 /// `--name value` pairs after the scenario name.
 pub struct Args(HashMap<String, String>);
@@ -71,7 +80,8 @@ fn main() -> ExitCode {
             .map_err(|error| error.to_string())?;
         match scenario.as_str() {
             "bids" => runtime.block_on(bids::run(&args)),
-            _ => Err("usage: loadgen bids --url URL [--concurrency N] [--seconds S]".into()),
+            "sse" => runtime.block_on(sse::run(&args)),
+            _ => Err(USAGE.into()),
         }
     });
     match result {
