@@ -265,13 +265,20 @@ impl Connection<'_> {
 
     /// Forwards the feed until the client leaves, lags or the replica drains.
     async fn live(&mut self) {
-        let shutdown = self.endpoint.shutdown.clone();
+        // Both futures are created once: re-creating them per event would
+        // register and unregister a waiter each time, and the shutdown
+        // token's waiter list is shared by every connection.
+        let endpoint: &SseEndpoint = self.endpoint;
+        let stream: &TcpStream = self.stream;
+        let shutdown = endpoint.shutdown.cancelled();
+        let gone = client_gone(stream);
+        tokio::pin!(shutdown, gone);
         loop {
             let first = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return,
+                _ = &mut shutdown => return,
                 item = self.feed.recv() => item,
-                _ = client_gone(self.stream) => return,
+                _ = &mut gone => return,
             };
             if !self.take(first) {
                 return;
