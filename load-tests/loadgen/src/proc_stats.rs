@@ -22,5 +22,8 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 fn clock_ticks_per_second() -> f64 {
     // USER_HZ is 100 on every mainstream Linux build; `getconf CLK_TCK`
     // can override it for exotic kernels.
-    std::env::var("CLK_TCK").ok().and_then(|v| v.parse().ok()).unwrap_or(100.0)
+    std::env::var("CLK_TCK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100.0)
 }

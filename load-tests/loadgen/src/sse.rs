@@ -55,7 +55,8 @@ pub async fn run(args: &Args) -> Result<(), String> {
         connect_manager(&target, || {}).map_err(|e| e.to_string())?,
         100_000,
     );
-    let auction = AuctionId::parse(&format!("bench-{}", std::process::id())).map_err(|e| e.message)?;
+    let auction =
+        AuctionId::parse(&format!("bench-{}", std::process::id())).map_err(|e| e.message)?;
     log.create(&AuctionSpec {
         id: auction.clone(),
         title: "benchmark".into(),
@@ -79,7 +80,9 @@ pub async fn run(args: &Args) -> Result<(), String> {
         let shared = shared.clone();
         let addr = addr.clone();
         let path = format!("/auctions/{auction}/events");
-        tasks.push(tokio::spawn(async move { client(&addr, &path, &shared, deadline).await }));
+        tasks.push(tokio::spawn(async move {
+            client(&addr, &path, &shared, deadline).await
+        }));
         // Pace the connects a little so the accept queue never overflows.
         if tasks.len() % 500 == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -96,7 +99,10 @@ pub async fn run(args: &Args) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_millis(settle_ms)).await;
     let rss_connected = edge_pid.and_then(rss_bytes);
-    println!("scenario              sse {}", if events == 0 { "idle" } else { "fan-out" });
+    println!(
+        "scenario              sse {}",
+        if events == 0 { "idle" } else { "fan-out" }
+    );
     println!("clients               {clients}");
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
         println!("edge_rss_mib          {:.1}", after as f64 / 1048576.0);
@@ -122,14 +128,22 @@ pub async fn run(args: &Args) -> Result<(), String> {
         }
         let sent = shared.start.elapsed().as_nanos() as u64;
         shared.sent_at[k].store(sent.max(1), Ordering::Relaxed);
-        log.place_bid(&auction, BASE + k as u64, &bidder, BidSource::Simulated, None, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        log.place_bid(
+            &auction,
+            BASE + k as u64,
+            &bidder,
+            BidSource::Simulated,
+            None,
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     }
     let publish_elapsed = publish_started.elapsed();
 
     let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let (mut received, mut missing, mut duplicates, mut reconnects) = (0usize, 0usize, 0usize, 0usize);
+    let (mut received, mut missing, mut duplicates, mut reconnects) =
+        (0usize, 0usize, 0usize, 0usize);
     let mut last_delivery = publish_started;
     for task in tasks {
         let result = task.await.map_err(|e| e.to_string())?;
@@ -137,7 +151,9 @@ pub async fn run(args: &Args) -> Result<(), String> {
         missing += events - result.received.min(events);
         duplicates += result.duplicates;
         reconnects += result.reconnects;
-        latencies.add(&result.latencies).map_err(|e| e.to_string())?;
+        latencies
+            .add(&result.latencies)
+            .map_err(|e| e.to_string())?;
         if let Some(at) = result.last_delivery {
             last_delivery = last_delivery.max(at);
         }
@@ -148,19 +164,37 @@ pub async fn run(args: &Args) -> Result<(), String> {
     };
     let elapsed = last_delivery.duration_since(publish_started).as_secs_f64();
     println!("events                {events}");
-    println!("publish_rate_per_s    {:.0}", events as f64 / publish_elapsed.as_secs_f64());
+    println!(
+        "publish_rate_per_s    {:.0}",
+        events as f64 / publish_elapsed.as_secs_f64()
+    );
     println!("deliveries            {received}");
-    println!("deliveries_per_s      {:.0}", received as f64 / elapsed.max(1e-9));
-    println!("latency_p50_ms        {:.3}", latencies.value_at_quantile(0.50) as f64 / 1e6);
-    println!("latency_p99_ms        {:.3}", latencies.value_at_quantile(0.99) as f64 / 1e6);
-    println!("latency_p999_ms       {:.3}", latencies.value_at_quantile(0.999) as f64 / 1e6);
+    println!(
+        "deliveries_per_s      {:.0}",
+        received as f64 / elapsed.max(1e-9)
+    );
+    println!(
+        "latency_p50_ms        {:.3}",
+        latencies.value_at_quantile(0.50) as f64 / 1e6
+    );
+    println!(
+        "latency_p99_ms        {:.3}",
+        latencies.value_at_quantile(0.99) as f64 / 1e6
+    );
+    println!(
+        "latency_p999_ms       {:.3}",
+        latencies.value_at_quantile(0.999) as f64 / 1e6
+    );
     println!("latency_max_ms        {:.3}", latencies.max() as f64 / 1e6);
     println!("missing               {missing}");
     println!("duplicates            {duplicates}");
     println!("reconnects            {reconnects}");
     if let Some(cpu) = cpu {
         println!("edge_cpu_s            {cpu:.2}");
-        println!("edge_cpu_s_per_1m     {:.2}", cpu / (received.max(1) as f64) * 1e6);
+        println!(
+            "edge_cpu_s_per_1m     {:.2}",
+            cpu / (received.max(1) as f64) * 1e6
+        );
     }
     if let Some(rss) = edge_pid.and_then(rss_bytes) {
         println!("edge_rss_after_mib    {:.1}", rss as f64 / 1048576.0);
@@ -176,7 +210,8 @@ async fn client(addr: &str, path: &str, shared: &Shared, deadline: Instant) -> C
         received: 0,
         duplicates: 0,
         reconnects: 0,
-        latencies: Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
+        latencies: Histogram::new(3)
+            .unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
         last_delivery: None,
     };
     let mut seen = vec![false; shared.events];
@@ -188,7 +223,11 @@ async fn client(addr: &str, path: &str, shared: &Shared, deadline: Instant) -> C
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let resume = if last_id.is_empty() { String::new() } else { format!("Last-Event-ID: {last_id}\r\n") };
+        let resume = if last_id.is_empty() {
+            String::new()
+        } else {
+            format!("Last-Event-ID: {last_id}\r\n")
+        };
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{resume}\r\n");
         if stream.write_all(request.as_bytes()).await.is_err() {
             continue;
@@ -216,14 +255,18 @@ async fn client(addr: &str, path: &str, shared: &Shared, deadline: Instant) -> C
             while let Some(end) = find(&buffer[consumed..], b"\n\n") {
                 let message = &buffer[consumed..consumed + end];
                 consumed += end + 2;
-                let Some(amount) = field_number(message, b"\"amount\":") else { continue };
+                let Some(amount) = field_number(message, b"\"amount\":") else {
+                    continue;
+                };
                 if let Some(id) = line_value(message, b"id: ") {
                     last_id = String::from_utf8_lossy(id).into_owned();
                 }
                 if !message.windows(10).any(|w| w == b"event: bid") {
                     continue;
                 }
-                let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else { continue };
+                let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else {
+                    continue;
+                };
                 if k >= shared.events {
                     continue;
                 }
@@ -268,7 +311,9 @@ fn field_number(message: &[u8], key: &[u8]) -> Option<u64> {
     let mut value = 0u64;
     let mut any = false;
     for digit in digits {
-        value = value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+        value = value
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
         any = true;
     }
     any.then_some(value)
