@@ -4,11 +4,13 @@
 //! unready, refuse new connections, drain and exit 0 within the grace period.
 
 mod error;
+mod gate;
 mod health;
 mod process;
 mod raw_http;
 
 pub use error::{ApiError, error_response};
+pub use gate::{Admission, ConnectionGate};
 pub use health::{Health, ops_routes, watch_redis};
 pub use process::{Common, Context, Process, bind, serve};
 pub use raw_http::{FastPath, RequestHead, error_response_bytes, serve_with_fast_path};

@@ -7,9 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod redis_server;
+mod seen;
 mod service;
 
 pub use redis_server::{Entry, RedisServer, id_pair};
+pub use seen::Seen;
 pub use service::{ServiceProcess, binary_path, run_to_exit};
 
 use std::time::{Duration, Instant};

@@ -232,9 +232,14 @@ async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
             "not_found",
         ),
     ];
+    // A fresh connection per case: after refusing a 1 MB body unread, the
+    // server closes that connection, and a pooled reuse would race it.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     for (path, content_type, body, want_status, want_code) in cases {
-        let response = stack
-            .http
+        let response = fresh
             .post(stack.url(&path))
             .header("content-type", content_type)
             .body(body)

@@ -6,7 +6,7 @@ mod stream;
 
 use event_log::{EventLog, connect_manager};
 use fanout::{Hub, HubConfig};
-use service_kit::{Context, Process, bind, serve_with_fast_path, watch_redis};
+use service_kit::{ConnectionGate, Context, Process, bind, serve_with_fast_path, watch_redis};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,20 +74,21 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         let hub = probe_hub.clone();
         async move { hub.connected() && hub.log().ping().await.is_ok() }
     });
-    let endpoint = Arc::new(SseEndpoint::new(
+    let metrics = ctx.metrics.transport(Transport::sse);
+    let endpoint = Arc::new(SseEndpoint {
         hub,
-        ctx.metrics.transport(Transport::sse),
-        own.max_connections,
-        own.retry_ms,
-        own.send_buffer,
-        ctx.shutdown.clone(),
-    ));
+        gate: ConnectionGate::new(own.max_connections, metrics.connections.clone()),
+        metrics,
+        retry_ms: own.retry_ms,
+        send_buffer: own.send_buffer,
+        shutdown: ctx.shutdown.clone(),
+    });
     let _ = &own.bidder_public_url;
     let listener = bind(&ctx).await?;
     let routes = axum::Router::new();
     serve_with_fast_path(&ctx, listener, routes, endpoint.clone()).await?;
     // Accepting has stopped; wait for every stream to end cleanly (the
     // grace deadline of `Process::run` bounds this).
-    endpoint.drained().await;
+    endpoint.gate.drained().await;
     Ok(())
 }

@@ -9,15 +9,14 @@ use crate::codec::{KEEPALIVE, SseCodec};
 use auction_domain::{AuctionId, EventId};
 use bytes::Bytes;
 use fanout::{CatchUpError, Hub, Item, OpenError, Resume, Start};
-use service_kit::{FastPath, RequestHead, error_response_bytes};
+use service_kit::{ConnectionGate, FastPath, RequestHead, error_response_bytes};
 use std::io::{self, IoSlice};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use telemetry::TransportMetrics;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Most frames written by one vectored write.
@@ -33,71 +32,12 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 pub struct SseEndpoint {
     pub hub: Hub<SseCodec>,
     pub metrics: TransportMetrics,
-    pub max_connections: usize,
+    pub gate: ConnectionGate,
     pub retry_ms: u64,
     /// SO_SNDBUF of each stream: without a cap the kernel grows a stuck
     /// client's buffer to megabytes, and it would take that long to notice.
     pub send_buffer: usize,
     pub shutdown: CancellationToken,
-    open: AtomicUsize,
-    drained: Notify,
-}
-
-impl SseEndpoint {
-    pub fn new(
-        hub: Hub<SseCodec>,
-        metrics: TransportMetrics,
-        max_connections: usize,
-        retry_ms: u64,
-        send_buffer: usize,
-        shutdown: CancellationToken,
-    ) -> SseEndpoint {
-        SseEndpoint {
-            hub,
-            metrics,
-            max_connections,
-            retry_ms,
-            send_buffer,
-            shutdown,
-            open: AtomicUsize::new(0),
-            drained: Notify::new(),
-        }
-    }
-
-    /// Resolves once every stream has ended (after shutdown).
-    pub async fn drained(&self) {
-        loop {
-            let notified = self.drained.notified();
-            if self.open.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Counts one open stream, for the cap, the gauge and draining.
-struct Slot<'a>(&'a SseEndpoint);
-
-impl<'a> Slot<'a> {
-    fn acquire(endpoint: &'a SseEndpoint) -> Option<Slot<'a>> {
-        let previous = endpoint.open.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(endpoint);
-        if previous >= endpoint.max_connections {
-            return None; // dropping `slot` gives the count back
-        }
-        endpoint.metrics.connections.inc();
-        Some(slot)
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) <= self.0.max_connections {
-            self.0.metrics.connections.dec();
-        }
-        self.0.drained.notify_waiters();
-    }
 }
 
 /// `/auctions/{id}/events` → the raw `{id}`.
@@ -119,7 +59,7 @@ impl FastPath for SseEndpoint {
             let body = refuse(404, "Not Found", "not_found", "no such auction", None);
             return finish(stream, &body).await;
         };
-        let Some(_slot) = Slot::acquire(&self) else {
+        let Some(_admission) = self.gate.admit() else {
             let body = refuse(
                 503,
                 "Service Unavailable",

@@ -6,7 +6,8 @@
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use std::time::Duration;
-use test_support::{RedisServer, ServiceProcess, id_pair};
+pub use test_support::Seen;
+use test_support::{RedisServer, ServiceProcess};
 
 pub fn bidder_env(
     redis: &RedisServer,
@@ -44,34 +45,6 @@ pub fn edge_env(
 
 pub fn start_edge(redis: &RedisServer, extra: &[(&'static str, &str)]) -> ServiceProcess {
     ServiceProcess::start("sse-edge", &edge_env(redis, extra))
-}
-
-/// What one client saw over its whole life.
-#[derive(Debug, Default, Clone)]
-pub struct Seen {
-    /// Ids of `bid`/`closed`/`opened` events, in arrival order.
-    pub ids: Vec<String>,
-    /// (id, reset) of every `init`.
-    pub inits: Vec<(String, bool)>,
-    /// How many times the stream ended and the client reconnected.
-    pub reconnects: usize,
-    /// The resume point: the last id received (init or event).
-    pub last: Option<String>,
-    /// Statuses of refused connection attempts.
-    pub refusals: Vec<u16>,
-}
-
-impl Seen {
-    /// The id this client's history starts after: the first init's id.
-    pub fn start(&self) -> &str {
-        self.inits.first().map_or("0-0", |(id, _)| id.as_str())
-    }
-
-    pub fn has_reached(&self, id: &str) -> bool {
-        self.last
-            .as_deref()
-            .is_some_and(|last| id_pair(last) >= id_pair(id))
-    }
 }
 
 /// Follows an auction like EventSource: on every end or error it reconnects
@@ -162,28 +135,9 @@ pub async fn follow_from(
 }
 
 /// Asserts that `seen` received exactly the stream's events after its
-/// first init and up to its last id: nothing missing, nothing twice.
+/// first init and up to its last id.
 pub fn assert_exact(redis: &RedisServer, auction: &str, seen: &Seen) {
-    let last = seen.last.as_deref().expect("the client received something");
-    let expected = redis.stream_ids_between(auction, seen.start(), last);
-    assert!(!expected.is_empty(), "the run must include events");
-    if seen.ids != expected {
-        let missing: Vec<_> = expected
-            .iter()
-            .filter(|id| !seen.ids.contains(id))
-            .take(5)
-            .collect();
-        let mut sorted = seen.ids.clone();
-        sorted.sort_by_key(|id| id_pair(id));
-        sorted.dedup();
-        panic!(
-            "received {} ids, stream has {}; duplicates: {}; first missing: {missing:?}; inits: {:?}",
-            seen.ids.len(),
-            expected.len(),
-            seen.ids.len() - sorted.len(),
-            seen.inits
-        );
-    }
+    seen.assert_exact(redis, auction);
 }
 
 /// The newest id of the auction's stream.

@@ -1,0 +1,612 @@
+//! `GET /ws`: the WebSocket endpoint, on the raw socket.
+//!
+//! One task per socket. It owns the WebSocket, the socket's subscriptions
+//! (one ring receiver each, keyed by auction), the last id sent per
+//! auction, and a bounded set of bids in flight to the bidder.
+
+use crate::bids::BidForwarder;
+use crate::codec::WsCodec;
+use crate::protocol::{self, ClientMessage, LastId, Refusal};
+use auction_domain::{AuctionId, EventId};
+use fanout::{CatchUpError, Hub, Item, OpenError, Resume, Start};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use service_kit::{ConnectionGate, FastPath, RequestHead, error_response_bytes};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use telemetry::TransportMetrics;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
+use tokio_util::sync::CancellationToken;
+
+/// Frames written per flush at most.
+const MAX_BATCH: usize = 64;
+/// A flush blocked this long means the client is not reading: closed as slow.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+/// Bids a socket may have in flight to the bidder.
+const BIDS_IN_FLIGHT: usize = 16;
+/// Bytes tungstenite reads per call; client messages are small.
+const READ_BUFFER: usize = 1024;
+
+pub struct WsEndpoint {
+    pub hub: Hub<WsCodec>,
+    pub metrics: TransportMetrics,
+    pub gate: ConnectionGate,
+    pub bids: BidForwarder,
+    pub max_message: usize,
+    pub ping_every: Duration,
+    /// Allowed `Origin` values; empty allows every origin.
+    pub allowed_origins: Vec<String>,
+    pub max_subscriptions: usize,
+    pub messages_per_s: f64,
+    pub messages_burst: f64,
+    pub send_buffer: usize,
+    pub shutdown: CancellationToken,
+}
+
+impl FastPath for WsEndpoint {
+    fn claims(&self, head: &RequestHead) -> bool {
+        head.method == "GET" && head.path() == "/ws"
+    }
+
+    async fn serve(self: Arc<Self>, stream: TcpStream, head: RequestHead) {
+        let peer = stream
+            .peer_addr()
+            .map(|addr| addr.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let key = match self.check_handshake(&head) {
+            Ok(key) => key,
+            Err(refusal) => return refuse(stream, &refusal).await,
+        };
+        let Some(_admission) = self.gate.admit() else {
+            let body = error_response_bytes(
+                503,
+                "Service Unavailable",
+                "too_many_connections",
+                "this replica is full; retry",
+                Some(1),
+            );
+            return refuse(stream, &body).await;
+        };
+        if self.shutdown.is_cancelled() {
+            let body = error_response_bytes(
+                503,
+                "Service Unavailable",
+                "draining",
+                "this replica is shutting down",
+                Some(1),
+            );
+            return refuse(stream, &body).await;
+        }
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let mut stream = stream;
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(1024 * 1024)
+            .max_message_size(Some(self.max_message))
+            .max_frame_size(Some(self.max_message));
+        let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+        Session::new(&self, ws, peer).run().await;
+    }
+}
+
+impl WsEndpoint {
+    /// Validates the upgrade request; returns the `Sec-WebSocket-Key`.
+    fn check_handshake(&self, head: &RequestHead) -> Result<Vec<u8>, Vec<u8>> {
+        let has_token = |name: &str, token: &str| {
+            head.header(name)
+                .and_then(|value| std::str::from_utf8(value).ok())
+                .is_some_and(|value| {
+                    value
+                        .split(',')
+                        .any(|part| part.trim().eq_ignore_ascii_case(token))
+                })
+        };
+        if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+            return Err(error_response_bytes(
+                426,
+                "Upgrade Required",
+                "upgrade_required",
+                "GET /ws expects a WebSocket upgrade",
+                None,
+            ));
+        }
+        if head.header("sec-websocket-version") != Some(b"13") {
+            return Err(error_response_bytes(
+                426,
+                "Upgrade Required",
+                "unsupported_version",
+                "only WebSocket version 13 is supported",
+                None,
+            ));
+        }
+        if !self.allowed_origins.is_empty() {
+            let origin = head
+                .header("origin")
+                .and_then(|value| std::str::from_utf8(value).ok());
+            if !origin
+                .is_some_and(|origin| self.allowed_origins.iter().any(|allowed| allowed == origin))
+            {
+                return Err(error_response_bytes(
+                    403,
+                    "Forbidden",
+                    "origin_not_allowed",
+                    "this Origin may not open a WebSocket here",
+                    None,
+                ));
+            }
+        }
+        match head.header("sec-websocket-key") {
+            Some(key) if !key.is_empty() => Ok(key.to_vec()),
+            _ => Err(error_response_bytes(
+                400,
+                "Bad Request",
+                "missing_key",
+                "Sec-WebSocket-Key is required",
+                None,
+            )),
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, response: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(response)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Why a session ended: the close frame to send, if any.
+enum End {
+    Close(CloseCode, &'static str),
+    /// The peer is gone or stuck: just drop the socket.
+    Drop,
+}
+
+struct Session<'a> {
+    endpoint: &'a WsEndpoint,
+    ws: WebSocketStream<TcpStream>,
+    peer: IpAddr,
+    subscriptions: StreamMap<AuctionId, BroadcastStream<Item<Utf8Bytes>>>,
+    /// Last id sent per subscribed auction.
+    last_sent: Vec<(AuctionId, EventId)>,
+    replies_tx: mpsc::Sender<String>,
+    replies: mpsc::Receiver<String>,
+    tokens: f64,
+    refilled: Instant,
+    warned_rate: Option<Instant>,
+    batch: Vec<(Utf8Bytes, u64)>,
+}
+
+impl<'a> Session<'a> {
+    fn new(endpoint: &'a WsEndpoint, ws: WebSocketStream<TcpStream>, peer: IpAddr) -> Self {
+        let (replies_tx, replies) = mpsc::channel(BIDS_IN_FLIGHT);
+        Session {
+            endpoint,
+            ws,
+            peer,
+            subscriptions: StreamMap::new(),
+            last_sent: Vec::new(),
+            replies_tx,
+            replies,
+            tokens: endpoint.messages_burst,
+            refilled: Instant::now(),
+            warned_rate: None,
+            batch: Vec::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        let end = self.serve().await;
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let close = async {
+                let _ = self.ws.send(Message::Close(Some(frame))).await;
+                // Wait briefly for the peer's close, so the close is clean.
+                while let Some(Ok(message)) = self.ws.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        }
+    }
+
+    async fn serve(&mut self) -> End {
+        let endpoint = self.endpoint;
+        let shutdown = endpoint.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let mut ping = tokio::time::interval(endpoint.ping_every);
+        ping.reset();
+        let mut awaiting_pong = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return End::Close(CloseCode::Restart, "replica restarting; reconnect and resume"),
+                incoming = self.ws.next() => match incoming {
+                    None => return End::Drop,
+                    Some(Err(error)) => return close_for(&error),
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(end) = self.on_text(text.as_str()).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let reply = protocol::error_json(None, "binary_not_supported", "send JSON in text frames");
+                        if let Err(end) = self.send_text(reply).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                    Some(Ok(Message::Close(_))) => return End::Drop,
+                    Some(Ok(_)) => {} // pings are answered by tungstenite
+                },
+                Some(reply) = self.replies.recv() => {
+                    if let Err(end) = self.send_text(reply).await {
+                        return end;
+                    }
+                }
+                Some((auction, item)) = self.subscriptions.next() => {
+                    if let Err(end) = self.forward(auction, item).await {
+                        return end;
+                    }
+                }
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        return End::Close(CloseCode::Policy, "no pong in time");
+                    }
+                    awaiting_pong = true;
+                    if let Err(end) = self.flush_with(Message::Ping(Default::default())).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes this item and whatever else the subscriptions have ready, then
+    /// writes them with one flush.
+    async fn forward(
+        &mut self,
+        auction: AuctionId,
+        item: Result<Item<Utf8Bytes>, BroadcastStreamRecvError>,
+    ) -> Result<(), End> {
+        self.take(&auction, item)?;
+        while self.batch.len() < MAX_BATCH {
+            match self.subscriptions.next().now_or_never() {
+                Some(Some((auction, item))) => self.take(&auction, item)?,
+                _ => break,
+            }
+        }
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        for (frame, _) in &batch {
+            self.ws
+                .feed(Message::Text(frame.clone()))
+                .await
+                .map_err(|_| End::Drop)?;
+        }
+        self.flush().await?;
+        let metrics = &self.endpoint.metrics;
+        let now = now_ms();
+        let mut events = 0;
+        for (_, placed_at) in &batch {
+            events += 1;
+            if *placed_at > 0 {
+                metrics
+                    .delivery_latency
+                    .observe(now.saturating_sub(*placed_at) as f64 / 1000.0);
+            }
+        }
+        metrics.events_delivered.inc_by(events);
+        // Keep the buffer's allocation for the next batch.
+        self.batch = batch;
+        self.batch.clear();
+        Ok(())
+    }
+
+    fn take(
+        &mut self,
+        auction: &AuctionId,
+        item: Result<Item<Utf8Bytes>, BroadcastStreamRecvError>,
+    ) -> Result<(), End> {
+        match item {
+            Ok(Item::Event {
+                id,
+                placed_at_ms,
+                frame,
+            }) => {
+                if let Some((_, last)) = self.last_sent.iter_mut().find(|(a, _)| a == auction)
+                    && id > *last
+                {
+                    *last = id;
+                    self.batch.push((frame, placed_at_ms));
+                }
+                Ok(())
+            }
+            Ok(Item::Tick) => Ok(()),
+            Ok(Item::Reset) => Err(End::Close(
+                CloseCode::Again,
+                "events lost on this replica; resubscribe with your last id",
+            )),
+            Err(BroadcastStreamRecvError::Lagged(_)) => {
+                self.endpoint.metrics.slow_consumer_disconnects.inc();
+                Err(End::Close(
+                    CloseCode::Again,
+                    "slow consumer; reconnect and resume from your last id",
+                ))
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(WRITE_STALL, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Drop),
+            Err(_) => {
+                self.endpoint.metrics.slow_consumer_disconnects.inc();
+                Err(End::Drop)
+            }
+        }
+    }
+
+    async fn flush_with(&mut self, message: Message) -> Result<(), End> {
+        self.ws.feed(message).await.map_err(|_| End::Drop)?;
+        self.flush().await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
+        self.flush_with(Message::Text(Utf8Bytes::from(text))).await
+    }
+
+    /// One client message. Refusals are replies; only transport failures end
+    /// the session.
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        if !self.allow_message() {
+            return Ok(());
+        }
+        let reply = match protocol::parse(text) {
+            Err(refusal) => Some(refusal.to_json()),
+            Ok(ClientMessage::Subscribe { auction, last_id }) => {
+                self.subscribe(&auction, last_id).await?
+            }
+            Ok(ClientMessage::Unsubscribe { auction }) => {
+                if let Ok(id) = AuctionId::parse(&auction) {
+                    self.subscriptions.remove(&id);
+                    self.last_sent.retain(|(a, _)| *a != id);
+                }
+                None
+            }
+            Ok(ClientMessage::Bid {
+                auction,
+                amount,
+                bidder,
+                reference,
+            }) => self.bid(auction, amount, bidder, reference),
+        };
+        match reply {
+            Some(reply) => self.send_text(reply).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Token bucket per socket. Over the limit, messages are dropped, with
+    /// at most one `rate_limited` error per second.
+    fn allow_message(&mut self) -> bool {
+        let now = Instant::now();
+        let endpoint = self.endpoint;
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens =
+            (self.tokens + elapsed * endpoint.messages_per_s).min(endpoint.messages_burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        if self
+            .warned_rate
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            self.warned_rate = Some(now);
+            let reply = protocol::error_json(None, "rate_limited", "too many messages; slow down");
+            // Best effort: a full queue means the client gets the next one.
+            let _ = self.replies_tx.try_send(reply);
+        }
+        false
+    }
+
+    fn bid(
+        &mut self,
+        auction: String,
+        amount: serde_json::Value,
+        bidder: serde_json::Value,
+        reference: String,
+    ) -> Option<String> {
+        if AuctionId::parse(&auction).is_err() {
+            return Some(
+                Refusal::new(
+                    Some(reference),
+                    "invalid_auction_id",
+                    "auction id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                )
+                .to_json(),
+            );
+        }
+        let Ok(permit) = self.replies_tx.clone().try_reserve_owned() else {
+            return Some(
+                Refusal::new(
+                    Some(reference),
+                    "too_many_pending_bids",
+                    "wait for earlier bids to be answered",
+                )
+                .to_json(),
+            );
+        };
+        let forwarder = self.endpoint.bids.clone();
+        let peer = self.peer;
+        tokio::spawn(async move {
+            let reply = forwarder
+                .place(&auction, amount, bidder, &reference, peer)
+                .await;
+            permit.send(reply);
+        });
+        None
+    }
+
+    async fn subscribe(&mut self, auction: &str, last_id: LastId) -> Result<Option<String>, End> {
+        let Ok(id) = AuctionId::parse(auction) else {
+            return Ok(Some(
+                Refusal::new(
+                    None,
+                    "invalid_auction_id",
+                    "auction id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                )
+                .to_json(),
+            ));
+        };
+        let resubscribe = self.subscriptions.contains_key(&id);
+        if !resubscribe && self.subscriptions.len() >= self.endpoint.max_subscriptions {
+            return Ok(Some(
+                Refusal::new(
+                    None,
+                    "too_many_subscriptions",
+                    "unsubscribe from another auction first",
+                )
+                .to_json(),
+            ));
+        }
+        let hub = &self.endpoint.hub;
+        let unavailable = || {
+            Refusal::new(
+                None,
+                "redis_unavailable",
+                "the event store is unreachable; retry shortly",
+            )
+            .to_json()
+        };
+        match hub.log().exists(&id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(Some(
+                    Refusal::new(None, "not_found", format!("no auction with id {auction:?}"))
+                        .to_json(),
+                ));
+            }
+            Err(_) => return Ok(Some(unavailable())),
+        }
+        let resume = match &last_id {
+            LastId::Absent => Resume::Fresh,
+            LastId::Text(text) => Resume::parse(Some(text.as_bytes())),
+            LastId::Garbled => Resume::Garbled,
+        };
+        let opening = match fanout::open(hub, &id, resume, JOIN_WAIT).await {
+            Ok(opening) => opening,
+            Err(OpenError::NotFound) => {
+                return Ok(Some(
+                    Refusal::new(None, "not_found", "no such auction").to_json(),
+                ));
+            }
+            Err(_) => return Ok(Some(unavailable())),
+        };
+        // A resubscription replaces the old one (a client resyncing).
+        self.subscriptions.remove(&id);
+        self.last_sent.retain(|(a, _)| *a != id);
+        let metrics = &self.endpoint.metrics;
+        let last = match opening.start {
+            Start::Init { frame, last, reset } => {
+                if reset {
+                    metrics.resumes_reset.inc();
+                }
+                self.flush_with(Message::Text(frame)).await?;
+                last
+            }
+            Start::Replay(mut catch_up) => {
+                let mut frames = Vec::new();
+                loop {
+                    frames.clear();
+                    match catch_up.next_batch(hub, &mut frames).await {
+                        Ok(more) => {
+                            for (_, _, frame) in frames.drain(..) {
+                                self.ws
+                                    .feed(Message::Text(frame))
+                                    .await
+                                    .map_err(|_| End::Drop)?;
+                                metrics.events_delivered.inc();
+                            }
+                            self.flush().await?;
+                            if !more {
+                                break;
+                            }
+                        }
+                        Err(CatchUpError::Gap) if catch_up.last() == opening_resume_id(&resume) => {
+                            let Ok(Start::Init { frame, last, .. }) =
+                                fanout::init(hub, &id, true).await
+                            else {
+                                return Ok(Some(unavailable()));
+                            };
+                            metrics.resumes_reset.inc();
+                            self.flush_with(Message::Text(frame)).await?;
+                            self.last_sent.push((id.clone(), last));
+                            self.subscriptions
+                                .insert(id, BroadcastStream::new(opening.feed));
+                            return Ok(None);
+                        }
+                        Err(_) => return Ok(Some(unavailable())),
+                    }
+                }
+                metrics.resumes_replayed.inc();
+                catch_up.last()
+            }
+        };
+        self.last_sent.push((id.clone(), last));
+        self.subscriptions
+            .insert(id, BroadcastStream::new(opening.feed));
+        Ok(None)
+    }
+}
+
+fn opening_resume_id(resume: &Resume) -> EventId {
+    match resume {
+        Resume::From(id) => *id,
+        _ => EventId::ZERO,
+    }
+}
+
+/// The close code for a read error (contract: 1009 for an oversized frame).
+fn close_for(error: &WsError) -> End {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            End::Close(CloseCode::Size, "message too large")
+        }
+        WsError::Utf8(_) => End::Close(CloseCode::Invalid, "text frames must be UTF-8"),
+        WsError::Protocol(_) => End::Close(CloseCode::Protocol, "protocol error"),
+        _ => End::Drop,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}

@@ -1,0 +1,165 @@
+//! Helpers for the ws-edge end-to-end tests: real redis-server, bidder and
+//! edge processes, and a WebSocket client that resubscribes with its last id
+//! after every disconnect, like the auction page does.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+pub use test_support::Seen;
+use test_support::{RedisServer, ServiceProcess};
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub fn bidder_env(
+    redis: &RedisServer,
+    sim_auctions: &str,
+    interval_ms: u64,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUCTION_REDIS_URL", redis.url()),
+        ("AUCTION_SIMULATE", (!sim_auctions.is_empty()).to_string()),
+        (
+            "AUCTION_SIM_AUCTIONS",
+            if sim_auctions.is_empty() {
+                "unused".into()
+            } else {
+                sim_auctions.into()
+            },
+        ),
+        ("AUCTION_SIM_INTERVAL_MS", interval_ms.to_string()),
+        ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
+        ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
+    ]
+}
+
+pub fn start_edge(
+    redis: &RedisServer,
+    bidder: Option<&ServiceProcess>,
+    extra: &[(&'static str, &str)],
+) -> ServiceProcess {
+    let mut env = vec![("AUCTION_REDIS_URL", redis.url())];
+    if let Some(bidder) = bidder {
+        env.push(("AUCTION_BIDDER_URL", bidder.url()));
+    }
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    ServiceProcess::start("ws-edge", &env)
+}
+
+pub fn ws_url(edge: &ServiceProcess) -> String {
+    format!("ws://{}/ws", edge.addr)
+}
+
+pub async fn connect(url: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket connect");
+    ws
+}
+
+pub async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The next JSON text message, or `None` on close or after `timeout`.
+pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return Some(serde_json::from_str(&text).unwrap()),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// Waits for the close frame; returns its code (`None` if the socket just
+/// dropped).
+pub async fn close_code(ws: &mut Ws, timeout: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Follows one auction: subscribes (with `last_id` once it has one), and on
+/// every close or error reconnects, trying the next of `edges` when one
+/// refuses, until `done` or `timeout`.
+pub async fn follow(
+    edges: &[String],
+    auction: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&Seen) -> bool,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut edge = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline && !done(&seen) {
+        let url = &edges[edge % edges.len()];
+        let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        else {
+            edge += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let mut subscribe = json!({"type":"subscribe","auction":auction});
+        if let Some(last) = &seen.last {
+            subscribe["last_id"] = json!(last);
+        }
+        if ws
+            .send(Message::Text(subscribe.to_string().into()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        loop {
+            let wake = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
+            let message = match tokio::time::timeout_at(wake, ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).unwrap(),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    seen.refusals.push(frame.map_or(0, |f| u16::from(f.code)));
+                    break;
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(_) => break,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    if done(&seen) {
+                        return seen;
+                    }
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let id = message["id"].as_str().unwrap_or("").to_owned();
+            match message["type"].as_str() {
+                Some("init") => seen
+                    .inits
+                    .push((id.clone(), message["payload"]["reset"].as_bool().unwrap())),
+                Some("bid" | "closed" | "opened") => seen.ids.push(id.clone()),
+                Some("error") => panic!("unexpected error: {message}"),
+                _ => continue,
+            }
+            if !id.is_empty() {
+                seen.last = Some(id);
+            }
+            if done(&seen) {
+                return seen;
+            }
+        }
+        seen.reconnects += 1;
+    }
+    seen
+}

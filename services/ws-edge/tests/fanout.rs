@@ -1,0 +1,169 @@
+//! WebSocket fan-out against real processes: replica hop, Redis restart,
+//! drain with 1012.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{follow, start_edge, ws_url};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use test_support::{RedisServer, ServiceProcess, id_pair, wait_for};
+
+fn head(redis: &RedisServer, auction: &str) -> String {
+    redis
+        .stream(auction)
+        .last()
+        .map_or("0-0".into(), |e| e.id.clone())
+}
+
+fn wait_for_more(redis: &RedisServer, auction: &str, after: &str, more: usize) -> String {
+    wait_for("more events", Duration::from_secs(20), || {
+        let newer: Vec<_> = redis
+            .stream(auction)
+            .into_iter()
+            .filter(|e| id_pair(&e.id) > id_pair(after))
+            .collect();
+        (newer.len() >= more).then(|| newer.last().unwrap().id.clone())
+    })
+}
+
+fn connections(edge: &ServiceProcess) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(edge.addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("auction_connections{transport=\"ws\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_hops_replicas_with_nothing_lost_or_repeated() {
+    let redis = RedisServer::start();
+    let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "hop", 20));
+    wait_for_more(&redis, "hop", "0-0", 1);
+    let mut edge_a = start_edge(&redis, None, &[]);
+    let edge_b = start_edge(&redis, None, &[]);
+    let edges = vec![ws_url(&edge_a), ws_url(&edge_b)];
+    let mut killed = false;
+    let seen = follow(&edges, "hop", Duration::from_secs(30), |seen| {
+        if !killed && seen.ids.len() >= 15 {
+            edge_a.kill();
+            killed = true;
+        }
+        seen.ids.len() >= 45
+    })
+    .await;
+    assert!(killed && seen.reconnects >= 1);
+    assert_eq!(
+        seen.inits.len(),
+        1,
+        "resumed with last_id, not reset: {:?}",
+        seen.inits
+    );
+    seen.assert_exact(&redis, "hop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing_for_100_sockets() {
+    let mut redis = RedisServer::start();
+    let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "rr", 20));
+    wait_for_more(&redis, "rr", "0-0", 1);
+    let edge = start_edge(&redis, None, &[]);
+    let target: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let edges = vec![ws_url(&edge)];
+        let target = target.clone();
+        clients.push(tokio::spawn(async move {
+            follow(&edges, "rr", Duration::from_secs(60), |seen| {
+                target
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .is_some_and(|t| seen.has_reached(t))
+            })
+            .await
+        }));
+    }
+    tokio::task::block_in_place(|| {
+        wait_for("100 sockets", Duration::from_secs(20), || {
+            (connections(&edge) >= 100.0).then_some(())
+        });
+        let before = head(&redis, "rr");
+        wait_for_more(&redis, "rr", &before, 10);
+        redis.kill();
+        let mut probe = String::new();
+        wait_for("the edge to notice", Duration::from_secs(10), || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(edge.addr).ok()?;
+            write!(stream, "GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+            probe.clear();
+            stream.read_to_string(&mut probe).ok()?;
+            probe.contains(" 503 ").then_some(())
+        });
+        redis.restart();
+        let after = head(&redis, "rr");
+        *target.lock().unwrap() = Some(wait_for_more(&redis, "rr", &after, 20));
+    });
+    for client in clients {
+        let seen = client.await.unwrap();
+        assert_eq!(seen.inits.len(), 1, "no socket was reset: {:?}", seen.inits);
+        seen.assert_exact(&redis, "rr");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_500_sockets_with_1012_and_exits_zero() {
+    let redis = RedisServer::start();
+    let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "drain", 20));
+    wait_for_more(&redis, "drain", "0-0", 1);
+    let mut edge_a = start_edge(&redis, None, &[("AUCTION_SHUTDOWN_GRACE_MS", "5000")]);
+    let edge_b = start_edge(&redis, None, &[]);
+    let target: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut clients = Vec::new();
+    for _ in 0..500 {
+        let edges = vec![ws_url(&edge_a), ws_url(&edge_b)];
+        let target = target.clone();
+        clients.push(tokio::spawn(async move {
+            follow(&edges, "drain", Duration::from_secs(90), |seen| {
+                target
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .is_some_and(|t| seen.has_reached(t))
+            })
+            .await
+        }));
+    }
+    tokio::task::block_in_place(|| {
+        wait_for("500 sockets on A", Duration::from_secs(30), || {
+            (connections(&edge_a) >= 500.0).then_some(())
+        });
+        let started = std::time::Instant::now();
+        edge_a.signal("TERM");
+        let status = edge_a.wait_exit(Duration::from_secs(10)).expect("A exits");
+        assert_eq!(status.code(), Some(0), "{}", edge_a.logs());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "within the grace period"
+        );
+        assert!(!edge_a.logs().contains("grace period over"));
+        let now = head(&redis, "drain");
+        *target.lock().unwrap() = Some(wait_for_more(&redis, "drain", &now, 10));
+    });
+    for client in clients {
+        let seen = client.await.unwrap();
+        assert_eq!(
+            seen.refusals.first(),
+            Some(&1012),
+            "closed with 1012: {:?}",
+            seen.refusals
+        );
+        assert_eq!(seen.inits.len(), 1, "resumed on B: {:?}", seen.inits);
+        seen.assert_exact(&redis, "drain");
+    }
+}
