@@ -64,10 +64,10 @@ impl BidForwarder {
             Ok(json) => json,
             Err(error) => return unavailable(format!("{status}: {error}")),
         };
-        if status.as_u16() == 201 {
-            if let Some(id) = json["id"].as_str() {
-                return ack_json(reference, id);
-            }
+        if status.as_u16() == 201
+            && let Some(id) = json["id"].as_str()
+        {
+            return ack_json(reference, id);
         }
         let code = json["error"].as_str().unwrap_or("bid_failed");
         let message = json["message"]

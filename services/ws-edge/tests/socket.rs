@@ -1,0 +1,294 @@
+//! One socket's contract: bids, bad input, limits, liveness, origins.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{close_code, connect, next_json, send, start_edge, ws_url};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use test_support::{RedisServer, ServiceProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+async fn create(bidder: &ServiceProcess, id: &str) {
+    let body = json!({"id":id,"title":"Vase","starting_price":1000,"min_increment":100,"duration_ms":600000});
+    let response = reqwest::Client::new()
+        .post(format!("{}/auctions", bidder.url()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+struct Stack {
+    redis: RedisServer,
+    bidder: ServiceProcess,
+    edge: ServiceProcess,
+}
+
+async fn stack(extra: &[(&'static str, &str)]) -> Stack {
+    let redis = RedisServer::start();
+    let bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "", 1000));
+    let edge = start_edge(&redis, Some(&bidder), extra);
+    create(&bidder, "vase").await;
+    Stack {
+        redis,
+        bidder,
+        edge,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_bids_over_sockets_get_acks_or_the_bidders_error() {
+    let stack = stack(&[]).await;
+    let url = ws_url(&stack.edge);
+    let mut tasks = Vec::new();
+    for socket in 0..6u64 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = connect(&url).await;
+            send(&mut ws, json!({"type":"subscribe","auction":"vase"})).await;
+            let mut current = 900;
+            let (mut acks, mut refusals) = (Vec::new(), Vec::new());
+            for round in 0..15u64 {
+                let reference = format!("s{socket}-{round}");
+                let amount = current + 100 + (socket % 2) * 50;
+                send(&mut ws, json!({"type":"bid","auction":"vase","amount":amount,"bidder":format!("sock{socket}"),"ref":reference})).await;
+                // Read until this bid's answer, tracking the live price.
+                loop {
+                    let message = next_json(&mut ws, 10 * SECOND).await.expect("an answer");
+                    match message["type"].as_str().unwrap() {
+                        "init" => {
+                            current = message["payload"]["auction"]["current"]["amount"].as_u64().unwrap_or(900);
+                        }
+                        "bid" => current = current.max(message["payload"]["amount"].as_u64().unwrap()),
+                        "ack" => {
+                            assert_eq!(message["ref"], reference.as_str());
+                            acks.push(message["id"].as_str().unwrap().to_owned());
+                            break;
+                        }
+                        "error" => {
+                            assert_eq!(message["ref"], reference.as_str(), "{message}");
+                            assert_eq!(message["error"], "bid_too_low", "{message}");
+                            assert!(message["min_next"].as_u64().unwrap() > amount);
+                            refusals.push(message);
+                            break;
+                        }
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+            }
+            (acks, refusals.len())
+        }));
+    }
+    let (mut acks, mut refused) = (BTreeSet::new(), 0);
+    for task in tasks {
+        let (mine, theirs) = task.await.unwrap();
+        acks.extend(mine);
+        refused += theirs;
+    }
+    assert!(refused > 0, "the sockets must race");
+    let stream: BTreeSet<String> = stack
+        .redis
+        .stream("vase")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        acks, stream,
+        "every ack is in the stream, and every accepted bid was acked"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_or_the_contract_close_code() {
+    let stack = stack(&[
+        ("AUCTION_WS_RATE_PER_S", "100"),
+        ("AUCTION_WS_RATE_BURST", "100"),
+    ])
+    .await;
+    let url = ws_url(&stack.edge);
+    // A bystander subscribed to the auction, to show others are unaffected.
+    let mut bystander = connect(&url).await;
+    send(&mut bystander, json!({"type":"subscribe","auction":"vase"})).await;
+    assert_eq!(
+        next_json(&mut bystander, 5 * SECOND).await.unwrap()["type"],
+        "init"
+    );
+
+    let mut ws = connect(&url).await;
+    let cases = [
+        ("not json", "malformed_json"),
+        ("[1,2]", "malformed_json"),
+        (r#"{"type":"dance"}"#, "unknown_type"),
+        (r#"{"auction":"vase"}"#, "missing_field"),
+        (r#"{"type":"subscribe"}"#, "missing_field"),
+        (
+            r#"{"type":"bid","auction":"vase","ref":"r1"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"type":"subscribe","auction":"bad id"}"#,
+            "invalid_auction_id",
+        ),
+        (r#"{"type":"subscribe","auction":"nope"}"#, "not_found"),
+        (
+            r#"{"type":"bid","auction":"vase","amount":0,"bidder":"x","ref":"r2"}"#,
+            "invalid_amount",
+        ),
+        (
+            r#"{"type":"bid","auction":"nope","amount":5000,"bidder":"x","ref":"r3"}"#,
+            "not_found",
+        ),
+    ];
+    for (text, code) in cases {
+        ws.send(Message::Text(text.into())).await.unwrap();
+        let reply = next_json(&mut ws, 5 * SECOND).await.expect("a reply");
+        assert_eq!(
+            (reply["type"].as_str(), reply["error"].as_str()),
+            (Some("error"), Some(code)),
+            "{text}: {reply}"
+        );
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut ws, 5 * SECOND).await.unwrap()["error"],
+        "binary_not_supported"
+    );
+    // Still open and working.
+    send(&mut ws, json!({"type":"subscribe","auction":"vase"})).await;
+    assert_eq!(
+        next_json(&mut ws, 5 * SECOND).await.unwrap()["type"],
+        "init"
+    );
+
+    // Invalid UTF-8 in a text frame: 1007.
+    let mut bad_utf8 = connect(&url).await;
+    let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+    bad_utf8.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_code(&mut bad_utf8, 5 * SECOND).await, Some(1007));
+
+    // A 1 MB frame: 1009.
+    let mut huge = connect(&url).await;
+    let _ = huge
+        .send(Message::Text("x".repeat(1024 * 1024).into()))
+        .await;
+    assert_eq!(close_code(&mut huge, 5 * SECOND).await, Some(1009));
+
+    // 10,000 messages as fast as possible: rate limited, still serving.
+    let mut flood = connect(&url).await;
+    for _ in 0..10_000 {
+        flood
+            .feed(Message::Text(
+                r#"{"type":"unsubscribe","auction":"vase"}"#.into(),
+            ))
+            .await
+            .unwrap();
+    }
+    flood.flush().await.unwrap();
+    let reply = next_json(&mut flood, 5 * SECOND).await.unwrap();
+    assert_eq!(reply["error"], "rate_limited");
+
+    // The bystander still gets events and its own bid acked.
+    send(
+        &mut bystander,
+        json!({"type":"bid","auction":"vase","amount":5000,"bidder":"b","ref":"ok"}),
+    )
+    .await;
+    let mut got_bid = false;
+    let mut got_ack = false;
+    while !(got_bid && got_ack) {
+        let message = next_json(&mut bystander, 5 * SECOND)
+            .await
+            .expect("bystander keeps going");
+        got_bid |= message["type"] == "bid";
+        got_ack |= message["type"] == "ack";
+    }
+    assert!(!stack.edge.logs().contains("panicked"));
+}
+
+#[tokio::test]
+async fn a_bidder_that_is_down_gives_a_clear_error_quickly() {
+    let redis = RedisServer::start();
+    let bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "", 1000));
+    create(&bidder, "vase").await;
+    // Point the edge at a port where nothing listens.
+    let dead = format!("http://127.0.0.1:{}", test_support::free_port());
+    let edge = start_edge(&redis, None, &[("AUCTION_BIDDER_URL", &dead)]);
+    let mut ws = connect(&ws_url(&edge)).await;
+    let started = std::time::Instant::now();
+    send(
+        &mut ws,
+        json!({"type":"bid","auction":"vase","amount":5000,"bidder":"b","ref":"r"}),
+    )
+    .await;
+    let reply = next_json(&mut ws, 10 * SECOND).await.unwrap();
+    assert_eq!(
+        (reply["error"].as_str(), reply["ref"].as_str()),
+        (Some("bidder_unavailable"), Some("r"))
+    );
+    assert!(started.elapsed() < 6 * SECOND);
+}
+
+#[tokio::test]
+async fn origins_off_the_allow_list_are_refused() {
+    let stack = stack(&[("AUCTION_WS_ALLOWED_ORIGINS", "https://auction.example")]).await;
+    let request = |origin: &str| {
+        let mut request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url(
+                &stack.edge,
+            ))
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        request
+    };
+    assert!(
+        tokio_tungstenite::connect_async(request("https://auction.example"))
+            .await
+            .is_ok()
+    );
+    let refused = tokio_tungstenite::connect_async(request("https://evil.example")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_pings_is_closed() {
+    let stack = stack(&[("AUCTION_WS_PING_MS", "200")]).await;
+    // A raw client that completes the handshake and then never reads, so
+    // it never answers a ping.
+    let mut raw = tokio::net::TcpStream::connect(stack.edge.addr)
+        .await
+        .unwrap();
+    raw.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // Without pongs the edge closes within about two ping intervals.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(5 * SECOND, raw.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the edge closed the silent socket");
+    // The last frame before the end is a close frame with 1008.
+    let close = rest
+        .windows(4)
+        .rposition(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xf0);
+    assert!(close.is_some(), "close frame with code 1008");
+}
