@@ -5,7 +5,7 @@
 mod common;
 
 use common::{close_code, connect, next_json, send, start_edge, ws_url};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -31,7 +31,7 @@ async fn create(bidder: &ServiceProcess, id: &str) {
 
 struct Stack {
     redis: RedisServer,
-    bidder: ServiceProcess,
+    _bidder: ServiceProcess,
     edge: ServiceProcess,
 }
 
