@@ -42,7 +42,7 @@ async fn stack(extra: &[(&'static str, &str)]) -> Stack {
     create(&bidder, "vase").await;
     Stack {
         redis,
-        bidder,
+        _bidder: bidder,
         edge,
     }
 }
