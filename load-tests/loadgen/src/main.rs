@@ -2,13 +2,13 @@
 //!
 //! - `bids`: accepted bids per second through the bidder's HTTP API, with
 //!   latency percentiles (one auction per worker, strictly increasing bids);
-//! - `sse`: N SSE clients on one auction; M events appended at a given
+//! - `sse` / `ws`: N SSE or WebSocket clients on one auction; M events appended at a given
 //!   rate; deliveries/s, delivery latency percentiles, missing and
 //!   duplicated events, and the edge's CPU and RSS from /proc.
 
 mod bids;
+mod fanout;
 mod proc_stats;
-mod sse;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -16,7 +16,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   loadgen bids --url URL [--concurrency N] [--seconds S]
   loadgen sse --edge URL --redis URL [--clients N] [--events M] [--rate R] [--edge-pid PID]
-              (--events 0: idle connections, reports RSS per connection)";
+              (--events 0: idle connections, reports RSS per connection)
+  loadgen ws  (same options as sse, against a ws-edge)";
 
 /// `--name value` pairs after the scenario name.
 pub struct Args(HashMap<String, String>);
@@ -80,7 +81,8 @@ fn main() -> ExitCode {
             .map_err(|error| error.to_string())?;
         match scenario.as_str() {
             "bids" => runtime.block_on(bids::run(&args)),
-            "sse" => runtime.block_on(sse::run(&args)),
+            "sse" => runtime.block_on(fanout::run(&args, fanout::Transport::Sse)),
+            "ws" => runtime.block_on(fanout::run(&args, fanout::Transport::Ws)),
             _ => Err(USAGE.into()),
         }
     });

@@ -1,4 +1,4 @@
-//! SSE fan-out and idle-connection scenarios against an sse-edge.
+//! Fan-out and idle-connection scenarios against an sse-edge or a ws-edge.
 //!
 //! Events are appended straight into Redis through the same atomic script
 //! the bidder uses, so the figures are the edge's: the send time of event
@@ -35,7 +35,13 @@ struct ClientResult {
     last_delivery: Option<Instant>,
 }
 
-pub async fn run(args: &Args) -> Result<(), String> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     let edge = args.text("edge", "http://127.0.0.1:8081");
     let redis_url = args.text("redis", "redis://127.0.0.1:6379");
     ensure_loopback(&edge)?;
@@ -79,9 +85,15 @@ pub async fn run(args: &Args) -> Result<(), String> {
     for _ in 0..clients {
         let shared = shared.clone();
         let addr = addr.clone();
-        let path = format!("/auctions/{auction}/events");
+        let auction = auction.clone();
         tasks.push(tokio::spawn(async move {
-            client(&addr, &path, &shared, deadline).await
+            match transport {
+                Transport::Sse => {
+                    let path = format!("/auctions/{auction}/events");
+                    sse_client(&addr, &path, &shared, deadline).await
+                }
+                Transport::Ws => ws_client(&addr, auction.as_str(), &shared, deadline).await,
+            }
         }));
         // Pace the connects a little so the accept queue never overflows.
         if tasks.len() % 500 == 0 {
@@ -99,10 +111,9 @@ pub async fn run(args: &Args) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_millis(settle_ms)).await;
     let rss_connected = edge_pid.and_then(rss_bytes);
-    println!(
-        "scenario              sse {}",
-        if events == 0 { "idle" } else { "fan-out" }
-    );
+    let name = if transport == Transport::Sse { "sse" } else { "ws" };
+    let kind = if events == 0 { "idle" } else { "fan-out" };
+    println!("scenario              {name} {kind}");
     println!("clients               {clients}");
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
         println!("edge_rss_mib          {:.1}", after as f64 / 1048576.0);
@@ -205,15 +216,8 @@ pub async fn run(args: &Args) -> Result<(), String> {
 /// One SSE client on a raw socket: counts events by amount, reconnects with
 /// Last-Event-ID if the edge closes it, stops when all events arrived or at
 /// the deadline.
-async fn client(addr: &str, path: &str, shared: &Shared, deadline: Instant) -> ClientResult {
-    let mut result = ClientResult {
-        received: 0,
-        duplicates: 0,
-        reconnects: 0,
-        latencies: Histogram::new(3)
-            .unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
-        last_delivery: None,
-    };
+async fn sse_client(addr: &str, path: &str, shared: &Shared, deadline: Instant) -> ClientResult {
+    let mut result = ClientResult::new();
     let mut seen = vec![false; shared.events];
     let mut last_id = String::new();
     let mut counted_connect = false;
@@ -264,23 +268,7 @@ async fn client(addr: &str, path: &str, shared: &Shared, deadline: Instant) -> C
                 if !message.windows(10).any(|w| w == b"event: bid") {
                     continue;
                 }
-                let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else {
-                    continue;
-                };
-                if k >= shared.events {
-                    continue;
-                }
-                if seen[k] {
-                    result.duplicates += 1;
-                    continue;
-                }
-                seen[k] = true;
-                result.received += 1;
-                let sent = shared.sent_at[k].load(Ordering::Relaxed);
-                if sent > 0 {
-                    let _ = result.latencies.record(now_ns.saturating_sub(sent));
-                }
-                result.last_delivery = Some(now);
+                result.record(shared, &mut seen, amount, now, now_ns);
             }
             buffer.drain(..consumed);
             if result.received >= shared.events {
@@ -293,6 +281,107 @@ async fn client(addr: &str, path: &str, shared: &Shared, deadline: Instant) -> C
         result.reconnects += 1;
     }
     result
+}
+
+impl ClientResult {
+    fn new() -> ClientResult {
+        ClientResult {
+            received: 0,
+            duplicates: 0,
+            reconnects: 0,
+            latencies: Histogram::new(3)
+                .unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
+            last_delivery: None,
+        }
+    }
+
+    /// Counts the bid with `amount`, received at `now`.
+    fn record(&mut self, shared: &Shared, seen: &mut [bool], amount: u64, now: Instant, now_ns: u64) {
+        let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else {
+            return;
+        };
+        if k >= shared.events {
+            return;
+        }
+        if seen[k] {
+            self.duplicates += 1;
+            return;
+        }
+        seen[k] = true;
+        self.received += 1;
+        let sent = shared.sent_at[k].load(Ordering::Relaxed);
+        if sent > 0 {
+            let _ = self.latencies.record(now_ns.saturating_sub(sent));
+        }
+        self.last_delivery = Some(now);
+    }
+}
+
+/// One WebSocket client: subscribes (resubscribing with `last_id` after a
+/// disconnect) and counts bids by amount.
+async fn ws_client(addr: &str, auction: &str, shared: &Shared, deadline: Instant) -> ClientResult {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut result = ClientResult::new();
+    let mut seen = vec![false; shared.events];
+    let mut last_id = String::new();
+    let mut counted_connect = false;
+    while Instant::now() < deadline && result.received < shared.events.max(1) {
+        let url = format!("ws://{addr}/ws");
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let subscribe = if last_id.is_empty() {
+            format!(r#"{{"type":"subscribe","auction":"{auction}"}}"#)
+        } else {
+            format!(r#"{{"type":"subscribe","auction":"{auction}","last_id":"{last_id}"}}"#)
+        };
+        if ws.send(Message::Text(subscribe.into())).await.is_err() {
+            continue;
+        }
+        if !counted_connect {
+            counted_connect = true;
+            shared.connected.fetch_add(1, Ordering::Relaxed);
+        }
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let text = match tokio::time::timeout(remaining, ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => text,
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+                Ok(Some(Ok(_))) => continue,
+            };
+            if shared.events == 0 {
+                continue;
+            }
+            let now = Instant::now();
+            let now_ns = now.duration_since(shared.start).as_nanos() as u64;
+            let bytes = text.as_bytes();
+            if let Some(id) = field_text(bytes, b"\"id\":\"") {
+                last_id = String::from_utf8_lossy(id).into_owned();
+            }
+            if !bytes.starts_with(b"{\"type\":\"bid\"") {
+                continue;
+            }
+            if let Some(amount) = field_number(bytes, b"\"amount\":") {
+                result.record(shared, &mut seen, amount, now, now_ns);
+            }
+            if result.received >= shared.events {
+                return result;
+            }
+        }
+        if shared.events == 0 {
+            return result;
+        }
+        result.reconnects += 1;
+    }
+    result
+}
+
+fn field_text<'a>(message: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = find(message, key)? + key.len();
+    let end = message[at..].iter().position(|b| *b == b'"')?;
+    Some(&message[at..at + end])
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
