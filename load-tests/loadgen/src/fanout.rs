@@ -111,7 +111,11 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_millis(settle_ms)).await;
     let rss_connected = edge_pid.and_then(rss_bytes);
-    let name = if transport == Transport::Sse { "sse" } else { "ws" };
+    let name = if transport == Transport::Sse {
+        "sse"
+    } else {
+        "ws"
+    };
     let kind = if events == 0 { "idle" } else { "fan-out" };
     println!("scenario              {name} {kind}");
     println!("clients               {clients}");
@@ -296,7 +300,14 @@ impl ClientResult {
     }
 
     /// Counts the bid with `amount`, received at `now`.
-    fn record(&mut self, shared: &Shared, seen: &mut [bool], amount: u64, now: Instant, now_ns: u64) {
+    fn record(
+        &mut self,
+        shared: &Shared,
+        seen: &mut [bool],
+        amount: u64,
+        now: Instant,
+        now_ns: u64,
+    ) {
         let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else {
             return;
         };

@@ -57,6 +57,23 @@ impl WsSettings {
     }
 }
 
+/// One timer for the whole replica: every socket pings on its ticks.
+fn ping_ticker(ctx: &Context, every: Duration) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let shutdown = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.reset();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => tx.send_modify(|tick| *tick += 1),
+            }
+        }
+    });
+    rx
+}
+
 fn main() -> ExitCode {
     let process = Process::start("ws-edge", "0.0.0.0:8082");
     let own = WsSettings::read(&process.settings)
@@ -96,7 +113,7 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
         metrics,
         bids: bids::BidForwarder::new(&own.bidder_url)?,
         max_message: own.max_message,
-        ping_every: own.ping,
+        ping_ticks: ping_ticker(&ctx, own.ping),
         allowed_origins: own.allowed_origins,
         max_subscriptions: own.max_subscriptions,
         messages_per_s: own.rate_per_s as f64,

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use telemetry::TransportMetrics;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::StreamMap;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -35,7 +35,7 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 /// Bids a socket may have in flight to the bidder.
 const BIDS_IN_FLIGHT: usize = 16;
 /// Bytes tungstenite reads per call; client messages are small.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 256;
 
 pub struct WsEndpoint {
     pub hub: Hub<WsCodec>,
@@ -43,7 +43,9 @@ pub struct WsEndpoint {
     pub gate: ConnectionGate,
     pub bids: BidForwarder,
     pub max_message: usize,
-    pub ping_every: Duration,
+    /// Ticks once per ping interval, for every socket: one timer per
+    /// replica instead of one per socket.
+    pub ping_ticks: watch::Receiver<u64>,
     /// Allowed `Origin` values; empty allows every origin.
     pub allowed_origins: Vec<String>,
     pub max_subscriptions: usize,
@@ -178,15 +180,27 @@ enum End {
     Drop,
 }
 
+/// One subscribed auction of a socket.
+struct Subscription {
+    /// Its key in `Session::feeds`.
+    key: u32,
+    auction: AuctionId,
+    /// The last event id sent for this auction.
+    last: EventId,
+}
+
 struct Session<'a> {
     endpoint: &'a WsEndpoint,
     ws: WebSocketStream<TcpStream>,
     peer: IpAddr,
-    subscriptions: StreamMap<AuctionId, BroadcastStream<Item<Utf8Bytes>>>,
-    /// Last id sent per subscribed auction.
-    last_sent: Vec<(AuctionId, EventId)>,
-    replies_tx: mpsc::Sender<String>,
-    replies: mpsc::Receiver<String>,
+    /// The subscriptions' feeds, keyed by a small number that is cheap to
+    /// copy on every event (the map hands out its key with each item).
+    feeds: StreamMap<u32, BroadcastStream<Item<Utf8Bytes>>>,
+    subscriptions: Vec<Subscription>,
+    next_key: u32,
+    /// Answers of bids in flight, and rate-limit notices. Created on first
+    /// use: most sockets never bid.
+    replies: Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>,
     tokens: f64,
     refilled: Instant,
     warned_rate: Option<Instant>,
@@ -195,15 +209,14 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(endpoint: &'a WsEndpoint, ws: WebSocketStream<TcpStream>, peer: IpAddr) -> Self {
-        let (replies_tx, replies) = mpsc::channel(BIDS_IN_FLIGHT);
         Session {
             endpoint,
             ws,
             peer,
-            subscriptions: StreamMap::new(),
-            last_sent: Vec::new(),
-            replies_tx,
-            replies,
+            feeds: StreamMap::new(),
+            subscriptions: Vec::new(),
+            next_key: 0,
+            replies: None,
             tokens: endpoint.messages_burst,
             refilled: Instant::now(),
             warned_rate: None,
@@ -235,13 +248,19 @@ impl<'a> Session<'a> {
         let endpoint = self.endpoint;
         let shutdown = endpoint.shutdown.cancelled();
         tokio::pin!(shutdown);
-        let mut ping = tokio::time::interval(endpoint.ping_every);
-        ping.reset();
+        let mut ticks = WatchStream::from_changes(endpoint.ping_ticks.clone());
         let mut awaiting_pong = false;
         loop {
+            // Ordered by how often each is the reason for waking: events
+            // first, so a delivery polls nothing else.
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return End::Close(CloseCode::Restart, "replica restarting; reconnect and resume"),
+                Some((key, item)) = self.feeds.next() => {
+                    if let Err(end) = self.forward(key, item).await {
+                        return end;
+                    }
+                }
                 incoming = self.ws.next() => match incoming {
                     None => return End::Drop,
                     Some(Err(error)) => return close_for(&error),
@@ -260,17 +279,12 @@ impl<'a> Session<'a> {
                     Some(Ok(Message::Close(_))) => return End::Drop,
                     Some(Ok(_)) => {} // pings are answered by tungstenite
                 },
-                Some(reply) = self.replies.recv() => {
+                Some(reply) = next_reply(&mut self.replies) => {
                     if let Err(end) = self.send_text(reply).await {
                         return end;
                     }
                 }
-                Some((auction, item)) = self.subscriptions.next() => {
-                    if let Err(end) = self.forward(auction, item).await {
-                        return end;
-                    }
-                }
-                _ = ping.tick() => {
+                Some(_) = ticks.next() => {
                     if awaiting_pong {
                         return End::Close(CloseCode::Policy, "no pong in time");
                     }
@@ -283,17 +297,17 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Takes this item and whatever else the subscriptions have ready, then
-    /// writes them with one flush.
+    /// Takes this item and whatever else the feeds have ready, then writes
+    /// them with one flush.
     async fn forward(
         &mut self,
-        auction: AuctionId,
+        key: u32,
         item: Result<Item<Utf8Bytes>, BroadcastStreamRecvError>,
     ) -> Result<(), End> {
-        self.take(&auction, item)?;
+        self.take(key, item)?;
         while self.batch.len() < MAX_BATCH {
-            match self.subscriptions.next().now_or_never() {
-                Some(Some((auction, item))) => self.take(&auction, item)?,
+            match self.feeds.next().now_or_never() {
+                Some(Some((key, item))) => self.take(key, item)?,
                 _ => break,
             }
         }
@@ -310,16 +324,14 @@ impl<'a> Session<'a> {
         self.flush().await?;
         let metrics = &self.endpoint.metrics;
         let now = now_ms();
-        let mut events = 0;
         for (_, placed_at) in &batch {
-            events += 1;
             if *placed_at > 0 {
                 metrics
                     .delivery_latency
                     .observe(now.saturating_sub(*placed_at) as f64 / 1000.0);
             }
         }
-        metrics.events_delivered.inc_by(events);
+        metrics.events_delivered.inc_by(batch.len() as u64);
         // Keep the buffer's allocation for the next batch.
         self.batch = batch;
         self.batch.clear();
@@ -328,7 +340,7 @@ impl<'a> Session<'a> {
 
     fn take(
         &mut self,
-        auction: &AuctionId,
+        key: u32,
         item: Result<Item<Utf8Bytes>, BroadcastStreamRecvError>,
     ) -> Result<(), End> {
         match item {
@@ -337,10 +349,10 @@ impl<'a> Session<'a> {
                 placed_at_ms,
                 frame,
             }) => {
-                if let Some((_, last)) = self.last_sent.iter_mut().find(|(a, _)| a == auction)
-                    && id > *last
+                if let Some(subscription) = self.subscriptions.iter_mut().find(|s| s.key == key)
+                    && id > subscription.last
                 {
-                    *last = id;
+                    subscription.last = id;
                     self.batch.push((frame, placed_at_ms));
                 }
                 Ok(())
@@ -393,8 +405,7 @@ impl<'a> Session<'a> {
             }
             Ok(ClientMessage::Unsubscribe { auction }) => {
                 if let Ok(id) = AuctionId::parse(&auction) {
-                    self.subscriptions.remove(&id);
-                    self.last_sent.retain(|(a, _)| *a != id);
+                    self.unsubscribe(&id);
                 }
                 None
             }
@@ -430,8 +441,8 @@ impl<'a> Session<'a> {
         {
             self.warned_rate = Some(now);
             let reply = protocol::error_json(None, "rate_limited", "too many messages; slow down");
-            // Best effort: a full queue means the client gets the next one.
-            let _ = self.replies_tx.try_send(reply);
+            // Best effort: with the queue full, the next notice says it.
+            let _ = self.replies_tx().try_send(reply);
         }
         false
     }
@@ -444,24 +455,11 @@ impl<'a> Session<'a> {
         reference: String,
     ) -> Option<String> {
         if AuctionId::parse(&auction).is_err() {
-            return Some(
-                Refusal::new(
-                    Some(reference),
-                    "invalid_auction_id",
-                    "auction id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
-                )
-                .to_json(),
-            );
+            return Some(Refusal::new(Some(reference), "invalid_auction_id", INVALID_ID).to_json());
         }
-        let Ok(permit) = self.replies_tx.clone().try_reserve_owned() else {
-            return Some(
-                Refusal::new(
-                    Some(reference),
-                    "too_many_pending_bids",
-                    "wait for earlier bids to be answered",
-                )
-                .to_json(),
-            );
+        let Ok(permit) = self.replies_tx().clone().try_reserve_owned() else {
+            let message = "wait for earlier bids to be answered";
+            return Some(Refusal::new(Some(reference), "too_many_pending_bids", message).to_json());
         };
         let forwarder = self.endpoint.bids.clone();
         let peer = self.peer;
@@ -477,23 +475,14 @@ impl<'a> Session<'a> {
     async fn subscribe(&mut self, auction: &str, last_id: LastId) -> Result<Option<String>, End> {
         let Ok(id) = AuctionId::parse(auction) else {
             return Ok(Some(
-                Refusal::new(
-                    None,
-                    "invalid_auction_id",
-                    "auction id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
-                )
-                .to_json(),
+                Refusal::new(None, "invalid_auction_id", INVALID_ID).to_json(),
             ));
         };
-        let resubscribe = self.subscriptions.contains_key(&id);
+        let resubscribe = self.subscriptions.iter().any(|s| s.auction == id);
         if !resubscribe && self.subscriptions.len() >= self.endpoint.max_subscriptions {
+            let message = "unsubscribe from another auction first";
             return Ok(Some(
-                Refusal::new(
-                    None,
-                    "too_many_subscriptions",
-                    "unsubscribe from another auction first",
-                )
-                .to_json(),
+                Refusal::new(None, "too_many_subscriptions", message).to_json(),
             ));
         }
         let hub = &self.endpoint.hub;
@@ -508,10 +497,8 @@ impl<'a> Session<'a> {
         match hub.log().exists(&id).await {
             Ok(true) => {}
             Ok(false) => {
-                return Ok(Some(
-                    Refusal::new(None, "not_found", format!("no auction with id {auction:?}"))
-                        .to_json(),
-                ));
+                let message = format!("no auction with id {auction:?}");
+                return Ok(Some(Refusal::new(None, "not_found", message).to_json()));
             }
             Err(_) => return Ok(Some(unavailable())),
         }
@@ -530,8 +517,7 @@ impl<'a> Session<'a> {
             Err(_) => return Ok(Some(unavailable())),
         };
         // A resubscription replaces the old one (a client resyncing).
-        self.subscriptions.remove(&id);
-        self.last_sent.retain(|(a, _)| *a != id);
+        self.unsubscribe(&id);
         let metrics = &self.endpoint.metrics;
         let last = match opening.start {
             Start::Init { frame, last, reset } => {
@@ -560,6 +546,7 @@ impl<'a> Session<'a> {
                             }
                         }
                         Err(CatchUpError::Gap) if catch_up.last() == opening_resume_id(&resume) => {
+                            // Trimmed between the window check and the read.
                             let Ok(Start::Init { frame, last, .. }) =
                                 fanout::init(hub, &id, true).await
                             else {
@@ -567,9 +554,7 @@ impl<'a> Session<'a> {
                             };
                             metrics.resumes_reset.inc();
                             self.flush_with(Message::Text(frame)).await?;
-                            self.last_sent.push((id.clone(), last));
-                            self.subscriptions
-                                .insert(id, BroadcastStream::new(opening.feed));
+                            self.add_subscription(id, last, opening.feed);
                             return Ok(None);
                         }
                         Err(_) => return Ok(Some(unavailable())),
@@ -579,10 +564,50 @@ impl<'a> Session<'a> {
                 catch_up.last()
             }
         };
-        self.last_sent.push((id.clone(), last));
-        self.subscriptions
-            .insert(id, BroadcastStream::new(opening.feed));
+        self.add_subscription(id, last, opening.feed);
         Ok(None)
+    }
+
+    fn add_subscription(
+        &mut self,
+        auction: AuctionId,
+        last: EventId,
+        feed: broadcast::Receiver<Item<Utf8Bytes>>,
+    ) {
+        let key = self.next_key;
+        self.next_key = self.next_key.wrapping_add(1);
+        self.feeds.insert(key, BroadcastStream::new(feed));
+        self.subscriptions.push(Subscription { key, auction, last });
+    }
+
+    fn unsubscribe(&mut self, auction: &AuctionId) {
+        if let Some(index) = self
+            .subscriptions
+            .iter()
+            .position(|s| s.auction == *auction)
+        {
+            let subscription = self.subscriptions.swap_remove(index);
+            self.feeds.remove(&subscription.key);
+        }
+    }
+
+    fn replies_tx(&mut self) -> &mpsc::Sender<String> {
+        &self
+            .replies
+            .get_or_insert_with(|| mpsc::channel(BIDS_IN_FLIGHT))
+            .0
+    }
+}
+
+const INVALID_ID: &str = "auction id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'";
+
+/// The next reply, or never while the socket has no reply channel.
+async fn next_reply(
+    replies: &mut Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>,
+) -> Option<String> {
+    match replies {
+        Some((_, receiver)) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 
