@@ -314,27 +314,22 @@ impl<'a> Session<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
-        for (frame, _) in &batch {
-            self.ws
-                .feed(Message::Text(frame.clone()))
-                .await
-                .map_err(|_| End::Drop)?;
-        }
-        self.flush().await?;
-        let metrics = &self.endpoint.metrics;
+        // Frames move into the socket's write buffer: no extra reference
+        // count traffic on the shared bytes.
+        let mut batch = std::mem::take(&mut self.batch);
         let now = now_ms();
-        for (_, placed_at) in &batch {
-            if *placed_at > 0 {
-                metrics
-                    .delivery_latency
-                    .observe(now.saturating_sub(*placed_at) as f64 / 1000.0);
+        let metrics = &self.endpoint.metrics;
+        let count = batch.len() as u64;
+        for (frame, placed_at) in batch.drain(..) {
+            if placed_at > 0 {
+                metrics.delivery_latency.observe(now.saturating_sub(placed_at) as f64 / 1000.0);
             }
+            self.ws.feed(Message::Text(frame)).await.map_err(|_| End::Drop)?;
         }
-        metrics.events_delivered.inc_by(batch.len() as u64);
         // Keep the buffer's allocation for the next batch.
         self.batch = batch;
-        self.batch.clear();
+        self.flush().await?;
+        self.endpoint.metrics.events_delivered.inc_by(count);
         Ok(())
     }
 
