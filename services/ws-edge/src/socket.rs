@@ -205,6 +205,7 @@ struct Session<'a> {
     refilled: Instant,
     warned_rate: Option<Instant>,
     batch: Vec<(Utf8Bytes, u64)>,
+    placed: Vec<u64>,
 }
 
 impl<'a> Session<'a> {
@@ -221,6 +222,7 @@ impl<'a> Session<'a> {
             refilled: Instant::now(),
             warned_rate: None,
             batch: Vec::new(),
+            placed: Vec::new(),
         }
     }
 
@@ -315,21 +317,25 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         // Frames move into the socket's write buffer: no extra reference
-        // count traffic on the shared bytes.
+        // count traffic on the shared bytes. Send times are kept aside to
+        // measure latency once the write is done.
         let mut batch = std::mem::take(&mut self.batch);
-        let now = now_ms();
-        let metrics = &self.endpoint.metrics;
-        let count = batch.len() as u64;
+        let mut placed = std::mem::take(&mut self.placed);
         for (frame, placed_at) in batch.drain(..) {
+            placed.push(placed_at);
+            self.ws.feed(Message::Text(frame)).await.map_err(|_| End::Drop)?;
+        }
+        self.batch = batch;
+        self.flush().await?;
+        let metrics = &self.endpoint.metrics;
+        let now = now_ms();
+        metrics.events_delivered.inc_by(placed.len() as u64);
+        for placed_at in placed.drain(..) {
             if placed_at > 0 {
                 metrics.delivery_latency.observe(now.saturating_sub(placed_at) as f64 / 1000.0);
             }
-            self.ws.feed(Message::Text(frame)).await.map_err(|_| End::Drop)?;
         }
-        // Keep the buffer's allocation for the next batch.
-        self.batch = batch;
-        self.flush().await?;
-        self.endpoint.metrics.events_delivered.inc_by(count);
+        self.placed = placed;
         Ok(())
     }
 
