@@ -323,7 +323,10 @@ impl<'a> Session<'a> {
         let mut placed = std::mem::take(&mut self.placed);
         for (frame, placed_at) in batch.drain(..) {
             placed.push(placed_at);
-            self.ws.feed(Message::Text(frame)).await.map_err(|_| End::Drop)?;
+            self.ws
+                .feed(Message::Text(frame))
+                .await
+                .map_err(|_| End::Drop)?;
         }
         self.batch = batch;
         self.flush().await?;
@@ -332,7 +335,9 @@ impl<'a> Session<'a> {
         metrics.events_delivered.inc_by(placed.len() as u64);
         for placed_at in placed.drain(..) {
             if placed_at > 0 {
-                metrics.delivery_latency.observe(now.saturating_sub(placed_at) as f64 / 1000.0);
+                metrics
+                    .delivery_latency
+                    .observe(now.saturating_sub(placed_at) as f64 / 1000.0);
             }
         }
         self.placed = placed;
