@@ -83,9 +83,8 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         send_buffer: own.send_buffer,
         shutdown: ctx.shutdown.clone(),
     });
-    let _ = &own.bidder_public_url;
     let listener = bind(&ctx).await?;
-    let routes = axum::Router::new();
+    let routes = pages::routes(pages::Transport::Sse, &own.bidder_public_url);
     serve_with_fast_path(&ctx, listener, routes, endpoint.clone()).await?;
     // Accepting has stopped; wait for every stream to end cleanly (the
     // grace deadline of `Process::run` bounds this).

@@ -122,7 +122,8 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
         shutdown: ctx.shutdown.clone(),
     });
     let listener = bind(&ctx).await?;
-    serve_with_fast_path(&ctx, listener, axum::Router::new(), endpoint.clone()).await?;
+    let routes = pages::routes(pages::Transport::Ws, "");
+    serve_with_fast_path(&ctx, listener, routes, endpoint.clone()).await?;
     endpoint.gate.drained().await;
     Ok(())
 }

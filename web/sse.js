@@ -1,0 +1,59 @@
+// The SSE page: EventSource with named events. The browser reconnects by
+// itself and sends Last-Event-ID; the edge replays what was missed. Bids go
+// by HTTP POST to the bidder; the page updates from the stream only.
+"use strict";
+
+(() => {
+  const url = `/auctions/${encodeURIComponent(Auction.auctionId)}/events`;
+  let source = null;
+  let everConnected = false;
+  let sawInit = false;
+
+  function connect() {
+    Auction.setConnection("connecting");
+    source = new EventSource(url);
+    source.addEventListener("open", () => {
+      // After a reconnect, no `init` means the edge replayed from our id.
+      sawInit = false;
+      if (everConnected) {
+        setTimeout(() => { if (!sawInit) Auction.setConnection("resumed"); }, 300);
+      } else {
+        Auction.setConnection("connected");
+      }
+      everConnected = true;
+    });
+    source.addEventListener("init", (event) => {
+      sawInit = true;
+      const payload = JSON.parse(event.data);
+      Auction.onInit(payload, event.lastEventId);
+      Auction.setConnection(payload.reset ? "reset" : "connected");
+      if (payload.reset) setTimeout(() => Auction.setConnection("connected"), 1500);
+    });
+    source.addEventListener("bid", (event) => Auction.onBid(JSON.parse(event.data), event.lastEventId));
+    source.addEventListener("closed", (event) => Auction.onAuction("closed", JSON.parse(event.data), event.lastEventId));
+    source.addEventListener("opened", (event) => Auction.onAuction("opened", JSON.parse(event.data), event.lastEventId));
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) {
+        // 404 (unknown auction) or another final refusal: EventSource stops.
+        Auction.setConnection("stopped", "reload the page to retry");
+      } else {
+        Auction.setConnection("reconnecting");
+      }
+    });
+  }
+
+  Auction.setupForm(async ({ amount, bidder }) => {
+    const base = Auction.config.bidderUrl || "";
+    const response = await fetch(`${base}/auctions/${encodeURIComponent(Auction.auctionId)}/bids`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ amount, bidder }),
+    });
+    if (response.status === 201) return { ok: true };
+    let body = null;
+    try { body = await response.json(); } catch (_) { /* not JSON */ }
+    return { ok: false, body };
+  });
+
+  connect();
+})();

@@ -1,0 +1,87 @@
+// The WebSocket page: one socket, one subscription. On every close it
+// reconnects with exponential backoff and jitter and resubscribes with the
+// last event id, so the edge replays exactly what was missed. Bids go over
+// the socket and are answered by `ack` or `error` with the same `ref`.
+"use strict";
+
+(() => {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const url = `${scheme}://${location.host}/ws`;
+  const pending = new Map(); // ref -> resolve
+  let socket = null;
+  let attempt = 0;
+  let everConnected = false;
+  let sequence = 0;
+
+  function connect() {
+    Auction.setConnection(everConnected ? "reconnecting" : "connecting");
+    socket = new WebSocket(url);
+    let sawInit = false;
+    socket.addEventListener("open", () => {
+      attempt = 0;
+      const message = { type: "subscribe", auction: Auction.auctionId };
+      if (Auction.lastId) message.last_id = Auction.lastId;
+      socket.send(JSON.stringify(message));
+      if (everConnected) {
+        setTimeout(() => { if (!sawInit && socket.readyState === WebSocket.OPEN) Auction.setConnection("resumed"); }, 300);
+      } else {
+        Auction.setConnection("connected");
+      }
+      everConnected = true;
+    });
+    socket.addEventListener("message", (event) => {
+      let message;
+      try { message = JSON.parse(event.data); } catch (_) { return; }
+      switch (message.type) {
+        case "init":
+          sawInit = true;
+          Auction.onInit(message.payload, message.id);
+          Auction.setConnection(message.payload.reset ? "reset" : "connected");
+          if (message.payload.reset) setTimeout(() => Auction.setConnection("connected"), 1500);
+          break;
+        case "bid":
+          Auction.onBid(message.payload, message.id);
+          break;
+        case "closed":
+        case "opened":
+          Auction.onAuction(message.type, message.payload, message.id);
+          break;
+        case "ack":
+        case "error": {
+          const resolve = pending.get(message.ref);
+          if (resolve) {
+            pending.delete(message.ref);
+            resolve(message.type === "ack" ? { ok: true } : { ok: false, body: message });
+          } else if (message.type === "error" && message.error === "not_found") {
+            Auction.setConnection("stopped", "no such auction");
+          }
+          break;
+        }
+      }
+    });
+    socket.addEventListener("close", () => {
+      for (const resolve of pending.values()) {
+        resolve({ ok: false, body: { error: "bidder_unavailable" } });
+      }
+      pending.clear();
+      // Exponential backoff with full jitter: 0.25 s doubling to 10 s.
+      const ceiling = Math.min(10000, 250 * 2 ** attempt);
+      attempt += 1;
+      Auction.setConnection("reconnecting");
+      setTimeout(connect, Math.random() * ceiling);
+    });
+  }
+
+  Auction.setupForm(({ amount, bidder }) => new Promise((resolve) => {
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      resolve({ ok: false, body: { error: "bidder_unavailable" } });
+      return;
+    }
+    sequence += 1;
+    const ref = `b${Date.now().toString(36)}-${sequence}`;
+    pending.set(ref, resolve);
+    socket.send(JSON.stringify({ type: "bid", auction: Auction.auctionId, amount, bidder, ref }));
+  }));
+
+  connect();
+})();
