@@ -1,0 +1,153 @@
+// A real local stack for browser tests: redis-server, two bidders, two SSE
+// edges, two WebSocket edges, and nginx (the project's template) in front,
+// all on free loopback ports, all stopped by `stop()`.
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync, mkdirSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const root = resolve(import.meta.dirname, "../..");
+const bin = (name) => join(root, "target", process.env.PROFILE || "debug", name);
+
+export function freePort() {
+  return new Promise((ok, fail) => {
+    const server = createServer();
+    server.unref();
+    server.on("error", fail);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => ok(port));
+    });
+  });
+}
+
+async function waitFor(what, check, timeoutMs = 20000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch (_) { /* not yet */ }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const ready = (port, path = "/readyz") => async () => (await fetch(`http://127.0.0.1:${port}${path}`)).status === 200;
+
+export class Stack {
+  constructor() {
+    this.dir = mkdtempSync(join(tmpdir(), "auction-browser-"));
+    this.children = new Map(); // name -> {child, env, binary}
+  }
+
+  run(name, binary, args, env = {}) {
+    const child = spawn(binary, args, {
+      env: { ...process.env, RUST_LOG: "warn", ...env },
+      stdio: ["ignore", "ignore", process.env.TEST_SHOW_LOGS ? "inherit" : "ignore"],
+    });
+    this.children.set(name, { child, binary, args, env });
+    return child;
+  }
+
+  async start() {
+    this.redisPort = await freePort();
+    this.run("redis", "redis-server", [
+      "--port", String(this.redisPort), "--bind", "127.0.0.1", "--save", "",
+      "--appendonly", "no", "--dir", this.dir,
+    ]);
+    await waitFor("redis", () => this.redis("PING").trim() === "PONG");
+    const redisUrl = `redis://127.0.0.1:${this.redisPort}`;
+    this.ports = {};
+    for (const name of ["bidder1", "bidder2", "sse1", "sse2", "ws1", "ws2", "nginx"]) {
+      this.ports[name] = await freePort();
+    }
+    const common = { AUCTION_REDIS_URL: redisUrl };
+    const bidder = { ...common, AUCTION_TRUST_FORWARDED_FOR: "true", AUCTION_RATE_LIMIT_PER_S: "1000" };
+    this.service("bidder1", "bidder", { ...bidder, AUCTION_SIM_AUCTIONS: "live", AUCTION_SIM_INTERVAL_MS: "400" });
+    this.service("bidder2", "bidder", { ...bidder, AUCTION_SIMULATE: "false" });
+    for (const name of ["sse1", "sse2"]) {
+      this.service(name, "sse-edge", { ...common, AUCTION_SSE_RETRY_MS: "500" });
+    }
+    this.service("ws1", "ws-edge", { ...common, AUCTION_BIDDER_URL: `http://127.0.0.1:${this.ports.bidder1}` });
+    this.service("ws2", "ws-edge", { ...common, AUCTION_BIDDER_URL: `http://127.0.0.1:${this.ports.bidder2}` });
+    for (const name of ["bidder1", "bidder2", "sse1", "sse2", "ws1", "ws2"]) {
+      await waitFor(name, ready(this.ports[name]));
+    }
+    // nginx with the project's own template, upstreams on our ports.
+    const prefix = join(this.dir, "nginx");
+    mkdirSync(prefix);
+    const upstream = (a, b) => `server 127.0.0.1:${this.ports[a]}; server 127.0.0.1:${this.ports[b]};`;
+    const conf = execFileSync(join(root, "deploy/nginx/render.sh"), {
+      env: {
+        ...process.env,
+        BIDDER_UPSTREAMS: upstream("bidder1", "bidder2"),
+        SSE_UPSTREAMS: upstream("sse1", "sse2"),
+        WS_UPSTREAMS: upstream("ws1", "ws2"),
+        LISTEN: `127.0.0.1:${this.ports.nginx}`,
+      },
+    });
+    writeFileSync(join(prefix, "nginx.conf"), conf);
+    this.run("nginx", "nginx", ["-p", `${prefix}/`, "-c", join(prefix, "nginx.conf"), "-e", "stderr", "-g", "daemon off;"]);
+    await waitFor("nginx", ready(this.ports.nginx, "/"));
+    this.url = `http://127.0.0.1:${this.ports.nginx}`;
+    await waitFor("the simulated auction", () => this.redis("EXISTS", "auction:{live}").trim() === "1");
+  }
+
+  service(name, binary, env) {
+    this.run(name, bin(binary), [], { ...env, AUCTION_LISTEN: `127.0.0.1:${this.ports[name]}` });
+  }
+
+  /** SIGKILL, as a crash would. */
+  kill(name) {
+    this.children.get(name).child.kill("SIGKILL");
+  }
+
+  /** Starts a killed service again on the same port. */
+  async restart(name) {
+    const { binary, args, env } = this.children.get(name);
+    this.run(name, binary, args, env);
+    await waitFor(`${name} again`, ready(this.ports[name]));
+  }
+
+  /** The replica among `names` that has a client connected. */
+  async serving(names, transport) {
+    let found = null;
+    await waitFor(`a ${transport} connection`, async () => {
+      for (const name of names) {
+        const text = await (await fetch(`http://127.0.0.1:${this.ports[name]}/metrics`)).text();
+        const line = text.split("\n").find((l) => l.startsWith(`auction_connections{transport="${transport}"}`));
+        if (line && Number(line.split(" ")[1]) > 0) { found = name; return true; }
+      }
+      return false;
+    });
+    return found;
+  }
+
+  redis(...args) {
+    return execFileSync("redis-cli", ["-p", String(this.redisPort), ...args], { encoding: "utf8" });
+  }
+
+  /** The auction's stream: [{id, kind, data}] oldest first. */
+  stream(auction) {
+    const lines = this.redis("XRANGE", `auction:{${auction}}:events`, "-", "+").split("\n");
+    const entries = [];
+    // Each entry: id, then four field/value pairs (kind, data, prev, tp).
+    for (let i = 0; i + 8 < lines.length; i += 9) {
+      const fields = {};
+      for (let f = 1; f < 9; f += 2) fields[lines[i + f]] = lines[i + f + 1];
+      entries.push({ id: lines[i], kind: fields.kind, data: fields.data ? JSON.parse(fields.data) : null });
+    }
+    return entries;
+  }
+
+  async api(path, options) {
+    const response = await fetch(`${this.url}${path}`, options);
+    return { status: response.status, body: await response.json() };
+  }
+
+  stop() {
+    for (const { child } of this.children.values()) child.kill("SIGKILL");
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
