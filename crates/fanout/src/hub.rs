@@ -431,6 +431,20 @@ fn publish<C: Codec>(
     if event.id <= cursor.last {
         return;
     }
+    // The bid's trace continues here: one span per event per replica (not
+    // per client), only for events that carry a trace context.
+    let span = event.traceparent.as_deref().map(|traceparent| {
+        let span = tracing::info_span!(
+            "fanout.publish",
+            otel.kind = "consumer",
+            auction = %auction,
+            event_id = %event.id,
+            clients = cursor.tx.receiver_count(),
+        );
+        telemetry::continue_trace(&span, traceparent);
+        span
+    });
+    let _entered = span.as_ref().map(tracing::Span::enter);
     let frame = codec.event(auction, event);
     // No receivers is fine: the feed may be idle, waiting to be swept.
     let _ = cursor.tx.send(Item::Event {

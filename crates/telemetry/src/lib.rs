@@ -4,6 +4,8 @@
 
 mod logging;
 mod metrics;
+mod trace;
 
 pub use logging::{LogFormat, TelemetryGuard, init};
 pub use metrics::{BidOutcome, Metrics, Transport, TransportMetrics};
+pub use trace::{continue_trace, current_traceparent, parse_traceparent};

@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 use telemetry::{BidOutcome, Metrics};
+use tracing::Instrument;
 
 /// Request bodies larger than this get 413.
 const MAX_BODY: usize = 4096;
@@ -64,9 +65,10 @@ async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> 
             .into_response();
     }
     let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     response
 }
 
@@ -260,7 +262,13 @@ async fn place_bid(
     body: Body,
 ) -> Result<Response, ApiError> {
     let metrics = &state.metrics;
-    let result = place_bid_inner(&state, peer, &id, &headers, body).await;
+    let span = tracing::info_span!("POST /auctions/{id}/bids", otel.kind = "server", auction = %id);
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        telemetry::continue_trace(&span, traceparent);
+    }
+    let result = place_bid_inner(&state, peer, &id, &headers, body)
+        .instrument(span)
+        .await;
     match &result {
         Ok((_, outcome)) => metrics.bid("user", *outcome),
         Err(error)
@@ -291,16 +299,24 @@ async fn place_bid_inner(
         .map(|value| IdempotencyKey::parse(value.as_bytes()))
         .transpose()
         .map_err(invalid)?;
-    let attempt = state
-        .log
-        .place_bid(
-            &auction,
-            request.amount,
-            &request.bidder,
-            BidSource::User,
-            None,
-            idempotency_key.as_ref(),
-        )
+    // The append's span context goes into the event itself, so each edge's
+    // fan-out joins this trace.
+    let append = async {
+        let traceparent = telemetry::current_traceparent();
+        state
+            .log
+            .place_bid(
+                &auction,
+                request.amount,
+                &request.bidder,
+                BidSource::User,
+                traceparent.as_deref(),
+                idempotency_key.as_ref(),
+            )
+            .await
+    };
+    let attempt = append
+        .instrument(tracing::info_span!("redis.place_bid", otel.kind = "client"))
         .await
         .map_err(unavailable)?
         .ok_or_else(|| not_found(id))?;

@@ -1,0 +1,1 @@
+//! Tests that span several services live in `tests/`; this library is empty.
