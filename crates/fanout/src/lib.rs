@@ -15,6 +15,7 @@
 mod codec;
 mod hub;
 mod session;
+pub mod writer;
 
 pub use codec::{Codec, Item, placed_at_ms};
 pub use hub::{Hub, HubConfig, JoinError};

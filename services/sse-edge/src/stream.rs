@@ -8,9 +8,10 @@
 use crate::codec::{KEEPALIVE, SseCodec};
 use auction_domain::{AuctionId, EventId};
 use bytes::Bytes;
+use fanout::writer::{WriteError, write_frames};
 use fanout::{CatchUpError, Hub, Item, OpenError, Resume, Start};
 use service_kit::{ConnectionGate, FastPath, RequestHead, error_response_bytes};
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use telemetry::TransportMetrics;
@@ -20,10 +21,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Most frames written by one vectored write.
-const MAX_BATCH: usize = 64;
-/// While a write is blocked, how often to check whether the client has
-/// fallen further behind than its queue allows.
-const OVERFLOW_CHECK: Duration = Duration::from_millis(50);
+const MAX_BATCH: usize = fanout::writer::MAX_SLICES;
 /// A write blocked this long means the client is gone or stuck.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How long a new connection waits for its auction's feed to go live.
@@ -135,7 +133,15 @@ impl FastPath for SseEndpoint {
 /// Writes a complete refusal and closes.
 async fn finish(mut stream: TcpStream, response: &[u8]) {
     let frames = [Bytes::copy_from_slice(response)];
-    let _ = write_with_deadline(&stream, &frames, Duration::from_secs(5)).await;
+    let never = CancellationToken::new();
+    let write = write_frames(
+        &stream,
+        frames.iter(),
+        || false,
+        Duration::from_secs(5),
+        &never,
+    );
+    let _ = write.await;
     let _ = stream.shutdown().await;
 }
 
@@ -275,11 +281,13 @@ impl Connection<'_> {
     }
 
     async fn flush(&mut self) -> Result<(), Ended> {
+        let capacity = self.endpoint.hub.config().queue_capacity;
+        let feed = &self.feed;
         let result = write_frames(
             self.stream,
             self.batch.iter().map(|(frame, _)| frame),
-            &self.feed,
-            self.endpoint.hub.config().queue_capacity,
+            || feed.len() >= capacity,
+            WRITE_STALL,
             &self.endpoint.shutdown,
         )
         .await;
@@ -309,11 +317,13 @@ impl Connection<'_> {
     }
 
     async fn write(&mut self, frames: &[Bytes]) -> Result<(), Ended> {
+        let capacity = self.endpoint.hub.config().queue_capacity;
+        let feed = &self.feed;
         write_frames(
             self.stream,
             frames.iter(),
-            &self.feed,
-            self.endpoint.hub.config().queue_capacity,
+            || feed.len() >= capacity,
+            WRITE_STALL,
             &self.endpoint.shutdown,
         )
         .await
@@ -341,91 +351,5 @@ async fn client_gone(stream: &TcpStream) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return,
         }
-    }
-}
-
-#[derive(Debug)]
-enum WriteError {
-    /// The client fell further behind than its queue allows.
-    Slow,
-    Io,
-}
-
-/// Writes every frame, in as few vectored writes as the socket allows. While
-/// the socket is full, checks whether the feed has lapped this client.
-async fn write_frames<'f>(
-    stream: &TcpStream,
-    frames: impl Iterator<Item = &'f Bytes> + Clone,
-    feed: &broadcast::Receiver<Item<Bytes>>,
-    capacity: usize,
-    shutdown: &CancellationToken,
-) -> Result<(), WriteError> {
-    let total: usize = frames.clone().map(Bytes::len).sum();
-    let mut written = 0;
-    let mut stalled = Duration::ZERO;
-    while written < total {
-        match try_write_from(stream, frames.clone(), written) {
-            Ok(n) => {
-                written += n;
-                stalled = Duration::ZERO;
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    ready = stream.writable() => ready.map_err(|_| WriteError::Io)?,
-                    _ = tokio::time::sleep(OVERFLOW_CHECK) => {
-                        stalled += OVERFLOW_CHECK;
-                        if feed.len() >= capacity || stalled >= WRITE_STALL {
-                            return Err(WriteError::Slow);
-                        }
-                    }
-                    _ = shutdown.cancelled() => return Err(WriteError::Io),
-                }
-            }
-            Err(_) => return Err(WriteError::Io),
-        }
-    }
-    Ok(())
-}
-
-async fn write_with_deadline(
-    stream: &TcpStream,
-    frames: &[Bytes],
-    deadline: Duration,
-) -> Result<(), WriteError> {
-    let never = CancellationToken::new();
-    let (_tx, rx) = broadcast::channel::<Item<Bytes>>(1);
-    tokio::time::timeout(
-        deadline,
-        write_frames(stream, frames.iter(), &rx, usize::MAX, &never),
-    )
-    .await
-    .map_err(|_| WriteError::Io)?
-}
-
-/// One non-blocking vectored write of `frames`, skipping the first `skip`
-/// bytes (already written). Up to `MAX_BATCH` slices per call.
-fn try_write_from<'f>(
-    stream: &TcpStream,
-    frames: impl Iterator<Item = &'f Bytes>,
-    mut skip: usize,
-) -> io::Result<usize> {
-    let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-    let mut count = 0;
-    for frame in frames {
-        if skip >= frame.len() {
-            skip -= frame.len();
-            continue;
-        }
-        slices[count] = IoSlice::new(&frame[skip..]);
-        skip = 0;
-        count += 1;
-        if count == MAX_BATCH {
-            break;
-        }
-    }
-    match count {
-        0 => Ok(0),
-        1 => stream.try_write(&slices[0]),
-        _ => stream.try_write_vectored(&slices[..count]),
     }
 }

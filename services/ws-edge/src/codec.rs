@@ -1,34 +1,36 @@
-//! WebSocket encoding: one JSON text per event, built once per replica and
-//! shared by every socket as a reference-counted `Utf8Bytes`.
+//! WebSocket encoding. Server frames are not masked, so an event's whole
+//! frame (header and JSON text) is the same for every socket: it is built
+//! once per replica and written to each socket as shared bytes.
 
 use auction_domain::{AuctionId, EventId};
+use bytes::{BufMut, Bytes, BytesMut};
 use event_log::StoredEvent;
 use fanout::Codec;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub struct WsCodec;
 
 impl Codec for WsCodec {
-    type Frame = Utf8Bytes;
+    type Frame = Bytes;
 
-    fn event(&self, auction: &AuctionId, event: &StoredEvent) -> Utf8Bytes {
-        envelope(event.kind.as_str(), auction, Some(event.id), &event.data)
+    fn event(&self, auction: &AuctionId, event: &StoredEvent) -> Bytes {
+        text_frame(&envelope(
+            event.kind.as_str(),
+            auction,
+            Some(event.id),
+            &event.data,
+        ))
     }
 
-    fn init(&self, auction: &AuctionId, last: EventId, init_json: &str) -> Utf8Bytes {
-        envelope(
-            "init",
-            auction,
-            (last != EventId::ZERO).then_some(last),
-            init_json,
-        )
+    fn init(&self, auction: &AuctionId, last: EventId, init_json: &str) -> Bytes {
+        let id = (last != EventId::ZERO).then_some(last);
+        text_frame(&envelope("init", auction, id, init_json))
     }
 }
 
 /// `{"type":..,"auction":..,"id":..,"payload":..}`. Auction ids and event ids
 /// need no JSON escaping (their characters are restricted); the payload is
 /// already JSON.
-fn envelope(kind: &str, auction: &AuctionId, id: Option<EventId>, payload: &str) -> Utf8Bytes {
+fn envelope(kind: &str, auction: &AuctionId, id: Option<EventId>, payload: &str) -> String {
     let mut text = String::with_capacity(payload.len() + 96);
     text.push_str("{\"type\":\"");
     text.push_str(kind);
@@ -41,13 +43,57 @@ fn envelope(kind: &str, auction: &AuctionId, id: Option<EventId>, payload: &str)
     text.push_str("\",\"payload\":");
     text.push_str(payload);
     text.push('}');
-    Utf8Bytes::from(text)
+    text
+}
+
+/// A final, unmasked text frame (RFC 6455 §5.2).
+pub fn text_frame(text: &str) -> Bytes {
+    let payload = text.as_bytes();
+    let mut frame = BytesMut::with_capacity(payload.len() + 10);
+    frame.put_u8(0x81); // FIN + text
+    match payload.len() {
+        len @ 0..=125 => frame.put_u8(len as u8),
+        len @ 126..=0xffff => {
+            frame.put_u8(126);
+            frame.put_u16(len as u16);
+        }
+        len => {
+            frame.put_u8(127);
+            frame.put_u64(len as u64);
+        }
+    }
+    frame.put_slice(payload);
+    frame.freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use auction_domain::EventKind;
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    /// Decodes a frame with tungstenite's own parser.
+    fn decode(frame: &[u8]) -> (bool, String) {
+        let mut cursor = std::io::Cursor::new(frame);
+        let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        let start = cursor.position() as usize;
+        assert_eq!(length as usize, frame.len() - start, "length field");
+        assert!(header.mask.is_none(), "server frames are unmasked");
+        (
+            header.is_final,
+            String::from_utf8(frame[start..].to_vec()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn frames_of_every_length_class_decode() {
+        for len in [0, 1, 125, 126, 127, 65535, 65536, 70000] {
+            let text = "x".repeat(len);
+            let (fin, decoded) = decode(&text_frame(&text));
+            assert!(fin);
+            assert_eq!(decoded, text);
+        }
+    }
 
     #[test]
     fn events_are_contract_json() {
@@ -59,14 +105,14 @@ mod tests {
             data: r#"{"amount":5}"#.into(),
             traceparent: None,
         };
-        let json: serde_json::Value =
-            serde_json::from_str(WsCodec.event(&auction, &event).as_str()).unwrap();
+        let (_, text) = decode(&WsCodec.event(&auction, &event));
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"type":"bid","auction":"1234","id":"7-1","payload":{"amount":5}})
         );
-        let init = WsCodec.init(&auction, EventId::ZERO, r#"{"reset":false}"#);
-        let json: serde_json::Value = serde_json::from_str(init.as_str()).unwrap();
+        let (_, init) = decode(&WsCodec.init(&auction, EventId::ZERO, r#"{"reset":false}"#));
+        let json: serde_json::Value = serde_json::from_str(&init).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"type":"init","auction":"1234","payload":{"reset":false}})

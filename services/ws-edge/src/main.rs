@@ -4,6 +4,7 @@
 mod bids;
 mod codec;
 mod protocol;
+mod shared_socket;
 mod socket;
 
 use event_log::{EventLog, connect_manager};

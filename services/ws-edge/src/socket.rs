@@ -7,7 +7,10 @@
 use crate::bids::BidForwarder;
 use crate::codec::WsCodec;
 use crate::protocol::{self, ClientMessage, LastId, Refusal};
+use crate::shared_socket::SharedSocket;
 use auction_domain::{AuctionId, EventId};
+use bytes::Bytes;
+use fanout::writer::{WriteError, write_frames};
 use fanout::{CatchUpError, Hub, Item, OpenError, Resume, Start};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use service_kit::{ConnectionGate, FastPath, RequestHead, error_response_bytes};
@@ -104,8 +107,10 @@ impl FastPath for WsEndpoint {
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(self.max_message))
             .max_frame_size(Some(self.max_message));
-        let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
-        Session::new(&self, ws, peer).run().await;
+        let raw = Arc::new(stream);
+        let socket = SharedSocket(raw.clone());
+        let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
+        Session::new(&self, ws, raw, peer).run().await;
     }
 }
 
@@ -191,11 +196,13 @@ struct Subscription {
 
 struct Session<'a> {
     endpoint: &'a WsEndpoint,
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<SharedSocket>,
+    /// The same socket, for event frames written directly.
+    raw: Arc<TcpStream>,
     peer: IpAddr,
     /// The subscriptions' feeds, keyed by a small number that is cheap to
     /// copy on every event (the map hands out its key with each item).
-    feeds: StreamMap<u32, BroadcastStream<Item<Utf8Bytes>>>,
+    feeds: StreamMap<u32, BroadcastStream<Item<Bytes>>>,
     subscriptions: Vec<Subscription>,
     next_key: u32,
     /// Answers of bids in flight, and rate-limit notices. Created on first
@@ -204,15 +211,20 @@ struct Session<'a> {
     tokens: f64,
     refilled: Instant,
     warned_rate: Option<Instant>,
-    batch: Vec<(Utf8Bytes, u64)>,
-    placed: Vec<u64>,
+    batch: Vec<(Bytes, u64)>,
 }
 
 impl<'a> Session<'a> {
-    fn new(endpoint: &'a WsEndpoint, ws: WebSocketStream<TcpStream>, peer: IpAddr) -> Self {
+    fn new(
+        endpoint: &'a WsEndpoint,
+        ws: WebSocketStream<SharedSocket>,
+        raw: Arc<TcpStream>,
+        peer: IpAddr,
+    ) -> Self {
         Session {
             endpoint,
             ws,
+            raw,
             peer,
             feeds: StreamMap::new(),
             subscriptions: Vec::new(),
@@ -222,7 +234,6 @@ impl<'a> Session<'a> {
             refilled: Instant::now(),
             warned_rate: None,
             batch: Vec::new(),
-            placed: Vec::new(),
         }
     }
 
@@ -304,7 +315,7 @@ impl<'a> Session<'a> {
     async fn forward(
         &mut self,
         key: u32,
-        item: Result<Item<Utf8Bytes>, BroadcastStreamRecvError>,
+        item: Result<Item<Bytes>, BroadcastStreamRecvError>,
     ) -> Result<(), End> {
         self.take(key, item)?;
         while self.batch.len() < MAX_BATCH {
@@ -316,38 +327,59 @@ impl<'a> Session<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        // Frames move into the socket's write buffer: no extra reference
-        // count traffic on the shared bytes. Send times are kept aside to
-        // measure latency once the write is done.
-        let mut batch = std::mem::take(&mut self.batch);
-        let mut placed = std::mem::take(&mut self.placed);
-        for (frame, placed_at) in batch.drain(..) {
-            placed.push(placed_at);
-            self.ws
-                .feed(Message::Text(frame))
-                .await
-                .map_err(|_| End::Drop)?;
-        }
-        self.batch = batch;
-        self.flush().await?;
+        self.flush().await?; // tungstenite's own frames go first, whole
+        let result = write_frames(
+            &self.raw,
+            self.batch.iter().map(|(frame, _)| frame),
+            || false, // a lapped feed shows up as `Lagged` on the next poll
+            WRITE_STALL,
+            &self.endpoint.shutdown,
+        )
+        .await;
+        self.wrote(result)?;
         let metrics = &self.endpoint.metrics;
         let now = now_ms();
-        metrics.events_delivered.inc_by(placed.len() as u64);
-        for placed_at in placed.drain(..) {
+        metrics.events_delivered.inc_by(self.batch.len() as u64);
+        for (_, placed_at) in self.batch.drain(..) {
             if placed_at > 0 {
                 metrics
                     .delivery_latency
                     .observe(now.saturating_sub(placed_at) as f64 / 1000.0);
             }
         }
-        self.placed = placed;
         Ok(())
+    }
+
+    /// Writes frames encoded by the codec (init, replay) straight to the
+    /// socket, after whatever tungstenite has pending.
+    async fn write_raw(&mut self, frames: &[Bytes]) -> Result<(), End> {
+        self.flush().await?;
+        let result = write_frames(
+            &self.raw,
+            frames.iter(),
+            || false,
+            WRITE_STALL,
+            &self.endpoint.shutdown,
+        )
+        .await;
+        self.wrote(result)
+    }
+
+    fn wrote(&self, result: Result<(), WriteError>) -> Result<(), End> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(WriteError::Slow) => {
+                self.endpoint.metrics.slow_consumer_disconnects.inc();
+                Err(End::Drop)
+            }
+            Err(WriteError::Closed) => Err(End::Drop),
+        }
     }
 
     fn take(
         &mut self,
         key: u32,
-        item: Result<Item<Utf8Bytes>, BroadcastStreamRecvError>,
+        item: Result<Item<Bytes>, BroadcastStreamRecvError>,
     ) -> Result<(), End> {
         match item {
             Ok(Item::Event {
@@ -530,7 +562,7 @@ impl<'a> Session<'a> {
                 if reset {
                     metrics.resumes_reset.inc();
                 }
-                self.flush_with(Message::Text(frame)).await?;
+                self.write_raw(&[frame]).await?;
                 last
             }
             Start::Replay(mut catch_up) => {
@@ -539,14 +571,10 @@ impl<'a> Session<'a> {
                     frames.clear();
                     match catch_up.next_batch(hub, &mut frames).await {
                         Ok(more) => {
-                            for (_, _, frame) in frames.drain(..) {
-                                self.ws
-                                    .feed(Message::Text(frame))
-                                    .await
-                                    .map_err(|_| End::Drop)?;
-                                metrics.events_delivered.inc();
-                            }
-                            self.flush().await?;
+                            let replayed: Vec<Bytes> =
+                                frames.drain(..).map(|(_, _, frame)| frame).collect();
+                            self.write_raw(&replayed).await?;
+                            metrics.events_delivered.inc_by(replayed.len() as u64);
                             if !more {
                                 break;
                             }
@@ -559,7 +587,7 @@ impl<'a> Session<'a> {
                                 return Ok(Some(unavailable()));
                             };
                             metrics.resumes_reset.inc();
-                            self.flush_with(Message::Text(frame)).await?;
+                            self.write_raw(&[frame]).await?;
                             self.add_subscription(id, last, opening.feed);
                             return Ok(None);
                         }
@@ -578,7 +606,7 @@ impl<'a> Session<'a> {
         &mut self,
         auction: AuctionId,
         last: EventId,
-        feed: broadcast::Receiver<Item<Utf8Bytes>>,
+        feed: broadcast::Receiver<Item<Bytes>>,
     ) {
         let key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
