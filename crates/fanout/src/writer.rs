@@ -127,7 +127,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap(); // never reads
         let (server, _) = listener.accept().await.unwrap();
-        let big = vec![Bytes::from(vec![b'x'; 64 * 1024 * 1024])];
+        let big = [Bytes::from(vec![b'x'; 64 * 1024 * 1024])];
         let never = CancellationToken::new();
         let result = write_frames(
             &server,
