@@ -212,6 +212,9 @@ struct Session<'a> {
     refilled: Instant,
     warned_rate: Option<Instant>,
     batch: Vec<(Bytes, u64)>,
+    /// Whether tungstenite may hold unwritten bytes (it answers pings by
+    /// itself); direct writes wait until it has flushed them.
+    ws_pending: bool,
 }
 
 impl<'a> Session<'a> {
@@ -234,6 +237,7 @@ impl<'a> Session<'a> {
             refilled: Instant::now(),
             warned_rate: None,
             batch: Vec::new(),
+            ws_pending: false,
         }
     }
 
@@ -290,7 +294,9 @@ impl<'a> Session<'a> {
                     }
                     Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                     Some(Ok(Message::Close(_))) => return End::Drop,
-                    Some(Ok(_)) => {} // pings are answered by tungstenite
+                    // tungstenite queued the answer to a ping: flush it
+                    // before the next direct write.
+                    Some(Ok(_)) => self.ws_pending = true,
                 },
                 Some(reply) = next_reply(&mut self.replies) => {
                     if let Err(end) = self.send_text(reply).await {
@@ -327,7 +333,7 @@ impl<'a> Session<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        self.flush().await?; // tungstenite's own frames go first, whole
+        self.flush_pending().await?; // tungstenite's frames go first, whole
         let result = write_frames(
             &self.raw,
             self.batch.iter().map(|(frame, _)| frame),
@@ -353,7 +359,7 @@ impl<'a> Session<'a> {
     /// Writes frames encoded by the codec (init, replay) straight to the
     /// socket, after whatever tungstenite has pending.
     async fn write_raw(&mut self, frames: &[Bytes]) -> Result<(), End> {
-        self.flush().await?;
+        self.flush_pending().await?;
         let result = write_frames(
             &self.raw,
             frames.iter(),
@@ -410,9 +416,19 @@ impl<'a> Session<'a> {
         }
     }
 
+    async fn flush_pending(&mut self) -> Result<(), End> {
+        if self.ws_pending {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<(), End> {
         match tokio::time::timeout(WRITE_STALL, self.ws.flush()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.ws_pending = false;
+                Ok(())
+            }
             Ok(Err(_)) => Err(End::Drop),
             Err(_) => {
                 self.endpoint.metrics.slow_consumer_disconnects.inc();

@@ -292,3 +292,59 @@ async fn a_peer_that_never_answers_pings_is_closed() {
         .rposition(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xf0);
     assert!(close.is_some(), "close frame with code 1008");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pongs_and_event_frames_never_interleave() {
+    let stack = stack(&[]).await;
+    let mut ws = connect(&ws_url(&stack.edge)).await;
+    send(&mut ws, json!({"type":"subscribe","auction":"vase"})).await;
+    assert_eq!(
+        next_json(&mut ws, 5 * SECOND).await.unwrap()["type"],
+        "init"
+    );
+    let bidder = stack._bidder.url();
+    let bids = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for amount in 0..200u64 {
+            let body = json!({"amount": 1000 + amount * 100, "bidder": "b"});
+            let response = http
+                .post(format!("{bidder}/auctions/vase/bids"))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+        }
+    });
+    let (mut pongs, mut bids_seen) = (0, 0);
+    let mut pinged = 0;
+    while bids_seen < 200 || pongs < pinged {
+        if pinged < 100 && bids_seen > pinged {
+            ws.send(Message::Ping(vec![pinged as u8; 100].into()))
+                .await
+                .unwrap();
+            pinged += 1;
+        }
+        use futures_util::StreamExt;
+        match tokio::time::timeout(10 * SECOND, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Pong(payload) => {
+                assert_eq!(payload.len(), 100);
+                pongs += 1;
+            }
+            Message::Text(text) => {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(message["type"], "bid");
+                bids_seen += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    bids.await.unwrap();
+    assert_eq!(pongs, pinged);
+}
