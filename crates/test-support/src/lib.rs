@@ -6,10 +6,13 @@
 //! that says what is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod clients;
+mod nginx;
 mod redis_server;
 mod seen;
 mod service;
 
+pub use nginx::Nginx;
 pub use redis_server::{Entry, RedisServer, id_pair};
 pub use seen::Seen;
 pub use service::{ServiceProcess, binary_path, run_to_exit};

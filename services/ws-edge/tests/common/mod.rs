@@ -1,10 +1,10 @@
 //! Helpers for the ws-edge end-to-end tests: real redis-server, bidder and
 //! edge processes, and a WebSocket client that resubscribes with its last id
 //! after every disconnect, like the auction page does.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 pub use test_support::Seen;
 use test_support::{RedisServer, ServiceProcess};
@@ -90,76 +90,4 @@ pub async fn close_code(ws: &mut Ws, timeout: Duration) -> Option<u16> {
     }
 }
 
-/// Follows one auction: subscribes (with `last_id` once it has one), and on
-/// every close or error reconnects, trying the next of `edges` when one
-/// refuses, until `done` or `timeout`.
-pub async fn follow(
-    edges: &[String],
-    auction: &str,
-    timeout: Duration,
-    mut done: impl FnMut(&Seen) -> bool,
-) -> Seen {
-    let mut seen = Seen::default();
-    let mut edge = 0;
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline && !done(&seen) {
-        let url = &edges[edge % edges.len()];
-        let Ok(Ok((mut ws, _))) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        else {
-            edge += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let mut subscribe = json!({"type":"subscribe","auction":auction});
-        if let Some(last) = &seen.last {
-            subscribe["last_id"] = json!(last);
-        }
-        if ws
-            .send(Message::Text(subscribe.to_string().into()))
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        loop {
-            let wake = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
-            let message = match tokio::time::timeout_at(wake, ws.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).unwrap(),
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    seen.refusals.push(frame.map_or(0, |f| u16::from(f.code)));
-                    break;
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(_) => break,
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    if done(&seen) {
-                        return seen;
-                    }
-                    continue;
-                }
-                Err(_) => break,
-            };
-            let id = message["id"].as_str().unwrap_or("").to_owned();
-            match message["type"].as_str() {
-                Some("init") => seen
-                    .inits
-                    .push((id.clone(), message["payload"]["reset"].as_bool().unwrap())),
-                Some("bid" | "closed" | "opened") => seen.ids.push(id.clone()),
-                Some("error") => panic!("unexpected error: {message}"),
-                _ => continue,
-            }
-            if !id.is_empty() {
-                seen.last = Some(id);
-            }
-            if done(&seen) {
-                return seen;
-            }
-        }
-        seen.reconnects += 1;
-    }
-    seen
-}
+pub use test_support::clients::ws_follow as follow;

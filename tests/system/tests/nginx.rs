@@ -1,0 +1,119 @@
+//! Through the project's nginx configuration: an SSE client and a
+//! WebSocket client, each edge serving them killed mid-stream, both resume
+//! on the other replica with nothing lost and nothing repeated.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use test_support::clients::{sse_follow, ws_follow};
+use test_support::{Nginx, RedisServer, ServiceProcess, id_pair, wait_for};
+
+fn connections(process: &ServiceProcess, transport: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(process.addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let prefix = format!("auction_connections{{transport=\"{transport}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_and_websocket_clients_resume_through_nginx_when_an_edge_dies() {
+    let redis = RedisServer::start();
+    let bidder = ServiceProcess::start(
+        "bidder",
+        &[
+            ("AUCTION_REDIS_URL", redis.url()),
+            ("AUCTION_SIM_AUCTIONS", "lb".into()),
+            ("AUCTION_SIM_INTERVAL_MS", "20".into()),
+        ],
+    );
+    let edge = |binary| {
+        ServiceProcess::start(
+            binary,
+            &[
+                ("AUCTION_REDIS_URL", redis.url()),
+                ("AUCTION_SSE_RETRY_MS", "50".into()),
+            ],
+        )
+    };
+    let mut sse = [edge("sse-edge"), edge("sse-edge")];
+    let mut ws = [edge("ws-edge"), edge("ws-edge")];
+    let nginx = Nginx::start(
+        &[bidder.addr],
+        &[sse[0].addr, sse[1].addr],
+        &[ws[0].addr, ws[1].addr],
+    );
+    wait_for("the simulated auction", Duration::from_secs(20), || {
+        (!redis.stream("lb").is_empty()).then_some(())
+    });
+
+    let target: Arc<Mutex<Option<String>>> = Arc::default();
+    let reached = |target: &Arc<Mutex<Option<String>>>| {
+        let target = target.clone();
+        move |seen: &test_support::Seen| {
+            target
+                .lock()
+                .unwrap()
+                .as_deref()
+                .is_some_and(|t| seen.has_reached(t))
+        }
+    };
+    let sse_client = {
+        let urls = vec![nginx.url()];
+        let done = reached(&target);
+        tokio::spawn(async move { sse_follow(&urls, "lb", Duration::from_secs(60), done).await })
+    };
+    let ws_client = {
+        let urls = vec![format!("ws://127.0.0.1:{}/ws", nginx.port)];
+        let done = reached(&target);
+        tokio::spawn(async move { ws_follow(&urls, "lb", Duration::from_secs(60), done).await })
+    };
+    tokio::task::block_in_place(|| {
+        let serving = |replicas: &[ServiceProcess; 2], transport: &str| {
+            wait_for("a client on a replica", Duration::from_secs(20), || {
+                replicas
+                    .iter()
+                    .position(|r| connections(r, transport) >= 1.0)
+            })
+        };
+        let sse_index = serving(&sse, "sse");
+        let ws_index = serving(&ws, "ws");
+        let head = redis.stream("lb").last().unwrap().id.clone();
+        wait_for("some events", Duration::from_secs(20), || {
+            (redis
+                .stream("lb")
+                .iter()
+                .filter(|e| id_pair(&e.id) > id_pair(&head))
+                .count()
+                >= 15)
+                .then_some(())
+        });
+        sse[sse_index].kill();
+        ws[ws_index].kill();
+        let head = redis.stream("lb").last().unwrap().id.clone();
+        let last = wait_for("events after the kill", Duration::from_secs(20), || {
+            let newer: Vec<_> = redis
+                .stream("lb")
+                .into_iter()
+                .filter(|e| id_pair(&e.id) > id_pair(&head))
+                .collect();
+            (newer.len() >= 30).then(|| newer.last().unwrap().id.clone())
+        });
+        *target.lock().unwrap() = Some(last);
+    });
+    for client in [sse_client, ws_client] {
+        let seen = client.await.unwrap();
+        assert!(
+            seen.reconnects >= 1,
+            "the client lost its replica: {seen:?}"
+        );
+        assert_eq!(seen.inits.len(), 1, "resumed, not reset: {:?}", seen.inits);
+        seen.assert_exact(&redis, "lb");
+    }
+}
