@@ -106,6 +106,29 @@ impl<C: Codec> Hub<C> {
         Hub { shared }
     }
 
+    /// Opens the replica's command connection (reconnects counted in
+    /// `reconnects`) and starts the hub on it.
+    pub fn connect(
+        target: &RedisTarget,
+        codec: C,
+        config: HubConfig,
+        reconnects: Counter,
+        shutdown: CancellationToken,
+    ) -> Result<Hub<C>, String> {
+        let counted = reconnects.clone();
+        let conn = event_log::connect_manager(target, move || {
+            counted.inc();
+        })
+        .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
+        let log = EventLog::new(conn, 0);
+        Ok(Hub::start(target, log, codec, config, reconnects, shutdown))
+    }
+
+    /// Readiness: the subscription is up and Redis answers commands.
+    pub async fn healthy(&self) -> bool {
+        self.connected() && self.log().ping().await.is_ok()
+    }
+
     pub fn codec(&self) -> &C {
         &self.shared.codec
     }

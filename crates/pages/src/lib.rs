@@ -9,8 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-const SSE_PAGE: &str = include_str!("../../../web/sse.html");
-const WS_PAGE: &str = include_str!("../../../web/ws.html");
+/// One page for both transports; placeholders name the transport.
+const PAGE: &str = include_str!("../../../web/auction.html");
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "app.css",
@@ -42,13 +42,15 @@ pub enum Transport {
 
 /// The page for `transport`, with `{"transport", "bidderUrl"}` injected.
 pub fn page(transport: Transport, bidder_url: &str) -> String {
-    let (template, name) = match transport {
-        Transport::Sse => (SSE_PAGE, "sse"),
-        Transport::Ws => (WS_PAGE, "ws"),
+    let (name, title) = match transport {
+        Transport::Sse => ("sse", "Server-Sent Events"),
+        Transport::Ws => ("ws", "WebSocket"),
     };
     let config = serde_json::json!({ "transport": name, "bidderUrl": bidder_url }).to_string();
-    // Inside <script>, "</" could end the element: escape it.
-    template.replace("__AUCTION_CONFIG__", &config.replace("</", "<\\/"))
+    PAGE.replace("__TRANSPORT_NAME__", title)
+        .replace("__TRANSPORT__", name)
+        // Inside <script>, "</" could end the element: escape it.
+        .replace("__AUCTION_CONFIG__", &config.replace("</", "<\\/"))
 }
 
 /// `GET /` and `GET /assets/{name}`.
@@ -102,7 +104,8 @@ mod tests {
         let html = page(Transport::Ws, "http://x/</script>");
         assert!(html.contains(r#""transport":"ws""#));
         assert!(html.contains(r#"http://x/<\/script>"#));
-        assert!(!html.contains("__AUCTION_CONFIG__"));
+        assert!(!html.contains("__"), "every placeholder is filled");
+        assert!(html.contains("assets/ws.js") && html.contains("WebSocket"));
     }
 
     #[tokio::test]
@@ -114,7 +117,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        for page in [SSE_PAGE, WS_PAGE] {
+        for page in [page(Transport::Sse, ""), page(Transport::Ws, "")] {
             for reference in page.split("\"assets/").skip(1) {
                 let name = reference.split('"').next().unwrap();
                 let uri = format!("/assets/{name}");

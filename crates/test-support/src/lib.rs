@@ -35,6 +35,31 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// Settings for a bidder on `redis`: the simulator on `sim_auctions` (a
+/// comma list; empty turns it off) every `interval_ms`, and rate limits high
+/// enough for tests.
+pub fn bidder_env(
+    redis: &RedisServer,
+    sim_auctions: &str,
+    interval_ms: u64,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("AUCTION_REDIS_URL", redis.url()),
+        ("AUCTION_SIMULATE", (!sim_auctions.is_empty()).to_string()),
+        (
+            "AUCTION_SIM_AUCTIONS",
+            if sim_auctions.is_empty() {
+                "unused".into()
+            } else {
+                sim_auctions.into()
+            },
+        ),
+        ("AUCTION_SIM_INTERVAL_MS", interval_ms.to_string()),
+        ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
+        ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
+    ]
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

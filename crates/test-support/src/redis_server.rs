@@ -170,3 +170,25 @@ pub fn id_pair(id: &str) -> (u64, u64) {
         .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
         .unwrap_or((0, 0))
 }
+
+impl RedisServer {
+    /// The newest id of `auction`'s stream (`0-0` when empty).
+    pub fn head(&self, auction: &str) -> String {
+        self.stream(auction)
+            .last()
+            .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone())
+    }
+
+    /// Waits until the stream holds `more` events after `after`; returns the
+    /// newest id then.
+    pub fn wait_for_more(&self, auction: &str, after: &str, more: usize) -> String {
+        wait_for("more events in the stream", Duration::from_secs(30), || {
+            let newer: Vec<Entry> = self
+                .stream(auction)
+                .into_iter()
+                .filter(|entry| id_pair(&entry.id) > id_pair(after))
+                .collect();
+            (newer.len() >= more).then(|| newer[newer.len() - 1].id.clone())
+        })
+    }
+}

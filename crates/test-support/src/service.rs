@@ -116,6 +116,36 @@ impl ServiceProcess {
         }
     }
 
+    /// The value of the metric line starting with `series` (name and
+    /// labels, e.g. `auction_connections{transport="sse"}`) on `/metrics`,
+    /// or 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(self.addr) else {
+            return 0.0;
+        };
+        let _ = write!(stream, "GET /metrics HTTP/1.0\r\n\r\n");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Whether `GET path` answers with `status` right now.
+    pub fn answers(&self, path: &str, status: u16) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(self.addr) else {
+            return false;
+        };
+        let _ = write!(stream, "GET {path} HTTP/1.0\r\n\r\n");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text.split(' ').nth(1) == Some(status.to_string().as_str())
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().join("\n")

@@ -5,65 +5,19 @@
 
 mod common;
 
-use common::{assert_exact, follow, start_edge, stream_head};
+use common::{assert_exact, follow, start_edge};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use test_support::{RedisServer, ServiceProcess, id_pair, wait_for};
+use test_support::{RedisServer, ServiceProcess, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn wait_for_events(redis: &RedisServer, auction: &str, count: usize) -> String {
-    wait_for("events in the stream", Duration::from_secs(20), || {
-        let stream = redis.stream(auction);
-        (stream.len() >= count).then(|| stream.last().unwrap().id.clone())
-    })
-}
-
-/// Waits until the stream has `more` events after `after`; returns the newest.
-fn wait_for_more(redis: &RedisServer, auction: &str, after: &str, more: usize) -> String {
-    wait_for("more events", Duration::from_secs(20), || {
-        let newer: Vec<_> = redis
-            .stream(auction)
-            .into_iter()
-            .filter(|e| id_pair(&e.id) > id_pair(after))
-            .collect();
-        (newer.len() >= more).then(|| newer.last().unwrap().id.clone())
-    })
-}
-
-fn metric(edge: &ServiceProcess, name: &str) -> f64 {
-    let text = reqwest::blocking_get(&format!("{}/metrics", edge.url()));
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
-mod reqwest {
-    pub use ::reqwest::*;
-    /// A tiny blocking GET for metrics, without reqwest's blocking feature.
-    pub fn blocking_get(url: &str) -> String {
-        use std::io::{Read, Write};
-        let rest = url.strip_prefix("http://").unwrap();
-        let (host, path) = rest
-            .split_once('/')
-            .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-        let mut stream = std::net::TcpStream::connect(host).unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hops_replicas_with_nothing_lost_or_repeated() {
     let redis = RedisServer::start();
     let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "hop", 20));
-    wait_for_events(&redis, "hop", 1);
+    redis.wait_for_more("hop", "0-0", 1);
     let mut edge_a = start_edge(&redis, &[]);
     let edge_b = start_edge(&redis, &[]);
     let edges = vec![edge_a.url(), edge_b.url()];
@@ -90,7 +44,7 @@ async fn a_client_hops_replicas_with_nothing_lost_or_repeated() {
 async fn a_redis_restart_loses_nothing_for_100_clients() {
     let mut redis = RedisServer::start();
     let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "rr", 20));
-    wait_for_events(&redis, "rr", 1);
+    redis.wait_for_more("rr", "0-0", 1);
     let edge = start_edge(&redis, &[]);
     let target: Arc<Mutex<Option<String>>> = Arc::default();
     let mut clients = Vec::new();
@@ -110,18 +64,17 @@ async fn a_redis_restart_loses_nothing_for_100_clients() {
     }
     tokio::task::block_in_place(|| {
         wait_for("100 connections", Duration::from_secs(20), || {
-            (metric(&edge, "auction_connections{transport=\"sse\"}") >= 100.0).then_some(())
+            (edge.metric("auction_connections{transport=\"sse\"}") >= 100.0).then_some(())
         });
-        let before = stream_head(&redis, "rr");
-        wait_for_more(&redis, "rr", &before, 10);
+        let before = redis.head("rr");
+        redis.wait_for_more("rr", &before, 10);
         redis.kill();
         wait_for("the edge to notice", Duration::from_secs(10), || {
-            let ready = reqwest::blocking_get(&format!("{}/readyz", edge.url()));
-            ready.contains(" 503 ").then_some(())
+            edge.answers("/readyz", 503).then_some(())
         });
         redis.restart();
-        let after = stream_head(&redis, "rr");
-        *target.lock().unwrap() = Some(wait_for_more(&redis, "rr", &after, 20));
+        let after = redis.head("rr");
+        *target.lock().unwrap() = Some(redis.wait_for_more("rr", &after, 20));
     });
     for client in clients {
         let seen = client.await.unwrap();
@@ -179,7 +132,7 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
     };
     tokio::task::block_in_place(|| {
         wait_for("both connections", Duration::from_secs(10), || {
-            (metric(&edge, "auction_connections{transport=\"sse\"}") >= 2.0).then_some(())
+            (edge.metric("auction_connections{transport=\"sse\"}") >= 2.0).then_some(())
         })
     });
     let mut last = String::new();
@@ -196,10 +149,7 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
         let json: serde_json::Value = response.json().await.unwrap();
         last = json["id"].as_str().unwrap().to_owned();
         if amount % 500 == 0
-            && metric(
-                &edge,
-                "auction_slow_consumer_disconnects_total{transport=\"sse\"}",
-            ) >= 1.0
+            && edge.metric("auction_slow_consumer_disconnects_total{transport=\"sse\"}") >= 1.0
         {
             break;
         }
@@ -210,10 +160,7 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
             "the slow client to be dropped",
             Duration::from_secs(20),
             || {
-                (metric(
-                    &edge,
-                    "auction_slow_consumer_disconnects_total{transport=\"sse\"}",
-                ) >= 1.0)
+                (edge.metric("auction_slow_consumer_disconnects_total{transport=\"sse\"}") >= 1.0)
                     .then_some(())
             },
         )
@@ -269,7 +216,7 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
 async fn sigterm_drains_500_clients_who_resume_on_another_replica() {
     let redis = RedisServer::start();
     let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "drain", 20));
-    wait_for_events(&redis, "drain", 1);
+    redis.wait_for_more("drain", "0-0", 1);
     let mut edge_a = start_edge(&redis, &[("AUCTION_SHUTDOWN_GRACE_MS", "5000")]);
     let edge_b = start_edge(&redis, &[]);
     let target: Arc<Mutex<Option<String>>> = Arc::default();
@@ -290,7 +237,7 @@ async fn sigterm_drains_500_clients_who_resume_on_another_replica() {
     }
     tokio::task::block_in_place(|| {
         wait_for("500 connections on A", Duration::from_secs(30), || {
-            (metric(&edge_a, "auction_connections{transport=\"sse\"}") >= 500.0).then_some(())
+            (edge_a.metric("auction_connections{transport=\"sse\"}") >= 500.0).then_some(())
         });
         let started = std::time::Instant::now();
         edge_a.signal("TERM");
@@ -304,8 +251,8 @@ async fn sigterm_drains_500_clients_who_resume_on_another_replica() {
             !edge_a.logs().contains("grace period over"),
             "every stream ended before the deadline"
         );
-        let head = stream_head(&redis, "drain");
-        *target.lock().unwrap() = Some(wait_for_more(&redis, "drain", &head, 10));
+        let head = redis.head("drain");
+        *target.lock().unwrap() = Some(redis.wait_for_more("drain", &head, 10));
     });
     for client in clients {
         let seen = client.await.unwrap();

@@ -7,7 +7,6 @@ mod protocol;
 mod shared_socket;
 mod socket;
 
-use event_log::{EventLog, connect_manager};
 use fanout::{Hub, HubConfig};
 use service_kit::{ConnectionGate, Context, Process, bind, serve_with_fast_path, watch_redis};
 use settings::{SettingError, Settings};
@@ -83,15 +82,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
-    let reconnects = ctx.metrics.redis_reconnects();
-    let manager_reconnects = reconnects.clone();
-    let conn = connect_manager(&ctx.common.redis, move || {
-        manager_reconnects.inc();
-    })
-    .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
-    let hub = Hub::start(
+    let hub = Hub::connect(
         &ctx.common.redis,
-        EventLog::new(conn, 0),
         codec::WsCodec,
         HubConfig {
             queue_capacity: own.queue,
@@ -99,13 +91,13 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
             keepalive: Duration::from_secs(3600),
             idle_feed_ttl: Duration::from_secs(10),
         },
-        reconnects,
+        ctx.metrics.redis_reconnects(),
         ctx.shutdown.clone(),
-    );
-    let probe_hub = hub.clone();
+    )?;
+    let probe = hub.clone();
     watch_redis(&ctx, Duration::from_millis(500), move || {
-        let hub = probe_hub.clone();
-        async move { hub.connected() && hub.log().ping().await.is_ok() }
+        let hub = probe.clone();
+        async move { hub.healthy().await }
     });
     let metrics = ctx.metrics.transport(Transport::ws);
     let endpoint = Arc::new(WsEndpoint {

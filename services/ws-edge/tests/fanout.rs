@@ -8,43 +8,13 @@ mod common;
 use common::{follow, start_edge, ws_url};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use test_support::{RedisServer, ServiceProcess, id_pair, wait_for};
-
-fn head(redis: &RedisServer, auction: &str) -> String {
-    redis
-        .stream(auction)
-        .last()
-        .map_or("0-0".into(), |e| e.id.clone())
-}
-
-fn wait_for_more(redis: &RedisServer, auction: &str, after: &str, more: usize) -> String {
-    wait_for("more events", Duration::from_secs(20), || {
-        let newer: Vec<_> = redis
-            .stream(auction)
-            .into_iter()
-            .filter(|e| id_pair(&e.id) > id_pair(after))
-            .collect();
-        (newer.len() >= more).then(|| newer.last().unwrap().id.clone())
-    })
-}
-
-fn connections(edge: &ServiceProcess) -> f64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(edge.addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("auction_connections{transport=\"ws\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
+use test_support::{RedisServer, ServiceProcess, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_hops_replicas_with_nothing_lost_or_repeated() {
     let redis = RedisServer::start();
     let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "hop", 20));
-    wait_for_more(&redis, "hop", "0-0", 1);
+    redis.wait_for_more("hop", "0-0", 1);
     let mut edge_a = start_edge(&redis, None, &[]);
     let edge_b = start_edge(&redis, None, &[]);
     let edges = vec![ws_url(&edge_a), ws_url(&edge_b)];
@@ -71,7 +41,7 @@ async fn a_socket_hops_replicas_with_nothing_lost_or_repeated() {
 async fn a_redis_restart_loses_nothing_for_100_sockets() {
     let mut redis = RedisServer::start();
     let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "rr", 20));
-    wait_for_more(&redis, "rr", "0-0", 1);
+    redis.wait_for_more("rr", "0-0", 1);
     let edge = start_edge(&redis, None, &[]);
     let target: Arc<Mutex<Option<String>>> = Arc::default();
     let mut clients = Vec::new();
@@ -91,23 +61,17 @@ async fn a_redis_restart_loses_nothing_for_100_sockets() {
     }
     tokio::task::block_in_place(|| {
         wait_for("100 sockets", Duration::from_secs(20), || {
-            (connections(&edge) >= 100.0).then_some(())
+            (edge.metric("auction_connections{transport=\"ws\"}") >= 100.0).then_some(())
         });
-        let before = head(&redis, "rr");
-        wait_for_more(&redis, "rr", &before, 10);
+        let before = redis.head("rr");
+        redis.wait_for_more("rr", &before, 10);
         redis.kill();
-        let mut probe = String::new();
         wait_for("the edge to notice", Duration::from_secs(10), || {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect(edge.addr).ok()?;
-            write!(stream, "GET /readyz HTTP/1.0\r\n\r\n").ok()?;
-            probe.clear();
-            stream.read_to_string(&mut probe).ok()?;
-            probe.contains(" 503 ").then_some(())
+            edge.answers("/readyz", 503).then_some(())
         });
         redis.restart();
-        let after = head(&redis, "rr");
-        *target.lock().unwrap() = Some(wait_for_more(&redis, "rr", &after, 20));
+        let after = redis.head("rr");
+        *target.lock().unwrap() = Some(redis.wait_for_more("rr", &after, 20));
     });
     for client in clients {
         let seen = client.await.unwrap();
@@ -120,7 +84,7 @@ async fn a_redis_restart_loses_nothing_for_100_sockets() {
 async fn sigterm_closes_500_sockets_with_1012_and_exits_zero() {
     let redis = RedisServer::start();
     let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "drain", 20));
-    wait_for_more(&redis, "drain", "0-0", 1);
+    redis.wait_for_more("drain", "0-0", 1);
     let mut edge_a = start_edge(&redis, None, &[("AUCTION_SHUTDOWN_GRACE_MS", "5000")]);
     let edge_b = start_edge(&redis, None, &[]);
     let target: Arc<Mutex<Option<String>>> = Arc::default();
@@ -141,7 +105,7 @@ async fn sigterm_closes_500_sockets_with_1012_and_exits_zero() {
     }
     tokio::task::block_in_place(|| {
         wait_for("500 sockets on A", Duration::from_secs(30), || {
-            (connections(&edge_a) >= 500.0).then_some(())
+            (edge_a.metric("auction_connections{transport=\"ws\"}") >= 500.0).then_some(())
         });
         let started = std::time::Instant::now();
         edge_a.signal("TERM");
@@ -152,8 +116,8 @@ async fn sigterm_closes_500_sockets_with_1012_and_exits_zero() {
             "within the grace period"
         );
         assert!(!edge_a.logs().contains("grace period over"));
-        let now = head(&redis, "drain");
-        *target.lock().unwrap() = Some(wait_for_more(&redis, "drain", &now, 10));
+        let now = redis.head("drain");
+        *target.lock().unwrap() = Some(redis.wait_for_more("drain", &now, 10));
     });
     for client in clients {
         let seen = client.await.unwrap();

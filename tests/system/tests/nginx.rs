@@ -9,19 +9,6 @@ use std::time::Duration;
 use test_support::clients::{sse_follow, ws_follow};
 use test_support::{Nginx, RedisServer, ServiceProcess, id_pair, wait_for};
 
-fn connections(process: &ServiceProcess, transport: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(process.addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let prefix = format!("auction_connections{{transport=\"{transport}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_and_websocket_clients_resume_through_nginx_when_an_edge_dies() {
     let redis = RedisServer::start();
@@ -77,9 +64,9 @@ async fn sse_and_websocket_clients_resume_through_nginx_when_an_edge_dies() {
     tokio::task::block_in_place(|| {
         let serving = |replicas: &[ServiceProcess; 2], transport: &str| {
             wait_for("a client on a replica", Duration::from_secs(20), || {
-                replicas
-                    .iter()
-                    .position(|r| connections(r, transport) >= 1.0)
+                replicas.iter().position(|r| {
+                    r.metric(&format!("auction_connections{{transport=\"{transport}\"}}")) >= 1.0
+                })
             })
         };
         let sse_index = serving(&sse, "sse");

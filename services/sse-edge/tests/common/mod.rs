@@ -4,30 +4,8 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
-pub use test_support::Seen;
 use test_support::{RedisServer, ServiceProcess};
-
-pub fn bidder_env(
-    redis: &RedisServer,
-    sim_auctions: &str,
-    interval_ms: u64,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("AUCTION_REDIS_URL", redis.url()),
-        ("AUCTION_SIMULATE", (!sim_auctions.is_empty()).to_string()),
-        (
-            "AUCTION_SIM_AUCTIONS",
-            if sim_auctions.is_empty() {
-                "unused".into()
-            } else {
-                sim_auctions.into()
-            },
-        ),
-        ("AUCTION_SIM_INTERVAL_MS", interval_ms.to_string()),
-        ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
-        ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
-    ]
-}
+pub use test_support::{Seen, bidder_env};
 
 pub fn edge_env(
     redis: &RedisServer,

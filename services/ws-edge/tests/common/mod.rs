@@ -6,34 +6,12 @@
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::time::Duration;
-pub use test_support::Seen;
 use test_support::{RedisServer, ServiceProcess};
+pub use test_support::{Seen, bidder_env};
 use tokio_tungstenite::tungstenite::Message;
 
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-pub fn bidder_env(
-    redis: &RedisServer,
-    sim_auctions: &str,
-    interval_ms: u64,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("AUCTION_REDIS_URL", redis.url()),
-        ("AUCTION_SIMULATE", (!sim_auctions.is_empty()).to_string()),
-        (
-            "AUCTION_SIM_AUCTIONS",
-            if sim_auctions.is_empty() {
-                "unused".into()
-            } else {
-                sim_auctions.into()
-            },
-        ),
-        ("AUCTION_SIM_INTERVAL_MS", interval_ms.to_string()),
-        ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
-        ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
-    ]
-}
 
 pub fn start_edge(
     redis: &RedisServer,
