@@ -147,7 +147,10 @@ export class Stack {
   }
 
   stop() {
-    for (const { child } of this.children.values()) child.kill("SIGKILL");
+    for (const [name, { child }] of this.children) {
+      // nginx's master stops its workers on SIGTERM; SIGKILL would orphan them.
+      child.kill(name === "nginx" ? "SIGTERM" : "SIGKILL");
+    }
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
