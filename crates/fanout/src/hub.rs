@@ -464,7 +464,7 @@ fn publish<C: Codec>(
             event_id = %event.id,
             clients = cursor.tx.receiver_count(),
         );
-        telemetry::continue_trace(&span, traceparent);
+        telemetry::continue_and_link(&span, traceparent);
         span
     });
     let _entered = span.as_ref().map(tracing::Span::enter);

@@ -8,4 +8,4 @@ mod trace;
 
 pub use logging::{LogFormat, TelemetryGuard, init};
 pub use metrics::{BidOutcome, Metrics, Transport, TransportMetrics};
-pub use trace::{continue_trace, current_traceparent, parse_traceparent};
+pub use trace::{continue_and_link, continue_trace, current_traceparent, parse_traceparent};

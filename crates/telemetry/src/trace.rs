@@ -52,6 +52,15 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
     }
 }
 
+/// Like [`continue_trace`], and also links `span` to the remote span: a
+/// fan-out is its own operation on each replica, caused by the append.
+pub fn continue_and_link(span: &tracing::Span, traceparent: &str) {
+    if let Some(remote) = parse_traceparent(traceparent) {
+        span.add_link(remote.clone());
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,53 +267,61 @@ impl<'a> Session<'a> {
         tokio::pin!(shutdown);
         let mut ticks = WatchStream::from_changes(endpoint.ping_ticks.clone());
         let mut awaiting_pong = false;
+        // Client frames are read when the socket turns readable, rather than
+        // asking tungstenite on every wake: most wakes are events to send.
+        let raw = self.raw.clone();
+        let mut readable = Box::pin(raw.readable());
         loop {
             // Ordered by how often each is the reason for waking: events
             // first, so a delivery polls nothing else.
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                _ = &mut shutdown => return End::Close(CloseCode::Restart, "replica restarting; reconnect and resume"),
-                Some((key, item)) = self.feeds.next() => {
-                    if let Err(end) = self.forward(key, item).await {
-                        return end;
-                    }
+                _ = &mut shutdown => Err(End::Close(CloseCode::Restart, "replica restarting; reconnect and resume")),
+                Some((key, item)) = self.feeds.next() => self.forward(key, item).await,
+                _ = &mut readable => {
+                    readable.set(raw.readable());
+                    self.read_available(&mut awaiting_pong).await
                 }
-                incoming = self.ws.next() => match incoming {
-                    None => return End::Drop,
-                    Some(Err(error)) => return close_for(&error),
-                    Some(Ok(Message::Text(text))) => {
-                        if let Err(end) = self.on_text(text.as_str()).await {
-                            return end;
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        let reply = protocol::error_json(None, "binary_not_supported", "send JSON in text frames");
-                        if let Err(end) = self.send_text(reply).await {
-                            return end;
-                        }
-                    }
-                    Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                    Some(Ok(Message::Close(_))) => return End::Drop,
-                    // tungstenite queued the answer to a ping: flush it
-                    // before the next direct write.
-                    Some(Ok(_)) => self.ws_pending = true,
-                },
-                Some(reply) = next_reply(&mut self.replies) => {
-                    if let Err(end) = self.send_text(reply).await {
-                        return end;
-                    }
-                }
+                Some(reply) = next_reply(&mut self.replies) => self.send_text(reply).await,
                 Some(_) = ticks.next() => {
                     if awaiting_pong {
-                        return End::Close(CloseCode::Policy, "no pong in time");
-                    }
-                    awaiting_pong = true;
-                    if let Err(end) = self.flush_with(Message::Ping(Default::default())).await {
-                        return end;
+                        Err(End::Close(CloseCode::Policy, "no pong in time"))
+                    } else {
+                        awaiting_pong = true;
+                        self.flush_with(Message::Ping(Default::default())).await
                     }
                 }
+            };
+            if let Err(end) = step {
+                return end;
             }
         }
+    }
+
+    /// Handles every client message tungstenite can produce now (it may
+    /// hold several from one read), then returns to waiting.
+    async fn read_available(&mut self, awaiting_pong: &mut bool) -> Result<(), End> {
+        while let Some(incoming) = self.ws.next().now_or_never() {
+            match incoming {
+                None => return Err(End::Drop),
+                Some(Err(error)) => return Err(close_for(&error)),
+                Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = protocol::error_json(
+                        None,
+                        "binary_not_supported",
+                        "send JSON in text frames",
+                    );
+                    self.send_text(reply).await?;
+                }
+                Some(Ok(Message::Pong(_))) => *awaiting_pong = false,
+                Some(Ok(Message::Close(_))) => return Err(End::Drop),
+                // tungstenite queued the answer to a ping: flush it before
+                // the next direct write.
+                Some(Ok(_)) => self.ws_pending = true,
+            }
+        }
+        Ok(())
     }
 
     /// Takes this item and whatever else the feeds have ready, then writes

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use test_support::{RedisServer, ServiceProcess};
 
-/// (service name, span name, trace id, span id, parent span id), hex.
-type Span = (String, String, String, String, String);
+/// (service name, span name, trace id, span id, parent span id, linked
+/// span ids), hex.
+type Span = (String, String, String, String, String, Vec<String>);
 
 async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
     let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
@@ -53,6 +54,7 @@ async fn collect(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> Vec
                     hex(&span.trace_id),
                     hex(&span.span_id),
                     hex(&span.parent_span_id),
+                    span.links.iter().map(|link| hex(&link.span_id)).collect(),
                 ));
             }
         }
@@ -154,5 +156,6 @@ async fn one_trace_from_the_post_to_every_edge() {
             "same trace id across processes: {fanout:?}"
         );
         assert_eq!(fanout.4, append.3, "the fan-out continues from the append");
+        assert_eq!(fanout.5, vec![append.3.clone()], "and links to it");
     }
 }
