@@ -328,56 +328,79 @@ impl ClientResult {
     }
 }
 
-/// One WebSocket client: subscribes (resubscribing with `last_id` after a
-/// disconnect) and counts bids by amount.
+/// One WebSocket client: handshake with tokio-tungstenite, then frames are
+/// read off the raw socket (as cheaply as the SSE client reads its stream,
+/// so both transports are measured with the same client cost). Subscribes,
+/// resubscribing with `last_id` after a disconnect, and counts bids.
 async fn ws_client(addr: &str, auction: &str, shared: &Shared, deadline: Instant) -> ClientResult {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let mut result = ClientResult::new();
     let mut seen = vec![false; shared.events];
     let mut last_id = String::new();
     let mut counted_connect = false;
+    let mut buffer: Vec<u8> = Vec::new();
     while Instant::now() < deadline && result.received < shared.events.max(1) {
         let url = format!("ws://{addr}/ws");
-        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+        let Ok((ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
+        };
+        let tokio_tungstenite::MaybeTlsStream::Plain(mut stream) = ws.into_inner() else {
+            return result;
         };
         let subscribe = if last_id.is_empty() {
             format!(r#"{{"type":"subscribe","auction":"{auction}"}}"#)
         } else {
             format!(r#"{{"type":"subscribe","auction":"{auction}","last_id":"{last_id}"}}"#)
         };
-        if ws.send(Message::Text(subscribe.into())).await.is_err() {
+        if stream
+            .write_all(&client_frame(0x1, subscribe.as_bytes()))
+            .await
+            .is_err()
+        {
             continue;
         }
         if !counted_connect {
             counted_connect = true;
             shared.connected.fetch_add(1, Ordering::Relaxed);
         }
-        loop {
+        buffer.clear();
+        let mut chunk = vec![0u8; if shared.events > 0 { 16 * 1024 } else { 256 }];
+        'read: loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let text = match tokio::time::timeout(remaining, ws.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => text,
-                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
-                Ok(Some(Ok(_))) => continue,
+            let read = match tokio::time::timeout(remaining, stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(read)) => read,
             };
-            if shared.events == 0 {
-                continue;
-            }
+            buffer.extend_from_slice(&chunk[..read]);
             let now = Instant::now();
             let now_ns = now.duration_since(shared.start).as_nanos() as u64;
-            let bytes = text.as_bytes();
-            if let Some(id) = field_text(bytes, b"\"id\":\"") {
-                last_id = String::from_utf8_lossy(id).into_owned();
+            let mut consumed = 0;
+            while let Some((opcode, start, end)) = server_frame(&buffer[consumed..]) {
+                let payload = &buffer[consumed + start..consumed + end];
+                consumed += end;
+                match opcode {
+                    0x1 => {
+                        if let Some(id) = field_text(payload, b"\"id\":\"") {
+                            last_id = String::from_utf8_lossy(id).into_owned();
+                        }
+                        if payload.starts_with(b"{\"type\":\"bid\"")
+                            && let Some(amount) = field_number(payload, b"\"amount\":")
+                        {
+                            result.record(shared, &mut seen, amount, now, now_ns);
+                        }
+                    }
+                    0x8 => break 'read, // close
+                    0x9 => {
+                        let pong = client_frame(0xA, payload);
+                        if stream.write_all(&pong).await.is_err() {
+                            break 'read;
+                        }
+                    }
+                    _ => {}
+                }
             }
-            if !bytes.starts_with(b"{\"type\":\"bid\"") {
-                continue;
-            }
-            if let Some(amount) = field_number(bytes, b"\"amount\":") {
-                result.record(shared, &mut seen, amount, now, now_ns);
-            }
-            if result.received >= shared.events {
+            buffer.drain(..consumed);
+            if shared.events > 0 && result.received >= shared.events {
                 return result;
             }
         }
@@ -387,6 +410,45 @@ async fn ws_client(addr: &str, auction: &str, shared: &Shared, deadline: Instant
         result.reconnects += 1;
     }
     result
+}
+
+/// A masked client frame (RFC 6455 §5.2). The mask key is zero: masking
+/// is mandatory, its unpredictability only matters to proxies on the path.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A complete unmasked server frame at the start of `buffer`: (opcode,
+/// payload start, payload end), or `None` if more bytes are needed.
+fn server_frame(buffer: &[u8]) -> Option<(u8, usize, usize)> {
+    let opcode = buffer.first()? & 0x0f;
+    let short = buffer.get(1)? & 0x7f;
+    let (len, start) = match short {
+        126 => (
+            u16::from_be_bytes([*buffer.get(2)?, *buffer.get(3)?]) as usize,
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = buffer.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(bytes) as usize, 10)
+        }
+        len => (len as usize, 2),
+    };
+    (buffer.len() >= start + len).then_some((opcode, start, start + len))
 }
 
 fn field_text<'a>(message: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
