@@ -81,6 +81,10 @@ impl FastPath for SseEndpoint {
             head.header("last-event-id")
                 .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
         );
+        // Nothing of the request is needed from here on: an open stream
+        // keeps none of it.
+        let raw_id = raw_id.to_owned();
+        drop(head);
         let unavailable = || {
             refuse(
                 503,

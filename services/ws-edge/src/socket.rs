@@ -64,14 +64,6 @@ impl FastPath for WsEndpoint {
     }
 
     async fn serve(self: Arc<Self>, stream: TcpStream, head: RequestHead) {
-        let peer = stream
-            .peer_addr()
-            .map(|addr| addr.ip())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let key = match self.check_handshake(&head) {
-            Ok(key) => key,
-            Err(refusal) => return refuse(stream, &refusal).await,
-        };
         let Some(_admission) = self.gate.admit() else {
             let body = error_response_bytes(
                 503,
@@ -82,6 +74,34 @@ impl FastPath for WsEndpoint {
             );
             return refuse(stream, &body).await;
         };
+        // The request head and the handshake's temporaries are dropped when
+        // `upgrade` returns: an open socket keeps none of them.
+        let Some((ws, raw, peer)) = self.upgrade(stream, head).await else {
+            return;
+        };
+        Session::new(&self, ws, raw, peer).run().await;
+    }
+}
+
+impl WsEndpoint {
+    /// Answers the upgrade (or refuses it) and sets up the WebSocket.
+    async fn upgrade(
+        &self,
+        mut stream: TcpStream,
+        head: RequestHead,
+    ) -> Option<(WebSocketStream<SharedSocket>, Arc<TcpStream>, IpAddr)> {
+        let peer = stream
+            .peer_addr()
+            .map(|addr| addr.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let key = match self.check_handshake(&head) {
+            Ok(key) => key,
+            Err(refusal) => {
+                refuse(stream, &refusal).await;
+                return None;
+            }
+        };
+        drop(head);
         if self.shutdown.is_cancelled() {
             let body = error_response_bytes(
                 503,
@@ -90,16 +110,14 @@ impl FastPath for WsEndpoint {
                 "this replica is shutting down",
                 Some(1),
             );
-            return refuse(stream, &body).await;
+            refuse(stream, &body).await;
+            return None;
         }
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
         let response = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
         );
-        let mut stream = stream;
-        if stream.write_all(response.as_bytes()).await.is_err() {
-            return;
-        }
+        stream.write_all(response.as_bytes()).await.ok()?;
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer);
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
@@ -110,11 +128,9 @@ impl FastPath for WsEndpoint {
         let raw = Arc::new(stream);
         let socket = SharedSocket(raw.clone());
         let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
-        Session::new(&self, ws, raw, peer).run().await;
+        Some((ws, raw, peer))
     }
-}
 
-impl WsEndpoint {
     /// Validates the upgrade request; returns the `Sec-WebSocket-Key`.
     fn check_handshake(&self, head: &RequestHead) -> Result<Vec<u8>, Vec<u8>> {
         let has_token = |name: &str, token: &str| {
@@ -270,7 +286,7 @@ impl<'a> Session<'a> {
         // Client frames are read when the socket turns readable, rather than
         // asking tungstenite on every wake: most wakes are events to send.
         let raw = self.raw.clone();
-        let mut readable = Box::pin(raw.readable());
+        let mut readable = std::pin::pin!(raw.readable());
         loop {
             // Ordered by how often each is the reason for waking: events
             // first, so a delivery polls nothing else.
