@@ -11,16 +11,20 @@ pub struct RedisTarget {
     pub pubsub_client: Client,
 }
 
-/// Parses `AUCTION_REDIS_URL`: `redis://`, `rediss://` or `unix://`. Errors
-/// are one readable sentence, for the settings error line.
+/// Parses `AUCTION_REDIS_URL`: `redis://`, `rediss://` (TLS, verified
+/// against the system's root certificates; `#insecure` at the end skips
+/// verification, for test set-ups only) or `unix://`. Errors are one
+/// readable sentence, for the settings error line.
 pub fn parse_redis_url(url: &str) -> Result<RedisTarget, String> {
     let scheme = url.split_once("://").map(|(scheme, _)| scheme);
     match scheme {
         Some("redis" | "unix" | "redis+unix") => {}
         Some("rediss") => {
-            return Err("rediss:// (TLS) is not supported by this build; use redis://".into());
+            // rustls needs a process-wide crypto provider; ring it is.
+            // Installing twice is harmless (the second call is refused).
+            let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        _ => return Err(format!("{url:?} is not a redis:// URL")),
+        _ => return Err(format!("{url:?} is not a redis:// or rediss:// URL")),
     }
     let info = url
         .into_connection_info()
@@ -72,17 +76,11 @@ mod tests {
 
     #[test]
     fn url_errors_are_sentences() {
-        assert!(
-            parse_redis_url("nonsense")
-                .unwrap_err()
-                .contains("not a redis:// URL")
-        );
+        let error = parse_redis_url("nonsense").unwrap_err();
+        assert!(error.contains("not a redis:// or rediss:// URL"), "{error}");
         assert!(parse_redis_url("http://x").is_err());
-        assert!(
-            parse_redis_url("rediss://x:6380")
-                .unwrap_err()
-                .contains("TLS")
-        );
+        assert!(parse_redis_url("rediss://x:6380").is_ok());
+        assert!(parse_redis_url("rediss://x:6380/#insecure").is_ok());
         assert!(parse_redis_url("redis://127.0.0.1:7000/0").is_ok());
         assert!(parse_redis_url("redis://user:pass@host:7000").is_ok());
     }

@@ -13,24 +13,59 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Serving TLS only, with a self-signed certificate in `dir`.
+    tls: bool,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    /// A server that speaks only TLS, with a self-signed certificate (made
+    /// with `openssl`); its [`url`](Self::url) is `rediss://…/#insecure`.
+    pub fn start_tls() -> RedisServer {
+        RedisServer::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("auction-redis-")
             .tempdir()
             .expect("cannot create a temporary directory");
+        if tls {
+            let made = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "tls.key",
+                    "-out",
+                    "tls.crt",
+                ])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is not installed");
+            assert!(made.success(), "openssl could not make a certificate");
+            // The client side of the tests uses rustls, which needs a provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         for _ in 0..5 {
             let port = free_port();
             if port == 6379 {
                 continue;
             }
-            if let Some(child) = spawn(port, dir.path()) {
+            if let Some(child) = spawn(port, dir.path(), tls) {
                 return RedisServer {
                     port,
                     dir,
                     child: Some(child),
+                    tls,
                 };
             }
         }
@@ -42,7 +77,11 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.tls {
+            format!("rediss://127.0.0.1:{}/#insecure", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
     }
 
     /// Kills the server with SIGKILL, as a crash would.
@@ -57,7 +96,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let child = wait_for("redis-server to restart", Duration::from_secs(10), || {
-            spawn(self.port, self.dir.path())
+            spawn(self.port, self.dir.path(), self.tls)
         });
         self.child = Some(child);
     }
@@ -83,12 +122,22 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(port: u16, dir: &Path) -> Option<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+fn spawn(port: u16, dir: &Path, tls: bool) -> Option<Child> {
+    let mut command = Command::new("redis-server");
+    if tls {
+        command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-cert-file", "tls.crt", "--tls-key-file", "tls.key"])
+            .args(["--tls-ca-cert-file", "tls.crt", "--tls-auth-clients", "no"]);
+    } else {
+        command.args(["--port", &port.to_string()]);
+    }
+    let mut child = command
+        .args(["--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "yes", "--loglevel", "warning"])
         .arg("--dir")
         .arg(dir)
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -97,7 +146,13 @@ fn spawn(port: u16, dir: &Path) -> Option<Child> {
         if let Ok(Some(_)) = child.try_wait() {
             return None; // exited: most likely the port was taken
         }
-        if ping(port) {
+        // A TLS port cannot answer a plain PING: accepting is enough there.
+        let up = if tls {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        } else {
+            ping(port)
+        };
+        if up {
             return Some(child);
         }
         std::thread::sleep(Duration::from_millis(20));

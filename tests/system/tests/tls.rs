@@ -1,0 +1,57 @@
+//! `rediss://`: the bidder and the edges talk to a TLS-only Redis.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use std::time::Duration;
+use test_support::{RedisServer, ServiceProcess};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bids_flow_through_a_tls_only_redis() {
+    let redis = RedisServer::start_tls();
+    assert!(redis.url().starts_with("rediss://"));
+    let env = [
+        ("AUCTION_REDIS_URL", redis.url()),
+        ("AUCTION_SIMULATE", "false".to_owned()),
+    ];
+    let bidder = ServiceProcess::start("bidder", &env);
+    let edge = ServiceProcess::start("sse-edge", &env);
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/auctions", bidder.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"id":"tls","title":"Safe","starting_price":100,"min_increment":10,"duration_ms":600000}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let stream = http
+        .get(format!("{}/auctions/tls/events", edge.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut events = stream.bytes_stream().eventsource();
+    assert_eq!(events.next().await.unwrap().unwrap().event, "init");
+    let placed = http
+        .post(format!("{}/auctions/tls/bids", bidder.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"amount":100,"bidder":"secure"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 201);
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.event, "bid");
+    assert!(event.data.contains("\"bidder\":\"secure\""));
+    assert_eq!(
+        redis.stream("tls").len(),
+        1,
+        "the stream is read over TLS too"
+    );
+}
