@@ -1,6 +1,7 @@
 //! The replica's one subscription path: Redis pub/sub → per-auction feeds.
 
 use crate::codec::{Codec, Item, placed_at_ms};
+use crate::recent::{Encoded, Recent};
 use auction_domain::{AuctionId, EventId};
 use event_log::{EventLog, Notice, RedisTarget, StoredEvent};
 use futures_util::StreamExt;
@@ -44,6 +45,21 @@ pub enum JoinError {
 struct FeedHandle<F> {
     tx: broadcast::Sender<Item<F>>,
     live: watch::Receiver<bool>,
+    recent: Arc<Mutex<Recent<F>>>,
+}
+
+/// A client's place in an auction's feed (see [`Hub::join`]).
+pub struct Joined<F> {
+    pub rx: broadcast::Receiver<Item<F>>,
+    recent: Arc<Mutex<Recent<F>>>,
+}
+
+impl<F: Clone> Joined<F> {
+    /// The events after `id` that this replica published recently, if it
+    /// can tell what they are; `None`: ask the stream.
+    pub fn recent_after(&self, id: EventId) -> Option<Vec<Encoded<F>>> {
+        lock(&self.recent).after(id)
+    }
 }
 
 struct Shared<C: Codec> {
@@ -73,6 +89,7 @@ struct Watch<F> {
     auction: AuctionId,
     tx: broadcast::Sender<Item<F>>,
     live: watch::Sender<bool>,
+    recent: Arc<Mutex<Recent<F>>>,
 }
 
 impl<C: Codec> Hub<C> {
@@ -146,26 +163,35 @@ impl<C: Codec> Hub<C> {
         self.shared.connected.load(Ordering::Relaxed)
     }
 
+    /// Whether this replica watches `auction` already (so it exists).
+    pub fn watches(&self, auction: &AuctionId) -> bool {
+        lock(&self.shared.feeds).contains_key(auction)
+    }
+
     /// Attaches a receiver to the auction's feed, starting the feed if
     /// needed, and waits until the feed is live: from then on, every event
     /// appended to the stream after the feed's starting point reaches the
-    /// receiver, in order. The caller reads anything older from the stream.
+    /// receiver, in order. The caller reads anything older from the feed's
+    /// recent events or from the stream.
     pub async fn join(
         &self,
         auction: &AuctionId,
         wait: Duration,
-    ) -> Result<broadcast::Receiver<Item<C::Frame>>, JoinError> {
-        let (rx, mut live) = {
+    ) -> Result<Joined<C::Frame>, JoinError> {
+        let (rx, mut live, recent) = {
             let mut feeds = lock(&self.shared.feeds);
             match feeds.get(auction) {
-                Some(feed) => (feed.tx.subscribe(), feed.live.clone()),
+                Some(feed) => (feed.tx.subscribe(), feed.live.clone(), feed.recent.clone()),
                 None => {
                     let (tx, rx) = broadcast::channel(self.shared.config.queue_capacity);
                     let (live_tx, live_rx) = watch::channel(false);
+                    let recent =
+                        Arc::new(Mutex::new(Recent::new(self.shared.config.queue_capacity)));
                     let request = Watch {
                         auction: auction.clone(),
                         tx: tx.clone(),
                         live: live_tx,
+                        recent: recent.clone(),
                     };
                     self.shared
                         .commands
@@ -176,14 +202,15 @@ impl<C: Codec> Hub<C> {
                         FeedHandle {
                             tx,
                             live: live_rx.clone(),
+                            recent: recent.clone(),
                         },
                     );
-                    (rx, live_rx)
+                    (rx, live_rx, recent)
                 }
             }
         };
         match tokio::time::timeout(wait, live.wait_for(|live| *live)).await {
-            Ok(Ok(_)) => Ok(rx),
+            Ok(Ok(_)) => Ok(Joined { rx, recent }),
             _ => Err(JoinError::Unavailable),
         }
     }
@@ -205,6 +232,7 @@ struct Cursor<F> {
     channel: String,
     tx: broadcast::Sender<Item<F>>,
     live: watch::Sender<bool>,
+    recent: Arc<Mutex<Recent<F>>>,
     /// The newest event published to the feed. Only meaningful once live.
     last: EventId,
     idle_since: Option<Instant>,
@@ -344,6 +372,7 @@ impl<C: Codec> Subscriber<C> {
                 channel: channel.clone(),
                 tx: request.tx,
                 live: request.live,
+                recent: request.recent,
                 last: EventId::ZERO,
                 idle_since: None,
             },
@@ -402,6 +431,9 @@ impl<C: Codec> Subscriber<C> {
                 // The events in between were trimmed from the stream: this
                 // feed's clients must start over.
                 tracing::warn!(%auction, %after, "events lost beyond retention; resetting clients");
+                // Cleared first: a client that resumes once reset must not
+                // be served events from before the hole.
+                lock(&cursor.recent).clear();
                 let _ = cursor.tx.send(Item::Reset);
             }
             for event in &batch {
@@ -469,10 +501,15 @@ fn publish<C: Codec>(
     });
     let _entered = span.as_ref().map(tracing::Span::enter);
     let frame = codec.event(auction, event);
+    let placed_at_ms = placed_at_ms(&event.data);
+    // Recorded before it is sent: a client joins the ring first and reads
+    // the recent events after, so every event is in one or both (the
+    // client drops ids it has sent already).
+    lock(&cursor.recent).push(event.prev, (event.id, placed_at_ms, frame.clone()));
     // No receivers is fine: the feed may be idle, waiting to be swept.
     let _ = cursor.tx.send(Item::Event {
         id: event.id,
-        placed_at_ms: placed_at_ms(&event.data),
+        placed_at_ms,
         frame,
     });
     cursor.last = event.id;

@@ -2,14 +2,16 @@
 //!
 //! 1. Join the auction's feed first, so nothing published from now on is
 //!    missed.
-//! 2. A resume id the stream can still serve: replay everything after it
-//!    from the stream ([`CatchUp`]). Anything else (none, garbled, empty, in
-//!    the future, older than retention): an `init` snapshot, `reset: true`
-//!    unless no id was given.
+//! 2. A resume id the feed published recently: replay what followed it
+//!    from memory. Else a resume id the stream can still serve: replay
+//!    everything after it from the stream ([`CatchUp`]). Anything else
+//!    (none, garbled, empty, in the future, older than retention): an `init`
+//!    snapshot, `reset: true` unless no id was given.
 //! 3. Go live, dropping feed events at or below the last id sent.
 
 use crate::codec::{Codec, Item};
 use crate::hub::{Hub, JoinError};
+use crate::recent::Encoded;
 use auction_domain::{AuctionId, EventId, EventKind};
 use event_log::{LogError, Snapshot};
 use std::time::Duration;
@@ -75,8 +77,8 @@ pub enum Start<F> {
         last: EventId,
         reset: bool,
     },
-    /// Replay the stream after the client's id, then go live.
-    Replay(CatchUp),
+    /// Replay the events after the client's id, then go live.
+    Replay(CatchUp<F>),
 }
 
 pub struct Opening<F> {
@@ -85,23 +87,38 @@ pub struct Opening<F> {
 }
 
 /// Joins the feed and decides how the client starts (steps 1 and 2).
+/// `NotFound` for an auction that does not exist.
 pub async fn open<C: Codec>(
     hub: &Hub<C>,
     auction: &AuctionId,
     resume: Resume,
     join_wait: Duration,
 ) -> Result<Opening<C::Frame>, OpenError> {
-    let feed = hub.join(auction, join_wait).await?;
-    if let Resume::From(id) = resume
-        && hub.log().window(auction).await?.can_resume_from(id)
-    {
-        return Ok(Opening {
-            feed,
-            start: Start::Replay(CatchUp::new(auction.clone(), id)),
-        });
+    // A watched auction exists (auctions are never deleted): a resume
+    // served from memory costs no Redis round trip at all.
+    if !hub.watches(auction) && !hub.log().exists(auction).await? {
+        return Err(OpenError::NotFound);
+    }
+    let joined = hub.join(auction, join_wait).await?;
+    if let Resume::From(id) = resume {
+        if let Some(events) = joined.recent_after(id) {
+            return Ok(Opening {
+                feed: joined.rx,
+                start: Start::Replay(CatchUp::from_memory(auction.clone(), id, events)),
+            });
+        }
+        if hub.log().window(auction).await?.can_resume_from(id) {
+            return Ok(Opening {
+                feed: joined.rx,
+                start: Start::Replay(CatchUp::new(auction.clone(), id)),
+            });
+        }
     }
     let start = init(hub, auction, resume != Resume::Fresh).await?;
-    Ok(Opening { feed, start })
+    Ok(Opening {
+        feed: joined.rx,
+        start,
+    })
 }
 
 /// A fresh `init` for `auction`.
@@ -149,11 +166,14 @@ pub fn init_json(snapshot: &Snapshot, reset: bool) -> String {
     json
 }
 
-/// Replays an auction's stream after a client's id, in batches.
+/// Replays the events after a client's id: the feed's recent events
+/// (already encoded, shared), or the stream in batches.
 #[derive(Debug)]
-pub struct CatchUp {
+pub struct CatchUp<F> {
     auction: AuctionId,
     after: EventId,
+    /// Served from memory: everything up to the feed's newest event.
+    memory: Option<Vec<Encoded<F>>>,
     done: bool,
 }
 
@@ -165,11 +185,24 @@ pub enum CatchUpError {
     Unavailable,
 }
 
-impl CatchUp {
-    pub fn new(auction: AuctionId, after: EventId) -> CatchUp {
+impl<F> CatchUp<F> {
+    /// Reads the stream after `after`.
+    pub fn new(auction: AuctionId, after: EventId) -> CatchUp<F> {
         CatchUp {
             auction,
             after,
+            memory: None,
+            done: false,
+        }
+    }
+
+    /// Replays `events` (everything the feed published after `after`); the
+    /// rest reaches the client through the feed.
+    pub fn from_memory(auction: AuctionId, after: EventId, events: Vec<Encoded<F>>) -> CatchUp<F> {
+        CatchUp {
+            auction,
+            after,
+            memory: Some(events),
             done: false,
         }
     }
@@ -181,12 +214,20 @@ impl CatchUp {
 
     /// Appends the next batch of encoded events to `out`. Returns `false`
     /// once the stream has nothing more: the client is caught up.
-    pub async fn next_batch<C: Codec>(
+    pub async fn next_batch<C: Codec<Frame = F>>(
         &mut self,
         hub: &Hub<C>,
-        out: &mut Vec<(EventId, u64, C::Frame)>,
+        out: &mut Vec<Encoded<F>>,
     ) -> Result<bool, CatchUpError> {
         if self.done {
+            return Ok(false);
+        }
+        if let Some(events) = self.memory.take() {
+            self.done = true;
+            if let Some((last, _, _)) = events.last() {
+                self.after = *last;
+            }
+            out.extend(events);
             return Ok(false);
         }
         let events = hub

@@ -94,24 +94,11 @@ impl FastPath for SseEndpoint {
                 Some(1),
             )
         };
-        match self.hub.log().exists(&auction).await {
-            Ok(true) => {}
-            Ok(false) => {
-                let body = refuse(
-                    404,
-                    "Not Found",
-                    "not_found",
-                    &format!("no auction with id {raw_id:?}"),
-                    None,
-                );
-                return finish(stream, &body).await;
-            }
-            Err(_) => return finish(stream, &unavailable()).await,
-        }
         let opening = match fanout::open(&self.hub, &auction, resume, JOIN_WAIT).await {
             Ok(opening) => opening,
             Err(OpenError::NotFound) => {
-                let body = refuse(404, "Not Found", "not_found", "no such auction", None);
+                let message = format!("no auction with id {raw_id:?}");
+                let body = refuse(404, "Not Found", "not_found", &message, None);
                 return finish(stream, &body).await;
             }
             Err(_) => return finish(stream, &unavailable()).await,

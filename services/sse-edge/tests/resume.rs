@@ -1,5 +1,6 @@
 //! Resuming without gaps or duplicates: across replicas, across a Redis
-//! restart, after a slow-client disconnect, and through a drain.
+//! restart, after a slow-client disconnect, through a drain, and from the
+//! replica's memory while Redis does not answer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -265,4 +266,65 @@ async fn sigterm_drains_500_clients_who_resume_on_another_replica() {
         );
         assert_exact(&redis, "drain", &seen);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recent_resume_is_served_from_memory_while_redis_hangs() {
+    let redis = RedisServer::start();
+    let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "mem", 20));
+    redis.wait_for_more("mem", "0-0", 1);
+    let edge = start_edge(&redis, &[]);
+    let edges = vec![edge.url()];
+
+    // A keeps the auction's feed busy and tells how far the feed has got.
+    let a_last: Arc<Mutex<Option<String>>> = Arc::default();
+    let stop_a = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (edges, a_last, stop_a) = (edges.clone(), a_last.clone(), stop_a.clone());
+        tokio::spawn(async move {
+            follow(&edges, "mem", Duration::from_secs(60), |seen| {
+                *a_last.lock().unwrap() = seen.last.clone();
+                stop_a.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .await
+        })
+    };
+    // B reads a few events and hangs up.
+    let before = follow(&edges, "mem", Duration::from_secs(20), |seen| {
+        seen.ids.len() >= 3
+    })
+    .await;
+    let b_last = before.last.clone().unwrap();
+    // The feed moves on; then Redis stops answering.
+    let head = tokio::task::block_in_place(|| {
+        let target = redis.wait_for_more("mem", &b_last, 5);
+        wait_for("A to reach the target", Duration::from_secs(10), || {
+            let last = a_last.lock().unwrap().clone()?;
+            (test_support::id_pair(&last) >= test_support::id_pair(&target)).then_some(last)
+        })
+    });
+    redis.pause();
+    let resumed = common::follow_from(
+        &edges,
+        "mem",
+        Some(b_last.clone()),
+        Duration::from_secs(10),
+        |seen| seen.has_reached(&head),
+    )
+    .await;
+    redis.unpause();
+    stop_a.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.await.unwrap();
+
+    assert!(
+        resumed.refusals.is_empty() && resumed.inits.is_empty(),
+        "replayed, not refused or reset: {resumed:?}"
+    );
+    assert!(resumed.has_reached(&head), "{resumed:?}");
+    let last = resumed.last.clone().unwrap();
+    assert_eq!(
+        resumed.ids,
+        redis.stream_ids_between("mem", &b_last, &last),
+        "exactly the events after B's id"
+    );
 }

@@ -572,14 +572,6 @@ impl<'a> Session<'a> {
             )
             .to_json()
         };
-        match hub.log().exists(&id).await {
-            Ok(true) => {}
-            Ok(false) => {
-                let message = format!("no auction with id {auction:?}");
-                return Ok(Some(Refusal::new(None, "not_found", message).to_json()));
-            }
-            Err(_) => return Ok(Some(unavailable())),
-        }
         let resume = match &last_id {
             LastId::Absent => Resume::Fresh,
             LastId::Text(text) => Resume::parse(Some(text.as_bytes())),
@@ -588,9 +580,8 @@ impl<'a> Session<'a> {
         let opening = match fanout::open(hub, &id, resume, JOIN_WAIT).await {
             Ok(opening) => opening,
             Err(OpenError::NotFound) => {
-                return Ok(Some(
-                    Refusal::new(None, "not_found", "no such auction").to_json(),
-                ));
+                let message = format!("no auction with id {auction:?}");
+                return Ok(Some(Refusal::new(None, "not_found", message).to_json()));
             }
             Err(_) => return Ok(Some(unavailable())),
         };
