@@ -1,20 +1,32 @@
-//! Fan-out and idle-connection scenarios against an sse-edge or a ws-edge.
+//! Fan-out scenarios against an SSE or WebSocket server: ours or nchan.
 //!
-//! Events are appended straight into Redis through the same atomic script
-//! the bidder uses, so the figures are the edge's: the send time of event
-//! `k` is taken just before its append, and a client that receives the bid
-//! with amount `base + k` records `now - send_time[k]`.
+//! `clients` clients are spread evenly over `auctions` auctions (client `i`
+//! watches auction `i % auctions`); event `k` is a bid of amount `BASE + k`
+//! on auction `k % auctions`. The send time of event `k` is taken just
+//! before it is published, and a client that receives amount `BASE + k`
+//! records `now - send_time[k]`, so latency, missing and duplicated events
+//! are exact per client.
+//!
+//! One runner covers every scenario of the benchmark:
+//! - idle: `--events 0`, RSS per connection;
+//! - fan-out: one auction, events at full speed or at `--rate`;
+//! - churn: `--churn-every K`, each client disconnects after every K events
+//!   and resumes from its last id, so the server's resume path is under
+//!   load while events flow;
+//! - many auctions: `--auctions A`, one subscription per auction.
 
 use crate::proc_stats::{cpu_seconds, rss_bytes};
+use crate::target::{NCHAN_WS_PROTOCOL, Publisher, System, Target, Transport};
+use crate::wire::{client_frame, field_number, find, line_value, server_frame};
 use crate::{Args, ensure_loopback};
-use auction_domain::{AuctionId, BidSource, BidderName};
-use event_log::{AuctionSpec, EventLog, connect_manager, parse_redis_url};
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// Amount of the first event; event `k` has amount `BASE + k`.
 const BASE: u64 = 1_000;
@@ -25,74 +37,108 @@ struct Shared {
     sent_at: Vec<AtomicU64>,
     connected: AtomicUsize,
     events: usize,
+    auctions: usize,
+    /// Disconnect and resume after this many events (0: never).
+    churn_every: usize,
+    deadline: Instant,
+}
+
+/// What one client watches.
+struct Watch {
+    target: Target,
+    auction: String,
+    /// The auction's index: this client expects events `k` with
+    /// `k % auctions == index`.
+    index: usize,
+    /// How many events that is.
+    expected: usize,
 }
 
 struct ClientResult {
     received: usize,
     duplicates: usize,
+    /// Connections the server closed (slow consumer, drain), each resumed.
     reconnects: usize,
+    /// Connections this client closed on purpose (churn), each resumed.
+    churn_resumes: usize,
     latencies: Histogram<u64>,
     last_delivery: Option<Instant>,
+    /// `seen[k / auctions]`: event k arrived.
+    seen: Vec<bool>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Sse,
-    Ws,
+/// The processes of the server under test: their CPU and RSS are summed
+/// (nginx runs a master and workers).
+struct Server(Vec<u32>);
+
+impl Server {
+    fn cpu_seconds(&self) -> Option<f64> {
+        self.0.iter().map(|pid| cpu_seconds(*pid)).sum()
+    }
+    fn rss_bytes(&self) -> Option<u64> {
+        self.0.iter().map(|pid| rss_bytes(*pid)).sum()
+    }
 }
 
 pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
-    let edge = args.text("edge", "http://127.0.0.1:8081");
-    let redis_url = args.text("redis", "redis://127.0.0.1:6379");
-    ensure_loopback(&edge)?;
-    ensure_loopback(&redis_url)?;
+    let system = System::parse(&args.text("system", "ours"))?;
+    let server_url = args.text("server", &args.text("edge", "http://127.0.0.1:8081"));
+    ensure_loopback(&server_url)?;
     let clients: usize = args.get("clients", 1000)?;
+    let auction_count: usize = args.get("auctions", 1)?;
     let events: usize = args.get("events", 1000)?;
     let rate: f64 = args.get("rate", 0.0)?; // events per second; 0 = as fast as possible
-    let edge_pid: Option<u32> = args.0.get("edge-pid").and_then(|p| p.parse().ok());
+    let churn_every: usize = args.get("churn-every", 0)?;
     let settle_ms: u64 = args.get("settle-ms", 2000)?;
-    let addr = edge
+    let timeout_s: u64 = args.get("timeout-s", 120)?;
+    let server = Server(args.list("pids", &args.text("edge-pid", ""))?);
+    if auction_count == 0 || clients < auction_count {
+        return Err("--auctions must be between 1 and --clients".into());
+    }
+    let addr = server_url
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_owned();
 
-    let target = parse_redis_url(&redis_url)?;
-    let log = EventLog::new(
-        connect_manager(&target, || {}).map_err(|e| e.to_string())?,
-        100_000,
-    );
-    let auction =
-        AuctionId::parse(&format!("bench-{}", std::process::id())).map_err(|e| e.message)?;
-    log.create(&AuctionSpec {
-        id: auction.clone(),
-        title: "benchmark".into(),
-        starting_price: 1,
-        min_increment: 1,
-        duration_ms: 3_600_000,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let publisher = match system {
+        System::Ours => {
+            let redis_url = args.text("redis", "redis://127.0.0.1:6379");
+            ensure_loopback(&redis_url)?;
+            Publisher::ours(&redis_url)?
+        }
+        System::Nchan => Publisher::nchan(&server_url, transport)?,
+    };
+    let run_id = std::process::id();
+    let auctions: Vec<String> = (0..auction_count)
+        .map(|index| format!("bench-{run_id}-{index}"))
+        .collect();
+    publisher.prepare(&auctions).await?;
 
-    let rss_before = edge_pid.and_then(rss_bytes);
+    let rss_before = server.rss_bytes();
     let shared = Arc::new(Shared {
         start: Instant::now(),
         sent_at: (0..events).map(|_| AtomicU64::new(0)).collect(),
         connected: AtomicUsize::new(0),
         events,
+        auctions: auction_count,
+        churn_every,
+        deadline: Instant::now() + Duration::from_secs(timeout_s),
     });
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let target = Target { system, addr };
     let mut tasks = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for client in 0..clients {
+        let index = client % auction_count;
+        let watch = Watch {
+            target: target.clone(),
+            auction: auctions[index].clone(),
+            index,
+            expected: events / auction_count + usize::from(index < events % auction_count),
+        };
         let shared = shared.clone();
-        let addr = addr.clone();
-        let auction = auction.clone();
         tasks.push(tokio::spawn(async move {
             match transport {
-                Transport::Sse => {
-                    let path = format!("/auctions/{auction}/events");
-                    sse_client(&addr, &path, &shared, deadline).await
-                }
-                Transport::Ws => ws_client(&addr, auction.as_str(), &shared, deadline).await,
+                Transport::Sse => sse_client(&watch, &shared).await,
+                Transport::Ws => ws_client(&watch, &shared).await,
             }
         }));
         // Pace the connects a little so the accept queue never overflows.
@@ -101,7 +147,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         }
     }
     while shared.connected.load(Ordering::Relaxed) < clients {
-        if Instant::now() > deadline {
+        if Instant::now() > shared.deadline {
             return Err(format!(
                 "only {} of {clients} clients connected",
                 shared.connected.load(Ordering::Relaxed)
@@ -110,20 +156,29 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(settle_ms)).await;
-    let rss_connected = edge_pid.and_then(rss_bytes);
-    let name = if transport == Transport::Sse {
-        "sse"
-    } else {
-        "ws"
-    };
-    let kind = if events == 0 { "idle" } else { "fan-out" };
-    println!("scenario              {name} {kind}");
+    let rss_connected = server.rss_bytes();
+    println!(
+        "scenario              {} {} {}",
+        system.name(),
+        if transport == Transport::Sse {
+            "sse"
+        } else {
+            "ws"
+        },
+        match (events, churn_every, auction_count) {
+            (0, _, _) => "idle",
+            (_, 0, 1) => "fan-out",
+            (_, 0, _) => "many-auctions",
+            _ => "churn",
+        }
+    );
     println!("clients               {clients}");
+    println!("auctions              {auction_count}");
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
-        println!("edge_rss_mib          {:.1}", after as f64 / 1048576.0);
+        println!("server_rss_mib        {:.1}", after as f64 / 1048576.0);
         println!(
             "rss_per_conn_kib      {:.2}",
-            after.saturating_sub(before) as f64 / 1024.0 / clients.max(1) as f64
+            after.saturating_sub(before) as f64 / 1024.0 / clients as f64
         );
     }
     if events == 0 {
@@ -133,8 +188,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         return Ok(());
     }
 
-    let cpu_before = edge_pid.and_then(cpu_seconds);
-    let bidder = BidderName::parse("bench").map_err(|e| e.message)?;
+    let cpu_before = server.cpu_seconds();
     let publish_started = Instant::now();
     for k in 0..events {
         if rate > 0.0 {
@@ -143,91 +197,149 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         }
         let sent = shared.start.elapsed().as_nanos() as u64;
         shared.sent_at[k].store(sent.max(1), Ordering::Relaxed);
-        log.place_bid(
-            &auction,
-            BASE + k as u64,
-            &bidder,
-            BidSource::Simulated,
-            None,
-            None,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        publisher
+            .publish(&auctions[k % auction_count], BASE + k as u64)
+            .await?;
     }
     let publish_elapsed = publish_started.elapsed();
 
     let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let (mut received, mut missing, mut duplicates, mut reconnects) =
-        (0usize, 0usize, 0usize, 0usize);
+    let mut total = ClientResult::new(0);
+    let mut missing = 0usize;
+    let mut expected = 0usize;
     let mut last_delivery = publish_started;
-    for task in tasks {
+    for (client, task) in tasks.into_iter().enumerate() {
         let result = task.await.map_err(|e| e.to_string())?;
-        received += result.received;
-        missing += events - result.received.min(events);
-        duplicates += result.duplicates;
-        reconnects += result.reconnects;
+        let watched = result.seen.len();
+        expected += watched;
+        missing += watched - result.received.min(watched);
+        total.received += result.received;
+        total.duplicates += result.duplicates;
+        total.reconnects += result.reconnects;
+        total.churn_resumes += result.churn_resumes;
         latencies
             .add(&result.latencies)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("client {client}: {e}"))?;
         if let Some(at) = result.last_delivery {
             last_delivery = last_delivery.max(at);
         }
     }
-    let cpu = match (cpu_before, edge_pid.and_then(cpu_seconds)) {
+    let cpu = match (cpu_before, server.cpu_seconds()) {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
-    let elapsed = last_delivery.duration_since(publish_started).as_secs_f64();
+    let elapsed = last_delivery
+        .duration_since(publish_started)
+        .as_secs_f64()
+        .max(1e-9);
+    let ms = |quantile: f64| latencies.value_at_quantile(quantile) as f64 / 1e6;
     println!("events                {events}");
     println!(
         "publish_rate_per_s    {:.0}",
         events as f64 / publish_elapsed.as_secs_f64()
     );
-    println!("deliveries            {received}");
+    println!("expected_deliveries   {expected}");
+    println!("deliveries            {}", total.received);
     println!(
         "deliveries_per_s      {:.0}",
-        received as f64 / elapsed.max(1e-9)
+        total.received as f64 / elapsed
     );
-    println!(
-        "latency_p50_ms        {:.3}",
-        latencies.value_at_quantile(0.50) as f64 / 1e6
-    );
-    println!(
-        "latency_p99_ms        {:.3}",
-        latencies.value_at_quantile(0.99) as f64 / 1e6
-    );
-    println!(
-        "latency_p999_ms       {:.3}",
-        latencies.value_at_quantile(0.999) as f64 / 1e6
-    );
+    println!("latency_p50_ms        {:.3}", ms(0.50));
+    println!("latency_p99_ms        {:.3}", ms(0.99));
+    println!("latency_p999_ms       {:.3}", ms(0.999));
     println!("latency_max_ms        {:.3}", latencies.max() as f64 / 1e6);
     println!("missing               {missing}");
-    println!("duplicates            {duplicates}");
-    println!("reconnects            {reconnects}");
-    if let Some(cpu) = cpu {
-        println!("edge_cpu_s            {cpu:.2}");
+    println!("duplicates            {}", total.duplicates);
+    println!("reconnects            {}", total.reconnects);
+    if churn_every > 0 {
+        println!("churn_resumes         {}", total.churn_resumes);
         println!(
-            "edge_cpu_s_per_1m     {:.2}",
-            cpu / (received.max(1) as f64) * 1e6
+            "resumes_per_s         {:.0}",
+            total.churn_resumes as f64 / elapsed
         );
     }
-    if let Some(rss) = edge_pid.and_then(rss_bytes) {
-        println!("edge_rss_after_mib    {:.1}", rss as f64 / 1048576.0);
+    if let Some(cpu) = cpu {
+        println!("server_cpu_s          {cpu:.2}");
+        println!(
+            "server_cpu_s_per_1m   {:.2}",
+            cpu / (total.received.max(1) as f64) * 1e6
+        );
+        println!(
+            "deliveries_per_cpu_s  {:.0}",
+            total.received as f64 / cpu.max(1e-9)
+        );
+    }
+    if let Some(rss) = server.rss_bytes() {
+        println!("server_rss_after_mib  {:.1}", rss as f64 / 1048576.0);
     }
     Ok(())
 }
 
-/// One SSE client on a raw socket: counts events by amount, reconnects with
-/// Last-Event-ID if the edge closes it, stops when all events arrived or at
-/// the deadline.
-async fn sse_client(addr: &str, path: &str, shared: &Shared, deadline: Instant) -> ClientResult {
-    let mut result = ClientResult::new();
-    let mut seen = vec![false; shared.events];
+impl ClientResult {
+    fn new(expected: usize) -> ClientResult {
+        ClientResult {
+            received: 0,
+            duplicates: 0,
+            reconnects: 0,
+            churn_resumes: 0,
+            latencies: Histogram::new(3)
+                .unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
+            last_delivery: None,
+            seen: vec![false; expected],
+        }
+    }
+
+    fn done(&self, shared: &Shared) -> bool {
+        shared.events > 0 && self.received >= self.seen.len()
+    }
+
+    /// Counts the bid with `amount`, received at `now`.
+    fn record(&mut self, shared: &Shared, watch: &Watch, amount: u64, now: Instant) {
+        let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else {
+            return;
+        };
+        if k >= shared.events || k % shared.auctions != watch.index {
+            return;
+        }
+        let slot = k / shared.auctions;
+        if self.seen[slot] {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[slot] = true;
+        self.received += 1;
+        let sent = shared.sent_at[k].load(Ordering::Relaxed);
+        if sent > 0 {
+            let now_ns = now.duration_since(shared.start).as_nanos() as u64;
+            let _ = self.latencies.record(now_ns.saturating_sub(sent));
+        }
+        self.last_delivery = Some(now);
+    }
+}
+
+/// Why a client's connection ended.
+enum Ended {
+    /// Every expected event arrived (or the deadline passed).
+    Done,
+    /// The client hung up on purpose to resume (churn).
+    Churn,
+    /// The server closed it, or it failed.
+    Dropped,
+}
+
+/// One SSE client on a raw socket: counts events by amount, resumes with
+/// Last-Event-ID after every disconnect, stops when every expected event
+/// arrived or at the deadline.
+async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
+    let mut result = ClientResult::new(watch.expected);
     let mut last_id = String::new();
     let mut counted_connect = false;
-    let mut buffer = Vec::with_capacity(if shared.events > 0 { 16 * 1024 } else { 0 });
-    while Instant::now() < deadline && result.received < shared.events.max(1) {
-        let Ok(mut stream) = TcpStream::connect(addr).await else {
+    let reading = shared.events > 0;
+    let mut buffer = Vec::with_capacity(if reading { 16 * 1024 } else { 0 });
+    let mut chunk = vec![0u8; if reading { 16 * 1024 } else { 256 }];
+    let path = watch.target.sse_path(&watch.auction);
+    while Instant::now() < shared.deadline && !result.done(shared) {
+        let Ok(mut stream) = TcpStream::connect(&watch.target.addr).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -236,7 +348,10 @@ async fn sse_client(addr: &str, path: &str, shared: &Shared, deadline: Instant) 
         } else {
             format!("Last-Event-ID: {last_id}\r\n")
         };
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{resume}\r\n");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{resume}\r\n",
+            watch.target.addr
+        );
         if stream.write_all(request.as_bytes()).await.is_err() {
             continue;
         }
@@ -245,117 +360,95 @@ async fn sse_client(addr: &str, path: &str, shared: &Shared, deadline: Instant) 
             shared.connected.fetch_add(1, Ordering::Relaxed);
         }
         buffer.clear();
-        let mut chunk = vec![0u8; if shared.events > 0 { 16 * 1024 } else { 256 }];
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut this_connection = 0;
+        let ended = 'read: loop {
+            let remaining = shared.deadline.saturating_duration_since(Instant::now());
             let read = match tokio::time::timeout(remaining, stream.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(0)) | Ok(Err(_)) => break Ended::Dropped,
+                Err(_) => break Ended::Done,
                 Ok(Ok(read)) => read,
             };
-            if shared.events == 0 {
+            if !reading {
                 continue; // idle scenario: keep the connection, ignore keepalives
             }
             buffer.extend_from_slice(&chunk[..read]);
             let now = Instant::now();
-            let now_ns = now.duration_since(shared.start).as_nanos() as u64;
             // Consume complete messages (terminated by a blank line).
             let mut consumed = 0;
             while let Some(end) = find(&buffer[consumed..], b"\n\n") {
                 let message = &buffer[consumed..consumed + end];
                 consumed += end + 2;
+                // A bid is an `event: bid`, or an unnamed message (nchan
+                // names it only when asked; our `init` is named).
+                let event = line_value(message, b"event: ");
+                if event.is_some_and(|name| name != b"bid") {
+                    continue;
+                }
                 let Some(amount) = field_number(message, b"\"amount\":") else {
                     continue;
                 };
                 if let Some(id) = line_value(message, b"id: ") {
                     last_id = String::from_utf8_lossy(id).into_owned();
                 }
-                if !message.windows(10).any(|w| w == b"event: bid") {
-                    continue;
+                let before = result.received;
+                result.record(shared, watch, amount, now);
+                this_connection += result.received - before;
+                if result.done(shared) {
+                    break 'read Ended::Done;
                 }
-                result.record(shared, &mut seen, amount, now, now_ns);
+                if shared.churn_every > 0 && this_connection >= shared.churn_every {
+                    break 'read Ended::Churn;
+                }
             }
             buffer.drain(..consumed);
-            if result.received >= shared.events {
-                return result;
-            }
+        };
+        match ended {
+            Ended::Done => break,
+            Ended::Churn => result.churn_resumes += 1,
+            Ended::Dropped if !reading => break,
+            Ended::Dropped => result.reconnects += 1,
         }
-        if shared.events == 0 {
-            return result;
-        }
-        result.reconnects += 1;
     }
     result
-}
-
-impl ClientResult {
-    fn new() -> ClientResult {
-        ClientResult {
-            received: 0,
-            duplicates: 0,
-            reconnects: 0,
-            latencies: Histogram::new(3)
-                .unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
-            last_delivery: None,
-        }
-    }
-
-    /// Counts the bid with `amount`, received at `now`.
-    fn record(
-        &mut self,
-        shared: &Shared,
-        seen: &mut [bool],
-        amount: u64,
-        now: Instant,
-        now_ns: u64,
-    ) {
-        let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else {
-            return;
-        };
-        if k >= shared.events {
-            return;
-        }
-        if seen[k] {
-            self.duplicates += 1;
-            return;
-        }
-        seen[k] = true;
-        self.received += 1;
-        let sent = shared.sent_at[k].load(Ordering::Relaxed);
-        if sent > 0 {
-            let _ = self.latencies.record(now_ns.saturating_sub(sent));
-        }
-        self.last_delivery = Some(now);
-    }
 }
 
 /// One WebSocket client: handshake with tokio-tungstenite, then frames are
 /// read off the raw socket (as cheaply as the SSE client reads its stream,
 /// so both transports are measured with the same client cost). Subscribes,
-/// resubscribing with `last_id` after a disconnect, and counts bids.
-async fn ws_client(addr: &str, auction: &str, shared: &Shared, deadline: Instant) -> ClientResult {
-    let mut result = ClientResult::new();
-    let mut seen = vec![false; shared.events];
+/// resubscribing with its last id after a disconnect, and counts bids.
+async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
+    let mut result = ClientResult::new(watch.expected);
     let mut last_id = String::new();
     let mut counted_connect = false;
+    let reading = shared.events > 0;
     let mut buffer: Vec<u8> = Vec::new();
-    while Instant::now() < deadline && result.received < shared.events.max(1) {
-        let url = format!("ws://{addr}/ws");
-        let Ok((ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+    let mut chunk = vec![0u8; if reading { 16 * 1024 } else { 256 }];
+    while Instant::now() < shared.deadline && !result.done(shared) {
+        let Ok(mut request) = watch
+            .target
+            .ws_url(&watch.auction, &last_id)
+            .into_client_request()
+        else {
+            return result;
+        };
+        if watch.target.system == System::Nchan {
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static(NCHAN_WS_PROTOCOL),
+            );
+        }
+        let Ok((ws, _)) = tokio_tungstenite::connect_async(request).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let tokio_tungstenite::MaybeTlsStream::Plain(mut stream) = ws.into_inner() else {
             return result;
         };
-        let subscribe = if last_id.is_empty() {
-            format!(r#"{{"type":"subscribe","auction":"{auction}"}}"#)
-        } else {
-            format!(r#"{{"type":"subscribe","auction":"{auction}","last_id":"{last_id}"}}"#)
-        };
-        if stream
-            .write_all(&client_frame(0x1, subscribe.as_bytes()))
-            .await
-            .is_err()
+        if let Some(subscribe) = watch.target.ws_subscribe(&watch.auction, &last_id)
+            && stream
+                .write_all(&client_frame(0x1, subscribe.as_bytes()))
+                .await
+                .is_err()
         {
             continue;
         }
@@ -364,119 +457,59 @@ async fn ws_client(addr: &str, auction: &str, shared: &Shared, deadline: Instant
             shared.connected.fetch_add(1, Ordering::Relaxed);
         }
         buffer.clear();
-        let mut chunk = vec![0u8; if shared.events > 0 { 16 * 1024 } else { 256 }];
-        'read: loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut this_connection = 0;
+        let ended = 'read: loop {
+            let remaining = shared.deadline.saturating_duration_since(Instant::now());
             let read = match tokio::time::timeout(remaining, stream.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(0)) | Ok(Err(_)) => break Ended::Dropped,
+                Err(_) => break Ended::Done,
                 Ok(Ok(read)) => read,
             };
             buffer.extend_from_slice(&chunk[..read]);
             let now = Instant::now();
-            let now_ns = now.duration_since(shared.start).as_nanos() as u64;
             let mut consumed = 0;
             while let Some((opcode, start, end)) = server_frame(&buffer[consumed..]) {
                 let payload = &buffer[consumed + start..consumed + end];
                 consumed += end;
                 match opcode {
                     0x1 => {
-                        if let Some(id) = field_text(payload, b"\"id\":\"") {
+                        if find(payload, b"{\"type\":\"bid\"").is_none() {
+                            continue;
+                        }
+                        if let Some(id) = watch.target.ws_event_id(payload) {
                             last_id = String::from_utf8_lossy(id).into_owned();
                         }
-                        if payload.starts_with(b"{\"type\":\"bid\"")
-                            && let Some(amount) = field_number(payload, b"\"amount\":")
-                        {
-                            result.record(shared, &mut seen, amount, now, now_ns);
+                        let Some(amount) = field_number(payload, b"\"amount\":") else {
+                            continue;
+                        };
+                        let before = result.received;
+                        result.record(shared, watch, amount, now);
+                        this_connection += result.received - before;
+                        if result.done(shared) {
+                            break 'read Ended::Done;
+                        }
+                        if shared.churn_every > 0 && this_connection >= shared.churn_every {
+                            break 'read Ended::Churn;
                         }
                     }
-                    0x8 => break 'read, // close
+                    0x8 => break 'read Ended::Dropped, // close
                     0x9 => {
                         let pong = client_frame(0xA, payload);
                         if stream.write_all(&pong).await.is_err() {
-                            break 'read;
+                            break 'read Ended::Dropped;
                         }
                     }
                     _ => {}
                 }
             }
             buffer.drain(..consumed);
-            if shared.events > 0 && result.received >= shared.events {
-                return result;
-            }
+        };
+        match ended {
+            Ended::Done => break,
+            Ended::Churn => result.churn_resumes += 1,
+            Ended::Dropped if !reading => break,
+            Ended::Dropped => result.reconnects += 1,
         }
-        if shared.events == 0 {
-            return result;
-        }
-        result.reconnects += 1;
     }
     result
-}
-
-/// A masked client frame (RFC 6455 §5.2). The mask key is zero: masking
-/// is mandatory, its unpredictability only matters to proxies on the path.
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&[0, 0, 0, 0]);
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// A complete unmasked server frame at the start of `buffer`: (opcode,
-/// payload start, payload end), or `None` if more bytes are needed.
-fn server_frame(buffer: &[u8]) -> Option<(u8, usize, usize)> {
-    let opcode = buffer.first()? & 0x0f;
-    let short = buffer.get(1)? & 0x7f;
-    let (len, start) = match short {
-        126 => (
-            u16::from_be_bytes([*buffer.get(2)?, *buffer.get(3)?]) as usize,
-            4,
-        ),
-        127 => {
-            let bytes: [u8; 8] = buffer.get(2..10)?.try_into().ok()?;
-            (u64::from_be_bytes(bytes) as usize, 10)
-        }
-        len => (len as usize, 2),
-    };
-    (buffer.len() >= start + len).then_some((opcode, start, start + len))
-}
-
-fn field_text<'a>(message: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let at = find(message, key)? + key.len();
-    let end = message[at..].iter().position(|b| *b == b'"')?;
-    Some(&message[at..at + end])
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn line_value<'a>(message: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
-    message
-        .split(|b| *b == b'\n')
-        .find_map(|line| line.strip_prefix(prefix))
-}
-
-fn field_number(message: &[u8], key: &[u8]) -> Option<u64> {
-    let at = find(message, key)? + key.len();
-    let digits = message[at..].iter().take_while(|b| b.is_ascii_digit());
-    let mut value = 0u64;
-    let mut any = false;
-    for digit in digits {
-        value = value
-            .checked_mul(10)?
-            .checked_add(u64::from(digit - b'0'))?;
-        any = true;
-    }
-    any.then_some(value)
 }

@@ -2,22 +2,32 @@
 //!
 //! - `bids`: accepted bids per second through the bidder's HTTP API, with
 //!   latency percentiles (one auction per worker, strictly increasing bids);
-//! - `sse` / `ws`: N SSE or WebSocket clients on one auction; M events appended at a given
-//!   rate; deliveries/s, delivery latency percentiles, missing and
-//!   duplicated events, and the edge's CPU and RSS from /proc.
+//! - `sse` / `ws`: N SSE or WebSocket clients over A auctions, against this
+//!   project's edges or nginx+nchan; M events published at a given rate;
+//!   deliveries/s, delivery latency percentiles (HDR histogram), missing
+//!   and duplicated events, resumes, and the server's CPU and RSS from
+//!   /proc. `scripts/bench` drives it.
 
 mod bids;
 mod fanout;
 mod proc_stats;
+mod target;
+mod wire;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   loadgen bids --url URL [--concurrency N] [--seconds S]
-  loadgen sse --edge URL --redis URL [--clients N] [--events M] [--rate R] [--edge-pid PID]
-              (--events 0: idle connections, reports RSS per connection)
-  loadgen ws  (same options as sse, against a ws-edge)";
+  loadgen sse|ws --server URL [--system ours|nchan] [--redis URL]
+                 [--clients N] [--auctions A] [--events M] [--rate R]
+                 [--churn-every K] [--pids PID,PID..] [--settle-ms MS] [--timeout-s S]
+    --system ours: --server is an sse-edge or ws-edge, events go into --redis;
+    --system nchan: --server is nginx+nchan (/pub/ID, /sub/ID);
+    --events 0: idle connections, reports RSS per connection;
+    --rate 0: publish as fast as the server takes events;
+    --churn-every K: each client hangs up after K events and resumes;
+    --pids: the server's processes, for CPU and RSS (summed)";
 
 /// `--name value` pairs after the scenario name.
 pub struct Args(HashMap<String, String>);
@@ -45,6 +55,18 @@ impl Args {
                 .parse()
                 .map_err(|_| format!("--{name}: cannot parse {text:?}")),
         }
+    }
+
+    /// A comma-separated list of values (`default` when absent).
+    pub fn list<T: std::str::FromStr>(&self, name: &str, default: &str) -> Result<Vec<T>, String> {
+        let text = self.0.get(name).map_or(default, String::as_str);
+        text.split(',')
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse()
+                    .map_err(|_| format!("--{name}: cannot parse {item:?}"))
+            })
+            .collect()
     }
 
     pub fn text(&self, name: &str, default: &str) -> String {
@@ -81,8 +103,8 @@ fn main() -> ExitCode {
             .map_err(|error| error.to_string())?;
         match scenario.as_str() {
             "bids" => runtime.block_on(bids::run(&args)),
-            "sse" => runtime.block_on(fanout::run(&args, fanout::Transport::Sse)),
-            "ws" => runtime.block_on(fanout::run(&args, fanout::Transport::Ws)),
+            "sse" => runtime.block_on(fanout::run(&args, target::Transport::Sse)),
+            "ws" => runtime.block_on(fanout::run(&args, target::Transport::Ws)),
             _ => Err(USAGE.into()),
         }
     });

@@ -1,0 +1,199 @@
+//! The system under test: this project's edges, or nginx with the nchan
+//! module (the peer the benchmark compares against), and how each one is
+//! published to, subscribed to and resumed.
+//!
+//! Both systems carry the same bytes to the client, so the comparison is of
+//! the servers and not of the payloads: nchan is given, per event, the
+//! exact JSON our edge would send (the bid for SSE, with the event name
+//! `bid`; the `{"type":"bid",...}` object for WebSocket).
+
+use auction_domain::{AuctionId, BidSource, BidderName};
+use event_log::{AuctionSpec, EventLog, connect_manager, parse_redis_url};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum System {
+    /// `sse-edge` or `ws-edge`; events appended through the bidder's script.
+    Ours,
+    /// nginx + nchan with Redis storage; events published with HTTP POST to
+    /// `/pub/{channel}`, subscribed at `/sub/{channel}`.
+    Nchan,
+}
+
+impl System {
+    pub fn parse(text: &str) -> Result<System, String> {
+        match text {
+            "ours" => Ok(System::Ours),
+            "nchan" => Ok(System::Nchan),
+            _ => Err(format!("--system: expected ours or nchan, got {text:?}")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Ours => "ours",
+            System::Nchan => "nchan",
+        }
+    }
+}
+
+/// nchan's WebSocket subprotocol that prefixes each message with its id, so
+/// a client can resume (plain nchan WebSocket frames carry no id).
+pub const NCHAN_WS_PROTOCOL: &str = "ws+meta.nchan";
+
+/// Where clients connect, and what they send to subscribe or resume.
+#[derive(Clone)]
+pub struct Target {
+    pub system: System,
+    /// `host:port` of the server under test.
+    pub addr: String,
+}
+
+impl Target {
+    /// The SSE request path for `auction`.
+    pub fn sse_path(&self, auction: &str) -> String {
+        match self.system {
+            System::Ours => format!("/auctions/{auction}/events"),
+            System::Nchan => format!("/sub/{auction}"),
+        }
+    }
+
+    /// The WebSocket URL; nchan takes the resume point in the URL.
+    pub fn ws_url(&self, auction: &str, last_id: &str) -> String {
+        match self.system {
+            System::Ours => format!("ws://{}/ws", self.addr),
+            System::Nchan if last_id.is_empty() => format!("ws://{}/sub/{auction}", self.addr),
+            System::Nchan => format!("ws://{}/sub/{auction}?last_event_id={last_id}", self.addr),
+        }
+    }
+
+    /// The message a WebSocket client sends after the handshake, if any.
+    pub fn ws_subscribe(&self, auction: &str, last_id: &str) -> Option<String> {
+        match self.system {
+            System::Nchan => None,
+            System::Ours if last_id.is_empty() => {
+                Some(format!(r#"{{"type":"subscribe","auction":"{auction}"}}"#))
+            }
+            System::Ours => Some(format!(
+                r#"{{"type":"subscribe","auction":"{auction}","last_id":"{last_id}"}}"#
+            )),
+        }
+    }
+
+    /// The event id carried by a WebSocket text frame.
+    pub fn ws_event_id<'a>(&self, payload: &'a [u8]) -> Option<&'a [u8]> {
+        match self.system {
+            System::Ours => crate::wire::field_text(payload, b"\"id\":\""),
+            System::Nchan => crate::wire::line_value(payload, b"id: "),
+        }
+    }
+}
+
+/// Appends the benchmark's events to the system under test.
+pub enum Publisher {
+    Ours {
+        log: EventLog,
+        bidder: BidderName,
+    },
+    Nchan {
+        http: reqwest::Client,
+        base: String,
+        transport: Transport,
+    },
+}
+
+impl Publisher {
+    pub fn ours(redis_url: &str) -> Result<Publisher, String> {
+        let target = parse_redis_url(redis_url)?;
+        let log = EventLog::new(
+            connect_manager(&target, || {}).map_err(|e| e.to_string())?,
+            100_000,
+        );
+        let bidder = BidderName::parse("bench").map_err(|e| e.message)?;
+        Ok(Publisher::Ours { log, bidder })
+    }
+
+    pub fn nchan(base: &str, transport: Transport) -> Result<Publisher, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Publisher::Nchan {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            transport,
+        })
+    }
+
+    /// Creates the auctions (our system needs them to exist; nchan
+    /// channels exist once published to).
+    pub async fn prepare(&self, auctions: &[String]) -> Result<(), String> {
+        let Publisher::Ours { log, .. } = self else {
+            return Ok(());
+        };
+        for auction in auctions {
+            log.create(&AuctionSpec {
+                id: AuctionId::parse(auction).map_err(|e| e.message)?,
+                title: "benchmark".into(),
+                starting_price: 1,
+                min_increment: 1,
+                duration_ms: 3_600_000,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one bid of `amount` on `auction`.
+    pub async fn publish(&self, auction: &str, amount: u64) -> Result<(), String> {
+        match self {
+            Publisher::Ours { log, bidder } => {
+                let auction = AuctionId::parse(auction).map_err(|e| e.message)?;
+                log.place_bid(&auction, amount, bidder, BidSource::Simulated, None, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Publisher::Nchan {
+                http,
+                base,
+                transport,
+            } => {
+                let placed_at = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let bid = format!(
+                    r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","placed_at":{placed_at},"source":"simulated"}}"#
+                );
+                let body = match transport {
+                    Transport::Sse => bid,
+                    // Same shape and length as ws-edge's frame; the id is a
+                    // stand-in (nchan's own id travels in the frame's meta).
+                    Transport::Ws => format!(
+                        r#"{{"type":"bid","auction":"{auction}","id":"{placed_at}-0","payload":{bid}}}"#
+                    ),
+                };
+                let response = http
+                    .post(format!("{base}/pub/{auction}"))
+                    .header("content-type", "application/json")
+                    .header("x-eventsource-event", "bid")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("nchan publish answered {}", response.status()))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Byte-level parsing of what the clients read: SSE messages and
+//! WebSocket frames, without allocating per event.
+
+/// A masked client frame (RFC 6455 §5.2). The mask key is zero: masking
+/// is mandatory, its unpredictability only matters to proxies on the path.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A complete unmasked server frame at the start of `buffer`: (opcode,
+/// payload start, payload end), or `None` if more bytes are needed.
+pub fn server_frame(buffer: &[u8]) -> Option<(u8, usize, usize)> {
+    let opcode = buffer.first()? & 0x0f;
+    let short = buffer.get(1)? & 0x7f;
+    let (len, start) = match short {
+        126 => (
+            u16::from_be_bytes([*buffer.get(2)?, *buffer.get(3)?]) as usize,
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = buffer.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(bytes) as usize, 10)
+        }
+        len => (len as usize, 2),
+    };
+    (buffer.len() >= start + len).then_some((opcode, start, start + len))
+}
+
+pub fn field_text<'a>(message: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = find(message, key)? + key.len();
+    let end = message[at..].iter().position(|b| *b == b'"')?;
+    Some(&message[at..at + end])
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn line_value<'a>(message: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    message
+        .split(|b| *b == b'\n')
+        .find_map(|line| line.strip_prefix(prefix))
+}
+
+pub fn field_number(message: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(message, key)? + key.len();
+    let digits = message[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut value = 0u64;
+    let mut any = false;
+    for digit in digits {
+        value = value
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+        any = true;
+    }
+    any.then_some(value)
+}
