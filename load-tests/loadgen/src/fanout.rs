@@ -30,12 +30,18 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// Amount of the first event; event `k` has amount `BASE + k`.
 const BASE: u64 = 1_000;
+/// Amount of the warm-up event each auction gets before the measured ones:
+/// the first event through a system pays one-off costs (scripts loaded,
+/// channels created, buffers grown) that are not what the figures are for.
+const WARM_UP: u64 = BASE - 1;
 
 struct Shared {
     start: Instant,
     /// Send time of event k, nanoseconds after `start` (0 = not sent yet).
     sent_at: Vec<AtomicU64>,
     connected: AtomicUsize,
+    /// Clients that received their auction's warm-up event.
+    warmed: AtomicUsize,
     events: usize,
     auctions: usize,
     /// Disconnect and resume after this many events (0: never).
@@ -61,10 +67,14 @@ struct ClientResult {
     reconnects: usize,
     /// Connections this client closed on purpose (churn), each resumed.
     churn_resumes: usize,
-    latencies: Histogram<u64>,
+    /// Delivery latencies, ns. Kept raw and reserved up front: a histogram
+    /// per client would allocate and zero its buckets while the first
+    /// events arrive, and that stall would be measured as latency.
+    latencies: Vec<u64>,
     last_delivery: Option<Instant>,
     /// `seen[k / auctions]`: event k arrived.
     seen: Vec<bool>,
+    warmed: bool,
 }
 
 /// The processes of the server under test: their CPU and RSS are summed
@@ -119,6 +129,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         start: Instant::now(),
         sent_at: (0..events).map(|_| AtomicU64::new(0)).collect(),
         connected: AtomicUsize::new(0),
+        warmed: AtomicUsize::new(0),
         events,
         auctions: auction_count,
         churn_every,
@@ -188,6 +199,19 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         return Ok(());
     }
 
+    for auction in &auctions {
+        publisher.publish(auction, WARM_UP).await?;
+    }
+    while shared.warmed.load(Ordering::Relaxed) < clients {
+        if Instant::now() > shared.deadline {
+            return Err(format!(
+                "only {} of {clients} clients got the warm-up event",
+                shared.warmed.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
     let cpu_before = server.cpu_seconds();
     let publish_started = Instant::now();
     for k in 0..events {
@@ -217,9 +241,11 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         total.duplicates += result.duplicates;
         total.reconnects += result.reconnects;
         total.churn_resumes += result.churn_resumes;
-        latencies
-            .add(&result.latencies)
-            .map_err(|e| format!("client {client}: {e}"))?;
+        for latency in &result.latencies {
+            latencies
+                .record(*latency)
+                .map_err(|e| format!("client {client}: {e}"))?;
+        }
         if let Some(at) = result.last_delivery {
             last_delivery = last_delivery.max(at);
         }
@@ -282,10 +308,10 @@ impl ClientResult {
             duplicates: 0,
             reconnects: 0,
             churn_resumes: 0,
-            latencies: Histogram::new(3)
-                .unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
+            latencies: Vec::with_capacity(expected),
             last_delivery: None,
             seen: vec![false; expected],
+            warmed: false,
         }
     }
 
@@ -295,6 +321,13 @@ impl ClientResult {
 
     /// Counts the bid with `amount`, received at `now`.
     fn record(&mut self, shared: &Shared, watch: &Watch, amount: u64, now: Instant) {
+        if amount == WARM_UP {
+            if !self.warmed {
+                self.warmed = true;
+                shared.warmed.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else {
             return;
         };
@@ -311,7 +344,7 @@ impl ClientResult {
         let sent = shared.sent_at[k].load(Ordering::Relaxed);
         if sent > 0 {
             let now_ns = now.duration_since(shared.start).as_nanos() as u64;
-            let _ = self.latencies.record(now_ns.saturating_sub(sent));
+            self.latencies.push(now_ns.saturating_sub(sent));
         }
         self.last_delivery = Some(now);
     }
