@@ -79,14 +79,25 @@ impl Args {
 
 /// Refuses targets other than loopback: load tests never leave the machine.
 pub fn ensure_loopback(url: &str) -> Result<(), String> {
-    let host = url
+    let authority = url
         .split_once("://")
         .map_or(url, |(_, rest)| rest)
         .split(['/', '?'])
         .next()
         .unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
-    if host == "localhost" || host == "[::1]" || host.starts_with("127.") {
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    // `[::1]:port`, `host:port` or a bare host.
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
         Ok(())
     } else {
         Err(format!("refusing to load {host:?}: loopback targets only"))
@@ -113,6 +124,33 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("loadgen: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ensure_loopback;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        for ok in [
+            "http://127.0.0.1:8081",
+            "redis://127.0.0.2:6380/0",
+            "http://localhost:1",
+            "http://[::1]:8081/x",
+            "redis://user:pass@127.0.0.1:6379",
+        ] {
+            assert!(ensure_loopback(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://10.0.0.1:8081",
+            "http://192.168.1.2",
+            "http://example.com:80",
+            "http://127.0.0.1.example.com",
+            "http://user@10.0.0.1:80",
+        ] {
+            assert!(ensure_loopback(refused).is_err(), "{refused}");
         }
     }
 }

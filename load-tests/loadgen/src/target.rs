@@ -197,3 +197,41 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(system: System) -> Target {
+        Target {
+            system,
+            addr: "127.0.0.1:9".into(),
+        }
+    }
+
+    #[test]
+    fn each_system_is_subscribed_and_resumed_its_own_way() {
+        let ours = target(System::Ours);
+        assert_eq!(ours.sse_path("a"), "/auctions/a/events");
+        assert_eq!(ours.ws_url("a", "5-1"), "ws://127.0.0.1:9/ws");
+        assert_eq!(
+            ours.ws_subscribe("a", "5-1").as_deref(),
+            Some(r#"{"type":"subscribe","auction":"a","last_id":"5-1"}"#)
+        );
+        assert_eq!(
+            ours.ws_event_id(br#"{"type":"bid","id":"5-2"}"#),
+            Some(&b"5-2"[..])
+        );
+
+        let nchan = target(System::Nchan);
+        assert_eq!(nchan.sse_path("a"), "/sub/a");
+        assert_eq!(nchan.ws_url("a", ""), "ws://127.0.0.1:9/sub/a");
+        assert_eq!(
+            nchan.ws_url("a", "17:2"),
+            "ws://127.0.0.1:9/sub/a?last_event_id=17:2"
+        );
+        assert_eq!(nchan.ws_subscribe("a", "17:2"), None);
+        let meta = b"id: 17:3\ncontent-type: application/json\n\n{\"type\":\"bid\",\"id\":\"x\"}";
+        assert_eq!(nchan.ws_event_id(meta), Some(&b"17:3"[..]));
+    }
+}

@@ -69,3 +69,51 @@ pub fn field_number(message: &[u8], key: &[u8]) -> Option<u64> {
     }
     any.then_some(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server frame as an unmasked encoder would write it.
+    fn unmasked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = client_frame(opcode, payload);
+        frame[1] &= 0x7f; // clear the mask bit
+        let key_at = match payload.len() {
+            0..=125 => 2,
+            126..=0xffff => 4,
+            _ => 10,
+        };
+        frame.drain(key_at..key_at + 4); // the (zero) mask key
+        frame
+    }
+
+    #[test]
+    fn frames_of_every_length_class_parse_back() {
+        for len in [0, 1, 125, 126, 127, 0xffff, 0x10000] {
+            let payload = vec![b'x'; len];
+            let frame = unmasked(0x1, &payload);
+            assert_eq!(
+                server_frame(&frame),
+                Some((0x1, frame.len() - len, frame.len()))
+            );
+            assert_eq!(server_frame(&frame[..frame.len() - 1]), None, "incomplete");
+        }
+    }
+
+    #[test]
+    fn fields_are_found_without_parsing_the_json() {
+        let bid =
+            br#"{"type":"bid","auction":"a","id":"17-3","payload":{"amount":1042,"placed_at":9}}"#;
+        assert_eq!(field_text(bid, b"\"id\":\""), Some(&b"17-3"[..]));
+        assert_eq!(field_number(bid, b"\"amount\":"), Some(1042));
+        assert_eq!(field_number(b"\"amount\":x", b"\"amount\":"), None);
+        assert_eq!(
+            field_number(b"\"amount\":99999999999999999999999", b"\"amount\":"),
+            None,
+            "overflow is no number"
+        );
+        let message = b"event: bid\nid: 1795618958:4\ndata: {}";
+        assert_eq!(line_value(message, b"id: "), Some(&b"1795618958:4"[..]));
+        assert_eq!(line_value(message, b"retry: "), None);
+    }
+}
