@@ -113,6 +113,36 @@ export function arrival(perSecond) {
   return { rate: Math.max(1, Math.round(perSecond * 3600)), timeUnit: "1h" };
 }
 
+/**
+ * The two scenarios of every script that checks delivery: `vus` subscriber
+ * VUs, each running once until the auction's `closed` event (k6's
+ * `maxDuration` is only a backstop), and one VU posting the bid sequence
+ * (one VU: bids can't overtake each other, so accepted amounts have no gaps;
+ * see postNextBid).
+ * @param {{ vus: number, warmup: number, duration: number, bidRate: number, lifetime: number, finishTimeout: number }} plan seconds and rates
+ * @returns {Record<string, import("k6/options").Scenario>}
+ */
+export function deliveryScenarios({ vus, warmup, duration, bidRate, lifetime, finishTimeout }) {
+  return {
+    subscribers: {
+      executor: "per-vu-iterations",
+      exec: "subscribers",
+      vus,
+      iterations: 1,
+      maxDuration: dur(lifetime + finishTimeout + 10),
+    },
+    bids: {
+      executor: "constant-arrival-rate",
+      exec: "bids",
+      ...arrival(bidRate),
+      startTime: dur(warmup),
+      duration: dur(duration),
+      preAllocatedVUs: 1,
+      maxVUs: 1,
+    },
+  };
+}
+
 const LOOPBACK_HOSTS = ["localhost", "[::1]"];
 
 /**

@@ -41,7 +41,7 @@ import http from "k6/http";
 import { check } from "k6";
 import exec from "k6/execution";
 import {
-  arrival, BASE_URL, body, CHECKS_RATE, count, createAuction, dur, num, postNextBid, seconds, SUMMARY_TREND_STATS,
+  arrival, BASE_URL, body, CHECKS_RATE, count, createAuction, deliveryScenarios, dur, num, postNextBid, seconds, SUMMARY_TREND_STATS,
 } from "./lib.js";
 import { deliveryThresholds, touchCounters } from "./delivery.js";
 import { subscribe } from "./ws-subscriber.js";
@@ -63,22 +63,14 @@ const LIFETIME = WARMUP + DURATION + CLOSE_AFTER;
 /** @type {import("k6/options").Options} */
 export const options = {
   scenarios: {
-    subscribers: {
-      executor: "per-vu-iterations",
-      exec: "subscribers",
+    ...deliveryScenarios({
       vus: Math.ceil(SOCKETS / SOCKETS_PER_VU),
-      iterations: 1,
-      maxDuration: dur(LIFETIME + FINISH_TIMEOUT + 10),
-    },
-    bids: {
-      executor: "constant-arrival-rate",
-      exec: "bids",
-      ...arrival(BID_RATE),
-      startTime: dur(WARMUP),
-      duration: dur(DURATION),
-      preAllocatedVUs: 1,
-      maxVUs: 1, // one VU: the sequence has no gaps (see lib.js postNextBid)
-    },
+      warmup: WARMUP,
+      duration: DURATION,
+      bidRate: BID_RATE,
+      lifetime: LIFETIME,
+      finishTimeout: FINISH_TIMEOUT,
+    }),
     readers: {
       executor: "constant-arrival-rate",
       exec: "read",

@@ -42,7 +42,7 @@ import { check, sleep } from "k6";
 import { Counter } from "k6/metrics";
 import sse from "k6/x/sse";
 import {
-  arrival, BASE_URL, CHECKS_RATE, count, createAuction, dur, num, parseJson, postNextBid, seconds, SUMMARY_TREND_STATS,
+  BASE_URL, CHECKS_RATE, count, createAuction, deliveryScenarios, num, parseJson, postNextBid, seconds, SUMMARY_TREND_STATS,
 } from "./lib.js";
 import { deliveryThresholds, touchCounters, Tracker } from "./delivery.js";
 
@@ -61,22 +61,14 @@ const sseReconnects = new Counter("sse_reconnects");
 /** @type {import("k6/options").Options} */
 export const options = {
   scenarios: {
-    subscribers: {
-      executor: "per-vu-iterations",
-      exec: "subscribers",
+    ...deliveryScenarios({
       vus: SOCKETS,
-      iterations: 1,
-      maxDuration: dur(LIFETIME + FINISH_TIMEOUT + 10),
-    },
-    bids: {
-      executor: "constant-arrival-rate",
-      exec: "bids",
-      ...arrival(BID_RATE),
-      startTime: dur(WARMUP),
-      duration: dur(DURATION),
-      preAllocatedVUs: 1,
-      maxVUs: 1, // one VU: the sequence has no gaps (see lib.js postNextBid)
-    },
+      warmup: WARMUP,
+      duration: DURATION,
+      bidRate: BID_RATE,
+      lifetime: LIFETIME,
+      finishTimeout: FINISH_TIMEOUT,
+    }),
   },
   thresholds: {
     ...deliveryThresholds(num("LATENCY_P95_MS", 250), num("LATENCY_P99_MS", 500)),

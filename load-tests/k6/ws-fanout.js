@@ -31,7 +31,7 @@
 // Thresholds also require events_received > 0 and events_missing,
 // events_duplicated, streams_unfinished == 0. Targets must be loopback.
 import exec from "k6/execution";
-import { arrival, CHECKS_RATE, count, createAuction, dur, num, postNextBid, seconds, SUMMARY_TREND_STATS } from "./lib.js";
+import { CHECKS_RATE, count, createAuction, deliveryScenarios, num, postNextBid, seconds, SUMMARY_TREND_STATS } from "./lib.js";
 import { deliveryThresholds, touchCounters } from "./delivery.js";
 import { subscribe } from "./ws-subscriber.js";
 
@@ -49,25 +49,14 @@ const LIFETIME = WARMUP + DURATION + CLOSE_AFTER;
 /** @type {import("k6/options").Options} */
 export const options = {
   scenarios: {
-    subscribers: {
-      executor: "per-vu-iterations",
-      exec: "subscribers",
+    ...deliveryScenarios({
       vus: Math.ceil(SOCKETS / SOCKETS_PER_VU),
-      iterations: 1,
-      // Sockets end by themselves (closed event, or their deadline); this
-      // is only k6's backstop.
-      maxDuration: dur(LIFETIME + FINISH_TIMEOUT + 10),
-    },
-    bids: {
-      executor: "constant-arrival-rate",
-      exec: "bids",
-      ...arrival(BID_RATE),
-      startTime: dur(WARMUP),
-      duration: dur(DURATION),
-      // One VU: bids can't overtake each other, so accepted amounts have no gaps.
-      preAllocatedVUs: 1,
-      maxVUs: 1,
-    },
+      warmup: WARMUP,
+      duration: DURATION,
+      bidRate: BID_RATE,
+      lifetime: LIFETIME,
+      finishTimeout: FINISH_TIMEOUT,
+    }),
   },
   thresholds: {
     ...deliveryThresholds(num("LATENCY_P95_MS", 250), num("LATENCY_P99_MS", 500)),
