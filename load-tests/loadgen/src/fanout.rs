@@ -49,6 +49,20 @@ struct Shared {
     deadline: Instant,
 }
 
+impl Shared {
+    /// Waits until `count` reaches `target`, or fails at the deadline.
+    async fn wait_for(&self, count: &AtomicUsize, target: usize, what: &str) -> Result<(), String> {
+        while count.load(Ordering::Relaxed) < target {
+            if Instant::now() > self.deadline {
+                let reached = count.load(Ordering::Relaxed);
+                return Err(format!("only {reached} of {target} {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
 /// What one client watches.
 struct Watch {
     target: Target,
@@ -157,15 +171,9 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    while shared.connected.load(Ordering::Relaxed) < clients {
-        if Instant::now() > shared.deadline {
-            return Err(format!(
-                "only {} of {clients} clients connected",
-                shared.connected.load(Ordering::Relaxed)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shared
+        .wait_for(&shared.connected, clients, "clients connected")
+        .await?;
     tokio::time::sleep(Duration::from_millis(settle_ms)).await;
     let rss_connected = server.rss_bytes();
     println!(
@@ -202,15 +210,9 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     for auction in &auctions {
         publisher.publish(auction, WARM_UP).await?;
     }
-    while shared.warmed.load(Ordering::Relaxed) < clients {
-        if Instant::now() > shared.deadline {
-            return Err(format!(
-                "only {} of {clients} clients got the warm-up event",
-                shared.warmed.load(Ordering::Relaxed)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    shared
+        .wait_for(&shared.warmed, clients, "clients got the warm-up event")
+        .await?;
 
     let cpu_before = server.cpu_seconds();
     let publish_started = Instant::now();
