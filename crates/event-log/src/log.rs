@@ -383,30 +383,58 @@ impl EventLog {
 
     /// The oldest and newest events the stream still holds.
     pub async fn window(&self, auction: &AuctionId) -> Result<StreamWindow, LogError> {
+        let mut windows = self.windows(std::slice::from_ref(auction)).await?;
+        Ok(windows.pop().unwrap_or(StreamWindow {
+            first: None,
+            first_prev: None,
+            last: None,
+        }))
+    }
+
+    /// [`window`](Self::window) of each auction, in order, in one round
+    /// trip (a replica that starts watching many auctions at once).
+    pub async fn windows(&self, auctions: &[AuctionId]) -> Result<Vec<StreamWindow>, LogError> {
+        if auctions.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
-        let stream = keys::stream_key(auction);
-        let (first, last): (StreamRangeReply, StreamRangeReply) = redis::pipe()
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XREVRANGE")
-            .arg(&stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        let first = first.ids.first().map(stored_event).transpose()?;
-        let last = last.ids.first().map(stored_event).transpose()?;
-        Ok(StreamWindow {
-            first: first.as_ref().map(|event| event.id),
-            first_prev: first.as_ref().map(|event| event.prev),
-            last: last.map(|event| event.id),
-        })
+        let mut pipe = redis::pipe();
+        for auction in auctions {
+            let stream = keys::stream_key(auction);
+            pipe.cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .cmd("XREVRANGE")
+                .arg(&stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<StreamRangeReply> = pipe.query_async(&mut conn).await?;
+        replies
+            .chunks(2)
+            .map(|pair| {
+                let first = pair
+                    .first()
+                    .and_then(|r| r.ids.first())
+                    .map(stored_event)
+                    .transpose()?;
+                let last = pair
+                    .get(1)
+                    .and_then(|r| r.ids.first())
+                    .map(stored_event)
+                    .transpose()?;
+                Ok(StreamWindow {
+                    first: first.as_ref().map(|event| event.id),
+                    first_prev: first.as_ref().map(|event| event.prev),
+                    last: last.map(|event| event.id),
+                })
+            })
+            .collect()
     }
 
     pub async fn exists(&self, auction: &AuctionId) -> Result<bool, LogError> {

@@ -21,6 +21,10 @@ const BACKFILL_BATCH: usize = 256;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound of the queue of "start watching this auction" requests.
 const COMMAND_QUEUE: usize = 1024;
+/// Most auctions one SUBSCRIBE (and one pipelined window read) starts
+/// watching: a replica asked for thousands of auctions at once (a restart,
+/// a load balancer reshuffle) needs a few round trips, not thousands.
+const WATCH_BATCH: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -313,14 +317,19 @@ impl<C: Codec> Subscriber<C> {
         if !channels.is_empty() {
             timed(sink.subscribe(channels)).await?;
         }
-        let auctions: Vec<AuctionId> = self.cursors.keys().cloned().collect();
-        for auction in auctions {
-            let live = self.cursors.get(&auction).is_some_and(|c| *c.live.borrow());
-            if live {
-                self.backfill(&auction).await?;
+        let (mut live, mut waiting) = (Vec::new(), Vec::new());
+        for (auction, cursor) in &self.cursors {
+            if *cursor.live.borrow() {
+                live.push(auction.clone());
             } else {
-                self.go_live(&auction).await?;
+                waiting.push(auction.clone());
             }
+        }
+        for auction in live {
+            self.backfill(&auction).await?;
+        }
+        for batch in waiting.chunks(WATCH_BATCH) {
+            self.go_live(batch).await?;
         }
         Ok(())
     }
@@ -339,7 +348,16 @@ impl<C: Codec> Subscriber<C> {
                     None => Err("the pub/sub stream ended".to_owned()),
                 },
                 request = self.requests.recv() => match request {
-                    Some(request) => self.watch(sink, request).await,
+                    Some(first) => {
+                        let mut batch = vec![first];
+                        while batch.len() < WATCH_BATCH {
+                            match self.requests.try_recv() {
+                                Ok(request) => batch.push(request),
+                                Err(_) => break,
+                            }
+                        }
+                        self.watch(sink, batch).await
+                    }
                     None => return Stop::Shutdown,
                 },
                 _ = keepalive.tick() => {
@@ -357,35 +375,42 @@ impl<C: Codec> Subscriber<C> {
         }
     }
 
-    /// Starts watching an auction: subscribe, then learn the newest event
-    /// so the feed knows where its chain starts.
+    /// Starts watching auctions: subscribe, then learn each one's newest
+    /// event so its feed knows where its chain starts.
     async fn watch(
         &mut self,
         sink: &mut PubSubSink,
-        request: Watch<C::Frame>,
+        requests: Vec<Watch<C::Frame>>,
     ) -> Result<(), String> {
-        let channel = event_log::live_channel(&request.auction);
-        let auction = request.auction.clone();
-        self.cursors.insert(
-            request.auction,
-            Cursor {
-                channel: channel.clone(),
-                tx: request.tx,
-                live: request.live,
-                recent: request.recent,
-                last: EventId::ZERO,
-                idle_since: None,
-            },
-        );
-        timed(sink.subscribe(channel)).await?;
-        self.go_live(&auction).await
+        let mut channels = Vec::with_capacity(requests.len());
+        let mut auctions = Vec::with_capacity(requests.len());
+        for request in requests {
+            let channel = event_log::live_channel(&request.auction);
+            channels.push(channel.clone());
+            auctions.push(request.auction.clone());
+            self.cursors.insert(
+                request.auction,
+                Cursor {
+                    channel,
+                    tx: request.tx,
+                    live: request.live,
+                    recent: request.recent,
+                    last: EventId::ZERO,
+                    idle_since: None,
+                },
+            );
+        }
+        timed(sink.subscribe(channels)).await?;
+        self.go_live(&auctions).await
     }
 
-    async fn go_live(&mut self, auction: &AuctionId) -> Result<(), String> {
-        let window = timed(self.shared.log.window(auction)).await?;
-        if let Some(cursor) = self.cursors.get_mut(auction) {
-            cursor.last = window.last.unwrap_or(EventId::ZERO);
-            let _ = cursor.live.send(true);
+    async fn go_live(&mut self, auctions: &[AuctionId]) -> Result<(), String> {
+        let windows = timed(self.shared.log.windows(auctions)).await?;
+        for (auction, window) in auctions.iter().zip(windows) {
+            if let Some(cursor) = self.cursors.get_mut(auction) {
+                cursor.last = window.last.unwrap_or(EventId::ZERO);
+                let _ = cursor.live.send(true);
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use std::time::Duration;
 use test_support::{RedisServer, ServiceProcess, id_pair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Setup {
     redis: RedisServer,
@@ -237,4 +238,67 @@ async fn refusals_use_the_contract_error_shape() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(recovered);
+}
+
+/// A replica asked for thousands of auctions at once (it restarted, or a
+/// load balancer moved their clients to it) serves every one of them: the
+/// hub starts watching them in batches, so none is refused as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_clients_on_thousands_of_auctions_is_served() {
+    const AUCTIONS: usize = 2_000;
+    let setup = setup(&[]).await;
+    let bidder = setup.bidder.url();
+    let creates = futures_util::stream::iter(0..AUCTIONS).map(|n| {
+        let (http, bidder) = (setup.http.clone(), bidder.clone());
+        async move {
+            let create = format!(
+                r#"{{"id":"many-{n}","title":"Lot {n}","starting_price":1,"min_increment":1,"duration_ms":600000}}"#
+            );
+            let response = http
+                .post(format!("{bidder}/auctions"))
+                .header("content-type", "application/json")
+                .body(create)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+        }
+    });
+    creates.buffer_unordered(32).collect::<Vec<()>>().await;
+
+    // Every client at once; each reads until its init (or a refusal).
+    let addr = setup.edge.addr;
+    let clients: Vec<_> = (0..AUCTIONS)
+        .map(|n| {
+            tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let request =
+                    format!("GET /auctions/many-{n}/events HTTP/1.1\r\nHost: edge\r\n\r\n");
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let read =
+                        tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk))
+                            .await
+                            .expect("an answer in time")
+                            .unwrap();
+                    seen.extend_from_slice(&chunk[..read]);
+                    let text = String::from_utf8_lossy(&seen);
+                    if read == 0 || text.contains("event: init") {
+                        return text.lines().next().unwrap_or_default().to_owned();
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for client in clients {
+        *statuses.entry(client.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        statuses,
+        [("HTTP/1.1 200 OK".to_owned(), AUCTIONS)].into(),
+        "every client got its stream"
+    );
 }
