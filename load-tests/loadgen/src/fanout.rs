@@ -81,6 +81,8 @@ struct ClientResult {
     reconnects: usize,
     /// Connections this client closed on purpose (churn), each resumed.
     churn_resumes: usize,
+    /// Streams the server refused (503, an `error` frame), each retried.
+    refusals: usize,
     /// Delivery latencies, ns. Kept raw and reserved up front: a histogram
     /// per client would allocate and zero its buckets while the first
     /// events arrive, and that stall would be measured as latency.
@@ -243,6 +245,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         total.duplicates += result.duplicates;
         total.reconnects += result.reconnects;
         total.churn_resumes += result.churn_resumes;
+        total.refusals += result.refusals;
         for latency in &result.latencies {
             latencies
                 .record(*latency)
@@ -279,6 +282,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     println!("missing               {missing}");
     println!("duplicates            {}", total.duplicates);
     println!("reconnects            {}", total.reconnects);
+    println!("refusals              {}", total.refusals);
     if churn_every > 0 {
         println!("churn_resumes         {}", total.churn_resumes);
         println!(
@@ -310,6 +314,7 @@ impl ClientResult {
             duplicates: 0,
             reconnects: 0,
             churn_resumes: 0,
+            refusals: 0,
             latencies: Vec::with_capacity(expected),
             last_delivery: None,
             seen: vec![false; expected],
@@ -360,6 +365,22 @@ enum Ended {
     Churn,
     /// The server closed it, or it failed.
     Dropped,
+    /// The server refused the stream (e.g. 503 while it is busy): retry
+    /// after a pause, as a browser would.
+    Refused,
+}
+
+/// How long a refused client waits before it tries again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Counts a client as connected the first time its stream is established
+/// (the server answered 200, or sent the subscription's first message), so
+/// the run publishes nothing before every client can receive it.
+fn established(counted: &mut bool, shared: &Shared) {
+    if !*counted {
+        *counted = true;
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One SSE client on a raw socket: counts events by amount, resumes with
@@ -390,11 +411,8 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
         if stream.write_all(request.as_bytes()).await.is_err() {
             continue;
         }
-        if !counted_connect {
-            counted_connect = true;
-            shared.connected.fetch_add(1, Ordering::Relaxed);
-        }
         buffer.clear();
+        let mut head_read = false;
         let mut this_connection = 0;
         let ended = 'read: loop {
             let remaining = shared.deadline.saturating_duration_since(Instant::now());
@@ -403,10 +421,28 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
                 Err(_) => break Ended::Done,
                 Ok(Ok(read)) => read,
             };
-            if !reading {
+            if head_read && !reading {
                 continue; // idle scenario: keep the connection, ignore keepalives
             }
             buffer.extend_from_slice(&chunk[..read]);
+            if !head_read {
+                let Some(end) = find(&buffer, b"\r\n\r\n") else {
+                    if buffer.len() > 16 * 1024 {
+                        break Ended::Dropped;
+                    }
+                    continue;
+                };
+                if !buffer.starts_with(b"HTTP/1.1 200") {
+                    break Ended::Refused;
+                }
+                head_read = true;
+                established(&mut counted_connect, shared);
+                buffer.drain(..end + 4);
+                if !reading {
+                    buffer = Vec::new();
+                    continue;
+                }
+            }
             let now = Instant::now();
             // Consume complete messages (terminated by a blank line).
             let mut consumed = 0;
@@ -442,6 +478,10 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
             Ended::Churn => result.churn_resumes += 1,
             Ended::Dropped if !reading => break,
             Ended::Dropped => result.reconnects += 1,
+            Ended::Refused => {
+                result.refusals += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
         }
     }
     result
@@ -479,17 +519,15 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
         let tokio_tungstenite::MaybeTlsStream::Plain(mut stream) = ws.into_inner() else {
             return result;
         };
-        if let Some(subscribe) = watch.target.ws_subscribe(&watch.auction, &last_id)
-            && stream
-                .write_all(&client_frame(0x1, subscribe.as_bytes()))
-                .await
-                .is_err()
-        {
-            continue;
-        }
-        if !counted_connect {
-            counted_connect = true;
-            shared.connected.fetch_add(1, Ordering::Relaxed);
+        match watch.target.ws_subscribe(&watch.auction, &last_id) {
+            Some(subscribe) => {
+                let frame = client_frame(0x1, subscribe.as_bytes());
+                if stream.write_all(&frame).await.is_err() {
+                    continue;
+                }
+            }
+            // nchan: the handshake was the subscription.
+            None => established(&mut counted_connect, shared),
         }
         buffer.clear();
         let mut this_connection = 0;
@@ -508,6 +546,12 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
                 consumed += end;
                 match opcode {
                     0x1 => {
+                        if payload.starts_with(b"{\"type\":\"init\"") {
+                            established(&mut counted_connect, shared);
+                        }
+                        if payload.starts_with(b"{\"type\":\"error\"") {
+                            break 'read Ended::Refused;
+                        }
                         if find(payload, b"{\"type\":\"bid\"").is_none() {
                             continue;
                         }
@@ -544,6 +588,10 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
             Ended::Churn => result.churn_resumes += 1,
             Ended::Dropped if !reading => break,
             Ended::Dropped => result.reconnects += 1,
+            Ended::Refused => {
+                result.refusals += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
         }
     }
     result
