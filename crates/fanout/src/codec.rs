@@ -1,5 +1,6 @@
 use auction_domain::{AuctionId, EventId};
 use event_log::StoredEvent;
+use std::sync::Arc;
 
 /// How a transport encodes what it sends. Implementations are pure and
 /// cheap to call; the hub calls [`Codec::event`] once per event per replica.
@@ -16,15 +17,25 @@ pub trait Codec: Send + Sync + 'static {
     fn init(&self, auction: &AuctionId, last: EventId, init_json: &str) -> Self::Frame;
 }
 
+/// An event encoded once for a transport. `placed_at_ms` is 0 when the
+/// event has none.
+#[derive(Debug)]
+pub struct Event<F> {
+    pub id: EventId,
+    pub placed_at_ms: u64,
+    pub frame: F,
+}
+
 /// What a feed carries to each client of an auction.
+///
+/// Small on purpose: every feed's ring holds `AUCTION_CLIENT_QUEUE` of
+/// these from the moment it exists, so an event is one pointer here (a
+/// ring slot of a replica watching 10,000 quiet auctions costs 40 bytes,
+/// not 88).
 #[derive(Clone, Debug)]
 pub enum Item<F> {
-    /// An event, encoded once. `placed_at_ms` is 0 when the event has none.
-    Event {
-        id: EventId,
-        placed_at_ms: u64,
-        frame: F,
-    },
+    /// An event, shared by every client of the feed and its recent run.
+    Event(Arc<Event<F>>),
     /// The keepalive interval elapsed (the SSE edge writes a comment).
     Tick,
     /// The replica lost events it could not recover from the stream: the

@@ -1,7 +1,7 @@
 //! The replica's one subscription path: Redis pub/sub → per-auction feeds.
 
-use crate::codec::{Codec, Item, placed_at_ms};
-use crate::recent::{Encoded, Recent};
+use crate::codec::{Codec, Event, Item, placed_at_ms};
+use crate::recent::Recent;
 use auction_domain::{AuctionId, EventId};
 use event_log::{EventLog, Notice, RedisTarget, StoredEvent};
 use futures_util::StreamExt;
@@ -58,10 +58,10 @@ pub struct Joined<F> {
     recent: Arc<Mutex<Recent<F>>>,
 }
 
-impl<F: Clone> Joined<F> {
+impl<F> Joined<F> {
     /// The events after `id` that this replica published recently, if it
     /// can tell what they are; `None`: ask the stream.
-    pub fn recent_after(&self, id: EventId) -> Option<Vec<Encoded<F>>> {
+    pub fn recent_after(&self, id: EventId) -> Option<Vec<Arc<Event<F>>>> {
         lock(&self.recent).after(id)
     }
 }
@@ -525,18 +525,17 @@ fn publish<C: Codec>(
         span
     });
     let _entered = span.as_ref().map(tracing::Span::enter);
-    let frame = codec.event(auction, event);
-    let placed_at_ms = placed_at_ms(&event.data);
+    let encoded = Arc::new(Event {
+        id: event.id,
+        placed_at_ms: placed_at_ms(&event.data),
+        frame: codec.event(auction, event),
+    });
     // Recorded before it is sent: a client joins the ring first and reads
     // the recent events after, so every event is in one or both (the
     // client drops ids it has sent already).
-    lock(&cursor.recent).push(event.prev, (event.id, placed_at_ms, frame.clone()));
+    lock(&cursor.recent).push(event.prev, encoded.clone());
     // No receivers is fine: the feed may be idle, waiting to be swept.
-    let _ = cursor.tx.send(Item::Event {
-        id: event.id,
-        placed_at_ms,
-        frame,
-    });
+    let _ = cursor.tx.send(Item::Event(encoded));
     cursor.last = event.id;
 }
 

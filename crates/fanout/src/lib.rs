@@ -18,7 +18,7 @@ mod recent;
 mod session;
 pub mod writer;
 
-pub use codec::{Codec, Item, placed_at_ms};
+pub use codec::{Codec, Event, Item, placed_at_ms};
 pub use hub::{Hub, HubConfig, JoinError, Joined};
 pub use session::{
     CatchUp, CatchUpError, OpenError, Opening, Resume, Start, init, init_json, open,

@@ -3,25 +3,25 @@
 //! read and no encoding per client, which is what a wave of reconnects
 //! (an edge restarted, a load balancer reshuffled) costs otherwise.
 
+use crate::codec::Event;
 use auction_domain::EventId;
 use std::collections::VecDeque;
-
-/// An encoded event as the feed carries it: id, `placed_at` (ms), frame.
-pub type Encoded<F> = (EventId, u64, F);
+use std::sync::Arc;
 
 /// A contiguous run of a feed's newest events: each entry's `prev` is the
 /// entry before it, so the run covers exactly the ids in `(floor, newest]`.
 pub struct Recent<F> {
-    events: VecDeque<Encoded<F>>,
+    events: VecDeque<Arc<Event<F>>>,
     /// The `prev` of the oldest entry.
     floor: EventId,
     capacity: usize,
 }
 
-impl<F: Clone> Recent<F> {
+impl<F> Recent<F> {
     pub fn new(capacity: usize) -> Recent<F> {
         Recent {
-            events: VecDeque::with_capacity(capacity.min(64)),
+            // Grows with use: a quiet auction's feed keeps nothing here.
+            events: VecDeque::new(),
             floor: EventId::ZERO,
             capacity,
         }
@@ -29,7 +29,7 @@ impl<F: Clone> Recent<F> {
 
     /// Records an event the feed published. An event that does not chain
     /// onto the newest one starts a new run.
-    pub fn push(&mut self, prev: EventId, event: Encoded<F>) {
+    pub fn push(&mut self, prev: EventId, event: Arc<Event<F>>) {
         if self.capacity == 0 {
             return;
         }
@@ -38,9 +38,9 @@ impl<F: Clone> Recent<F> {
             self.floor = prev;
         }
         if self.events.len() == self.capacity
-            && let Some((oldest, _, _)) = self.events.pop_front()
+            && let Some(oldest) = self.events.pop_front()
         {
-            self.floor = oldest;
+            self.floor = oldest.id;
         }
         self.events.push_back(event);
     }
@@ -54,17 +54,17 @@ impl<F: Clone> Recent<F> {
     /// they are: `id` is the floor, one of the run's ids, or between two of
     /// them. `None` otherwise (older than the run, newer than the feed, or
     /// nothing recorded yet): the caller asks the stream.
-    pub fn after(&self, id: EventId) -> Option<Vec<Encoded<F>>> {
+    pub fn after(&self, id: EventId) -> Option<Vec<Arc<Event<F>>>> {
         let newest = self.newest()?;
         if id < self.floor || id > newest {
             return None;
         }
-        let start = self.events.partition_point(|(event, _, _)| *event <= id);
+        let start = self.events.partition_point(|event| event.id <= id);
         Some(self.events.range(start..).cloned().collect())
     }
 
     fn newest(&self) -> Option<EventId> {
-        self.events.back().map(|(id, _, _)| *id)
+        self.events.back().map(|event| event.id)
     }
 }
 
@@ -76,14 +76,22 @@ mod tests {
         EventId::new(seq * 10, 0)
     }
 
-    fn ids(events: Option<Vec<Encoded<u64>>>) -> Option<Vec<u64>> {
-        events.map(|events| events.into_iter().map(|(_, _, frame)| frame).collect())
+    fn event(seq: u64) -> Arc<Event<u64>> {
+        Arc::new(Event {
+            id: id(seq),
+            placed_at_ms: 0,
+            frame: seq,
+        })
+    }
+
+    fn ids(events: Option<Vec<Arc<Event<u64>>>>) -> Option<Vec<u64>> {
+        events.map(|events| events.iter().map(|event| event.frame).collect())
     }
 
     fn filled(capacity: usize, through: u64) -> Recent<u64> {
         let mut recent = Recent::new(capacity);
         for seq in 1..=through {
-            recent.push(id(seq - 1), (id(seq), 0, seq));
+            recent.push(id(seq - 1), event(seq));
         }
         recent
     }
@@ -106,7 +114,7 @@ mod tests {
     #[test]
     fn a_break_in_the_chain_starts_over() {
         let mut recent = filled(8, 3);
-        recent.push(id(10), (id(11), 0, 11));
+        recent.push(id(10), event(11));
         assert_eq!(ids(recent.after(id(2))), None);
         assert_eq!(ids(recent.after(id(10))), Some(vec![11]));
         recent.clear();

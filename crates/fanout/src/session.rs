@@ -9,11 +9,11 @@
 //!    snapshot, `reset: true` unless no id was given.
 //! 3. Go live, dropping feed events at or below the last id sent.
 
-use crate::codec::{Codec, Item};
+use crate::codec::{Codec, Event, Item};
 use crate::hub::{Hub, JoinError};
-use crate::recent::Encoded;
 use auction_domain::{AuctionId, EventId, EventKind};
 use event_log::{LogError, Snapshot};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -173,7 +173,7 @@ pub struct CatchUp<F> {
     auction: AuctionId,
     after: EventId,
     /// Served from memory: everything up to the feed's newest event.
-    memory: Option<Vec<Encoded<F>>>,
+    memory: Option<Vec<Arc<Event<F>>>>,
     done: bool,
 }
 
@@ -198,7 +198,11 @@ impl<F> CatchUp<F> {
 
     /// Replays `events` (everything the feed published after `after`); the
     /// rest reaches the client through the feed.
-    pub fn from_memory(auction: AuctionId, after: EventId, events: Vec<Encoded<F>>) -> CatchUp<F> {
+    pub fn from_memory(
+        auction: AuctionId,
+        after: EventId,
+        events: Vec<Arc<Event<F>>>,
+    ) -> CatchUp<F> {
         CatchUp {
             auction,
             after,
@@ -212,22 +216,25 @@ impl<F> CatchUp<F> {
         self.after
     }
 
-    /// Appends the next batch of encoded events to `out`. Returns `false`
-    /// once the stream has nothing more: the client is caught up.
+    /// Appends the frames of the next batch of events to `out`. Returns
+    /// `false` once there is nothing more: the client is caught up.
     pub async fn next_batch<C: Codec<Frame = F>>(
         &mut self,
         hub: &Hub<C>,
-        out: &mut Vec<Encoded<F>>,
-    ) -> Result<bool, CatchUpError> {
+        out: &mut Vec<F>,
+    ) -> Result<bool, CatchUpError>
+    where
+        F: Clone,
+    {
         if self.done {
             return Ok(false);
         }
         if let Some(events) = self.memory.take() {
             self.done = true;
-            if let Some((last, _, _)) = events.last() {
-                self.after = *last;
+            if let Some(last) = events.last() {
+                self.after = last.id;
             }
-            out.extend(events);
+            out.extend(events.iter().map(|event| event.frame.clone()));
             return Ok(false);
         }
         let events = hub
@@ -241,8 +248,7 @@ impl<F> CatchUp<F> {
             return Err(CatchUpError::Gap);
         }
         for event in &events {
-            let frame = hub.codec().event(&self.auction, event);
-            out.push((event.id, crate::codec::placed_at_ms(&event.data), frame));
+            out.push(hub.codec().event(&self.auction, event));
             self.after = event.id;
         }
         self.done = events.len() < REPLAY_BATCH;

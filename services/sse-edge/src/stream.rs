@@ -171,10 +171,8 @@ impl Connection<'_> {
                     replayed.clear();
                     match catch_up.next_batch(&self.endpoint.hub, &mut replayed).await {
                         Ok(more) => {
-                            let frames: Vec<Bytes> =
-                                replayed.iter().map(|(_, _, f)| f.clone()).collect();
-                            self.write(&frames).await?;
-                            metrics.events_delivered.inc_by(frames.len() as u64);
+                            self.write(&replayed).await?;
+                            metrics.events_delivered.inc_by(replayed.len() as u64);
                             self.last_sent = catch_up.last();
                             if !more {
                                 break;
@@ -247,14 +245,10 @@ impl Connection<'_> {
     /// Adds one feed item to the batch. `false`: end the connection.
     fn take(&mut self, item: Result<Item<Bytes>, broadcast::error::RecvError>) -> bool {
         match item {
-            Ok(Item::Event {
-                id,
-                placed_at_ms,
-                frame,
-            }) => {
-                if id > self.last_sent {
-                    self.last_sent = id;
-                    self.batch.push((frame, placed_at_ms));
+            Ok(Item::Event(event)) => {
+                if event.id > self.last_sent {
+                    self.last_sent = event.id;
+                    self.batch.push((event.frame.clone(), event.placed_at_ms));
                 }
                 true
             }

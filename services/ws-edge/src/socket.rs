@@ -412,16 +412,12 @@ impl<'a> Session<'a> {
         item: Result<Item<Bytes>, BroadcastStreamRecvError>,
     ) -> Result<(), End> {
         match item {
-            Ok(Item::Event {
-                id,
-                placed_at_ms,
-                frame,
-            }) => {
+            Ok(Item::Event(event)) => {
                 if let Some(subscription) = self.subscriptions.iter_mut().find(|s| s.key == key)
-                    && id > subscription.last
+                    && event.id > subscription.last
                 {
-                    subscription.last = id;
-                    self.batch.push((frame, placed_at_ms));
+                    subscription.last = event.id;
+                    self.batch.push((event.frame.clone(), event.placed_at_ms));
                 }
                 Ok(())
             }
@@ -602,10 +598,8 @@ impl<'a> Session<'a> {
                     frames.clear();
                     match catch_up.next_batch(hub, &mut frames).await {
                         Ok(more) => {
-                            let replayed: Vec<Bytes> =
-                                frames.drain(..).map(|(_, _, frame)| frame).collect();
-                            self.write_raw(&replayed).await?;
-                            metrics.events_delivered.inc_by(replayed.len() as u64);
+                            self.write_raw(&frames).await?;
+                            metrics.events_delivered.inc_by(frames.len() as u64);
                             if !more {
                                 break;
                             }
