@@ -322,6 +322,21 @@ impl ClientResult {
         }
     }
 
+    /// Books how a connection ended; `false` once the client is finished.
+    async fn book(&mut self, ended: Ended, reading: bool) -> bool {
+        match ended {
+            Ended::Done => return false,
+            Ended::Churn => self.churn_resumes += 1,
+            Ended::Dropped if !reading => return false,
+            Ended::Dropped => self.reconnects += 1,
+            Ended::Refused => {
+                self.refusals += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+        true
+    }
+
     fn done(&self, shared: &Shared) -> bool {
         shared.events > 0 && self.received >= self.seen.len()
     }
@@ -473,15 +488,8 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
             }
             buffer.drain(..consumed);
         };
-        match ended {
-            Ended::Done => break,
-            Ended::Churn => result.churn_resumes += 1,
-            Ended::Dropped if !reading => break,
-            Ended::Dropped => result.reconnects += 1,
-            Ended::Refused => {
-                result.refusals += 1;
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+        if !result.book(ended, reading).await {
+            break;
         }
     }
     result
@@ -583,15 +591,8 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
             }
             buffer.drain(..consumed);
         };
-        match ended {
-            Ended::Done => break,
-            Ended::Churn => result.churn_resumes += 1,
-            Ended::Dropped if !reading => break,
-            Ended::Dropped => result.reconnects += 1,
-            Ended::Refused => {
-                result.refusals += 1;
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+        if !result.book(ended, reading).await {
+            break;
         }
     }
     result
