@@ -322,6 +322,29 @@ impl ClientResult {
         }
     }
 
+    /// Records a bid received on the current connection (`this_connection`
+    /// counts its new events) and says whether the connection ends here:
+    /// every expected event arrived, or it is time to hang up and resume.
+    fn count(
+        &mut self,
+        shared: &Shared,
+        watch: &Watch,
+        amount: u64,
+        now: Instant,
+        this_connection: &mut usize,
+    ) -> Option<Ended> {
+        let before = self.received;
+        self.record(shared, watch, amount, now);
+        *this_connection += self.received - before;
+        if self.done(shared) {
+            Some(Ended::Done)
+        } else if shared.churn_every > 0 && *this_connection >= shared.churn_every {
+            Some(Ended::Churn)
+        } else {
+            None
+        }
+    }
+
     /// Books how a connection ended; `false` once the client is finished.
     async fn book(&mut self, ended: Ended, reading: bool) -> bool {
         match ended {
@@ -476,14 +499,9 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
                 if let Some(id) = line_value(message, b"id: ") {
                     last_id = String::from_utf8_lossy(id).into_owned();
                 }
-                let before = result.received;
-                result.record(shared, watch, amount, now);
-                this_connection += result.received - before;
-                if result.done(shared) {
-                    break 'read Ended::Done;
-                }
-                if shared.churn_every > 0 && this_connection >= shared.churn_every {
-                    break 'read Ended::Churn;
+                if let Some(ended) = result.count(shared, watch, amount, now, &mut this_connection)
+                {
+                    break 'read ended;
                 }
             }
             buffer.drain(..consumed);
@@ -569,14 +587,10 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
                         let Some(amount) = field_number(payload, b"\"amount\":") else {
                             continue;
                         };
-                        let before = result.received;
-                        result.record(shared, watch, amount, now);
-                        this_connection += result.received - before;
-                        if result.done(shared) {
-                            break 'read Ended::Done;
-                        }
-                        if shared.churn_every > 0 && this_connection >= shared.churn_every {
-                            break 'read Ended::Churn;
+                        if let Some(ended) =
+                            result.count(shared, watch, amount, now, &mut this_connection)
+                        {
+                            break 'read ended;
                         }
                     }
                     0x8 => break 'read Ended::Dropped, // close
