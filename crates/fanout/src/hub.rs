@@ -491,18 +491,17 @@ impl<C: Codec> Subscriber<C> {
             let Some(cursor) = self.cursors.get_mut(auction) else {
                 return Ok(());
             };
-            if let Some(first) = batch.first()
-                && first.prev != after
-            {
-                // The events in between were trimmed from the stream: this
-                // feed's clients must start over.
-                tracing::warn!(%auction, %after, "events lost beyond retention; resetting clients");
-                // Cleared first: a client that resumes once reset must not
-                // be served events from before the hole.
-                lock(&cursor.recent).clear();
-                cursor.send(Item::Reset);
-            }
             for event in &batch {
+                if event.prev != cursor.last {
+                    // The events in between are gone from the stream
+                    // (trimmed beyond retention): this feed's clients must
+                    // start over.
+                    tracing::warn!(%auction, after = %cursor.last, "events lost beyond retention; resetting clients");
+                    // Cleared first: a client that resumes once reset must
+                    // not be served events from before the hole.
+                    lock(&cursor.recent).clear();
+                    cursor.send(Item::Reset);
+                }
                 publish(&self.shared.codec, auction, cursor, event);
             }
             if batch.len() < BACKFILL_BATCH {

@@ -59,7 +59,12 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
     let metrics = ctx.metrics.transport(Transport::sse);
     let endpoint = Arc::new(SseEndpoint {
         gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
-        delivery: Delivery::new(hub.clone(), metrics, ctx.shutdown.clone()),
+        delivery: Delivery::new(
+            hub.clone(),
+            metrics,
+            own.edge.stall_limit,
+            ctx.shutdown.clone(),
+        ),
         retry_ms: own.retry_ms,
         send_buffer: own.edge.send_buffer,
         shutdown: ctx.shutdown.clone(),

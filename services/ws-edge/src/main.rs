@@ -104,7 +104,12 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
     let metrics = ctx.metrics.transport(Transport::ws);
     let endpoint = Arc::new(WsEndpoint {
         gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
-        delivery: Delivery::new(hub.clone(), metrics, ctx.shutdown.clone()),
+        delivery: Delivery::new(
+            hub.clone(),
+            metrics,
+            own.edge.stall_limit,
+            ctx.shutdown.clone(),
+        ),
         bids: bids::BidForwarder::new(&own.bidder_url)?,
         max_message: own.max_message,
         ping_ticks: ping_ticker(&ctx, own.ping),
