@@ -66,6 +66,7 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         async move { hub.healthy().await }
     });
     let metrics = ctx.metrics.transport(Transport::sse);
+    metrics.max_connections.set(own.max_connections as i64);
     let endpoint = Arc::new(SseEndpoint {
         hub,
         gate: ConnectionGate::new(own.max_connections, metrics.connections.clone()),

@@ -100,6 +100,7 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
         async move { hub.healthy().await }
     });
     let metrics = ctx.metrics.transport(Transport::ws);
+    metrics.max_connections.set(own.max_connections as i64);
     let endpoint = Arc::new(WsEndpoint {
         hub,
         gate: ConnectionGate::new(own.max_connections, metrics.connections.clone()),
