@@ -57,7 +57,7 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         ctx.shutdown.clone(),
     )?;
     let metrics = ctx.metrics.transport(Transport::sse);
-    metrics.max_connections.set(own.max_connections as i64);
+    metrics.max_connections.set(own.edge.max_connections as i64);
     let endpoint = Arc::new(SseEndpoint {
         gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
         delivery: Delivery::new(

@@ -102,7 +102,7 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
         ctx.shutdown.clone(),
     )?;
     let metrics = ctx.metrics.transport(Transport::ws);
-    metrics.max_connections.set(own.max_connections as i64);
+    metrics.max_connections.set(own.edge.max_connections as i64);
     let endpoint = Arc::new(WsEndpoint {
         gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
         delivery: Delivery::new(
