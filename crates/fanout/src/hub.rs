@@ -18,8 +18,10 @@ const BACKFILL_BATCH: usize = 256;
 /// Redis operations of the subscription path give up after this long; the
 /// connection is then treated as lost and re-established.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Bound of the queue of "start watching this auction" requests.
-const COMMAND_QUEUE: usize = 1024;
+/// Bound of the queue of "start watching this auction" requests: more than
+/// a replica's clients can ask for in one burst (a restart hands a replica
+/// thousands of auctions at once); past it, a client is refused as busy.
+const COMMAND_QUEUE: usize = 16_384;
 /// Most auctions one SUBSCRIBE (and one pipelined window read) starts
 /// watching: a replica asked for thousands of auctions at once (a restart,
 /// a load balancer reshuffle) needs a few round trips, not thousands.

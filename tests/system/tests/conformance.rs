@@ -427,3 +427,65 @@ async fn garbled_or_future_resume_ids_get_a_reset_init_on_both_transports() {
     assert_eq!(outcomes[0].reset, 3.0);
     assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid() {
+    use auction_domain::{AuctionId, BidSource, BidderName};
+    use event_log::{AuctionSpec, EventLog};
+    let redis = RedisServer::start();
+    // The bidder only closes auctions here (no simulator).
+    let _closer = ServiceProcess::start(
+        "bidder",
+        &[
+            ("AUCTION_REDIS_URL", redis.url()),
+            ("AUCTION_SIMULATE", "false".into()),
+            ("AUCTION_CLOSE_CHECK_MS", "20".into()),
+        ],
+    );
+    let target = event_log::parse_redis_url(&redis.url()).unwrap();
+    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
+    let sse = start_edge(Transport::Sse, &redis, &[]);
+    let ws = start_edge(Transport::Ws, &redis, &[]);
+    for (transport, edge) in [(Transport::Sse, &sse), (Transport::Ws, &ws)] {
+        let auction = format!("closing-{}", transport.label());
+        let id = AuctionId::parse(&auction).unwrap();
+        let spec = AuctionSpec {
+            id: id.clone(),
+            title: "Clock".into(),
+            starting_price: 100,
+            min_increment: 10,
+            duration_ms: 1_500,
+        };
+        log.create(&spec).await.unwrap();
+        let mut conn = Conn::open(transport, edge.addr, &auction, None, None).await;
+        assert!(matches!(
+            conn.next(QUIET).await,
+            Some(Received::Init { .. })
+        ));
+        let bidder = BidderName::parse("early").unwrap();
+        log.place_bid(&id, 100, &bidder, BidSource::User, None, None)
+            .await
+            .unwrap();
+        // The last bid comes about 1.5 s before the close.
+        let mut kinds = Vec::new();
+        while kinds.len() < 2 {
+            match conn.next(QUIET).await {
+                Some(Received::Event { kind, .. }) => kinds.push(kind),
+                other => panic!("{transport:?}: {other:?}"),
+            }
+        }
+        assert_eq!(kinds, ["bid", "closed"], "{transport:?}");
+        let t = transport.label();
+        let observed = edge.metric(&format!(
+            "auction_delivery_latency_seconds_count{{transport=\"{t}\"}}"
+        ));
+        let under_half_a_second = edge.metric(&format!(
+            "auction_delivery_latency_seconds_bucket{{le=\"0.512\",transport=\"{t}\"}}"
+        ));
+        assert_eq!(observed, 2.0, "{transport:?}: the bid and the close");
+        assert_eq!(
+            under_half_a_second, 2.0,
+            "{transport:?}: both delivered within half a second of their own time"
+        );
+    }
+}
