@@ -119,7 +119,7 @@ async fn ws_client(addr: std::net::SocketAddr, i: usize) -> First {
             auction(i)
         ));
         let mut request = b"GET /ws HTTP/1.1\r\nHost: edge\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
-        let same_packet = i % 2 == 0;
+        let same_packet = i.is_multiple_of(2);
         if same_packet {
             request.extend_from_slice(&subscribe);
         }
@@ -176,10 +176,10 @@ async fn sse_client(addr: std::net::SocketAddr, i: usize) -> First {
         }
         loop {
             let text = String::from_utf8_lossy(&body);
-            if let Some(at) = text.find("event: init\n") {
-                if text[at..].contains("\n\n") {
-                    return Ok(First::Init);
-                }
+            if let Some(at) = text.find("event: init\n")
+                && text[at..].contains("\n\n")
+            {
+                return Ok(First::Init);
             }
             let mut chunk = [0u8; 2048];
             let read = stream.read(&mut chunk).await?;
