@@ -5,6 +5,7 @@ use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::recent::Recent;
 use auction_domain::{AuctionId, Event, EventId};
 use event_log::{EventLog, LiveConnection, LiveMessage, LogError, RedisTarget};
+use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,6 +181,16 @@ impl<C: Codec> Hub<C> {
     /// Readiness: the subscription is up and Redis answers commands.
     pub async fn healthy(&self) -> bool {
         self.connected() && self.log().ping().await.is_ok()
+    }
+
+    /// [`healthy`](Self::healthy) as a probe a readiness watcher can call
+    /// again and again.
+    pub fn health_probe(&self) -> impl Fn() -> BoxFuture<'static, bool> + Send + 'static {
+        let hub = self.clone();
+        move || {
+            let hub = hub.clone();
+            Box::pin(async move { hub.healthy().await })
+        }
     }
 
     pub(crate) fn codec(&self) -> &C {

@@ -121,9 +121,12 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
         shutdown: ctx.shutdown.clone(),
     });
     let routes = pages::routes(pages::Transport::Ws, "");
-    let healthy = move || {
-        let hub = hub.clone();
-        async move { hub.healthy().await }
-    };
-    run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
+    run_edge(
+        &ctx,
+        endpoint.clone(),
+        &endpoint.gate,
+        routes,
+        hub.health_probe(),
+    )
+    .await
 }

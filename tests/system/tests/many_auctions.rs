@@ -195,49 +195,41 @@ async fn sse_client(addr: std::net::SocketAddr, i: usize) -> First {
     }
 }
 
-fn tally(firsts: &[First]) -> (usize, Vec<&First>) {
+/// Starts every client at once and asserts each got its init.
+async fn all_get_their_init<F>(
+    name: &str,
+    client: fn(std::net::SocketAddr, usize) -> F,
+    edge: &ServiceProcess,
+) where
+    F: std::future::Future<Output = First> + Send + 'static,
+{
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| tokio::spawn(client(edge.addr, i)))
+        .collect();
+    let mut firsts = Vec::with_capacity(CLIENTS);
+    for client in clients {
+        firsts.push(client.await.unwrap());
+    }
     let inits = firsts.iter().filter(|f| **f == First::Init).count();
-    let others = firsts
+    let others: Vec<_> = firsts
         .iter()
         .filter(|f| **f != First::Init)
         .take(5)
         .collect();
-    (inits, others)
+    assert!(
+        firsts.iter().all(|f| *f != First::Silent),
+        "{name}: no client is left silent ({inits} inits; first others: {others:?})"
+    );
+    assert_eq!(inits, CLIENTS, "{name}: first others: {others:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_clients_on_ten_thousand_auctions_at_once_all_get_their_init() {
     let redis = RedisServer::start();
     create_auctions(&redis).await;
-
     let ws = edge("ws-edge", &redis);
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| tokio::spawn(ws_client(ws.addr, i)))
-        .collect();
-    let mut firsts = Vec::with_capacity(CLIENTS);
-    for client in clients {
-        firsts.push(client.await.unwrap());
-    }
-    let (inits, others) = tally(&firsts);
-    assert!(
-        firsts.iter().all(|f| *f != First::Silent),
-        "WebSocket: no client is left silent ({inits} inits; first others: {others:?})"
-    );
-    assert_eq!(inits, CLIENTS, "WebSocket: first others: {others:?}");
+    all_get_their_init("WebSocket", ws_client, &ws).await;
     drop(ws);
-
     let sse = edge("sse-edge", &redis);
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| tokio::spawn(sse_client(sse.addr, i)))
-        .collect();
-    let mut firsts = Vec::with_capacity(CLIENTS);
-    for client in clients {
-        firsts.push(client.await.unwrap());
-    }
-    let (inits, others) = tally(&firsts);
-    assert!(
-        firsts.iter().all(|f| *f != First::Silent),
-        "SSE: no client is left silent ({inits} inits; first others: {others:?})"
-    );
-    assert_eq!(inits, CLIENTS, "SSE: first others: {others:?}");
+    all_get_their_init("SSE", sse_client, &sse).await;
 }
