@@ -116,18 +116,9 @@ pub struct StreamWindow {
     /// still in the stream.
     pub first_prev: Option<EventId>,
     pub last: Option<EventId>,
-}
-
-impl StreamWindow {
-    /// Whether a client that has seen everything up to `id` can be brought
-    /// up to date from the stream alone: `id` is at or after the point the
-    /// retained events follow, and not in the future.
-    pub fn can_resume_from(&self, id: EventId) -> bool {
-        match (self.first_prev, self.last) {
-            (Some(floor), Some(last)) => floor <= id && id <= last,
-            _ => false,
-        }
-    }
+    /// Whether the auction's state exists (an auction can vanish: expired,
+    /// or Redis came back without its data).
+    pub exists: bool,
 }
 
 /// A consistent view of one auction for a client's `init`: state and the
@@ -369,18 +360,39 @@ impl EventLog {
         reply.ids.iter().map(stream_event).collect()
     }
 
-    /// The oldest and newest events the stream still holds.
-    pub async fn window(&self, auction: &AuctionId) -> Result<StreamWindow, LogError> {
-        let mut windows = self.windows(std::slice::from_ref(auction)).await?;
-        Ok(windows.pop().unwrap_or(StreamWindow {
-            first: None,
-            first_prev: None,
-            last: None,
-        }))
+    /// Whether this auction's stream held `id`, so that the events after
+    /// it are exactly what a client that saw `id` missed: `id` is one of the
+    /// stream's events, or the one just before its oldest retained event.
+    /// An id from another stream (another auction's, or this one's before
+    /// Redis lost its data) is not held even when it sorts inside the
+    /// retained range.
+    pub async fn holds(&self, auction: &AuctionId, id: EventId) -> Result<bool, LogError> {
+        let mut conn = self.conn.clone();
+        let stream = keys::stream_key(auction);
+        let exact = id.to_string();
+        let (same, first): (StreamRangeReply, StreamRangeReply) = redis::pipe()
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg(&exact)
+            .arg(&exact)
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        if !same.ids.is_empty() {
+            return Ok(true);
+        }
+        let first = first.ids.first().map(stream_event).transpose()?;
+        Ok(first.is_some_and(|first| first.prev == id))
     }
 
-    /// [`window`](Self::window) of each auction, in order, in one round
-    /// trip (a replica that starts watching many auctions at once).
+    /// The oldest and newest events each auction's stream still holds, and
+    /// whether the auction exists, in order, in one round trip (a replica
+    /// that starts watching many auctions at once).
     pub async fn windows(&self, auctions: &[AuctionId]) -> Result<Vec<StreamWindow>, LogError> {
         if auctions.is_empty() {
             return Ok(Vec::new());
@@ -402,10 +414,37 @@ impl EventLog {
                 .arg("COUNT")
                 .arg(1);
         }
-        let replies: Vec<StreamRangeReply> = pipe.query_async(&mut conn).await?;
-        replies
+        for auction in auctions {
+            pipe.cmd("EXISTS").arg(keys::state_key(auction));
+        }
+        let (ranges, exists): (Vec<StreamRangeReply>, Vec<bool>) = {
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            let split = auctions.len() * 2;
+            if replies.len() != split + auctions.len() {
+                return Err(corrupt(format!(
+                    "windows answered {} replies",
+                    replies.len()
+                )));
+            }
+            let (ranges, exists) = replies.split_at(split);
+            let unexpected = |error| corrupt(format!("windows answered {error}"));
+            (
+                ranges
+                    .iter()
+                    .map(redis::from_redis_value_ref)
+                    .collect::<Result<_, _>>()
+                    .map_err(unexpected)?,
+                exists
+                    .iter()
+                    .map(redis::from_redis_value_ref)
+                    .collect::<Result<_, _>>()
+                    .map_err(unexpected)?,
+            )
+        };
+        ranges
             .chunks(2)
-            .map(|pair| {
+            .zip(exists)
+            .map(|(pair, exists)| {
                 let first = pair
                     .first()
                     .and_then(|r| r.ids.first())
@@ -420,9 +459,23 @@ impl EventLog {
                     first: first.as_ref().map(|event| event.id),
                     first_prev: first.as_ref().map(|event| event.prev),
                     last: last.map(|event| event.id),
+                    exists,
                 })
             })
             .collect()
+    }
+
+    /// Whether each auction exists, in order, in one round trip.
+    pub async fn exist(&self, auctions: &[AuctionId]) -> Result<Vec<bool>, LogError> {
+        if auctions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for auction in auctions {
+            pipe.cmd("EXISTS").arg(keys::state_key(auction));
+        }
+        Ok(pipe.query_async(&mut conn).await?)
     }
 
     pub async fn exists(&self, auction: &AuctionId) -> Result<bool, LogError> {

@@ -14,8 +14,10 @@
 //! - a client lapped by its feed, or whose socket accepts nothing for the
 //!   stall limit (`AUCTION_CLIENT_STALL_MS`), is slow: it is cut off and
 //!   counted once;
-//! - a feed reset (the replica lost events) ends the client, which resumes
-//!   from its last id;
+//! - a feed reset (the replica lost events, or the stream was replaced)
+//!   ends the client, which resumes from its last id;
+//! - an auction that stops existing gets a last `gone` message to each of
+//!   its clients, then their view of it ends;
 //! - `auction_events_delivered_total` counts every event frame written to
 //!   a client, replayed or live; `auction_delivery_latency_seconds`
 //!   observes live events, from the event's own time to the write.
@@ -52,6 +54,9 @@ pub enum Ended {
     Slow,
     /// The socket failed, the peer left, or the replica is draining.
     Closed,
+    /// The auction no longer exists. Its last word is in the batch: flush
+    /// it, then end this client's view of the auction.
+    Gone,
 }
 
 /// Why a started client got no live subscription.
@@ -269,6 +274,12 @@ impl<C: Codec> Delivery<C> {
                         Ok(())
                     }
                     Item::Reset => Err(Ended::Reset),
+                    Item::Gone => {
+                        batch
+                            .frames
+                            .push(self.hub.codec().gone(&subscription.auction));
+                        Err(Ended::Gone)
+                    }
                 }
             }
             Err(RecvError::Lagged(_)) => {

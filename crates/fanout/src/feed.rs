@@ -14,6 +14,9 @@ pub trait Codec: Send + Sync + 'static {
     /// newest event it reflects (`0-0` for none).
     fn init(&self, auction: &AuctionId, last: EventId, init_json: &str) -> Frame;
 
+    /// The last word to a client of an auction that no longer exists.
+    fn gone(&self, auction: &AuctionId) -> Frame;
+
     /// What a client is sent when its feed's keepalive interval elapses,
     /// if anything (SSE: a comment line, so proxies keep the stream open).
     fn keepalive(&self) -> Option<Frame> {
@@ -49,4 +52,7 @@ pub enum Item {
     /// The replica lost events it could not recover from the stream: the
     /// client must reconnect and resume from its last id.
     Reset,
+    /// The auction no longer exists (expired, or Redis lost it): the feed
+    /// ends after this.
+    Gone,
 }

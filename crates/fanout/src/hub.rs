@@ -27,6 +27,8 @@ const COMMAND_QUEUE: usize = 16_384;
 /// watching: a replica asked for thousands of auctions at once (a restart,
 /// a load balancer reshuffle) needs a few round trips, not thousands.
 const WATCH_BATCH: usize = 256;
+/// Auctions whose existence one round trip checks.
+const AUDIT_BATCH: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -385,11 +387,88 @@ impl<C: Codec> Subscriber<C> {
                 waiting.push(auction.clone());
             }
         }
-        for auction in live {
-            self.backfill(&auction).await?;
+        for batch in live.chunks(WATCH_BATCH) {
+            self.catch_up(connection, batch).await?;
         }
         for batch in waiting.chunks(WATCH_BATCH) {
             self.go_live(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings live feeds back in line with their streams after the live
+    /// connection was away (notices sent meanwhile are gone; the stream has
+    /// the events). What the stream shows decides, per feed: more events
+    /// (backfill), none (nothing to do), an auction that no longer exists
+    /// (its clients are told), or a stream that is not the one the feed
+    /// followed (Redis came back without its data: its clients start over).
+    async fn catch_up(
+        &mut self,
+        connection: &mut LiveConnection,
+        auctions: &[AuctionId],
+    ) -> Result<(), String> {
+        let windows = timed(self.shared.log.windows(auctions)).await?;
+        for (auction, window) in auctions.iter().zip(windows) {
+            let Some(last) = self.cursors.get(auction).map(|c| c.last) else {
+                continue;
+            };
+            if !window.exists {
+                self.vanished(connection, auction).await?;
+                continue;
+            }
+            match window.last {
+                Some(newest) if newest > last => self.backfill(auction).await?,
+                Some(newest) if newest == last => {}
+                newest => self.restart_feed(auction, newest.unwrap_or(EventId::ZERO)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The feed's stream is not the one it followed: its ids went back.
+    /// Clients are reset (they resume from their own last id, which this
+    /// stream never held: a fresh `init`), and the feed follows the stream
+    /// from its newest event.
+    fn restart_feed(&mut self, auction: &AuctionId, newest: EventId) {
+        let Some(cursor) = self.cursors.get_mut(auction) else {
+            return;
+        };
+        tracing::warn!(%auction, last = %cursor.last, %newest, "the auction's stream was replaced; resetting clients");
+        // Cleared first: nothing from the old stream may serve a resume.
+        lock(&cursor.recent).clear();
+        cursor.send(Item::Reset);
+        cursor.last = newest;
+    }
+
+    /// The auction no longer exists: its clients get a last word and the
+    /// feed ends, so a client that comes back is told 404.
+    async fn vanished(
+        &mut self,
+        connection: &mut LiveConnection,
+        auction: &AuctionId,
+    ) -> Result<(), String> {
+        let Some(cursor) = self.cursors.remove(auction) else {
+            return Ok(());
+        };
+        tracing::info!(%auction, "the auction no longer exists; ending its feed");
+        lock(&cursor.recent).clear();
+        cursor.send(Item::Gone);
+        lock(&self.shared.feeds).remove(auction);
+        timed(connection.unwatch(auction)).await
+    }
+
+    /// Ends the feeds of auctions that stopped existing while watched
+    /// (expired, deleted): nothing is published for them any more, so
+    /// without this their clients would wait forever.
+    async fn audit(&mut self, connection: &mut LiveConnection) -> Result<(), String> {
+        let watched: Vec<AuctionId> = self.cursors.keys().cloned().collect();
+        for batch in watched.chunks(AUDIT_BATCH) {
+            let exist = timed(self.shared.log.exist(batch)).await?;
+            for (auction, exists) in batch.iter().zip(exist) {
+                if !exists {
+                    self.vanished(connection, auction).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -426,7 +505,10 @@ impl<C: Codec> Subscriber<C> {
                     }
                     Ok(())
                 }
-                _ = sweep.tick() => self.sweep(connection).await,
+                _ = sweep.tick() => match self.sweep(connection).await {
+                    Ok(()) => self.audit(connection).await,
+                    Err(error) => Err(error),
+                },
                 _ = ping.tick() => timed(connection.ping()).await,
             };
             if let Err(error) = result {
@@ -483,8 +565,20 @@ impl<C: Codec> Subscriber<C> {
         let Some(cursor) = self.cursors.get_mut(&auction) else {
             return Ok(()); // an auction we stopped watching
         };
-        if !*cursor.live.borrow() || event.id <= cursor.last {
-            return Ok(()); // not started yet, or already published
+        if !*cursor.live.borrow() {
+            return Ok(()); // not started yet: going live reads the stream
+        }
+        if event.id <= cursor.last {
+            if event.prev < cursor.last {
+                return Ok(()); // published already (a backfill was ahead)
+            }
+            // Within one stream an event's `prev` is older than its id:
+            // this notice comes from another stream (Redis lost its data,
+            // or failed over to a copy without it). Never dropped silently.
+            let window = timed(self.shared.log.windows(std::slice::from_ref(&auction))).await?;
+            let newest = window.first().and_then(|w| w.last).unwrap_or(event.id);
+            self.restart_feed(&auction, newest);
+            return Ok(());
         }
         if event.prev == cursor.last {
             publish(&self.shared.codec, &auction, cursor, &event);

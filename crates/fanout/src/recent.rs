@@ -51,16 +51,15 @@ impl<F> Recent<F> {
     }
 
     /// Every event after `id`, oldest first, if this run can tell what
-    /// they are: `id` is the floor, one of the run's ids, or between two of
-    /// them. `None` otherwise (older than the run, newer than the feed, or
-    /// nothing recorded yet): the caller asks the stream.
+    /// they are: `id` is the floor or one of the run's ids. `None`
+    /// otherwise (older than the run, newer than the feed, an id the
+    /// stream never held, or nothing recorded yet): the caller asks the
+    /// stream.
     pub(crate) fn after(&self, id: EventId) -> Option<Vec<Arc<EncodedEvent<F>>>> {
-        let newest = self.newest()?;
-        if id < self.floor || id > newest {
-            return None;
-        }
+        self.newest()?;
         let start = self.events.partition_point(|event| event.id <= id);
-        Some(self.events.range(start..).cloned().collect())
+        let held = id == self.floor || (start > 0 && self.events[start - 1].id == id);
+        held.then(|| self.events.range(start..).cloned().collect())
     }
 
     fn newest(&self) -> Option<EventId> {
@@ -106,8 +105,8 @@ mod tests {
         assert_eq!(ids(recent.after(id(7))), None, "newer than the feed");
         assert_eq!(
             ids(recent.after(EventId::new(45, 0))),
-            Some(vec![5, 6]),
-            "between two ids of the run"
+            None,
+            "between two ids of the run: an id this stream never held"
         );
     }
 

@@ -106,7 +106,7 @@ pub(crate) async fn open<C: Codec>(
     let start = match resume {
         Resume::From(id) => match joined.recent_after(id) {
             Some(events) => Start::Replay(CatchUp::from_memory(auction.clone(), id, events)),
-            None if hub.log().window(auction).await?.can_resume_from(id) => {
+            None if hub.log().holds(auction, id).await? => {
                 Start::Replay(CatchUp::new(auction.clone(), id))
             }
             None => init(hub, auction, true).await?,

@@ -122,6 +122,30 @@ impl RedisServer {
         self.child = Some(child);
     }
 
+    /// Starts the server again on the same port without its data, as after
+    /// a disk loss or a failover to a replica that had nothing.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(self.dir.path()).expect("read the data dir") {
+            let path = entry.expect("dir entry").path();
+            let keep = path
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("tls."));
+            if keep {
+                continue;
+            }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove data");
+            } else {
+                std::fs::remove_file(&path).expect("remove data");
+            }
+        }
+        let child = wait_for("redis-server to restart", Duration::from_secs(10), || {
+            spawn(self.port, self.dir.path(), self.tls)
+        });
+        self.child = Some(child);
+    }
+
     /// Sends one command (inline protocol) and returns the raw reply.
     pub fn command(&self, line: &str) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
@@ -226,6 +250,23 @@ impl RedisServer {
                 data: entry.get("data").expect("data field"),
             })
             .collect()
+    }
+
+    /// Appends an event to `auction`'s stream and chain atomically, but
+    /// publishes no notice: a notice lost on the way, as edges see it.
+    /// Returns the new id.
+    pub fn append_without_notice(&self, auction: &str) -> String {
+        redis::Script::new(
+            "local prev = redis.call('HGET', KEYS[1], 'last_id') or '0-0'
+             local id = redis.call('XADD', KEYS[2], '*', 'kind', 'bid', 'data', '{}',
+               'prev', prev, 'at', '0', 'tp', '')
+             redis.call('HSET', KEYS[1], 'last_id', id)
+             return id",
+        )
+        .key(format!("auction:{{{auction}}}"))
+        .key(format!("auction:{{{auction}}}:events"))
+        .invoke(&mut self.connection())
+        .expect("append without a notice")
     }
 
     /// The ids of `auction`'s stream strictly after `after` and up to and

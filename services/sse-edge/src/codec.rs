@@ -18,6 +18,10 @@ impl Codec for SseCodec {
         encode(id, "init", init_json)
     }
 
+    fn gone(&self, auction: &AuctionId) -> Bytes {
+        encode(None, "gone", &format!("{{\"auction\":\"{auction}\"}}"))
+    }
+
     fn keepalive(&self) -> Option<Bytes> {
         Some(Bytes::from_static(KEEPALIVE))
     }

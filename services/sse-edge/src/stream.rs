@@ -9,7 +9,7 @@
 
 use crate::codec::SseCodec;
 use auction_domain::AuctionId;
-use fanout::{Batch, Delivery, Item, OpenError, Resume, Subscription, Transport};
+use fanout::{Batch, Delivery, Ended, Item, OpenError, Resume, Subscription, Transport};
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::io;
 use std::sync::Arc;
@@ -119,27 +119,24 @@ impl SseEndpoint {
                 item = feed.recv() => item,
                 _ = &mut gone => return,
             };
-            if self
-                .delivery
-                .take(&mut subscription, first, &mut batch)
-                .is_err()
-            {
-                return;
-            }
-            while !batch.is_full() {
+            let mut taken = self.delivery.take(&mut subscription, first, &mut batch);
+            while taken.is_ok() && !batch.is_full() {
                 let item = match feed.try_recv() {
                     Ok(item) => Ok(item),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                     Err(TryRecvError::Closed) => Err(RecvError::Closed),
                 };
-                if self
-                    .delivery
-                    .take(&mut subscription, item, &mut batch)
-                    .is_err()
-                {
+                taken = self.delivery.take(&mut subscription, item, &mut batch);
+            }
+            match taken {
+                Ok(()) => {}
+                // The batch ends with the auction's last word: write it.
+                Err(Ended::Gone) => {
+                    let _ = self.delivery.flush(socket, &mut batch, || false).await;
                     return;
                 }
+                Err(_) => return,
             }
             let lapped = || subscription.lapped();
             if self

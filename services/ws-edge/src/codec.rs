@@ -22,6 +22,10 @@ impl Codec for WsCodec {
         let id = (last != EventId::ZERO).then_some(last);
         text_frame(&envelope("init", auction, id, init_json))
     }
+
+    fn gone(&self, auction: &AuctionId) -> Bytes {
+        text_frame(&format!("{{\"type\":\"gone\",\"auction\":\"{auction}\"}}"))
+    }
 }
 
 /// `{"type":..,"auction":..,"id":..,"payload":..}`. Auction ids and event ids

@@ -44,7 +44,8 @@ impl From<Ended> for End {
                 CloseCode::Again,
                 "slow consumer; reconnect and resume from your last id",
             ),
-            Ended::Closed => End::Drop,
+            // Not from a whole socket: a gone auction ends its subscription.
+            Ended::Closed | Ended::Gone => End::Drop,
         }
     }
 }

@@ -108,27 +108,47 @@ impl Subscriptions {
         key: u32,
         item: Result<Item, RecvError>,
     ) -> Result<(), Ended> {
-        self.take(delivery, key, item)?;
+        let mut gone = Vec::new();
+        self.take(delivery, key, item, &mut gone)?;
         while !self.batch.is_full() {
             match self.feeds.next().now_or_never() {
-                Some(Some((key, item))) => self.take(delivery, key, item.map_err(lagged))?,
+                Some(Some((key, item))) => {
+                    self.take(delivery, key, item.map_err(lagged), &mut gone)?
+                }
                 _ => break,
             }
         }
         let live = &self.live;
         let lapped = || live.iter().any(|(_, s)| s.lapped());
-        delivery.flush(socket, &mut self.batch, lapped).await
+        delivery.flush(socket, &mut self.batch, lapped).await?;
+        // Their `gone` is written: the socket's other auctions go on.
+        for key in gone {
+            if let Some(index) = self.live.iter().position(|(k, _)| *k == key) {
+                self.live.swap_remove(index);
+                self.feeds.remove(&key);
+            }
+        }
+        Ok(())
     }
 
+    /// Takes one item of the subscription `key`; a subscription whose
+    /// auction is gone is noted in `gone`.
     fn take(
         &mut self,
         delivery: &Delivery<WsCodec>,
         key: u32,
         item: Result<Item, RecvError>,
+        gone: &mut Vec<u32>,
     ) -> Result<(), Ended> {
-        match self.live.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, subscription)) => delivery.take(subscription, item, &mut self.batch),
-            None => Ok(()), // unsubscribed meanwhile
+        let Some((_, subscription)) = self.live.iter_mut().find(|(k, _)| *k == key) else {
+            return Ok(()); // unsubscribed meanwhile
+        };
+        match delivery.take(subscription, item, &mut self.batch) {
+            Err(Ended::Gone) => {
+                gone.push(key);
+                Ok(())
+            }
+            taken => taken,
         }
     }
 }

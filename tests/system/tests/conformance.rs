@@ -252,13 +252,7 @@ async fn a_dropped_notice_is_recovered_for_a_client_that_is_replaying() {
         let mut conn = Conn::open(transport, edge.addr, "lost", Some(&start), None).await;
         // An event appended without its notice, as if the notice were lost
         // on the way: only the next notice's `prev` shows it.
-        let state = redis.command("HGET auction:{lost} last_id");
-        let prev = state.lines().nth(1).expect("last_id").to_owned();
-        let silent = redis.command(&format!(
-            "XADD auction:{{lost}}:events * kind bid data {{}} prev {prev} at 0 tp \"\""
-        ));
-        let silent = silent.lines().nth(1).expect("XADD id").to_owned();
-        redis.command(&format!("HSET auction:{{lost}} last_id {silent}"));
+        let silent = redis.append_without_notice("lost");
         let mut received = Vec::new();
         let target = redis.wait_for_more("lost", &silent, 20);
         read_until(&mut conn, &target, &mut received).await;
@@ -486,6 +480,96 @@ async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid() {
         assert_eq!(
             under_half_a_second, 2.0,
             "{transport:?}: both delivered within half a second of their own time"
+        );
+    }
+}
+
+/// Reads until the connection is sent away: ended, or told its auction is
+/// gone. Returns that last message.
+async fn sent_away(conn: &mut Conn) -> Vec<Received> {
+    loop {
+        let received = conn
+            .next(QUIET)
+            .await
+            .expect("sent away before going quiet");
+        let away = matches!(received, Received::Ended(_))
+            || matches!(&received, Received::Event { kind, .. } if kind == "gone");
+        if away {
+            return vec![received];
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_gone() {
+    use auction_domain::AuctionId;
+    use event_log::{AuctionSpec, EventLog};
+    let mut redis = RedisServer::start();
+    let _bidder = simulator(&redis, "phoenix", 10);
+    redis.wait_for_more("phoenix", "0-0", 5);
+    let target = event_log::parse_redis_url(&redis.url()).unwrap();
+    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
+    let spec = AuctionSpec {
+        id: AuctionId::parse("ghost").unwrap(),
+        title: "Ghost".into(),
+        starting_price: 100,
+        min_increment: 10,
+        duration_ms: 3_600_000,
+    };
+    log.create(&spec).await.unwrap();
+    let sse = start_edge(Transport::Sse, &redis, &[]);
+    let ws = start_edge(Transport::Ws, &redis, &[]);
+    let edges = [(Transport::Sse, &sse), (Transport::Ws, &ws)];
+    let mut watching = Vec::new();
+    for (transport, edge) in edges {
+        let mut ghost = Conn::open(transport, edge.addr, "ghost", None, None).await;
+        assert!(matches!(
+            ghost.next(QUIET).await,
+            Some(Received::Init { .. })
+        ));
+        let mut phoenix = Conn::open(transport, edge.addr, "phoenix", None, None).await;
+        let mut seen = Vec::new();
+        let target = redis.wait_for_more("phoenix", &redis.head("phoenix"), 3);
+        read_until(&mut phoenix, &target, &mut seen).await;
+        let last = event_ids(&seen).last().unwrap().clone();
+        watching.push((transport, edge, ghost, phoenix, last));
+    }
+    tokio::task::block_in_place(|| {
+        redis.restart_empty();
+        // The simulator starts its auction again: a new stream, same name.
+        redis.wait_for_more("phoenix", "0-0", 3);
+    });
+    for (transport, edge, mut ghost, mut phoenix, last) in watching {
+        let told = sent_away(&mut ghost).await;
+        assert_eq!(
+            told.first(),
+            Some(&Received::Event {
+                kind: "gone".into(),
+                id: String::new()
+            }),
+            "{transport:?}: a vanished auction's clients are told: {told:?}"
+        );
+        if transport == Transport::Sse {
+            let end = ghost.next(QUIET).await;
+            assert_eq!(end, Some(Received::Ended(None)), "and the stream ends");
+        }
+        let mut again = Conn::open(transport, edge.addr, "ghost", None, None).await;
+        assert_eq!(
+            again.next(QUIET).await,
+            Some(Received::Refused("not_found".into())),
+            "{transport:?}: and a reconnect is told it does not exist"
+        );
+        // The old stream's clients are sent away: reset (told to resume),
+        // or told it was gone if the edge looked before the simulator had
+        // started it again. Their id is one the new stream never held.
+        sent_away(&mut phoenix).await;
+        let mut resumed = Conn::open(transport, edge.addr, "phoenix", Some(&last), None).await;
+        assert!(
+            matches!(
+                resumed.next(QUIET).await,
+                Some(Received::Init { reset: true, .. })
+            ),
+            "{transport:?}: a resume from the lost stream starts over"
         );
     }
 }
