@@ -174,7 +174,7 @@ impl Publisher {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
                 let bid = format!(
-                    r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","placed_at":{placed_at},"source":"simulated"}}"#
+                    r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","bidder_id":"sim_bench","placed_at":{placed_at},"source":"simulated"}}"#
                 );
                 let body = match transport {
                     Transport::Sse => bid,
