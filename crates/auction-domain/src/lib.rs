@@ -2,10 +2,13 @@
 //! rules that decide whether input is acceptable. Pure logic, no I/O, so every
 //! service and the Redis scripts' callers agree on one definition.
 
+pub mod clock;
+mod event;
 mod event_id;
 mod model;
 mod validate;
 
+pub use event::Event;
 pub use event_id::EventId;
 pub use model::{Auction, AuctionStatus, Bid, BidSource, EventKind};
 pub use validate::{

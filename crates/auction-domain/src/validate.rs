@@ -44,6 +44,9 @@ impl std::error::Error for InputError {}
 pub struct AuctionId(String);
 
 impl AuctionId {
+    /// The rule, as refusals state it.
+    pub const RULE: &str = "auction id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'";
+
     pub fn parse(text: &str) -> Result<AuctionId, InputError> {
         let valid = !text.is_empty()
             && text.len() <= 64
@@ -53,10 +56,7 @@ impl AuctionId {
         if valid {
             Ok(AuctionId(text.to_owned()))
         } else {
-            Err(InputError::new(
-                "invalid_auction_id",
-                "auction id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
-            ))
+            Err(InputError::new("invalid_auction_id", Self::RULE))
         }
     }
 

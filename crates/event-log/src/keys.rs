@@ -1,17 +1,17 @@
 use auction_domain::{AuctionId, BidderId};
 
 /// The auction's state hash.
-pub fn state_key(id: &AuctionId) -> String {
+pub(crate) fn state_key(id: &AuctionId) -> String {
     format!("auction:{{{id}}}")
 }
 
 /// The auction's event stream.
-pub fn stream_key(id: &AuctionId) -> String {
+pub(crate) fn stream_key(id: &AuctionId) -> String {
     format!("auction:{{{id}}}:events")
 }
 
 /// The auction's pub/sub channel (also built inside the Lua prelude).
-pub fn live_channel(id: &AuctionId) -> String {
+pub(crate) fn live_channel(id: &AuctionId) -> String {
     format!("auction:{{{id}}}:live")
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - `auction:{ID}` — a hash with the auction's state;
 //! - `auction:{ID}:events` — a stream of every event a client can see;
-//! - `auction:{ID}:live` — a pub/sub channel with one [`Notice`] per event.
+//! - `auction:{ID}:live` — a pub/sub channel with one notice per event
+//!   ([`live`] reads them back as [`Event`](auction_domain::Event)s).
 //!
 //! Writes go through Lua scripts that validate and append atomically, so any
 //! number of bidder replicas agree on one order. Reads are plain stream
@@ -10,13 +11,13 @@
 
 mod connection;
 mod keys;
+pub mod live;
 mod log;
 mod notice;
 
 pub use connection::{RedisTarget, connect_manager, parse_redis_url};
-pub use keys::{live_channel, state_key, stream_key};
+pub use live::{LiveConnection, LiveMessage};
 pub use log::{
     AuctionSpec, BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome, EventLog,
     LogError, Snapshot, StreamWindow,
 };
-pub use notice::{Notice, StoredEvent};

@@ -1,7 +1,7 @@
 use crate::keys::{self, INDEX_BY_CREATION, INDEX_BY_END};
-use crate::notice::StoredEvent;
 use auction_domain::{
-    Auction, AuctionId, AuctionStatus, Bid, BidSource, Bidder, EventId, EventKind, IdempotencyKey,
+    Auction, AuctionId, AuctionStatus, Bid, BidSource, Bidder, Event, EventId, EventKind,
+    IdempotencyKey,
 };
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply};
@@ -145,7 +145,7 @@ impl StreamWindow {
 pub struct Snapshot {
     pub auction: Auction,
     /// Newest first.
-    pub recent: Vec<StoredEvent>,
+    pub recent: Vec<Event>,
     /// The id of the newest event (`0-0` when there is none).
     pub last_id: EventId,
 }
@@ -218,9 +218,7 @@ impl EventLog {
     /// kept out of the scripts so each script touches one cluster slot.
     async fn index(&self, auction: &Auction) -> Result<(), LogError> {
         let mut conn = self.conn.clone();
-        let created_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let created_at = auction_domain::clock::now_ms();
         redis::pipe()
             .cmd("ZADD")
             .arg(INDEX_BY_CREATION)
@@ -366,7 +364,11 @@ impl EventLog {
         }
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.cmd("HGETALL").arg(format!("auction:{{{id}}}"));
+            match AuctionId::parse(id) {
+                Ok(auction) => pipe.cmd("HGETALL").arg(keys::state_key(&auction)),
+                // Not written by us: an empty hash, skipped below.
+                Err(_) => pipe.cmd("HGETALL").arg("auction:{}"),
+            };
         }
         let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         hashes
@@ -382,7 +384,7 @@ impl EventLog {
         auction: &AuctionId,
         after: EventId,
         count: usize,
-    ) -> Result<Vec<StoredEvent>, LogError> {
+    ) -> Result<Vec<Event>, LogError> {
         let mut conn = self.conn.clone();
         let reply: StreamRangeReply = redis::cmd("XRANGE")
             .arg(keys::stream_key(auction))
@@ -392,20 +394,7 @@ impl EventLog {
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        reply.ids.iter().map(stored_event).collect()
-    }
-
-    /// The newest `count` events, newest first.
-    pub async fn read_latest(
-        &self,
-        auction: &AuctionId,
-        count: usize,
-    ) -> Result<Vec<StoredEvent>, LogError> {
-        let mut conn = self.conn.clone();
-        let reply: StreamRangeReply = conn
-            .xrevrange_count(keys::stream_key(auction), "+", "-", count)
-            .await?;
-        reply.ids.iter().map(stored_event).collect()
+        reply.ids.iter().map(stream_event).collect()
     }
 
     /// The oldest and newest events the stream still holds.
@@ -448,12 +437,12 @@ impl EventLog {
                 let first = pair
                     .first()
                     .and_then(|r| r.ids.first())
-                    .map(stored_event)
+                    .map(stream_event)
                     .transpose()?;
                 let last = pair
                     .get(1)
                     .and_then(|r| r.ids.first())
-                    .map(stored_event)
+                    .map(stream_event)
                     .transpose()?;
                 Ok(StreamWindow {
                     first: first.as_ref().map(|event| event.id),
@@ -501,7 +490,7 @@ impl EventLog {
             recent: recent
                 .ids
                 .iter()
-                .map(stored_event)
+                .map(stream_event)
                 .collect::<Result<_, _>>()?,
             last_id,
         }))
@@ -585,7 +574,7 @@ fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auction, LogErr
     })
 }
 
-fn stored_event(entry: &StreamId) -> Result<StoredEvent, LogError> {
+fn stream_event(entry: &StreamId) -> Result<Event, LogError> {
     let field = |name: &str| -> Option<String> {
         match entry.map.get(name)? {
             Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
@@ -594,7 +583,7 @@ fn stored_event(entry: &StreamId) -> Result<StoredEvent, LogError> {
         }
     };
     let bad = || corrupt(format!("stream entry {}", entry.id));
-    Ok(StoredEvent {
+    Ok(Event {
         id: EventId::parse(&entry.id).ok_or_else(bad)?,
         prev: field("prev")
             .as_deref()
@@ -605,6 +594,8 @@ fn stored_event(entry: &StreamId) -> Result<StoredEvent, LogError> {
             .and_then(EventKind::parse)
             .ok_or_else(bad)?,
         data: field("data").ok_or_else(bad)?,
+        // Absent in entries written before the field existed.
+        placed_at_ms: field("at").and_then(|at| at.parse().ok()).unwrap_or(0),
         traceparent: field("tp").filter(|tp| !tp.is_empty()),
     })
 }

@@ -1,14 +1,13 @@
-//! The replica's one subscription path: Redis pub/sub → per-auction feeds.
+//! The replica's one subscription path: the live connection → per-auction
+//! feeds.
 
-use crate::codec::{Codec, Event, Item, placed_at_ms};
+use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::recent::Recent;
-use auction_domain::{AuctionId, EventId};
-use event_log::{EventLog, Notice, RedisTarget, StoredEvent};
-use futures_util::StreamExt;
+use auction_domain::{AuctionId, Event, EventId};
+use event_log::{EventLog, LiveConnection, LiveMessage, LogError, RedisTarget};
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::{PubSubSink, PubSubStream};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -46,29 +45,59 @@ pub enum JoinError {
     Busy,
 }
 
-struct FeedHandle<F> {
-    tx: broadcast::Sender<Item<F>>,
+/// One watched auction's feed, as clients join it.
+struct FeedHandle {
+    tx: broadcast::Sender<Item>,
     live: watch::Receiver<bool>,
-    recent: Arc<Mutex<Recent<F>>>,
+    recent: Arc<Mutex<Recent<Frame>>>,
+    sent: Arc<AtomicU64>,
 }
 
 /// A client's place in an auction's feed (see [`Hub::join`]).
-pub struct Joined<F> {
-    pub rx: broadcast::Receiver<Item<F>>,
-    recent: Arc<Mutex<Recent<F>>>,
+pub struct Joined {
+    pub rx: broadcast::Receiver<Item>,
+    pub position: FeedPosition,
+    recent: Arc<Mutex<Recent<Frame>>>,
 }
 
-impl<F> Joined<F> {
+impl Joined {
     /// The events after `id` that this replica published recently, if it
     /// can tell what they are; `None`: ask the stream.
-    pub fn recent_after(&self, id: EventId) -> Option<Vec<Arc<Event<F>>>> {
+    pub fn recent_after(&self, id: EventId) -> Option<Vec<Arc<EncodedEvent>>> {
         lock(&self.recent).after(id)
     }
 }
 
+/// How far one receiver is behind its feed, known without the receiver
+/// (which is busy waiting for the next item): the feed counts every item
+/// it sends, the client every item it takes.
+///
+/// Never more than the true distance: `taken` starts at the count read
+/// just after the receiver was attached, so an item sent in between is
+/// already counted as taken. A lap is therefore never reported early.
+#[derive(Debug)]
+pub struct FeedPosition {
+    /// Items the feed has sent, ever (the publisher adds after each send).
+    sent: Arc<AtomicU64>,
+    /// Items this receiver has taken, plus the feed's count when it joined.
+    taken: u64,
+}
+
+impl FeedPosition {
+    /// Counts one item taken from the receiver.
+    pub fn took_one(&mut self) {
+        self.taken += 1;
+    }
+
+    /// Items sent that this receiver has not taken yet.
+    pub fn behind(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed).saturating_sub(self.taken)
+    }
+}
+
 struct Shared<C: Codec> {
-    feeds: Mutex<HashMap<AuctionId, FeedHandle<C::Frame>>>,
-    commands: mpsc::Sender<Watch<C::Frame>>,
+    feeds: Mutex<HashMap<AuctionId, FeedHandle>>,
+    commands: mpsc::Sender<Watch>,
     codec: C,
     log: EventLog,
     config: HubConfig,
@@ -89,16 +118,17 @@ impl<C: Codec> Clone for Hub<C> {
 }
 
 /// A request to the subscriber task: start watching an auction.
-struct Watch<F> {
+struct Watch {
     auction: AuctionId,
-    tx: broadcast::Sender<Item<F>>,
+    tx: broadcast::Sender<Item>,
     live: watch::Sender<bool>,
-    recent: Arc<Mutex<Recent<F>>>,
+    recent: Arc<Mutex<Recent<Frame>>>,
+    sent: Arc<AtomicU64>,
 }
 
 impl<C: Codec> Hub<C> {
     /// Starts the subscriber task; it runs until `shutdown`.
-    pub fn start(
+    fn start(
         target: &RedisTarget,
         log: EventLog,
         codec: C,
@@ -117,7 +147,7 @@ impl<C: Codec> Hub<C> {
         });
         let subscriber = Subscriber {
             shared: shared.clone(),
-            client: target.pubsub_client.clone(),
+            target: target.clone(),
             cursors: HashMap::new(),
             requests,
             reconnects,
@@ -150,15 +180,15 @@ impl<C: Codec> Hub<C> {
         self.connected() && self.log().ping().await.is_ok()
     }
 
-    pub fn codec(&self) -> &C {
+    pub(crate) fn codec(&self) -> &C {
         &self.shared.codec
     }
 
-    pub fn log(&self) -> &EventLog {
+    pub(crate) fn log(&self) -> &EventLog {
         &self.shared.log
     }
 
-    pub fn config(&self) -> &HubConfig {
+    pub(crate) fn config(&self) -> &HubConfig {
         &self.shared.config
     }
 
@@ -177,25 +207,28 @@ impl<C: Codec> Hub<C> {
     /// appended to the stream after the feed's starting point reaches the
     /// receiver, in order. The caller reads anything older from the feed's
     /// recent events or from the stream.
-    pub async fn join(
-        &self,
-        auction: &AuctionId,
-        wait: Duration,
-    ) -> Result<Joined<C::Frame>, JoinError> {
-        let (rx, mut live, recent) = {
+    pub async fn join(&self, auction: &AuctionId, wait: Duration) -> Result<Joined, JoinError> {
+        let (rx, mut live, recent, sent) = {
             let mut feeds = lock(&self.shared.feeds);
             match feeds.get(auction) {
-                Some(feed) => (feed.tx.subscribe(), feed.live.clone(), feed.recent.clone()),
+                Some(feed) => (
+                    feed.tx.subscribe(),
+                    feed.live.clone(),
+                    feed.recent.clone(),
+                    feed.sent.clone(),
+                ),
                 None => {
                     let (tx, rx) = broadcast::channel(self.shared.config.queue_capacity);
                     let (live_tx, live_rx) = watch::channel(false);
                     let recent =
                         Arc::new(Mutex::new(Recent::new(self.shared.config.queue_capacity)));
+                    let sent = Arc::new(AtomicU64::new(0));
                     let request = Watch {
                         auction: auction.clone(),
                         tx: tx.clone(),
                         live: live_tx,
                         recent: recent.clone(),
+                        sent: sent.clone(),
                     };
                     self.shared
                         .commands
@@ -207,21 +240,26 @@ impl<C: Codec> Hub<C> {
                             tx,
                             live: live_rx.clone(),
                             recent: recent.clone(),
+                            sent: sent.clone(),
                         },
                     );
-                    (rx, live_rx, recent)
+                    (rx, live_rx, recent, sent)
                 }
             }
         };
+        // Read after attaching: see `FeedPosition`.
+        let position = FeedPosition {
+            taken: sent.load(Ordering::Relaxed),
+            sent,
+        };
         match tokio::time::timeout(wait, live.wait_for(|live| *live)).await {
-            Ok(Ok(_)) => Ok(Joined { rx, recent }),
+            Ok(Ok(_)) => Ok(Joined {
+                rx,
+                position,
+                recent,
+            }),
             _ => Err(JoinError::Unavailable),
         }
-    }
-
-    /// Number of auctions this replica currently watches.
-    pub fn feed_count(&self) -> usize {
-        lock(&self.shared.feeds).len()
     }
 }
 
@@ -232,21 +270,31 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The subscriber task's view of one watched auction.
-struct Cursor<F> {
-    channel: String,
-    tx: broadcast::Sender<Item<F>>,
+struct Cursor {
+    tx: broadcast::Sender<Item>,
     live: watch::Sender<bool>,
-    recent: Arc<Mutex<Recent<F>>>,
+    recent: Arc<Mutex<Recent<Frame>>>,
+    /// Items sent to the feed, ever (see `FeedPosition`).
+    sent: Arc<AtomicU64>,
     /// The newest event published to the feed. Only meaningful once live.
     last: EventId,
     idle_since: Option<Instant>,
 }
 
+impl Cursor {
+    /// Sends one item to every client of the feed.
+    fn send(&self, item: Item) {
+        // No receivers is fine: the feed may be idle, waiting to be swept.
+        let _ = self.tx.send(item);
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 struct Subscriber<C: Codec> {
     shared: Arc<Shared<C>>,
-    client: redis::Client,
-    cursors: HashMap<AuctionId, Cursor<C::Frame>>,
-    requests: mpsc::Receiver<Watch<C::Frame>>,
+    target: RedisTarget,
+    cursors: HashMap<AuctionId, Cursor>,
+    requests: mpsc::Receiver<Watch>,
     reconnects: Counter,
     shutdown: CancellationToken,
 }
@@ -262,12 +310,12 @@ impl<C: Codec> Subscriber<C> {
         let mut backoff = Duration::from_millis(50);
         let mut connected_before = false;
         loop {
-            let connect = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub());
-            let pubsub = tokio::select! {
+            let connect = timed(LiveConnection::open(&self.target));
+            let connection = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 result = connect => result,
             };
-            let Ok(Ok(pubsub)) = pubsub else {
+            let Ok(mut connection) = connection else {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -275,17 +323,16 @@ impl<C: Codec> Subscriber<C> {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             };
-            let (mut sink, mut stream) = pubsub.split();
             if connected_before {
                 self.reconnects.inc();
             }
             let connected_at = Instant::now();
-            let stop = match self.resume(&mut sink).await {
+            let stop = match self.resume(&mut connection).await {
                 Ok(()) => {
                     connected_before = true;
                     self.shared.connected.store(true, Ordering::Relaxed);
                     tracing::info!(feeds = self.cursors.len(), "subscribed to Redis pub/sub");
-                    self.pump(&mut sink, &mut stream).await
+                    self.pump(&mut connection).await
                 }
                 Err(error) => Stop::Lost(error),
             };
@@ -312,10 +359,10 @@ impl<C: Codec> Subscriber<C> {
     /// After (re)connecting: subscribe to every watched auction, then bring
     /// each feed up to date from the stream (notices sent while we were
     /// away are gone; the stream has the events).
-    async fn resume(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
-        let channels: Vec<String> = self.cursors.values().map(|c| c.channel.clone()).collect();
-        if !channels.is_empty() {
-            timed(sink.subscribe(channels)).await?;
+    async fn resume(&mut self, connection: &mut LiveConnection) -> Result<(), String> {
+        let watched: Vec<AuctionId> = self.cursors.keys().cloned().collect();
+        for batch in watched.chunks(WATCH_BATCH) {
+            timed(connection.watch(batch)).await?;
         }
         let (mut live, mut waiting) = (Vec::new(), Vec::new());
         for (auction, cursor) in &self.cursors {
@@ -334,7 +381,7 @@ impl<C: Codec> Subscriber<C> {
         Ok(())
     }
 
-    async fn pump(&mut self, sink: &mut PubSubSink, stream: &mut PubSubStream) -> Stop {
+    async fn pump(&mut self, connection: &mut LiveConnection) -> Stop {
         let config = self.shared.config.clone();
         let mut keepalive = tokio::time::interval(config.keepalive);
         keepalive.reset();
@@ -343,8 +390,8 @@ impl<C: Codec> Subscriber<C> {
         loop {
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
-                message = stream.next() => match message {
-                    Some(message) => self.on_message(&message).await,
+                message = connection.next() => match message {
+                    Some(message) => self.on_message(message).await,
                     None => Err("the pub/sub stream ended".to_owned()),
                 },
                 request = self.requests.recv() => match request {
@@ -356,18 +403,18 @@ impl<C: Codec> Subscriber<C> {
                                 Err(_) => break,
                             }
                         }
-                        self.watch(sink, batch).await
+                        self.watch(connection, batch).await
                     }
                     None => return Stop::Shutdown,
                 },
                 _ = keepalive.tick() => {
                     for cursor in self.cursors.values() {
-                        let _ = cursor.tx.send(Item::Tick);
+                        cursor.send(Item::Tick);
                     }
                     Ok(())
                 }
-                _ = sweep.tick() => self.sweep(sink).await,
-                _ = ping.tick() => timed(sink.ping::<redis::Value>()).await.map(|_| ()),
+                _ = sweep.tick() => self.sweep(connection).await,
+                _ = ping.tick() => timed(connection.ping()).await,
             };
             if let Err(error) = result {
                 return Stop::Lost(error);
@@ -379,28 +426,25 @@ impl<C: Codec> Subscriber<C> {
     /// event so its feed knows where its chain starts.
     async fn watch(
         &mut self,
-        sink: &mut PubSubSink,
-        requests: Vec<Watch<C::Frame>>,
+        connection: &mut LiveConnection,
+        requests: Vec<Watch>,
     ) -> Result<(), String> {
-        let mut channels = Vec::with_capacity(requests.len());
         let mut auctions = Vec::with_capacity(requests.len());
         for request in requests {
-            let channel = event_log::live_channel(&request.auction);
-            channels.push(channel.clone());
             auctions.push(request.auction.clone());
             self.cursors.insert(
                 request.auction,
                 Cursor {
-                    channel,
                     tx: request.tx,
                     live: request.live,
                     recent: request.recent,
+                    sent: request.sent,
                     last: EventId::ZERO,
                     idle_since: None,
                 },
             );
         }
-        timed(sink.subscribe(channels)).await?;
+        timed(connection.watch(&auctions)).await?;
         self.go_live(&auctions).await
     }
 
@@ -415,16 +459,13 @@ impl<C: Codec> Subscriber<C> {
         Ok(())
     }
 
-    async fn on_message(&mut self, message: &redis::Msg) -> Result<(), String> {
-        let Some(auction) = auction_of_channel(message.get_channel_name()) else {
-            return Ok(());
-        };
-        let Some(event) = Notice::parse(message.get_payload_bytes()) else {
-            tracing::warn!(
-                channel = message.get_channel_name(),
-                "ignoring a malformed notice"
-            );
-            return Ok(());
+    async fn on_message(&mut self, message: LiveMessage) -> Result<(), String> {
+        let (auction, event) = match message {
+            LiveMessage::Event { auction, event } => (auction, event),
+            LiveMessage::Malformed { channel } => {
+                tracing::warn!(%channel, "ignoring a malformed notice");
+                return Ok(());
+            }
         };
         let Some(cursor) = self.cursors.get_mut(&auction) else {
             return Ok(()); // an auction we stopped watching
@@ -459,7 +500,7 @@ impl<C: Codec> Subscriber<C> {
                 // Cleared first: a client that resumes once reset must not
                 // be served events from before the hole.
                 lock(&cursor.recent).clear();
-                let _ = cursor.tx.send(Item::Reset);
+                cursor.send(Item::Reset);
             }
             for event in &batch {
                 publish(&self.shared.codec, auction, cursor, event);
@@ -471,7 +512,7 @@ impl<C: Codec> Subscriber<C> {
     }
 
     /// Stops watching auctions that have had no clients for a while.
-    async fn sweep(&mut self, sink: &mut PubSubSink) -> Result<(), String> {
+    async fn sweep(&mut self, connection: &mut LiveConnection) -> Result<(), String> {
         let now = Instant::now();
         let ttl = self.shared.config.idle_feed_ttl;
         let mut expired = Vec::new();
@@ -494,20 +535,15 @@ impl<C: Codec> Subscriber<C> {
                 }
                 idle
             };
-            if removed && let Some(cursor) = self.cursors.remove(&auction) {
-                timed(sink.unsubscribe(cursor.channel)).await?;
+            if removed && self.cursors.remove(&auction).is_some() {
+                timed(connection.unwatch(&auction)).await?;
             }
         }
         Ok(())
     }
 }
 
-fn publish<C: Codec>(
-    codec: &C,
-    auction: &AuctionId,
-    cursor: &mut Cursor<C::Frame>,
-    event: &StoredEvent,
-) {
+fn publish<C: Codec>(codec: &C, auction: &AuctionId, cursor: &mut Cursor, event: &Event) {
     if event.id <= cursor.last {
         return;
     }
@@ -525,47 +561,25 @@ fn publish<C: Codec>(
         span
     });
     let _entered = span.as_ref().map(tracing::Span::enter);
-    let encoded = Arc::new(Event {
+    let encoded = Arc::new(EncodedEvent {
         id: event.id,
-        placed_at_ms: placed_at_ms(&event.data),
+        placed_at_ms: event.placed_at_ms,
         frame: codec.event(auction, event),
     });
     // Recorded before it is sent: a client joins the ring first and reads
     // the recent events after, so every event is in one or both (the
     // client drops ids it has sent already).
     lock(&cursor.recent).push(event.prev, encoded.clone());
-    // No receivers is fine: the feed may be idle, waiting to be swept.
-    let _ = cursor.tx.send(Item::Event(encoded));
+    cursor.send(Item::Event(encoded));
     cursor.last = event.id;
 }
 
-/// `auction:{ID}:live` → `ID`.
-fn auction_of_channel(channel: &str) -> Option<AuctionId> {
-    let id = channel.strip_prefix("auction:{")?.strip_suffix("}:live")?;
-    AuctionId::parse(id).ok()
-}
-
-async fn timed<T, E: std::fmt::Display>(
-    operation: impl std::future::Future<Output = Result<T, E>>,
+async fn timed<T>(
+    operation: impl std::future::Future<Output = Result<T, LogError>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(REDIS_TIMEOUT, operation).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("Redis did not answer in time".to_owned()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::auction_of_channel;
-
-    #[test]
-    fn channel_names_map_back_to_auctions() {
-        assert_eq!(
-            auction_of_channel("auction:{a-1}:live").unwrap().as_str(),
-            "a-1"
-        );
-        assert!(auction_of_channel("auction:{a b}:live").is_none());
-        assert!(auction_of_channel("other").is_none());
     }
 }

@@ -1,6 +1,6 @@
 //! The fan-out machinery both edges share.
 //!
-//! One [`Hub`] per replica holds one Redis pub/sub connection, subscribed
+//! One [`Hub`] per replica holds one live (pub/sub) connection, subscribed
 //! only to the auctions its clients watch. Each watched auction has a
 //! *feed*: a bounded broadcast ring of events already encoded for the
 //! transport (by a [`Codec`]), so an event is encoded once and every client
@@ -9,17 +9,20 @@
 //! The hub keeps each feed gap-free: every notice carries the id of the
 //! event before it; a notice that does not chain onto the last event the
 //! feed published (a missed notice, a dropped subscription) makes the hub
-//! backfill from the stream. [`open`] implements the resume rules a client
-//! connection starts with.
+//! backfill from the stream. [`Delivery`] is each client's protocol: the
+//! resume rules, replay, live delivery, and when a client is cut off.
+#![warn(unreachable_pub)]
 
-mod codec;
+mod client;
+mod feed;
 mod hub;
 mod recent;
 mod session;
-pub mod writer;
+mod writer;
 
-pub use codec::{Codec, Event, Item, placed_at_ms};
-pub use hub::{Hub, HubConfig, JoinError, Joined};
-pub use session::{
-    CatchUp, CatchUpError, OpenError, Opening, Resume, Start, init, init_json, open,
+pub use client::{
+    Batch, Delivery, Ended, MAX_BATCH, STALL_LIMIT, StartError, Subscription, Transport,
 };
+pub use feed::{Codec, EncodedEvent, Frame, Item};
+pub use hub::{FeedPosition, Hub, HubConfig, JoinError};
+pub use session::{OpenError, Opening, Resume};

@@ -3,22 +3,22 @@
 //! read and no encoding per client, which is what a wave of reconnects
 //! (an edge restarted, a load balancer reshuffled) costs otherwise.
 
-use crate::codec::Event;
+use crate::feed::EncodedEvent;
 use auction_domain::EventId;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A contiguous run of a feed's newest events: each entry's `prev` is the
 /// entry before it, so the run covers exactly the ids in `(floor, newest]`.
-pub struct Recent<F> {
-    events: VecDeque<Arc<Event<F>>>,
+pub(crate) struct Recent<F> {
+    events: VecDeque<Arc<EncodedEvent<F>>>,
     /// The `prev` of the oldest entry.
     floor: EventId,
     capacity: usize,
 }
 
 impl<F> Recent<F> {
-    pub fn new(capacity: usize) -> Recent<F> {
+    pub(crate) fn new(capacity: usize) -> Recent<F> {
         Recent {
             // Grows with use: a quiet auction's feed keeps nothing here.
             events: VecDeque::new(),
@@ -29,7 +29,7 @@ impl<F> Recent<F> {
 
     /// Records an event the feed published. An event that does not chain
     /// onto the newest one starts a new run.
-    pub fn push(&mut self, prev: EventId, event: Arc<Event<F>>) {
+    pub(crate) fn push(&mut self, prev: EventId, event: Arc<EncodedEvent<F>>) {
         if self.capacity == 0 {
             return;
         }
@@ -46,7 +46,7 @@ impl<F> Recent<F> {
     }
 
     /// Forgets everything (the feed's chain broke).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.events.clear();
     }
 
@@ -54,7 +54,7 @@ impl<F> Recent<F> {
     /// they are: `id` is the floor, one of the run's ids, or between two of
     /// them. `None` otherwise (older than the run, newer than the feed, or
     /// nothing recorded yet): the caller asks the stream.
-    pub fn after(&self, id: EventId) -> Option<Vec<Arc<Event<F>>>> {
+    pub(crate) fn after(&self, id: EventId) -> Option<Vec<Arc<EncodedEvent<F>>>> {
         let newest = self.newest()?;
         if id < self.floor || id > newest {
             return None;
@@ -76,15 +76,15 @@ mod tests {
         EventId::new(seq * 10, 0)
     }
 
-    fn event(seq: u64) -> Arc<Event<u64>> {
-        Arc::new(Event {
+    fn event(seq: u64) -> Arc<EncodedEvent<u64>> {
+        Arc::new(EncodedEvent {
             id: id(seq),
             placed_at_ms: 0,
             frame: seq,
         })
     }
 
-    fn ids(events: Option<Vec<Arc<Event<u64>>>>) -> Option<Vec<u64>> {
+    fn ids(events: Option<Vec<Arc<EncodedEvent<u64>>>>) -> Option<Vec<u64>> {
         events.map(|events| events.iter().map(|event| event.frame).collect())
     }
 

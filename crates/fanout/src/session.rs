@@ -9,8 +9,8 @@
 //!    snapshot, `reset: true` unless no id was given.
 //! 3. Go live, dropping feed events at or below the last id sent.
 
-use crate::codec::{Codec, Event, Item};
-use crate::hub::{Hub, JoinError};
+use crate::feed::{Codec, EncodedEvent, Frame, Item};
+use crate::hub::{FeedPosition, Hub, JoinError};
 use auction_domain::{AuctionId, EventId, EventKind};
 use event_log::{LogError, Snapshot};
 use std::sync::Arc;
@@ -70,79 +70,90 @@ impl From<LogError> for OpenError {
 }
 
 /// How the client's view starts.
-pub enum Start<F> {
+pub(crate) enum Start {
     /// Send this `init` frame; it reflects events up to `last`.
     Init {
-        frame: F,
+        frame: Frame,
         last: EventId,
         reset: bool,
     },
     /// Replay the events after the client's id, then go live.
-    Replay(CatchUp<F>),
+    Replay(CatchUp),
 }
 
-pub struct Opening<F> {
-    pub feed: broadcast::Receiver<Item<F>>,
-    pub start: Start<F>,
+/// A client that has joined its auction's feed and knows how to start.
+pub struct Opening {
+    pub(crate) auction: AuctionId,
+    pub(crate) feed: broadcast::Receiver<Item>,
+    pub(crate) position: FeedPosition,
+    pub(crate) start: Start,
 }
 
 /// Joins the feed and decides how the client starts (steps 1 and 2).
 /// `NotFound` for an auction that does not exist.
-pub async fn open<C: Codec>(
+pub(crate) async fn open<C: Codec>(
     hub: &Hub<C>,
     auction: &AuctionId,
     resume: Resume,
     join_wait: Duration,
-) -> Result<Opening<C::Frame>, OpenError> {
+) -> Result<Opening, OpenError> {
     // A watched auction exists (auctions are never deleted): a resume
     // served from memory costs no Redis round trip at all.
     if !hub.watches(auction) && !hub.log().exists(auction).await? {
         return Err(OpenError::NotFound);
     }
     let joined = hub.join(auction, join_wait).await?;
-    if let Resume::From(id) = resume {
-        if let Some(events) = joined.recent_after(id) {
-            return Ok(Opening {
-                feed: joined.rx,
-                start: Start::Replay(CatchUp::from_memory(auction.clone(), id, events)),
-            });
-        }
-        if hub.log().window(auction).await?.can_resume_from(id) {
-            return Ok(Opening {
-                feed: joined.rx,
-                start: Start::Replay(CatchUp::new(auction.clone(), id)),
-            });
-        }
-    }
-    let start = init(hub, auction, resume != Resume::Fresh).await?;
+    let start = match resume {
+        Resume::From(id) => match joined.recent_after(id) {
+            Some(events) => Start::Replay(CatchUp::from_memory(auction.clone(), id, events)),
+            None if hub.log().window(auction).await?.can_resume_from(id) => {
+                Start::Replay(CatchUp::new(auction.clone(), id))
+            }
+            None => init(hub, auction, true).await?,
+        },
+        Resume::Garbled => init(hub, auction, true).await?,
+        Resume::Fresh => init(hub, auction, false).await?,
+    };
     Ok(Opening {
+        auction: auction.clone(),
         feed: joined.rx,
+        position: joined.position,
         start,
     })
 }
 
 /// A fresh `init` for `auction`.
-pub async fn init<C: Codec>(
+pub(crate) async fn init<C: Codec>(
     hub: &Hub<C>,
     auction: &AuctionId,
     reset: bool,
-) -> Result<Start<C::Frame>, OpenError> {
+) -> Result<Start, OpenError> {
+    let (frame, last) = init_frame(hub, auction, reset).await?;
+    Ok(Start::Init { frame, last, reset })
+}
+
+/// The `init` frame for `auction` and the id of the newest event it
+/// reflects, from a snapshot read atomically.
+pub(crate) async fn init_frame<C: Codec>(
+    hub: &Hub<C>,
+    auction: &AuctionId,
+    reset: bool,
+) -> Result<(Frame, EventId), OpenError> {
     let snapshot = hub
         .log()
         .snapshot(auction, SNAPSHOT_EVENTS)
         .await?
         .ok_or(OpenError::NotFound)?;
     let json = init_json(&snapshot, reset);
-    Ok(Start::Init {
-        frame: hub.codec().init(auction, snapshot.last_id, &json),
-        last: snapshot.last_id,
-        reset,
-    })
+    Ok((
+        hub.codec().init(auction, snapshot.last_id, &json),
+        snapshot.last_id,
+    ))
 }
 
 /// `{"auction":Auction,"history":[Bid...],"reset":bool}`: the history is the
 /// current round's bids, newest first.
-pub fn init_json(snapshot: &Snapshot, reset: bool) -> String {
+fn init_json(snapshot: &Snapshot, reset: bool) -> String {
     let auction = serde_json::to_string(&snapshot.auction).unwrap_or_else(|_| "null".into());
     let mut json = String::with_capacity(auction.len() + 160 * HISTORY_LEN + 40);
     json.push_str("{\"auction\":");
@@ -169,25 +180,27 @@ pub fn init_json(snapshot: &Snapshot, reset: bool) -> String {
 /// Replays the events after a client's id: the feed's recent events
 /// (already encoded, shared), or the stream in batches.
 #[derive(Debug)]
-pub struct CatchUp<F> {
+pub(crate) struct CatchUp {
     auction: AuctionId,
     after: EventId,
     /// Served from memory: everything up to the feed's newest event.
-    memory: Option<Vec<Arc<Event<F>>>>,
+    memory: Option<Vec<Arc<EncodedEvent>>>,
     done: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CatchUpError {
-    /// Events after the client's id were trimmed meanwhile: send a reset
-    /// `init` instead (only possible before anything was replayed).
+pub(crate) enum CatchUpError {
+    /// The stream no longer holds the event after the last one replayed
+    /// (`MAXLEN ~` trimmed it while the client caught up). Possible before
+    /// the first batch (trimmed since the window was checked) and between
+    /// any two batches: the client's view must restart from a reset `init`.
     Gap,
     Unavailable,
 }
 
-impl<F> CatchUp<F> {
+impl CatchUp {
     /// Reads the stream after `after`.
-    pub fn new(auction: AuctionId, after: EventId) -> CatchUp<F> {
+    fn new(auction: AuctionId, after: EventId) -> CatchUp {
         CatchUp {
             auction,
             after,
@@ -198,11 +211,7 @@ impl<F> CatchUp<F> {
 
     /// Replays `events` (everything the feed published after `after`); the
     /// rest reaches the client through the feed.
-    pub fn from_memory(
-        auction: AuctionId,
-        after: EventId,
-        events: Vec<Arc<Event<F>>>,
-    ) -> CatchUp<F> {
+    fn from_memory(auction: AuctionId, after: EventId, events: Vec<Arc<EncodedEvent>>) -> CatchUp {
         CatchUp {
             auction,
             after,
@@ -212,20 +221,17 @@ impl<F> CatchUp<F> {
     }
 
     /// The id of the last event replayed so far (or the resume id).
-    pub fn last(&self) -> EventId {
+    pub(crate) fn last(&self) -> EventId {
         self.after
     }
 
     /// Appends the frames of the next batch of events to `out`. Returns
     /// `false` once there is nothing more: the client is caught up.
-    pub async fn next_batch<C: Codec<Frame = F>>(
+    pub(crate) async fn next_batch<C: Codec>(
         &mut self,
         hub: &Hub<C>,
-        out: &mut Vec<F>,
-    ) -> Result<bool, CatchUpError>
-    where
-        F: Clone,
-    {
+        out: &mut Vec<Frame>,
+    ) -> Result<bool, CatchUpError> {
         if self.done {
             return Ok(false);
         }
@@ -259,15 +265,16 @@ impl<F> CatchUp<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use auction_domain::Event;
     use auction_domain::{Auction, AuctionStatus};
-    use event_log::StoredEvent;
 
-    fn event(seq: u64, kind: EventKind, data: &str) -> StoredEvent {
-        StoredEvent {
+    fn event(seq: u64, kind: EventKind, data: &str) -> Event {
+        Event {
             id: EventId::new(10, seq),
             prev: EventId::new(10, seq.saturating_sub(1)),
             kind,
             data: data.into(),
+            placed_at_ms: 0,
             traceparent: None,
         }
     }

@@ -9,12 +9,12 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Frames per vectored write at most.
-pub const MAX_SLICES: usize = 64;
+pub(crate) const MAX_SLICES: usize = 64;
 /// While the socket is full, how often to ask whether the client is lapped.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteError {
+pub(crate) enum WriteError {
     /// The client fell too far behind (lapped by its feed, or the socket
     /// stayed full for the stall limit): a slow consumer.
     Slow,
@@ -25,7 +25,7 @@ pub enum WriteError {
 /// Writes every frame. While the socket is full, every 50 ms `lapped()` is
 /// asked whether the client has fallen further behind than its queue
 /// allows; after `stall_limit` without progress the client counts as slow.
-pub async fn write_frames<'f>(
+pub(crate) async fn write_frames<'f>(
     stream: &TcpStream,
     frames: impl Iterator<Item = &'f Bytes> + Clone,
     lapped: impl Fn() -> bool,

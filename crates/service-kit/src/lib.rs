@@ -3,11 +3,14 @@
 //! serve `/healthz` `/readyz` `/metrics`, and on SIGTERM/SIGINT turn
 //! unready, refuse new connections, drain and exit 0 within the grace period.
 
+pub mod edge;
 mod error;
 mod gate;
 mod health;
 mod process;
+pub mod rate;
 mod raw_http;
+pub mod refusal;
 
 pub use error::{ApiError, error_response};
 pub use gate::{Admission, ConnectionGate};

@@ -34,6 +34,10 @@ pub struct RequestHead {
     /// The request target as sent: path plus optional `?query`.
     pub target: String,
     headers: Vec<(String, Bytes)>,
+    /// Bytes the client sent after the head, read along with it (a
+    /// WebSocket client's first frame may come in the same packet as its
+    /// upgrade request): whoever serves the request reads these first.
+    pub rest: Bytes,
 }
 
 impl RequestHead {
@@ -138,7 +142,7 @@ async fn read_head(stream: &TcpStream) -> io::Result<(Option<RequestHead>, Vec<u
         let mut headers = [httparse::EMPTY_HEADER; 48];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&buffer) {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(head_len)) => {
                 let head = RequestHead {
                     method: request.method.unwrap_or("").to_owned(),
                     target: request.path.unwrap_or("").to_owned(),
@@ -147,6 +151,7 @@ async fn read_head(stream: &TcpStream) -> io::Result<(Option<RequestHead>, Vec<u
                         .iter()
                         .map(|h| (h.name.to_owned(), Bytes::copy_from_slice(h.value)))
                         .collect(),
+                    rest: Bytes::copy_from_slice(&buffer[head_len..]),
                 };
                 return Ok((Some(head), buffer));
             }
@@ -265,6 +270,7 @@ mod tests {
             method: "GET".into(),
             target: "/auctions/1/events?x=1&lastEventId=5-0&flag".into(),
             headers: vec![("Last-Event-ID".into(), Bytes::from_static(b"7-1"))],
+            rest: Bytes::new(),
         };
         assert_eq!(head.path(), "/auctions/1/events");
         assert_eq!(head.query_param("lastEventId"), Some("5-0"));

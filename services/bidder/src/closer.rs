@@ -4,7 +4,7 @@
 
 use event_log::{CloseOutcome, EventLog};
 use service_kit::Context;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How many due auctions one pass handles (the rest wait for the next pass).
 const BATCH: usize = 100;
@@ -24,9 +24,7 @@ pub async fn run(ctx: Context, log: EventLog, every: Duration) {
 }
 
 async fn close_due(log: &EventLog) -> Result<(), event_log::LogError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64);
+    let now = auction_domain::clock::now_ms();
     for auction in log.due_for_close(now, BATCH).await? {
         if log.close_if_due(&auction).await? == CloseOutcome::Closed {
             tracing::info!(auction = %auction, "auction closed");

@@ -2,6 +2,7 @@
 //! the client (an address, a bidder id). The table is bounded: when full,
 //! buckets that have refilled (idle clients) are dropped first.
 
+use service_kit::rate::{Rate, TokenBucket};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -9,22 +10,15 @@ use std::time::Instant;
 
 const MAX_CLIENTS: usize = 100_000;
 
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 pub struct RateLimiter<K> {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<K, Bucket>>,
+    rate: Rate,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(per_second: u64, burst: u64) -> Self {
         RateLimiter {
-            per_second: per_second as f64,
-            burst: burst as f64,
+            rate: Rate::new(per_second, burst),
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -37,26 +31,20 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             Err(poisoned) => poisoned.into_inner(),
         };
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(client) {
-            let full_after = self.burst / self.per_second;
-            buckets
-                .retain(|_, bucket| now.duration_since(bucket.updated).as_secs_f64() < full_after);
+            let full_after = self.rate.refill_seconds();
+            buckets.retain(|_, bucket| {
+                now.saturating_duration_since(bucket.last_used())
+                    .as_secs_f64()
+                    < full_after
+            });
             if buckets.len() >= MAX_CLIENTS {
                 buckets.clear();
             }
         }
-        let bucket = buckets.entry(client.clone()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - bucket.tokens) / self.per_second).ceil().max(1.0) as u64)
-        }
+        buckets
+            .entry(client.clone())
+            .or_insert_with(|| TokenBucket::full(self.rate, now))
+            .take(self.rate, now)
     }
 }
 

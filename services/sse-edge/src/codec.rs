@@ -1,16 +1,13 @@
 //! SSE encoding: each event becomes `id:`/`event:`/`data:` lines, once.
 
-use auction_domain::{AuctionId, EventId};
+use auction_domain::{AuctionId, Event, EventId};
 use bytes::{BufMut, Bytes, BytesMut};
-use event_log::StoredEvent;
 use fanout::Codec;
 
 pub struct SseCodec;
 
 impl Codec for SseCodec {
-    type Frame = Bytes;
-
-    fn event(&self, _auction: &AuctionId, event: &StoredEvent) -> Bytes {
+    fn event(&self, _auction: &AuctionId, event: &Event) -> Bytes {
         encode(Some(event.id), event.kind.as_str(), &event.data)
     }
 
@@ -19,6 +16,10 @@ impl Codec for SseCodec {
         // client that reconnects before any live event resumes from there.
         let id = (last != EventId::ZERO).then_some(last);
         encode(id, "init", init_json)
+    }
+
+    fn keepalive(&self) -> Option<Bytes> {
+        Some(Bytes::from_static(KEEPALIVE))
     }
 }
 

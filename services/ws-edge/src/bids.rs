@@ -1,10 +1,12 @@
 //! Bids over the socket go to the bidder's HTTP API; its answer comes back
 //! as an `ack` or an `error` with the bidder's code.
 
-use crate::protocol::{ack_json, error_json};
+use crate::protocol::{INVALID_ID, Refusal, ack_json, error_json};
+use auction_domain::AuctionId;
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// A bid gets an answer within this time, whatever the bidder does.
 const BID_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,5 +83,61 @@ impl BidForwarder {
             }
         }
         reply.to_string()
+    }
+}
+
+/// Bids a socket may have in flight to the bidder.
+const BIDS_IN_FLIGHT: usize = 16;
+
+/// A socket's bids in flight: each is posted by a task of its own, and the
+/// answers come back through a bounded channel, so a slow bidder never
+/// stalls delivery. Created on first use: most sockets never bid.
+#[derive(Default)]
+pub struct PendingBids {
+    answers: Option<(mpsc::Sender<String>, mpsc::Receiver<String>)>,
+}
+
+impl PendingBids {
+    /// Starts placing a bid; `Some` is an immediate refusal to send.
+    pub fn place(
+        &mut self,
+        forwarder: &BidForwarder,
+        auction: String,
+        amount: Value,
+        bidder: Value,
+        reference: String,
+        client: IpAddr,
+    ) -> Option<String> {
+        if AuctionId::parse(&auction).is_err() {
+            return Some(Refusal::new(Some(reference), "invalid_auction_id", INVALID_ID).to_json());
+        }
+        let (sender, _) = self
+            .answers
+            .get_or_insert_with(|| mpsc::channel(BIDS_IN_FLIGHT));
+        let Ok(permit) = sender.clone().try_reserve_owned() else {
+            let message = "wait for earlier bids to be answered";
+            return Some(Refusal::new(Some(reference), "too_many_pending_bids", message).to_json());
+        };
+        let forwarder = forwarder.clone();
+        tokio::spawn(async move {
+            let reply = forwarder
+                .place(&auction, amount, bidder, &reference, client)
+                .await;
+            permit.send(reply);
+        });
+        None
+    }
+
+    /// The next answer to send; pending while no bid was ever placed.
+    /// Cancel-safe.
+    pub async fn next_answer(&mut self) -> String {
+        match &mut self.answers {
+            Some((_, answers)) => match answers.recv().await {
+                Some(answer) => answer,
+                // Never: this struct holds a sender.
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
     }
 }

@@ -2,17 +2,14 @@
 //! frame (header and JSON text) is the same for every socket: it is built
 //! once per replica and written to each socket as shared bytes.
 
-use auction_domain::{AuctionId, EventId};
+use auction_domain::{AuctionId, Event, EventId};
 use bytes::{BufMut, Bytes, BytesMut};
-use event_log::StoredEvent;
 use fanout::Codec;
 
 pub struct WsCodec;
 
 impl Codec for WsCodec {
-    type Frame = Bytes;
-
-    fn event(&self, auction: &AuctionId, event: &StoredEvent) -> Bytes {
+    fn event(&self, auction: &AuctionId, event: &Event) -> Bytes {
         text_frame(&envelope(
             event.kind.as_str(),
             auction,
@@ -98,11 +95,12 @@ mod tests {
     #[test]
     fn events_are_contract_json() {
         let auction = AuctionId::parse("1234").unwrap();
-        let event = StoredEvent {
+        let event = Event {
             id: EventId::new(7, 1),
             prev: EventId::new(7, 0),
             kind: EventKind::Bid,
             data: r#"{"amount":5}"#.into(),
+            placed_at_ms: 0,
             traceparent: None,
         };
         let (_, text) = decode(&WsCodec.event(&auction, &event));

@@ -1,16 +1,28 @@
 //! `ws-edge`: a stateless replica that fans auction events out over
 //! WebSocket, many auctions per socket, and forwards bids to the bidder.
+//!
+//! Where things are: `endpoint` (what sockets share, a socket's life),
+//! `upgrade` (the handshake), `session` (one socket's loop and how it ends),
+//! `socket` (the two writers of one socket), `subscriptions` (a socket's
+//! auctions), `protocol` (client messages and replies), `bids` (bids over
+//! the socket), `codec` (event frames, encoded once per replica).
 
 mod bids;
 mod codec;
+mod endpoint;
 mod protocol;
+mod session;
 mod shared_socket;
 mod socket;
+mod subscriptions;
+mod upgrade;
 
-use fanout::{Hub, HubConfig};
-use service_kit::{ConnectionGate, Context, Process, bind, serve_with_fast_path, watch_redis};
+use endpoint::WsEndpoint;
+use fanout::{Delivery, Hub, HubConfig};
+use service_kit::edge::{EdgeSettings, run_edge};
+use service_kit::rate::Rate;
+use service_kit::{ConnectionGate, Context, Process};
 use settings::{SettingError, Settings};
-use socket::WsEndpoint;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,16 +30,14 @@ use telemetry::Transport;
 
 #[derive(Debug, Clone)]
 struct WsSettings {
+    edge: EdgeSettings,
     bidder_url: String,
     max_message: usize,
     ping: Duration,
     allowed_origins: Vec<String>,
-    max_connections: usize,
     max_subscriptions: usize,
-    queue: usize,
     rate_per_s: u64,
     rate_burst: u64,
-    send_buffer: usize,
 }
 
 impl WsSettings {
@@ -42,17 +52,14 @@ impl WsSettings {
             ));
         }
         Ok(WsSettings {
+            edge: EdgeSettings::read(settings)?,
             bidder_url,
             max_message: settings.number("ws_max_message", 4096, 64..=16 * 1024 * 1024)? as usize,
             ping: Duration::from_millis(settings.number("ws_ping_ms", 20_000, 100..=3_600_000)?),
             allowed_origins: settings.list("ws_allowed_origins", ""),
-            max_connections: settings.number("max_connections", 10_000, 1..=10_000_000)? as usize,
             max_subscriptions: settings.number("ws_max_subscriptions", 64, 1..=10_000)? as usize,
-            queue: settings.number("client_queue", 256, 4..=65_536)? as usize,
             rate_per_s: settings.number("ws_rate_per_s", 50, 1..=1_000_000)?,
             rate_burst: settings.number("ws_rate_burst", 100, 1..=1_000_000)?,
-            send_buffer: settings.number("socket_send_buffer", 131_072, 4096..=16_777_216)?
-                as usize,
         })
     }
 }
@@ -86,7 +93,7 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
         &ctx.common.redis,
         codec::WsCodec,
         HubConfig {
-            queue_capacity: own.queue,
+            queue_capacity: own.edge.client_queue,
             // Liveness is per socket (pings); feeds need no ticks often.
             keepalive: Duration::from_secs(3600),
             idle_feed_ttl: Duration::from_secs(10),
@@ -94,29 +101,23 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
         ctx.metrics.redis_reconnects(),
         ctx.shutdown.clone(),
     )?;
-    let probe = hub.clone();
-    watch_redis(&ctx, Duration::from_millis(500), move || {
-        let hub = probe.clone();
-        async move { hub.healthy().await }
-    });
     let metrics = ctx.metrics.transport(Transport::ws);
     let endpoint = Arc::new(WsEndpoint {
-        hub,
-        gate: ConnectionGate::new(own.max_connections, metrics.connections.clone()),
-        metrics,
+        gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
+        delivery: Delivery::new(hub.clone(), metrics, ctx.shutdown.clone()),
         bids: bids::BidForwarder::new(&own.bidder_url)?,
         max_message: own.max_message,
         ping_ticks: ping_ticker(&ctx, own.ping),
         allowed_origins: own.allowed_origins,
         max_subscriptions: own.max_subscriptions,
-        messages_per_s: own.rate_per_s as f64,
-        messages_burst: own.rate_burst as f64,
-        send_buffer: own.send_buffer,
+        message_rate: Rate::new(own.rate_per_s, own.rate_burst),
+        send_buffer: own.edge.send_buffer,
         shutdown: ctx.shutdown.clone(),
     });
-    let listener = bind(&ctx).await?;
     let routes = pages::routes(pages::Transport::Ws, "");
-    serve_with_fast_path(&ctx, listener, routes, endpoint.clone()).await?;
-    endpoint.gate.drained().await;
-    Ok(())
+    let healthy = move || {
+        let hub = hub.clone();
+        async move { hub.healthy().await }
+    };
+    run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }

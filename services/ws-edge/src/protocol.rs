@@ -51,6 +51,9 @@ impl Refusal {
 
 const MAX_REF: usize = 128;
 
+/// Why an auction id was refused.
+pub const INVALID_ID: &str = auction_domain::AuctionId::RULE;
+
 pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
     let value: Value = serde_json::from_str(text).map_err(|error| {
         Refusal::new(None, "malformed_json", format!("not valid JSON: {error}"))

@@ -5,6 +5,7 @@ local state, stream = KEYS[1], KEYS[2]
 local st = redis.call('HMGET', state, 'status', 'ends_at')
 if not st[1] then return 'missing' end
 if st[1] ~= 'open' then return 'already' end
-if now_ms() < tonumber(st[2]) then return 'not_due' end
-close_auction(state, stream, ARGV[1], ARGV[2])
+local now = now_ms()
+if now < tonumber(st[2]) then return 'not_due' end
+close_auction(state, stream, ARGV[1], ARGV[2], now)
 return 'closed'

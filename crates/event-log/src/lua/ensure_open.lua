@@ -22,10 +22,10 @@ if st[1] == 'open' and now < tonumber(st[2]) then
   return {'open', auction_json(state)}
 end
 if st[1] == 'open' then
-  close_auction(state, stream, id, maxlen)
+  close_auction(state, stream, id, maxlen, now)
 end
 redis.call('HSET', state, 'status', 'open', 'current', '', 'current_amount', '',
   'ends_at', num(now + tonumber(ARGV[6])))
 local auction = auction_json(state)
-append(state, stream, id, 'opened', '{"auction":' .. auction .. '}', '', maxlen)
+append(state, stream, id, 'opened', '{"auction":' .. auction .. '}', '', maxlen, now)
 return {'reopened', auction}

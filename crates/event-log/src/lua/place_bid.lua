@@ -28,7 +28,7 @@ local answer
 if st[1] ~= 'open' then
   answer = 'closed'
 elseif now >= tonumber(st[2]) then
-  close_auction(state, stream, id, maxlen)
+  close_auction(state, stream, id, maxlen, now)
   answer = 'closed'
 else
   local amount = tonumber(ARGV[2])
@@ -43,7 +43,7 @@ else
     local bid = '{"auction":"' .. id .. '","amount":' .. ARGV[2] .. ',"bidder":' .. ARGV[3] ..
       ',"bidder_id":' .. ARGV[9] .. ',"placed_at":' .. num(now) .. ',"source":"' .. ARGV[4] .. '"}'
     redis.call('HSET', state, 'current', bid, 'current_amount', ARGV[2])
-    local event_id = append(state, stream, id, 'bid', bid, ARGV[5], maxlen)
+    local event_id = append(state, stream, id, 'bid', bid, ARGV[5], maxlen, now)
     answer = 'ok\n' .. event_id .. '\n' .. bid
   end
 end

@@ -26,22 +26,26 @@ local function auction_json(state_key)
 end
 
 -- Appends one event to the auction's stream and publishes its notice.
+-- `at` is the event's time (Unix ms, Redis's clock), kept as a field of its
+-- own in the stream entry and the notice, so nobody has to find it in `data`.
 -- The notice carries the new id and the id of the event before it, so a
--- subscriber can see a missed notice. Format (lines): v1, id, prev, kind,
+-- subscriber can see a missed notice. Format (lines): v2, id, prev, kind, at,
 -- traceparent, data. `data` is one-line JSON and goes last.
-local function append(state_key, stream_key, auction_id, kind, data, traceparent, maxlen)
+local function append(state_key, stream_key, auction_id, kind, data, traceparent, maxlen, at)
   local prev = redis.call('HGET', state_key, 'last_id')
   if not prev then prev = '0-0' end
+  local at_text = num(at)
   local id = redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, '*',
-    'kind', kind, 'data', data, 'prev', prev, 'tp', traceparent)
+    'kind', kind, 'data', data, 'prev', prev, 'at', at_text, 'tp', traceparent)
   redis.call('HSET', state_key, 'last_id', id)
   redis.call('PUBLISH', 'auction:{' .. auction_id .. '}:live',
-    'v1\n' .. id .. '\n' .. prev .. '\n' .. kind .. '\n' .. traceparent .. '\n' .. data)
+    'v2\n' .. id .. '\n' .. prev .. '\n' .. kind .. '\n' .. at_text .. '\n' .. traceparent ..
+    '\n' .. data)
   return id
 end
 
-local function close_auction(state_key, stream_key, auction_id, maxlen)
+local function close_auction(state_key, stream_key, auction_id, maxlen, at)
   redis.call('HSET', state_key, 'status', 'closed')
   return append(state_key, stream_key, auction_id, 'closed',
-    '{"auction":' .. auction_json(state_key) .. '}', '', maxlen)
+    '{"auction":' .. auction_json(state_key) .. '}', '', maxlen, at)
 end

@@ -1,0 +1,321 @@
+//! One client's delivery protocol, written once for both transports.
+//!
+//! A client (an SSE stream, or one auction of a WebSocket) joins its
+//! auction's feed and starts from an `init` or a replay (the resume rules
+//! of [`session`](crate::session)); then it receives the feed live. What a
+//! client is sent, when it is cut off and what is counted is decided here
+//! and nowhere else:
+//!
+//! - a gap at any point of a replay (the stream trimmed the next event
+//!   while the client caught up) restarts the client's view with an `init`
+//!   with `reset: true`, counted as a reset resume;
+//! - live events at or below the last id sent are dropped (they reached
+//!   the client in its replay);
+//! - a client lapped by its feed, or whose socket stays full for
+//!   [`STALL_LIMIT`], is slow: it is cut off and counted once;
+//! - a feed reset (the replica lost events) ends the client, which resumes
+//!   from its last id;
+//! - `auction_events_delivered_total` counts every event frame written to
+//!   a client, replayed or live; `auction_delivery_latency_seconds`
+//!   observes live events, from the event's own time to the write.
+//!
+//! An edge supplies its framing (a [`Codec`]) and its socket
+//! ([`Transport`]); its own job is what only it knows: the request, the
+//! response head, and how an ending is told to its clients.
+
+use crate::feed::{Codec, Frame, Item};
+use crate::hub::{FeedPosition, Hub};
+use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
+use crate::writer::{self, WriteError};
+use auction_domain::{AuctionId, EventId, clock};
+use std::future::Future;
+use std::time::Duration;
+use telemetry::TransportMetrics;
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+/// A client whose socket accepts nothing for this long is slow.
+pub const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// Most frames one write carries.
+pub const MAX_BATCH: usize = writer::MAX_SLICES;
+/// How long a new client waits for its auction's feed to go live.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a client's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The replica lost events it could not recover: the client must
+    /// resume from its last id (here or on another replica).
+    Reset,
+    /// Lapped by its feed, or its socket stayed full for [`STALL_LIMIT`]
+    /// (already counted in `auction_slow_consumer_disconnects_total`).
+    Slow,
+    /// The socket failed, the peer left, or the replica is draining.
+    Closed,
+}
+
+/// Why a started client got no live subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// Redis did not answer during the replay: nothing more was sent for
+    /// this auction; the client retries from its last id.
+    Unavailable,
+    Ended(Ended),
+}
+
+impl From<Ended> for StartError {
+    fn from(ended: Ended) -> Self {
+        StartError::Ended(ended)
+    }
+}
+
+/// An edge's socket, as the client layer writes to it.
+pub trait Transport: Send {
+    /// The socket event frames are written to, as shared bytes.
+    fn socket(&self) -> &TcpStream;
+
+    /// Runs before every write of the client layer: a transport that
+    /// writes frames of its own through a buffer (WebSocket control frames)
+    /// flushes them here, so frames never interleave.
+    fn before_write(&mut self) -> impl Future<Output = Result<(), Ended>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// One client's live view of one auction.
+#[derive(Debug)]
+pub struct Subscription {
+    auction: AuctionId,
+    /// The newest event id this client was sent (or its `init` reflects).
+    last_sent: EventId,
+    position: FeedPosition,
+    /// The feed's ring capacity: this far behind, the client is lapped.
+    capacity: u64,
+}
+
+impl Subscription {
+    pub fn auction(&self) -> &AuctionId {
+        &self.auction
+    }
+
+    pub fn last_sent(&self) -> EventId {
+        self.last_sent
+    }
+
+    /// Whether the feed has sent a whole ring of items this client has not
+    /// taken: it cannot keep up.
+    pub fn lapped(&self) -> bool {
+        self.position.behind() >= self.capacity
+    }
+}
+
+/// Frames taken from the feeds, waiting for one write.
+#[derive(Debug, Default)]
+pub struct Batch {
+    frames: Vec<Frame>,
+    /// `placed_at` of each event among `frames` (0: unknown), for the
+    /// metrics once they are written.
+    events: Vec<u64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Whether one write carries no more.
+    pub fn is_full(&self) -> bool {
+        self.frames.len() >= MAX_BATCH
+    }
+}
+
+/// The delivery protocol of one edge: its hub, its metrics, its drain.
+pub struct Delivery<C: Codec> {
+    hub: Hub<C>,
+    metrics: TransportMetrics,
+    shutdown: CancellationToken,
+}
+
+impl<C: Codec> Delivery<C> {
+    pub fn new(hub: Hub<C>, metrics: TransportMetrics, shutdown: CancellationToken) -> Self {
+        Delivery {
+            hub,
+            metrics,
+            shutdown,
+        }
+    }
+
+    pub fn hub(&self) -> &Hub<C> {
+        &self.hub
+    }
+
+    pub fn metrics(&self) -> &TransportMetrics {
+        &self.metrics
+    }
+
+    /// Joins the auction's feed and decides how the client starts. Nothing
+    /// is written yet: on an error the edge refuses the client its own way.
+    pub async fn open(&self, auction: &AuctionId, resume: Resume) -> Result<Opening, OpenError> {
+        session::open(&self.hub, auction, resume, JOIN_WAIT).await
+    }
+
+    /// Writes bytes of the transport's own ahead of the protocol (SSE's
+    /// response head), under the same deadline and stall policy.
+    pub async fn write_head<T: Transport>(
+        &self,
+        transport: &mut T,
+        head: Frame,
+    ) -> Result<(), Ended> {
+        self.write(transport, &[head], || false).await
+    }
+
+    /// Writes the client's start (its `init`, or the events after its
+    /// resume id) and returns its live subscription with the feed's
+    /// receiver, which the edge polls and hands to [`take`](Self::take).
+    pub async fn start<T: Transport>(
+        &self,
+        transport: &mut T,
+        opening: Opening,
+    ) -> Result<(Subscription, broadcast::Receiver<Item>), StartError> {
+        let Opening {
+            auction,
+            feed,
+            position,
+            start,
+        } = opening;
+        let mut subscription = Subscription {
+            auction,
+            last_sent: EventId::ZERO,
+            position,
+            capacity: self.hub.config().queue_capacity as u64,
+        };
+        match start {
+            Start::Init { frame, last, reset } => {
+                if reset {
+                    self.metrics.resumes_reset.inc();
+                }
+                self.write(transport, &[frame], || subscription.lapped())
+                    .await?;
+                subscription.last_sent = last;
+            }
+            Start::Replay(mut catch_up) => {
+                let mut frames = Vec::new();
+                loop {
+                    frames.clear();
+                    match catch_up.next_batch(&self.hub, &mut frames).await {
+                        Ok(more) => {
+                            self.write(transport, &frames, || subscription.lapped())
+                                .await?;
+                            self.metrics.events_delivered.inc_by(frames.len() as u64);
+                            subscription.last_sent = catch_up.last();
+                            if !more {
+                                self.metrics.resumes_replayed.inc();
+                                break;
+                            }
+                        }
+                        Err(CatchUpError::Gap) => {
+                            let (frame, last) =
+                                session::init_frame(&self.hub, &subscription.auction, true)
+                                    .await
+                                    .map_err(|_| StartError::Unavailable)?;
+                            self.metrics.resumes_reset.inc();
+                            self.write(transport, &[frame], || subscription.lapped())
+                                .await?;
+                            subscription.last_sent = last;
+                            break;
+                        }
+                        Err(CatchUpError::Unavailable) => return Err(StartError::Unavailable),
+                    }
+                }
+            }
+        }
+        Ok((subscription, feed))
+    }
+
+    /// Takes one item of the subscription's feed into `batch`.
+    pub fn take(
+        &self,
+        subscription: &mut Subscription,
+        item: Result<Item, RecvError>,
+        batch: &mut Batch,
+    ) -> Result<(), Ended> {
+        match item {
+            Ok(item) => {
+                subscription.position.took_one();
+                match item {
+                    Item::Event(event) => {
+                        if event.id > subscription.last_sent {
+                            subscription.last_sent = event.id;
+                            batch.frames.push(event.frame.clone());
+                            batch.events.push(event.placed_at_ms);
+                        }
+                        Ok(())
+                    }
+                    Item::Tick => {
+                        batch.frames.extend(self.hub.codec().keepalive());
+                        Ok(())
+                    }
+                    Item::Reset => Err(Ended::Reset),
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                self.metrics.slow_consumer_disconnects.inc();
+                Err(Ended::Slow)
+            }
+            // The hub dropped the feed: as good as a reset.
+            Err(RecvError::Closed) => Err(Ended::Reset),
+        }
+    }
+
+    /// Writes the batch and counts what it delivered. `lapped` tells
+    /// whether any of the client's subscriptions is lapped meanwhile.
+    pub async fn flush<T: Transport>(
+        &self,
+        transport: &mut T,
+        batch: &mut Batch,
+        lapped: impl Fn() -> bool,
+    ) -> Result<(), Ended> {
+        if batch.frames.is_empty() {
+            return Ok(());
+        }
+        self.write(transport, &batch.frames, lapped).await?;
+        batch.frames.clear();
+        let now = clock::now_ms();
+        self.metrics
+            .events_delivered
+            .inc_by(batch.events.len() as u64);
+        for placed_at in batch.events.drain(..) {
+            if placed_at > 0 {
+                let latency = now.saturating_sub(placed_at) as f64 / 1000.0;
+                self.metrics.delivery_latency.observe(latency);
+            }
+        }
+        Ok(())
+    }
+
+    async fn write<T: Transport>(
+        &self,
+        transport: &mut T,
+        frames: &[Frame],
+        lapped: impl Fn() -> bool,
+    ) -> Result<(), Ended> {
+        transport.before_write().await?;
+        let written = writer::write_frames(
+            transport.socket(),
+            frames.iter(),
+            lapped,
+            STALL_LIMIT,
+            &self.shutdown,
+        )
+        .await;
+        match written {
+            Ok(()) => Ok(()),
+            Err(WriteError::Slow) => {
+                self.metrics.slow_consumer_disconnects.inc();
+                Err(Ended::Slow)
+            }
+            Err(WriteError::Closed) => Err(Ended::Closed),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! What a feed carries: events encoded once per replica for a transport.
+
+use auction_domain::{AuctionId, Event, EventId};
+use std::sync::Arc;
+
+/// How a transport encodes what it sends. Implementations are pure and
+/// cheap to call; the hub calls [`Codec::event`] once per event per replica.
+pub trait Codec: Send + Sync + 'static {
+    /// A live or replayed event.
+    fn event(&self, auction: &AuctionId, event: &Event) -> Frame;
+
+    /// The first message of a fresh or reset view. `init_json` is the
+    /// contract's `{"auction","history","reset"}`; `last` is the id of the
+    /// newest event it reflects (`0-0` for none).
+    fn init(&self, auction: &AuctionId, last: EventId, init_json: &str) -> Frame;
+
+    /// What a client is sent when its feed's keepalive interval elapses,
+    /// if anything (SSE: a comment line, so proxies keep the stream open).
+    fn keepalive(&self) -> Option<Frame> {
+        None
+    }
+}
+
+/// Encoded bytes, shared by every client that is sent them (a reference
+/// count, not a copy).
+pub type Frame = bytes::Bytes;
+
+/// An event encoded once for a transport.
+#[derive(Debug)]
+pub struct EncodedEvent<F = Frame> {
+    pub id: EventId,
+    /// When the event was appended (Unix ms, Redis's clock); 0 if unknown.
+    pub placed_at_ms: u64,
+    pub frame: F,
+}
+
+/// What a feed carries to each client of an auction.
+///
+/// Small on purpose: every feed's ring holds `AUCTION_CLIENT_QUEUE` of
+/// these from the moment it exists, so an event is one pointer here (a
+/// ring slot of a replica watching 10,000 quiet auctions costs 40 bytes,
+/// not 88).
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// An event, shared by every client of the feed and its recent run.
+    Event(Arc<EncodedEvent>),
+    /// The keepalive interval elapsed.
+    Tick,
+    /// The replica lost events it could not recover from the stream: the
+    /// client must reconnect and resume from its last id.
+    Reset,
+}

@@ -1,0 +1,60 @@
+//! What both edges share around their endpoint: the settings every edge
+//! reads alike, and the edge's life once its endpoint exists.
+
+use crate::gate::ConnectionGate;
+use crate::health::watch_redis;
+use crate::process::{Context, bind};
+use crate::raw_http::{FastPath, serve_with_fast_path};
+use axum::Router;
+use settings::{SettingError, Settings};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often readiness asks whether Redis and the subscription are up.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Settings of every edge, read with the same defaults and ranges.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// `AUCTION_MAX_CONNECTIONS`: client connections per replica.
+    pub max_connections: usize,
+    /// `AUCTION_CLIENT_QUEUE`: events a client may lag behind.
+    pub client_queue: usize,
+    /// `AUCTION_SOCKET_SEND_BUFFER`: `SO_SNDBUF` of each client socket.
+    pub send_buffer: usize,
+}
+
+impl EdgeSettings {
+    pub fn read(settings: &Settings) -> Result<EdgeSettings, SettingError> {
+        Ok(EdgeSettings {
+            max_connections: settings.number("max_connections", 10_000, 1..=10_000_000)? as usize,
+            client_queue: settings.number("client_queue", 256, 4..=65_536)? as usize,
+            send_buffer: settings.number("socket_send_buffer", 131_072, 4096..=16_777_216)?
+                as usize,
+        })
+    }
+}
+
+/// Runs an edge until it has drained: readiness follows `healthy`, the
+/// endpoint and `routes` are served until shutdown, then every open
+/// connection is waited for (bounded by the process's grace period).
+pub async fn run_edge<F, P, H>(
+    ctx: &Context,
+    endpoint: Arc<F>,
+    gate: &ConnectionGate,
+    routes: Router,
+    healthy: P,
+) -> Result<(), String>
+where
+    F: FastPath,
+    P: Fn() -> H + Send + 'static,
+    H: Future<Output = bool> + Send,
+{
+    watch_redis(ctx, HEALTH_INTERVAL, healthy);
+    let listener = bind(ctx).await?;
+    serve_with_fast_path(ctx, listener, routes, endpoint).await?;
+    // Accepting has stopped; wait for every client to end cleanly.
+    gate.drained().await;
+    Ok(())
+}

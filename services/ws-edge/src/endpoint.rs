@@ -1,0 +1,47 @@
+//! `GET /ws` as the edge's fast path: what every socket of the replica
+//! shares, and the life of one socket (admit, upgrade, session).
+
+use crate::bids::BidForwarder;
+use crate::codec::WsCodec;
+use crate::session::Session;
+use crate::upgrade::upgrade;
+use fanout::Delivery;
+use service_kit::rate::Rate;
+use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub struct WsEndpoint {
+    pub delivery: Delivery<WsCodec>,
+    pub gate: ConnectionGate,
+    pub bids: BidForwarder,
+    pub max_message: usize,
+    /// Ticks once per ping interval, for every socket: one timer per
+    /// replica instead of one per socket.
+    pub ping_ticks: watch::Receiver<u64>,
+    /// Allowed `Origin` values; empty allows every origin.
+    pub allowed_origins: Vec<String>,
+    pub max_subscriptions: usize,
+    /// Client messages per socket.
+    pub message_rate: Rate,
+    pub send_buffer: usize,
+    pub shutdown: CancellationToken,
+}
+
+impl FastPath for WsEndpoint {
+    fn claims(&self, head: &RequestHead) -> bool {
+        head.method == "GET" && head.path() == "/ws"
+    }
+
+    async fn serve(self: Arc<Self>, stream: TcpStream, head: RequestHead) {
+        let Some(_admission) = self.gate.admit() else {
+            return refusal::refuse(stream, &refusal::too_many_connections()).await;
+        };
+        let Some(upgraded) = upgrade(&self, stream, head).await else {
+            return;
+        };
+        Session::new(&self, upgraded).run().await;
+    }
+}

@@ -1,0 +1,274 @@
+//! One socket's session: a single task that waits on its feeds, the
+//! client's frames, bid answers and the replica's ping ticks, and answers
+//! each. How a session ends decides the close frame.
+
+use crate::bids::PendingBids;
+use crate::endpoint::WsEndpoint;
+use crate::protocol::{self, ClientMessage};
+use crate::socket::WsSocket;
+use crate::subscriptions::{Subscribed, Subscriptions};
+use crate::upgrade::Upgraded;
+use auction_domain::AuctionId;
+use fanout::Ended;
+use futures_util::{FutureExt, StreamExt};
+use service_kit::rate::TokenBucket;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use tokio_stream::wrappers::WatchStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
+
+/// How long the closing handshake may take before the socket is dropped.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How a session ends.
+enum End {
+    /// Send this close frame, then wait briefly for the peer's.
+    Close(CloseCode, &'static str),
+    /// The peer closed: flush tungstenite's queued reply (its code echoed,
+    /// or 1002 for a code that may not be sent), then drop.
+    Answered,
+    /// The peer is gone or stuck: just drop the socket.
+    Drop,
+}
+
+impl From<Ended> for End {
+    fn from(ended: Ended) -> End {
+        match ended {
+            Ended::Reset => End::Close(
+                CloseCode::Again,
+                "events lost on this replica; resubscribe with your last id",
+            ),
+            Ended::Slow => End::Close(
+                CloseCode::Again,
+                "slow consumer; reconnect and resume from your last id",
+            ),
+            Ended::Closed => End::Drop,
+        }
+    }
+}
+
+pub struct Session<'a> {
+    endpoint: &'a WsEndpoint,
+    socket: WsSocket,
+    peer: IpAddr,
+    subscriptions: Subscriptions,
+    bids: PendingBids,
+    /// The socket's message rate limit.
+    bucket: TokenBucket,
+    /// When the last `rate_limited` error was sent (at most one a second).
+    warned_rate: Option<Instant>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(endpoint: &'a WsEndpoint, upgraded: Upgraded) -> Self {
+        Session {
+            endpoint,
+            socket: WsSocket::new(upgraded.ws, upgraded.raw),
+            peer: upgraded.peer,
+            subscriptions: Subscriptions::default(),
+            bids: PendingBids::default(),
+            bucket: TokenBucket::full(endpoint.message_rate, Instant::now()),
+            warned_rate: None,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let end = self.serve().await;
+        let socket = &mut self.socket;
+        match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let close = async {
+                    if socket.send(Message::Close(Some(frame))).await.is_err() {
+                        return;
+                    }
+                    // Wait briefly for the peer's close, so the close is clean.
+                    while let Some(Ok(message)) = socket.ws.next().await {
+                        if message.is_close() {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(CLOSE_DEADLINE, close).await;
+            }
+            End::Answered => {
+                let _ = tokio::time::timeout(CLOSE_DEADLINE, socket.flush()).await;
+            }
+            End::Drop => {}
+        }
+    }
+
+    async fn serve(&mut self) -> End {
+        let endpoint = self.endpoint;
+        let shutdown = endpoint.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let mut ticks = WatchStream::from_changes(endpoint.ping_ticks.clone());
+        let mut awaiting_pong = false;
+        // Client frames are read when the socket turns readable, rather than
+        // asking tungstenite on every wake: most wakes are events to send.
+        // Frames that arrived with the upgrade request are read first.
+        let raw = self.socket.raw().clone();
+        if let Err(end) = self.read_available(&mut awaiting_pong).await {
+            return end;
+        }
+        let mut readable = std::pin::pin!(raw.readable());
+        loop {
+            // Ordered by how often each is the reason for waking: events
+            // first, so a delivery polls nothing else.
+            let step = tokio::select! {
+                biased;
+                _ = &mut shutdown => Err(End::Close(CloseCode::Restart, "replica restarting; reconnect and resume")),
+                (key, item) = self.subscriptions.next() => self
+                    .subscriptions
+                    .forward(&endpoint.delivery, &mut self.socket, key, item)
+                    .await
+                    .map_err(End::from),
+                _ = &mut readable => {
+                    readable.set(raw.readable());
+                    self.read_available(&mut awaiting_pong).await
+                }
+                reply = self.bids.next_answer() => self.send_text(reply).await,
+                Some(_) = ticks.next() => {
+                    if awaiting_pong {
+                        Err(End::Close(CloseCode::Policy, "no pong in time"))
+                    } else {
+                        awaiting_pong = true;
+                        self.socket.send(Message::Ping(Default::default())).await.map_err(End::from)
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Handles every client message tungstenite can produce now (it may
+    /// hold several from one read), then returns to waiting.
+    async fn read_available(&mut self, awaiting_pong: &mut bool) -> Result<(), End> {
+        while let Some(incoming) = self.socket.ws.next().now_or_never() {
+            match incoming {
+                None => return Err(End::Drop),
+                Some(Err(error)) => return Err(close_for(&error)),
+                Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = protocol::error_json(
+                        None,
+                        "binary_not_supported",
+                        "send JSON in text frames",
+                    );
+                    self.send_text(reply).await?;
+                }
+                Some(Ok(Message::Pong(_))) => *awaiting_pong = false,
+                // tungstenite queued the reply to the close: send it.
+                Some(Ok(Message::Close(_))) => return Err(End::Answered),
+                // tungstenite queued the answer to a ping: flush it before
+                // the next direct write.
+                Some(Ok(_)) => self.socket.mark_pending(),
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
+        self.socket.send_text(text).await.map_err(End::from)
+    }
+
+    /// One client message. Refusals are replies; only transport failures end
+    /// the session.
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let reply = if let Some(refused) = self.over_rate() {
+            refused
+        } else {
+            match protocol::parse(text) {
+                Err(refusal) => Some(refusal.to_json()),
+                Ok(ClientMessage::Subscribe { auction, last_id }) => {
+                    self.subscribe(&auction, last_id).await?
+                }
+                Ok(ClientMessage::Unsubscribe { auction }) => {
+                    if let Ok(id) = AuctionId::parse(&auction) {
+                        self.subscriptions.unsubscribe(&id);
+                    }
+                    None
+                }
+                Ok(ClientMessage::Bid {
+                    auction,
+                    amount,
+                    bidder,
+                    reference,
+                }) => self.bids.place(
+                    &self.endpoint.bids,
+                    auction,
+                    amount,
+                    bidder,
+                    reference,
+                    self.peer,
+                ),
+            }
+        };
+        match reply {
+            Some(reply) => self.send_text(reply).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `None` when the message may be handled. Over the socket's rate limit
+    /// a message is dropped, with at most one `rate_limited` error a second.
+    fn over_rate(&mut self) -> Option<Option<String>> {
+        let now = Instant::now();
+        if self.bucket.take(self.endpoint.message_rate, now).is_ok() {
+            return None;
+        }
+        let warn = self
+            .warned_rate
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        if !warn {
+            return Some(None);
+        }
+        self.warned_rate = Some(now);
+        Some(Some(protocol::error_json(
+            None,
+            "rate_limited",
+            "too many messages; slow down",
+        )))
+    }
+
+    async fn subscribe(
+        &mut self,
+        auction: &str,
+        last_id: protocol::LastId,
+    ) -> Result<Option<String>, End> {
+        let resubscribe =
+            AuctionId::parse(auction).is_ok_and(|id| self.subscriptions.contains(&id));
+        if !resubscribe && self.subscriptions.len() >= self.endpoint.max_subscriptions {
+            let message = "unsubscribe from another auction first";
+            let refusal = protocol::Refusal::new(None, "too_many_subscriptions", message);
+            return Ok(Some(refusal.to_json()));
+        }
+        let subscribed = self
+            .subscriptions
+            .subscribe(&self.endpoint.delivery, &mut self.socket, auction, last_id)
+            .await?;
+        Ok(match subscribed {
+            Subscribed::Done => None,
+            Subscribed::Refused(reply) => Some(reply),
+        })
+    }
+}
+
+/// The close code for a read error (contract: 1009 for an oversized frame).
+fn close_for(error: &WsError) -> End {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            End::Close(CloseCode::Size, "message too large")
+        }
+        WsError::Utf8(_) => End::Close(CloseCode::Invalid, "text frames must be UTF-8"),
+        WsError::Protocol(_) => End::Close(CloseCode::Protocol, "protocol error"),
+        _ => End::Drop,
+    }
+}

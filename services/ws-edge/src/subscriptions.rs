@@ -1,0 +1,149 @@
+//! A socket's subscriptions: one live [`Subscription`] per auction, their
+//! feeds polled together, and what a `subscribe` answers.
+
+use crate::codec::WsCodec;
+use crate::protocol::{INVALID_ID, LastId, Refusal};
+use crate::socket::WsSocket;
+use auction_domain::AuctionId;
+use fanout::{Batch, Delivery, Ended, Item, OpenError, Resume, StartError, Subscription};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+/// What a `subscribe` came to, when it was not simply done.
+pub enum Subscribed {
+    /// Live: its `init` or replay was written.
+    Done,
+    /// Refused; nothing was written for this auction: send this `error`.
+    Refused(String),
+}
+
+#[derive(Default)]
+pub struct Subscriptions {
+    /// The subscriptions' feeds, keyed by a small number that is cheap to
+    /// copy on every event (the map hands out its key with each item).
+    feeds: StreamMap<u32, BroadcastStream<Item>>,
+    live: Vec<(u32, Subscription)>,
+    next_key: u32,
+    batch: Batch,
+}
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn contains(&self, auction: &AuctionId) -> bool {
+        self.live.iter().any(|(_, s)| s.auction() == auction)
+    }
+
+    /// Starts (or restarts: a client resyncing) the subscription to
+    /// `auction` from `last_id`.
+    pub async fn subscribe(
+        &mut self,
+        delivery: &Delivery<WsCodec>,
+        socket: &mut WsSocket,
+        auction: &str,
+        last_id: LastId,
+    ) -> Result<Subscribed, Ended> {
+        let Ok(id) = AuctionId::parse(auction) else {
+            let refusal = Refusal::new(None, "invalid_auction_id", INVALID_ID);
+            return Ok(Subscribed::Refused(refusal.to_json()));
+        };
+        let resume = match &last_id {
+            LastId::Absent => Resume::Fresh,
+            LastId::Text(text) => Resume::parse(Some(text.as_bytes())),
+            LastId::Garbled => Resume::Garbled,
+        };
+        let opening = match delivery.open(&id, resume).await {
+            Ok(opening) => opening,
+            Err(OpenError::NotFound) => {
+                let message = format!("no auction with id {auction:?}");
+                let refusal = Refusal::new(None, "not_found", message);
+                return Ok(Subscribed::Refused(refusal.to_json()));
+            }
+            Err(OpenError::Unavailable | OpenError::Busy) => {
+                return Ok(Subscribed::Refused(unavailable()));
+            }
+        };
+        // A resubscription replaces the old one.
+        self.unsubscribe(&id);
+        match delivery.start(socket, opening).await {
+            Ok((subscription, feed)) => {
+                let key = self.next_key;
+                self.next_key = self.next_key.wrapping_add(1);
+                self.feeds.insert(key, BroadcastStream::new(feed));
+                self.live.push((key, subscription));
+                Ok(Subscribed::Done)
+            }
+            Err(StartError::Unavailable) => Ok(Subscribed::Refused(unavailable())),
+            Err(StartError::Ended(ended)) => Err(ended),
+        }
+    }
+
+    pub fn unsubscribe(&mut self, auction: &AuctionId) {
+        if let Some(index) = self.live.iter().position(|(_, s)| s.auction() == auction) {
+            let (key, _) = self.live.swap_remove(index);
+            self.feeds.remove(&key);
+        }
+    }
+
+    /// The next item of any subscription's feed; pending while there are
+    /// none. Cancel-safe.
+    pub async fn next(&mut self) -> (u32, Result<Item, RecvError>) {
+        match self.feeds.next().await {
+            Some((key, item)) => (key, item.map_err(lagged)),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes this item and whatever else the feeds have ready, then writes
+    /// them with one vectored write.
+    pub async fn forward(
+        &mut self,
+        delivery: &Delivery<WsCodec>,
+        socket: &mut WsSocket,
+        key: u32,
+        item: Result<Item, RecvError>,
+    ) -> Result<(), Ended> {
+        self.take(delivery, key, item)?;
+        while !self.batch.is_full() {
+            match self.feeds.next().now_or_never() {
+                Some(Some((key, item))) => self.take(delivery, key, item.map_err(lagged))?,
+                _ => break,
+            }
+        }
+        let live = &self.live;
+        let lapped = || live.iter().any(|(_, s)| s.lapped());
+        delivery.flush(socket, &mut self.batch, lapped).await
+    }
+
+    fn take(
+        &mut self,
+        delivery: &Delivery<WsCodec>,
+        key: u32,
+        item: Result<Item, RecvError>,
+    ) -> Result<(), Ended> {
+        match self.live.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, subscription)) => delivery.take(subscription, item, &mut self.batch),
+            None => Ok(()), // unsubscribed meanwhile
+        }
+    }
+}
+
+fn lagged(error: BroadcastStreamRecvError) -> RecvError {
+    match error {
+        BroadcastStreamRecvError::Lagged(n) => RecvError::Lagged(n),
+    }
+}
+
+fn unavailable() -> String {
+    Refusal::new(
+        None,
+        "redis_unavailable",
+        "the event store is unreachable; retry shortly",
+    )
+    .to_json()
+}

@@ -1,0 +1,131 @@
+//! `GET /ws`: checking the upgrade request, answering it (or refusing it),
+//! and turning the socket into a WebSocket.
+
+use crate::endpoint::WsEndpoint;
+use crate::shared_socket::SharedSocket;
+use service_kit::{RequestHead, error_response_bytes, refusal};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+/// Bytes tungstenite reads per call; client messages are small.
+const READ_BUFFER: usize = 256;
+
+/// An accepted WebSocket: tungstenite's side for client frames and the
+/// occasional control frame, and the same socket for shared event frames.
+pub struct Upgraded {
+    pub ws: WebSocketStream<SharedSocket>,
+    pub raw: Arc<TcpStream>,
+    pub peer: IpAddr,
+}
+
+/// Answers the upgrade (or refuses it) and sets up the WebSocket. The
+/// request head and the handshake's temporaries are dropped on return: an
+/// open socket keeps none of them.
+pub async fn upgrade(
+    endpoint: &WsEndpoint,
+    mut stream: TcpStream,
+    head: RequestHead,
+) -> Option<Upgraded> {
+    let peer = stream
+        .peer_addr()
+        .map(|addr| addr.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let key = match check_handshake(endpoint, &head) {
+        Ok(key) => key,
+        Err(response) => {
+            refusal::refuse(stream, &response).await;
+            return None;
+        }
+    };
+    // Frames the client sent right behind its request, in the same read:
+    // tungstenite reads them before anything else from the socket.
+    let early_frames = head.rest.to_vec();
+    drop(head);
+    if endpoint.shutdown.is_cancelled() {
+        refusal::refuse(stream, &refusal::draining()).await;
+        return None;
+    }
+    let accept = derive_accept_key(&key);
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    stream.write_all(response.as_bytes()).await.ok()?;
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(endpoint.send_buffer);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(Some(endpoint.max_message))
+        .max_frame_size(Some(endpoint.max_message));
+    let raw = Arc::new(stream);
+    let socket = SharedSocket(raw.clone());
+    let ws = WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))
+        .await;
+    Some(Upgraded { ws, raw, peer })
+}
+
+/// Validates the upgrade request; returns the `Sec-WebSocket-Key`, or the
+/// complete response that refuses it.
+fn check_handshake(endpoint: &WsEndpoint, head: &RequestHead) -> Result<Vec<u8>, Vec<u8>> {
+    let has_token = |name: &str, token: &str| {
+        head.header(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .is_some_and(|value| {
+                value
+                    .split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(error_response_bytes(
+            426,
+            "Upgrade Required",
+            "upgrade_required",
+            "GET /ws expects a WebSocket upgrade",
+            None,
+        ));
+    }
+    if head.header("sec-websocket-version") != Some(b"13") {
+        return Err(error_response_bytes(
+            426,
+            "Upgrade Required",
+            "unsupported_version",
+            "only WebSocket version 13 is supported",
+            None,
+        ));
+    }
+    if !endpoint.allowed_origins.is_empty() {
+        let origin = head
+            .header("origin")
+            .and_then(|value| std::str::from_utf8(value).ok());
+        if !origin.is_some_and(|origin| {
+            endpoint
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == origin)
+        }) {
+            return Err(error_response_bytes(
+                403,
+                "Forbidden",
+                "origin_not_allowed",
+                "this Origin may not open a WebSocket here",
+                None,
+            ));
+        }
+    }
+    match head.header("sec-websocket-key") {
+        Some(key) if !key.is_empty() => Ok(key.to_vec()),
+        _ => Err(error_response_bytes(
+            400,
+            "Bad Request",
+            "missing_key",
+            "Sec-WebSocket-Key is required",
+            None,
+        )),
+    }
+}
