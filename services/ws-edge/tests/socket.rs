@@ -57,6 +57,7 @@ async fn racing_bids_over_sockets_get_acks_or_the_bidders_error() {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let mut ws = connect(&url).await;
+            common::sign_in(&mut ws, &format!("sock{socket}")).await;
             send(&mut ws, json!({"type":"subscribe","auction":"vase"})).await;
             let mut current = 900;
             let (mut acks, mut refusals) = (Vec::new(), Vec::new());
@@ -120,6 +121,7 @@ async fn bad_input_gets_an_error_or_the_contract_close_code() {
     let url = ws_url(&stack.edge);
     // A bystander subscribed to the auction, to show others are unaffected.
     let mut bystander = connect(&url).await;
+    common::sign_in(&mut bystander, "bystander").await;
     send(&mut bystander, json!({"type":"subscribe","auction":"vase"})).await;
     assert_eq!(
         next_json(&mut bystander, 5 * SECOND).await.unwrap()["type"],
@@ -127,6 +129,7 @@ async fn bad_input_gets_an_error_or_the_contract_close_code() {
     );
 
     let mut ws = connect(&url).await;
+    common::sign_in(&mut ws, "tester").await;
     let cases = [
         ("not json", "malformed_json"),
         ("[1,2]", "malformed_json"),
@@ -229,6 +232,7 @@ async fn a_bidder_that_is_down_gives_a_clear_error_quickly() {
     let dead = format!("http://127.0.0.1:{}", test_support::free_port());
     let edge = start_edge(&redis, None, &[("AUCTION_BIDDER_URL", &dead)]);
     let mut ws = connect(&ws_url(&edge)).await;
+    common::sign_in(&mut ws, "tester").await;
     let started = std::time::Instant::now();
     send(
         &mut ws,
