@@ -38,9 +38,9 @@ async fn bids_flow_through_a_tls_only_redis() {
     assert_eq!(events.next().await.unwrap().unwrap().event, "init");
     let placed = http
         .post(format!("{}/auctions/tls/bids", bidder.url()))
-        .bearer_auth(test_support::seller_token())
+        .bearer_auth(test_support::guest_token("secure"))
         .header("content-type", "application/json")
-        .body(r#"{"amount":100,"bidder":"secure"}"#)
+        .body(r#"{"amount":100}"#)
         .send()
         .await
         .unwrap();
