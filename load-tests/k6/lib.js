@@ -21,7 +21,6 @@
 // scripts are for a stack on this machine, never for someone else's host.
 import http from "k6/http";
 import { check, fail } from "k6";
-import exec from "k6/execution";
 import { Counter } from "k6/metrics";
 
 /**

@@ -134,15 +134,15 @@ export class Stack {
 
   /** The auction's stream: [{id, kind, data}] oldest first. */
   stream(auction) {
-    const lines = this.redis("XRANGE", `auction:{${auction}}:events`, "-", "+").split("\n");
-    const entries = [];
-    // Each entry: id, then four field/value pairs (kind, data, prev, tp).
-    for (let i = 0; i + 8 < lines.length; i += 9) {
-      const fields = {};
-      for (let f = 1; f < 9; f += 2) fields[lines[i + f]] = lines[i + f + 1];
-      entries.push({ id: lines[i], kind: fields.kind, data: fields.data ? JSON.parse(fields.data) : null });
-    }
-    return entries;
+    // Read inside Redis and returned as JSON, so the entries' fields (kind,
+    // data, prev, at, tp...) can change without this parser knowing.
+    const script = "local out = {} " +
+      "for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do " +
+      "local f = {} for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end " +
+      "out[#out + 1] = {id = e[1], kind = f.kind, data = f.data} end " +
+      "if #out == 0 then return '[]' end return cjson.encode(out)";
+    const raw = JSON.parse(this.redis("EVAL", script, "1", `auction:{${auction}}:events`));
+    return raw.map((e) => ({ id: e.id, kind: e.kind, data: e.data ? JSON.parse(e.data) : null }));
   }
 
   /**
