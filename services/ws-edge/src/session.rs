@@ -234,7 +234,10 @@ impl<'a> Session<'a> {
     }
 
     /// An `auth` message: the socket's user from now on, or none if the
-    /// token is refused.
+    /// token is refused. A guest token is checked in microseconds; a
+    /// provider token with an unknown `kid` may wait for one JWKS fetch
+    /// (at most 5 s), during which this socket's events queue up (bounded
+    /// by its feed queue, like any slow moment).
     async fn authenticate(&mut self, token: String) -> String {
         match self.endpoint.auth.verify(&token).await {
             Ok(identity) => {
