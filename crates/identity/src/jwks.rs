@@ -5,6 +5,7 @@
 //! `kid`s cannot turn into a stream of requests to the provider.
 
 use crate::config::ExternalIdp;
+use crate::fetch::Fetcher;
 use crate::{Identity, TokenError, identity, refused};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Header, Validation};
@@ -46,7 +47,7 @@ struct ProviderClaims {
 struct Inner {
     url: String,
     validation_base: Validation,
-    http: reqwest::Client,
+    fetcher: Fetcher,
     keys: RwLock<HashMap<String, ProviderKey>>,
     /// Held while fetching (one fetch at a time); holds the last attempt.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
@@ -59,11 +60,7 @@ pub(crate) struct JwksVerifier {
 
 impl JwksVerifier {
     pub(crate) fn new(idp: &ExternalIdp) -> Result<JwksVerifier, String> {
-        let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|error| format!("cannot build the JWKS client: {error}"))?;
+        let fetcher = Fetcher::new(&idp.jwks_url, FETCH_TIMEOUT, MAX_JWKS_BYTES)?;
         // Algorithms are set per token from its key; the rest is fixed.
         let mut validation_base = Validation::new(Algorithm::RS256);
         validation_base.set_issuer(&[&idp.issuer]);
@@ -73,7 +70,7 @@ impl JwksVerifier {
             inner: Arc::new(Inner {
                 url: idp.jwks_url.clone(),
                 validation_base,
-                http,
+                fetcher,
                 keys: RwLock::new(HashMap::new()),
                 last_fetch: tokio::sync::Mutex::new(None),
             }),
@@ -152,23 +149,7 @@ impl JwksVerifier {
     }
 
     async fn fetch(&self) -> Result<HashMap<String, ProviderKey>, String> {
-        let mut response = self
-            .inner
-            .http
-            .get(&self.inner.url)
-            .send()
-            .await
-            .map_err(|error| error.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("answered {}", response.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("the key set is over {MAX_JWKS_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = self.inner.fetcher.get().await?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|error| format!("not a JWK set: {error}"))?;
         Ok(usable_keys(&set))

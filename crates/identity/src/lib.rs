@@ -15,6 +15,7 @@
 //! used.
 
 mod config;
+mod fetch;
 mod guest;
 mod jwks;
 

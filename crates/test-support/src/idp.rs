@@ -93,6 +93,9 @@ impl IdpKey {
 /// A JWKS endpoint on a loopback port, serving the keys last published.
 pub struct TestIdp {
     pub url: String,
+    /// With TLS: the self-signed certificate to trust (`SSL_CERT_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
+    _dir: Option<tempfile::TempDir>,
     document: Arc<Mutex<String>>,
     fetches: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -101,6 +104,106 @@ pub struct TestIdp {
 
 impl TestIdp {
     pub fn start(keys: &[&IdpKey]) -> TestIdp {
+        TestIdp::serve(keys, None)
+    }
+
+    /// Over https, with a certificate for `localhost` generated now; trust
+    /// it in the process under test with `SSL_CERT_FILE` (see `env`).
+    pub fn start_tls(keys: &[&IdpKey]) -> TestIdp {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("run openssl");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        // A test CA (what SSL_CERT_FILE trusts) and a certificate for
+        // localhost that it signs.
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=test CA",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"],
+                &ec[..],
+                &[
+                    "-subj",
+                    "/CN=localhost",
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "leaf.csr",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            path("leaf.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        let (cert, key) = (path("cert.pem"), path("key.pem"));
+        use rustls::pki_types::pem::PemObject;
+        let chain = vec![rustls::pki_types::CertificateDer::from_pem_file(&cert).unwrap()];
+        let private = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .unwrap();
+        let mut idp = TestIdp::serve(keys, Some(Arc::new(config)));
+        idp.url = idp.url.replace("http://127.0.0.1", "https://localhost");
+        idp.ca_file = Some(path("ca.pem"));
+        idp._dir = Some(dir);
+        idp
+    }
+
+    fn serve(keys: &[&IdpKey], tls: Option<Arc<rustls::ServerConfig>>) -> TestIdp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let document = Arc::new(Mutex::new(String::new()));
@@ -108,6 +211,8 @@ impl TestIdp {
         let stop = Arc::new(AtomicBool::new(false));
         let idp = TestIdp {
             url: format!("http://{addr}/.well-known/jwks.json"),
+            ca_file: None,
+            _dir: None,
             document: document.clone(),
             fetches: fetches.clone(),
             stop: stop.clone(),
@@ -120,9 +225,19 @@ impl TestIdp {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
                 let body = document.lock().unwrap().clone();
                 fetches.fetch_add(1, Ordering::SeqCst);
-                answer(stream, &body);
+                match &tls {
+                    None => answer(stream, &body),
+                    Some(config) => {
+                        let Ok(connection) = rustls::ServerConnection::new(config.clone()) else {
+                            continue;
+                        };
+                        answer(rustls::StreamOwned::new(connection, stream), &body);
+                    }
+                }
             }
         });
         idp
@@ -140,13 +255,18 @@ impl TestIdp {
         self.fetches.load(Ordering::SeqCst)
     }
 
-    /// Settings that point a bidder or ws-edge at this provider.
+    /// Settings that point a bidder or ws-edge at this provider (and make
+    /// it trust the test certificate, over TLS).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("AUCTION_JWKS_URL", self.url.clone()),
             ("AUCTION_JWT_ISSUER", IDP_ISSUER.into()),
             ("AUCTION_JWT_AUDIENCE", IDP_AUDIENCE.into()),
-        ]
+        ];
+        if let Some(ca) = &self.ca_file {
+            env.push(("SSL_CERT_FILE", ca.display().to_string()));
+        }
+        env
     }
 }
 
@@ -158,9 +278,7 @@ impl Drop for TestIdp {
     }
 }
 
-fn answer(mut stream: TcpStream, body: &str) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+fn answer(mut stream: impl Read + Write, body: &str) {
     let mut request = Vec::new();
     let mut buffer = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
@@ -174,6 +292,7 @@ fn answer(mut stream: TcpStream, body: &str) {
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let _ = stream.flush();
 }
 
 /// An `alg: none` token carrying `claims` and no signature.

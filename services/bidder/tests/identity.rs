@@ -278,3 +278,18 @@ async fn a_rotated_provider_key_is_picked_up_without_a_restart() {
         "the withdrawn key no longer signs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_publishing_its_keys_over_https_is_trusted_through_the_system_roots() {
+    let key = IdpKey::generate("tls-1");
+    // A certificate the bidder trusts only through SSL_CERT_FILE, as it
+    // would trust a real provider through the system's roots.
+    let provider = TestIdp::start_tls(&[&key]);
+    assert!(provider.url.starts_with("https://localhost:"));
+    let stack = Stack::start(1, &provider.env());
+    stack.create_auction("who", 1_000, 100, 600_000).await;
+    let (status, json, _) = bid(&stack, 0, Some(&key.token("u1", json!({}))), 1_000).await;
+    assert_eq!(status, 201, "{json}\n{}", stack.bidders[0].logs());
+    assert_eq!(json["bid"]["bidder_id"], "x_u1");
+    assert_eq!(provider.fetches(), 1);
+}
