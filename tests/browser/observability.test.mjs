@@ -1,9 +1,11 @@
-// Every Grafana panel's query returns data when Debian's Prometheus scrapes
-// the running services (pages open in Chromium keep events flowing).
+// Every Grafana panel's query and variable returns data when Debian's
+// Prometheus scrapes the running services (pages open in Chromium keep
+// events flowing), and the shipped alert rules, loaded into that
+// Prometheus, fire when a replica dies while the dashboard turns red.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { writeFileSync, mkdirSync } from "node:fs";
+import { writeFileSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 import { Stack, freePort } from "./stack.mjs";
@@ -13,6 +15,46 @@ let stack;
 let browser;
 let prometheus;
 let promUrl;
+
+// The alert rules exactly as shipped, except every `for:` is cut to 2s so
+// that a test sees an alert fire in seconds rather than minutes.
+const ALERT_FOR = "2s";
+function rulesForTest() {
+  const text = readFileSync(join(root, "deploy/prometheus/alerts.yml"), "utf8");
+  const rendered = text.replace(/^(\s+)for: \S+$/gm, `$1for: ${ALERT_FOR}`);
+  assert.notEqual(rendered, text, "alerts.yml has `for:` lines to shorten");
+  return rendered;
+}
+
+const dashboards = readdirSync(join(root, "deploy/grafana/dashboards"))
+  .filter((name) => name.endsWith(".json"))
+  .map((name) => JSON.parse(readFileSync(join(root, "deploy/grafana/dashboards", name), "utf8")));
+
+function panelsOf(dashboard) {
+  const all = [];
+  const walk = (panels) => { for (const p of panels || []) { all.push(p); walk(p.panels); } };
+  walk(dashboard.panels);
+  return all;
+}
+
+/** The panel titled `title`, with its query ready for Prometheus. */
+function panel(title) {
+  const found = dashboards.flatMap(panelsOf).find((p) => p.title === title);
+  assert.ok(found, `a panel titled ${title}`);
+  const [expr] = execFileSync(join(root, "scripts/dashboard-queries"), { encoding: "utf8" })
+    .split("\n")
+    .filter((line) => line === substituteAll(found.targets[0].expr));
+  assert.ok(expr, `the query of ${title} among scripts/dashboard-queries' output`);
+  const red = found.fieldConfig.defaults.thresholds.steps.find((step) => step.color === "red");
+  return { expr, red: red.value };
+}
+
+/** What scripts/dashboard-queries does to a query with "All" selected. */
+function substituteAll(expr) {
+  return expr.split(/\s+/).join(" ")
+    .replace(/\$(instance|transport)\b/g, ".*")
+    .replace(/\$__(rate_interval|interval|range)\b/g, "1m");
+}
 
 before(async () => {
   stack = new Stack();
@@ -37,10 +79,13 @@ before(async () => {
   const targets = (names) => names.map((name) => `"127.0.0.1:${stack.ports[name]}"`).join(", ");
   const dir = join(stack.dir, "prometheus");
   mkdirSync(dir);
+  writeFileSync(join(dir, "alerts.yml"), rulesForTest());
   writeFileSync(join(dir, "prometheus.yml"), `
 global:
   scrape_interval: 1s
   scrape_timeout: 900ms
+  evaluation_interval: 1s
+rule_files: [alerts.yml]
 scrape_configs:
   - job_name: bidder
     static_configs: [{ targets: [${targets(["bidder1", "bidder2"])}] }]
@@ -99,4 +144,67 @@ test("every dashboard query returns data from the live services", async () => {
   assert.deepEqual([...pending], [], "queries that returned nothing");
   const up = await query('sum(up{job=~"bidder|sse-edge|ws-edge"})');
   assert.equal(Number(up[0].value[1]), 6, "all six replicas scraped");
+});
+
+test("every dashboard variable lists the live replicas and transports", async () => {
+  await ready();
+  const variables = dashboards.flatMap((d) => d.templating?.list || []);
+  assert.deepEqual(variables.map((v) => v.name).sort(), ["instance", "transport"]);
+  const want = {
+    instance: Object.entries(stack.ports).filter(([name]) => name !== "nginx")
+      .map(([, port]) => `127.0.0.1:${port}`).sort(),
+    transport: ["sse", "ws"],
+  };
+  for (const variable of variables) {
+    const query = typeof variable.query === "string" ? variable.query : variable.query.query;
+    const [, selector, label] = query.match(/^label_values\((.+),\s*(\w+)\)$/);
+    let values = [];
+    const deadline = Date.now() + 30000;
+    while (Date.now() < deadline) {
+      const response = await fetch(`${promUrl}/api/v1/series?match[]=${encodeURIComponent(selector)}&start=${Date.now() / 1000 - 60}`);
+      const body = await response.json();
+      assert.equal(body.status, "success", `${query}: ${body.error}`);
+      values = [...new Set(body.data.map((series) => series[label]))].sort();
+      if (JSON.stringify(values) === JSON.stringify(want[variable.name])) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.deepEqual(values, want[variable.name], `values of $${variable.name}`);
+  }
+});
+
+test("a killed replica fires AuctionReplicaDown and turns its panels red", async () => {
+  await ready();
+  const down = panel("Replicas down");
+  const firing = panel("Alerts firing");
+  const value = async (expr) => Number((await query(expr))[0].value[1]);
+  const killed = `127.0.0.1:${stack.ports.sse2}`;
+  const replicaDown = async () => {
+    const body = await (await fetch(`${promUrl}/api/v1/alerts`)).json();
+    return body.data.alerts.filter((a) => a.labels.alertname === "AuctionReplicaDown");
+  };
+  // Healthy first: every replica scraped, nothing red, no alert.
+  const deadline = Date.now() + 30000;
+  while ((await value('sum(up{job=~"bidder|sse-edge|ws-edge"})')) !== 6) {
+    assert.ok(Date.now() < deadline, "all six replicas scraped");
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.deepEqual(await replicaDown(), []);
+  assert.ok(await value(down.expr) < down.red, "Replicas down is not red while all are up");
+
+  stack.kill("sse2");
+  let alert;
+  const fireBy = Date.now() + 60000;
+  for (;;) {
+    alert = (await replicaDown()).find((a) => a.labels.instance === killed && a.state === "firing");
+    if (alert) break;
+    assert.ok(Date.now() < fireBy, "AuctionReplicaDown fired within 60 s of the kill");
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.equal(alert.labels.job, "sse-edge");
+  assert.equal(alert.labels.severity, "critical");
+  assert.match(alert.annotations.summary, new RegExp(`sse-edge replica ${killed} is down`));
+  // Only the killed replica is down.
+  assert.deepEqual((await replicaDown()).map((a) => a.labels.instance), [killed]);
+  assert.ok(await value(down.expr) >= down.red, "Replicas down is red");
+  assert.ok(await value(firing.expr) >= firing.red, "Alerts firing is red");
 });

@@ -11,8 +11,9 @@
 //!   with `reset: true`, counted as a reset resume;
 //! - live events at or below the last id sent are dropped (they reached
 //!   the client in its replay);
-//! - a client lapped by its feed, or whose socket stays full for
-//!   [`STALL_LIMIT`], is slow: it is cut off and counted once;
+//! - a client lapped by its feed, or whose socket accepts nothing for the
+//!   stall limit (`AUCTION_CLIENT_STALL_MS`), is slow: it is cut off and
+//!   counted once;
 //! - a feed reset (the replica lost events) ends the client, which resumes
 //!   from its last id;
 //! - `auction_events_delivered_total` counts every event frame written to
@@ -35,8 +36,6 @@ use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-/// A client whose socket accepts nothing for this long is slow.
-pub const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Most frames one write carries.
 pub const MAX_BATCH: usize = writer::MAX_SLICES;
 /// How long a new client waits for its auction's feed to go live.
@@ -48,7 +47,7 @@ pub enum Ended {
     /// The replica lost events it could not recover: the client must
     /// resume from its last id (here or on another replica).
     Reset,
-    /// Lapped by its feed, or its socket stayed full for [`STALL_LIMIT`]
+    /// Lapped by its feed, or its socket stayed full for the stall limit
     /// (already counted in `auction_slow_consumer_disconnects_total`).
     Slow,
     /// The socket failed, the peer left, or the replica is draining.
@@ -134,16 +133,29 @@ impl Batch {
 pub struct Delivery<C: Codec> {
     hub: Hub<C>,
     metrics: TransportMetrics,
+    /// A client whose socket accepts nothing for this long is slow.
+    stall_limit: Duration,
     shutdown: CancellationToken,
 }
 
 impl<C: Codec> Delivery<C> {
-    pub fn new(hub: Hub<C>, metrics: TransportMetrics, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        hub: Hub<C>,
+        metrics: TransportMetrics,
+        stall_limit: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         Delivery {
             hub,
             metrics,
+            stall_limit,
             shutdown,
         }
+    }
+
+    /// How long a client's socket may accept nothing before it is slow.
+    pub fn stall_limit(&self) -> Duration {
+        self.stall_limit
     }
 
     pub fn hub(&self) -> &Hub<C> {
@@ -305,7 +317,7 @@ impl<C: Codec> Delivery<C> {
             transport.socket(),
             frames.iter(),
             lapped,
-            STALL_LIMIT,
+            self.stall_limit,
             &self.shutdown,
         )
         .await;

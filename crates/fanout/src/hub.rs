@@ -5,6 +5,7 @@ use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::recent::Recent;
 use auction_domain::{AuctionId, Event, EventId};
 use event_log::{EventLog, LiveConnection, LiveMessage, LogError, RedisTarget};
+use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,8 +19,10 @@ const BACKFILL_BATCH: usize = 256;
 /// Redis operations of the subscription path give up after this long; the
 /// connection is then treated as lost and re-established.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Bound of the queue of "start watching this auction" requests.
-const COMMAND_QUEUE: usize = 1024;
+/// Bound of the queue of "start watching this auction" requests: more than
+/// a replica's clients can ask for in one burst (a restart hands a replica
+/// thousands of auctions at once); past it, a client is refused as busy.
+const COMMAND_QUEUE: usize = 16_384;
 /// Most auctions one SUBSCRIBE (and one pipelined window read) starts
 /// watching: a replica asked for thousands of auctions at once (a restart,
 /// a load balancer reshuffle) needs a few round trips, not thousands.
@@ -178,6 +181,16 @@ impl<C: Codec> Hub<C> {
     /// Readiness: the subscription is up and Redis answers commands.
     pub async fn healthy(&self) -> bool {
         self.connected() && self.log().ping().await.is_ok()
+    }
+
+    /// [`healthy`](Self::healthy) as a probe a readiness watcher can call
+    /// again and again.
+    pub fn health_probe(&self) -> impl Fn() -> BoxFuture<'static, bool> + Send + 'static {
+        let hub = self.clone();
+        move || {
+            let hub = hub.clone();
+            Box::pin(async move { hub.healthy().await })
+        }
     }
 
     pub(crate) fn codec(&self) -> &C {
@@ -491,18 +504,17 @@ impl<C: Codec> Subscriber<C> {
             let Some(cursor) = self.cursors.get_mut(auction) else {
                 return Ok(());
             };
-            if let Some(first) = batch.first()
-                && first.prev != after
-            {
-                // The events in between were trimmed from the stream: this
-                // feed's clients must start over.
-                tracing::warn!(%auction, %after, "events lost beyond retention; resetting clients");
-                // Cleared first: a client that resumes once reset must not
-                // be served events from before the hole.
-                lock(&cursor.recent).clear();
-                cursor.send(Item::Reset);
-            }
             for event in &batch {
+                if event.prev != cursor.last {
+                    // The events in between are gone from the stream
+                    // (trimmed beyond retention): this feed's clients must
+                    // start over.
+                    tracing::warn!(%auction, after = %cursor.last, "events lost beyond retention; resetting clients");
+                    // Cleared first: a client that resumes once reset must
+                    // not be served events from before the hole.
+                    lock(&cursor.recent).clear();
+                    cursor.send(Item::Reset);
+                }
                 publish(&self.shared.codec, auction, cursor, event);
             }
             if batch.len() < BACKFILL_BATCH {

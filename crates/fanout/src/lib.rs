@@ -20,9 +20,7 @@ mod recent;
 mod session;
 mod writer;
 
-pub use client::{
-    Batch, Delivery, Ended, MAX_BATCH, STALL_LIMIT, StartError, Subscription, Transport,
-};
+pub use client::{Batch, Delivery, Ended, MAX_BATCH, StartError, Subscription, Transport};
 pub use feed::{Codec, EncodedEvent, Frame, Item};
 pub use hub::{FeedPosition, Hub, HubConfig, JoinError};
 pub use session::{OpenError, Opening, Resume};

@@ -248,16 +248,22 @@ impl CatchUp {
             .read_after(&self.auction, self.after, REPLAY_BATCH)
             .await
             .map_err(|_| CatchUpError::Unavailable)?;
-        if let Some(first) = events.first()
-            && first.prev != self.after
-        {
+        // Every event must chain onto the one before: the events up to a
+        // break are still sent (they are the client's, in order), and the
+        // next call reports the break.
+        let unbroken = events
+            .iter()
+            .zip(std::iter::once(self.after).chain(events.iter().map(|event| event.id)))
+            .take_while(|(event, before)| event.prev == *before)
+            .count();
+        if unbroken == 0 && !events.is_empty() {
             return Err(CatchUpError::Gap);
         }
-        for event in &events {
+        for event in &events[..unbroken] {
             out.push(hub.codec().event(&self.auction, event));
             self.after = event.id;
         }
-        self.done = events.len() < REPLAY_BATCH;
+        self.done = unbroken == events.len() && events.len() < REPLAY_BATCH;
         Ok(!events.is_empty())
     }
 }

@@ -23,6 +23,9 @@ pub struct EdgeSettings {
     pub client_queue: usize,
     /// `AUCTION_SOCKET_SEND_BUFFER`: `SO_SNDBUF` of each client socket.
     pub send_buffer: usize,
+    /// `AUCTION_CLIENT_STALL_MS`: a client whose socket accepts nothing for
+    /// this long is slow and is cut off.
+    pub stall_limit: Duration,
 }
 
 impl EdgeSettings {
@@ -32,6 +35,11 @@ impl EdgeSettings {
             client_queue: settings.number("client_queue", 256, 4..=65_536)? as usize,
             send_buffer: settings.number("socket_send_buffer", 131_072, 4096..=16_777_216)?
                 as usize,
+            stall_limit: Duration::from_millis(settings.number(
+                "client_stall_ms",
+                30_000,
+                100..=3_600_000,
+            )?),
         })
     }
 }

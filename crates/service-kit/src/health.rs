@@ -79,6 +79,7 @@ async fn readyz(State(state): State<OpsState>) -> Response {
 }
 
 async fn metrics(State(state): State<OpsState>) -> Response {
+    state.metrics.set_ready(state.health.ready());
     (
         [(
             header::CONTENT_TYPE,

@@ -1,9 +1,10 @@
 //! Observability for every process: `tracing` logs to stderr, OpenTelemetry
 //! trace export over OTLP (only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set),
-//! and the contract's Prometheus metrics.
+//! and the contract's Prometheus metrics with the standard process metrics.
 
 mod logging;
 mod metrics;
+mod process;
 mod trace;
 
 pub use logging::{LogFormat, TelemetryGuard, init};

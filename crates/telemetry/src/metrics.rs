@@ -1,6 +1,8 @@
 //! The contract's metrics (names fixed by the contract), one registry per
-//! process. Hot paths hold pre-resolved handles ([`TransportMetrics`]) so an
-//! event costs a few atomic adds, not a label lookup.
+//! process, plus what operators alert on: readiness, the connection cap and
+//! the standard process metrics ([`crate::process`]). Hot paths hold
+//! pre-resolved handles ([`TransportMetrics`]) so an event costs a few
+//! atomic adds, not a label lookup.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::process::ProcessCollector;
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -32,15 +36,19 @@ pub enum BidOutcome {
     closed,
     invalid,
     duplicate,
+    /// Answered with a 5xx (Redis unavailable, or an internal error): the
+    /// bid was not placed through no fault of the client's.
+    server_error,
 }
 
 impl BidOutcome {
-    pub const ALL: [BidOutcome; 5] = [
+    pub const ALL: [BidOutcome; 6] = [
         BidOutcome::accepted,
         BidOutcome::too_low,
         BidOutcome::closed,
         BidOutcome::invalid,
         BidOutcome::duplicate,
+        BidOutcome::server_error,
     ];
 }
 
@@ -74,18 +82,23 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     connections: Family<TransportLabels, Gauge>,
+    max_connections: Family<TransportLabels, Gauge>,
     events_delivered: Family<TransportLabels, Counter>,
     delivery_latency: Family<TransportLabels, Histogram, fn() -> Histogram>,
     resumes: Family<ResumeLabels, Counter>,
     slow_consumer_disconnects: Family<TransportLabels, Counter>,
     bids: Family<BidLabels, Counter>,
     redis_reconnects: Counter,
+    ready: Gauge,
 }
 
 /// Pre-resolved handles for one transport's hot path.
 #[derive(Clone)]
 pub struct TransportMetrics {
     pub connections: Gauge,
+    /// The replica's `AUCTION_MAX_CONNECTIONS`, so that alerts and
+    /// dashboards can tell how near the cap `connections` is.
+    pub max_connections: Gauge,
     pub events_delivered: Counter,
     pub delivery_latency: Histogram,
     pub resumes_replayed: Counter,
@@ -103,6 +116,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let connections = Family::<TransportLabels, Gauge>::default();
+        let max_connections = Family::<TransportLabels, Gauge>::default();
         let events_delivered = Family::<TransportLabels, Counter>::default();
         let delivery_latency =
             Family::<TransportLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -112,10 +126,16 @@ impl Metrics {
         let slow_consumer_disconnects = Family::<TransportLabels, Counter>::default();
         let bids = Family::<BidLabels, Counter>::default();
         let redis_reconnects = Counter::default();
+        let ready = Gauge::default();
         registry.register(
             "auction_connections",
             "Open client connections on this replica",
             connections.clone(),
+        );
+        registry.register(
+            "auction_max_connections",
+            "Connections this replica admits (AUCTION_MAX_CONNECTIONS); beyond it answers 503",
+            max_connections.clone(),
         );
         registry.register(
             "auction_events_delivered",
@@ -143,15 +163,23 @@ impl Metrics {
             "Reconnections to Redis",
             redis_reconnects.clone(),
         );
+        registry.register(
+            "auction_ready",
+            "1 while /readyz answers 200 (Redis reachable, not draining), else 0",
+            ready.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry,
             connections,
+            max_connections,
             events_delivered,
             delivery_latency,
             resumes,
             slow_consumer_disconnects,
             bids,
             redis_reconnects,
+            ready,
         }
     }
 
@@ -165,6 +193,7 @@ impl Metrics {
         };
         TransportMetrics {
             connections: self.connections.get_or_create(&labels).clone(),
+            max_connections: self.max_connections.get_or_create(&labels).clone(),
             events_delivered: self.events_delivered.get_or_create(&labels).clone(),
             delivery_latency: self.delivery_latency.get_or_create(&labels).clone(),
             resumes_replayed: resume(ResumeOutcome::replayed),
@@ -195,6 +224,12 @@ impl Metrics {
         self.redis_reconnects.clone()
     }
 
+    /// Records whether `/readyz` would answer 200; set at every scrape, so
+    /// the exposition never disagrees with the probe.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
     /// The exposition, in the OpenMetrics text format (which Prometheus
     /// scrapes natively).
     pub fn render(&self) -> String {
@@ -217,6 +252,8 @@ mod tests {
         let metrics = Metrics::new();
         let sse = metrics.transport(Transport::sse);
         sse.connections.inc();
+        sse.max_connections.set(10);
+        metrics.set_ready(true);
         sse.events_delivered.inc();
         sse.delivery_latency.observe(0.003);
         metrics.bid("user", BidOutcome::too_low);
@@ -230,6 +267,12 @@ mod tests {
             "auction_slow_consumer_disconnects_total{transport=\"sse\"} 0",
             "auction_bids_total{source=\"user\",outcome=\"too_low\"} 1",
             "auction_redis_reconnects_total 1",
+            "auction_max_connections{transport=\"sse\"} 10",
+            "auction_ready 1",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clients;
+pub mod conn;
 pub mod idp;
 mod nginx;
 mod redis_server;

@@ -398,6 +398,9 @@ async fn place_bid(
         {
             metrics.bid("user", BidOutcome::invalid)
         }
+        Err(error) if error.status.is_server_error() => {
+            metrics.bid("user", BidOutcome::server_error)
+        }
         Err(_) => {}
     }
     result.map(|(response, _)| response)

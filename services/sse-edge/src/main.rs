@@ -57,17 +57,26 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         ctx.shutdown.clone(),
     )?;
     let metrics = ctx.metrics.transport(Transport::sse);
+    metrics.max_connections.set(own.edge.max_connections as i64);
     let endpoint = Arc::new(SseEndpoint {
         gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
-        delivery: Delivery::new(hub.clone(), metrics, ctx.shutdown.clone()),
+        delivery: Delivery::new(
+            hub.clone(),
+            metrics,
+            own.edge.stall_limit,
+            ctx.shutdown.clone(),
+        ),
         retry_ms: own.retry_ms,
         send_buffer: own.edge.send_buffer,
         shutdown: ctx.shutdown.clone(),
     });
     let routes = pages::routes(pages::Transport::Sse, &own.bidder_public_url);
-    let healthy = move || {
-        let hub = hub.clone();
-        async move { hub.healthy().await }
-    };
-    run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
+    run_edge(
+        &ctx,
+        endpoint.clone(),
+        &endpoint.gate,
+        routes,
+        hub.health_probe(),
+    )
+    .await
 }

@@ -108,9 +108,15 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         ctx.shutdown.clone(),
     )?;
     let metrics = ctx.metrics.transport(Transport::ws);
+    metrics.max_connections.set(own.edge.max_connections as i64);
     let endpoint = Arc::new(WsEndpoint {
         gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
-        delivery: Delivery::new(hub.clone(), metrics, ctx.shutdown.clone()),
+        delivery: Delivery::new(
+            hub.clone(),
+            metrics,
+            own.edge.stall_limit,
+            ctx.shutdown.clone(),
+        ),
         bids: bids::BidForwarder::new(&own.bidder_url)?,
         auth: Authenticator::new(&identity)?,
         trust_forwarded_for: own.trust_forwarded_for,
@@ -123,9 +129,12 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         shutdown: ctx.shutdown.clone(),
     });
     let routes = pages::routes(pages::Transport::Ws, "");
-    let healthy = move || {
-        let hub = hub.clone();
-        async move { hub.healthy().await }
-    };
-    run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
+    run_edge(
+        &ctx,
+        endpoint.clone(),
+        &endpoint.gate,
+        routes,
+        hub.health_probe(),
+    )
+    .await
 }

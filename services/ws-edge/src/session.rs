@@ -70,7 +70,7 @@ impl<'a> Session<'a> {
     pub fn new(endpoint: &'a WsEndpoint, upgraded: Upgraded) -> Self {
         Session {
             endpoint,
-            socket: WsSocket::new(upgraded.ws, upgraded.raw),
+            socket: WsSocket::new(upgraded.ws, upgraded.raw, endpoint.delivery.stall_limit()),
             peer: upgraded.peer,
             subscriptions: Subscriptions::default(),
             bids: PendingBids::default(),

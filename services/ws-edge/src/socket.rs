@@ -6,9 +6,10 @@
 //! direct write ([`Transport::before_write`]), so frames never interleave.
 
 use crate::shared_socket::SharedSocket;
-use fanout::{Ended, STALL_LIMIT, Transport};
+use fanout::{Ended, Transport};
 use futures_util::SinkExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -20,14 +21,21 @@ pub struct WsSocket {
     /// Whether tungstenite may hold unwritten bytes (it answers pings and
     /// closes by itself): direct writes wait until it has flushed them.
     pending: bool,
+    /// The client layer's stall limit, for tungstenite's writes too.
+    stall_limit: Duration,
 }
 
 impl WsSocket {
-    pub fn new(ws: WebSocketStream<SharedSocket>, raw: Arc<TcpStream>) -> WsSocket {
+    pub fn new(
+        ws: WebSocketStream<SharedSocket>,
+        raw: Arc<TcpStream>,
+        stall_limit: Duration,
+    ) -> WsSocket {
         WsSocket {
             ws,
             raw,
             pending: false,
+            stall_limit,
         }
     }
 
@@ -52,7 +60,7 @@ impl WsSocket {
 
     /// Writes whatever tungstenite holds, within the stall limit.
     pub async fn flush(&mut self) -> Result<(), Ended> {
-        match tokio::time::timeout(STALL_LIMIT, self.ws.flush()).await {
+        match tokio::time::timeout(self.stall_limit, self.ws.flush()).await {
             Ok(Ok(())) => {
                 self.pending = false;
                 Ok(())

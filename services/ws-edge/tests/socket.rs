@@ -354,3 +354,26 @@ async fn pongs_and_event_frames_never_interleave() {
     bids.await.unwrap();
     assert_eq!(pongs, pinged);
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_its_code_or_1002() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let redis = RedisServer::start();
+    let edge = start_edge(&redis, None, &[]);
+    // (code sent, code expected back): RFC 6455 §5.5.1 echoes the code;
+    // §7.4.1 codes an endpoint must not send get 1002 (protocol error).
+    for (sent, expected) in [(1000u16, 1000u16), (4000, 4000), (1005, 1002), (999, 1002)] {
+        let mut ws = connect(&ws_url(&edge)).await;
+        let frame = CloseFrame {
+            code: CloseCode::from(sent),
+            reason: "bye".into(),
+        };
+        ws.send(Message::Close(Some(frame))).await.unwrap();
+        assert_eq!(
+            close_code(&mut ws, 5 * SECOND).await,
+            Some(expected),
+            "close code {sent}"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! One streaming connection to an edge, SSE or WebSocket, seen the same
+//! way: what arrived, in order, and how it ended. No reconnection of its own
+//! (tests decide when and where to resume), and an optional small receive
+//! buffer, so a test can play a client that stops reading.
+
+use eventsource_stream::Eventsource;
+use futures_util::stream::BoxStream;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+impl Transport {
+    pub const BOTH: [Transport; 2] = [Transport::Sse, Transport::Ws];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
+
+    /// The edge binary that serves this transport.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse-edge",
+            Transport::Ws => "ws-edge",
+        }
+    }
+}
+
+/// One thing a connection received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// An `init` (its id is empty when it reflects no event).
+    Init { id: String, reset: bool },
+    /// A `bid`, `closed` or `opened` event.
+    Event { kind: String, id: String },
+    /// The edge refused: the HTTP error body's code (SSE) or an `error`
+    /// message's code (WebSocket).
+    Refused(String),
+    /// The connection ended: the close code (WebSocket), or `None` for the
+    /// end of the SSE stream or a dropped socket.
+    Ended(Option<u16>),
+}
+
+enum Inner {
+    Sse(BoxStream<'static, Result<eventsource_stream::Event, String>>),
+    Ws(Box<WebSocketStream<TcpStream>>),
+    Done,
+}
+
+pub struct Conn {
+    inner: Inner,
+}
+
+/// Connects with an optional `SO_RCVBUF` (set before connecting, so the
+/// window stays small).
+async fn connect(addr: SocketAddr, receive_buffer: Option<u32>) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    socket.connect(addr).await.expect("connect to the edge")
+}
+
+impl Conn {
+    /// Opens `auction`'s stream on the edge at `addr`, resuming after
+    /// `last` when given.
+    pub async fn open(
+        transport: Transport,
+        addr: SocketAddr,
+        auction: &str,
+        last: Option<&str>,
+        receive_buffer: Option<u32>,
+    ) -> Conn {
+        let stream = connect(addr, receive_buffer).await;
+        match transport {
+            Transport::Sse => Conn::open_sse(stream, auction, last).await,
+            Transport::Ws => Conn::open_ws(stream, addr, auction, last).await,
+        }
+    }
+
+    async fn open_sse(mut stream: TcpStream, auction: &str, last: Option<&str>) -> Conn {
+        let resume = last.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        let request = format!(
+            "GET /auctions/{auction}/events HTTP/1.1\r\nHost: edge\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if stream.read_exact(&mut byte).await.is_err() {
+                return Conn { inner: Inner::Done };
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        if !head.starts_with("HTTP/1.1 200") {
+            let mut body = Vec::new();
+            let _ = stream.read_to_end(&mut body).await;
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let code = json["error"].as_str().unwrap_or("unknown").to_owned();
+            let refused = futures_util::stream::iter([Err(format!("refused:{code}"))]);
+            return Conn {
+                inner: Inner::Sse(refused.boxed()),
+            };
+        }
+        let bytes = futures_util::stream::unfold(stream, |mut stream| async move {
+            let mut buffer = vec![0u8; 4096];
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => None,
+                Ok(read) => {
+                    buffer.truncate(read);
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buffer)), stream))
+                }
+            }
+        });
+        let events = bytes
+            .eventsource()
+            .map(|event| event.map_err(|error| error.to_string()));
+        Conn {
+            inner: Inner::Sse(events.boxed()),
+        }
+    }
+
+    async fn open_ws(
+        stream: TcpStream,
+        addr: SocketAddr,
+        auction: &str,
+        last: Option<&str>,
+    ) -> Conn {
+        let url = format!("ws://{addr}/ws");
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .expect("WebSocket handshake");
+        let mut subscribe = json!({"type": "subscribe", "auction": auction});
+        if let Some(last) = last {
+            subscribe["last_id"] = json!(last);
+        }
+        ws.send(Message::Text(subscribe.to_string().into()))
+            .await
+            .expect("send subscribe");
+        Conn {
+            inner: Inner::Ws(Box::new(ws)),
+        }
+    }
+
+    /// The next thing received, or `None` if nothing arrives in `timeout`.
+    /// After [`Received::Ended`], always `Ended`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Received> {
+        let received = match &mut self.inner {
+            Inner::Done => return Some(Received::Ended(None)),
+            Inner::Sse(events) => match tokio::time::timeout(timeout, events.next()).await {
+                Err(_) => return None,
+                Ok(None) => Received::Ended(None),
+                Ok(Some(Err(error))) => match error.strip_prefix("refused:") {
+                    Some(code) => Received::Refused(code.to_owned()),
+                    None => Received::Ended(None),
+                },
+                Ok(Some(Ok(event))) => sse_received(&event),
+            },
+            Inner::Ws(ws) => loop {
+                match tokio::time::timeout(timeout, ws.next()).await {
+                    Err(_) => return None,
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        let json: Value = serde_json::from_str(&text).expect("JSON message");
+                        break ws_received(&json);
+                    }
+                    Ok(Some(Ok(Message::Close(frame)))) => {
+                        break Received::Ended(frame.map(|f| u16::from(f.code)));
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    Ok(Some(Err(_)) | None) => break Received::Ended(None),
+                }
+            },
+        };
+        if matches!(received, Received::Ended(_) | Received::Refused(_))
+            && matches!(self.inner, Inner::Sse(_))
+        {
+            self.inner = Inner::Done;
+        }
+        Some(received)
+    }
+
+    /// Everything until the connection ends, or until nothing arrives for
+    /// `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Received> {
+        let mut all = Vec::new();
+        while let Some(received) = self.next(quiet).await {
+            let ended = matches!(received, Received::Ended(_));
+            all.push(received);
+            if ended {
+                break;
+            }
+        }
+        all
+    }
+}
+
+fn sse_received(event: &eventsource_stream::Event) -> Received {
+    match event.event.as_str() {
+        "init" => {
+            let json: Value = serde_json::from_str(&event.data).expect("init JSON");
+            Received::Init {
+                id: event.id.clone(),
+                reset: json["reset"].as_bool().expect("init.reset"),
+            }
+        }
+        kind => Received::Event {
+            kind: kind.to_owned(),
+            id: event.id.clone(),
+        },
+    }
+}
+
+fn ws_received(json: &Value) -> Received {
+    let id = json["id"].as_str().unwrap_or("").to_owned();
+    match json["type"].as_str().unwrap_or("") {
+        "init" => Received::Init {
+            id,
+            reset: json["payload"]["reset"].as_bool().expect("init.reset"),
+        },
+        "error" => Received::Refused(json["error"].as_str().unwrap_or("").to_owned()),
+        kind => Received::Event {
+            kind: kind.to_owned(),
+            id,
+        },
+    }
+}

@@ -1,0 +1,498 @@
+//! One conformance suite for both edges: every case runs against the real
+//! `sse-edge` and `ws-edge` binaries on a real redis-server, and both
+//! transports must give the same outcome, with the same metric counts.
+//!
+//! The events come from the bidder's simulator (one bid per interval on a
+//! simulated auction), so the cases exercise the edges, not the bid API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+use test_support::conn::{Conn, Received, Transport};
+use test_support::{RedisServer, ServiceProcess, bidder_env, id_pair, wait_for};
+
+const QUIET: Duration = Duration::from_secs(10);
+
+fn start_edge(transport: Transport, redis: &RedisServer, extra: &[(&str, &str)]) -> ServiceProcess {
+    let mut env = vec![
+        ("AUCTION_REDIS_URL", redis.url()),
+        test_support::session_secret_env(),
+    ];
+    env.extend(
+        extra
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned())),
+    );
+    ServiceProcess::start(transport.binary(), &env)
+}
+
+fn simulator(redis: &RedisServer, auction: &str, interval_ms: u64) -> ServiceProcess {
+    ServiceProcess::start("bidder", &bidder_env(redis, auction, interval_ms))
+}
+
+/// The delivery metrics of one edge, as the conformance cases compare them.
+#[derive(Debug, PartialEq)]
+struct Counts {
+    delivered: f64,
+    replayed: f64,
+    reset: f64,
+    slow: f64,
+}
+
+fn counts(edge: &ServiceProcess, transport: Transport) -> Counts {
+    let t = transport.label();
+    Counts {
+        delivered: edge.metric(&format!(
+            "auction_events_delivered_total{{transport=\"{t}\"}}"
+        )),
+        replayed: edge.metric(&format!(
+            "auction_resumes_total{{transport=\"{t}\",outcome=\"replayed\"}}"
+        )),
+        reset: edge.metric(&format!(
+            "auction_resumes_total{{transport=\"{t}\",outcome=\"reset\"}}"
+        )),
+        slow: edge.metric(&format!(
+            "auction_slow_consumer_disconnects_total{{transport=\"{t}\"}}"
+        )),
+    }
+}
+
+/// Event ids among `received`, in order.
+fn event_ids(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .filter_map(|r| match r {
+            Received::Event { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads until an event at or past `target` arrived (or the stream ends).
+async fn read_until(conn: &mut Conn, target: &str, into: &mut Vec<Received>) {
+    loop {
+        let received = conn.next(QUIET).await.expect("the stream went quiet");
+        let done = match &received {
+            Received::Event { id, .. } => id_pair(id) >= id_pair(target),
+            Received::Ended(_) | Received::Refused(_) => true,
+            Received::Init { .. } => false,
+        };
+        into.push(received);
+        if done {
+            return;
+        }
+    }
+}
+
+/// Asserts that `ids` is exactly the stream's events after `after`, up to
+/// and including its own last one: nothing missing, nothing twice.
+fn assert_exact(redis: &RedisServer, auction: &str, after: &str, ids: &[String]) {
+    let last = ids.last().expect("events were received");
+    let expected = redis.stream_ids_between(auction, after, last);
+    assert_eq!(
+        ids.len(),
+        expected.len(),
+        "received {} events, the stream has {} (first received {:?})",
+        ids.len(),
+        expected.len(),
+        ids.first()
+    );
+    assert_eq!(ids, expected.as_slice());
+}
+
+fn init_id(received: &[Received]) -> String {
+    received
+        .iter()
+        .find_map(|r| match r {
+            Received::Init { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .expect("an init")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_hop_replicas_after_a_sigkill_with_nothing_lost() {
+    let redis = RedisServer::start();
+    let _bidder = simulator(&redis, "hop", 10);
+    redis.wait_for_more("hop", "0-0", 1);
+    let mut outcomes = Vec::new();
+    for transport in Transport::BOTH {
+        let mut edge_a = start_edge(transport, &redis, &[]);
+        let edge_b = start_edge(transport, &redis, &[]);
+        let mut conn = Conn::open(transport, edge_a.addr, "hop", None, None).await;
+        let mut first = Vec::new();
+        let target = redis.wait_for_more("hop", &redis.head("hop"), 10);
+        read_until(&mut conn, &target, &mut first).await;
+        edge_a.kill(); // no goodbye
+        first.extend(conn.drain(QUIET).await);
+        assert!(
+            matches!(first.last(), Some(Received::Ended(_))),
+            "{first:?}"
+        );
+        let start = init_id(&first);
+        let mut ids = event_ids(&first);
+        let last = ids.last().unwrap().clone();
+        let mut resumed = Vec::new();
+        let mut conn = Conn::open(transport, edge_b.addr, "hop", Some(&last), None).await;
+        let target = redis.wait_for_more("hop", &redis.head("hop"), 10);
+        read_until(&mut conn, &target, &mut resumed).await;
+        assert!(
+            !resumed.iter().any(|r| matches!(r, Received::Init { .. })),
+            "{transport:?}: the hop resumed, it did not restart"
+        );
+        ids.extend(event_ids(&resumed));
+        assert_exact(&redis, "hop", &start, &ids);
+        outcomes.push(counts(&edge_b, transport).replayed);
+    }
+    assert_eq!(
+        outcomes,
+        [1.0, 1.0],
+        "one replayed resume on each transport"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_ride_out_a_redis_restart_with_nothing_lost() {
+    let mut redis = RedisServer::start();
+    let _bidder = simulator(&redis, "rr", 10);
+    redis.wait_for_more("rr", "0-0", 1);
+    let sse = start_edge(Transport::Sse, &redis, &[]);
+    let ws = start_edge(Transport::Ws, &redis, &[]);
+    let mut conns = Vec::new();
+    for (transport, edge) in [(Transport::Sse, &sse), (Transport::Ws, &ws)] {
+        let mut conn = Conn::open(transport, edge.addr, "rr", None, None).await;
+        let mut seen = Vec::new();
+        let target = redis.wait_for_more("rr", &redis.head("rr"), 3);
+        read_until(&mut conn, &target, &mut seen).await;
+        conns.push((transport, conn, seen));
+    }
+    tokio::task::block_in_place(|| {
+        redis.kill();
+        wait_for("both edges to notice", Duration::from_secs(10), || {
+            (sse.answers("/readyz", 503) && ws.answers("/readyz", 503)).then_some(())
+        });
+        redis.restart();
+    });
+    let target = redis.wait_for_more("rr", &redis.head("rr"), 10);
+    for (transport, mut conn, mut seen) in conns {
+        read_until(&mut conn, &target, &mut seen).await;
+        assert_eq!(
+            seen.iter()
+                .filter(|r| matches!(r, Received::Init { .. }))
+                .count(),
+            1,
+            "{transport:?}: the connection stayed open through the restart"
+        );
+        assert_exact(&redis, "rr", &init_id(&seen), &event_ids(&seen));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_middle_of_a_replay_restarts_the_view_on_both_transports() {
+    let redis = RedisServer::start();
+    let mut bidder = simulator(&redis, "gap", 2);
+    redis.wait_for_more("gap", "0-0", 420);
+    bidder.kill(); // a still stream: the case is exact
+    let ids: Vec<String> = redis.stream("gap").into_iter().map(|e| e.id).collect();
+    let from = ids.len() - 400;
+    // The 300th event after the resume point disappears: the replay's
+    // second read (256 events each) meets the hole.
+    let hole = &ids[from + 300];
+    assert!(
+        redis
+            .command(&format!("XDEL auction:{{gap}}:events {hole}"))
+            .contains(":1")
+    );
+    let mut outcomes = Vec::new();
+    for transport in Transport::BOTH {
+        let edge = start_edge(transport, &redis, &[]);
+        let mut conn = Conn::open(transport, edge.addr, "gap", Some(&ids[from]), None).await;
+        let mut received = Vec::new();
+        while received.len() < 300 {
+            received.push(conn.next(QUIET).await.expect("the replay went quiet"));
+        }
+        assert_eq!(
+            event_ids(&received[..299]),
+            ids[from + 1..from + 300].to_vec(),
+            "{transport:?}: every event before the hole, in order"
+        );
+        let position = |r: &Received| match r {
+            Received::Event { id, .. } => ids.iter().position(|i| i == id),
+            _ => None,
+        };
+        assert_eq!(
+            received[299],
+            Received::Init {
+                id: ids.last().unwrap().clone(),
+                reset: true
+            },
+            "{transport:?}: then a fresh view (got event #{:?}, hole #{})",
+            position(&received[299]).map(|p| p as isize - from as isize),
+            300
+        );
+        assert_eq!(conn.next(Duration::from_millis(300)).await, None);
+        outcomes.push(counts(&edge, transport));
+    }
+    assert_eq!(
+        outcomes[0],
+        Counts {
+            delivered: 299.0,
+            replayed: 0.0,
+            reset: 1.0,
+            slow: 0.0
+        }
+    );
+    assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_notice_is_recovered_for_a_client_that_is_replaying() {
+    let redis = RedisServer::start();
+    let _bidder = simulator(&redis, "lost", 5);
+    let start = redis.wait_for_more("lost", "0-0", 300);
+    for transport in Transport::BOTH {
+        let edge = start_edge(transport, &redis, &[]);
+        let mut conn = Conn::open(transport, edge.addr, "lost", Some(&start), None).await;
+        // An event appended without its notice, as if the notice were lost
+        // on the way: only the next notice's `prev` shows it.
+        let state = redis.command("HGET auction:{lost} last_id");
+        let prev = state.lines().nth(1).expect("last_id").to_owned();
+        let silent = redis.command(&format!(
+            "XADD auction:{{lost}}:events * kind bid data {{}} prev {prev} at 0 tp \"\""
+        ));
+        let silent = silent.lines().nth(1).expect("XADD id").to_owned();
+        redis.command(&format!("HSET auction:{{lost}} last_id {silent}"));
+        let mut received = Vec::new();
+        let target = redis.wait_for_more("lost", &silent, 20);
+        read_until(&mut conn, &target, &mut received).await;
+        let ids = event_ids(&received);
+        assert!(
+            ids.contains(&silent),
+            "{transport:?}: the silent event arrived"
+        );
+        assert_exact(&redis, "lost", &start, &ids);
+    }
+}
+
+/// A client that stops reading until the edge gives up on it: cut off
+/// once, counted once, and a resume from its last id misses nothing.
+async fn slow_client_case(
+    settings: &[(&str, &str)],
+    stop_events_after: Option<usize>,
+) -> Vec<Counts> {
+    let redis = RedisServer::start();
+    let mut bidder = simulator(&redis, "slow", 2);
+    redis.wait_for_more("slow", "0-0", 1);
+    let mut outcomes = Vec::new();
+    for transport in Transport::BOTH {
+        if bidder.wait_exit(Duration::ZERO).is_some() {
+            bidder = simulator(&redis, "slow", 2);
+        }
+        let edge = start_edge(transport, &redis, settings);
+        let mut conn = Conn::open(transport, edge.addr, "slow", None, Some(4096)).await;
+        let mut received = vec![conn.next(QUIET).await.expect("init")];
+        let start = init_id(&received);
+        if let Some(events) = stop_events_after {
+            tokio::task::block_in_place(|| redis.wait_for_more("slow", &start, events));
+            bidder.kill();
+        }
+        // Not reading now: the edge must notice by itself.
+        tokio::task::block_in_place(|| {
+            wait_for(
+                "the edge to cut the client off",
+                Duration::from_secs(30),
+                || (counts(&edge, transport).slow >= 1.0).then_some(()),
+            );
+        });
+        received.extend(conn.drain(QUIET).await);
+        assert!(
+            matches!(received.last(), Some(Received::Ended(_))),
+            "{transport:?}"
+        );
+        let mut ids = event_ids(&received);
+        let last = ids.last().cloned().unwrap_or_else(|| start.clone());
+        if bidder.wait_exit(Duration::ZERO).is_some() {
+            bidder = simulator(&redis, "slow", 2);
+        }
+        let mut conn = Conn::open(transport, edge.addr, "slow", Some(&last), None).await;
+        let target = redis.wait_for_more("slow", &redis.head("slow"), 5);
+        let mut resumed = Vec::new();
+        read_until(&mut conn, &target, &mut resumed).await;
+        assert!(
+            !resumed.iter().any(|r| matches!(r, Received::Init { .. })),
+            "{transport:?}: resumed from its last id"
+        );
+        ids.extend(event_ids(&resumed));
+        assert_exact(&redis, "slow", &start, &ids);
+        let mut counted = counts(&edge, transport);
+        // Deliveries depend on how far the client got; the rest must agree.
+        counted.delivered = 0.0;
+        outcomes.push(counted);
+    }
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapped_client_is_cut_off_once_and_resumes_exactly_on_both_transports() {
+    let settings = [
+        ("AUCTION_CLIENT_QUEUE", "8"),
+        ("AUCTION_SOCKET_SEND_BUFFER", "4096"),
+    ];
+    let outcomes = slow_client_case(&settings, None).await;
+    assert_eq!(outcomes[0].slow, 1.0, "{outcomes:?}");
+    assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_cut_off_at_the_stall_limit_on_both_transports() {
+    // A queue no burst can lap: only the stall limit can end this client.
+    let settings = [
+        ("AUCTION_CLIENT_QUEUE", "4096"),
+        ("AUCTION_SOCKET_SEND_BUFFER", "4096"),
+        ("AUCTION_CLIENT_STALL_MS", "1000"),
+    ];
+    let outcomes = slow_client_case(&settings, Some(600)).await;
+    assert_eq!(outcomes[0].slow, 1.0, "{outcomes:?}");
+    assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_replica_ends_its_streams_and_clients_resume_elsewhere() {
+    let redis = RedisServer::start();
+    let _bidder = simulator(&redis, "drain", 10);
+    redis.wait_for_more("drain", "0-0", 1);
+    let mut endings = Vec::new();
+    for transport in Transport::BOTH {
+        let mut edge_a = start_edge(transport, &redis, &[]);
+        let edge_b = start_edge(transport, &redis, &[]);
+        let mut conn = Conn::open(transport, edge_a.addr, "drain", None, None).await;
+        let mut first = Vec::new();
+        let target = redis.wait_for_more("drain", &redis.head("drain"), 5);
+        read_until(&mut conn, &target, &mut first).await;
+        edge_a.signal("TERM");
+        first.extend(conn.drain(QUIET).await);
+        let status = tokio::task::block_in_place(|| edge_a.wait_exit(Duration::from_secs(15)));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{transport:?}: drained and exited 0"
+        );
+        endings.push(first.last().cloned());
+        let start = init_id(&first);
+        let mut ids = event_ids(&first);
+        let mut conn = Conn::open(
+            transport,
+            edge_b.addr,
+            "drain",
+            Some(ids.last().unwrap()),
+            None,
+        )
+        .await;
+        let target = redis.wait_for_more("drain", &redis.head("drain"), 5);
+        let mut resumed = Vec::new();
+        read_until(&mut conn, &target, &mut resumed).await;
+        ids.extend(event_ids(&resumed));
+        assert_exact(&redis, "drain", &start, &ids);
+    }
+    // Each transport's own way of saying "reconnect": the end of the SSE
+    // stream, and close code 1012 (service restart).
+    assert_eq!(
+        endings,
+        [
+            Some(Received::Ended(None)),
+            Some(Received::Ended(Some(1012)))
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_or_future_resume_ids_get_a_reset_init_on_both_transports() {
+    let redis = RedisServer::start();
+    let mut bidder = simulator(&redis, "garbled", 5);
+    redis.wait_for_more("garbled", "0-0", 3);
+    bidder.kill();
+    let head = redis.head("garbled");
+    let mut outcomes = Vec::new();
+    for transport in Transport::BOTH {
+        let edge = start_edge(transport, &redis, &[]);
+        for resume in ["garbage", "99999999999999-0", "-1"] {
+            let mut conn = Conn::open(transport, edge.addr, "garbled", Some(resume), None).await;
+            assert_eq!(
+                conn.next(QUIET).await,
+                Some(Received::Init {
+                    id: head.clone(),
+                    reset: true
+                }),
+                "{transport:?} resuming from {resume:?}"
+            );
+        }
+        outcomes.push(counts(&edge, transport));
+    }
+    assert_eq!(outcomes[0].reset, 3.0);
+    assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid() {
+    use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
+    use event_log::{AuctionSpec, EventLog};
+    let redis = RedisServer::start();
+    // The bidder only closes auctions here (no simulator).
+    let _closer = ServiceProcess::start(
+        "bidder",
+        &[
+            ("AUCTION_REDIS_URL", redis.url()),
+            ("AUCTION_SIMULATE", "false".into()),
+            ("AUCTION_CLOSE_CHECK_MS", "20".into()),
+            test_support::session_secret_env(),
+        ],
+    );
+    let target = event_log::parse_redis_url(&redis.url()).unwrap();
+    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
+    let sse = start_edge(Transport::Sse, &redis, &[]);
+    let ws = start_edge(Transport::Ws, &redis, &[]);
+    for (transport, edge) in [(Transport::Sse, &sse), (Transport::Ws, &ws)] {
+        let auction = format!("closing-{}", transport.label());
+        let id = AuctionId::parse(&auction).unwrap();
+        let spec = AuctionSpec {
+            id: id.clone(),
+            title: "Clock".into(),
+            starting_price: 100,
+            min_increment: 10,
+            duration_ms: 1_500,
+        };
+        log.create(&spec).await.unwrap();
+        let mut conn = Conn::open(transport, edge.addr, &auction, None, None).await;
+        assert!(matches!(
+            conn.next(QUIET).await,
+            Some(Received::Init { .. })
+        ));
+        let bidder = Bidder {
+            id: BidderId::parse("g_early").unwrap(),
+            name: BidderName::parse("early").unwrap(),
+        };
+        log.place_bid(&id, 100, &bidder, BidSource::User, None, None)
+            .await
+            .unwrap();
+        // The last bid comes about 1.5 s before the close.
+        let mut kinds = Vec::new();
+        while kinds.len() < 2 {
+            match conn.next(QUIET).await {
+                Some(Received::Event { kind, .. }) => kinds.push(kind),
+                other => panic!("{transport:?}: {other:?}"),
+            }
+        }
+        assert_eq!(kinds, ["bid", "closed"], "{transport:?}");
+        let t = transport.label();
+        let observed = edge.metric(&format!(
+            "auction_delivery_latency_seconds_count{{transport=\"{t}\"}}"
+        ));
+        let under_half_a_second = edge.metric(&format!(
+            "auction_delivery_latency_seconds_bucket{{le=\"0.512\",transport=\"{t}\"}}"
+        ));
+        assert_eq!(observed, 2.0, "{transport:?}: the bid and the close");
+        assert_eq!(
+            under_half_a_second, 2.0,
+            "{transport:?}: both delivered within half a second of their own time"
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! `scripts/run`, as a newcomer runs it: it names the replica that cannot
+//! start and exits non-zero, and says "ready" only once every replica
+//! answers `/readyz`. Runs the real script with the binaries `cargo test`
+//! built (`SKIP_BUILD=1`), on free ports, with its data in a temporary
+//! directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use test_support::{RedisServer, binary_path, free_port, wait_for};
+
+/// Replicas in `scripts/run`'s order: (binary, port).
+struct Ports {
+    replicas: Vec<(&'static str, u16)>,
+    public: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        let replicas = [
+            "bidder", "bidder", "sse-edge", "sse-edge", "ws-edge", "ws-edge",
+        ]
+        .into_iter()
+        .map(|binary| (binary, free_port()))
+        .collect();
+        Ports {
+            replicas,
+            public: free_port(),
+        }
+    }
+
+    fn of(&self, binary: &str) -> String {
+        self.replicas
+            .iter()
+            .filter(|(b, _)| *b == binary)
+            .map(|(_, port)| port.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `scripts/run` running, its stdout and stderr collected as they come.
+struct RunScript {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunScript {
+    fn start(ports: &Ports, env: &[(&str, String)]) -> RunScript {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let profile_dir = binary_path("bidder").parent().unwrap().to_owned();
+        let profile = profile_dir
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            profile_dir.ends_with(format!("target/{profile}")),
+            "scripts/run takes binaries from target/<profile>: {}",
+            profile_dir.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(root.join("scripts/run"));
+        if profile == "release" {
+            command.arg("--release");
+        }
+        command
+            .env("SKIP_BUILD", "1")
+            .env("RUN_DIR", dir.path())
+            .env("BIDDER_PORTS", ports.of("bidder"))
+            .env("SSE_PORTS", ports.of("sse-edge"))
+            .env("WS_PORTS", ports.of("ws-edge"))
+            .env("PUBLIC_PORT", ports.public.to_string())
+            .env("RUST_LOG", "warn")
+            .env_remove("AUCTION_REDIS_URL")
+            .env_remove("REDIS_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("run scripts/run");
+        let collect = |stream: Box<dyn Read + Send>| {
+            let text = Arc::new(Mutex::new(String::new()));
+            let sink = text.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut text = sink.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            });
+            text
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        RunScript {
+            child,
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn said_ready(&self) -> bool {
+        self.stdout().lines().any(|line| line.starts_with("ready"))
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scripts/run did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ctrl-C, as a user stops it.
+    fn interrupt(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait_exit(Duration::from_secs(30))
+    }
+}
+
+impl Drop for RunScript {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SIGTERM runs the script's trap, which stops what it started.
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The status code `GET path` gets on 127.0.0.1:`port`, if it answers.
+fn status_of(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn nginx_installed() -> bool {
+    Command::new("sh")
+        .args(["-c", "command -v nginx"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+#[test]
+fn scripts_run_names_the_replica_whose_port_is_taken_and_exits_non_zero() {
+    let ports = Ports::free();
+    let (binary, taken) = ports.replicas[3];
+    let _squatter = TcpListener::bind(("127.0.0.1", taken)).unwrap();
+    let mut run = RunScript::start(&ports, &[]);
+    let status = run.wait_exit(Duration::from_secs(60));
+    let stderr = run.stderr();
+    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(binary) && last.contains(&format!("port {taken}")),
+        "the last line names {binary} and port {taken}: {last:?}"
+    );
+    assert!(!run.said_ready(), "stdout:\n{}", run.stdout());
+    // What it had started is stopped again.
+    for (binary, port) in &ports.replicas[..3] {
+        wait_for(
+            &format!("{binary} on {port} to be stopped"),
+            Duration::from_secs(10),
+            || (!listening(*port)).then_some(()),
+        );
+    }
+}
+
+#[test]
+fn scripts_run_names_a_replica_that_exits_during_start_up() {
+    let ports = Ports::free();
+    // Only the edges read this setting, and 0 is refused: both SSE and
+    // WebSocket edges exit with code 2 right after starting.
+    let mut run = RunScript::start(&ports, &[("AUCTION_MAX_CONNECTIONS", "0".into())]);
+    let status = run.wait_exit(Duration::from_secs(60));
+    let stderr = run.stderr();
+    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    let named = ports.replicas[2..]
+        .iter()
+        .any(|(binary, port)| last.contains(&format!("{binary} on port {port} exited (code 2)")));
+    assert!(named, "the last line names an edge that exited: {last:?}");
+    assert!(!run.said_ready(), "stdout:\n{}", run.stdout());
+}
+
+#[test]
+fn scripts_run_prints_ready_only_once_every_replica_answers_readyz() {
+    // Redis is down while the replicas start: they listen but answer 503 on
+    // /readyz until it comes up.
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let ports = Ports::free();
+    let mut run = RunScript::start(&ports, &[("AUCTION_REDIS_URL", redis.url())]);
+    for (binary, port) in &ports.replicas {
+        wait_for(
+            &format!("{binary} on {port} to answer 503"),
+            Duration::from_secs(60),
+            || (status_of(*port, "/readyz") == Some(503)).then_some(()),
+        );
+    }
+    assert!(
+        !run.said_ready(),
+        "ready while the replicas answer 503:\n{}",
+        run.stdout()
+    );
+
+    redis.restart();
+    wait_for("ready", Duration::from_secs(60), || {
+        assert!(
+            run.child.try_wait().unwrap().is_none(),
+            "scripts/run exited:\n{}",
+            run.stderr()
+        );
+        run.said_ready().then_some(())
+    });
+    for (binary, port) in &ports.replicas {
+        assert_eq!(status_of(*port, "/readyz"), Some(200), "{binary} on {port}");
+    }
+    let stdout = run.stdout();
+    if nginx_installed() {
+        assert_eq!(status_of(ports.public, "/nginx-health"), Some(200));
+        assert!(
+            stdout.contains(&format!("http://127.0.0.1:{}/?auction=1234", ports.public)),
+            "{stdout}"
+        );
+    }
+
+    run.interrupt();
+    for (binary, port) in &ports.replicas {
+        wait_for(
+            &format!("{binary} on {port} to be stopped"),
+            Duration::from_secs(20),
+            || (!listening(*port)).then_some(()),
+        );
+    }
+}
