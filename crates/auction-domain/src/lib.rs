@@ -12,6 +12,7 @@ pub use event::Event;
 pub use event_id::EventId;
 pub use model::{Auction, AuctionStatus, Bid, BidSource, EventKind};
 pub use validate::{
-    AuctionId, BidRequest, BidderName, CreateAuctionRequest, IdempotencyKey, InputError,
-    MAX_AMOUNT, MAX_DURATION_MS, parse_bid_request, parse_create_request,
+    AuctionId, BidRequest, Bidder, BidderId, BidderName, CreateAuctionRequest, IdempotencyKey,
+    InputError, MAX_AMOUNT, MAX_BIDDER_ID_LEN, MAX_DURATION_MS, MAX_NAME_CHARS, parse_bid_request,
+    parse_create_request,
 };

@@ -1,20 +1,21 @@
-//! Per-client token buckets for the write endpoints. The table is bounded:
-//! when full, buckets that have refilled (idle clients) are dropped first.
+//! Per-client token buckets for the write endpoints, keyed by whatever names
+//! the client (an address, a bidder id). The table is bounded: when full,
+//! buckets that have refilled (idle clients) are dropped first.
 
 use service_kit::rate::{Rate, TokenBucket};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
 const MAX_CLIENTS: usize = 100_000;
 
-pub struct RateLimiter {
+pub struct RateLimiter<K> {
     rate: Rate,
-    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(per_second: u64, burst: u64) -> Self {
         RateLimiter {
             rate: Rate::new(per_second, burst),
@@ -24,12 +25,12 @@ impl RateLimiter {
 
     /// Takes one token for `client`: `Ok` to proceed, or `Err(seconds)` to
     /// wait before the next token.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), u64> {
+    pub fn check(&self, client: &K, now: Instant) -> Result<(), u64> {
         let mut buckets = match self.buckets.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&client) {
+        if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(client) {
             let full_after = self.rate.refill_seconds();
             buckets.retain(|_, bucket| {
                 now.saturating_duration_since(bucket.last_used())
@@ -41,7 +42,7 @@ impl RateLimiter {
             }
         }
         buckets
-            .entry(client)
+            .entry(client.clone())
             .or_insert_with(|| TokenBucket::full(self.rate, now))
             .take(self.rate, now)
     }
@@ -50,6 +51,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
     use std::time::Duration;
 
     #[test]
@@ -58,17 +60,17 @@ mod tests {
         let client: IpAddr = "127.0.0.1".parse().unwrap();
         let start = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.check(client, start).is_ok());
+            assert!(limiter.check(&client, start).is_ok());
         }
-        assert_eq!(limiter.check(client, start), Err(1));
+        assert_eq!(limiter.check(&client, start), Err(1));
         assert!(
             limiter
-                .check(client, start + Duration::from_millis(600))
+                .check(&client, start + Duration::from_millis(600))
                 .is_ok()
         );
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert!(
-            limiter.check(other, start).is_ok(),
+            limiter.check(&other, start).is_ok(),
             "buckets are per client"
         );
     }

@@ -1,10 +1,13 @@
-//! Bids over the socket go to the bidder's HTTP API; its answer comes back
-//! as an `ack` or an `error` with the bidder's code.
+//! Bids over the socket go to the bidder's HTTP API as the socket's user
+//! (their token as `Authorization: Bearer`, their address as
+//! `X-Forwarded-For`, so the bidder limits each user on their own); its
+//! answer comes back as an `ack` or an `error` with the bidder's code.
 
 use crate::protocol::{INVALID_ID, Refusal, ack_json, error_json};
 use auction_domain::AuctionId;
 use serde_json::{Value, json};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -36,15 +39,16 @@ impl BidForwarder {
         &self,
         auction: &str,
         amount: Value,
-        bidder: Value,
+        token: &str,
         reference: &str,
         client: IpAddr,
     ) -> String {
         let url = format!("{}/auctions/{auction}/bids", self.bidder_url);
-        let body = json!({ "amount": amount, "bidder": bidder }).to_string();
+        let body = json!({ "amount": amount }).to_string();
         let response = self
             .http
             .post(url)
+            .bearer_auth(token)
             .header("content-type", "application/json")
             .header("x-forwarded-for", client.to_string())
             .body(body)
@@ -104,7 +108,7 @@ impl PendingBids {
         forwarder: &BidForwarder,
         auction: String,
         amount: Value,
-        bidder: Value,
+        token: Arc<str>,
         reference: String,
         client: IpAddr,
     ) -> Option<String> {
@@ -121,7 +125,7 @@ impl PendingBids {
         let forwarder = forwarder.clone();
         tokio::spawn(async move {
             let reply = forwarder
-                .place(&auction, amount, bidder, &reference, client)
+                .place(&auction, amount, &token, &reference, client)
                 .await;
             permit.send(reply);
         });

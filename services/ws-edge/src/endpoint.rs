@@ -6,6 +6,7 @@ use crate::codec::WsCodec;
 use crate::session::Session;
 use crate::upgrade::upgrade;
 use fanout::Delivery;
+use identity::Authenticator;
 use service_kit::rate::Rate;
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::sync::Arc;
@@ -17,6 +18,11 @@ pub struct WsEndpoint {
     pub delivery: Delivery<WsCodec>,
     pub gate: ConnectionGate,
     pub bids: BidForwarder,
+    /// Checks `auth` messages' tokens (the bidder checks them again on
+    /// every bid).
+    pub auth: Authenticator,
+    /// Whether a client's address comes from `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
     pub max_message: usize,
     /// Ticks once per ping interval, for every socket: one timer per
     /// replica instead of one per socket.

@@ -19,6 +19,7 @@ mod upgrade;
 
 use endpoint::WsEndpoint;
 use fanout::{Delivery, Hub, HubConfig};
+use identity::{Authenticator, IdentityConfig};
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::rate::Rate;
 use service_kit::{ConnectionGate, Context, Process};
@@ -38,6 +39,8 @@ struct WsSettings {
     max_subscriptions: usize,
     rate_per_s: u64,
     rate_burst: u64,
+    /// Take the client's address from `X-Forwarded-For` (behind nginx).
+    trust_forwarded_for: bool,
 }
 
 impl WsSettings {
@@ -60,6 +63,7 @@ impl WsSettings {
             max_subscriptions: settings.number("ws_max_subscriptions", 64, 1..=10_000)? as usize,
             rate_per_s: settings.number("ws_rate_per_s", 50, 1..=1_000_000)?,
             rate_burst: settings.number("ws_rate_burst", 100, 1..=1_000_000)?,
+            trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
         })
     }
 }
@@ -85,10 +89,12 @@ fn main() -> ExitCode {
     let process = Process::start("ws-edge", "0.0.0.0:8082");
     let own = WsSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
-    process.run(|ctx| run(ctx, own))
+    let identity = IdentityConfig::read(&process.settings)
+        .unwrap_or_else(|error| Process::exit_bad_setting(&error));
+    process.run(|ctx| run(ctx, own, identity))
 }
 
-async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
+async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<(), String> {
     let hub = Hub::connect(
         &ctx.common.redis,
         codec::WsCodec,
@@ -112,6 +118,8 @@ async fn run(ctx: Context, own: WsSettings) -> Result<(), String> {
             ctx.shutdown.clone(),
         ),
         bids: bids::BidForwarder::new(&own.bidder_url)?,
+        auth: Authenticator::new(&identity)?,
+        trust_forwarded_for: own.trust_forwarded_for,
         max_message: own.max_message,
         ping_ticks: ping_ticker(&ctx, own.ping),
         allowed_origins: own.allowed_origins,

@@ -1,4 +1,4 @@
-//! Client messages in, server replies out (contract: "ws-edge").
+//! Client messages in, server replies out (README: "ws-edge").
 
 use serde_json::{Value, json};
 
@@ -11,10 +11,16 @@ pub enum ClientMessage {
     Unsubscribe {
         auction: String,
     },
+    /// Who the socket's user is, for their bids: a bearer token (browsers
+    /// cannot set headers on a WebSocket).
+    Auth {
+        token: String,
+    },
+    /// Placed as the socket's authenticated user; a `bidder` field is
+    /// ignored.
     Bid {
         auction: String,
         amount: Value,
-        bidder: Value,
         reference: String,
     },
 }
@@ -106,6 +112,9 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
         "unsubscribe" => Ok(ClientMessage::Unsubscribe {
             auction: field("auction")?,
         }),
+        "auth" => Ok(ClientMessage::Auth {
+            token: field("token")?,
+        }),
         "bid" => {
             let auction = field("auction")?;
             let reference = reference.clone().ok_or_else(|| {
@@ -126,7 +135,6 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
             };
             Ok(ClientMessage::Bid {
                 amount: required("amount")?,
-                bidder: required("bidder")?,
                 auction,
                 reference,
             })
@@ -145,6 +153,10 @@ pub fn error_json(reference: Option<&str>, code: &str, message: &str) -> String 
         None => json!({"type":"error","error":code,"message":message}),
     }
     .to_string()
+}
+
+pub fn authenticated_json(bidder_id: &str, name: &str) -> String {
+    json!({"type":"authenticated","bidder_id":bidder_id,"name":name}).to_string()
 }
 
 pub fn ack_json(reference: &str, id: &str) -> String {
@@ -180,6 +192,16 @@ mod tests {
         let bid =
             parse(r#"{"type":"bid","auction":"1","amount":5,"bidder":"b","ref":"r1"}"#).unwrap();
         assert!(matches!(bid, ClientMessage::Bid { reference, .. } if reference == "r1"));
+        assert_eq!(
+            parse(r#"{"type":"auth","token":"a.b.c"}"#).unwrap(),
+            ClientMessage::Auth {
+                token: "a.b.c".into()
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type":"auth"}"#).unwrap_err().code,
+            "missing_field"
+        );
     }
 
     #[test]
@@ -201,7 +223,7 @@ mod tests {
             ("missing_field", Some("r"))
         );
         assert_eq!(
-            parse(r#"{"type":"bid","auction":"1","amount":1,"bidder":"b"}"#)
+            parse(r#"{"type":"bid","auction":"1","amount":1}"#)
                 .unwrap_err()
                 .code,
             "missing_field"

@@ -11,8 +11,10 @@ use crate::upgrade::Upgraded;
 use auction_domain::AuctionId;
 use fanout::Ended;
 use futures_util::{FutureExt, StreamExt};
+use identity::TokenError;
 use service_kit::rate::TokenBucket;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::WatchStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -56,6 +58,9 @@ pub struct Session<'a> {
     peer: IpAddr,
     subscriptions: Subscriptions,
     bids: PendingBids,
+    /// The token of the socket's user after a successful `auth`; their bids
+    /// carry it to the bidder.
+    token: Option<Arc<str>>,
     /// The socket's message rate limit.
     bucket: TokenBucket,
     /// When the last `rate_limited` error was sent (at most one a second).
@@ -70,6 +75,7 @@ impl<'a> Session<'a> {
             peer: upgraded.peer,
             subscriptions: Subscriptions::default(),
             bids: PendingBids::default(),
+            token: None,
             bucket: TokenBucket::full(endpoint.message_rate, Instant::now()),
             warned_rate: None,
         }
@@ -197,24 +203,55 @@ impl<'a> Session<'a> {
                     }
                     None
                 }
+                Ok(ClientMessage::Auth { token }) => Some(self.authenticate(token).await),
                 Ok(ClientMessage::Bid {
                     auction,
                     amount,
-                    bidder,
                     reference,
-                }) => self.bids.place(
-                    &self.endpoint.bids,
-                    auction,
-                    amount,
-                    bidder,
-                    reference,
-                    self.peer,
-                ),
+                }) => match &self.token {
+                    Some(token) => self.bids.place(
+                        &self.endpoint.bids,
+                        auction,
+                        amount,
+                        token.clone(),
+                        reference,
+                        self.peer,
+                    ),
+                    None => {
+                        let missing = TokenError::Missing;
+                        Some(protocol::error_json(
+                            Some(&reference),
+                            missing.code(),
+                            "send {\"type\":\"auth\",\"token\":...} before bidding",
+                        ))
+                    }
+                },
             }
         };
         match reply {
             Some(reply) => self.send_text(reply).await,
             None => Ok(()),
+        }
+    }
+
+    /// An `auth` message: the socket's user from now on, or none if the
+    /// token is refused. A guest token is checked in microseconds; a
+    /// provider token with an unknown `kid` may wait for one JWKS fetch
+    /// (at most 5 s), during which this socket's events queue up (bounded
+    /// by its feed queue, like any slow moment).
+    async fn authenticate(&mut self, token: String) -> String {
+        match self.endpoint.auth.verify(&token).await {
+            Ok(identity) => {
+                self.token = Some(token.into());
+                protocol::authenticated_json(
+                    identity.bidder.id.as_str(),
+                    identity.bidder.name.as_str(),
+                )
+            }
+            Err(error) => {
+                self.token = None;
+                protocol::error_json(None, error.code(), error.message())
+            }
         }
     }
 

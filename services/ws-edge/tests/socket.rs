@@ -21,6 +21,7 @@ async fn create(bidder: &ServiceProcess, id: &str) {
     let body = json!({"id":id,"title":"Vase","starting_price":1000,"min_increment":100,"duration_ms":600000});
     let response = reqwest::Client::new()
         .post(format!("{}/auctions", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -56,6 +57,7 @@ async fn racing_bids_over_sockets_get_acks_or_the_bidders_error() {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let mut ws = connect(&url).await;
+            common::sign_in(&mut ws, &format!("sock{socket}")).await;
             send(&mut ws, json!({"type":"subscribe","auction":"vase"})).await;
             let mut current = 900;
             let (mut acks, mut refusals) = (Vec::new(), Vec::new());
@@ -119,6 +121,7 @@ async fn bad_input_gets_an_error_or_the_contract_close_code() {
     let url = ws_url(&stack.edge);
     // A bystander subscribed to the auction, to show others are unaffected.
     let mut bystander = connect(&url).await;
+    common::sign_in(&mut bystander, "bystander").await;
     send(&mut bystander, json!({"type":"subscribe","auction":"vase"})).await;
     assert_eq!(
         next_json(&mut bystander, 5 * SECOND).await.unwrap()["type"],
@@ -126,6 +129,7 @@ async fn bad_input_gets_an_error_or_the_contract_close_code() {
     );
 
     let mut ws = connect(&url).await;
+    common::sign_in(&mut ws, "tester").await;
     let cases = [
         ("not json", "malformed_json"),
         ("[1,2]", "malformed_json"),
@@ -228,6 +232,7 @@ async fn a_bidder_that_is_down_gives_a_clear_error_quickly() {
     let dead = format!("http://127.0.0.1:{}", test_support::free_port());
     let edge = start_edge(&redis, None, &[("AUCTION_BIDDER_URL", &dead)]);
     let mut ws = connect(&ws_url(&edge)).await;
+    common::sign_in(&mut ws, "tester").await;
     let started = std::time::Instant::now();
     send(
         &mut ws,
@@ -309,6 +314,7 @@ async fn pongs_and_event_frames_never_interleave() {
             let body = json!({"amount": 1000 + amount * 100, "bidder": "b"});
             let response = http
                 .post(format!("{bidder}/auctions/vase/bids"))
+                .bearer_auth(test_support::seller_token())
                 .header("content-type", "application/json")
                 .body(body.to_string())
                 .send()

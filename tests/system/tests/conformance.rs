@@ -14,7 +14,10 @@ use test_support::{RedisServer, ServiceProcess, bidder_env, id_pair, wait_for};
 const QUIET: Duration = Duration::from_secs(10);
 
 fn start_edge(transport: Transport, redis: &RedisServer, extra: &[(&str, &str)]) -> ServiceProcess {
-    let mut env = vec![("AUCTION_REDIS_URL", redis.url())];
+    let mut env = vec![
+        ("AUCTION_REDIS_URL", redis.url()),
+        test_support::session_secret_env(),
+    ];
     env.extend(
         extra
             .iter()
@@ -424,7 +427,7 @@ async fn garbled_or_future_resume_ids_get_a_reset_init_on_both_transports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid() {
-    use auction_domain::{AuctionId, BidSource, BidderName};
+    use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
     use event_log::{AuctionSpec, EventLog};
     let redis = RedisServer::start();
     // The bidder only closes auctions here (no simulator).
@@ -434,6 +437,7 @@ async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid() {
             ("AUCTION_REDIS_URL", redis.url()),
             ("AUCTION_SIMULATE", "false".into()),
             ("AUCTION_CLOSE_CHECK_MS", "20".into()),
+            test_support::session_secret_env(),
         ],
     );
     let target = event_log::parse_redis_url(&redis.url()).unwrap();
@@ -456,7 +460,10 @@ async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid() {
             conn.next(QUIET).await,
             Some(Received::Init { .. })
         ));
-        let bidder = BidderName::parse("early").unwrap();
+        let bidder = Bidder {
+            id: BidderId::parse("g_early").unwrap(),
+            name: BidderName::parse("early").unwrap(),
+        };
         log.place_bid(&id, 100, &bidder, BidSource::User, None, None)
             .await
             .unwrap();

@@ -62,6 +62,7 @@ fn edge(binary: &str, redis: &RedisServer) -> ServiceProcess {
             ("AUCTION_REDIS_URL", redis.url()),
             ("AUCTION_MAX_CONNECTIONS", (CLIENTS + 100).to_string()),
             ("AUCTION_CLIENT_QUEUE", "16".into()),
+            test_support::session_secret_env(),
         ],
     )
 }

@@ -38,7 +38,13 @@ fn every_service_exposes_the_standard_process_metrics() {
     let services = [
         ServiceProcess::start("bidder", &bidder_env(&redis, "", 1000)),
         ServiceProcess::start("sse-edge", &[("AUCTION_REDIS_URL", redis.url())]),
-        ServiceProcess::start("ws-edge", &[("AUCTION_REDIS_URL", redis.url())]),
+        ServiceProcess::start(
+            "ws-edge",
+            &[
+                ("AUCTION_REDIS_URL", redis.url()),
+                test_support::session_secret_env(),
+            ],
+        ),
     ];
     for service in &services {
         let text = scrape(service);
@@ -97,6 +103,7 @@ fn readiness_and_the_connection_cap_are_exposed_for_alerting() {
         &[
             ("AUCTION_REDIS_URL", redis.url()),
             ("AUCTION_MAX_CONNECTIONS", "654".into()),
+            test_support::session_secret_env(),
         ],
     );
     let bidder = ServiceProcess::start("bidder", &bidder_env(&redis, "", 1000));
@@ -142,6 +149,7 @@ async fn a_bid_refused_because_redis_is_down_counts_as_a_server_error() {
         .unwrap();
     let created = client
         .post(format!("{}/auctions", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .json(&serde_json::json!({
             "id": "down", "title": "Lamp", "starting_price": 100,
             "min_increment": 10, "duration_ms": 600_000
@@ -153,6 +161,7 @@ async fn a_bid_refused_because_redis_is_down_counts_as_a_server_error() {
     let bid = || {
         client
             .post(format!("{}/auctions/down/bids", bidder.url()))
+            .bearer_auth(test_support::seller_token())
             .json(&serde_json::json!({"amount": 200, "bidder": "ada"}))
             .send()
     };

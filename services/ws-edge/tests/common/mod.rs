@@ -18,7 +18,10 @@ pub fn start_edge(
     bidder: Option<&ServiceProcess>,
     extra: &[(&'static str, &str)],
 ) -> ServiceProcess {
-    let mut env = vec![("AUCTION_REDIS_URL", redis.url())];
+    let mut env = vec![
+        ("AUCTION_REDIS_URL", redis.url()),
+        test_support::session_secret_env(),
+    ];
     if let Some(bidder) = bidder {
         env.push(("AUCTION_BIDDER_URL", bidder.url()));
     }
@@ -41,6 +44,19 @@ pub async fn send(ws: &mut Ws, value: Value) {
     ws.send(Message::Text(value.to_string().into()))
         .await
         .unwrap();
+}
+
+/// Sends `auth` with a fresh guest token for `name` and returns the
+/// `authenticated` reply (call before subscribing: nothing else is in
+/// flight then).
+pub async fn sign_in(ws: &mut Ws, name: &str) -> Value {
+    let token = test_support::guest_token(name);
+    send(ws, serde_json::json!({"type": "auth", "token": token})).await;
+    let reply = next_json(ws, Duration::from_secs(10))
+        .await
+        .expect("an answer to auth");
+    assert_eq!(reply["type"], "authenticated", "{reply}");
+    reply
 }
 
 /// The next JSON text message, or `None` on close or after `timeout`.
