@@ -9,6 +9,7 @@ mod validate;
 pub use event_id::EventId;
 pub use model::{Auction, AuctionStatus, Bid, BidSource, EventKind};
 pub use validate::{
-    AuctionId, BidRequest, BidderName, CreateAuctionRequest, IdempotencyKey, InputError,
-    MAX_AMOUNT, MAX_DURATION_MS, parse_bid_request, parse_create_request,
+    AuctionId, BidRequest, BidderName, CreateAuctionRequest, IdempotencyKey, ImageUrl, InputError,
+    MAX_AMOUNT, MAX_DESCRIPTION_CHARS, MAX_DURATION_MS, MAX_IMAGE_URL_CHARS, parse_bid_request,
+    parse_create_request,
 };
