@@ -36,18 +36,23 @@
       if (source.readyState === EventSource.CLOSED) {
         // 404 (unknown auction) or another final refusal: EventSource stops.
         Auction.setConnection("stopped", "reload the page to retry");
+        Auction.checkExists();
       } else {
         Auction.setConnection("reconnecting");
       }
     });
   }
 
-  Auction.setupForm(async ({ amount, bidder }) => {
+  Auction.setupForm(async ({ amount, bidder, token }) => {
     const base = Auction.config.bidderUrl || "";
+    const headers = { "Content-Type": "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
     const response = await fetch(`${base}/auctions/${encodeURIComponent(Auction.auctionId)}/bids`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ amount, bidder }),
+      headers,
+      // With a session the bidder takes the name from the token; without
+      // one (a deployment without sessions) the name goes in the body.
+      body: JSON.stringify(token ? { amount } : { amount, bidder }),
     });
     if (response.status === 201) return { ok: true };
     let body = null;

@@ -19,6 +19,7 @@
     let sawInit = false;
     socket.addEventListener("open", () => {
       attempt = 0;
+      authenticate();
       const message = { type: "subscribe", auction: Auction.auctionId };
       if (Auction.lastId) message.last_id = Auction.lastId;
       socket.send(JSON.stringify(message));
@@ -54,6 +55,10 @@
             resolve(message.type === "ack" ? { ok: true } : { ok: false, body: message });
           } else if (message.type === "error" && message.error === "not_found") {
             Auction.setConnection("stopped", "no such auction");
+            Auction.onNotFound();
+          } else if (message.type === "error" && ["invalid_token", "token_expired"].includes(message.error)) {
+            // The socket stays usable for watching; the next bid signs in again.
+            Auction.signOut();
           }
           break;
         }
@@ -71,6 +76,16 @@
       setTimeout(connect, Math.random() * ceiling);
     });
   }
+
+  /** Sends the session's token, if any: bids on this socket are then the
+   *  session's. Sent again on every new socket. */
+  function authenticate() {
+    const session = Auction.session;
+    if (session && socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "auth", token: session.token }));
+    }
+  }
+  Auction.onSessionChange(authenticate);
 
   Auction.setupForm(({ amount, bidder }) => new Promise((resolve) => {
     if (!socket || socket.readyState !== WebSocket.OPEN) {

@@ -3,12 +3,16 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
-import { Stack } from "./stack.mjs";
+import { Stack, waitFor } from "./stack.mjs";
 
 const artifacts = resolve(import.meta.dirname, "../../artifacts/screenshots");
+const axeSource = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 const PAGES = { sse: "/?auction=", ws: "/ws.html?auction=" };
+const DESKTOP = { width: 1280, height: 900 };
+const PHONE = { width: 390, height: 844 };
 const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
 
 let stack;
@@ -41,8 +45,8 @@ after(async () => {
   stack?.stop();
 });
 
-async function open(kind, auction, viewport = { width: 1280, height: 900 }) {
-  const context = await browser.newContext({ viewport });
+async function open(kind, auction, viewport = DESKTOP, context = null) {
+  context = context || await browser.newContext({ viewport });
   const page = await context.newPage();
   // Record every connection state the page shows, to see transitions that
   // last only a moment.
@@ -93,17 +97,45 @@ for (const kind of ["sse", "ws"]) {
   });
 }
 
+/** Places a bid of `cents` on `auction` through the API, as another bidder. */
+async function bidByApi(auction, cents, bidder = "Someone else") {
+  const response = await stack.api(`/auctions/${auction}/bids`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ amount: cents, bidder }),
+  });
+  assert.equal(response.status, 201, JSON.stringify(response.body));
+  return response.body;
+}
+
+async function minNextOf(auction) {
+  const { body } = await stack.api(`/auctions/${auction}`);
+  return body.current ? body.current.amount + body.min_increment : body.starting_price;
+}
+
+async function createAuction(fields) {
+  const created = await stack.api("/auctions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ starting_price: 10000, min_increment: 100, duration_ms: 3600000, ...fields }),
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  return created.body;
+}
+
 test("a bid placed from a page appears in the history of both pages", async () => {
   const sse = await open("sse", "quiet");
   const ws = await open("ws", "quiet");
   for (const [from, name] of [[sse, "Ada from SSE"], [ws, "Grace from WS"]]) {
     await from.fill("#bidder-name", name);
-    const minimum = await from.inputValue("#bid-amount"); // prefilled with min next
+    const minimum = await minNextOf("quiet");
+    await from.click("#raise-min"); // the suggested minimum, offered
+    assert.equal(await from.inputValue("#bid-amount"), (minimum / 100).toFixed(2));
     await from.click("#bid-submit");
     for (const page of [sse, ws]) {
       await page.waitForFunction((n) => document.querySelector("#history li")?.dataset.bidder === n, name);
     }
-    assert.equal(await sse.textContent("#current-amount"), money.format(Number(minimum)));
+    assert.equal(await sse.textContent("#current-amount"), money.format(minimum / 100));
     assert.equal(await from.textContent("#bid-error"), "");
   }
   // The name is remembered by the browser.
@@ -113,21 +145,185 @@ test("a bid placed from a page appears in the history of both pages", async () =
   await ws.context().close();
 });
 
-test("a too-low bid shows the error inline and changes nothing else", async () => {
+test("a too-low bid shows the error inline, changes nothing else, and follows the minimum as it moves", async () => {
+  await createAuction({ id: "lowball", title: "Oak bookcase" });
   for (const kind of ["sse", "ws"]) {
-    const page = await open(kind, "quiet");
+    const page = await open(kind, "lowball");
     const before = { history: await page.innerHTML("#history"), current: await page.textContent("#current-amount") };
-    const { body } = await stack.api("/auctions/quiet");
-    const minNext = body.current ? body.current.amount + body.min_increment : body.starting_price;
     await page.fill("#bidder-name", "Low baller");
     await page.fill("#bid-amount", "1.00");
     await page.click("#bid-submit");
+    const expected = () => `$1.00 is too low: the minimum bid is now ${money.format(minNext / 100)}.`;
+    let minNext = await minNextOf("lowball");
     await page.waitForFunction(() => document.getElementById("bid-error").textContent !== "");
-    assert.equal(await page.textContent("#bid-error"), `Bid too low: the minimum is ${money.format(minNext / 100)}.`);
+    assert.equal(await page.textContent("#bid-error"), expected());
     assert.equal(await page.innerHTML("#history"), before.history);
     assert.equal(await page.textContent("#current-amount"), before.current);
+    // Someone else bids: the error names the new minimum, never the old one.
+    await bidByApi("lowball", minNext);
+    minNext = await minNextOf("lowball");
+    await page.waitForFunction((text) => document.getElementById("bid-error").textContent === text, expected());
+    // Editing the amount clears it.
+    await page.fill("#bid-amount", "2.00");
+    assert.equal(await page.textContent("#bid-error"), "");
     await page.context().close();
   }
+});
+
+for (const kind of ["sse", "ws"]) {
+  test(`${kind}: a typed amount survives ten incoming bids`, async () => {
+    const page = await open(kind, "live");
+    await page.fill("#bid-amount", "99999.00");
+    await page.focus("#raise-min"); // moved on, as to the Bid button
+    const count = (await historyAmounts(page)).length;
+    const lastAmount = await page.$eval("#history li", (li) => li.dataset.id);
+    // Ten new bids (the list keeps 30, so count the first new ones).
+    await page.waitForFunction((old) => {
+      const items = [...document.querySelectorAll("#history li")];
+      const index = items.findIndex((li) => li.dataset.id === old);
+      return index === -1 || index >= 10;
+    }, lastAmount, { timeout: 20000 });
+    assert.ok(count > 0);
+    assert.equal(await page.inputValue("#bid-amount"), "99999.00");
+    await page.context().close();
+  });
+}
+
+test("a bid more than ten increments above the minimum asks first; the minimum is offered, not imposed", async () => {
+  await createAuction({ id: "confirm", title: "Copper kettle", starting_price: 5000, min_increment: 100 });
+  const page = await open("sse", "confirm");
+  assert.equal(await page.inputValue("#bid-amount"), "", "the page does not fill the amount");
+  assert.equal(await page.getAttribute("#bid-amount", "placeholder"), "50.00");
+  // Quick amounts: the minimum, +5 and +10 increments.
+  for (const [button, value] of [["#raise-min", "50.00"], ["#raise-5", "54.00"], ["#raise-10", "59.00"]]) {
+    await page.click(button);
+    assert.equal(await page.inputValue("#bid-amount"), value);
+  }
+  await page.fill("#bidder-name", "Careful Carl");
+  await page.fill("#bid-amount", "61.00"); // 11 increments above 50.00
+  await page.click("#bid-submit");
+  await page.waitForSelector("#confirm:not([hidden])");
+  assert.match(await page.textContent("#confirm-text"), /\$61\.00 is 11 steps above the minimum of \$50\.00/);
+  assert.equal(stack.stream("confirm").length, 0, "nothing placed before the confirmation");
+  await page.click("#confirm-yes");
+  await page.waitForFunction(() => document.querySelector("#history li")?.dataset.amount === "6100");
+  assert.equal(stack.stream("confirm").at(-1).data.amount, 6100);
+  await page.context().close();
+});
+
+for (const kind of ["sse", "ws"]) {
+  test(`${kind}: an unknown auction shows a not-found state and no form`, async () => {
+    const context = await browser.newContext({ viewport: DESKTOP });
+    const page = await context.newPage();
+    await page.goto(`${stack.url}${PAGES[kind]}nope`);
+    await page.waitForFunction(() => document.getElementById("auction-page").dataset.phase === "not-found");
+    assert.equal(await page.isVisible("#not-found"), true);
+    assert.equal(await page.textContent("h1"), "Auction not found");
+    assert.equal(await page.isVisible("#bid-form"), false);
+    assert.equal(await page.isEnabled("#bid-submit"), false);
+    assert.equal(await page.isVisible("#summary"), false);
+    await context.close();
+  });
+}
+
+test("after a close the winner and final price stay visible until the next round opens", async () => {
+  await stack.addBidder("rounds", {
+    AUCTION_SIM_AUCTIONS: "rounds", AUCTION_SIM_INTERVAL_MS: "300",
+    AUCTION_SIM_DURATION_MS: "3000", AUCTION_SIM_PAUSE_MS: "4000", AUCTION_CLOSE_CHECK_MS: "50",
+  });
+  const page = await open("sse", "rounds");
+  // Every change of phase or result, with its time.
+  await page.evaluate(() => {
+    window.__phases = [];
+    const note = () => {
+      const main = document.getElementById("auction-page");
+      const result = document.getElementById("result");
+      window.__phases.push({
+        at: performance.now(), phase: main.dataset.phase,
+        result: result.hidden ? "" : document.getElementById("result-text").textContent,
+      });
+    };
+    note();
+    new MutationObserver(note).observe(document.getElementById("auction-page"), {
+      subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ["data-phase", "hidden"],
+    });
+  });
+  // A close, then the next round opening.
+  await page.waitForFunction(() => {
+    const phases = window.__phases.map((p) => p.phase);
+    const closed = phases.indexOf("closed");
+    return closed !== -1 && phases.indexOf("open", closed) !== -1;
+  }, null, { timeout: 30000 });
+  const phases = await page.evaluate(() => window.__phases);
+  const closedAt = phases.findIndex((p) => p.phase === "closed");
+  const reopenedAt = phases.findIndex((p, i) => i > closedAt && p.phase === "open");
+  const during = phases.slice(closedAt, reopenedAt);
+  // The round's last bid in the stream is the winner.
+  const stream = stack.stream("rounds");
+  const closedEvent = stream.findIndex((e) => e.kind === "closed");
+  const winning = stream.slice(0, closedEvent).reverse().find((e) => e.kind === "bid").data;
+  const expected = `Sold to ${winning.bidder} for ${money.format(winning.amount / 100)}`;
+  for (const snapshot of during) assert.equal(snapshot.result, expected, JSON.stringify(snapshot));
+  const shownFor = phases[reopenedAt].at - phases[closedAt].at;
+  assert.ok(shownFor >= 3000, `the result was shown for ${Math.round(shownFor)} ms`);
+  await page.context().close();
+});
+
+test("quick amounts, an urgent countdown in the last minute, the item's picture and plain wording", async () => {
+  await createAuction({ id: "ending", title: "Enamel sign", duration_ms: 50000 });
+  const ending = await open("ws", "ending");
+  assert.equal(await ending.getAttribute("#ends", "data-urgent"), "true");
+  assert.match(await ending.textContent("#ends"), /^Ending soon: 00m [0-5]\ds$/);
+  const live = await open("sse", "live");
+  assert.equal(await live.getAttribute("#ends", "data-urgent"), "false");
+  assert.match(await live.textContent("#ends"), /^Ends in \d\dm \d\ds$/);
+  // The demo lot's own picture loads; its description is shown.
+  await live.waitForFunction(() => document.getElementById("item-image").naturalWidth > 0);
+  assert.match(await live.getAttribute("#item-image", "src"), /^\/assets\/lot-[a-z]+\.svg$/);
+  assert.ok((await live.textContent("#item-description")).length > 20);
+  const text = await live.textContent("main");
+  assert.ok(!/State:|\(simulated\)/.test(text), "no engineering wording");
+  for (const page of [ending, live]) await page.context().close();
+});
+
+test("the history grows by one item per bid, and only the new bid is announced", async () => {
+  const page = await open("ws", "live");
+  await page.waitForFunction(() => document.querySelectorAll("#history li").length >= 2);
+  assert.equal(await page.getAttribute("#history", "aria-live"), null, "the list itself is not live");
+  await page.evaluate(() => { window.__oldest = document.querySelector("#history li:nth-child(2)"); });
+  const top = await page.$eval("#history li", (li) => li.dataset.id);
+  await page.waitForFunction((id) => document.querySelector("#history li").dataset.id !== id, top);
+  // The earlier items are the same nodes, not rebuilt.
+  assert.equal(await page.evaluate(() => window.__oldest.isConnected), true);
+  const newest = await page.$eval("#history li", (li) => ({ amount: Number(li.dataset.amount), bidder: li.dataset.bidder }));
+  await page.waitForFunction(() => document.getElementById("announce").textContent.startsWith("New bid"));
+  const announced = await page.textContent("#announce");
+  assert.match(announced, /^New bid: \$[\d,]+\.\d\d by .+\.$/);
+  assert.ok(announced.length < 80, "one bid, not the list");
+  assert.ok(newest.amount > 0);
+  await page.context().close();
+});
+
+test("keyboard only: type a name and an amount, confirm with Enter, the bid is placed", async () => {
+  await createAuction({ id: "keys", title: "Tin robot", starting_price: 2000, min_increment: 100 });
+  const page = await open("ws", "keys");
+  const tabTo = async (id) => {
+    for (let i = 0; i < 30; i++) {
+      if (await page.evaluate((target) => document.activeElement?.id === target, id)) return;
+      await page.keyboard.press("Tab");
+    }
+    assert.fail(`Tab never reached #${id}`);
+  };
+  await tabTo("bidder-name");
+  await page.keyboard.type("Keyboard Kim");
+  await tabTo("bid-amount");
+  await page.keyboard.type("35.00"); // 15 steps above: asks first
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.activeElement?.id === "confirm-yes");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.querySelector("#history li")?.dataset.bidder === "Keyboard Kim");
+  assert.equal(stack.stream("keys").at(-1).data.amount, 3500);
+  await page.context().close();
 });
 
 for (const [kind, replicas, transport] of [["sse", ["sse1", "sse2"], "sse"], ["ws", ["ws1", "ws2"], "ws"]]) {

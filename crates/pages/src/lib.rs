@@ -13,7 +13,10 @@ use axum::routing::get;
 const PAGE: &str = include_str!("../../../web/auction.html");
 /// Pages that need no settings: path, file.
 const STATIC_PAGES: &[(&str, &str)] = &[
-    ("/catalogue.html", include_str!("../../../web/catalogue.html")),
+    (
+        "/catalogue.html",
+        include_str!("../../../web/catalogue.html"),
+    ),
     ("/compare.html", include_str!("../../../web/compare.html")),
 ];
 const JS: &str = "text/javascript; charset=utf-8";
@@ -28,7 +31,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("common.js", JS, include_str!("../../../web/common.js")),
     ("sse.js", JS, include_str!("../../../web/sse.js")),
     ("ws.js", JS, include_str!("../../../web/ws.js")),
-    ("catalogue.js", JS, include_str!("../../../web/catalogue.js")),
+    (
+        "catalogue.js",
+        JS,
+        include_str!("../../../web/catalogue.js"),
+    ),
     ("compare.js", JS, include_str!("../../../web/compare.js")),
     ("favicon.svg", SVG, include_str!("../../../web/favicon.svg")),
     // The simulator's demo lots (`image_url` "/assets/lot-….svg").
@@ -37,8 +44,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         SVG,
         include_str!("../../../web/lot-keyboard.svg"),
     ),
-    ("lot-watch.svg", SVG, include_str!("../../../web/lot-watch.svg")),
-    ("lot-camera.svg", SVG, include_str!("../../../web/lot-camera.svg")),
+    (
+        "lot-watch.svg",
+        SVG,
+        include_str!("../../../web/lot-watch.svg"),
+    ),
+    (
+        "lot-camera.svg",
+        SVG,
+        include_str!("../../../web/lot-camera.svg"),
+    ),
     ("lot-pen.svg", SVG, include_str!("../../../web/lot-pen.svg")),
 ];
 
@@ -87,7 +102,10 @@ pub fn routes(transport: Transport, bidder_url: &str) -> Router {
         }),
     );
     for (path, body) in STATIC_PAGES {
-        router = router.route(path, get(move || async move { html_response((*body).to_owned()) }));
+        router = router.route(
+            path,
+            get(move || async move { html_response((*body).to_owned()) }),
+        );
     }
     router
         // Asked for by browsers on pages without <link rel="icon">.
