@@ -23,7 +23,8 @@
       name,
       state: "connecting",
       events: 0,
-      bytes: 0,
+      bids: 0,
+      bytes: 0, // of bid events
       latencies: [],
       ids: [], // event ids received in order (bounded)
       idSet: new Set(),
@@ -45,7 +46,11 @@
   function record(t, kind, id, payload, bytes, resumeId) {
     if (resumeId && (!t.resumeId || compareIds(resumeId, t.resumeId) > 0)) t.resumeId = resumeId;
     t.events += 1;
-    t.bytes += bytes;
+    if (kind === "bid") {
+      // Bids are what fan-out repeats to every watcher: their size is the cost.
+      t.bids += 1;
+      t.bytes += bytes;
+    }
     if (id) {
       if (t.idSet.has(id)) t.duplicates += 1;
       else if (t.lastId && compareIds(id, t.lastId) < 0) t.outOfOrder += 1;
@@ -186,7 +191,7 @@
         ["state", "Connection", STATES[t.state] || t.state],
         ["events", "Events received", String(t.events)],
         ["latency", "Latency, median / p95", median === null ? "—" : `${median} ms / ${p95} ms`],
-        ["bytes", "Bytes per event (average)", t.events ? `${Math.round(t.bytes / t.events)} B` : "—"],
+        ["bytes", "Bytes per bid event (average)", t.bids ? `${Math.round(t.bytes / t.bids)} B` : "—"],
         ["drops", "Drops", String(t.drops)],
         ["recovery", "Last recovery", lastRecovery === undefined ? "—" : `${lastRecovery} ms`],
         ["missed", "Events missed", String(t.missed)],

@@ -359,17 +359,128 @@ for (const [kind, replicas, transport] of [["sse", ["sse1", "sse2"], "sse"], ["w
   });
 }
 
-test("screenshots of both pages, desktop and phone width", async () => {
+test("the catalogue lists the open auctions with current prices, live over one WebSocket", async () => {
+  await createAuction({ id: "catalogued", title: "Glass paperweight", starting_price: 3000, min_increment: 100 });
+  const context = await browser.newContext({ viewport: DESKTOP });
+  const page = await context.newPage();
+  const sockets = [];
+  page.on("websocket", (socket) => sockets.push(socket.url()));
+  const streams = [];
+  page.on("request", (request) => { if (request.url().includes("/events")) streams.push(request.url()); });
+  await page.goto(`${stack.url}/catalogue.html`);
+  await page.waitForFunction(() => document.getElementById("connection").dataset.state === "connected");
+  await page.waitForSelector('li[data-auction="catalogued"]');
+  // Every open auction the bidder lists is there, with its current price.
+  const { body: list } = await stack.api("/auctions");
+  const open = list.filter((a) => a.status === "open").map((a) => a.id).sort();
+  const shown = (await page.$$eval("#lots li", (items) => items.map((li) => li.dataset.auction))).sort();
+  assert.deepEqual(shown, open);
+  // A bid on one listed auction shows without a reload ...
+  await bidByApi("catalogued", 3500);
+  await page.waitForFunction(() => document.querySelector('li[data-auction="catalogued"]').dataset.amount === "3500");
+  assert.equal(await page.textContent('li[data-auction="catalogued"] .lot-price'), "$35.00");
+  // ... and the simulated one keeps moving, matching the bidder.
+  await waitFor("the live lot to match the bidder", async () => {
+    const { body } = await stack.api("/auctions/live");
+    return (await page.getAttribute('li[data-auction="live"]', "data-amount")) === String(body.current.amount);
+  });
+  assert.equal(sockets.length, 1, `one WebSocket, not ${sockets.length}`);
+  assert.equal(streams.length, 0, "no SSE stream");
+  await context.close();
+});
+
+test("the comparison page shows both transports recovering after a drop, with 0 missed events", async () => {
+  const context = await browser.newContext({ viewport: DESKTOP });
+  const page = await context.newPage();
+  await page.goto(`${stack.url}/compare.html?auction=live`);
+  const panel = (name) => page.$eval(`#panel-${name}`, (el) => ({ ...el.dataset }));
+  const bothHave = (events) => page.waitForFunction((n) => ["sse", "ws"].every((name) => {
+    const el = document.getElementById(`panel-${name}`);
+    return el.dataset.state === "connected" && Number(el.dataset.events) >= n;
+  }), events, { timeout: 20000 });
+  await bothHave(3);
+  for (const [button, dropped] of [["#drop-both", ["sse", "ws"]], ["#drop-sse", ["sse"]], ["#drop-ws", ["ws"]]]) {
+    const before = { sse: await panel("sse"), ws: await panel("ws") };
+    await page.click(button);
+    for (const name of dropped) {
+      await page.waitForFunction(([n, count]) => Number(document.getElementById(`panel-${n}`).dataset.recoveries) > count,
+        [name, Number(before[name].recoveries)], { timeout: 20000 });
+    }
+    // Events keep arriving after the drop on both.
+    await bothHave(Math.max(Number(before.sse.events), Number(before.ws.events)) + 3);
+  }
+  // Let both catch up to the same event, then compare with the stream.
+  await page.waitForFunction(() => {
+    const ids = ["sse", "ws"].map((n) => document.getElementById(`panel-${n}`).dataset.lastId);
+    return ids[0] && ids[0] === ids[1];
+  }, null, { timeout: 20000 });
+  for (const name of ["sse", "ws"]) {
+    const figures = await panel(name);
+    assert.equal(figures.missed, "0", `${name} missed events`);
+    assert.equal(figures.duplicates, "0", `${name} duplicates or out of order`);
+    assert.ok(Number(figures.recoveries) >= 2, `${name} recovered from each of its drops`);
+    // The ids received are exactly the stream's over the same range.
+    const ids = await page.evaluate((n) => window.comparison.ids(n), name);
+    const stream = stack.stream("live").map((e) => e.id);
+    const from = stream.indexOf(ids[0]);
+    assert.ok(from >= 0, `${name}: the first id is in the stream`);
+    assert.deepEqual(ids, stream.slice(from, from + ids.length), `${name}: nothing missed or repeated`);
+    const figureText = await page.textContent(`#panel-${name} [data-figure="bytes"]`);
+    assert.match(figureText, /^\d+ B$/);
+    assert.match(await page.textContent(`#panel-${name} [data-figure="latency"]`), /^\d+ ms \/ \d+ ms$/);
+  }
+  await context.close();
+});
+
+/** Every page, as a visitor opens it, ready when `ready` holds. */
+const ALL_PAGES = [
+  ["auction-sse", "/?auction=live", () => document.querySelectorAll("#history li").length >= 3],
+  ["auction-ws", "/ws.html?auction=live", () => document.querySelectorAll("#history li").length >= 3],
+  ["auction-not-found", "/?auction=nope", () => document.getElementById("auction-page").dataset.phase === "not-found"],
+  ["catalogue", "/catalogue.html", () => document.querySelectorAll("#lots li").length >= 1
+    && document.getElementById("connection").dataset.state === "connected"],
+  ["compare", "/compare.html?auction=live", () => ["sse", "ws"].every((n) => Number(document.getElementById(`panel-${n}`).dataset.events) >= 2)],
+];
+
+test("every page, desktop and phone width: no axe-core violations, no console error, no overflow or nested scroll box; screenshots", async () => {
   mkdirSync(artifacts, { recursive: true });
-  for (const kind of ["sse", "ws"]) {
-    for (const [size, viewport] of [["desktop", { width: 1280, height: 900 }], ["phone", { width: 390, height: 844 }]]) {
-      const page = await open(kind, "live", viewport);
-      await page.waitForFunction(() => document.querySelectorAll("#history li").length >= 3);
-      // Phone width: nothing overflows horizontally.
+  for (const [name, path, ready] of ALL_PAGES) {
+    for (const [size, viewport] of [["desktop", DESKTOP], ["phone", PHONE]]) {
+      const context = await browser.newContext({ viewport });
+      const page = await context.newPage();
+      const problems = [];
+      // The not-found page's own 404s (the stream and the lookup) are expected;
+      // Chromium logs each as a console error.
+      const expected404 = (text) => name === "auction-not-found" && /status of 404|\bnope\b/.test(text);
+      page.on("console", (message) => {
+        if (message.type() === "error" && !expected404(message.text())) problems.push(message.text());
+      });
+      page.on("pageerror", (error) => problems.push(String(error)));
+      page.on("response", (response) => {
+        if (response.status() >= 400 && !expected404(response.url())) {
+          problems.push(`${response.status()} ${response.url()}`);
+        }
+      });
+      await page.goto(`${stack.url}${path}`);
+      await page.waitForFunction(ready, null, { timeout: 20000 });
+      const where = `${name} ${size}`;
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
-      assert.ok(overflow <= 0, `${kind} ${size}: horizontal overflow of ${overflow}px`);
-      await page.screenshot({ path: join(artifacts, `${kind}-${size}.png`), fullPage: true });
-      await page.context().close();
+      assert.ok(overflow <= 0, `${where}: horizontal overflow of ${overflow}px`);
+      const nested = await page.evaluate(() => [...document.querySelectorAll("body *")]
+        .filter((el) => /(auto|scroll)/.test(getComputedStyle(el).overflowY) && el.scrollHeight > el.clientHeight)
+        .map((el) => el.id || el.tagName));
+      assert.deepEqual(nested, [], `${where}: a scroll box inside the page`);
+      const emptyCards = await page.evaluate(() => [...document.querySelectorAll(".card")]
+        .filter((el) => el.offsetParent !== null && el.textContent.trim() === "" && !el.querySelector("img"))
+        .map((el) => el.id || el.className));
+      assert.deepEqual(emptyCards, [], `${where}: an empty card`);
+      await page.addScriptTag({ path: axeSource });
+      const violations = await page.evaluate(async () => (await window.axe.run(document)).violations
+        .map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`));
+      assert.deepEqual(violations, [], `${where}: axe-core violations`);
+      assert.deepEqual(problems, [], `${where}: console errors or failed requests`);
+      await page.screenshot({ path: join(artifacts, `${name}-${size}.png`), fullPage: true });
+      await context.close();
     }
   }
 });
