@@ -224,6 +224,7 @@
   /** For tests and the curious: every id each transport received. */
   window.comparison = {
     ids: (name) => [...(name === "sse" ? sse : ws).ids],
+    recoveries: (name) => [...(name === "sse" ? sse : ws).recoveries],
   };
 
   document.getElementById("auction-name").textContent = auctionId;

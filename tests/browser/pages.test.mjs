@@ -389,7 +389,7 @@ test("the catalogue lists the open auctions with current prices, live over one W
   await context.close();
 });
 
-test("the comparison page shows both transports recovering after a drop, with 0 missed events", async () => {
+test("the comparison page shows both transports recovering after a drop, with 0 missed events", async (t) => {
   const context = await browser.newContext({ viewport: DESKTOP });
   const page = await context.newPage();
   await page.goto(`${stack.url}/compare.html?auction=live`);
@@ -409,6 +409,17 @@ test("the comparison page shows both transports recovering after a drop, with 0 
     // Events keep arriving after the drop on both.
     await bothHave(Math.max(Number(before.sse.events), Number(before.ws.events)) + 3);
   }
+  // A real drop: both serving edges crash. The browser's EventSource
+  // reconnects by itself (Last-Event-ID); the page's code reopens the socket.
+  const before = { sse: await panel("sse"), ws: await panel("ws") };
+  const crashed = [await stack.serving(["sse1", "sse2"], "sse"), await stack.serving(["ws1", "ws2"], "ws")];
+  for (const name of crashed) stack.kill(name);
+  for (const name of ["sse", "ws"]) {
+    await page.waitForFunction(([n, count]) => Number(document.getElementById(`panel-${n}`).dataset.recoveries) > count,
+      [name, Number(before[name].recoveries)], { timeout: 20000 });
+  }
+  await bothHave(Math.max(Number(before.sse.events), Number(before.ws.events)) + 3);
+  for (const name of crashed) await stack.restart(name);
   // Let both catch up to the same event, then compare with the stream.
   await page.waitForFunction(() => {
     const ids = ["sse", "ws"].map((n) => document.getElementById(`panel-${n}`).dataset.lastId);
@@ -428,6 +439,9 @@ test("the comparison page shows both transports recovering after a drop, with 0 
     const figureText = await page.textContent(`#panel-${name} [data-figure="bytes"]`);
     assert.match(figureText, /^\d+ B$/);
     assert.match(await page.textContent(`#panel-${name} [data-figure="latency"]`), /^\d+ ms \/ \d+ ms$/);
+    const shown = await page.$$eval(`#panel-${name} dd`, (items) => items.map((dd) => `${dd.dataset.figure}=${dd.textContent}`));
+    const recoveries = await page.evaluate((n) => window.comparison.recoveries(n), name);
+    t.diagnostic(`${name}: ${shown.join(", ")}; recoveries (button x2, edge crash) ms: ${recoveries.join(", ")}`);
   }
   await context.close();
 });
