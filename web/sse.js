@@ -11,7 +11,9 @@
 
   function connect() {
     Auction.setConnection("connecting");
-    source = new EventSource(url);
+    // A fresh EventSource cannot set Last-Event-ID: the query carries it.
+    const resume = Auction.lastId ? `?lastEventId=${encodeURIComponent(Auction.lastId)}` : "";
+    source = new EventSource(url + resume);
     source.addEventListener("open", () => {
       // After a reconnect, no `init` means the edge replayed from our id.
       sawInit = false;
@@ -34,9 +36,13 @@
     source.addEventListener("opened", (event) => Auction.onAuction("opened", JSON.parse(event.data), event.lastEventId));
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) {
-        // 404 (unknown auction) or another final refusal: EventSource stops.
-        Auction.setConnection("stopped", "reload the page to retry");
-        Auction.checkExists();
+        // A non-200 answer (404 for an unknown auction, a 503 nginx could not
+        // retry elsewhere) stops EventSource for good. Unless the auction is
+        // gone, start a new one from our last id after a pause.
+        Auction.setConnection("stopped", "retrying shortly");
+        Auction.checkExists().then((exists) => {
+          if (exists) setTimeout(connect, 2000 + Math.random() * 3000);
+        });
       } else {
         Auction.setConnection("reconnecting");
       }
