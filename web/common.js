@@ -364,6 +364,23 @@ const Auction = (() => {
     element.textContent = `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
   }
 
+  /** A bid by HTTP POST to the bidder: `{ok: true}` or `{ok: false, body}`. */
+  async function postBid({ amount, bidder, token }) {
+    const headers = { "Content-Type": "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(`${config.bidderUrl || ""}/auctions/${encodeURIComponent(auctionId)}/bids`, {
+      method: "POST",
+      headers,
+      // With a session the bidder takes the name from the token; without
+      // one (a deployment without sessions) the name goes in the body.
+      body: JSON.stringify(token ? { amount } : { amount, bidder }),
+    });
+    if (response.status === 201) return { ok: true };
+    let body = null;
+    try { body = await response.json(); } catch (_) { /* not JSON */ }
+    return { ok: false, body };
+  }
+
   // --- the form ------------------------------------------------------------
 
   /** The error, worded from the state as it is now. */
@@ -506,7 +523,7 @@ const Auction = (() => {
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
-    onInit, onBid, onAuction, onNotFound, checkExists, setConnection, setupForm,
+    onInit, onBid, onAuction, onNotFound, checkExists, setConnection, setupForm, postBid,
     get lastId() { return lastId; },
     get session() { return session; },
     onSessionChange(listener) { sessionListeners.push(listener); },

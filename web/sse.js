@@ -49,22 +49,7 @@
     });
   }
 
-  Auction.setupForm(async ({ amount, bidder, token }) => {
-    const base = Auction.config.bidderUrl || "";
-    const headers = { "Content-Type": "application/json" };
-    if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch(`${base}/auctions/${encodeURIComponent(Auction.auctionId)}/bids`, {
-      method: "POST",
-      headers,
-      // With a session the bidder takes the name from the token; without
-      // one (a deployment without sessions) the name goes in the body.
-      body: JSON.stringify(token ? { amount } : { amount, bidder }),
-    });
-    if (response.status === 201) return { ok: true };
-    let body = null;
-    try { body = await response.json(); } catch (_) { /* not JSON */ }
-    return { ok: false, body };
-  });
+  Auction.setupForm(Auction.postBid);
 
   connect();
 })();

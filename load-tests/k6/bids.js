@@ -19,6 +19,7 @@
 //
 // Settings (environment, `-e NAME=value`):
 //   BASE_URL         bidder API through nginx                 http://127.0.0.1:8000
+//   AUCTION_TOKEN    a seller's token (bidder token --name k6 --role seller)   required
 //   AUCTION_ID       auction to create (must not exist)       k6-bids-<unix ms>
 //   STARTING_PRICE   MIN_INCREMENT (cents)                    1000, 100
 //   BID_RATE         bids per second                          40
@@ -33,9 +34,8 @@
 // Targets must be loopback.
 import http from "k6/http";
 import { check } from "k6";
-import exec from "k6/execution";
 import { Counter } from "k6/metrics";
-import { arrival, BASE_URL, body, CHECKS_RATE, count, createAuction, dur, num, seconds, SUMMARY_TREND_STATS } from "./lib.js";
+import { arrival, BASE_URL, body, CHECKS_RATE, count, createAuction, dur, JSON_HEADERS, num, seconds, SUMMARY_TREND_STATS } from "./lib.js";
 
 const BID_RATE = num("BID_RATE", 40);
 const BIDS_PER_PRICE = num("BIDS_PER_PRICE", 2);
@@ -82,9 +82,9 @@ export function bid(plan) {
   const amount = plan.startingPrice + tick * plan.increment;
   const res = http.post(
     `${BASE_URL}/auctions/${plan.auction}/bids`,
-    JSON.stringify({ amount, bidder: `k6-vu${exec.vu.idInTest}` }),
+    JSON.stringify({ amount }),
     {
-      headers: { "Content-Type": "application/json" },
+      headers: JSON_HEADERS,
       tags: { name: "POST /auctions/{id}/bids", kind: "bid" },
     },
   );

@@ -23,12 +23,15 @@ const LENIENT = { LATENCY_P95_MS: 1000, LATENCY_P99_MS: 2000, HTTP_P95_MS: 1000,
 
 let stack;
 let dir;
+let token;
 const running = new Set();
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "auction-k6-"));
   stack = new Stack();
   await stack.start();
+  // The runs' token, minted as an operator would: `bidder token`.
+  token = stack.token("k6", ["seller"]);
 });
 
 after(() => {
@@ -64,7 +67,7 @@ async function run(script, env) {
   const summaryFile = join(dir, `${script}-${Date.now()}.json`);
   const result = await k6([
     "run", "--quiet", "--no-color", "--summary-export", summaryFile,
-    ...envArgs({ BASE_URL: stack.url, ...LENIENT, ...env }), script,
+    ...envArgs({ BASE_URL: stack.url, AUCTION_TOKEN: token, ...LENIENT, ...env }), script,
   ]);
   let summary = null;
   try {

@@ -13,6 +13,9 @@
 //   DURATION        how long bids are posted             per script ("30s", "500ms", "30m", "1h", "90" = seconds)
 //   BID_RATE        bids posted per second               per script (fractions allowed)
 //   CHECKS_RATE     threshold: least share of checks that must pass   0.99
+//   AUCTION_TOKEN   bearer token for creating the auction and bidding (required):
+//                   a seller's, minted with the deployment's secret:
+//                   AUCTION_SESSION_SECRET=... bidder token --name k6 --role seller
 //
 // Targets are restricted to loopback (127.0.0.0/8, localhost, [::1]): these
 // scripts are for a stack on this machine, never for someone else's host.
@@ -26,6 +29,7 @@ import { Counter } from "k6/metrics";
  * @property {string} auction
  * @property {number} amount
  * @property {string} bidder
+ * @property {string} bidder_id
  * @property {number} placed_at
  * @property {string} source
  *
@@ -169,7 +173,9 @@ export const CHECKS_RATE = num("CHECKS_RATE", 0.99);
 /** Trend stats in the end-of-test summary (and --summary-export). */
 export const SUMMARY_TREND_STATS = ["avg", "min", "med", "max", "p(90)", "p(95)", "p(99)", "count"];
 
-const JSON_HEADERS = { "Content-Type": "application/json" };
+const TOKEN = str("AUCTION_TOKEN", "");
+/** Headers of every write: JSON, as the token's bidder (a seller, to create the auction). */
+export const JSON_HEADERS = { "Content-Type": "application/json", Authorization: `Bearer ${TOKEN}` };
 
 /**
  * The parsed JSON body, or null when there is none (k6 throws otherwise).
@@ -210,6 +216,7 @@ export function parseJson(text) {
  * @returns {Plan}
  */
 export function createAuction(script, lifetimeS) {
+  if (!TOKEN) fail("AUCTION_TOKEN is required: mint one with `bidder token --name k6 --role seller`");
   const id = str("AUCTION_ID", `k6-${script}-${Date.now()}`);
   const createdAt = Date.now();
   const res = http.post(
@@ -258,7 +265,7 @@ export function postNextBid(plan) {
   if (nextAmount === 0) nextAmount = plan.startingPrice;
   const res = http.post(
     `${BASE_URL}/auctions/${plan.auction}/bids`,
-    JSON.stringify({ amount: nextAmount, bidder: `k6-vu${exec.vu.idInTest}` }),
+    JSON.stringify({ amount: nextAmount }),
     {
       headers: { ...JSON_HEADERS, "Idempotency-Key": `${plan.auction}:${nextAmount}` },
       tags: { name: "POST /auctions/{id}/bids", kind: "bid" },

@@ -359,6 +359,48 @@ for (const [kind, replicas, transport] of [["sse", ["sse1", "sse2"], "sse"], ["w
   });
 }
 
+test("two people: signed in by name, their own bids marked, winning and outbid flip correctly", async () => {
+  await createAuction({ id: "duel", title: "Silver teapot", starting_price: 10000, min_increment: 100 });
+  const ada = await open("sse", "duel");
+  const bob = await open("ws", "duel"); // a separate browser context each
+  const you = (page) => page.getAttribute("#you", "data-you");
+  const bid = async (page, name) => {
+    if (await page.isVisible("#bidder-name")) await page.fill("#bidder-name", name);
+    await page.click("#raise-min");
+    const amount = Math.round(Number(await page.inputValue("#bid-amount")) * 100);
+    await page.click("#bid-submit");
+    for (const p of [ada, bob]) {
+      await p.waitForFunction((a) => document.querySelector("#history li")?.dataset.amount === String(a), amount);
+    }
+  };
+  const expect = async (adaState, bobState) => {
+    await ada.waitForFunction((s) => document.getElementById("you").dataset.you === s, adaState);
+    await bob.waitForFunction((s) => document.getElementById("you").dataset.you === s, bobState);
+  };
+  await bid(ada, "Ada");
+  await expect("winning", "none");
+  assert.equal(await ada.textContent("#you"), "You are winning.");
+  // Signed in: the name is shown and remembered, and the field is gone.
+  assert.equal(await ada.textContent("#signed-in-as"), "Bidding as Ada");
+  assert.equal(await ada.isVisible("#bidder-name"), false);
+  await bid(bob, "Bob");
+  await expect("outbid", "winning");
+  assert.equal(await ada.textContent("#you"), "You have been outbid.");
+  await bid(ada, "Ada");
+  await expect("winning", "outbid");
+  // Each sees their own bids marked, and only those.
+  const marks = (page) => page.$$eval("#history li", (items) => items.map((li) => li.dataset.mine === "true"));
+  assert.deepEqual(await marks(ada), [true, false, true]);
+  assert.deepEqual(await marks(bob), [false, true, false]);
+  // The bids carry the sessions' bidder ids, not names from the body.
+  const ids = stack.stream("duel").filter((e) => e.kind === "bid").map((e) => e.data.bidder_id);
+  assert.ok(ids.every((id) => /^g_/.test(id)) && ids[0] === ids[2] && ids[0] !== ids[1], ids.join(" "));
+  // A reload keeps the session.
+  await ada.reload();
+  await ada.waitForFunction(() => document.getElementById("you").dataset.you === "winning");
+  for (const page of [ada, bob]) await page.context().close();
+});
+
 test("the catalogue lists the open auctions with current prices, live over one WebSocket", async () => {
   await createAuction({ id: "catalogued", title: "Glass paperweight", starting_price: 3000, min_increment: 100 });
   const context = await browser.newContext({ viewport: DESKTOP });

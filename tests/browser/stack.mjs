@@ -2,6 +2,7 @@
 // edges, two WebSocket edges, and nginx (the project's template) in front,
 // all on free loopback ports, all stopped by `stop()`.
 import { spawn, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, writeFileSync, rmSync, mkdirSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -62,7 +63,10 @@ export class Stack {
     for (const name of ["bidder1", "bidder2", "sse1", "sse2", "ws1", "ws2", "nginx"]) {
       this.ports[name] = await freePort();
     }
-    const common = { AUCTION_REDIS_URL: redisUrl };
+    // One guest-session secret for every bidder and ws-edge: each accepts
+    // the tokens the others mint.
+    this.secret = randomBytes(32).toString("hex");
+    const common = { AUCTION_REDIS_URL: redisUrl, AUCTION_SESSION_SECRET: this.secret };
     const bidder = { ...common, AUCTION_TRUST_FORWARDED_FOR: "true", AUCTION_RATE_LIMIT_PER_S: "1000" };
     this.service("bidder1", "bidder", { ...bidder, AUCTION_SIM_AUCTIONS: "live", AUCTION_SIM_INTERVAL_MS: "400" });
     this.service("bidder2", "bidder", { ...bidder, AUCTION_SIMULATE: "false" });
@@ -99,7 +103,8 @@ export class Stack {
   async addBidder(name, env) {
     this.ports[name] = await freePort();
     this.service(name, "bidder", {
-      AUCTION_REDIS_URL: `redis://127.0.0.1:${this.redisPort}`, AUCTION_RATE_LIMIT_PER_S: "1000", ...env,
+      AUCTION_REDIS_URL: `redis://127.0.0.1:${this.redisPort}`, AUCTION_SESSION_SECRET: this.secret,
+      AUCTION_RATE_LIMIT_PER_S: "1000", ...env,
     });
     await waitFor(name, ready(this.ports[name]));
   }
@@ -151,8 +156,30 @@ export class Stack {
     return entries;
   }
 
-  async api(path, options) {
-    const response = await fetch(`${this.url}${path}`, options);
+  /**
+   * A guest token for `name` with `roles`, minted by `bidder token` with the
+   * stack's secret (as an operator would).
+   */
+  token(name, roles = [], ttlS) {
+    const args = ["token", "--name", name, ...roles.flatMap((role) => ["--role", role])];
+    if (ttlS !== undefined) args.push("--ttl-s", String(ttlS));
+    return execFileSync(bin("bidder"), args, {
+      encoding: "utf8",
+      env: { ...process.env, AUCTION_SESSION_SECRET: this.secret },
+    }).trim();
+  }
+
+  /**
+   * `fetch` of `path` through nginx. Sent as the stack's operator (a seller
+   * token) unless `options.headers` carry an authorization of their own.
+   */
+  async api(path, options = {}) {
+    this.operatorToken ??= this.token("operator", ["seller"]);
+    const headers = { ...(options.headers || {}) };
+    if (!Object.keys(headers).some((name) => name.toLowerCase() === "authorization")) {
+      headers.authorization = `Bearer ${this.operatorToken}`;
+    }
+    const response = await fetch(`${this.url}${path}`, { ...options, headers });
     return { status: response.status, body: await response.json() };
   }
 

@@ -22,7 +22,12 @@ impl BidSource {
 pub struct Bid {
     pub auction: String,
     pub amount: u64,
+    /// The bidder's display name.
     pub bidder: String,
+    /// The bidder's id (`g_…`, `x_…`, `sim_…`). Bids stored before ids
+    /// existed have none and read as `""`.
+    #[serde(default)]
+    pub bidder_id: String,
     pub placed_at: u64,
     pub source: BidSource,
 }
@@ -101,13 +106,14 @@ mod tests {
         let bid = Bid {
             auction: "1234".into(),
             amount: 35000,
-            bidder: "user_789".into(),
+            bidder: "Ada".into(),
+            bidder_id: "g_7Hq2".into(),
             placed_at: 1763900000000,
             source: BidSource::Simulated,
         };
         assert_eq!(
             serde_json::to_string(&bid).unwrap(),
-            r#"{"auction":"1234","amount":35000,"bidder":"user_789","placed_at":1763900000000,"source":"simulated"}"#
+            r#"{"auction":"1234","amount":35000,"bidder":"Ada","bidder_id":"g_7Hq2","placed_at":1763900000000,"source":"simulated"}"#
         );
     }
 
@@ -129,6 +135,7 @@ mod tests {
             auction: "a".into(),
             amount: 1200,
             bidder: "b".into(),
+            bidder_id: "g_b".into(),
             placed_at: 0,
             source: BidSource::User,
         });

@@ -9,7 +9,10 @@ pub const MAX_AMOUNT: u64 = 1_000_000_000_000;
 /// The longest auction: 30 days.
 pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
 const MAX_TITLE_CHARS: usize = 200;
-const MAX_NAME_CHARS: usize = 64;
+/// The longest display name, in characters (after trimming).
+pub const MAX_NAME_CHARS: usize = 40;
+/// The longest bidder id, in bytes.
+pub const MAX_BIDDER_ID_LEN: usize = 128;
 /// An auction's optional description and picture address.
 pub const MAX_DESCRIPTION_CHARS: usize = 2000;
 pub const MAX_IMAGE_URL_CHARS: usize = 500;
@@ -71,18 +74,26 @@ impl fmt::Display for AuctionId {
     }
 }
 
-/// A bidder's display name: 1 to 64 printable characters.
+/// A bidder's display name: trimmed, 1 to 40 characters, not only spaces,
+/// and none of the characters that let a name pass for another or break a
+/// line: controls, zero-width characters, bidi overrides and isolates, line
+/// and paragraph separators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BidderName(String);
 
 impl BidderName {
     pub fn parse(text: &str) -> Result<BidderName, InputError> {
-        if printable(text, MAX_NAME_CHARS) {
+        let text = text.trim();
+        let chars = text.chars().count();
+        if (1..=MAX_NAME_CHARS).contains(&chars) && !text.chars().any(deceptive) {
             Ok(BidderName(text.to_owned()))
         } else {
             Err(InputError::new(
-                "invalid_bidder",
-                "bidder must be 1 to 64 printable characters",
+                "invalid_name",
+                format!(
+                    "name must be 1 to {MAX_NAME_CHARS} characters after trimming, \
+                     without control, zero-width or text-direction characters"
+                ),
             ))
         }
     }
@@ -90,6 +101,60 @@ impl BidderName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Characters a display name may not contain.
+fn deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
+                | '\u{2028}'..='\u{202E}' // line/paragraph separators, bidi embeddings and overrides
+                | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+                | '\u{2066}'..='\u{2069}' // bidi isolates
+                | '\u{FEFF}' // zero-width no-break space
+        )
+}
+
+/// Who placed a bid, as the stream shows it: a stable id and a display
+/// name. Ids are 1 to 128 visible ASCII characters (no spaces), so they can
+/// be joined to other key parts with a space without ambiguity. Their
+/// prefix says where they come from: `g_` guest sessions, `x_` an external
+/// identity provider, `sim_` the simulator.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BidderId(String);
+
+impl BidderId {
+    pub fn parse(text: &str) -> Result<BidderId, InputError> {
+        let valid = !text.is_empty()
+            && text.len() <= MAX_BIDDER_ID_LEN
+            && text.bytes().all(|b| b.is_ascii_graphic());
+        if valid {
+            Ok(BidderId(text.to_owned()))
+        } else {
+            Err(InputError::new(
+                "invalid_bidder_id",
+                format!("bidder id must be 1 to {MAX_BIDDER_ID_LEN} visible ASCII characters"),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BidderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A bidder: the id bids are tied to and the name they are shown with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bidder {
+    pub id: BidderId,
+    pub name: BidderName,
 }
 
 /// An `Idempotency-Key` header value: 1 to 128 visible ASCII characters.
@@ -119,11 +184,11 @@ fn printable(text: &str, max_chars: usize) -> bool {
     (1..=max_chars).contains(&chars) && !text.chars().any(char::is_control)
 }
 
-/// A validated `POST /auctions/{id}/bids` body.
+/// A validated `POST /auctions/{id}/bids` body. Who bids comes from the
+/// caller's token, never from the body: a `bidder` field is ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BidRequest {
     pub amount: u64,
-    pub bidder: BidderName,
 }
 
 /// A validated `POST /auctions` body.
@@ -198,11 +263,7 @@ fn optional<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value
 pub fn parse_bid_request(body: &[u8]) -> Result<BidRequest, InputError> {
     let object = json_object(body)?;
     let amount = money(&object, "amount", "invalid_amount")?;
-    let bidder = match required(&object, "bidder")? {
-        Value::String(text) => BidderName::parse(text)?,
-        _ => return Err(InputError::new("invalid_bidder", "bidder must be a string")),
-    };
-    Ok(BidRequest { amount, bidder })
+    Ok(BidRequest { amount })
 }
 
 pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputError> {
@@ -329,10 +390,9 @@ mod tests {
     }
 
     #[test]
-    fn accepts_a_valid_bid() {
-        let request = bid(r#"{"amount":35000,"bidder":"user_789"}"#).unwrap();
-        assert_eq!(request.amount, 35000);
-        assert_eq!(request.bidder.as_str(), "user_789");
+    fn accepts_a_valid_bid_and_ignores_a_bidder_field() {
+        let request = bid(r#"{"amount":35000,"bidder":"someone else"}"#).unwrap();
+        assert_eq!(request, BidRequest { amount: 35000 });
     }
 
     #[test]
@@ -351,24 +411,41 @@ mod tests {
     #[test]
     fn reports_missing_fields_and_malformed_json() {
         assert_eq!(bid(r#"{"bidder":"a"}"#).unwrap_err().code, "missing_field");
-        assert_eq!(bid(r#"{"amount":5}"#).unwrap_err().code, "missing_field");
         assert_eq!(bid("{").unwrap_err().code, "malformed_json");
         assert_eq!(bid("[1]").unwrap_err().code, "malformed_json");
     }
 
     #[test]
-    fn bidder_names_must_be_printable() {
-        assert_eq!(
-            bid(r#"{"amount":5,"bidder":""}"#).unwrap_err().code,
-            "invalid_bidder"
-        );
-        assert_eq!(
-            bid(r#"{"amount":5,"bidder":"a\nb"}"#).unwrap_err().code,
-            "invalid_bidder"
-        );
-        let long = format!(r#"{{"amount":5,"bidder":"{}"}}"#, "x".repeat(65));
-        assert_eq!(bid(&long).unwrap_err().code, "invalid_bidder");
-        assert!(bid(r#"{"amount":5,"bidder":"Zoë 🦀"}"#).is_ok());
+    fn display_names_are_trimmed_and_refuse_deceptive_characters() {
+        assert_eq!(BidderName::parse("  Ada ").unwrap().as_str(), "Ada");
+        assert!(BidderName::parse("Zoë 🦀").is_ok());
+        assert!(BidderName::parse(&"x".repeat(40)).is_ok());
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            "a\u{200B}b",
+            "a\u{202E}b",
+            "a\u{2066}b",
+            "a\u{2028}b",
+            "\u{FEFF}",
+            &"x".repeat(41),
+        ] {
+            assert_eq!(
+                BidderName::parse(bad).unwrap_err().code,
+                "invalid_name",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bidder_ids_are_visible_ascii_without_spaces() {
+        assert!(BidderId::parse("g_abc").is_ok());
+        assert!(BidderId::parse("x_auth0|123").is_ok());
+        for bad in ["", "a b", "é", &"x".repeat(129)] {
+            assert!(BidderId::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-use auction_domain::AuctionId;
+use auction_domain::{AuctionId, BidderId};
 
 /// The auction's state hash.
 pub fn state_key(id: &AuctionId) -> String {
@@ -15,8 +15,11 @@ pub fn live_channel(id: &AuctionId) -> String {
     format!("auction:{{{id}}}:live")
 }
 
-pub(crate) fn idempotency_key(id: &AuctionId, key: &str) -> String {
-    format!("auction:{{{id}}}:idem:{key}")
+/// Where the answer to one bidder's `Idempotency-Key` is kept. Bidder ids
+/// and keys are visible ASCII without spaces, so the space keeps
+/// ("a b", "c") and ("a", "b c") apart.
+pub(crate) fn idempotency_key(id: &AuctionId, bidder: &BidderId, key: &str) -> String {
+    format!("auction:{{{id}}}:idem:{bidder} {key}")
 }
 
 /// Sorted set of auction ids by creation time (for listing).
@@ -34,6 +37,10 @@ mod tests {
         assert_eq!(state_key(&id), "auction:{1234}");
         assert_eq!(stream_key(&id), "auction:{1234}:events");
         assert_eq!(live_channel(&id), "auction:{1234}:live");
-        assert_eq!(idempotency_key(&id, "k"), "auction:{1234}:idem:k");
+        let bidder = BidderId::parse("g_1").unwrap();
+        assert_eq!(
+            idempotency_key(&id, &bidder, "k"),
+            "auction:{1234}:idem:g_1 k"
+        );
     }
 }

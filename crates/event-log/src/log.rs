@@ -1,8 +1,7 @@
 use crate::keys::{self, INDEX_BY_CREATION, INDEX_BY_END};
 use crate::notice::StoredEvent;
 use auction_domain::{
-    Auction, AuctionId, AuctionStatus, Bid, BidSource, BidderName, EventId, EventKind,
-    IdempotencyKey,
+    Auction, AuctionId, AuctionStatus, Bid, BidSource, Bidder, EventId, EventKind, IdempotencyKey,
 };
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply};
@@ -92,9 +91,18 @@ pub enum EnsureOutcome {
 /// The decision on one bid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BidAnswer {
-    Accepted { id: EventId, bid: Bid },
-    TooLow { current: u64, min_next: u64 },
+    Accepted {
+        id: EventId,
+        bid: Bid,
+    },
+    TooLow {
+        current: u64,
+        min_next: u64,
+    },
     Closed,
+    /// The bidder used this `Idempotency-Key` before for a different bid:
+    /// nothing was appended.
+    IdempotencyKeyReused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,35 +254,54 @@ impl EventLog {
     }
 
     /// Validates and appends a bid atomically. `Ok(None)`: unknown auction.
+    /// An `idempotency_key` is the bidder's own (two bidders' equal keys are
+    /// unrelated) and is bound to the bid's amount, the one thing a bid
+    /// request says besides who bids.
     pub async fn place_bid(
         &self,
         auction: &AuctionId,
         amount: u64,
-        bidder: &BidderName,
+        bidder: &Bidder,
         source: BidSource,
         traceparent: Option<&str>,
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Option<BidAttempt>, LogError> {
         let mut conn = self.conn.clone();
-        let bidder_json = serde_json::to_string(bidder.as_str())
-            .map_err(|error| corrupt(format!("cannot encode bidder: {error}")))?;
-        let idem_key = keys::idempotency_key(auction, idempotency_key.map_or("", |k| k.as_str()));
+        let encode = |text: &str| {
+            serde_json::to_string(text)
+                .map_err(|error| corrupt(format!("cannot encode bidder: {error}")))
+        };
+        let name_json = encode(bidder.name.as_str())?;
+        let id_json = encode(bidder.id.as_str())?;
+        let idem_key = keys::idempotency_key(
+            auction,
+            &bidder.id,
+            idempotency_key.map_or("", |k| k.as_str()),
+        );
         let reply: Vec<String> = PLACE_BID
             .key(keys::state_key(auction))
             .key(keys::stream_key(auction))
             .key(idem_key)
             .arg(auction.as_str())
             .arg(amount)
-            .arg(bidder_json)
+            .arg(name_json)
             .arg(source.as_str())
             .arg(traceparent.unwrap_or(""))
             .arg(self.maxlen)
             .arg(IDEMPOTENCY_TTL_MS)
             .arg(if idempotency_key.is_some() { "1" } else { "0" })
+            .arg(id_json)
+            .arg(amount)
             .invoke_async(&mut conn)
             .await?;
         let (replayed, answer) = match reply.as_slice() {
             [status] if status == "not_found" => return Ok(None),
+            [status] if status == "reused" => {
+                return Ok(Some(BidAttempt {
+                    answer: BidAnswer::IdempotencyKeyReused,
+                    replayed: false,
+                }));
+            }
             [status, answer] if status == "new" => (false, answer),
             [status, answer] if status == "dup" => (true, answer),
             _ => return Err(corrupt(format!("place_bid answered {reply:?}"))),

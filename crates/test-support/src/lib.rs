@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clients;
+pub mod idp;
 mod nginx;
 mod redis_server;
 mod seen;
@@ -35,6 +36,33 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// The guest-session secret every test process shares (test-only; any
+/// deployment sets its own `AUCTION_SESSION_SECRET`).
+pub const TEST_SESSION_SECRET: &str = "test-only session secret, 32+ bytes, never deployed";
+
+/// `AUCTION_SESSION_SECRET` for a bidder or ws-edge under test.
+pub fn session_secret_env() -> (&'static str, String) {
+    ("AUCTION_SESSION_SECRET", TEST_SESSION_SECRET.into())
+}
+
+/// A guest token for `name` (a fresh bidder id each call), signed with
+/// [`TEST_SESSION_SECRET`], lasting an hour.
+pub fn guest_token(name: &str) -> String {
+    mint(name, &[])
+}
+
+/// A guest token with the `seller` role, to create auctions.
+pub fn seller_token() -> String {
+    mint("seller", &[identity::SELLER_ROLE])
+}
+
+fn mint(name: &str, roles: &[&str]) -> String {
+    let key =
+        identity::GuestKey::new(TEST_SESSION_SECRET.as_bytes(), Duration::from_secs(3600)).unwrap();
+    let name = auction_domain::BidderName::parse(name).unwrap();
+    key.mint(&name, roles).unwrap().token
+}
+
 /// Settings for a bidder on `redis`: the simulator on `sim_auctions` (a
 /// comma list; empty turns it off) every `interval_ms`, and rate limits high
 /// enough for tests.
@@ -57,6 +85,7 @@ pub fn bidder_env(
         ("AUCTION_SIM_INTERVAL_MS", interval_ms.to_string()),
         ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
         ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
+        session_secret_env(),
     ]
 }
 

@@ -9,6 +9,12 @@ pub async fn run(args: &Args) -> Result<(), String> {
     ensure_loopback(&url)?;
     let concurrency: usize = args.get("concurrency", 32)?;
     let seconds: u64 = args.get("seconds", 10)?;
+    // A seller's token (`bidder token --name bench --role seller`): creates
+    // the auctions and places every bid.
+    let token = args.text("token", "");
+    if token.is_empty() {
+        return Err("--token is required: mint one with `bidder token --name bench --role seller`".into());
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(10))
@@ -21,6 +27,7 @@ pub async fn run(args: &Args) -> Result<(), String> {
     for worker in 0..concurrency {
         let client = client.clone();
         let url = url.clone();
+        let token = token.clone();
         workers.push(tokio::spawn(async move {
             let auction = format!("bench-{run_id}-{worker}");
             let create = serde_json::json!({
@@ -29,6 +36,7 @@ pub async fn run(args: &Args) -> Result<(), String> {
             });
             let created = client
                 .post(format!("{url}/auctions"))
+                .bearer_auth(&token)
                 .header("content-type", "application/json")
                 .body(create.to_string())
                 .send()
@@ -41,10 +49,11 @@ pub async fn run(args: &Args) -> Result<(), String> {
             let (mut accepted, mut failed) = (0u64, 0u64);
             let mut amount = 100u64;
             while Instant::now() < deadline {
-                let body = format!(r#"{{"amount":{amount},"bidder":"bench"}}"#);
+                let body = format!(r#"{{"amount":{amount}}}"#);
                 let started = Instant::now();
                 let response = client
                     .post(format!("{url}/auctions/{auction}/bids"))
+                    .bearer_auth(&token)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()

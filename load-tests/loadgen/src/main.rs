@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  loadgen bids --url URL [--concurrency N] [--seconds S]
+  loadgen bids --url URL --token TOKEN [--concurrency N] [--seconds S]
   loadgen sse|ws --server URL [--system ours|nchan] [--redis URL]
                  [--clients N] [--auctions A] [--events M] [--rate R]
                  [--churn-every K] [--pids PID,PID..] [--settle-ms MS] [--timeout-s S]

@@ -7,7 +7,7 @@
 //! exact JSON our edge would send (the bid for SSE, with the event name
 //! `bid`; the `{"type":"bid",...}` object for WebSocket).
 
-use auction_domain::{AuctionId, BidSource, BidderName};
+use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
 use event_log::{AuctionSpec, EventLog, connect_manager, parse_redis_url};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -99,7 +99,7 @@ impl Target {
 pub enum Publisher {
     Ours {
         log: EventLog,
-        bidder: BidderName,
+        bidder: Bidder,
     },
     Nchan {
         http: reqwest::Client,
@@ -115,7 +115,11 @@ impl Publisher {
             connect_manager(&target, || {}).map_err(|e| e.to_string())?,
             100_000,
         );
-        let bidder = BidderName::parse("bench").map_err(|e| e.message)?;
+        // Written straight to the event log as a simulated bidder.
+        let bidder = Bidder {
+            id: BidderId::parse("sim_bench").map_err(|e| e.message)?,
+            name: BidderName::parse("bench").map_err(|e| e.message)?,
+        };
         Ok(Publisher::Ours { log, bidder })
     }
 
@@ -172,7 +176,7 @@ impl Publisher {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
                 let bid = format!(
-                    r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","placed_at":{placed_at},"source":"simulated"}}"#
+                    r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","bidder_id":"sim_bench","placed_at":{placed_at},"source":"simulated"}}"#
                 );
                 let body = match transport {
                     Transport::Sse => bid,

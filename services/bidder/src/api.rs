@@ -1,8 +1,15 @@
-//! The bidder's HTTP API (contract: "bidder — HTTP API").
+//! The bidder's HTTP API (README: "bidder: HTTP API").
+//!
+//! Reading is open to everyone. Writing needs a bearer token: bids are tied
+//! to the token's bidder (never to anything in the body) and rate-limited
+//! per bidder; creating auctions also needs the `seller` role. Routes without
+//! a verified caller (`POST /sessions`, refused tokens) are rate-limited per
+//! client address.
 
 use crate::rate_limit::RateLimiter;
 use auction_domain::{
-    AuctionId, BidSource, IdempotencyKey, InputError, parse_bid_request, parse_create_request,
+    AuctionId, BidSource, BidderId, BidderName, IdempotencyKey, InputError, parse_bid_request,
+    parse_create_request,
 };
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -11,7 +18,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use event_log::{AuctionSpec, BidAnswer, CreateOutcome, EventLog, LogError};
-use serde_json::json;
+use identity::{Authenticator, Identity, TokenError};
+use serde_json::{Value, json};
 use service_kit::ApiError;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,12 +37,18 @@ const OPENAPI: &str = include_str!("../openapi.json");
 pub struct ApiState {
     pub log: EventLog,
     pub metrics: Arc<Metrics>,
-    pub limiter: Arc<RateLimiter>,
+    pub auth: Authenticator,
+    /// For routes without a verified caller.
+    pub address_limiter: Arc<RateLimiter<IpAddr>>,
+    /// For bids and auction creation: one bucket per bidder, so users
+    /// behind one address (or one ws-edge) do not share a limit.
+    pub bidder_limiter: Arc<RateLimiter<BidderId>>,
     pub trust_forwarded_for: bool,
 }
 
 pub fn routes(state: ApiState) -> Router {
     Router::new()
+        .route("/sessions", post(create_session))
         .route("/auctions", post(create_auction).get(list_auctions))
         .route("/auctions/{id}", get(get_auction))
         .route("/auctions/{id}/bids", post(place_bid))
@@ -44,6 +58,21 @@ pub fn routes(state: ApiState) -> Router {
         })
         .with_state(state)
         .layer(axum::middleware::from_fn(cors))
+        .layer(axum::middleware::from_fn(bearer_challenge))
+}
+
+/// Every 401 says which scheme is expected (RFC 6750).
+async fn bearer_challenge(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 /// The API is public and uses no cookies: any origin may call it (pages
@@ -57,7 +86,7 @@ async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> 
                 (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"),
                 (
                     header::ACCESS_CONTROL_ALLOW_HEADERS,
-                    "content-type, idempotency-key, traceparent",
+                    "authorization, content-type, idempotency-key, traceparent",
                 ),
                 (header::ACCESS_CONTROL_MAX_AGE, "600"),
             ],
@@ -140,17 +169,51 @@ impl ApiState {
     }
 
     fn rate_limit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-        self.limiter
-            .check(self.client_ip(peer, headers), Instant::now())
-            .map_err(|seconds| {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many requests from this client; slow down",
-                )
-                .retry_after(seconds)
-            })
+        self.address_limiter
+            .check(&self.client_ip(peer, headers), Instant::now())
+            .map_err(rate_limited)
     }
+
+    /// The caller of a write route: their token checked, then their own
+    /// rate limit. A refused token is charged to the address instead, so
+    /// a flood of bad tokens is limited too.
+    async fn caller(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, ApiError> {
+        let verified = match headers.get(header::AUTHORIZATION) {
+            None => Err(TokenError::Missing),
+            Some(value) => match value.to_str().ok().and_then(identity::bearer_token) {
+                None => Err(TokenError::Invalid("not a Bearer authorization".into())),
+                Some(token) => self.auth.verify(token).await,
+            },
+        };
+        match verified {
+            Ok(caller) => {
+                self.bidder_limiter
+                    .check(&caller.bidder.id, Instant::now())
+                    .map_err(rate_limited)?;
+                Ok(caller)
+            }
+            Err(error) => {
+                self.rate_limit(peer, headers)?;
+                if let TokenError::Invalid(reason) = &error {
+                    tracing::debug!(%reason, "token refused");
+                }
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    error.code(),
+                    error.message(),
+                ))
+            }
+        }
+    }
+}
+
+fn rate_limited(seconds: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests from this client; slow down",
+    )
+    .retry_after(seconds)
 }
 
 /// Reads a JSON body: 415 unless `Content-Type` is JSON, 413 over 4 KiB.
@@ -190,13 +253,70 @@ async fn json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         .map_err(|_| too_large())
 }
 
-async fn create_auction(
+/// `POST /sessions {"name"}`: a guest session for `name`.
+async fn create_session(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     state.rate_limit(peer, &headers)?;
+    let Some(guest) = state.auth.guest() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "sessions_disabled",
+            "guest sessions are off here; sign in with the identity provider",
+        ));
+    };
+    let body = json_body(&headers, body).await?;
+    let name = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(object)) => match object.get("name") {
+            Some(Value::String(name)) => BidderName::parse(name).map_err(invalid)?,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_name",
+                    "send {\"name\": \"<display name>\"}",
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "the body must be a JSON object",
+            ));
+        }
+    };
+    let session = guest.mint(&name, &[]).map_err(|message| {
+        tracing::error!(%message, "cannot mint a session");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot sign a token",
+        )
+    })?;
+    tracing::info!(bidder_id = %session.bidder_id, "guest session created");
+    Ok(json_response(
+        StatusCode::CREATED,
+        serde_json::to_string(&session).unwrap_or_default(),
+    ))
+}
+
+async fn create_auction(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(peer, &headers).await?;
+    if !caller.is_seller() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "creating auctions needs the seller role",
+        ));
+    }
     let body = json_body(&headers, body).await?;
     let request = parse_create_request(&body).map_err(invalid)?;
     let explicit_id = request.id.is_some();
@@ -292,7 +412,7 @@ async fn place_bid_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Response, BidOutcome), ApiError> {
-    state.rate_limit(peer, headers)?;
+    let caller = state.caller(peer, headers).await?;
     let auction = AuctionId::parse(id).map_err(invalid)?;
     let body = json_body(headers, body).await?;
     let request = parse_bid_request(&body).map_err(invalid)?;
@@ -310,7 +430,7 @@ async fn place_bid_inner(
             .place_bid(
                 &auction,
                 request.amount,
-                &request.bidder,
+                &caller.bidder,
                 BidSource::User,
                 traceparent.as_deref(),
                 idempotency_key.as_ref(),
@@ -350,6 +470,17 @@ async fn place_bid_inner(
                     .to_string(),
             ),
             BidOutcome::closed,
+        ),
+        BidAnswer::IdempotencyKeyReused => (
+            json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "error": "idempotency_key_reused",
+                    "message": "this Idempotency-Key was used for a different bid; use a new key",
+                })
+                .to_string(),
+            ),
+            BidOutcome::invalid,
         ),
     };
     let outcome = if attempt.replayed {

@@ -5,8 +5,10 @@ mod api;
 mod closer;
 mod rate_limit;
 mod simulator;
+mod token_cli;
 
 use event_log::{EventLog, connect_manager};
+use identity::{Authenticator, IdentityConfig};
 use service_kit::{Context, Process, bind, serve, watch_redis};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
@@ -72,13 +74,20 @@ impl BidderSettings {
 }
 
 fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(token_cli::COMMAND) {
+        return token_cli::run(args);
+    }
     let process = Process::start("bidder", "0.0.0.0:8080");
     let own = BidderSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
-    process.run(|ctx| run(ctx, own))
+    let identity = IdentityConfig::read(&process.settings)
+        .unwrap_or_else(|error| Process::exit_bad_setting(&error));
+    process.run(|ctx| run(ctx, own, identity))
 }
 
-async fn run(ctx: Context, own: BidderSettings) -> Result<(), String> {
+async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Result<(), String> {
+    let auth = Authenticator::new(&identity)?;
     let reconnects = ctx.metrics.redis_reconnects();
     let conn = connect_manager(&ctx.common.redis, move || {
         reconnects.inc();
@@ -105,7 +114,12 @@ async fn run(ctx: Context, own: BidderSettings) -> Result<(), String> {
     let routes = api::routes(api::ApiState {
         log,
         metrics: ctx.metrics.clone(),
-        limiter: Arc::new(rate_limit::RateLimiter::new(
+        auth,
+        address_limiter: Arc::new(rate_limit::RateLimiter::new(
+            own.rate_limit_per_s,
+            own.rate_limit_burst,
+        )),
+        bidder_limiter: Arc::new(rate_limit::RateLimiter::new(
             own.rate_limit_per_s,
             own.rate_limit_burst,
         )),

@@ -1,8 +1,9 @@
-//! Per-client token buckets for the write endpoints. The table is bounded:
-//! when full, buckets that have refilled (idle clients) are dropped first.
+//! Per-client token buckets for the write endpoints, keyed by whatever names
+//! the client (an address, a bidder id). The table is bounded: when full,
+//! buckets that have refilled (idle clients) are dropped first.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -13,13 +14,13 @@ struct Bucket {
     updated: Instant,
 }
 
-pub struct RateLimiter {
+pub struct RateLimiter<K> {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(per_second: u64, burst: u64) -> Self {
         RateLimiter {
             per_second: per_second as f64,
@@ -30,12 +31,12 @@ impl RateLimiter {
 
     /// Takes one token for `client`: `Ok` to proceed, or `Err(seconds)` to
     /// wait before the next token.
-    pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), u64> {
+    pub fn check(&self, client: &K, now: Instant) -> Result<(), u64> {
         let mut buckets = match self.buckets.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&client) {
+        if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(client) {
             let full_after = self.burst / self.per_second;
             buckets
                 .retain(|_, bucket| now.duration_since(bucket.updated).as_secs_f64() < full_after);
@@ -43,7 +44,7 @@ impl RateLimiter {
                 buckets.clear();
             }
         }
-        let bucket = buckets.entry(client).or_insert(Bucket {
+        let bucket = buckets.entry(client.clone()).or_insert(Bucket {
             tokens: self.burst,
             updated: now,
         });
@@ -62,6 +63,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
     use std::time::Duration;
 
     #[test]
@@ -70,17 +72,17 @@ mod tests {
         let client: IpAddr = "127.0.0.1".parse().unwrap();
         let start = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.check(client, start).is_ok());
+            assert!(limiter.check(&client, start).is_ok());
         }
-        assert_eq!(limiter.check(client, start), Err(1));
+        assert_eq!(limiter.check(&client, start), Err(1));
         assert!(
             limiter
-                .check(client, start + Duration::from_millis(600))
+                .check(&client, start + Duration::from_millis(600))
                 .is_ok()
         );
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert!(
-            limiter.check(other, start).is_ok(),
+            limiter.check(&other, start).is_ok(),
             "buckets are per client"
         );
     }

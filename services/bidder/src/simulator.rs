@@ -4,11 +4,13 @@
 //! validated script as user bids.
 
 use crate::BidderSettings;
-use auction_domain::{AuctionId, BidSource, BidderName};
+use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
 use event_log::{AuctionSpec, BidAnswer, EnsureOutcome, EventLog, LogError};
 use service_kit::Context;
 use telemetry::BidOutcome;
 
+/// Simulated bidders: each name is both the id (`sim_` marks simulated
+/// ids, which no token can carry) and the display name.
 const BIDDERS: [&str; 8] = [
     "sim_ada",
     "sim_grace",
@@ -93,7 +95,10 @@ async fn bid_once(
         .map_or(state.starting_price, |bid| bid.amount);
     let amount = base + fastrand::u64(10..=59) * 100;
     let name = BIDDERS[fastrand::usize(..BIDDERS.len())];
-    let bidder = BidderName::parse(name).map_err(|error| LogError::Corrupt(error.message))?;
+    let bidder = Bidder {
+        id: BidderId::parse(name).map_err(|error| LogError::Corrupt(error.message))?,
+        name: BidderName::parse(name).map_err(|error| LogError::Corrupt(error.message))?,
+    };
     let outcome = match log
         .place_bid(auction, amount, &bidder, BidSource::Simulated, None, None)
         .await?
@@ -102,6 +107,8 @@ async fn bid_once(
             BidAnswer::Accepted { .. } => BidOutcome::accepted,
             BidAnswer::TooLow { .. } => BidOutcome::too_low,
             BidAnswer::Closed => BidOutcome::closed,
+            // The simulator sends no Idempotency-Key.
+            BidAnswer::IdempotencyKeyReused => BidOutcome::invalid,
         },
         // Deleted between the two calls: the next tick re-creates it.
         None => return Ok(()),

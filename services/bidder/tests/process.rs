@@ -78,13 +78,48 @@ fn bad_settings_exit_2_with_one_line_naming_the_setting() {
         ("AUCTION_SIM_INTERVAL_MS", "soon"),
         ("AUCTION_SHUTDOWN_GRACE_MS", "-1"),
         ("AUCTION_SIM_AUCTIONS", "ok,not ok"),
+        ("AUCTION_SESSION_SECRET", "too short"),
+        ("AUCTION_SESSION_TTL_S", "0"),
+        ("AUCTION_JWT_ISSUER", "https://idp.example"),
     ] {
-        let (status, stderr) = run_to_exit("bidder", &[(name, value)], Duration::from_secs(10));
+        let env = [
+            ("AUCTION_SESSION_SECRET", test_support::TEST_SESSION_SECRET),
+            (name, value),
+        ];
+        let (status, stderr) = run_to_exit("bidder", &env, Duration::from_secs(10));
         assert_eq!(status.code(), Some(2), "{name}={value}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "one line for {name}: {stderr}");
         assert!(lines[0].contains(name), "{name} named in {stderr:?}");
     }
+}
+
+#[test]
+fn without_a_session_secret_or_identity_provider_the_bidder_does_not_start() {
+    let (status, stderr) = run_to_exit("bidder", &[], Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AUCTION_SESSION_SECRET"), "{stderr}");
+}
+
+#[test]
+fn the_token_command_mints_a_token_with_the_shared_secret() {
+    let output = std::process::Command::new(test_support::binary_path("bidder"))
+        .args([
+            "token", "--name", "Ops", "--role", "seller", "--ttl-s", "600",
+        ])
+        .env("AUCTION_SESSION_SECRET", test_support::TEST_SESSION_SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
+    let refused = std::process::Command::new(test_support::binary_path("bidder"))
+        .args(["token", "--name", "Ops"])
+        .env_remove("AUCTION_SESSION_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("AUCTION_SESSION_SECRET"));
 }
 
 #[tokio::test]
@@ -104,13 +139,18 @@ async fn serves_its_openapi_document() {
     let (status, doc) = stack.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/auctions", "/auctions/{id}", "/auctions/{id}/bids"] {
+    for path in [
+        "/sessions",
+        "/auctions",
+        "/auctions/{id}",
+        "/auctions/{id}/bids",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
 }
 
 #[tokio::test]
-async fn rate_limits_per_client_with_retry_after() {
+async fn bids_are_rate_limited_per_bidder_with_retry_after() {
     let stack = Stack::start(
         1,
         &[
@@ -125,8 +165,9 @@ async fn rate_limits_per_client_with_retry_after() {
         let response = stack
             .http
             .post(stack.url("/auctions/rl/bids"))
+            .bearer_auth(&stack.token)
             .header("content-type", "application/json")
-            .body(format!(r#"{{"amount":{amount},"bidder":"a"}}"#))
+            .body(format!(r#"{{"amount":{amount}}}"#))
             .send()
             .await
             .unwrap();
@@ -139,4 +180,13 @@ async fn rate_limits_per_client_with_retry_after() {
     }
     assert_eq!(statuses, [201, 201, 429]);
     assert_eq!(retry_after.unwrap().to_str().unwrap(), "1");
+    // Another bidder from the same address has a bucket of their own.
+    let (status, json) = stack
+        .post_json_as(
+            &test_support::guest_token("Other"),
+            "/auctions/rl/bids",
+            r#"{"amount":9000}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{json}");
 }

@@ -29,6 +29,7 @@ async fn setup(edge_env: &[(&'static str, &str)]) -> Setup {
     let create = r#"{"id":"a1","title":"Chair","starting_price":100,"min_increment":1,"duration_ms":600000}"#;
     let response = http
         .post(format!("{}/auctions", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(create)
         .send()
@@ -48,6 +49,7 @@ impl Setup {
         let response = self
             .http
             .post(format!("{}/auctions/a1/bids", self.bidder.url()))
+            .bearer_auth(test_support::seller_token())
             .header("content-type", "application/json")
             .body(format!(r#"{{"amount":{amount},"bidder":"x"}}"#))
             .send()
@@ -256,6 +258,7 @@ async fn a_burst_of_clients_on_thousands_of_auctions_is_served() {
             );
             let response = http
                 .post(format!("{bidder}/auctions"))
+                .bearer_auth(test_support::seller_token())
                 .header("content-type", "application/json")
                 .body(create)
                 .send()

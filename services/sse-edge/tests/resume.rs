@@ -100,6 +100,7 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
         r#"{"id":"slow","title":"Slow","starting_price":1,"min_increment":1,"duration_ms":600000}"#;
     let response = http
         .post(format!("{}/auctions", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(create)
         .send()
@@ -141,6 +142,7 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
         let body = format!(r#"{{"amount":{amount},"bidder":"b"}}"#);
         let response = http
             .post(format!("{}/auctions/slow/bids", bidder.url()))
+            .bearer_auth(test_support::seller_token())
             .header("content-type", "application/json")
             .body(body)
             .send()

@@ -21,6 +21,7 @@ async fn create(bidder: &ServiceProcess, id: &str) {
     let body = json!({"id":id,"title":"Vase","starting_price":1000,"min_increment":100,"duration_ms":600000});
     let response = reqwest::Client::new()
         .post(format!("{}/auctions", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -309,6 +310,7 @@ async fn pongs_and_event_frames_never_interleave() {
             let body = json!({"amount": 1000 + amount * 100, "bidder": "b"});
             let response = http
                 .post(format!("{bidder}/auctions/vase/bids"))
+                .bearer_auth(test_support::seller_token())
                 .header("content-type", "application/json")
                 .body(body.to_string())
                 .send()

@@ -18,6 +18,7 @@ async fn sse_and_websocket_clients_resume_through_nginx_when_an_edge_dies() {
             ("AUCTION_REDIS_URL", redis.url()),
             ("AUCTION_SIM_AUCTIONS", "lb".into()),
             ("AUCTION_SIM_INTERVAL_MS", "20".into()),
+            test_support::session_secret_env(),
         ],
     );
     let edge = |binary| {
@@ -26,6 +27,7 @@ async fn sse_and_websocket_clients_resume_through_nginx_when_an_edge_dies() {
             &[
                 ("AUCTION_REDIS_URL", redis.url()),
                 ("AUCTION_SSE_RETRY_MS", "50".into()),
+                test_support::session_secret_env(),
             ],
         )
     };

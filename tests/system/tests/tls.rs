@@ -14,12 +14,14 @@ async fn bids_flow_through_a_tls_only_redis() {
     let env = [
         ("AUCTION_REDIS_URL", redis.url()),
         ("AUCTION_SIMULATE", "false".to_owned()),
+        test_support::session_secret_env(),
     ];
     let bidder = ServiceProcess::start("bidder", &env);
     let edge = ServiceProcess::start("sse-edge", &env);
     let http = reqwest::Client::new();
     let created = http
         .post(format!("{}/auctions", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(r#"{"id":"tls","title":"Safe","starting_price":100,"min_increment":10,"duration_ms":600000}"#)
         .send()
@@ -36,6 +38,7 @@ async fn bids_flow_through_a_tls_only_redis() {
     assert_eq!(events.next().await.unwrap().unwrap().event, "init");
     let placed = http
         .post(format!("{}/auctions/tls/bids", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(r#"{"amount":100,"bidder":"secure"}"#)
         .send()

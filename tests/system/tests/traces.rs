@@ -71,6 +71,7 @@ async fn one_trace_from_the_post_to_every_edge() {
             ("AUCTION_REDIS_URL", redis.url()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            test_support::session_secret_env(),
         ];
         env.extend(extra.iter().cloned());
         env
@@ -81,6 +82,7 @@ async fn one_trace_from_the_post_to_every_edge() {
     let http = reqwest::Client::new();
     let created = http
         .post(format!("{}/auctions", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(r#"{"id":"traced","title":"Clock","starting_price":100,"min_increment":10,"duration_ms":600000}"#)
         .send()
@@ -108,6 +110,7 @@ async fn one_trace_from_the_post_to_every_edge() {
 
     let placed = http
         .post(format!("{}/auctions/traced/bids", bidder.url()))
+        .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(r#"{"amount":100,"bidder":"tracer"}"#)
         .send()

@@ -10,6 +10,8 @@ pub struct Stack {
     pub redis: RedisServer,
     pub bidders: Vec<ServiceProcess>,
     pub http: reqwest::Client,
+    /// A seller's guest token, sent by `post_json`.
+    pub token: String,
 }
 
 /// Settings for a quiet bidder: no simulator, generous rate limits.
@@ -20,6 +22,7 @@ pub fn quiet(redis: &RedisServer) -> Vec<(&'static str, String)> {
         ("AUCTION_RATE_LIMIT_PER_S", "100000".into()),
         ("AUCTION_RATE_LIMIT_BURST", "100000".into()),
         ("AUCTION_CLOSE_CHECK_MS", "20".into()),
+        test_support::session_secret_env(),
     ]
 }
 
@@ -38,6 +41,7 @@ impl Stack {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            token: test_support::seller_token(),
         }
     }
 
@@ -45,10 +49,17 @@ impl Stack {
         format!("{}{path}", self.bidders[0].url())
     }
 
+    /// POSTs `body` with the stack's seller token.
     pub async fn post_json(&self, path: &str, body: &str) -> (u16, Value) {
+        self.post_json_as(&self.token, path, body).await
+    }
+
+    /// POSTs `body` with `Authorization: Bearer <token>`.
+    pub async fn post_json_as(&self, token: &str, path: &str, body: &str) -> (u16, Value) {
         let response = self
             .http
             .post(self.url(path))
+            .bearer_auth(token)
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()

@@ -1,0 +1,166 @@
+//! The identity settings, shared by the bidder and ws-edge.
+
+use crate::guest::GuestKey;
+use settings::{SettingError, Settings};
+use std::time::Duration;
+
+/// The shortest secret accepted: 256 bits, HS256's own strength.
+const MIN_SECRET_BYTES: usize = 32;
+
+/// An external identity provider: where its keys are published, and the
+/// issuer and audience its tokens must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdp {
+    pub jwks_url: String,
+    pub issuer: String,
+    pub audience: String,
+}
+
+/// Which token sources are on.
+#[derive(Clone)]
+pub struct IdentityConfig {
+    /// Guest sessions, from `AUCTION_SESSION_SECRET` and `AUCTION_SESSION_TTL_S`.
+    pub guest: Option<GuestKey>,
+    /// From `AUCTION_JWKS_URL`, `AUCTION_JWT_ISSUER`, `AUCTION_JWT_AUDIENCE`.
+    pub external: Option<ExternalIdp>,
+}
+
+impl IdentityConfig {
+    /// The start-up rule: at least one source must be configured. Without
+    /// an identity provider, `AUCTION_SESSION_SECRET` is required, and it
+    /// is never made up: replicas that invented their own secrets would
+    /// refuse each other's tokens. The three provider settings go together.
+    pub fn read(settings: &Settings) -> Result<IdentityConfig, SettingError> {
+        let ttl_s = settings.number("session_ttl_s", 12 * 3600, 60..=30 * 24 * 3600)?;
+        let guest = match settings.raw("session_secret") {
+            None => None,
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
+                return Err(settings.error(
+                    "session_secret",
+                    format!(
+                        "is {} bytes; use at least {MIN_SECRET_BYTES} random bytes \
+                         (e.g. `openssl rand -hex 32`)",
+                        secret.len()
+                    ),
+                ));
+            }
+            Some(secret) => Some(
+                GuestKey::new(secret.as_bytes(), Duration::from_secs(ttl_s))
+                    .map_err(|problem| settings.error("session_secret", problem))?,
+            ),
+        };
+        let url = settings
+            .raw("jwks_url")
+            .filter(|url| !url.trim().is_empty());
+        let issuer = settings.raw("jwt_issuer").filter(|text| !text.is_empty());
+        let audience = settings.raw("jwt_audience").filter(|text| !text.is_empty());
+        let external = match (url, issuer, audience) {
+            (None, None, None) => None,
+            (Some(url), Some(issuer), Some(audience)) => {
+                let url = url.trim().to_owned();
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(
+                        settings.error("jwks_url", format!("{url:?} is not an http(s) URL"))
+                    );
+                }
+                Some(ExternalIdp {
+                    jwks_url: url,
+                    issuer,
+                    audience,
+                })
+            }
+            (None, _, _) => {
+                return Err(settings.error(
+                    "jwks_url",
+                    "is required when AUCTION_JWT_ISSUER or AUCTION_JWT_AUDIENCE is set",
+                ));
+            }
+            (Some(_), None, _) => {
+                return Err(settings.error(
+                    "jwt_issuer",
+                    "is required with AUCTION_JWKS_URL (the `iss` the provider's tokens carry)",
+                ));
+            }
+            (Some(_), Some(_), None) => {
+                return Err(settings.error(
+                    "jwt_audience",
+                    "is required with AUCTION_JWKS_URL (the `aud` tokens for this API carry)",
+                ));
+            }
+        };
+        if guest.is_none() && external.is_none() {
+            return Err(settings.error(
+                "session_secret",
+                "is required: at least 32 random bytes, the same on every bidder and ws-edge \
+                 replica (or configure an identity provider with AUCTION_JWKS_URL)",
+            ));
+        }
+        Ok(IdentityConfig { guest, external })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<IdentityConfig, SettingError> {
+        let settings = Settings::load(
+            None,
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        IdentityConfig::read(&settings)
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_secret_or_a_provider_is_required() {
+        let error = read(&[]).err().unwrap();
+        assert_eq!(error.setting, "AUCTION_SESSION_SECRET");
+        let error = read(&[("AUCTION_SESSION_SECRET", "short")]).err().unwrap();
+        assert_eq!(error.setting, "AUCTION_SESSION_SECRET");
+        let config = read(&[("AUCTION_SESSION_SECRET", SECRET)]).unwrap();
+        assert!(config.guest.is_some() && config.external.is_none());
+        let provider_only = read(&[
+            ("AUCTION_JWKS_URL", "http://127.0.0.1:1/jwks"),
+            ("AUCTION_JWT_ISSUER", "https://idp.example"),
+            ("AUCTION_JWT_AUDIENCE", "auctions"),
+        ])
+        .unwrap();
+        assert!(provider_only.guest.is_none());
+    }
+
+    #[test]
+    fn provider_settings_go_together() {
+        let error = read(&[
+            ("AUCTION_SESSION_SECRET", SECRET),
+            ("AUCTION_JWKS_URL", "http://127.0.0.1:1/jwks"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(error.setting, "AUCTION_JWT_ISSUER");
+        let error = read(&[
+            ("AUCTION_SESSION_SECRET", SECRET),
+            ("AUCTION_JWT_AUDIENCE", "a"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(error.setting, "AUCTION_JWKS_URL");
+        let error = read(&[
+            ("AUCTION_JWKS_URL", "ftp://x"),
+            ("AUCTION_JWT_ISSUER", "i"),
+            ("AUCTION_JWT_AUDIENCE", "a"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(error.setting, "AUCTION_JWKS_URL");
+        let error = read(&[
+            ("AUCTION_SESSION_SECRET", SECRET),
+            ("AUCTION_SESSION_TTL_S", "0"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(error.setting, "AUCTION_SESSION_TTL_S");
+    }
+}
