@@ -13,7 +13,9 @@ pub async fn run(args: &Args) -> Result<(), String> {
     // the auctions and places every bid.
     let token = args.text("token", "");
     if token.is_empty() {
-        return Err("--token is required: mint one with `bidder token --name bench --role seller`".into());
+        return Err(
+            "--token is required: mint one with `bidder token --name bench --role seller`".into(),
+        );
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
