@@ -75,7 +75,8 @@ pub struct AuctionSpec {
 
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
-    Created(Auction),
+    /// Boxed: an auction is large beside `Exists`.
+    Created(Box<Auction>),
     Exists,
 }
 
@@ -187,7 +188,7 @@ impl EventLog {
             [status, json] if status == "ok" => {
                 let auction = parse_auction(json)?;
                 self.index(&auction).await?;
-                Ok(CreateOutcome::Created(auction))
+                Ok(CreateOutcome::Created(Box::new(auction)))
             }
             _ => Err(corrupt(format!("create answered {reply:?}"))),
         }
