@@ -1,17 +1,34 @@
-// Shared by the SSE and WebSocket pages: state, rendering, the bid form.
-// No framework, no build step. The transport scripts call `Auction.*`.
+// Shared by the SSE and WebSocket auction pages: state, rendering, the bid
+// form, the guest session. No framework, no build step. The transport
+// scripts call `Auction.*`.
+//
+// Rules the page keeps (a person bids real money here):
+// - the amount field holds what the person typed or picked; the page never
+//   writes it on its own (only the quick-amount buttons do, when pressed);
+// - an error describes the state as it is now: it is re-worded or cleared
+//   whenever that state changes (a new minimum, the close, a new round);
+// - only a new bid is announced to screen readers, never the whole list.
 "use strict";
 
 const Auction = (() => {
   const config = readConfig();
   const auctionId = new URLSearchParams(location.search).get("auction") || "1234";
   const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
-  const MAX_HISTORY = 50;
+  const MAX_HISTORY = 30;
+  /** A bid more than this many increments above the minimum asks first. */
+  const CONFIRM_STEPS = 10;
+  const URGENT_MS = 60_000;
+  const SESSION_KEY = "auction.session";
 
   let auction = null; // the contract's Auction
-  let history = []; // bids, newest first
-  const seen = new Set(); // event ids already rendered
+  let history = []; // bids of this round, newest first
+  const seen = new Set(); // event ids already shown
   let lastId = null;
+  let error = null; // {code, amount?, text?}: worded from the state at render time
+  let confirmed = null; // the amount the person confirmed, if any
+  let sawSimulated = false;
+  let session = loadSession(); // {token, bidder_id, name, expires_at} or null
+  const sessionListeners = [];
 
   const $ = (id) => document.getElementById(id);
 
@@ -38,7 +55,7 @@ const Auction = (() => {
     return money.format(Number(cents) / 100);
   }
 
-  /** "351.00" or "351" to 35100 cents, by string parsing: no float maths. */
+  /** "351.00", "351" or "$1,351.5" to cents, by string parsing: no float maths. */
   function parseCents(text) {
     const match = /^\s*\$?\s*(\d{1,10})(?:[.,](\d{1,2}))?\s*$/.exec(text.replace(/,(?=\d{3}\b)/g, ""));
     if (!match) return null;
@@ -46,10 +63,84 @@ const Auction = (() => {
     return cents > 0n ? Number(cents) : null;
   }
 
+  /** Cents to the plain number typed in the field: 123456 -> "1234.56". */
+  function centsToField(cents) {
+    return `${Math.floor(cents / 100)}.${String(cents % 100).padStart(2, "0")}`;
+  }
+
   function minNext() {
     if (!auction) return null;
     return auction.current ? auction.current.amount + auction.min_increment : auction.starting_price;
   }
+
+  /** The quick amounts: the minimum, then 5 and 10 increments above the
+   *  current bid (above the starting price less one increment before any). */
+  function quickAmount(steps) {
+    const min = minNext();
+    if (min === null) return null;
+    return steps === 0 ? min : min + (steps - 1) * auction.min_increment;
+  }
+
+  // --- the guest session (identity) ---------------------------------------
+
+  function loadSession() {
+    try {
+      const stored = JSON.parse(localStorage.getItem(SESSION_KEY) || "null");
+      if (stored && stored.token && stored.bidder_id && stored.expires_at > Date.now() + 60_000) return stored;
+    } catch (_) { /* unreadable: start again */ }
+    localStorage.removeItem(SESSION_KEY);
+    return null;
+  }
+
+  function setSession(value) {
+    session = value;
+    if (value) localStorage.setItem(SESSION_KEY, JSON.stringify(value));
+    else localStorage.removeItem(SESSION_KEY);
+    renderSession();
+    renderAuction();
+    rebuildHistory();
+    for (const listener of sessionListeners) listener(session);
+  }
+
+  /** Signs in as a guest with `name` (POST /sessions). Resolves to the
+   *  session, or to `{error}` when refused; `null` when the bidder has no
+   *  sessions (an older deployment: bids then carry the name). */
+  async function signIn(name) {
+    const response = await fetch(`${config.bidderUrl || ""}/sessions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name }),
+    });
+    if (response.status === 404 || response.status === 405) return null;
+    let body = null;
+    try { body = await response.json(); } catch (_) { /* not JSON */ }
+    if (response.status !== 201 || !body || !body.token) return { error: body || { error: "bidder_unavailable" } };
+    setSession({ token: body.token, bidder_id: body.bidder_id, name: body.name, expires_at: body.expires_at });
+    return session;
+  }
+
+  function renderSession() {
+    const box = $("session");
+    if (!box) return;
+    $("name-field").hidden = Boolean(session);
+    if (!session) {
+      box.replaceChildren();
+      return;
+    }
+    const who = document.createElement("span");
+    who.textContent = `Bidding as ${session.name}`;
+    who.id = "signed-in-as";
+    const out = document.createElement("button");
+    out.type = "button";
+    out.className = "link";
+    out.textContent = "Sign out";
+    out.addEventListener("click", () => setSession(null));
+    box.replaceChildren(who, " ", out);
+  }
+
+  const isMine = (bid) => Boolean(session && bid && bid.bidder_id && bid.bidder_id === session.bidder_id);
+
+  // --- rendering ------------------------------------------------------------
 
   function relative(ms) {
     const seconds = Math.max(0, Math.round((Date.now() - ms) / 1000));
@@ -59,10 +150,7 @@ const Auction = (() => {
     return `${Math.floor(minutes / 60)} h ago`;
   }
 
-  function countdown() {
-    if (!auction) return "";
-    if (auction.status === "closed") return "ended";
-    const left = Math.max(0, auction.ends_at - Date.now());
+  function countdownText(left) {
     const s = Math.floor(left / 1000);
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
     return (h ? `${h}h ` : "") + `${String(m).padStart(2, "0")}m ${String(sec).padStart(2, "0")}s`;
@@ -74,60 +162,138 @@ const Auction = (() => {
     document.body.dataset.lastEventId = lastId;
   }
 
+  function show(id, visible) {
+    $(id).hidden = !visible;
+  }
+
   function renderAuction() {
     if (!auction) return;
+    const main = $("auction-page");
+    const open = auction.status === "open";
+    main.dataset.phase = auction.status;
     $("title").textContent = auction.title;
     document.title = `${auction.title} · live auction`;
+    for (const id of ["item", "summary", "bids"]) show(id, true);
+
+    const image = $("item-image");
+    if (auction.image_url) {
+      if (image.getAttribute("src") !== auction.image_url) image.src = auction.image_url;
+      image.alt = `Picture of ${auction.title}`;
+    }
+    image.hidden = !auction.image_url;
+    $("item-description").textContent = auction.description || "";
+    show("item-description", Boolean(auction.description));
+    show("demo-note", sawSimulated);
+
     const current = auction.current;
     $("current-amount").textContent = formatCents(current ? current.amount : auction.starting_price);
-    $("current-label").textContent = current ? "Current bid" : "Starting price";
-    $("current-bidder").textContent = current ? `by ${current.bidder}` : "no bids yet";
-    $("status").textContent = auction.status;
-    $("status").dataset.status = auction.status;
-    $("winner").textContent = auction.status === "closed"
-      ? (current ? `Won by ${current.bidder} at ${formatCents(current.amount)}` : "Closed without bids")
-      : "";
-    $("bid-submit").disabled = auction.status !== "open";
-    const amountInput = $("bid-amount");
-    if (document.activeElement !== amountInput && minNext() !== null) {
-      amountInput.value = (minNext() / 100).toFixed(2);
+    $("current-label").textContent = open
+      ? (current ? "Current bid" : "Starting price")
+      : (current ? "Winning bid" : "Starting price");
+    $("current-bidder").textContent = current ? `by ${isMine(current) ? "you" : current.bidder}` : "No bids yet";
+    show("ends", open);
+    show("result", !open);
+    $("result-text").textContent = current
+      ? `Sold to ${isMine(current) ? "you" : current.bidder} for ${formatCents(current.amount)}`
+      : "Ended without bids";
+    renderYou();
+
+    show("bidding", open);
+    $("bid-submit").disabled = !open;
+    const min = minNext();
+    $("min-next").textContent = `Minimum bid ${formatCents(min)}, in steps of ${formatCents(auction.min_increment)}.`;
+    $("bid-amount").placeholder = centsToField(min);
+    for (const button of document.querySelectorAll("[data-raise]")) {
+      const steps = Number(button.dataset.raise);
+      const amount = quickAmount(steps);
+      button.textContent = steps === 0 ? `${formatCents(amount)} (minimum)` : `${formatCents(amount)} (+${steps} steps)`;
+      button.dataset.amount = String(amount);
     }
-    $("min-next").textContent = minNext() !== null ? `Minimum next bid: ${formatCents(minNext())}` : "";
+    renderError();
+    renderConfirm();
     tick();
   }
 
-  function renderHistory() {
-    const list = $("history");
-    list.replaceChildren(...history.map((bid) => {
-      const li = document.createElement("li");
-      li.dataset.id = bid.id || "";
-      li.dataset.amount = String(bid.amount);
-      li.dataset.bidder = bid.bidder;
-      li.dataset.placedAt = String(bid.placed_at);
-      li.innerHTML = `<span class="amount"></span><span class="when"></span><span class="who"></span>`;
-      li.querySelector(".amount").textContent = formatCents(bid.amount);
-      li.querySelector(".who").textContent = bid.bidder + (bid.source === "simulated" ? " (simulated)" : "");
-      li.querySelector(".when").textContent = relative(bid.placed_at);
-      return li;
-    }));
+  /** "You are winning" / "You have been outbid" / "You won", from bidder ids. */
+  function renderYou() {
+    const element = $("you");
+    let state = "none";
+    if (session && auction) {
+      const mineInRound = history.some(isMine);
+      if (isMine(auction.current)) state = auction.status === "open" ? "winning" : "won";
+      else if (mineInRound) state = auction.status === "open" ? "outbid" : "lost";
+    }
+    element.dataset.you = state;
+    element.textContent = {
+      none: "",
+      winning: "You are winning.",
+      outbid: "You have been outbid.",
+      won: "You won this auction.",
+      lost: "You were outbid; this auction has ended.",
+    }[state];
+    element.hidden = state === "none";
+  }
+
+  function historyItem(bid) {
+    const li = document.createElement("li");
+    li.dataset.id = bid.id || "";
+    li.dataset.amount = String(bid.amount);
+    li.dataset.bidder = bid.bidder;
+    li.dataset.placedAt = String(bid.placed_at);
+    if (isMine(bid)) li.dataset.mine = "true";
+    const amount = document.createElement("span");
+    amount.className = "amount";
+    amount.textContent = formatCents(bid.amount);
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = relative(bid.placed_at);
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = isMine(bid) ? `${bid.bidder} (you)` : bid.bidder;
+    li.append(amount, when, who);
+    return li;
+  }
+
+  /** The whole list, after `init`, a new round or a change of session. */
+  function rebuildHistory() {
+    $("history").replaceChildren(...history.map(historyItem));
     $("history-empty").hidden = history.length > 0;
   }
 
+  /** One new bid on top; the oldest beyond the limit goes. Nothing else in
+   *  the list is touched, so assistive technology sees one addition. */
+  function prependHistory(bid) {
+    const list = $("history");
+    list.prepend(historyItem(bid));
+    while (list.children.length > MAX_HISTORY) list.lastElementChild.remove();
+    $("history-empty").hidden = true;
+    $("announce").textContent =
+      `New bid: ${formatCents(bid.amount)} by ${isMine(bid) ? "you" : bid.bidder}.`;
+  }
+
   function tick() {
-    $("countdown").textContent = countdown();
+    if (auction && auction.status === "open") {
+      const left = Math.max(0, auction.ends_at - Date.now());
+      $("countdown").textContent = countdownText(left);
+      $("ends").dataset.urgent = String(left < URGENT_MS);
+      $("ends").firstChild.textContent = left < URGENT_MS ? "Ending soon: " : "Ends in ";
+    }
     for (const li of $("history").children) {
       li.querySelector(".when").textContent = relative(Number(li.dataset.placedAt));
     }
   }
 
+  // --- events from the transport --------------------------------------------
+
   /** `init`: replace everything. History entries from init carry no id. */
   function onInit(payload, id) {
     auction = payload.auction;
     history = (payload.history || []).slice(0, MAX_HISTORY).map((bid) => ({ ...bid }));
+    sawSimulated = sawSimulated || history.some((bid) => bid.source === "simulated");
     seen.clear();
     rememberId(id);
     renderAuction();
-    renderHistory();
+    rebuildHistory();
   }
 
   /** A live or replayed `bid`. Duplicates (by id) are ignored. */
@@ -139,9 +305,10 @@ const Auction = (() => {
     rememberId(id);
     history.unshift({ ...bid, id });
     history = history.slice(0, MAX_HISTORY);
+    if (bid.source === "simulated") sawSimulated = true;
     if (auction) auction.current = bid;
     renderAuction();
-    renderHistory();
+    prependHistory({ ...bid, id });
   }
 
   /** `closed` or `opened` (a new round): the auction state changes. */
@@ -149,17 +316,44 @@ const Auction = (() => {
     if (id && lastId && compareIds(id, lastId) <= 0) return;
     rememberId(id);
     auction = payload.auction;
-    if (kind === "opened") history = [];
+    if (kind === "opened") {
+      history = [];
+      error = null; // it described the previous round
+      confirmed = null;
+      rebuildHistory();
+    }
     renderAuction();
-    renderHistory();
+  }
+
+  /** The auction does not exist: say so, and offer no form. */
+  function onNotFound() {
+    auction = null;
+    $("auction-page").dataset.phase = "not-found";
+    $("title").textContent = "Auction not found";
+    document.title = "Auction not found";
+    for (const id of ["item", "summary", "bidding", "bids"]) show(id, false);
+    show("not-found", true);
+    $("bid-submit").disabled = true;
+  }
+
+  /** Asks the bidder whether the auction exists (the transports only see a
+   *  refusal); 404 shows the not-found state. */
+  async function checkExists() {
+    try {
+      const response = await fetch(`${config.bidderUrl || ""}/auctions/${encodeURIComponent(auctionId)}`);
+      if (response.status === 404) onNotFound();
+      return response.status !== 404;
+    } catch (_) {
+      return true; // unknown: keep trying to connect
+    }
   }
 
   const STATES = {
     connecting: "Connecting",
     connected: "Live",
     reconnecting: "Reconnecting…",
-    resumed: "Live (resumed, nothing missed)",
-    reset: "Live (reloaded from the latest state)",
+    resumed: "Live again, nothing missed",
+    reset: "Live, reloaded from the latest state",
     stopped: "Disconnected",
   };
 
@@ -170,50 +364,155 @@ const Auction = (() => {
     element.textContent = `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
   }
 
-  function showError(text) {
-    $("bid-error").textContent = text || "";
+  /** A bid by HTTP POST to the bidder: `{ok: true}` or `{ok: false, body}`. */
+  async function postBid({ amount, bidder, token }) {
+    const headers = { "Content-Type": "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(`${config.bidderUrl || ""}/auctions/${encodeURIComponent(auctionId)}/bids`, {
+      method: "POST",
+      headers,
+      // With a session the bidder takes the name from the token; without
+      // one (a deployment without sessions) the name goes in the body.
+      body: JSON.stringify(token ? { amount } : { amount, bidder }),
+    });
+    if (response.status === 201) return { ok: true };
+    let body = null;
+    try { body = await response.json(); } catch (_) { /* not JSON */ }
+    return { ok: false, body };
+  }
+
+  // --- the form ------------------------------------------------------------
+
+  /** The error, worded from the state as it is now. */
+  function renderError() {
+    const element = $("bid-error");
+    let text = "";
+    if (error) {
+      if (auction && auction.status === "closed") {
+        text = "This auction has ended.";
+      } else if (error.code === "bid_too_low") {
+        text = `${formatCents(error.amount)} is too low: the minimum bid is now ${formatCents(minNext())}.`;
+        if (minNext() !== null && error.amount >= minNext()) text = "";
+      } else {
+        text = error.text;
+      }
+    }
+    if (element.textContent !== text) element.textContent = text;
     if (text) $("bid-note").textContent = "";
+  }
+
+  function setError(value) {
+    error = value;
+    renderError();
   }
 
   function describeError(body) {
     switch (body && body.error) {
       case "bid_too_low":
-        return `Bid too low: the minimum is ${formatCents(body.min_next)}.`;
+        return { code: "bid_too_low", amount: body.amount };
       case "auction_closed":
-        return "This auction has closed.";
+        return { code: "auction_closed", text: "This auction has ended." };
       case "rate_limited":
-        return "Too many bids at once; wait a moment and try again.";
+        return { code: "rate_limited", text: "Too many bids at once; wait a moment and try again." };
       case "redis_unavailable":
       case "bidder_unavailable":
-        return "Bidding is briefly unavailable; try again in a moment.";
+        return { code: "unavailable", text: "Bidding is briefly unavailable; try again in a moment." };
+      case "missing_token":
+      case "invalid_token":
+      case "token_expired":
+        return { code: body.error, text: "Your sign-in has expired; enter your name to bid again." };
+      case "invalid_name":
+      case "invalid_bidder":
+        return { code: body.error, text: "Use a name of 1 to 40 letters, digits or punctuation." };
       default:
-        return (body && body.message) || "The bid was not accepted.";
+        return { code: "other", text: (body && body.message) || "The bid was not accepted." };
     }
   }
 
-  /** Wires the form; `send({amount, bidder})` returns a promise of
+  /** The confirmation for a bid well above the minimum, kept up to date. */
+  function renderConfirm() {
+    const box = $("confirm");
+    if (box.hidden) return;
+    const amount = parseCents($("bid-amount").value);
+    if (amount === null || !auction || auction.status !== "open") {
+      box.hidden = true;
+      return;
+    }
+    const steps = Math.floor((amount - minNext()) / auction.min_increment);
+    $("confirm-text").textContent =
+      `${formatCents(amount)} is ${steps} steps above the minimum of ${formatCents(minNext())}. Place this bid?`;
+  }
+
+  function needsConfirmation(amount) {
+    return amount > minNext() + CONFIRM_STEPS * auction.min_increment && confirmed !== amount;
+  }
+
+  /** Wires the form; `send({amount, bidder, token})` returns a promise of
    *  `{ok: true}` or `{ok: false, body}`. The page updates from the stream. */
   function setupForm(send) {
     const name = $("bidder-name");
-    name.value = localStorage.getItem("auction.bidder") || "";
+    const amountField = $("bid-amount");
+    name.value = (session && session.name) || localStorage.getItem("auction.bidder") || "";
+    renderSession();
+
+    for (const button of document.querySelectorAll("[data-raise]")) {
+      button.addEventListener("click", () => {
+        if (!button.dataset.amount) return;
+        amountField.value = centsToField(Number(button.dataset.amount));
+        $("confirm").hidden = true;
+        setError(null);
+      });
+    }
+    amountField.addEventListener("input", () => {
+      $("confirm").hidden = true;
+      if (error && error.code !== "unavailable") setError(null);
+    });
+    $("confirm-no").addEventListener("click", () => {
+      $("confirm").hidden = true;
+      amountField.focus();
+    });
+    $("confirm-yes").addEventListener("click", () => {
+      confirmed = parseCents(amountField.value);
+      $("confirm").hidden = true;
+      $("bid-form").requestSubmit();
+    });
+
     $("bid-form").addEventListener("submit", async (event) => {
       event.preventDefault();
-      const bidder = name.value.trim();
-      const amount = parseCents($("bid-amount").value);
-      if (!bidder) return showError("Enter your name to bid.");
-      if (amount === null) return showError("Enter an amount like 351.00.");
-      localStorage.setItem("auction.bidder", bidder);
-      showError("");
+      if (!auction || auction.status !== "open") return;
+      const bidder = session ? session.name : name.value.trim();
+      const amount = parseCents(amountField.value);
+      if (!bidder) return setError({ code: "name", text: "Enter your name to bid." });
+      if (amount === null) {
+        return setError({ code: "amount", text: `Enter an amount such as ${centsToField(minNext())}, or pick a quick amount.` });
+      }
+      if (amount < minNext()) return setError({ code: "bid_too_low", amount });
+      if (needsConfirmation(amount)) {
+        $("confirm").hidden = false;
+        renderConfirm();
+        $("confirm-yes").focus();
+        return;
+      }
+      confirmed = null;
+      setError(null);
       $("bid-submit").disabled = true;
       try {
-        const result = await send({ amount, bidder });
+        if (!session) {
+          localStorage.setItem("auction.bidder", bidder);
+          const signedIn = await signIn(bidder);
+          if (signedIn && signedIn.error) return setError(describeError(signedIn.error));
+        }
+        const result = await send({ amount, bidder, token: session && session.token });
+        if (!result.ok && result.body && ["invalid_token", "token_expired"].includes(result.body.error)) {
+          setSession(null); // the next bid signs in again
+        }
         if (result.ok) {
-          $("bid-note").textContent = `Bid of ${formatCents(amount)} placed.`;
+          $("bid-note").textContent = `Your bid of ${formatCents(amount)} is in.`;
         } else {
-          showError(describeError(result.body));
+          setError(describeError({ ...result.body, amount }));
         }
       } catch (_) {
-        showError("Could not reach the bid service; try again.");
+        setError({ code: "unavailable", text: "Could not reach the bid service; try again." });
       } finally {
         $("bid-submit").disabled = !auction || auction.status !== "open";
       }
@@ -224,7 +523,10 @@ const Auction = (() => {
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
-    onInit, onBid, onAuction, setConnection, setupForm, showError,
+    onInit, onBid, onAuction, onNotFound, checkExists, setConnection, setupForm, postBid,
     get lastId() { return lastId; },
+    get session() { return session; },
+    onSessionChange(listener) { sessionListeners.push(listener); },
+    signOut() { setSession(null); },
   };
 })();

@@ -11,7 +11,9 @@
 
   function connect() {
     Auction.setConnection("connecting");
-    source = new EventSource(url);
+    // A fresh EventSource cannot set Last-Event-ID: the query carries it.
+    const resume = Auction.lastId ? `?lastEventId=${encodeURIComponent(Auction.lastId)}` : "";
+    source = new EventSource(url + resume);
     source.addEventListener("open", () => {
       // After a reconnect, no `init` means the edge replayed from our id.
       sawInit = false;
@@ -34,26 +36,20 @@
     source.addEventListener("opened", (event) => Auction.onAuction("opened", JSON.parse(event.data), event.lastEventId));
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) {
-        // 404 (unknown auction) or another final refusal: EventSource stops.
-        Auction.setConnection("stopped", "reload the page to retry");
+        // A non-200 answer (404 for an unknown auction, a 503 nginx could not
+        // retry elsewhere) stops EventSource for good. Unless the auction is
+        // gone, start a new one from our last id after a pause.
+        Auction.setConnection("stopped", "retrying shortly");
+        Auction.checkExists().then((exists) => {
+          if (exists) setTimeout(connect, 2000 + Math.random() * 3000);
+        });
       } else {
         Auction.setConnection("reconnecting");
       }
     });
   }
 
-  Auction.setupForm(async ({ amount, bidder }) => {
-    const base = Auction.config.bidderUrl || "";
-    const response = await fetch(`${base}/auctions/${encodeURIComponent(Auction.auctionId)}/bids`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ amount, bidder }),
-    });
-    if (response.status === 201) return { ok: true };
-    let body = null;
-    try { body = await response.json(); } catch (_) { /* not JSON */ }
-    return { ok: false, body };
-  });
+  Auction.setupForm(Auction.postBid);
 
   connect();
 })();

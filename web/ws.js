@@ -12,13 +12,26 @@
   let attempt = 0;
   let everConnected = false;
   let sequence = 0;
+  // Whether this socket's edge takes `auth`: "pending" after sending it,
+  // "yes" on `authenticated`, "unsupported" when the edge does not know the
+  // message (an older edge: signed-in bids then go by HTTP with the token).
+  let auth = "none";
+  let authWaiters = [];
+
+  function settleAuth(state) {
+    auth = state;
+    for (const wake of authWaiters) wake();
+    authWaiters = [];
+  }
 
   function connect() {
     Auction.setConnection(everConnected ? "reconnecting" : "connecting");
     socket = new WebSocket(url);
+    settleAuth("none");
     let sawInit = false;
     socket.addEventListener("open", () => {
       attempt = 0;
+      authenticate();
       const message = { type: "subscribe", auction: Auction.auctionId };
       if (Auction.lastId) message.last_id = Auction.lastId;
       socket.send(JSON.stringify(message));
@@ -46,14 +59,26 @@
         case "opened":
           Auction.onAuction(message.type, message.payload, message.id);
           break;
+        case "authenticated":
+          settleAuth("yes");
+          break;
         case "ack":
         case "error": {
+          if (message.type === "error" && !message.ref && auth === "pending" && message.error === "unknown_type") {
+            settleAuth("unsupported");
+            break;
+          }
           const resolve = pending.get(message.ref);
           if (resolve) {
             pending.delete(message.ref);
             resolve(message.type === "ack" ? { ok: true } : { ok: false, body: message });
           } else if (message.type === "error" && message.error === "not_found") {
             Auction.setConnection("stopped", "no such auction");
+            Auction.onNotFound();
+          } else if (message.type === "error" && ["invalid_token", "token_expired"].includes(message.error)) {
+            // The socket stays usable for watching; the next bid signs in again.
+            settleAuth("none");
+            Auction.signOut();
           }
           break;
         }
@@ -72,7 +97,27 @@
     });
   }
 
-  Auction.setupForm(({ amount, bidder }) => new Promise((resolve) => {
+  /** Sends the session's token, if any: bids on this socket are then the
+   *  session's. Sent again on every new socket. */
+  function authenticate() {
+    const session = Auction.session;
+    if (session && socket && socket.readyState === WebSocket.OPEN) {
+      auth = "pending";
+      socket.send(JSON.stringify({ type: "auth", token: session.token }));
+    }
+  }
+  Auction.onSessionChange(authenticate);
+
+  Auction.setupForm(async ({ amount, bidder, token }) => {
+    if (token && auth === "pending") {
+      // Signed in a moment ago: wait for the edge's answer to `auth`.
+      await new Promise((wake) => { authWaiters.push(wake); setTimeout(wake, 3000); });
+    }
+    if (token && auth === "unsupported") return Auction.postBid({ amount, bidder, token });
+    return bidOverSocket({ amount, bidder });
+  });
+
+  const bidOverSocket = ({ amount, bidder }) => new Promise((resolve) => {
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       resolve({ ok: false, body: { error: "bidder_unavailable" } });
       return;
@@ -81,7 +126,7 @@
     const ref = `b${Date.now().toString(36)}-${sequence}`;
     pending.set(ref, resolve);
     socket.send(JSON.stringify({ type: "bid", auction: Auction.auctionId, amount, bidder, ref }));
-  }));
+  });
 
   connect();
 })();

@@ -3,12 +3,16 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
-import { Stack } from "./stack.mjs";
+import { Stack, waitFor } from "./stack.mjs";
 
 const artifacts = resolve(import.meta.dirname, "../../artifacts/screenshots");
+const axeSource = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 const PAGES = { sse: "/?auction=", ws: "/ws.html?auction=" };
+const DESKTOP = { width: 1280, height: 900 };
+const PHONE = { width: 390, height: 844 };
 const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
 
 let stack;
@@ -41,8 +45,8 @@ after(async () => {
   stack?.stop();
 });
 
-async function open(kind, auction, viewport = { width: 1280, height: 900 }) {
-  const context = await browser.newContext({ viewport });
+async function open(kind, auction, viewport = DESKTOP, context = null) {
+  context = context || await browser.newContext({ viewport });
   const page = await context.newPage();
   // Record every connection state the page shows, to see transitions that
   // last only a moment.
@@ -93,17 +97,45 @@ for (const kind of ["sse", "ws"]) {
   });
 }
 
+/** Places a bid of `cents` on `auction` through the API, as another bidder. */
+async function bidByApi(auction, cents, bidder = "Someone else") {
+  const response = await stack.api(`/auctions/${auction}/bids`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ amount: cents, bidder }),
+  });
+  assert.equal(response.status, 201, JSON.stringify(response.body));
+  return response.body;
+}
+
+async function minNextOf(auction) {
+  const { body } = await stack.api(`/auctions/${auction}`);
+  return body.current ? body.current.amount + body.min_increment : body.starting_price;
+}
+
+async function createAuction(fields) {
+  const created = await stack.api("/auctions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ starting_price: 10000, min_increment: 100, duration_ms: 3600000, ...fields }),
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  return created.body;
+}
+
 test("a bid placed from a page appears in the history of both pages", async () => {
   const sse = await open("sse", "quiet");
   const ws = await open("ws", "quiet");
   for (const [from, name] of [[sse, "Ada from SSE"], [ws, "Grace from WS"]]) {
     await from.fill("#bidder-name", name);
-    const minimum = await from.inputValue("#bid-amount"); // prefilled with min next
+    const minimum = await minNextOf("quiet");
+    await from.click("#raise-min"); // the suggested minimum, offered
+    assert.equal(await from.inputValue("#bid-amount"), (minimum / 100).toFixed(2));
     await from.click("#bid-submit");
     for (const page of [sse, ws]) {
       await page.waitForFunction((n) => document.querySelector("#history li")?.dataset.bidder === n, name);
     }
-    assert.equal(await sse.textContent("#current-amount"), money.format(Number(minimum)));
+    assert.equal(await sse.textContent("#current-amount"), money.format(minimum / 100));
     assert.equal(await from.textContent("#bid-error"), "");
   }
   // The name is remembered by the browser.
@@ -113,21 +145,185 @@ test("a bid placed from a page appears in the history of both pages", async () =
   await ws.context().close();
 });
 
-test("a too-low bid shows the error inline and changes nothing else", async () => {
+test("a too-low bid shows the error inline, changes nothing else, and follows the minimum as it moves", async () => {
+  await createAuction({ id: "lowball", title: "Oak bookcase" });
   for (const kind of ["sse", "ws"]) {
-    const page = await open(kind, "quiet");
+    const page = await open(kind, "lowball");
     const before = { history: await page.innerHTML("#history"), current: await page.textContent("#current-amount") };
-    const { body } = await stack.api("/auctions/quiet");
-    const minNext = body.current ? body.current.amount + body.min_increment : body.starting_price;
     await page.fill("#bidder-name", "Low baller");
     await page.fill("#bid-amount", "1.00");
     await page.click("#bid-submit");
+    const expected = () => `$1.00 is too low: the minimum bid is now ${money.format(minNext / 100)}.`;
+    let minNext = await minNextOf("lowball");
     await page.waitForFunction(() => document.getElementById("bid-error").textContent !== "");
-    assert.equal(await page.textContent("#bid-error"), `Bid too low: the minimum is ${money.format(minNext / 100)}.`);
+    assert.equal(await page.textContent("#bid-error"), expected());
     assert.equal(await page.innerHTML("#history"), before.history);
     assert.equal(await page.textContent("#current-amount"), before.current);
+    // Someone else bids: the error names the new minimum, never the old one.
+    await bidByApi("lowball", minNext);
+    minNext = await minNextOf("lowball");
+    await page.waitForFunction((text) => document.getElementById("bid-error").textContent === text, expected());
+    // Editing the amount clears it.
+    await page.fill("#bid-amount", "2.00");
+    assert.equal(await page.textContent("#bid-error"), "");
     await page.context().close();
   }
+});
+
+for (const kind of ["sse", "ws"]) {
+  test(`${kind}: a typed amount survives ten incoming bids`, async () => {
+    const page = await open(kind, "live");
+    await page.fill("#bid-amount", "99999.00");
+    await page.focus("#raise-min"); // moved on, as to the Bid button
+    const count = (await historyAmounts(page)).length;
+    const lastAmount = await page.$eval("#history li", (li) => li.dataset.id);
+    // Ten new bids (the list keeps 30, so count the first new ones).
+    await page.waitForFunction((old) => {
+      const items = [...document.querySelectorAll("#history li")];
+      const index = items.findIndex((li) => li.dataset.id === old);
+      return index === -1 || index >= 10;
+    }, lastAmount, { timeout: 20000 });
+    assert.ok(count > 0);
+    assert.equal(await page.inputValue("#bid-amount"), "99999.00");
+    await page.context().close();
+  });
+}
+
+test("a bid more than ten increments above the minimum asks first; the minimum is offered, not imposed", async () => {
+  await createAuction({ id: "confirm", title: "Copper kettle", starting_price: 5000, min_increment: 100 });
+  const page = await open("sse", "confirm");
+  assert.equal(await page.inputValue("#bid-amount"), "", "the page does not fill the amount");
+  assert.equal(await page.getAttribute("#bid-amount", "placeholder"), "50.00");
+  // Quick amounts: the minimum, +5 and +10 increments.
+  for (const [button, value] of [["#raise-min", "50.00"], ["#raise-5", "54.00"], ["#raise-10", "59.00"]]) {
+    await page.click(button);
+    assert.equal(await page.inputValue("#bid-amount"), value);
+  }
+  await page.fill("#bidder-name", "Careful Carl");
+  await page.fill("#bid-amount", "61.00"); // 11 increments above 50.00
+  await page.click("#bid-submit");
+  await page.waitForSelector("#confirm:not([hidden])");
+  assert.match(await page.textContent("#confirm-text"), /\$61\.00 is 11 steps above the minimum of \$50\.00/);
+  assert.equal(stack.stream("confirm").length, 0, "nothing placed before the confirmation");
+  await page.click("#confirm-yes");
+  await page.waitForFunction(() => document.querySelector("#history li")?.dataset.amount === "6100");
+  assert.equal(stack.stream("confirm").at(-1).data.amount, 6100);
+  await page.context().close();
+});
+
+for (const kind of ["sse", "ws"]) {
+  test(`${kind}: an unknown auction shows a not-found state and no form`, async () => {
+    const context = await browser.newContext({ viewport: DESKTOP });
+    const page = await context.newPage();
+    await page.goto(`${stack.url}${PAGES[kind]}nope`);
+    await page.waitForFunction(() => document.getElementById("auction-page").dataset.phase === "not-found");
+    assert.equal(await page.isVisible("#not-found"), true);
+    assert.equal(await page.textContent("h1"), "Auction not found");
+    assert.equal(await page.isVisible("#bid-form"), false);
+    assert.equal(await page.isEnabled("#bid-submit"), false);
+    assert.equal(await page.isVisible("#summary"), false);
+    await context.close();
+  });
+}
+
+test("after a close the winner and final price stay visible until the next round opens", async () => {
+  await stack.addBidder("rounds", {
+    AUCTION_SIM_AUCTIONS: "rounds", AUCTION_SIM_INTERVAL_MS: "300",
+    AUCTION_SIM_DURATION_MS: "3000", AUCTION_SIM_PAUSE_MS: "4000", AUCTION_CLOSE_CHECK_MS: "50",
+  });
+  const page = await open("sse", "rounds");
+  // Every change of phase or result, with its time.
+  await page.evaluate(() => {
+    window.__phases = [];
+    const note = () => {
+      const main = document.getElementById("auction-page");
+      const result = document.getElementById("result");
+      window.__phases.push({
+        at: performance.now(), phase: main.dataset.phase,
+        result: result.hidden ? "" : document.getElementById("result-text").textContent,
+      });
+    };
+    note();
+    new MutationObserver(note).observe(document.getElementById("auction-page"), {
+      subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ["data-phase", "hidden"],
+    });
+  });
+  // A close, then the next round opening.
+  await page.waitForFunction(() => {
+    const phases = window.__phases.map((p) => p.phase);
+    const closed = phases.indexOf("closed");
+    return closed !== -1 && phases.indexOf("open", closed) !== -1;
+  }, null, { timeout: 30000 });
+  const phases = await page.evaluate(() => window.__phases);
+  const closedAt = phases.findIndex((p) => p.phase === "closed");
+  const reopenedAt = phases.findIndex((p, i) => i > closedAt && p.phase === "open");
+  const during = phases.slice(closedAt, reopenedAt);
+  // The round's last bid in the stream is the winner.
+  const stream = stack.stream("rounds");
+  const closedEvent = stream.findIndex((e) => e.kind === "closed");
+  const winning = stream.slice(0, closedEvent).reverse().find((e) => e.kind === "bid").data;
+  const expected = `Sold to ${winning.bidder} for ${money.format(winning.amount / 100)}`;
+  for (const snapshot of during) assert.equal(snapshot.result, expected, JSON.stringify(snapshot));
+  const shownFor = phases[reopenedAt].at - phases[closedAt].at;
+  assert.ok(shownFor >= 3000, `the result was shown for ${Math.round(shownFor)} ms`);
+  await page.context().close();
+});
+
+test("quick amounts, an urgent countdown in the last minute, the item's picture and plain wording", async () => {
+  await createAuction({ id: "ending", title: "Enamel sign", duration_ms: 50000 });
+  const ending = await open("ws", "ending");
+  assert.equal(await ending.getAttribute("#ends", "data-urgent"), "true");
+  assert.match(await ending.textContent("#ends"), /^Ending soon: 00m [0-5]\ds$/);
+  const live = await open("sse", "live");
+  assert.equal(await live.getAttribute("#ends", "data-urgent"), "false");
+  assert.match(await live.textContent("#ends"), /^Ends in \d\dm \d\ds$/);
+  // The demo lot's own picture loads; its description is shown.
+  await live.waitForFunction(() => document.getElementById("item-image").naturalWidth > 0);
+  assert.match(await live.getAttribute("#item-image", "src"), /^\/assets\/lot-[a-z]+\.svg$/);
+  assert.ok((await live.textContent("#item-description")).length > 20);
+  const text = await live.textContent("main");
+  assert.ok(!/State:|\(simulated\)/.test(text), "no engineering wording");
+  for (const page of [ending, live]) await page.context().close();
+});
+
+test("the history grows by one item per bid, and only the new bid is announced", async () => {
+  const page = await open("ws", "live");
+  await page.waitForFunction(() => document.querySelectorAll("#history li").length >= 2);
+  assert.equal(await page.getAttribute("#history", "aria-live"), null, "the list itself is not live");
+  await page.evaluate(() => { window.__oldest = document.querySelector("#history li:nth-child(2)"); });
+  const top = await page.$eval("#history li", (li) => li.dataset.id);
+  await page.waitForFunction((id) => document.querySelector("#history li").dataset.id !== id, top);
+  // The earlier items are the same nodes, not rebuilt.
+  assert.equal(await page.evaluate(() => window.__oldest.isConnected), true);
+  const newest = await page.$eval("#history li", (li) => ({ amount: Number(li.dataset.amount), bidder: li.dataset.bidder }));
+  await page.waitForFunction(() => document.getElementById("announce").textContent.startsWith("New bid"));
+  const announced = await page.textContent("#announce");
+  assert.match(announced, /^New bid: \$[\d,]+\.\d\d by .+\.$/);
+  assert.ok(announced.length < 80, "one bid, not the list");
+  assert.ok(newest.amount > 0);
+  await page.context().close();
+});
+
+test("keyboard only: type a name and an amount, confirm with Enter, the bid is placed", async () => {
+  await createAuction({ id: "keys", title: "Tin robot", starting_price: 2000, min_increment: 100 });
+  const page = await open("ws", "keys");
+  const tabTo = async (id) => {
+    for (let i = 0; i < 30; i++) {
+      if (await page.evaluate((target) => document.activeElement?.id === target, id)) return;
+      await page.keyboard.press("Tab");
+    }
+    assert.fail(`Tab never reached #${id}`);
+  };
+  await tabTo("bidder-name");
+  await page.keyboard.type("Keyboard Kim");
+  await tabTo("bid-amount");
+  await page.keyboard.type("35.00"); // 15 steps above: asks first
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.activeElement?.id === "confirm-yes");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.querySelector("#history li")?.dataset.bidder === "Keyboard Kim");
+  assert.equal(stack.stream("keys").at(-1).data.amount, 3500);
+  await page.context().close();
 });
 
 for (const [kind, replicas, transport] of [["sse", ["sse1", "sse2"], "sse"], ["ws", ["ws1", "ws2"], "ws"]]) {
@@ -163,17 +359,184 @@ for (const [kind, replicas, transport] of [["sse", ["sse1", "sse2"], "sse"], ["w
   });
 }
 
-test("screenshots of both pages, desktop and phone width", async () => {
+test("two people: signed in by name, their own bids marked, winning and outbid flip correctly", async () => {
+  await createAuction({ id: "duel", title: "Silver teapot", starting_price: 10000, min_increment: 100 });
+  const ada = await open("sse", "duel");
+  const bob = await open("ws", "duel"); // a separate browser context each
+  const you = (page) => page.getAttribute("#you", "data-you");
+  const bid = async (page, name) => {
+    if (await page.isVisible("#bidder-name")) await page.fill("#bidder-name", name);
+    await page.click("#raise-min");
+    const amount = Math.round(Number(await page.inputValue("#bid-amount")) * 100);
+    await page.click("#bid-submit");
+    for (const p of [ada, bob]) {
+      await p.waitForFunction((a) => document.querySelector("#history li")?.dataset.amount === String(a), amount);
+    }
+  };
+  const expect = async (adaState, bobState) => {
+    await ada.waitForFunction((s) => document.getElementById("you").dataset.you === s, adaState);
+    await bob.waitForFunction((s) => document.getElementById("you").dataset.you === s, bobState);
+  };
+  await bid(ada, "Ada");
+  await expect("winning", "none");
+  assert.equal(await ada.textContent("#you"), "You are winning.");
+  // Signed in: the name is shown and remembered, and the field is gone.
+  assert.equal(await ada.textContent("#signed-in-as"), "Bidding as Ada");
+  assert.equal(await ada.isVisible("#bidder-name"), false);
+  await bid(bob, "Bob");
+  await expect("outbid", "winning");
+  assert.equal(await ada.textContent("#you"), "You have been outbid.");
+  await bid(ada, "Ada");
+  await expect("winning", "outbid");
+  // Each sees their own bids marked, and only those.
+  const marks = (page) => page.$$eval("#history li", (items) => items.map((li) => li.dataset.mine === "true"));
+  assert.deepEqual(await marks(ada), [true, false, true]);
+  assert.deepEqual(await marks(bob), [false, true, false]);
+  // The bids carry the sessions' bidder ids, not names from the body.
+  const ids = stack.stream("duel").filter((e) => e.kind === "bid").map((e) => e.data.bidder_id);
+  assert.ok(ids.every((id) => /^g_/.test(id)) && ids[0] === ids[2] && ids[0] !== ids[1], ids.join(" "));
+  // A reload keeps the session.
+  await ada.reload();
+  await ada.waitForFunction(() => document.getElementById("you").dataset.you === "winning");
+  for (const page of [ada, bob]) await page.context().close();
+});
+
+test("the catalogue lists the open auctions with current prices, live over one WebSocket", async () => {
+  await createAuction({ id: "catalogued", title: "Glass paperweight", starting_price: 3000, min_increment: 100 });
+  const context = await browser.newContext({ viewport: DESKTOP });
+  const page = await context.newPage();
+  const sockets = [];
+  page.on("websocket", (socket) => sockets.push(socket.url()));
+  const streams = [];
+  page.on("request", (request) => { if (request.url().includes("/events")) streams.push(request.url()); });
+  await page.goto(`${stack.url}/catalogue.html`);
+  await page.waitForFunction(() => document.getElementById("connection").dataset.state === "connected");
+  await page.waitForSelector('li[data-auction="catalogued"]');
+  // Every open auction the bidder lists is there, with its current price.
+  const { body: list } = await stack.api("/auctions");
+  const open = list.filter((a) => a.status === "open").map((a) => a.id).sort();
+  const shown = (await page.$$eval("#lots li", (items) => items.map((li) => li.dataset.auction))).sort();
+  assert.deepEqual(shown, open);
+  // A bid on one listed auction shows without a reload ...
+  await bidByApi("catalogued", 3500);
+  await page.waitForFunction(() => document.querySelector('li[data-auction="catalogued"]').dataset.amount === "3500");
+  assert.equal(await page.textContent('li[data-auction="catalogued"] .lot-price'), "$35.00");
+  // ... and the simulated one keeps moving, matching the bidder.
+  await waitFor("the live lot to match the bidder", async () => {
+    const { body } = await stack.api("/auctions/live");
+    return (await page.getAttribute('li[data-auction="live"]', "data-amount")) === String(body.current.amount);
+  });
+  assert.equal(sockets.length, 1, `one WebSocket, not ${sockets.length}`);
+  assert.equal(streams.length, 0, "no SSE stream");
+  await context.close();
+});
+
+test("the comparison page shows both transports recovering after a drop, with 0 missed events", async (t) => {
+  const context = await browser.newContext({ viewport: DESKTOP });
+  const page = await context.newPage();
+  await page.goto(`${stack.url}/compare.html?auction=live`);
+  const panel = (name) => page.$eval(`#panel-${name}`, (el) => ({ ...el.dataset }));
+  const bothHave = (events) => page.waitForFunction((n) => ["sse", "ws"].every((name) => {
+    const el = document.getElementById(`panel-${name}`);
+    return el.dataset.state === "connected" && Number(el.dataset.events) >= n;
+  }), events, { timeout: 20000 });
+  await bothHave(3);
+  for (const [button, dropped] of [["#drop-both", ["sse", "ws"]], ["#drop-sse", ["sse"]], ["#drop-ws", ["ws"]]]) {
+    const before = { sse: await panel("sse"), ws: await panel("ws") };
+    await page.click(button);
+    for (const name of dropped) {
+      await page.waitForFunction(([n, count]) => Number(document.getElementById(`panel-${n}`).dataset.recoveries) > count,
+        [name, Number(before[name].recoveries)], { timeout: 20000 });
+    }
+    // Events keep arriving after the drop on both.
+    await bothHave(Math.max(Number(before.sse.events), Number(before.ws.events)) + 3);
+  }
+  // A real drop: both serving edges crash. The browser's EventSource
+  // reconnects by itself (Last-Event-ID); the page's code reopens the socket.
+  const before = { sse: await panel("sse"), ws: await panel("ws") };
+  const crashed = [await stack.serving(["sse1", "sse2"], "sse"), await stack.serving(["ws1", "ws2"], "ws")];
+  for (const name of crashed) stack.kill(name);
+  for (const name of ["sse", "ws"]) {
+    await page.waitForFunction(([n, count]) => Number(document.getElementById(`panel-${n}`).dataset.recoveries) > count,
+      [name, Number(before[name].recoveries)], { timeout: 20000 });
+  }
+  await bothHave(Math.max(Number(before.sse.events), Number(before.ws.events)) + 3);
+  for (const name of crashed) await stack.restart(name);
+  // Let both catch up to the same event, then compare with the stream.
+  await page.waitForFunction(() => {
+    const ids = ["sse", "ws"].map((n) => document.getElementById(`panel-${n}`).dataset.lastId);
+    return ids[0] && ids[0] === ids[1];
+  }, null, { timeout: 20000 });
+  for (const name of ["sse", "ws"]) {
+    const figures = await panel(name);
+    assert.equal(figures.missed, "0", `${name} missed events`);
+    assert.equal(figures.duplicates, "0", `${name} duplicates or out of order`);
+    assert.ok(Number(figures.recoveries) >= 2, `${name} recovered from each of its drops`);
+    // The ids received are exactly the stream's over the same range.
+    const ids = await page.evaluate((n) => window.comparison.ids(n), name);
+    const stream = stack.stream("live").map((e) => e.id);
+    const from = stream.indexOf(ids[0]);
+    assert.ok(from >= 0, `${name}: the first id is in the stream`);
+    assert.deepEqual(ids, stream.slice(from, from + ids.length), `${name}: nothing missed or repeated`);
+    const figureText = await page.textContent(`#panel-${name} [data-figure="bytes"]`);
+    assert.match(figureText, /^\d+ B$/);
+    assert.match(await page.textContent(`#panel-${name} [data-figure="latency"]`), /^\d+ ms \/ \d+ ms$/);
+    const shown = await page.$$eval(`#panel-${name} dd`, (items) => items.map((dd) => `${dd.dataset.figure}=${dd.textContent}`));
+    const recoveries = await page.evaluate((n) => window.comparison.recoveries(n), name);
+    t.diagnostic(`${name}: ${shown.join(", ")}; recoveries (button x2, edge crash) ms: ${recoveries.join(", ")}`);
+  }
+  await context.close();
+});
+
+/** Every page, as a visitor opens it, ready when `ready` holds. */
+const ALL_PAGES = [
+  ["auction-sse", "/?auction=live", () => document.querySelectorAll("#history li").length >= 3],
+  ["auction-ws", "/ws.html?auction=live", () => document.querySelectorAll("#history li").length >= 3],
+  ["auction-not-found", "/?auction=nope", () => document.getElementById("auction-page").dataset.phase === "not-found"],
+  ["catalogue", "/catalogue.html", () => document.querySelectorAll("#lots li").length >= 1
+    && document.getElementById("connection").dataset.state === "connected"],
+  ["compare", "/compare.html?auction=live", () => ["sse", "ws"].every((n) => Number(document.getElementById(`panel-${n}`).dataset.events) >= 2)],
+];
+
+test("every page, desktop and phone width: no axe-core violations, no console error, no overflow or nested scroll box; screenshots", async () => {
   mkdirSync(artifacts, { recursive: true });
-  for (const kind of ["sse", "ws"]) {
-    for (const [size, viewport] of [["desktop", { width: 1280, height: 900 }], ["phone", { width: 390, height: 844 }]]) {
-      const page = await open(kind, "live", viewport);
-      await page.waitForFunction(() => document.querySelectorAll("#history li").length >= 3);
-      // Phone width: nothing overflows horizontally.
+  for (const [name, path, ready] of ALL_PAGES) {
+    for (const [size, viewport] of [["desktop", DESKTOP], ["phone", PHONE]]) {
+      const context = await browser.newContext({ viewport });
+      const page = await context.newPage();
+      const problems = [];
+      // The not-found page's own 404s (the stream and the lookup) are expected;
+      // Chromium logs each as a console error.
+      const expected404 = (text) => name === "auction-not-found" && /status of 404|\bnope\b/.test(text);
+      page.on("console", (message) => {
+        if (message.type() === "error" && !expected404(message.text())) problems.push(message.text());
+      });
+      page.on("pageerror", (error) => problems.push(String(error)));
+      page.on("response", (response) => {
+        if (response.status() >= 400 && !expected404(response.url())) {
+          problems.push(`${response.status()} ${response.url()}`);
+        }
+      });
+      await page.goto(`${stack.url}${path}`);
+      await page.waitForFunction(ready, null, { timeout: 20000 });
+      const where = `${name} ${size}`;
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
-      assert.ok(overflow <= 0, `${kind} ${size}: horizontal overflow of ${overflow}px`);
-      await page.screenshot({ path: join(artifacts, `${kind}-${size}.png`), fullPage: true });
-      await page.context().close();
+      assert.ok(overflow <= 0, `${where}: horizontal overflow of ${overflow}px`);
+      const nested = await page.evaluate(() => [...document.querySelectorAll("body *")]
+        .filter((el) => /(auto|scroll)/.test(getComputedStyle(el).overflowY) && el.scrollHeight > el.clientHeight)
+        .map((el) => el.id || el.tagName));
+      assert.deepEqual(nested, [], `${where}: a scroll box inside the page`);
+      const emptyCards = await page.evaluate(() => [...document.querySelectorAll(".card")]
+        .filter((el) => el.offsetParent !== null && el.textContent.trim() === "" && !el.querySelector("img"))
+        .map((el) => el.id || el.className));
+      assert.deepEqual(emptyCards, [], `${where}: an empty card`);
+      await page.addScriptTag({ path: axeSource });
+      const violations = await page.evaluate(async () => (await window.axe.run(document)).violations
+        .map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`));
+      assert.deepEqual(violations, [], `${where}: axe-core violations`);
+      assert.deepEqual(problems, [], `${where}: console errors or failed requests`);
+      await page.screenshot({ path: join(artifacts, `${name}-${size}.png`), fullPage: true });
+      await context.close();
     }
   }
 });

@@ -23,7 +23,7 @@ export function freePort() {
   });
 }
 
-async function waitFor(what, check, timeoutMs = 20000) {
+export async function waitFor(what, check, timeoutMs = 20000) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
@@ -96,6 +96,17 @@ export class Stack {
     await waitFor("nginx", ready(this.ports.nginx, "/"));
     this.url = `http://127.0.0.1:${this.ports.nginx}`;
     await waitFor("the simulated auction", () => this.redis("EXISTS", "auction:{live}").trim() === "1");
+  }
+
+  /** One more bidder process (e.g. simulating its own auctions), stopped by
+   *  `stop()` with the rest. */
+  async addBidder(name, env) {
+    this.ports[name] = await freePort();
+    this.service(name, "bidder", {
+      AUCTION_REDIS_URL: `redis://127.0.0.1:${this.redisPort}`, AUCTION_SESSION_SECRET: this.secret,
+      AUCTION_RATE_LIMIT_PER_S: "1000", ...env,
+    });
+    await waitFor(name, ready(this.ports[name]));
   }
 
   service(name, binary, env) {

@@ -13,6 +13,6 @@ pub use event_id::EventId;
 pub use model::{Auction, AuctionStatus, Bid, BidSource, EventKind};
 pub use validate::{
     AuctionId, BidRequest, Bidder, BidderId, BidderName, CreateAuctionRequest, IdempotencyKey,
-    InputError, MAX_AMOUNT, MAX_BIDDER_ID_LEN, MAX_DURATION_MS, MAX_NAME_CHARS, parse_bid_request,
-    parse_create_request,
+    ImageUrl, InputError, MAX_AMOUNT, MAX_BIDDER_ID_LEN, MAX_DESCRIPTION_CHARS, MAX_DURATION_MS,
+    MAX_IMAGE_URL_CHARS, MAX_NAME_CHARS, parse_bid_request, parse_create_request,
 };

@@ -49,6 +49,12 @@ pub struct Auction {
     pub min_increment: u64,
     pub ends_at: u64,
     pub current: Option<Bid>,
+    /// Optional, shown on the pages; absent from the JSON when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A path under `/assets/` or an `https://` URL (see `ImageUrl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
 }
 
 impl Auction {
@@ -121,6 +127,8 @@ mod tests {
             min_increment: 50,
             ends_at: 0,
             current: None,
+            description: None,
+            image_url: None,
         };
         assert_eq!(auction.min_next(), 1000);
         auction.current = Some(Bid {

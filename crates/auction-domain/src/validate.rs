@@ -13,6 +13,9 @@ const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_NAME_CHARS: usize = 40;
 /// The longest bidder id, in bytes.
 pub const MAX_BIDDER_ID_LEN: usize = 128;
+/// An auction's optional description and picture address.
+pub const MAX_DESCRIPTION_CHARS: usize = 2000;
+pub const MAX_IMAGE_URL_CHARS: usize = 500;
 
 /// Why input was refused: the contract's `{"error","message"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +199,65 @@ pub struct CreateAuctionRequest {
     pub starting_price: u64,
     pub min_increment: u64,
     pub duration_ms: u64,
+    pub description: Option<String>,
+    pub image_url: Option<ImageUrl>,
+}
+
+/// Where an auction's picture is: a path under the pages' own `/assets/`
+/// (e.g. `/assets/lot-keyboard.svg`) or an `https://` URL. Nothing else, so a
+/// page never loads `javascript:`, `data:` or plain-HTTP content from it.
+/// Only visible ASCII without quotes, angle brackets or backslashes: safe in
+/// JSON, HTML attributes and CSS `url()` alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUrl(String);
+
+impl ImageUrl {
+    pub fn parse(text: &str) -> Result<ImageUrl, InputError> {
+        let safe_chars = text.bytes().all(|b| {
+            b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'<' | b'>' | b'\\' | b'`')
+        });
+        let local = text.strip_prefix("/assets/").is_some_and(|rest| {
+            !rest.is_empty()
+                && !rest
+                    .split('/')
+                    .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        });
+        let remote = text.strip_prefix("https://").is_some_and(|rest| {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+            !name.is_empty()
+                && !host.contains('@')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        });
+        if text.len() <= MAX_IMAGE_URL_CHARS && safe_chars && (local || remote) {
+            Ok(ImageUrl(text.to_owned()))
+        } else {
+            Err(ImageUrl::invalid())
+        }
+    }
+
+    fn invalid() -> InputError {
+        InputError::new(
+            "invalid_image_url",
+            format!(
+                "image_url must be a path under /assets/ or an https:// URL, at most {MAX_IMAGE_URL_CHARS} characters without spaces, quotes or angle brackets"
+            ),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An optional text field: absent or null is `None`.
+fn optional<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    object.get(field).filter(|value| !value.is_null())
 }
 
 pub fn parse_bid_request(body: &[u8]) -> Result<BidRequest, InputError> {
@@ -232,12 +294,40 @@ pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputEr
                 format!("duration_ms must be a whole number from 1 to {MAX_DURATION_MS}"),
             )
         })?;
+    // A description may span lines (tabs and line breaks); other control
+    // characters are refused like everywhere else.
+    let description = match optional(&object, "description") {
+        None => None,
+        Some(Value::String(text))
+            if (1..=MAX_DESCRIPTION_CHARS).contains(&text.chars().count())
+                && !text
+                    .chars()
+                    .any(|c| c.is_control() && !matches!(c, '\n' | '\t')) =>
+        {
+            Some(text.clone())
+        }
+        Some(_) => {
+            return Err(InputError::new(
+                "invalid_description",
+                format!(
+                    "description must be 1 to {MAX_DESCRIPTION_CHARS} characters; no control characters but line breaks and tabs"
+                ),
+            ));
+        }
+    };
+    let image_url = match optional(&object, "image_url") {
+        None => None,
+        Some(Value::String(text)) => Some(ImageUrl::parse(text)?),
+        Some(_) => return Err(ImageUrl::invalid()),
+    };
     Ok(CreateAuctionRequest {
         id,
         title,
         starting_price,
         min_increment,
         duration_ms,
+        description,
+        image_url,
     })
 }
 
@@ -381,5 +471,67 @@ mod tests {
             br#"{"id":"a b","title":"Lamp","starting_price":1000,"min_increment":100,"duration_ms":5}"#,
         );
         assert_eq!(bad_id.unwrap_err().code, "invalid_auction_id");
+    }
+
+    #[test]
+    fn description_and_image_url_are_optional_and_validated() {
+        let create = |extra: &str| {
+            parse_create_request(
+                format!(
+                    r#"{{"title":"Desk","starting_price":100,"min_increment":10,"duration_ms":1000{extra}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let plain = create("").unwrap();
+        assert_eq!((plain.description, plain.image_url), (None, None));
+        let full =
+            create(r#","description":"Oak.\nTwo drawers.","image_url":"/assets/lot-desk.svg""#)
+                .unwrap();
+        assert_eq!(full.description.as_deref(), Some("Oak.\nTwo drawers."));
+        assert_eq!(full.image_url.unwrap().as_str(), "/assets/lot-desk.svg");
+        let remote = create(r#","image_url":"https://img.example.com:8443/a/b.png?w=2""#).unwrap();
+        assert!(remote.image_url.is_some());
+        let long = format!(
+            r#","description":"{}""#,
+            "x".repeat(MAX_DESCRIPTION_CHARS + 1)
+        );
+        for bad in [
+            r#","description":"""#,
+            r#","description":"a\u0007b""#,
+            r#","description":5"#,
+            &long,
+        ] {
+            assert_eq!(
+                create(bad).unwrap_err().code,
+                "invalid_description",
+                "{bad}"
+            );
+        }
+        for bad in [
+            "http://img.example.com/a.png",
+            "javascript:alert(1)",
+            "data:image/png;base64,AAAA",
+            "/assets/../secret",
+            "/assets/",
+            "/other/a.png",
+            "//img.example.com/a.png",
+            "https://",
+            "https://user@img.example.com/a.png",
+            "https://img.example.com/a b.png",
+            "https://img.example.com/a\".png",
+            "assets/a.png",
+        ] {
+            let body = format!(r#","image_url":{}"#, serde_json::to_string(bad).unwrap());
+            assert_eq!(
+                create(&body).unwrap_err().code,
+                "invalid_image_url",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            create(r#","image_url":7"#).unwrap_err().code,
+            "invalid_image_url"
+        );
     }
 }

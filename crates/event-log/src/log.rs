@@ -9,6 +9,7 @@ use redis::{AsyncCommands, Script, Value};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 macro_rules! script {
     ($file:literal) => {
@@ -67,11 +68,15 @@ pub struct AuctionSpec {
     pub starting_price: u64,
     pub min_increment: u64,
     pub duration_ms: u64,
+    /// Optional, already validated (`auction_domain` rules).
+    pub description: Option<String>,
+    pub image_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
-    Created(Auction),
+    /// Boxed: an auction is large beside `Exists`.
+    Created(Box<Auction>),
     Exists,
 }
 
@@ -80,6 +85,8 @@ pub enum EnsureOutcome {
     Created,
     Reopened,
     AlreadyOpen,
+    /// Closed, and still within the pause after its end.
+    Paused,
 }
 
 /// The decision on one bid.
@@ -163,7 +170,8 @@ impl EventLog {
 
     pub async fn create(&self, spec: &AuctionSpec) -> Result<CreateOutcome, LogError> {
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = spec_invocation(&CREATE, spec)
+        let mut invocation = spec_invocation(&CREATE, spec);
+        let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
             .invoke_async(&mut conn)
             .await?;
         match reply.as_slice() {
@@ -171,7 +179,7 @@ impl EventLog {
             [status, json] if status == "ok" => {
                 let auction = parse_auction(json)?;
                 self.index(&auction).await?;
-                Ok(CreateOutcome::Created(auction))
+                Ok(CreateOutcome::Created(Box::new(auction)))
             }
             _ => Err(corrupt(format!("create answered {reply:?}"))),
         }
@@ -179,13 +187,20 @@ impl EventLog {
 
     /// Makes sure the auction exists and is open: creates it, or starts a new
     /// round after it closed (closing it first if it is past its end).
+    ///
+    /// A round that ended stays closed for `pause_after_close` past its end
+    /// (`EnsureOutcome::Paused`), so its winner can be seen before the next
+    /// round opens.
     pub async fn ensure_open(
         &self,
         spec: &AuctionSpec,
+        pause_after_close: Duration,
     ) -> Result<(EnsureOutcome, Auction), LogError> {
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = spec_invocation(&ENSURE_OPEN, spec)
-            .arg(self.maxlen)
+        let mut invocation = spec_invocation(&ENSURE_OPEN, spec);
+        invocation.arg(self.maxlen);
+        let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
+            .arg(u64::try_from(pause_after_close.as_millis()).unwrap_or(u64::MAX))
             .invoke_async(&mut conn)
             .await?;
         let (status, json) = match reply.as_slice() {
@@ -196,10 +211,11 @@ impl EventLog {
             "created" => EnsureOutcome::Created,
             "reopened" => EnsureOutcome::Reopened,
             "open" => EnsureOutcome::AlreadyOpen,
+            "paused" => EnsureOutcome::Paused,
             other => return Err(corrupt(format!("ensure_open answered {other:?}"))),
         };
         let auction = parse_auction(json)?;
-        if outcome != EnsureOutcome::AlreadyOpen {
+        if matches!(outcome, EnsureOutcome::Created | EnsureOutcome::Reopened) {
             self.index(&auction).await?;
         }
         Ok((outcome, auction))
@@ -564,6 +580,23 @@ fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptI
     invocation
 }
 
+/// The optional fields, after a script's other arguments: each as a JSON
+/// string, or empty when unset (the scripts then store and show nothing).
+fn with_optional_fields<'a, 'b>(
+    invocation: &'b mut redis::ScriptInvocation<'a>,
+    spec: &AuctionSpec,
+) -> &'b mut redis::ScriptInvocation<'a> {
+    let encoded = |field: &Option<String>| {
+        field
+            .as_ref()
+            .and_then(|text| serde_json::to_string(text).ok())
+            .unwrap_or_default()
+    };
+    invocation
+        .arg(encoded(&spec.description))
+        .arg(encoded(&spec.image_url))
+}
+
 fn parse_auction(json: &str) -> Result<Auction, LogError> {
     serde_json::from_str(json).map_err(|error| corrupt(format!("auction JSON: {error}")))
 }
@@ -624,7 +657,22 @@ fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auction, LogErr
         min_increment: number("min_increment")?,
         ends_at: number("ends_at")?,
         current,
+        description: optional_json_string(fields, "description_json")?,
+        image_url: optional_json_string(fields, "image_url_json")?,
     })
+}
+
+/// A field the scripts store JSON-encoded, or empty / missing when unset.
+fn optional_json_string(
+    fields: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<String>, LogError> {
+    match fields.get(name).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(json) => serde_json::from_str(json)
+            .map(Some)
+            .map_err(|error| corrupt(format!("auction field {name}: {error}"))),
+    }
 }
 
 fn stream_event(entry: &StreamId) -> Result<Event, LogError> {

@@ -308,6 +308,8 @@ mod tests {
                 min_increment: 1,
                 ends_at: 5,
                 current: None,
+                description: None,
+                image_url: None,
             },
             recent: vec![
                 event(5, EventKind::Closed, "{}"),

@@ -11,27 +11,50 @@ use axum::routing::get;
 
 /// One page for both transports; placeholders name the transport.
 const PAGE: &str = include_str!("../../../web/auction.html");
+/// Pages that need no settings: path, file.
+const STATIC_PAGES: &[(&str, &str)] = &[
+    (
+        "/catalogue.html",
+        include_str!("../../../web/catalogue.html"),
+    ),
+    ("/compare.html", include_str!("../../../web/compare.html")),
+];
+const JS: &str = "text/javascript; charset=utf-8";
+const SVG: &str = "image/svg+xml";
+/// Served under `/assets/`: name, content type, body.
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "app.css",
         "text/css; charset=utf-8",
         include_str!("../../../web/app.css"),
     ),
+    ("common.js", JS, include_str!("../../../web/common.js")),
+    ("sse.js", JS, include_str!("../../../web/sse.js")),
+    ("ws.js", JS, include_str!("../../../web/ws.js")),
     (
-        "common.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../../web/common.js"),
+        "catalogue.js",
+        JS,
+        include_str!("../../../web/catalogue.js"),
+    ),
+    ("compare.js", JS, include_str!("../../../web/compare.js")),
+    ("favicon.svg", SVG, include_str!("../../../web/favicon.svg")),
+    // The simulator's demo lots (`image_url` "/assets/lot-….svg").
+    (
+        "lot-keyboard.svg",
+        SVG,
+        include_str!("../../../web/lot-keyboard.svg"),
     ),
     (
-        "sse.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../../web/sse.js"),
+        "lot-watch.svg",
+        SVG,
+        include_str!("../../../web/lot-watch.svg"),
     ),
     (
-        "ws.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../../web/ws.js"),
+        "lot-camera.svg",
+        SVG,
+        include_str!("../../../web/lot-camera.svg"),
     ),
+    ("lot-pen.svg", SVG, include_str!("../../../web/lot-pen.svg")),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,27 +76,42 @@ pub fn page(transport: Transport, bidder_url: &str) -> String {
         .replace("__AUCTION_CONFIG__", &config.replace("</", "<\\/"))
 }
 
-/// `GET /` and `GET /assets/{name}`.
+fn html_response(body: String) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /` (the transport's auction page), the catalogue and comparison
+/// pages, `GET /favicon.ico` and `GET /assets/{name}`.
 pub fn routes(transport: Transport, bidder_url: &str) -> Router {
-    let html = page(transport, bidder_url);
-    Router::new()
+    let auction_page = page(transport, bidder_url);
+    let mut router = Router::new().route(
+        "/",
+        get(move || {
+            let body = auction_page.clone();
+            async move { html_response(body) }
+        }),
+    );
+    for (path, body) in STATIC_PAGES {
+        router = router.route(
+            path,
+            get(move || async move { html_response((*body).to_owned()) }),
+        );
+    }
+    router
+        // Asked for by browsers on pages without <link rel="icon">.
         .route(
-            "/",
-            get(move || {
-                let html = html.clone();
-                async move {
-                    (
-                        [
-                            (
-                                header::CONTENT_TYPE,
-                                HeaderValue::from_static("text/html; charset=utf-8"),
-                            ),
-                            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-                        ],
-                        html,
-                    )
-                }
-            }),
+            "/favicon.ico",
+            get(|| asset(Path("favicon.svg".to_owned()))),
         )
         .route("/assets/{name}", get(asset))
 }
@@ -117,7 +155,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        for page in [page(Transport::Sse, ""), page(Transport::Ws, "")] {
+        let pages = [page(Transport::Sse, ""), page(Transport::Ws, "")]
+            .into_iter()
+            .chain(STATIC_PAGES.iter().map(|(_, body)| (*body).to_owned()));
+        for page in pages {
             for reference in page.split("\"assets/").skip(1) {
                 let name = reference.split('"').next().unwrap();
                 let uri = format!("/assets/{name}");

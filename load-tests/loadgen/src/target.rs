@@ -148,6 +148,8 @@ impl Publisher {
                 starting_price: 1,
                 min_increment: 1,
                 duration_ms: 3_600_000,
+                description: None,
+                image_url: None,
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -326,6 +326,8 @@ async fn create_auction(
         starting_price: request.starting_price,
         min_increment: request.min_increment,
         duration_ms: request.duration_ms,
+        description: request.description,
+        image_url: request.image_url.map(|url| url.as_str().to_owned()),
     };
     // A generated id that collides (1 in 62^12) is regenerated a few times.
     for _ in 0..3 {

@@ -22,6 +22,8 @@ pub struct BidderSettings {
     pub sim_auctions: Vec<auction_domain::AuctionId>,
     pub sim_interval: Duration,
     pub sim_duration_ms: u64,
+    /// How long a simulated round stays closed before the next one opens.
+    pub sim_pause: Duration,
     pub stream_maxlen: u64,
     pub rate_limit_per_s: u64,
     pub rate_limit_burst: u64,
@@ -53,6 +55,11 @@ impl BidderSettings {
                 600_000,
                 1000..=auction_domain::MAX_DURATION_MS,
             )?,
+            sim_pause: Duration::from_millis(settings.number(
+                "sim_pause_ms",
+                15_000,
+                0..=3_600_000,
+            )?),
             stream_maxlen: settings.number("stream_maxlen", 10_000, 10..=10_000_000)?,
             rate_limit_per_s: settings.number("rate_limit_per_s", 50, 1..=1_000_000)?,
             rate_limit_burst: settings.number("rate_limit_burst", 100, 1..=1_000_000)?,

@@ -1,10 +1,11 @@
 //! Keeps the demo alive: keeps each simulated auction open (a new round
-//! starts when one closes) and bids current + 10..=59 whole units on it
-//! every interval, through the same validated script as user bids.
+//! starts `sim_pause` after one closes, so its winner can be seen) and bids
+//! current + 10..=59 whole units on it every interval, through the same
+//! validated script as user bids.
 
 use crate::BidderSettings;
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-use event_log::{AuctionSpec, BidAnswer, EventLog, LogError};
+use event_log::{AuctionSpec, BidAnswer, EnsureOutcome, EventLog, LogError};
 use service_kit::Context;
 use telemetry::BidOutcome;
 
@@ -20,6 +21,30 @@ const BIDDERS: [&str; 8] = [
     "sim_dennis",
     "sim_frances",
 ];
+/// The demo lots: title, description, picture (a file in `web/`, served
+/// under `/assets/`). The n-th simulated auction shows lot n (cycling).
+const LOTS: [(&str, &str, &str); 4] = [
+    (
+        "Vintage mechanical keyboard",
+        "A 1980s keyboard with buckling-spring keys, cleaned and tested. Every key works; the case shows light wear.",
+        "/assets/lot-keyboard.svg",
+    ),
+    (
+        "Brass pocket watch",
+        "A hand-wound pocket watch in a brass case, running and keeping time to a minute a day. Chain included.",
+        "/assets/lot-watch.svg",
+    ),
+    (
+        "Folding film camera",
+        "A 6x9 folding camera with a bellows in good order and a clean lens. Sold as a collector's piece.",
+        "/assets/lot-camera.svg",
+    ),
+    (
+        "Fountain pen with gold nib",
+        "A lever-filling fountain pen with a 14k nib, a fresh ink sac and its original box.",
+        "/assets/lot-pen.svg",
+    ),
+];
 /// Starting price and increment of simulated auctions, cents.
 const STARTING_PRICE: u64 = 10_000;
 const MIN_INCREMENT: u64 = 1_000;
@@ -33,8 +58,8 @@ pub async fn run(ctx: Context, log: EventLog, settings: BidderSettings) {
             _ = ctx.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        for auction in &settings.sim_auctions {
-            match bid_once(&ctx, &log, auction, settings.sim_duration_ms).await {
+        for (index, auction) in settings.sim_auctions.iter().enumerate() {
+            match bid_once(&ctx, &log, auction, index, &settings).await {
                 Ok(()) => {}
                 Err(error) => tracing::debug!(%error, %auction, "simulated bid failed"),
             }
@@ -46,16 +71,24 @@ async fn bid_once(
     ctx: &Context,
     log: &EventLog,
     auction: &AuctionId,
-    duration_ms: u64,
+    index: usize,
+    settings: &BidderSettings,
 ) -> Result<(), LogError> {
+    let (title, description, image_url) = LOTS[index % LOTS.len()];
     let spec = AuctionSpec {
         id: auction.clone(),
-        title: format!("Lot {auction}: vintage mechanical keyboard"),
+        title: title.to_owned(),
         starting_price: STARTING_PRICE,
         min_increment: MIN_INCREMENT,
-        duration_ms,
+        duration_ms: settings.sim_duration_ms,
+        description: Some(description.to_owned()),
+        image_url: Some(image_url.to_owned()),
     };
-    let (_, state) = log.ensure_open(&spec).await?;
+    let (outcome, state) = log.ensure_open(&spec, settings.sim_pause).await?;
+    if outcome == EnsureOutcome::Paused {
+        // The closed round stays on show until the pause is over.
+        return Ok(());
+    }
     let base = state
         .current
         .as_ref()

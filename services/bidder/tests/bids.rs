@@ -345,10 +345,44 @@ async fn create_validates_and_refuses_duplicates() {
         (status, json["error"].as_str()),
         (400, Some("invalid_title"))
     );
+    let (status, json) = stack
+        .post_json(
+            "/auctions",
+            r#"{"title":"Lamp","starting_price":500,"min_increment":50,"duration_ms":60000,"image_url":"javascript:alert(1)"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (400, Some("invalid_image_url"))
+    );
     let (status, list) = stack.get("/auctions").await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
+    assert!(list[0].get("description").is_none() && list[0].get("image_url").is_none());
+}
+
+#[tokio::test]
+async fn description_and_picture_are_stored_and_read_back_everywhere() {
+    let stack = Stack::start(1, &[]);
+    let body = serde_json::json!({
+        "id": "desk", "title": "Desk", "starting_price": 500, "min_increment": 50,
+        "duration_ms": 60000, "description": "Walnut, \"1962\".\nTwo drawers.",
+        "image_url": "/assets/lot-desk.svg",
+    });
+    let (status, created) = stack.post_json("/auctions", &body.to_string()).await;
+    assert_eq!(status, 201, "{created}");
+    let (_, single) = stack.get("/auctions/desk").await;
+    let (_, list) = stack.get("/auctions").await;
+    let (status, _) = stack
+        .post_json("/auctions/desk/bids", r#"{"amount":500,"bidder":"a"}"#)
+        .await;
+    assert_eq!(status, 201);
+    // The script's own JSON (create answer) and the hash read agree.
+    for auction in [&created, &single, &list[0]] {
+        assert_eq!(auction["description"], body["description"], "{auction}");
+        assert_eq!(auction["image_url"], body["image_url"], "{auction}");
+    }
 }
 
 #[tokio::test]
@@ -398,6 +432,7 @@ async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
             ("AUCTION_SIM_AUCTIONS", "sim-a,sim-b".into()),
             ("AUCTION_SIM_INTERVAL_MS", "15".into()),
             ("AUCTION_SIM_DURATION_MS", "1000".into()),
+            ("AUCTION_SIM_PAUSE_MS", "400".into()),
         ],
     );
     for auction in ["sim-a", "sim-b"] {
@@ -422,7 +457,8 @@ async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
         let mut last_amount: Option<u64> = None;
         let mut previous_kind = "opened";
         let mut closed = 0;
-        for (_, kind, data) in &stream {
+        let mut round_ended_at = 0;
+        for (id, kind, data) in &stream {
             match kind.as_str() {
                 "bid" => {
                     assert_ne!(previous_kind, "closed", "a bid after close in {auction}");
@@ -433,6 +469,7 @@ async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
                     last_amount = Some(amount);
                 }
                 "closed" => {
+                    round_ended_at = data["auction"]["ends_at"].as_u64().unwrap();
                     assert_ne!(
                         previous_kind, "closed",
                         "two closed events in a row in {auction}"
@@ -441,6 +478,12 @@ async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
                 }
                 "opened" => {
                     assert_eq!(previous_kind, "closed", "a round opened without a close");
+                    // The closed round stays on show for the pause.
+                    let opened_at: u64 = id.split('-').next().unwrap().parse().unwrap();
+                    assert!(
+                        opened_at >= round_ended_at + 400,
+                        "opened {opened_at}, the round ended at {round_ended_at} in {auction}"
+                    );
                     last_amount = None;
                 }
                 other => panic!("unexpected kind {other}"),

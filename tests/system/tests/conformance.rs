@@ -453,6 +453,8 @@ async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid() {
             starting_price: 100,
             min_increment: 10,
             duration_ms: 1_500,
+            description: None,
+            image_url: None,
         };
         log.create(&spec).await.unwrap();
         let mut conn = Conn::open(transport, edge.addr, &auction, None, None).await;
@@ -522,6 +524,8 @@ async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_g
         starting_price: 100,
         min_increment: 10,
         duration_ms: 3_600_000,
+        description: None,
+        image_url: None,
     };
     log.create(&spec).await.unwrap();
     let sse = start_edge(Transport::Sse, &redis, &[]);

@@ -35,6 +35,8 @@ async fn create_auctions(redis: &RedisServer) {
                     starting_price: 100,
                     min_increment: 10,
                     duration_ms: 3_600_000,
+                    description: None,
+                    image_url: None,
                 };
                 log.create(&spec).await.unwrap();
             }

@@ -13,16 +13,21 @@ local function num(x)
   return string.format('%.0f', x)
 end
 
--- The auction as clients see it, from the state hash. `title_json` and
--- `current` are stored already JSON-encoded by the caller.
+-- The auction as clients see it, from the state hash. `title_json`,
+-- `current` and the optional `description_json` / `image_url_json` (empty or
+-- missing when unset, then left out) are stored already JSON-encoded by the
+-- caller.
 local function auction_json(state_key)
   local f = redis.call('HMGET', state_key, 'id', 'title_json', 'status', 'starting_price',
-    'min_increment', 'ends_at', 'current')
+    'min_increment', 'ends_at', 'current', 'description_json', 'image_url_json')
   local current = f[7]
   if not current or current == '' then current = 'null' end
+  local optional = ''
+  if f[8] and f[8] ~= '' then optional = optional .. ',"description":' .. f[8] end
+  if f[9] and f[9] ~= '' then optional = optional .. ',"image_url":' .. f[9] end
   return '{"id":"' .. f[1] .. '","title":' .. f[2] .. ',"status":"' .. f[3] ..
     '","starting_price":' .. f[4] .. ',"min_increment":' .. f[5] ..
-    ',"ends_at":' .. f[6] .. ',"current":' .. current .. '}'
+    ',"ends_at":' .. f[6] .. ',"current":' .. current .. optional .. '}'
 end
 
 -- Appends one event to the auction's stream and publishes its notice.
