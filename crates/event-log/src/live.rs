@@ -5,19 +5,57 @@
 //! the hub above it sees auctions and [`Event`]s. Operations here have no
 //! deadline of their own: the caller bounds each one and treats a timeout
 //! as a lost connection.
+//!
+//! In a Redis Cluster the notices are sharded (`SSUBSCRIBE`): each auction's
+//! channel is served by the primary owning its slot, over the cluster
+//! connection's one connection per node. Whenever one of those connections
+//! drops (a primary died, a failover) or the cluster takes a channel away
+//! (its slot migrated), the whole live connection ends, exactly like a lost
+//! single-node connection: the hub opens a new one, subscribes again and
+//! backfills every feed from its last id. Resubscribing everything costs a
+//! few round trips per thousand auctions and keeps one recovery path, the
+//! one proven by the prev-id chain.
 
-use crate::connection::RedisTarget;
+use crate::connection::{RedisTarget, TargetKind};
 use crate::keys::live_channel;
 use crate::log::LogError;
 use crate::notice;
 use auction_domain::{AuctionId, Event};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster::ClusterConfig;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc;
+
+/// Pushes (notices and subscription confirmations) a cluster live
+/// connection buffers before the hub takes them. Past it, the connection
+/// counts as lost (the hub resubscribes and backfills): nothing is dropped
+/// unnoticed.
+const CLUSTER_PUSH_QUEUE: usize = 65_536;
 
 /// A dedicated pub/sub connection. Dropping it closes the connection.
 pub struct LiveConnection {
-    sink: PubSubSink,
-    stream: PubSubStream,
+    inner: Inner,
+}
+
+enum Inner {
+    Single {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+    Cluster {
+        conn: ClusterConnection,
+        pushes: mpsc::Receiver<PushInfo>,
+        /// Set when a push could not be queued: the connection is unusable.
+        overflowed: Arc<AtomicBool>,
+        /// Channels subscribed and not unsubscribed by us: a server-side
+        /// `sunsubscribe` of one of them (slot migrated) ends the connection.
+        watched: HashSet<String>,
+    },
 }
 
 /// What arrived on the connection.
@@ -33,47 +71,173 @@ pub enum LiveMessage {
 impl LiveConnection {
     /// Opens the connection (no subscriptions yet).
     pub async fn open(target: &RedisTarget) -> Result<LiveConnection, LogError> {
-        let pubsub = target.pubsub_client.get_async_pubsub().await?;
-        let (sink, stream) = pubsub.split();
-        Ok(LiveConnection { sink, stream })
+        let inner = match &target.kind {
+            TargetKind::Single { pubsub_client, .. } => {
+                let pubsub = pubsub_client.get_async_pubsub().await?;
+                let (sink, stream) = pubsub.split();
+                Inner::Single { sink, stream }
+            }
+            TargetKind::Cluster { seeds } => {
+                let (tx, pushes) = mpsc::channel(CLUSTER_PUSH_QUEUE);
+                let overflowed = Arc::new(AtomicBool::new(false));
+                let flag = overflowed.clone();
+                let config = ClusterConfig::new().set_push_sender(move |push: PushInfo| {
+                    if tx.try_send(push).is_err() {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                    Ok::<(), std::convert::Infallible>(())
+                });
+                let conn = RedisTarget::cluster_client(seeds)?
+                    .get_async_connection_with_config(config)
+                    .await?;
+                Inner::Cluster {
+                    conn,
+                    pushes,
+                    overflowed,
+                    watched: HashSet::new(),
+                }
+            }
+        };
+        Ok(LiveConnection { inner })
     }
 
-    /// Subscribes to the notices of every auction in `auctions`, in one
-    /// round trip.
+    /// Subscribes to the notices of every auction in `auctions`: one round
+    /// trip on a single node; in a cluster one `SSUBSCRIBE` per auction
+    /// (a sharded subscription may not cross slots), all sent at once.
     pub async fn watch(&mut self, auctions: &[AuctionId]) -> Result<(), LogError> {
         if auctions.is_empty() {
             return Ok(());
         }
         let channels: Vec<String> = auctions.iter().map(live_channel).collect();
-        Ok(self.sink.subscribe(channels).await?)
+        match &mut self.inner {
+            Inner::Single { sink, .. } => Ok(sink.subscribe(channels).await?),
+            Inner::Cluster { conn, watched, .. } => {
+                let requests = channels.iter().map(|channel| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(channel).await }
+                });
+                futures_util::future::try_join_all(requests).await?;
+                watched.extend(channels);
+                Ok(())
+            }
+        }
     }
 
     /// Stops receiving the auction's notices.
     pub async fn unwatch(&mut self, auction: &AuctionId) -> Result<(), LogError> {
-        Ok(self.sink.unsubscribe(live_channel(auction)).await?)
+        let channel = live_channel(auction);
+        match &mut self.inner {
+            Inner::Single { sink, .. } => Ok(sink.unsubscribe(channel).await?),
+            Inner::Cluster { conn, watched, .. } => {
+                watched.remove(&channel);
+                Ok(conn.sunsubscribe(channel).await?)
+            }
+        }
     }
 
-    /// A round trip on the connection: proves it is still alive.
+    /// A round trip on the connection: proves it is still alive. In a
+    /// cluster, a lost node shows up as a disconnection push instead; this
+    /// proves one node answers.
     pub async fn ping(&mut self) -> Result<(), LogError> {
-        self.sink.ping::<redis::Value>().await?;
+        match &mut self.inner {
+            Inner::Single { sink, .. } => {
+                sink.ping::<Value>().await?;
+            }
+            Inner::Cluster { conn, .. } => {
+                let route = redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::Random,
+                );
+                conn.route_command(redis::cmd("PING"), route).await?;
+            }
+        }
         Ok(())
     }
 
     /// The next message; `None` once the connection has ended. Cancel-safe.
     pub async fn next(&mut self) -> Option<LiveMessage> {
-        loop {
-            let message = self.stream.next().await?;
-            let channel = message.get_channel_name();
-            let Some(auction) = auction_of_channel(channel) else {
-                continue; // not one of ours (a pattern subscription elsewhere)
-            };
-            return Some(match notice::parse(message.get_payload_bytes()) {
-                Some(event) => LiveMessage::Event { auction, event },
-                None => LiveMessage::Malformed {
-                    channel: channel.to_owned(),
-                },
-            });
+        match &mut self.inner {
+            Inner::Single { stream, .. } => loop {
+                let message = stream.next().await?;
+                let channel = message.get_channel_name();
+                let Some(auction) = auction_of_channel(channel) else {
+                    continue; // not one of ours (a pattern subscription elsewhere)
+                };
+                return Some(message_of(channel, message.get_payload_bytes(), auction));
+            },
+            Inner::Cluster {
+                pushes,
+                overflowed,
+                watched,
+                ..
+            } => loop {
+                if overflowed.load(Ordering::Relaxed) {
+                    tracing::warn!("the sharded pub/sub queue overflowed");
+                    return None;
+                }
+                let push = pushes.recv().await?;
+                match cluster_push(&push, watched) {
+                    ClusterPush::Message(message) => return Some(message),
+                    ClusterPush::Ignore => {}
+                    ClusterPush::Lost(why) => {
+                        tracing::warn!(why, "a sharded subscription was lost");
+                        return None;
+                    }
+                }
+            },
         }
+    }
+}
+
+/// What one push of a cluster connection means to the live path.
+enum ClusterPush {
+    Message(LiveMessage),
+    Ignore,
+    /// Notices may have been missed: the connection must start over.
+    Lost(&'static str),
+}
+
+fn cluster_push(push: &PushInfo, watched: &HashSet<String>) -> ClusterPush {
+    let bytes = |value: Option<&Value>| match value {
+        Some(Value::BulkString(bytes)) => Some(bytes.clone()),
+        Some(Value::SimpleString(text)) => Some(text.clone().into_bytes()),
+        _ => None,
+    };
+    match push.kind {
+        PushKind::SMessage | PushKind::Message => {
+            let (Some(channel), Some(payload)) =
+                (bytes(push.data.first()), bytes(push.data.get(1)))
+            else {
+                return ClusterPush::Ignore;
+            };
+            let channel = String::from_utf8_lossy(&channel);
+            match auction_of_channel(&channel) {
+                Some(auction) => ClusterPush::Message(message_of(&channel, &payload, auction)),
+                None => ClusterPush::Ignore,
+            }
+        }
+        // A node connection dropped: notices sent meanwhile are gone.
+        PushKind::Disconnection => ClusterPush::Lost("a cluster node connection dropped"),
+        // The server unsubscribes a sharded channel whose slot moved away;
+        // an `sunsubscribe` we asked for is not in `watched` any more.
+        PushKind::SUnsubscribe => {
+            let channel = bytes(push.data.first()).map(String::from_utf8);
+            match channel {
+                Some(Ok(channel)) if watched.contains(&channel) => {
+                    ClusterPush::Lost("the cluster moved a watched channel's slot")
+                }
+                _ => ClusterPush::Ignore,
+            }
+        }
+        _ => ClusterPush::Ignore,
+    }
+}
+
+fn message_of(channel: &str, payload: &[u8], auction: AuctionId) -> LiveMessage {
+    match notice::parse(payload) {
+        Some(event) => LiveMessage::Event { auction, event },
+        None => LiveMessage::Malformed {
+            channel: channel.to_owned(),
+        },
     }
 }
 

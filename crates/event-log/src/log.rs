@@ -1,31 +1,45 @@
-use crate::keys::{self, INDEX_BY_CREATION, INDEX_BY_END};
+use crate::connection::RedisConnection;
+use crate::keys::{self, Indexes};
 use auction_domain::{
     Auction, AuctionId, AuctionStatus, Bid, BidSource, Bidder, Event, EventId, EventKind,
     IdempotencyKey,
 };
-use redis::aio::ConnectionManager;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::streams::{StreamId, StreamRangeReply};
-use redis::{AsyncCommands, Script, Value};
+use redis::{AsyncCommands, Pipeline, Script, Value};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+/// One script in its two forms: publishing its notices with `PUBLISH` (one
+/// node) or `SPUBLISH` (a cluster).
+struct Scripts {
+    single: Script,
+    cluster: Script,
+}
+
 macro_rules! script {
     ($file:literal) => {
-        LazyLock::new(|| {
-            Script::new(concat!(
+        LazyLock::new(|| Scripts {
+            single: Script::new(concat!(
+                "local PUBLISH_COMMAND = 'PUBLISH'\n",
                 include_str!("lua/prelude.lua"),
                 include_str!(concat!("lua/", $file))
-            ))
+            )),
+            cluster: Script::new(concat!(
+                "local PUBLISH_COMMAND = 'SPUBLISH'\n",
+                include_str!("lua/prelude.lua"),
+                include_str!(concat!("lua/", $file))
+            )),
         })
     };
 }
 
-static CREATE: LazyLock<Script> = script!("create.lua");
-static ENSURE_OPEN: LazyLock<Script> = script!("ensure_open.lua");
-static PLACE_BID: LazyLock<Script> = script!("place_bid.lua");
-static CLOSE_IF_DUE: LazyLock<Script> = script!("close_if_due.lua");
+static CREATE: LazyLock<Scripts> = script!("create.lua");
+static ENSURE_OPEN: LazyLock<Scripts> = script!("ensure_open.lua");
+static PLACE_BID: LazyLock<Scripts> = script!("place_bid.lua");
+static CLOSE_IF_DUE: LazyLock<Scripts> = script!("close_if_due.lua");
 
 /// How long the answer to an `Idempotency-Key` is kept.
 const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -37,6 +51,10 @@ pub enum LogError {
     Unavailable(String),
     /// Redis answered, but not in the shape the scripts produce.
     Corrupt(String),
+    /// The write was applied on the primary, but fewer replicas than
+    /// required confirmed it in time (`WAIT`): it could still be lost in a
+    /// failover. Retry later (with the same `Idempotency-Key`).
+    NotReplicated(String),
 }
 
 impl fmt::Display for LogError {
@@ -44,6 +62,7 @@ impl fmt::Display for LogError {
         match self {
             LogError::Unavailable(message) => write!(f, "Redis is unavailable: {message}"),
             LogError::Corrupt(message) => write!(f, "unexpected data in Redis: {message}"),
+            LogError::NotReplicated(message) => write!(f, "not replicated in time: {message}"),
         }
     }
 }
@@ -148,18 +167,117 @@ pub struct Snapshot {
     pub last_id: EventId,
 }
 
+/// How many replicas must confirm an accepted bid before it is answered,
+/// and for how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAck {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
 /// Handle to the event log. Cheap to clone; all clones share one
-/// multiplexed connection.
+/// multiplexed connection (one per node in a cluster).
 #[derive(Clone)]
 pub struct EventLog {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     maxlen: u64,
+    indexes: Indexes,
+    replica_ack: Option<ReplicaAck>,
 }
 
 impl EventLog {
     /// `maxlen` bounds each stream (`XADD MAXLEN ~`): the resume window.
-    pub fn new(conn: ConnectionManager, maxlen: u64) -> Self {
-        EventLog { conn, maxlen }
+    pub fn new(conn: RedisConnection, maxlen: u64) -> Self {
+        let indexes = if conn.is_cluster() {
+            Indexes::cluster()
+        } else {
+            Indexes::single()
+        };
+        EventLog {
+            conn,
+            maxlen,
+            indexes,
+            replica_ack: None,
+        }
+    }
+
+    /// Accepted bids are answered only once `ack.replicas` replicas have
+    /// them (`WAIT`); past `ack.timeout`, [`LogError::NotReplicated`].
+    /// Zero replicas: no waiting (the default).
+    pub fn with_replica_ack(mut self, ack: ReplicaAck) -> Self {
+        self.replica_ack = (ack.replicas > 0).then_some(ack);
+        self
+    }
+
+    /// The form of a script for this deployment (which publish command).
+    fn script(&self, scripts: &'static Scripts) -> &'static Script {
+        if self.conn.is_cluster() {
+            &scripts.cluster
+        } else {
+            &scripts.single
+        }
+    }
+
+    /// Runs the commands `build` writes for each auction and returns all
+    /// replies in order. On one node: one pipeline, one round trip. In a
+    /// cluster a pipeline may not cross slots, and different auctions
+    /// rarely share one: one pipeline per auction (its keys share a slot),
+    /// all sent at once.
+    async fn per_auction(
+        &self,
+        auctions: &[AuctionId],
+        build: impl Fn(&mut Pipeline, &AuctionId),
+    ) -> Result<Vec<Value>, LogError> {
+        if !self.conn.is_cluster() {
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            for auction in auctions {
+                build(&mut pipe, auction);
+            }
+            return Ok(pipe.query_async(&mut conn).await?);
+        }
+        let requests = auctions.iter().map(|auction| {
+            let mut pipe = redis::pipe();
+            build(&mut pipe, auction);
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+        });
+        let replies = futures_util::future::try_join_all(requests).await?;
+        Ok(replies.into_iter().flatten().collect())
+    }
+
+    /// Waits until the configured number of replicas hold every write this
+    /// connection made to the node owning `key` (so the bid just appended).
+    async fn await_replicas(&self, key: &str) -> Result<(), LogError> {
+        let Some(ack) = self.replica_ack else {
+            return Ok(());
+        };
+        let timeout_ms = u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(ack.replicas).arg(timeout_ms);
+        let acknowledged: i64 = match &self.conn {
+            RedisConnection::Single(_) => {
+                let mut conn = self.conn.clone();
+                wait.query_async(&mut conn).await?
+            }
+            RedisConnection::Cluster(conn) => {
+                // Left to the router, WAIT would go to every primary; only
+                // the one owning the auction's slot holds the write.
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                let reply = conn.clone().route_command(wait, route).await?;
+                redis::from_redis_value(reply)
+                    .map_err(|error| corrupt(format!("WAIT answered {error}")))?
+            }
+        };
+        if acknowledged < i64::from(ack.replicas) {
+            return Err(LogError::NotReplicated(format!(
+                "{acknowledged} of {} replicas confirmed within {timeout_ms} ms",
+                ack.replicas
+            )));
+        }
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), LogError> {
@@ -170,7 +288,7 @@ impl EventLog {
 
     pub async fn create(&self, spec: &AuctionSpec) -> Result<CreateOutcome, LogError> {
         let mut conn = self.conn.clone();
-        let mut invocation = spec_invocation(&CREATE, spec);
+        let mut invocation = spec_invocation(self.script(&CREATE), spec);
         let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
             .invoke_async(&mut conn)
             .await?;
@@ -197,7 +315,7 @@ impl EventLog {
         pause_after_close: Duration,
     ) -> Result<(EnsureOutcome, Auction), LogError> {
         let mut conn = self.conn.clone();
-        let mut invocation = spec_invocation(&ENSURE_OPEN, spec);
+        let mut invocation = spec_invocation(self.script(&ENSURE_OPEN), spec);
         invocation.arg(self.maxlen);
         let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
             .arg(u64::try_from(pause_after_close.as_millis()).unwrap_or(u64::MAX))
@@ -222,19 +340,24 @@ impl EventLog {
     }
 
     /// Records the auction in the listing and closing indexes. Idempotent;
-    /// kept out of the scripts so each script touches one cluster slot.
+    /// kept out of the scripts so each script touches one cluster slot
+    /// (both sets of a partition share one slot, so this is one round trip).
     async fn index(&self, auction: &Auction) -> Result<(), LogError> {
         let mut conn = self.conn.clone();
         let created_at = auction_domain::clock::now_ms();
+        let partition = match AuctionId::parse(&auction.id) {
+            Ok(id) => self.indexes.partition_of(&id),
+            Err(_) => return Err(corrupt(format!("auction id {:?}", auction.id))),
+        };
         redis::pipe()
             .cmd("ZADD")
-            .arg(INDEX_BY_CREATION)
+            .arg(self.indexes.by_creation(partition))
             .arg("NX")
             .arg(created_at)
             .arg(&auction.id)
             .ignore()
             .cmd("ZADD")
-            .arg(INDEX_BY_END)
+            .arg(self.indexes.by_end(partition))
             .arg(auction.ends_at)
             .arg(&auction.id)
             .ignore()
@@ -268,8 +391,10 @@ impl EventLog {
             &bidder.id,
             idempotency_key.map_or("", |k| k.as_str()),
         );
-        let reply: Vec<String> = PLACE_BID
-            .key(keys::state_key(auction))
+        let state_key = keys::state_key(auction);
+        let reply: Vec<String> = self
+            .script(&PLACE_BID)
+            .key(&state_key)
             .key(keys::stream_key(auction))
             .key(idem_key)
             .arg(auction.as_str())
@@ -296,15 +421,19 @@ impl EventLog {
             [status, answer] if status == "dup" => (true, answer),
             _ => return Err(corrupt(format!("place_bid answered {reply:?}"))),
         };
-        Ok(Some(BidAttempt {
-            answer: parse_bid_answer(answer)?,
-            replayed,
-        }))
+        let answer = parse_bid_answer(answer)?;
+        // A replayed answer waits too: the first request may have been
+        // answered 503 before its bid reached a replica.
+        if matches!(answer, BidAnswer::Accepted { .. }) {
+            self.await_replicas(&state_key).await?;
+        }
+        Ok(Some(BidAttempt { answer, replayed }))
     }
 
     pub async fn close_if_due(&self, auction: &AuctionId) -> Result<CloseOutcome, LogError> {
         let mut conn = self.conn.clone();
-        let reply: String = CLOSE_IF_DUE
+        let reply: String = self
+            .script(&CLOSE_IF_DUE)
             .key(keys::state_key(auction))
             .key(keys::stream_key(auction))
             .arg(auction.as_str())
@@ -322,7 +451,8 @@ impl EventLog {
             outcome,
             CloseOutcome::Closed | CloseOutcome::AlreadyClosed | CloseOutcome::Missing
         ) {
-            let _: i64 = conn.zrem(INDEX_BY_END, auction.as_str()).await?;
+            let index = self.indexes.by_end(self.indexes.partition_of(auction));
+            let _: i64 = conn.zrem(index, auction.as_str()).await?;
         }
         Ok(outcome)
     }
@@ -334,20 +464,28 @@ impl EventLog {
         limit: usize,
     ) -> Result<Vec<AuctionId>, LogError> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = redis::cmd("ZRANGE")
-            .arg(INDEX_BY_END)
-            .arg("-inf")
-            .arg(now_ms)
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
-            .await?;
+        // Each partition's oldest `limit`, merged: the oldest `limit` overall.
+        let mut due: Vec<(String, f64)> = Vec::new();
+        for partition in self.indexes.partitions() {
+            let ids: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(self.indexes.by_end(partition))
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await?;
+            due.extend(ids);
+        }
+        due.sort_by(|a, b| a.1.total_cmp(&b.1));
         // An id that fails validation was not written by us: skip it.
-        Ok(ids
+        Ok(due
             .iter()
-            .filter_map(|id| AuctionId::parse(id).ok())
+            .take(limit)
+            .filter_map(|(id, _)| AuctionId::parse(id).ok())
             .collect())
     }
 
@@ -363,21 +501,38 @@ impl EventLog {
     /// The most recently created auctions, newest first, at most `limit`.
     pub async fn list(&self, limit: usize) -> Result<Vec<Auction>, LogError> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = conn
-            .zrevrange(INDEX_BY_CREATION, 0, limit.saturating_sub(1) as isize)
-            .await?;
+        // Each partition's newest `limit`, merged: the newest `limit` overall.
+        let mut newest: Vec<(String, f64)> = Vec::new();
+        for partition in self.indexes.partitions() {
+            let ids: Vec<(String, f64)> = conn
+                .zrevrange_withscores(
+                    self.indexes.by_creation(partition),
+                    0,
+                    limit.saturating_sub(1) as isize,
+                )
+                .await?;
+            newest.extend(ids);
+        }
+        newest.sort_by(|a, b| b.1.total_cmp(&a.1));
+        newest.truncate(limit);
+        // Not written by us: skipped.
+        let ids: Vec<AuctionId> = newest
+            .iter()
+            .filter_map(|(id, _)| AuctionId::parse(id).ok())
+            .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            match AuctionId::parse(id) {
-                Ok(auction) => pipe.cmd("HGETALL").arg(keys::state_key(&auction)),
-                // Not written by us: an empty hash, skipped below.
-                Err(_) => pipe.cmd("HGETALL").arg("auction:{}"),
-            };
-        }
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        let replies = self
+            .per_auction(&ids, |pipe, auction| {
+                pipe.cmd("HGETALL").arg(keys::state_key(auction));
+            })
+            .await?;
+        let hashes: Vec<HashMap<String, String>> = replies
+            .iter()
+            .map(redis::from_redis_value_ref)
+            .collect::<Result<_, _>>()
+            .map_err(|error| corrupt(format!("list answered {error}")))?;
         hashes
             .iter()
             .filter(|fields| !fields.is_empty())
@@ -441,64 +596,46 @@ impl EventLog {
         if auctions.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for auction in auctions {
-            let stream = keys::stream_key(auction);
-            pipe.cmd("XRANGE")
-                .arg(&stream)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .cmd("XREVRANGE")
-                .arg(&stream)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
+        // Per auction: oldest entry, newest entry, whether the state exists.
+        let replies = self
+            .per_auction(auctions, |pipe, auction| {
+                let stream = keys::stream_key(auction);
+                pipe.cmd("XRANGE")
+                    .arg(&stream)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("XREVRANGE")
+                    .arg(&stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("EXISTS")
+                    .arg(keys::state_key(auction));
+            })
+            .await?;
+        if replies.len() != auctions.len() * 3 {
+            return Err(corrupt(format!(
+                "windows answered {} replies",
+                replies.len()
+            )));
         }
-        for auction in auctions {
-            pipe.cmd("EXISTS").arg(keys::state_key(auction));
-        }
-        let (ranges, exists): (Vec<StreamRangeReply>, Vec<bool>) = {
-            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-            let split = auctions.len() * 2;
-            if replies.len() != split + auctions.len() {
-                return Err(corrupt(format!(
-                    "windows answered {} replies",
-                    replies.len()
-                )));
-            }
-            let (ranges, exists) = replies.split_at(split);
-            let unexpected = |error| corrupt(format!("windows answered {error}"));
-            (
-                ranges
-                    .iter()
-                    .map(redis::from_redis_value_ref)
-                    .collect::<Result<_, _>>()
-                    .map_err(unexpected)?,
-                exists
-                    .iter()
-                    .map(redis::from_redis_value_ref)
-                    .collect::<Result<_, _>>()
-                    .map_err(unexpected)?,
-            )
-        };
-        ranges
-            .chunks(2)
-            .zip(exists)
-            .map(|(pair, exists)| {
-                let first = pair
-                    .first()
-                    .and_then(|r| r.ids.first())
-                    .map(stream_event)
-                    .transpose()?;
-                let last = pair
-                    .get(1)
-                    .and_then(|r| r.ids.first())
-                    .map(stream_event)
-                    .transpose()?;
+        let unexpected = |error| corrupt(format!("windows answered {error}"));
+        replies
+            .chunks(3)
+            .map(|replies| {
+                let [first, last, exists] = replies else {
+                    return Err(corrupt("windows answered a short reply"));
+                };
+                let first: StreamRangeReply =
+                    redis::from_redis_value_ref(first).map_err(unexpected)?;
+                let last: StreamRangeReply =
+                    redis::from_redis_value_ref(last).map_err(unexpected)?;
+                let exists: bool = redis::from_redis_value_ref(exists).map_err(unexpected)?;
+                let first = first.ids.first().map(stream_event).transpose()?;
+                let last = last.ids.first().map(stream_event).transpose()?;
                 Ok(StreamWindow {
                     first: first.as_ref().map(|event| event.id),
                     first_prev: first.as_ref().map(|event| event.prev),
@@ -514,12 +651,16 @@ impl EventLog {
         if auctions.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for auction in auctions {
-            pipe.cmd("EXISTS").arg(keys::state_key(auction));
-        }
-        Ok(pipe.query_async(&mut conn).await?)
+        let replies = self
+            .per_auction(auctions, |pipe, auction| {
+                pipe.cmd("EXISTS").arg(keys::state_key(auction));
+            })
+            .await?;
+        replies
+            .iter()
+            .map(redis::from_redis_value_ref)
+            .collect::<Result<_, _>>()
+            .map_err(|error| corrupt(format!("exist answered {error}")))
     }
 
     pub async fn exists(&self, auction: &AuctionId) -> Result<bool, LogError> {

@@ -10,11 +10,13 @@ pub mod clients;
 pub mod conn;
 pub mod idp;
 mod nginx;
+mod redis_cluster;
 mod redis_server;
 mod seen;
 mod service;
 
 pub use nginx::Nginx;
+pub use redis_cluster::{NodeInfo, RedisCluster};
 pub use redis_server::{Entry, RedisServer, id_pair};
 pub use seen::Seen;
 pub use service::{ServiceProcess, binary_path, run_to_exit};

@@ -122,6 +122,18 @@ fn unavailable(error: LogError) -> ApiError {
             tracing::warn!(%message, "Redis unavailable");
             ApiError::redis_unavailable()
         }
+        LogError::NotReplicated(message) => {
+            // Applied on the primary but not yet on enough replicas: a
+            // retry with the same Idempotency-Key gets the same answer
+            // once it is replicated, and appends nothing twice.
+            tracing::warn!(%message, "bid not replicated in time");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_replicated",
+                "the bid was not confirmed by enough Redis replicas in time; retry with the same Idempotency-Key",
+            )
+            .retry_after(1)
+        }
         LogError::Corrupt(message) => {
             tracing::error!(%message, "unexpected data in Redis");
             ApiError::new(

@@ -7,7 +7,7 @@ mod rate_limit;
 mod simulator;
 mod token_cli;
 
-use event_log::{EventLog, connect_manager};
+use event_log::{EventLog, ReplicaAck, connect_manager};
 use identity::{Authenticator, IdentityConfig};
 use service_kit::{Context, Process, bind, serve, watch_redis};
 use settings::{SettingError, Settings};
@@ -29,6 +29,11 @@ pub struct BidderSettings {
     pub rate_limit_burst: u64,
     pub trust_forwarded_for: bool,
     pub close_check_interval: Duration,
+    /// Replicas that must hold an accepted bid before it is answered 201
+    /// (`WAIT`); 0: the primary's word is enough.
+    pub redis_min_replicas_ack: u32,
+    /// How long a bid waits for those replicas before it is answered 503.
+    pub redis_ack_timeout: Duration,
 }
 
 impl BidderSettings {
@@ -69,6 +74,14 @@ impl BidderSettings {
                 250,
                 10..=60_000,
             )?),
+            redis_min_replicas_ack: settings.number("redis_min_replicas_ack", 0, 0..=16)? as u32,
+            // Below the Redis response timeout (2 s), so a slow replica is
+            // reported as such, not as an unreachable Redis.
+            redis_ack_timeout: Duration::from_millis(settings.number(
+                "redis_ack_timeout_ms",
+                500,
+                1..=1500,
+            )?),
         })
     }
 }
@@ -93,7 +106,10 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         reconnects.inc();
     })
     .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
-    let log = EventLog::new(conn, own.stream_maxlen);
+    let log = EventLog::new(conn, own.stream_maxlen).with_replica_ack(ReplicaAck {
+        replicas: own.redis_min_replicas_ack,
+        timeout: own.redis_ack_timeout,
+    });
     ctx.metrics.register_bid_series(&["user", "simulated"]);
 
     let probe = log.clone();

@@ -1,5 +1,8 @@
 -- Shared helpers, prepended to every script of the event log.
 -- Keys of one auction share the hash tag {ID}, so every script touches one slot.
+-- PUBLISH_COMMAND is defined before this file: 'PUBLISH' on a single node,
+-- 'SPUBLISH' in a cluster (a sharded channel, delivered only by the shard
+-- that owns the auction's slot instead of by every node).
 -- Numbers: Lua numbers are doubles; every amount (<= 2 * 10^12) and time in ms
 -- is an integer well below 2^53, so arithmetic is exact. '%.0f' prints them
 -- without an exponent.
@@ -43,7 +46,7 @@ local function append(state_key, stream_key, auction_id, kind, data, traceparent
   local id = redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, '*',
     'kind', kind, 'data', data, 'prev', prev, 'at', at_text, 'tp', traceparent)
   redis.call('HSET', state_key, 'last_id', id)
-  redis.call('PUBLISH', 'auction:{' .. auction_id .. '}:live',
+  redis.call(PUBLISH_COMMAND, 'auction:{' .. auction_id .. '}:live',
     'v2\n' .. id .. '\n' .. prev .. '\n' .. kind .. '\n' .. at_text .. '\n' .. traceparent ..
     '\n' .. data)
   return id

@@ -1,0 +1,463 @@
+//! A Redis Cluster of the test's own, started the way operators do: six
+//! `redis-server --cluster-enabled yes` processes on loopback, then
+//! `redis-cli --cluster create ... --cluster-replicas 1`: three primaries,
+//! each with one replica.
+
+use crate::redis_server::Entry;
+use crate::wait_for;
+use redis::cluster::ClusterClient;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// Nodes of the cluster: 3 primaries + 3 replicas.
+const NODES: usize = 6;
+/// How long a node may be unreachable before its replica takes over. Short,
+/// so failover tests finish in seconds.
+const NODE_TIMEOUT_MS: u64 = 2000;
+
+struct Node {
+    port: u16,
+    /// Removed on drop, after the process is gone.
+    _dir: TempDir,
+    child: Option<Child>,
+}
+
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+}
+
+/// One line of `CLUSTER NODES`, the parts tests use.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: String,
+    pub port: u16,
+    pub primary: bool,
+    pub failed: bool,
+    /// Slot ranges served (primaries only), inclusive.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes and forms the cluster; returns once every slot is
+    /// served and every replica is in sync with its primary.
+    pub fn start() -> RedisCluster {
+        let ports = free_cluster_ports(NODES);
+        let nodes: Vec<Node> = ports
+            .iter()
+            .map(|&port| {
+                let dir = tempfile::Builder::new()
+                    .prefix("auction-redis-cluster-")
+                    .tempdir()
+                    .expect("cannot create a temporary directory");
+                let child = spawn(port, dir.path());
+                Node {
+                    port,
+                    _dir: dir,
+                    child: Some(child),
+                }
+            })
+            .collect();
+        let cluster = RedisCluster { nodes };
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|port| format!("127.0.0.1:{port}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is not installed (apt-get install redis-tools)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_until_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes
+            .iter()
+            .filter(|node| node.child.is_some())
+            .map(|node| node.port)
+    }
+
+    /// Sends one command to the node on `port`.
+    pub fn command(&self, port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut conn)
+    }
+
+    fn text(&self, port: u16, args: &[&str]) -> Option<String> {
+        match self.command(port, args).ok()? {
+            redis::Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+            redis::Value::VerbatimString { text, .. } => Some(text),
+            redis::Value::SimpleString(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The cluster as the node on `port` sees it.
+    pub fn nodes_seen_by(&self, port: u16) -> Option<Vec<NodeInfo>> {
+        let text = self.text(port, &["CLUSTER", "NODES"])?;
+        Some(text.lines().filter_map(parse_node_line).collect())
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`, agrees on
+    /// who serves every slot, and every running replica's link to its
+    /// primary is up.
+    pub fn wait_until_healthy(&self, timeout: Duration) {
+        wait_for("the Redis Cluster to be healthy", timeout, || {
+            let mut owners: Option<Vec<(u16, u16, u16)>> = None;
+            for port in self.live_ports() {
+                let info = self.text(port, &["CLUSTER", "INFO"])?;
+                if !info.contains("cluster_state:ok") {
+                    return None;
+                }
+                let nodes = self.nodes_seen_by(port)?;
+                let mut seen: Vec<(u16, u16, u16)> = nodes
+                    .iter()
+                    .filter(|node| node.primary && !node.failed)
+                    .flat_map(|node| node.slots.iter().map(|&(a, b)| (a, b, node.port)))
+                    .collect();
+                seen.sort_unstable();
+                let served: u32 = seen.iter().map(|&(a, b, _)| u32::from(b - a) + 1).sum();
+                if served != 16384 || owners.as_ref().is_some_and(|o| *o != seen) {
+                    return None;
+                }
+                owners = Some(seen);
+                let replication = self.text(port, &["INFO", "replication"])?;
+                if replication.contains("role:slave")
+                    && !replication.contains("master_link_status:up")
+                {
+                    return None;
+                }
+            }
+            owners.map(|_| ())
+        });
+    }
+
+    /// The slot of a key (or of a hash tag such as `{1234}`).
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let port = self.live_ports().next().expect("a running node");
+        match self.command(port, &["CLUSTER", "KEYSLOT", key]) {
+            Ok(redis::Value::Int(slot)) => slot as u16,
+            other => panic!("CLUSTER KEYSLOT answered {other:?}"),
+        }
+    }
+
+    /// The primary serving `slot`, as the running nodes see it.
+    pub fn primary_of_slot(&self, slot: u16) -> NodeInfo {
+        let port = self.live_ports().next().expect("a running node");
+        self.nodes_seen_by(port)
+            .expect("CLUSTER NODES")
+            .into_iter()
+            .find(|node| {
+                node.primary
+                    && !node.failed
+                    && node.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+            })
+            .expect("a primary serves the slot")
+    }
+
+    /// The primary holding `auction`'s keys.
+    pub fn primary_of_auction(&self, auction: &str) -> NodeInfo {
+        self.primary_of_slot(self.slot_of(&format!("{{{auction}}}")))
+    }
+
+    /// Kills the node on `port` with SIGKILL, as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.port == port)
+            .expect("a node of this cluster");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until a replica took over the slots of the killed primary on
+    /// `port`; returns the time that took from now.
+    pub fn wait_for_failover(&self, port: u16, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        wait_for("a replica to take over", timeout, || {
+            let any = self.live_ports().next()?;
+            let nodes = self.nodes_seen_by(any)?;
+            let dead_serves = nodes
+                .iter()
+                .any(|node| node.port == port && node.primary && !node.slots.is_empty());
+            (!dead_serves).then_some(())
+        });
+        wait_for("the cluster to be ok again", timeout, || {
+            self.live_ports()
+                .all(|port| {
+                    self.text(port, &["CLUSTER", "INFO"])
+                        .is_some_and(|info| info.contains("cluster_state:ok"))
+                })
+                .then_some(())
+        });
+        started.elapsed()
+    }
+
+    /// Moves `slot` from its primary to another primary, keys and all, the
+    /// way `redis-cli --cluster reshard` does: IMPORTING / MIGRATING, MIGRATE
+    /// of every key, then SETSLOT NODE on every primary. Returns the port
+    /// of the new owner.
+    pub fn migrate_slot(&self, slot: u16) -> u16 {
+        let source = self.primary_of_slot(slot);
+        let port = source.port;
+        let nodes = self.nodes_seen_by(port).expect("CLUSTER NODES");
+        let target = nodes
+            .iter()
+            .find(|node| node.primary && !node.failed && node.id != source.id)
+            .expect("another primary")
+            .clone();
+        let slot_text = slot.to_string();
+        let ok = |result: redis::RedisResult<redis::Value>, what: &str| {
+            if let Err(error) = result {
+                panic!("{what}: {error}");
+            }
+        };
+        ok(
+            self.command(
+                target.port,
+                &["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &source.id],
+            ),
+            "SETSLOT IMPORTING",
+        );
+        ok(
+            self.command(
+                port,
+                &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &target.id],
+            ),
+            "SETSLOT MIGRATING",
+        );
+        loop {
+            let keys: Vec<String> =
+                match self.command(port, &["CLUSTER", "GETKEYSINSLOT", &slot_text, "100"]) {
+                    Ok(value) => redis::from_redis_value(value).expect("key list"),
+                    Err(error) => panic!("GETKEYSINSLOT: {error}"),
+                };
+            if keys.is_empty() {
+                break;
+            }
+            let target_port = target.port.to_string();
+            let mut args = vec![
+                "MIGRATE",
+                "127.0.0.1",
+                &target_port,
+                "",
+                "0",
+                "5000",
+                "KEYS",
+            ];
+            args.extend(keys.iter().map(String::as_str));
+            ok(self.command(port, &args), "MIGRATE");
+        }
+        for node in nodes.iter().filter(|node| node.primary && !node.failed) {
+            ok(
+                self.command(
+                    node.port,
+                    &["CLUSTER", "SETSLOT", &slot_text, "NODE", &target.id],
+                ),
+                "SETSLOT NODE",
+            );
+        }
+        wait_for(
+            "every node to see the slot's new owner",
+            Duration::from_secs(20),
+            || {
+                self.live_ports()
+                    .all(|port| {
+                        self.nodes_seen_by(port).is_some_and(|nodes| {
+                            nodes.iter().any(|node| {
+                                node.id == target.id
+                                    && node.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+                            })
+                        })
+                    })
+                    .then_some(())
+            },
+        );
+        target.port
+    }
+
+    /// Every entry of `auction`'s stream, oldest first, read through the
+    /// cluster (from whichever primary serves it now).
+    pub fn stream(&self, auction: &str) -> Vec<Entry> {
+        let seeds: Vec<String> = self
+            .live_ports()
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect();
+        let client = ClusterClient::new(seeds).expect("cluster client");
+        let mut conn = client.get_connection().expect("connect to the cluster");
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("auction:{{{auction}}}:events"))
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .expect("XRANGE");
+        reply
+            .ids
+            .iter()
+            .map(|entry| Entry {
+                id: entry.id.clone(),
+                kind: entry.get("kind").expect("kind field"),
+                data: entry.get("data").expect("data field"),
+            })
+            .collect()
+    }
+
+    /// Total CPU time (user + system, seconds) the running nodes used so
+    /// far, from `INFO cpu`.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.live_ports()
+            .filter_map(|port| self.text(port, &["INFO", "cpu"]))
+            .map(|info| {
+                info.lines()
+                    .filter_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        matches!(name, "used_cpu_sys" | "used_cpu_user")
+                            .then(|| value.trim().parse::<f64>().ok())?
+                    })
+                    .sum::<f64>()
+            })
+            .sum()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// `id ip:port@bus flags primary-id ping pong epoch link slot...`
+fn parse_node_line(line: &str) -> Option<NodeInfo> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let id = (*fields.first()?).to_owned();
+    let address = fields.get(1)?;
+    let port = address
+        .split('@')
+        .next()?
+        .rsplit_once(':')?
+        .1
+        .parse()
+        .ok()?;
+    let flags = fields.get(2)?;
+    let slots = fields
+        .iter()
+        .skip(8)
+        .filter(|field| !field.starts_with('['))
+        .filter_map(|field| match field.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => field.parse().ok().map(|slot| (slot, slot)),
+        })
+        .collect();
+    Some(NodeInfo {
+        id,
+        port,
+        primary: flags.contains("master"),
+        failed: flags.contains("fail") && !flags.contains("fail?"),
+        slots,
+    })
+}
+
+/// `count` loopback ports below 55536 that are free, and whose cluster bus
+/// port (port + 10000) is free too.
+fn free_cluster_ports(count: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    let mut attempts = 0;
+    while ports.len() < count {
+        attempts += 1;
+        assert!(attempts < 10_000, "no free port pairs for a Redis Cluster");
+        let port = 20_000 + fastrand_port();
+        if ports.contains(&port)
+            || ports
+                .iter()
+                .any(|&p| p + 10_000 == port || port + 10_000 == p)
+        {
+            continue;
+        }
+        let (Ok(a), Ok(b)) = (
+            TcpListener::bind(("127.0.0.1", port)),
+            TcpListener::bind(("127.0.0.1", port + 10_000)),
+        ) else {
+            continue;
+        };
+        // Held until all are chosen, so no two picks collide.
+        held.push((a, b));
+        ports.push(port);
+    }
+    ports
+}
+
+/// A pseudo-random offset in 0..25_000 (ports 20000..45000, bus ports
+/// 30000..55000), different per call and per process.
+fn fastrand_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (hasher.finish() % 25_000) as u16
+}
+
+fn spawn(port: u16, dir: &Path) -> Child {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", "nodes.conf"])
+        .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+        .args(["--save", "", "--appendonly", "yes", "--loglevel", "warning"])
+        .arg("--dir")
+        .arg(dir)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is not installed (apt-get install redis-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("redis-server on port {port} exited at start: {status}");
+        }
+        let pong = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(500)))
+            .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn));
+        if pong.is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("redis-server on port {port} did not start");
+}

@@ -1,0 +1,385 @@
+//! The same guarantees on a Redis Cluster (3 primaries + 3 replicas, formed
+//! with `redis-cli --cluster create`): scripts touch one slot, notices go
+//! out on sharded channels, and losing a primary or moving a slot loses no
+//! acknowledged bid and no event a client should see.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
+use event_log::{AuctionSpec, BidAnswer, EventLog, LiveConnection, LiveMessage, ReplicaAck};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use test_support::{RedisCluster, Seen, ServiceProcess, id_pair, wait_for};
+
+fn spec(id: &str, duration_ms: u64) -> AuctionSpec {
+    AuctionSpec {
+        id: AuctionId::parse(id).unwrap(),
+        title: format!("Lot {id}"),
+        starting_price: 100,
+        min_increment: 1,
+        duration_ms,
+        description: None,
+        image_url: None,
+    }
+}
+
+fn bidder(name: &str) -> Bidder {
+    Bidder {
+        id: BidderId::parse(name).unwrap(),
+        name: BidderName::parse(name).unwrap(),
+    }
+}
+
+fn cluster_log(cluster: &RedisCluster) -> EventLog {
+    let target = event_log::parse_redis_url(&cluster.url()).unwrap();
+    EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 1000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
+    let cluster = RedisCluster::start();
+    let log = cluster_log(&cluster);
+    let ids: Vec<String> = (0..30).map(|i| format!("c-{i}")).collect();
+    // Auctions on every primary.
+    let owners: BTreeSet<u16> = ids
+        .iter()
+        .map(|id| cluster.primary_of_auction(id).port)
+        .collect();
+    assert_eq!(owners.len(), 3, "the ids must spread over the primaries");
+    for id in &ids {
+        log.create(&spec(id, 3_600_000)).await.unwrap();
+    }
+    let auctions: Vec<AuctionId> = ids.iter().map(|id| AuctionId::parse(id).unwrap()).collect();
+
+    let target = event_log::parse_redis_url(&cluster.url()).unwrap();
+    let mut live = LiveConnection::open(&target).await.unwrap();
+    live.watch(&auctions).await.unwrap();
+    for auction in &auctions {
+        let attempt = log
+            .place_bid(auction, 500, &bidder("ann"), BidSource::User, None, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(attempt.answer, BidAnswer::Accepted { .. }));
+    }
+    // Every auction's notice arrives on its sharded channel.
+    let mut notified = BTreeSet::new();
+    while notified.len() < auctions.len() {
+        let message = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("a notice")
+            .expect("the connection is up");
+        match message {
+            LiveMessage::Event { auction, event } => {
+                assert_eq!(event.kind, auction_domain::EventKind::Bid);
+                notified.insert(auction);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // Reads that span auctions (and so slots) answer for each, in order.
+    let windows = log.windows(&auctions).await.unwrap();
+    assert!(windows.iter().all(|w| w.exists && w.last.is_some()));
+    let missing = AuctionId::parse("never-created").unwrap();
+    let exist = log.exist(&[auctions[0].clone(), missing]).await.unwrap();
+    assert_eq!(exist, vec![true, false]);
+    // The listing walks every partition of the index, newest first.
+    let listed: Vec<String> = log
+        .list(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(listed.len(), ids.len());
+    assert_eq!(listed.first(), ids.last());
+    assert_eq!(log.list(5).await.unwrap().len(), 5);
+
+    // The closer finds due auctions in every partition.
+    let short: Vec<String> = (0..6).map(|i| format!("short-{i}")).collect();
+    for id in &short {
+        log.create(&spec(id, 1000)).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let due = loop {
+        let now = auction_domain::clock::now_ms();
+        let due = log.due_for_close(now, 100).await.unwrap();
+        if due.len() == short.len() {
+            break due;
+        }
+        assert!(Instant::now() < deadline, "only {} auctions due", due.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for auction in &due {
+        log.close_if_due(auction).await.unwrap();
+    }
+    let now = auction_domain::clock::now_ms();
+    assert!(log.due_for_close(now, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_acks_an_accepted_bid_is_on_a_replica() {
+    let cluster = RedisCluster::start();
+    let log = cluster_log(&cluster).with_replica_ack(ReplicaAck {
+        replicas: 1,
+        timeout: Duration::from_millis(1000),
+    });
+    log.create(&spec("acked", 3_600_000)).await.unwrap();
+    let auction = AuctionId::parse("acked").unwrap();
+    let attempt = log
+        .place_bid(&auction, 500, &bidder("ann"), BidSource::User, None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(attempt.answer, BidAnswer::Accepted { .. }));
+
+    // Asking for more replicas than exist: applied, but not confirmed.
+    let strict = cluster_log(&cluster).with_replica_ack(ReplicaAck {
+        replicas: 2,
+        timeout: Duration::from_millis(200),
+    });
+    let error = strict
+        .place_bid(&auction, 600, &bidder("ann"), BidSource::User, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, event_log::LogError::NotReplicated(_)),
+        "{error}"
+    );
+}
+
+/// A bidder and an edge on the cluster.
+fn services(cluster: &RedisCluster, edge_binary: &str) -> (ServiceProcess, ServiceProcess) {
+    let bidder = ServiceProcess::start(
+        "bidder",
+        &[
+            ("AUCTION_REDIS_URL", cluster.url()),
+            ("AUCTION_SIMULATE", "false".into()),
+            ("AUCTION_SIM_AUCTIONS", "unused".into()),
+            ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
+            ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
+            ("AUCTION_REDIS_MIN_REPLICAS_ACK", "1".into()),
+            ("AUCTION_REDIS_ACK_TIMEOUT_MS", "1000".into()),
+            test_support::session_secret_env(),
+        ],
+    );
+    let edge = ServiceProcess::start(
+        edge_binary,
+        &[
+            ("AUCTION_REDIS_URL", cluster.url()),
+            test_support::session_secret_env(),
+        ],
+    );
+    (bidder, edge)
+}
+
+async fn create_auction(http: &reqwest::Client, bidder: &ServiceProcess, id: &str) {
+    let body = serde_json::json!({
+        "id": id, "title": format!("Item {id}"), "starting_price": 100,
+        "min_increment": 1, "duration_ms": 3_600_000,
+    });
+    let response = http
+        .post(format!("{}/auctions", bidder.url()))
+        .bearer_auth(test_support::seller_token())
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+/// Bids on `auction` until `stop`, each with its own Idempotency-Key and
+/// retried with it until it gets an answer other than 503 (or the key's
+/// deadline passes). Returns the event ids answered 201.
+async fn bid_until(
+    bidder_url: String,
+    auction: String,
+    stop: Arc<Mutex<bool>>,
+    answered: Arc<Mutex<Vec<String>>>,
+) -> usize {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let token = test_support::guest_token("runner");
+    let mut unavailable = 0;
+    for n in 0u64.. {
+        if *stop.lock().unwrap() {
+            break;
+        }
+        let key = format!("bid-{n}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let response = http
+                .post(format!("{bidder_url}/auctions/{auction}/bids"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .header("idempotency-key", &key)
+                .body(format!(r#"{{"amount":{}}}"#, 1_000 + n))
+                .send()
+                .await;
+            let Ok(response) = response else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let status = response.status().as_u16();
+            if status == 503 {
+                assert!(response.headers().contains_key("retry-after"));
+                unavailable += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let json: serde_json::Value = response.json().await.unwrap();
+            if status == 201 {
+                answered
+                    .lock()
+                    .unwrap()
+                    .push(json["id"].as_str().unwrap().to_owned());
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    unavailable
+}
+
+/// Asserts a client saw exactly the stream's events after its first init,
+/// up to its last: nothing missing, nothing twice, in order.
+fn assert_exact(seen: &Seen, cluster: &RedisCluster, auction: &str) {
+    let last = seen.last.as_deref().expect("the client received something");
+    let (after, until) = (id_pair(seen.start()), id_pair(last));
+    let expected: Vec<String> = cluster
+        .stream(auction)
+        .into_iter()
+        .map(|entry| entry.id)
+        .filter(|id| id_pair(id) > after && id_pair(id) <= until)
+        .collect();
+    assert!(!expected.is_empty(), "the run must include events");
+    assert_eq!(
+        seen.ids.len(),
+        expected.len(),
+        "received {} events, the stream has {}; inits {:?}",
+        seen.ids.len(),
+        expected.len(),
+        seen.inits
+    );
+    assert_eq!(seen.ids, expected);
+}
+
+/// Runs bids and SSE clients on `auction`, calls `disrupt` once some events
+/// flowed, keeps going until `after` more bids were acknowledged, then
+/// checks every acknowledged bid is in the stream and every client saw
+/// every event once, in order (the edge never restarted).
+async fn survives(
+    cluster: &mut RedisCluster,
+    auction: &str,
+    disrupt: impl FnOnce(&mut RedisCluster),
+) {
+    let (bidder, edge) = services(cluster, "sse-edge");
+    let http = reqwest::Client::new();
+    create_auction(&http, &bidder, auction).await;
+    let stop = Arc::new(Mutex::new(false));
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let bids = tokio::spawn(bid_until(
+        bidder.url(),
+        auction.to_owned(),
+        stop.clone(),
+        answered.clone(),
+    ));
+    let acked = || answered.lock().unwrap().len();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let edges = vec![edge.url()];
+        let auction = auction.to_owned();
+        let (stop, answered) = (stop.clone(), answered.clone());
+        clients.push(tokio::spawn(async move {
+            test_support::clients::sse_follow(&edges, &auction, Duration::from_secs(120), |seen| {
+                // Done once bidding stopped and the last acknowledged bid arrived.
+                *stop.lock().unwrap()
+                    && answered
+                        .lock()
+                        .unwrap()
+                        .last()
+                        .is_some_and(|last| seen.has_reached(last))
+            })
+            .await
+        }));
+    }
+    let deadline = Duration::from_secs(60);
+    tokio::task::block_in_place(|| {
+        wait_for("bids before the disruption", deadline, || {
+            (acked() >= 20).then_some(())
+        });
+    });
+    let before = acked();
+    tokio::task::block_in_place(|| disrupt(cluster));
+    tokio::task::block_in_place(|| {
+        wait_for("bids after the disruption", deadline, || {
+            (acked() >= before + 30).then_some(())
+        });
+    });
+    *stop.lock().unwrap() = true;
+    let unavailable = bids.await.unwrap();
+    let answered: Vec<String> = answered.lock().unwrap().clone();
+
+    let in_stream: BTreeSet<String> = cluster
+        .stream(auction)
+        .into_iter()
+        .map(|entry| entry.id)
+        .collect();
+    for id in &answered {
+        assert!(
+            in_stream.contains(id),
+            "bid {id} was answered 201 but is not in the stream"
+        );
+    }
+    let mut reconnects = HashMap::new();
+    for client in clients {
+        let seen = client.await.unwrap();
+        assert!(
+            seen.has_reached(answered.last().unwrap()),
+            "a client did not reach the last bid; inits {:?}",
+            seen.inits
+        );
+        assert_exact(&seen, cluster, auction);
+        *reconnects.entry(seen.reconnects).or_insert(0) += 1;
+    }
+    eprintln!(
+        "{} bids acknowledged, {unavailable} answers 503 on the way, client reconnects {reconnects:?}",
+        answered.len()
+    );
+    drop(edge);
+    drop(bidder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_bids_loses_no_acknowledged_bid_and_no_client_event() {
+    let mut cluster = RedisCluster::start();
+    let auction = "busy";
+    survives(&mut cluster, auction, |cluster| {
+        let primary = cluster.primary_of_auction(auction);
+        cluster.kill(primary.port);
+        let took = cluster.wait_for_failover(primary.port, Duration::from_secs(30));
+        eprintln!("failover took {took:?}");
+        let now = cluster.primary_of_auction(auction);
+        assert_ne!(now.port, primary.port, "a replica took over");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migrated_while_clients_watch_loses_nothing() {
+    let mut cluster = RedisCluster::start();
+    let auction = "moving";
+    survives(&mut cluster, auction, |cluster| {
+        let before = cluster.primary_of_auction(auction);
+        let slot = cluster.slot_of(&format!("{{{auction}}}"));
+        let to = cluster.migrate_slot(slot);
+        assert_ne!(before.port, to);
+        assert_eq!(cluster.primary_of_auction(auction).port, to);
+    })
+    .await;
+}
