@@ -21,7 +21,7 @@ const NODE_TIMEOUT_MS: u64 = 2000;
 struct Node {
     port: u16,
     /// Removed on drop, after the process is gone.
-    _dir: TempDir,
+    dir: TempDir,
     child: Option<Child>,
 }
 
@@ -55,7 +55,7 @@ impl RedisCluster {
                 let child = spawn(port, dir.path());
                 Node {
                     port,
-                    _dir: dir,
+                    dir,
                     child: Some(child),
                 }
             })
@@ -192,6 +192,19 @@ impl RedisCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts the killed node on `port` again with its data and
+    /// `nodes.conf`: it rejoins, as a replica of whoever took its slots (as
+    /// a restarted pod does).
+    pub fn restart(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.port == port)
+            .expect("a node of this cluster");
+        assert!(node.child.is_none(), "the node is running");
+        node.child = Some(spawn(port, node.dir.path()));
     }
 
     /// Waits until a replica took over the slots of the killed primary on
