@@ -5,12 +5,18 @@ use redis::{
     Client, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushKind, RedisFuture, Value,
 };
 use std::fmt;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How long establishing one connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long one command may wait for its answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(2000);
+/// The same in a cluster: below the live path's own 2 s bound on each
+/// operation, so a command stuck on a dead primary fails here first and
+/// the connection re-reads the slot map (see [`ClusterHandle`]) instead of
+/// being cancelled from above, which would teach it nothing.
+const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_millis(1200);
 
 /// A parsed, validated Redis address: one node or a Redis Cluster. Creating
 /// it opens no connection.
@@ -19,6 +25,8 @@ pub struct RedisTarget {
     pub(crate) kind: TargetKind,
 }
 
+// One per process, built at start-up: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum TargetKind {
     Single {
@@ -57,11 +65,14 @@ impl RedisTarget {
         ClusterClient::builder(seeds.iter().map(String::as_str))
             .use_protocol(ProtocolVersion::RESP3)
             .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
+            .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
             // A command to a slot whose primary just died is retried a few
             // times (MOVED, reconnect) and then fails, so a bid is answered
-            // 503 within seconds instead of hanging through a failover.
-            .retries(3)
+            // 503 within about a second instead of hanging through a
+            // failover; the caller's retry meets the new primary.
+            .retries(2)
+            .min_retry_wait(20)
+            .max_retry_wait(200)
             .build()
     }
 }
@@ -139,12 +150,11 @@ fn parse_cluster_url(url: &str) -> Result<RedisTarget, String> {
 
 /// The command connection: one node's multiplexed connection, or a
 /// cluster connection that routes each command to the primary owning its
-/// slot (following MOVED and failovers by itself). Cheap to clone; clones
-/// share the connection.
+/// slot. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub enum RedisConnection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterHandle),
 }
 
 impl RedisConnection {
@@ -153,11 +163,113 @@ impl RedisConnection {
     }
 }
 
+/// Shortest time between two rebuilds of a cluster connection.
+const REBUILD_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A cluster connection that starts over from the seed nodes when a command
+/// fails for want of a node.
+///
+/// Why: the client follows MOVED by itself, but a primary that died leaves
+/// its slots pointing at an address that refuses connections; nothing
+/// answers MOVED, so the client keeps retrying the dead address after a
+/// replica took over. A fresh connection reads the slot map again from
+/// whichever seed answers. At most one rebuild per `REBUILD_INTERVAL`.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
+    /// The connection in use and when it was made.
+    current: Mutex<(ClusterConnection, Instant)>,
+    client: ClusterClient,
+    on_disconnect: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl ClusterHandle {
+    fn new(client: ClusterClient, on_disconnect: Arc<dyn Fn() + Send + Sync>) -> Self {
+        let conn = Self::connect(&client, &on_disconnect);
+        ClusterHandle {
+            shared: Arc::new(ClusterShared {
+                current: Mutex::new((conn, Instant::now())),
+                client,
+                on_disconnect,
+            }),
+        }
+    }
+
+    fn connect(
+        client: &ClusterClient,
+        on_disconnect: &Arc<dyn Fn() + Send + Sync>,
+    ) -> ClusterConnection {
+        let on_disconnect = on_disconnect.clone();
+        let config = ClusterConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(CLUSTER_RESPONSE_TIMEOUT)
+            .set_push_sender(move |push: redis::PushInfo| {
+                if push.kind == PushKind::Disconnection {
+                    on_disconnect();
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
+        client.get_pending_async_connection_with_config(config)
+    }
+
+    /// The connection to send the next command on.
+    pub(crate) fn connection(&self) -> ClusterConnection {
+        match self.shared.current.lock() {
+            Ok(current) => current.0.clone(),
+            Err(poisoned) => poisoned.into_inner().0.clone(),
+        }
+    }
+
+    /// When the current connection was made: a write and the `WAIT` that
+    /// confirms it must go over the same one (WAIT counts the writes of
+    /// its own connection), which callers check with this.
+    pub(crate) fn built_at(&self) -> Instant {
+        match self.shared.current.lock() {
+            Ok(current) => current.1,
+            Err(poisoned) => poisoned.into_inner().1,
+        }
+    }
+
+    /// After a failed command: start over if the failure says a node is
+    /// missing (and no rebuild happened just now).
+    fn after_error(&self, error: &redis::RedisError) {
+        let node_missing = error.is_io_error()
+            || error.is_connection_refusal()
+            || error.is_connection_dropped()
+            || error.is_timeout()
+            || error.is_cluster_error();
+        if !node_missing {
+            return;
+        }
+        let mut current = match self.shared.current.lock() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if current.1.elapsed() >= REBUILD_INTERVAL {
+            tracing::warn!(%error, "Redis Cluster command failed; reading the slot map again");
+            *current = (
+                Self::connect(&self.shared.client, &self.shared.on_disconnect),
+                Instant::now(),
+            );
+        }
+    }
+}
+
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConnection::Single(conn) => conn.req_packed_command(cmd),
-            RedisConnection::Cluster(conn) => conn.req_packed_command(cmd),
+            RedisConnection::Cluster(handle) => Box::pin(async move {
+                let mut conn = handle.connection();
+                let result = conn.req_packed_command(cmd).await;
+                if let Err(error) = &result {
+                    handle.after_error(error);
+                }
+                result
+            }),
         }
     }
 
@@ -169,15 +281,19 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConnection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            RedisConnection::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+            RedisConnection::Cluster(handle) => Box::pin(async move {
+                let mut conn = handle.connection();
+                let result = conn.req_packed_commands(cmd, offset, count).await;
+                if let Err(error) = &result {
+                    handle.after_error(error);
+                }
+                result
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            RedisConnection::Single(conn) => conn.get_db(),
-            RedisConnection::Cluster(conn) => conn.get_db(),
-        }
+        0
     }
 }
 
@@ -192,14 +308,14 @@ pub fn connect_manager(
     target: &RedisTarget,
     on_disconnect: impl Fn() + Send + Sync + 'static,
 ) -> redis::RedisResult<RedisConnection> {
-    let on_push = move |push: redis::PushInfo| {
-        if push.kind == PushKind::Disconnection {
-            on_disconnect();
-        }
-        Ok::<(), std::convert::Infallible>(())
-    };
     match &target.kind {
         TargetKind::Single { client, .. } => {
+            let on_push = move |push: redis::PushInfo| {
+                if push.kind == PushKind::Disconnection {
+                    on_disconnect();
+                }
+                Ok::<(), std::convert::Infallible>(())
+            };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -210,16 +326,10 @@ pub fn connect_manager(
             ConnectionManager::new_lazy_with_config(client.clone(), config)
                 .map(RedisConnection::Single)
         }
-        TargetKind::Cluster { seeds } => {
-            let config = ClusterConfig::new()
-                .set_connection_timeout(CONNECT_TIMEOUT)
-                .set_response_timeout(RESPONSE_TIMEOUT)
-                .set_push_sender(on_push);
-            let client = RedisTarget::cluster_client(seeds)?;
-            Ok(RedisConnection::Cluster(
-                client.get_pending_async_connection_with_config(config),
-            ))
-        }
+        TargetKind::Cluster { seeds } => Ok(RedisConnection::Cluster(ClusterHandle::new(
+            RedisTarget::cluster_client(seeds)?,
+            Arc::new(on_disconnect),
+        ))),
     }
 }
 

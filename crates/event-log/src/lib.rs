@@ -15,7 +15,9 @@ pub mod live;
 mod log;
 mod notice;
 
-pub use connection::{RedisConnection, RedisTarget, connect_manager, parse_redis_url};
+pub use connection::{
+    ClusterHandle, RedisConnection, RedisTarget, connect_manager, parse_redis_url,
+};
 pub use live::{LiveConnection, LiveMessage};
 pub use log::{
     AuctionSpec, BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome, EventLog,

@@ -248,7 +248,11 @@ impl EventLog {
 
     /// Waits until the configured number of replicas hold every write this
     /// connection made to the node owning `key` (so the bid just appended).
-    async fn await_replicas(&self, key: &str) -> Result<(), LogError> {
+    async fn await_replicas(
+        &self,
+        key: &str,
+        written_on: Option<std::time::Instant>,
+    ) -> Result<(), LogError> {
         let Some(ack) = self.replica_ack else {
             return Ok(());
         };
@@ -260,13 +264,20 @@ impl EventLog {
                 let mut conn = self.conn.clone();
                 wait.query_async(&mut conn).await?
             }
-            RedisConnection::Cluster(conn) => {
+            RedisConnection::Cluster(handle) => {
                 // Left to the router, WAIT would go to every primary; only
                 // the one owning the auction's slot holds the write.
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                     Route::with_key(key, SlotAddr::Master),
                 ));
-                let reply = conn.clone().route_command(wait, route).await?;
+                let reply = handle.connection().route_command(wait, route).await?;
+                if written_on != Some(handle.built_at()) {
+                    // The connection was replaced between the write and
+                    // WAIT: this WAIT proves nothing about the write.
+                    return Err(LogError::NotReplicated(
+                        "the cluster connection was replaced".into(),
+                    ));
+                }
                 redis::from_redis_value(reply)
                     .map_err(|error| corrupt(format!("WAIT answered {error}")))?
             }
@@ -392,6 +403,10 @@ impl EventLog {
             idempotency_key.map_or("", |k| k.as_str()),
         );
         let state_key = keys::state_key(auction);
+        let written_on = match &self.conn {
+            RedisConnection::Cluster(handle) => Some(handle.built_at()),
+            RedisConnection::Single(_) => None,
+        };
         let reply: Vec<String> = self
             .script(&PLACE_BID)
             .key(&state_key)
@@ -425,7 +440,7 @@ impl EventLog {
         // A replayed answer waits too: the first request may have been
         // answered 503 before its bid reached a replica.
         if matches!(answer, BidAnswer::Accepted { .. }) {
-            self.await_replicas(&state_key).await?;
+            self.await_replicas(&state_key, written_on).await?;
         }
         Ok(Some(BidAttempt { answer, replayed }))
     }

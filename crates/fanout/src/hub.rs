@@ -419,6 +419,8 @@ impl<C: Codec> Subscriber<C> {
             match window.last {
                 Some(newest) if newest > last => self.backfill(auction).await?,
                 Some(newest) if newest == last => {}
+                // Still no events (a new auction): nothing was missed.
+                None if last == EventId::ZERO => {}
                 newest => self.restart_feed(auction, newest.unwrap_or(EventId::ZERO)),
             }
         }
