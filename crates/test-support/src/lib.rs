@@ -17,7 +17,7 @@ mod service;
 
 pub use nginx::Nginx;
 pub use redis_cluster::{NodeInfo, RedisCluster};
-pub use redis_server::{Entry, RedisServer, id_pair};
+pub use redis_server::{Entry, RedisServer, TestRedis, id_pair};
 pub use seen::Seen;
 pub use service::{ServiceProcess, binary_path, run_to_exit};
 
@@ -70,7 +70,7 @@ fn mint(name: &str, roles: &[&str]) -> String {
 /// comma list; empty turns it off) every `interval_ms`, and rate limits high
 /// enough for tests.
 pub fn bidder_env(
-    redis: &RedisServer,
+    redis: &impl TestRedis,
     sim_auctions: &str,
     interval_ms: u64,
 ) -> Vec<(&'static str, String)> {

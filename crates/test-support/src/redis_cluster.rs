@@ -3,7 +3,7 @@
 //! `redis-cli --cluster create ... --cluster-replicas 1`: three primaries,
 //! each with one replica.
 
-use crate::redis_server::Entry;
+use crate::redis_server::{Entry, TestRedis};
 use crate::wait_for;
 use redis::cluster::ClusterClient;
 use std::net::TcpListener;
@@ -354,6 +354,16 @@ impl RedisCluster {
                     .sum::<f64>()
             })
             .sum()
+    }
+}
+
+impl TestRedis for RedisCluster {
+    fn url(&self) -> String {
+        RedisCluster::url(self)
+    }
+
+    fn stream(&self, auction: &str) -> Vec<Entry> {
+        RedisCluster::stream(self, auction)
     }
 }
 

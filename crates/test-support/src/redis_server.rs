@@ -272,12 +272,69 @@ impl RedisServer {
     /// The ids of `auction`'s stream strictly after `after` and up to and
     /// including `until`, compared as (ms, seq) pairs.
     pub fn stream_ids_between(&self, auction: &str, after: &str, until: &str) -> Vec<String> {
+        <Self as TestRedis>::stream_ids_between(self, auction, after, until)
+    }
+}
+
+/// What tests need of the Redis they run against, one node or a cluster,
+/// so one test body can run on both.
+pub trait TestRedis: Sync {
+    /// `AUCTION_REDIS_URL` for the services.
+    fn url(&self) -> String;
+
+    /// Every entry of `auction`'s stream, oldest first.
+    fn stream(&self, auction: &str) -> Vec<Entry>;
+
+    /// The ids of `auction`'s stream strictly after `after` and up to and
+    /// including `until`, compared as (ms, seq) pairs.
+    fn stream_ids_between(&self, auction: &str, after: &str, until: &str) -> Vec<String> {
         let (after, until) = (id_pair(after), id_pair(until));
         self.stream(auction)
             .into_iter()
             .map(|entry| entry.id)
             .filter(|id| id_pair(id) > after && id_pair(id) <= until)
             .collect()
+    }
+
+    /// The newest id of `auction`'s stream (`0-0` when empty).
+    fn head(&self, auction: &str) -> String {
+        self.stream(auction)
+            .last()
+            .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone())
+    }
+
+    /// Waits until the stream holds `more` events after `after`; returns the
+    /// newest id then.
+    fn wait_for_more(&self, auction: &str, after: &str, more: usize) -> String {
+        wait_for("more events in the stream", Duration::from_secs(30), || {
+            let newer: Vec<Entry> = self
+                .stream(auction)
+                .into_iter()
+                .filter(|entry| id_pair(&entry.id) > id_pair(after))
+                .collect();
+            (newer.len() >= more).then(|| newer[newer.len() - 1].id.clone())
+        })
+    }
+}
+
+/// A reference serves wherever the thing does.
+impl<T: TestRedis + ?Sized> TestRedis for &T {
+    fn url(&self) -> String {
+        (**self).url()
+    }
+
+    fn stream(&self, auction: &str) -> Vec<Entry> {
+        (**self).stream(auction)
+    }
+}
+
+impl TestRedis for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+
+    fn stream(&self, auction: &str) -> Vec<Entry> {
+        RedisServer::stream(self, auction)
     }
 }
 
@@ -291,21 +348,12 @@ pub fn id_pair(id: &str) -> (u64, u64) {
 impl RedisServer {
     /// The newest id of `auction`'s stream (`0-0` when empty).
     pub fn head(&self, auction: &str) -> String {
-        self.stream(auction)
-            .last()
-            .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone())
+        <Self as TestRedis>::head(self, auction)
     }
 
     /// Waits until the stream holds `more` events after `after`; returns the
     /// newest id then.
     pub fn wait_for_more(&self, auction: &str, after: &str, more: usize) -> String {
-        wait_for("more events in the stream", Duration::from_secs(30), || {
-            let newer: Vec<Entry> = self
-                .stream(auction)
-                .into_iter()
-                .filter(|entry| id_pair(&entry.id) > id_pair(after))
-                .collect();
-            (newer.len() >= more).then(|| newer[newer.len() - 1].id.clone())
-        })
+        <Self as TestRedis>::wait_for_more(self, auction, after, more)
     }
 }

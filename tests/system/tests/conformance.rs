@@ -4,16 +4,25 @@
 //!
 //! The events come from the bidder's simulator (one bid per interval on a
 //! simulated auction), so the cases exercise the edges, not the bid API.
+//!
+//! The cases that do not take Redis itself apart run twice: on one node and
+//! on a Redis Cluster (3 primaries + 3 replicas, sharded notices).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 use test_support::conn::{Conn, Received, Transport};
-use test_support::{RedisServer, ServiceProcess, bidder_env, id_pair, wait_for};
+use test_support::{
+    RedisCluster, RedisServer, ServiceProcess, TestRedis, bidder_env, id_pair, wait_for,
+};
 
 const QUIET: Duration = Duration::from_secs(10);
 
-fn start_edge(transport: Transport, redis: &RedisServer, extra: &[(&str, &str)]) -> ServiceProcess {
+fn start_edge(
+    transport: Transport,
+    redis: &impl TestRedis,
+    extra: &[(&str, &str)],
+) -> ServiceProcess {
     let mut env = vec![
         ("AUCTION_REDIS_URL", redis.url()),
         test_support::session_secret_env(),
@@ -26,7 +35,7 @@ fn start_edge(transport: Transport, redis: &RedisServer, extra: &[(&str, &str)])
     ServiceProcess::start(transport.binary(), &env)
 }
 
-fn simulator(redis: &RedisServer, auction: &str, interval_ms: u64) -> ServiceProcess {
+fn simulator(redis: &impl TestRedis, auction: &str, interval_ms: u64) -> ServiceProcess {
     ServiceProcess::start("bidder", &bidder_env(redis, auction, interval_ms))
 }
 
@@ -86,7 +95,7 @@ async fn read_until(conn: &mut Conn, target: &str, into: &mut Vec<Received>) {
 
 /// Asserts that `ids` is exactly the stream's events after `after`, up to
 /// and including its own last one: nothing missing, nothing twice.
-fn assert_exact(redis: &RedisServer, auction: &str, after: &str, ids: &[String]) {
+fn assert_exact(redis: &impl TestRedis, auction: &str, after: &str, ids: &[String]) {
     let last = ids.last().expect("events were received");
     let expected = redis.stream_ids_between(auction, after, last);
     assert_eq!(
@@ -112,7 +121,15 @@ fn init_id(received: &[Received]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_transports_hop_replicas_after_a_sigkill_with_nothing_lost() {
-    let redis = RedisServer::start();
+    hop_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_hop_replicas_after_a_sigkill_with_nothing_lost_on_a_cluster() {
+    hop_case(&RedisCluster::start()).await;
+}
+
+async fn hop_case(redis: &impl TestRedis) {
     let _bidder = simulator(&redis, "hop", 10);
     redis.wait_for_more("hop", "0-0", 1);
     let mut outcomes = Vec::new();
@@ -271,10 +288,10 @@ async fn a_dropped_notice_is_recovered_for_a_client_that_is_replaying() {
 /// A client that stops reading until the edge gives up on it: cut off
 /// once, counted once, and a resume from its last id misses nothing.
 async fn slow_client_case(
+    redis: &impl TestRedis,
     settings: &[(&str, &str)],
     stop_events_after: Option<usize>,
 ) -> Vec<Counts> {
-    let redis = RedisServer::start();
     let mut bidder = simulator(&redis, "slow", 2);
     redis.wait_for_more("slow", "0-0", 1);
     let mut outcomes = Vec::new();
@@ -332,9 +349,13 @@ async fn a_lapped_client_is_cut_off_once_and_resumes_exactly_on_both_transports(
         ("AUCTION_CLIENT_QUEUE", "8"),
         ("AUCTION_SOCKET_SEND_BUFFER", "4096"),
     ];
-    let outcomes = slow_client_case(&settings, None).await;
-    assert_eq!(outcomes[0].slow, 1.0, "{outcomes:?}");
-    assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
+    for outcomes in [
+        slow_client_case(&RedisServer::start(), &settings, None).await,
+        slow_client_case(&RedisCluster::start(), &settings, None).await,
+    ] {
+        assert_eq!(outcomes[0].slow, 1.0, "{outcomes:?}");
+        assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,14 +366,26 @@ async fn a_stalled_client_is_cut_off_at_the_stall_limit_on_both_transports() {
         ("AUCTION_SOCKET_SEND_BUFFER", "4096"),
         ("AUCTION_CLIENT_STALL_MS", "1000"),
     ];
-    let outcomes = slow_client_case(&settings, Some(600)).await;
-    assert_eq!(outcomes[0].slow, 1.0, "{outcomes:?}");
-    assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
+    for outcomes in [
+        slow_client_case(&RedisServer::start(), &settings, Some(600)).await,
+        slow_client_case(&RedisCluster::start(), &settings, Some(600)).await,
+    ] {
+        assert_eq!(outcomes[0].slow, 1.0, "{outcomes:?}");
+        assert_eq!(outcomes[0], outcomes[1], "same counts on both transports");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_replica_ends_its_streams_and_clients_resume_elsewhere() {
-    let redis = RedisServer::start();
+    drain_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_replica_ends_its_streams_and_clients_resume_elsewhere_on_a_cluster() {
+    drain_case(&RedisCluster::start()).await;
+}
+
+async fn drain_case(redis: &impl TestRedis) {
     let _bidder = simulator(&redis, "drain", 10);
     redis.wait_for_more("drain", "0-0", 1);
     let mut endings = Vec::new();
@@ -400,7 +433,15 @@ async fn a_drained_replica_ends_its_streams_and_clients_resume_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbled_or_future_resume_ids_get_a_reset_init_on_both_transports() {
-    let redis = RedisServer::start();
+    garbled_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_or_future_resume_ids_get_a_reset_init_on_both_transports_on_a_cluster() {
+    garbled_case(&RedisCluster::start()).await;
+}
+
+async fn garbled_case(redis: &impl TestRedis) {
     let mut bidder = simulator(&redis, "garbled", 5);
     redis.wait_for_more("garbled", "0-0", 3);
     bidder.kill();
