@@ -44,23 +44,28 @@ impl RedisCluster {
     /// Starts six nodes and forms the cluster; returns once every slot is
     /// served and every replica is in sync with its primary.
     pub fn start() -> RedisCluster {
-        let ports = free_cluster_ports(NODES);
-        let nodes: Vec<Node> = ports
-            .iter()
-            .map(|&port| {
-                let dir = tempfile::Builder::new()
-                    .prefix("auction-redis-cluster-")
-                    .tempdir()
-                    .expect("cannot create a temporary directory");
-                let child = spawn(port, dir.path());
-                Node {
-                    port,
-                    dir,
-                    child: Some(child),
+        // A port checked free can still be taken before redis-server binds
+        // it (by another test): then start over on other ports.
+        let (cluster, ports) = (0..5)
+            .find_map(|_| {
+                let ports = free_cluster_ports(NODES);
+                // Dropped (and its nodes killed) if one node fails.
+                let mut cluster = RedisCluster { nodes: Vec::new() };
+                for &port in &ports {
+                    let dir = tempfile::Builder::new()
+                        .prefix("auction-redis-cluster-")
+                        .tempdir()
+                        .expect("cannot create a temporary directory");
+                    let child = spawn(port, dir.path())?;
+                    cluster.nodes.push(Node {
+                        port,
+                        dir,
+                        child: Some(child),
+                    });
                 }
+                Some((cluster, ports))
             })
-            .collect();
-        let cluster = RedisCluster { nodes };
+            .expect("could not start six redis-server nodes on free ports");
         let created = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -204,7 +209,7 @@ impl RedisCluster {
             .find(|node| node.port == port)
             .expect("a node of this cluster");
         assert!(node.child.is_none(), "the node is running");
-        node.child = Some(spawn(port, node.dir.path()));
+        node.child = Some(spawn(port, node.dir.path()).expect("the node restarts on its port"));
     }
 
     /// Waits until a replica took over the slots of the killed primary on
@@ -409,8 +414,10 @@ fn parse_node_line(line: &str) -> Option<NodeInfo> {
     })
 }
 
-/// `count` loopback ports below 55536 that are free, and whose cluster bus
-/// port (port + 10000) is free too.
+/// `count` loopback ports that are free, and whose cluster bus port (port +
+/// 10000) is free too. Both sit below Linux's ephemeral range (32768 and
+/// up), where the ports the OS hands out for other connections and tests'
+/// `free_port()` are, so those cannot take them between check and bind.
 fn free_cluster_ports(count: usize) -> Vec<u16> {
     let mut ports = Vec::new();
     let mut held = Vec::new();
@@ -418,7 +425,7 @@ fn free_cluster_ports(count: usize) -> Vec<u16> {
     while ports.len() < count {
         attempts += 1;
         assert!(attempts < 10_000, "no free port pairs for a Redis Cluster");
-        let port = 20_000 + fastrand_port();
+        let port = 10_000 + fastrand_port();
         if ports.contains(&port)
             || ports
                 .iter()
@@ -439,8 +446,8 @@ fn free_cluster_ports(count: usize) -> Vec<u16> {
     ports
 }
 
-/// A pseudo-random offset in 0..25_000 (ports 20000..45000, bus ports
-/// 30000..55000), different per call and per process.
+/// A pseudo-random offset in 0..12_700 (ports 10000..22700, bus ports
+/// 20000..32700), different per call and per process.
 fn fastrand_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -450,10 +457,11 @@ fn fastrand_port() -> u16 {
             .map(|d| d.as_nanos())
             .unwrap_or(0),
     );
-    (hasher.finish() % 25_000) as u16
+    (hasher.finish() % 12_700) as u16
 }
 
-fn spawn(port: u16, dir: &Path) -> Child {
+/// Starts one node; `None` if it exited at start (its port was taken).
+fn spawn(port: u16, dir: &Path) -> Option<Child> {
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes"])
@@ -469,14 +477,14 @@ fn spawn(port: u16, dir: &Path) -> Child {
         .expect("redis-server is not installed (apt-get install redis-server)");
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("redis-server on port {port} exited at start: {status}");
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
         }
         let pong = redis::Client::open(format!("redis://127.0.0.1:{port}"))
             .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(500)))
             .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn));
         if pong.is_ok() {
-            return child;
+            return Some(child);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -54,6 +54,10 @@ struct RunScript {
 
 impl RunScript {
     fn start(ports: &Ports, env: &[(&str, String)]) -> RunScript {
+        RunScript::start_with(ports, env, &[])
+    }
+
+    fn start_with(ports: &Ports, env: &[(&str, String)], args: &[&str]) -> RunScript {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
         let profile_dir = binary_path("bidder").parent().unwrap().to_owned();
         let profile = profile_dir
@@ -72,6 +76,7 @@ impl RunScript {
         if profile == "release" {
             command.arg("--release");
         }
+        command.args(args);
         command
             .env("SKIP_BUILD", "1")
             .env("RUN_DIR", dir.path())
@@ -274,6 +279,94 @@ fn scripts_run_prints_ready_only_once_every_replica_answers_readyz() {
             &format!("{binary} on {port} to be stopped"),
             Duration::from_secs(20),
             || (!listening(*port)).then_some(()),
+        );
+    }
+}
+
+#[test]
+fn scripts_run_cluster_starts_a_redis_cluster_and_every_replica_runs_on_it() {
+    let ports = Ports::free();
+    let mut run = RunScript::start_with(&ports, &[], &["--cluster"]);
+    wait_for("ready", Duration::from_secs(90), || {
+        assert!(
+            run.child.try_wait().unwrap().is_none(),
+            "scripts/run --cluster exited:\n{}",
+            run.stderr()
+        );
+        run.said_ready().then_some(())
+    });
+    for (binary, port) in &ports.replicas {
+        assert_eq!(status_of(*port, "/readyz"), Some(200), "{binary} on {port}");
+    }
+    let stdout = run.stdout();
+    let line = stdout
+        .lines()
+        .find(|line| line.contains("Redis Cluster on ports"))
+        .unwrap_or_else(|| panic!("no Redis Cluster line:\n{stdout}"));
+    let node_ports: Vec<u16> = line
+        .split("ports ")
+        .nth(1)
+        .unwrap()
+        .split(" (")
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|port| port.parse().unwrap())
+        .collect();
+    assert_eq!(node_ports.len(), 6, "{line}");
+    // The simulator's bids land in the cluster: lot 1234's stream grows.
+    let seeds: Vec<String> = node_ports
+        .iter()
+        .map(|port| format!("redis://127.0.0.1:{port}"))
+        .collect();
+    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    wait_for(
+        "simulated bids in the cluster",
+        Duration::from_secs(30),
+        || {
+            let length: u64 = redis::cmd("XLEN")
+                .arg("auction:{1234}:events")
+                .query(&mut conn)
+                .unwrap();
+            (length >= 1).then_some(())
+        },
+    );
+    let roles: Vec<String> = node_ports
+        .iter()
+        .map(|port| {
+            let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut node)
+                .unwrap();
+            info.lines()
+                .find_map(|line| line.strip_prefix("role:"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|role| *role == "master").count(),
+        3,
+        "{roles:?}"
+    );
+    assert_eq!(
+        roles.iter().filter(|role| *role == "slave").count(),
+        3,
+        "{roles:?}"
+    );
+
+    run.interrupt();
+    for port in node_ports {
+        wait_for(
+            &format!("cluster node {port} to be stopped"),
+            Duration::from_secs(20),
+            || (!listening(port)).then_some(()),
         );
     }
 }
