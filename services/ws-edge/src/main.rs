@@ -122,6 +122,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         trust_forwarded_for: own.trust_forwarded_for,
         max_message: own.max_message,
         ping_ticks: ping_ticker(&ctx, own.ping),
+        ping_interval: own.ping,
         allowed_origins: own.allowed_origins,
         max_subscriptions: own.max_subscriptions,
         message_rate: Rate::new(own.rate_per_s, own.rate_burst),
