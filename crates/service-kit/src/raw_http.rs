@@ -19,6 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -36,8 +37,6 @@ const MAX_HEADERS: usize = 100;
 /// A connection over capacity (it may only ask for an ops route) must
 /// send its head within this time.
 const OVER_CAPACITY_HEAD_DEADLINE: Duration = Duration::from_secs(2);
-/// Largest request body read (the routes set their own, smaller limits).
-const MAX_BODY: usize = 64 * 1024;
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -398,8 +397,9 @@ impl Hyper {
     }
 }
 
-/// One request: its body read within its deadline (and bounded), then the
-/// router. The connection's phase follows, for eviction.
+/// One request, its body bounded by its deadline, through the router. The
+/// connection's phase follows, for eviction: reading until the body is in,
+/// busy while handled, idle after.
 async fn handle(
     router: Router,
     phase: Option<PhaseHandle>,
@@ -407,38 +407,78 @@ async fn handle(
     body_deadline: Duration,
     request: hyper::Request<hyper::body::Incoming>,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
+    let (mut parts, body) = request.into_parts();
+    parts.extensions.insert(ConnectInfo(peer));
+    let expired = Arc::new(AtomicBool::new(false));
     let set = |to: Phase| {
         if let Some(phase) = &phase {
             phase.set(to);
         }
     };
-    set(Phase::Reading);
-    let (mut parts, body) = request.into_parts();
-    parts.extensions.insert(ConnectInfo(peer));
-    let body = axum::body::Body::new(body);
-    let bytes =
-        match tokio::time::timeout(body_deadline, axum::body::to_bytes(body, MAX_BODY)).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(_)) => {
-                return Ok(closing(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is too large",
-                ));
-            }
-            Err(_) => {
-                return Ok(closing(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the request body did not arrive in time",
-                ));
-            }
-        };
-    set(Phase::Busy);
-    let request = axum::http::Request::from_parts(parts, axum::body::Body::from(bytes));
+    set(if http_body::Body::is_end_stream(&body) {
+        Phase::Busy
+    } else {
+        Phase::Reading
+    });
+    let body = DeadlineBody {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep(body_deadline)),
+        expired: expired.clone(),
+        phase: phase.clone(),
+    };
+    let request = axum::http::Request::from_parts(parts, axum::body::Body::new(body));
     let response = router.oneshot(request).await;
     set(Phase::Idle);
+    if expired.load(Ordering::Relaxed) {
+        return Ok(closing(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        ));
+    }
     response
+}
+
+/// A request body that fails once its deadline passes (the handler sees an
+/// error; [`handle`] answers 408), and marks the connection busy once it
+/// is all in.
+struct DeadlineBody {
+    inner: hyper::body::Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<AtomicBool>,
+    phase: Option<PhaseHandle>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if frame.is_none()
+                && let Some(phase) = &self.phase
+            {
+                phase.set(Phase::Busy);
+            }
+            return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err("the request body did not arrive in time".into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// An error answer after which the connection is closed (what was left of

@@ -31,18 +31,23 @@ fn env(
 
 /// Sends `request` whole and returns the status line's code.
 async fn status_of(addr: SocketAddr, request: &[u8]) -> u16 {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut answer = vec![0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer[..read]).into_owned();
+    let text = answer_to(addr, request).await;
     text.split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0)
+}
+
+/// Sends `request` whole and returns the start of the answer.
+async fn answer_to(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 2048];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..read]).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,12 +216,18 @@ async fn health_is_answered_when_every_slot_holds_a_stream() {
         "{} streams, {refused} refused",
         streams.len()
     );
-    for path in ["/healthz", "/readyz"] {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(
-            status_of(edge.addr, request.as_bytes()).await,
-            200,
-            "{path}"
-        );
-    }
+    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(
+        status_of(edge.addr, request.as_bytes()).await,
+        200,
+        "/healthz"
+    );
+    // Readiness is answered too (its value is Redis's health, which a
+    // loaded machine may make flap; what matters here is the answer).
+    let request = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = answer_to(edge.addr, request.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.contains("redis unreachable"),
+        "/readyz is answered by readiness, not refused: {answer}"
+    );
 }
