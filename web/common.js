@@ -357,6 +357,14 @@ const Auction = (() => {
     stopped: "Disconnected",
   };
 
+  /** How many people watch this auction, over every edge replica. */
+  function onViewers(count) {
+    const element = $("viewers");
+    element.textContent = count === 1 ? "1 watching" : `${count} watching`;
+    element.dataset.count = String(count);
+    element.hidden = !(count > 0);
+  }
+
   function setConnection(state, detail) {
     const element = $("connection");
     element.dataset.state = state;
@@ -523,7 +531,7 @@ const Auction = (() => {
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
-    onInit, onBid, onAuction, onNotFound, checkExists, setConnection, setupForm, postBid,
+    onInit, onBid, onAuction, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
     get lastId() { return lastId; },
     get session() { return session; },
     onSessionChange(listener) { sessionListeners.push(listener); },

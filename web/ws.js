@@ -55,6 +55,9 @@
         case "bid":
           Auction.onBid(message.payload, message.id);
           break;
+        case "viewers":
+          Auction.onViewers(message.count);
+          break;
         case "closed":
         case "opened":
           Auction.onAuction(message.type, message.payload, message.id);

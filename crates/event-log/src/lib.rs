@@ -14,6 +14,7 @@ mod keys;
 pub mod live;
 mod log;
 mod notice;
+mod viewers;
 
 pub use connection::{RedisTarget, connect_manager, parse_redis_url};
 pub use live::{LiveConnection, LiveMessage};

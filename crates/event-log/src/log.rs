@@ -158,6 +158,11 @@ pub struct EventLog {
 
 impl EventLog {
     /// `maxlen` bounds each stream (`XADD MAXLEN ~`): the resume window.
+    /// A handle on the shared connection, for the other parts of this crate.
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     pub fn new(conn: ConnectionManager, maxlen: u64) -> Self {
         EventLog { conn, maxlen }
     }

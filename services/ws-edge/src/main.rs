@@ -103,6 +103,8 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
             // Liveness is per socket (pings); feeds need no ticks often.
             keepalive: Duration::from_secs(3600),
             idle_feed_ttl: Duration::from_secs(10),
+            viewers_interval: own.edge.viewers_interval,
+            replica: own.edge.replica.clone(),
         },
         ctx.metrics.redis_reconnects(),
         ctx.shutdown.clone(),
