@@ -122,6 +122,16 @@ fn unavailable(error: LogError) -> ApiError {
             tracing::warn!(%message, "Redis unavailable");
             ApiError::redis_unavailable()
         }
+        LogError::Unknown(message) => {
+            tracing::warn!(%message, "Redis did not answer a write");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                "the event store did not answer in time and may still apply this request; \
+                 repeat it to learn the outcome",
+            )
+            .retry_after(1)
+        }
         LogError::Corrupt(message) => {
             tracing::error!(%message, "unexpected data in Redis");
             ApiError::new(
@@ -131,6 +141,25 @@ fn unavailable(error: LogError) -> ApiError {
             )
         }
     }
+}
+
+/// A bid sent to Redis that got no answer: Redis may have appended it, or
+/// may still (a stalled Redis runs the queued script when it resumes). Not
+/// `redis_unavailable`, which means nothing happened: a client told that
+/// would bid again and end with two bids, or be refused against its own.
+fn outcome_unknown(keyed: bool) -> ApiError {
+    let message = if keyed {
+        "the bid may have been placed; retry with the same Idempotency-Key to learn its outcome"
+    } else {
+        "the bid may have been placed; send an Idempotency-Key with bids to learn the outcome \
+         by retrying"
+    };
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "bid_outcome_unknown",
+        message,
+    )
+    .retry_after(1)
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -443,7 +472,13 @@ async fn place_bid_inner(
     let attempt = append
         .instrument(tracing::info_span!("redis.place_bid", otel.kind = "client"))
         .await
-        .map_err(unavailable)?
+        .map_err(|error| match error {
+            LogError::Unknown(message) => {
+                tracing::warn!(%message, auction = %id, "bid outcome unknown");
+                outcome_unknown(idempotency_key.is_some())
+            }
+            other => unavailable(other),
+        })?
         .ok_or_else(|| not_found(id))?;
     let (response, outcome) = match attempt.answer {
         BidAnswer::Accepted { id, bid } => (
