@@ -79,7 +79,10 @@ impl fmt::Display for LogError {
         match self {
             LogError::Unavailable(message) => write!(f, "Redis is unavailable: {message}"),
             LogError::Unknown(message) => {
-                write!(f, "Redis did not answer a write, which may have run: {message}")
+                write!(
+                    f,
+                    "Redis did not answer a write, which may have run: {message}"
+                )
             }
             LogError::Corrupt(message) => write!(f, "unexpected data in Redis: {message}"),
         }
