@@ -210,6 +210,14 @@ async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
             400,
             "invalid_amount",
         ),
+        // An f64 rounds this to 118000: a fraction must be refused, not rounded.
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"amount":117999.99999999999}"#.into(),
+            400,
+            "invalid_amount",
+        ),
         (
             "/auctions/good/bids".into(),
             "application/json",
@@ -310,7 +318,7 @@ async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"auction_bids_total{source="user",outcome="invalid"} 11"#),
+        metrics.contains(r#"auction_bids_total{source="user",outcome="invalid"} 12"#),
         "{metrics}"
     );
 }
