@@ -187,7 +187,12 @@ async fn a_session_name_must_be_a_plain_display_name() {
     for name in [
         json!(""),
         json!("   "),
+        json!("\u{3000}\u{00A0} "),
+        json!("a\u{200B}b"),
+        json!("\u{200D}"),
         json!("a\u{202E}b"),
+        json!("a\u{2028}b"),
+        json!("a\u{2029}b"),
         json!("x".repeat(41)),
         json!(7),
     ] {
