@@ -401,7 +401,11 @@ fn exact_whole(text: &str) -> Option<u64> {
     if dropped.bytes().any(|b| b != b'0') {
         return None; // a fraction
     }
-    let mut value: u64 = if kept.is_empty() { 0 } else { kept.parse().ok()? };
+    let mut value: u64 = if kept.is_empty() {
+        0
+    } else {
+        kept.parse().ok()?
+    };
     for _ in 0..scale.max(0) {
         value = value.checked_mul(10).filter(|v| *v <= MAX_AMOUNT)?;
     }

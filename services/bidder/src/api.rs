@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use service_kit::ApiError;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use telemetry::{BidOutcome, Metrics};
 use tracing::Instrument;
@@ -59,6 +60,69 @@ pub fn routes(state: ApiState) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn(cors))
         .layer(axum::middleware::from_fn(bearer_challenge))
+        .layer(axum::middleware::from_fn(close_when_body_unread))
+}
+
+/// A request answered before its body was read (a 429, 401 or 413 is
+/// decided before reading) leaves the rest of that body on the connection,
+/// so the connection cannot carry another request and is closed. The
+/// answer says so with `Connection: close` (RFC 9112, 9.6), rather than the
+/// client finding a reset on its next request.
+async fn close_when_body_unread(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::body::HttpBody;
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let body = Body::new(ReadToEnd {
+        inner: body,
+        read: read.clone(),
+    });
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !read.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that records when it has been read to its end.
+struct ReadToEnd {
+    inner: Body,
+    read: Arc<AtomicBool>,
+}
+
+impl axum::body::HttpBody for ReadToEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Every 401 says which scheme is expected (RFC 6750).
