@@ -27,6 +27,37 @@ static ENSURE_OPEN: LazyLock<Script> = script!("ensure_open.lua");
 static PLACE_BID: LazyLock<Script> = script!("place_bid.lua");
 static CLOSE_IF_DUE: LazyLock<Script> = script!("close_if_due.lua");
 
+/// A listing page resumes among at most this many auctions created in the
+/// same millisecond as the previous page's last one.
+const MAX_SAME_MS: usize = 1000;
+
+/// Where a page of `GET /auctions` ends: the last auction's creation time
+/// and id. Shown to clients as an opaque `<created_at>-<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: u64,
+    pub id: AuctionId,
+}
+
+impl ListCursor {
+    pub fn parse(text: &str) -> Option<ListCursor> {
+        let (created_at, id) = text.split_once('-')?;
+        if created_at.is_empty() || !created_at.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(ListCursor {
+            created_at: created_at.parse().ok()?,
+            id: AuctionId::parse(id).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for ListCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.created_at, self.id)
+    }
+}
+
 /// How long the answer to an `Idempotency-Key` is kept.
 const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
 
@@ -406,29 +437,100 @@ impl EventLog {
         auction_from_hash(&fields).map(Some)
     }
 
-    /// The most recently created auctions, newest first, at most `limit`.
-    pub async fn list(&self, limit: usize) -> Result<Vec<Auction>, LogError> {
+    /// A page of auctions, newest first: at most `limit`, after `after`
+    /// (the position of the previous page's last auction). Also returns the
+    /// position of this page's last auction when there may be more.
+    ///
+    /// Positions are (creation time, id) in the creation index, whose order
+    /// is score descending, then member descending: a page resumes exactly
+    /// after the previous one even when auctions are created meanwhile.
+    /// Ids whose auction has expired are dropped from the index on the way.
+    pub async fn list_page(
+        &self,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Auction>, Option<ListCursor>), LogError> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = conn
-            .zrevrange(INDEX_BY_CREATION, 0, limit.saturating_sub(1) as isize)
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let limit = limit.max(1);
+        let mut entries: Vec<(String, u64)> = Vec::with_capacity(limit + 1);
+        let older_than = match after {
+            None => "+inf".to_owned(),
+            Some(cursor) => {
+                // The rest of the auctions created in the same millisecond
+                // (few: creation is rate-limited), then the older ones.
+                let same: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                    .arg(INDEX_BY_CREATION)
+                    .arg(cursor.created_at)
+                    .arg(cursor.created_at)
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(MAX_SAME_MS)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?;
+                entries.extend(
+                    same.into_iter()
+                        .filter(|(id, _)| id.as_str() < cursor.id.as_str())
+                        .take(limit + 1),
+                );
+                format!("({}", cursor.created_at)
+            }
+        };
+        if entries.len() <= limit {
+            let older: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                .arg(INDEX_BY_CREATION)
+                .arg(&older_than)
+                .arg("-inf")
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit + 1 - entries.len())
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await?;
+            entries.extend(older);
+        }
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let next = more
+            .then(|| entries.last())
+            .flatten()
+            .and_then(|(id, created_at)| {
+                Some(ListCursor {
+                    created_at: *created_at,
+                    id: AuctionId::parse(id).ok()?,
+                })
+            });
+        if entries.is_empty() {
+            return Ok((Vec::new(), next));
         }
         let mut pipe = redis::pipe();
-        for id in &ids {
+        for (id, _) in &entries {
             match AuctionId::parse(id) {
                 Ok(auction) => pipe.cmd("HGETALL").arg(keys::state_key(&auction)),
-                // Not written by us: an empty hash, skipped below.
+                // Not written by us: an empty hash, dropped below.
                 Err(_) => pipe.cmd("HGETALL").arg("auction:{}"),
             };
         }
         let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-        hashes
+        let gone: Vec<&str> = entries
+            .iter()
+            .zip(&hashes)
+            .filter(|(_, fields)| fields.is_empty())
+            .map(|((id, _), _)| id.as_str())
+            .collect();
+        if !gone.is_empty() {
+            let _: i64 = conn.zrem(INDEX_BY_CREATION, gone).await?;
+        }
+        let auctions = hashes
             .iter()
             .filter(|fields| !fields.is_empty())
             .map(auction_from_hash)
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((auctions, next))
     }
 
     /// Up to `count` events strictly after `after`, oldest first.
@@ -764,6 +866,18 @@ mod tests {
         ] {
             let error = LogError::from_write(io(kind));
             assert!(matches!(error, LogError::Unknown(_)), "{kind:?}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn list_cursors_read_back_what_they_show() {
+        let cursor = ListCursor {
+            created_at: 1_733_000_000_123,
+            id: AuctionId::parse("a-b_c").unwrap(),
+        };
+        assert_eq!(ListCursor::parse(&cursor.to_string()), Some(cursor));
+        for bad in ["", "-", "12-", "-abc", "x1-abc", "12-a b", "+1-a"] {
+            assert_eq!(ListCursor::parse(bad), None, "{bad:?}");
         }
     }
 

@@ -13,14 +13,16 @@ use auction_domain::{
 };
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use event_log::{AuctionSpec, BidAnswer, CreateOutcome, EventLog, LogError};
+use event_log::{AuctionSpec, BidAnswer, CreateOutcome, EventLog, ListCursor, LogError};
 use identity::{Authenticator, Identity, TokenError};
 use serde_json::{Value, json};
 use service_kit::ApiError;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +32,9 @@ use tracing::Instrument;
 
 /// Request bodies larger than this get 413.
 const MAX_BODY: usize = 4096;
-/// `GET /auctions` lists at most this many, newest first.
-const LIST_LIMIT: usize = 1000;
+/// `GET /auctions` pages: `?limit=` up to this many, this many by default.
+const LIST_MAX_LIMIT: usize = 100;
+const LIST_DEFAULT_LIMIT: usize = 50;
 const OPENAPI: &str = include_str!("../openapi.json");
 
 #[derive(Clone)]
@@ -41,6 +44,9 @@ pub struct ApiState {
     pub auth: Authenticator,
     /// For routes without a verified caller.
     pub address_limiter: Arc<RateLimiter<IpAddr>>,
+    /// For `GET /auctions`, per client address: the one read that costs
+    /// a page of Redis reads.
+    pub list_limiter: Arc<RateLimiter<IpAddr>>,
     /// For bids and auction creation: one bucket per bidder, so users
     /// behind one address (or one ws-edge) do not share a limit.
     pub bidder_limiter: Arc<RateLimiter<BidderId>>,
@@ -449,10 +455,61 @@ fn random_id() -> AuctionId {
     AuctionId::parse(&text).unwrap_or_else(|_| unreachable!("alphanumeric ids are valid"))
 }
 
-async fn list_auctions(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let auctions = state.log.list(LIST_LIMIT).await.map_err(unavailable)?;
-    let body = serde_json::to_string(&auctions).unwrap_or_else(|_| "[]".into());
-    Ok(json_response(StatusCode::OK, body))
+/// `GET /auctions?limit=&cursor=`: a page of auctions, newest first, and
+/// the cursor of the next page (`null` on the last).
+async fn list_auctions(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    state
+        .list_limiter
+        .check(&state.client_ip(peer, &headers), Instant::now())
+        .map_err(rate_limited)?;
+    let Query(query) = query.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query must be limit=<1..100>&cursor=<next_cursor>",
+        )
+    })?;
+    let limit = match query.get("limit") {
+        None => LIST_DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=LIST_MAX_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {LIST_MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let cursor = query
+        .get("cursor")
+        .map(|text| {
+            ListCursor::parse(text).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "cursor must be a next_cursor from an earlier page",
+                )
+            })
+        })
+        .transpose()?;
+    let (auctions, next) = state
+        .log
+        .list_page(cursor.as_ref(), limit)
+        .await
+        .map_err(unavailable)?;
+    let body = json!({
+        "auctions": auctions,
+        "next_cursor": next.map(|cursor| cursor.to_string()),
+    });
+    Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
 async fn get_auction(

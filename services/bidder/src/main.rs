@@ -27,6 +27,9 @@ pub struct BidderSettings {
     pub stream_maxlen: u64,
     pub rate_limit_per_s: u64,
     pub rate_limit_burst: u64,
+    /// `GET /auctions` per client address.
+    pub list_rate_limit_per_s: u64,
+    pub list_rate_limit_burst: u64,
     pub trust_forwarded_for: bool,
     pub close_check_interval: Duration,
 }
@@ -63,6 +66,8 @@ impl BidderSettings {
             stream_maxlen: settings.number("stream_maxlen", 10_000, 10..=10_000_000)?,
             rate_limit_per_s: settings.number("rate_limit_per_s", 50, 1..=1_000_000)?,
             rate_limit_burst: settings.number("rate_limit_burst", 100, 1..=1_000_000)?,
+            list_rate_limit_per_s: settings.number("list_rate_limit_per_s", 5, 1..=1_000_000)?,
+            list_rate_limit_burst: settings.number("list_rate_limit_burst", 20, 1..=1_000_000)?,
             trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
             close_check_interval: Duration::from_millis(settings.number(
                 "close_check_ms",
@@ -118,6 +123,10 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         address_limiter: Arc::new(rate_limit::RateLimiter::new(
             own.rate_limit_per_s,
             own.rate_limit_burst,
+        )),
+        list_limiter: Arc::new(rate_limit::RateLimiter::new(
+            own.list_rate_limit_per_s,
+            own.list_rate_limit_burst,
         )),
         bidder_limiter: Arc::new(rate_limit::RateLimiter::new(
             own.rate_limit_per_s,

@@ -363,8 +363,9 @@ async fn create_validates_and_refuses_duplicates() {
         (status, json["error"].as_str()),
         (400, Some("invalid_image_url"))
     );
-    let (status, list) = stack.get("/auctions").await;
+    let (status, page) = stack.get("/auctions").await;
     assert_eq!(status, 200);
+    let list = &page["auctions"];
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
     assert!(list[0].get("description").is_none() && list[0].get("image_url").is_none());
@@ -381,7 +382,8 @@ async fn description_and_picture_are_stored_and_read_back_everywhere() {
     let (status, created) = stack.post_json("/auctions", &body.to_string()).await;
     assert_eq!(status, 201, "{created}");
     let (_, single) = stack.get("/auctions/desk").await;
-    let (_, list) = stack.get("/auctions").await;
+    let (_, page) = stack.get("/auctions").await;
+    let list = &page["auctions"];
     let (status, _) = stack
         .post_json("/auctions/desk/bids", r#"{"amount":500,"bidder":"a"}"#)
         .await;
@@ -504,4 +506,84 @@ async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
     for bidder in &stack.bidders {
         assert!(bidder.logs().contains("simulator started"));
     }
+}
+
+#[tokio::test]
+async fn the_listing_pages_through_every_auction_once_newest_first() {
+    let stack = Stack::start(1, &[]);
+    let ids: Vec<String> = (0..7).map(|n| format!("lot{n}")).collect();
+    for id in &ids {
+        stack.create_auction(id, 100, 10, 600_000).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/auctions?limit=3".to_owned();
+    let mut pages = 0;
+    loop {
+        let (status, page) = stack.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let auctions = page["auctions"].as_array().unwrap();
+        assert!(auctions.len() <= 3, "{page}");
+        seen.extend(
+            auctions
+                .iter()
+                .map(|a| a["id"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/auctions?limit=3&cursor={cursor}"),
+            None => break,
+        }
+        // A new auction between pages goes to the front, not into them.
+        if pages == 1 {
+            stack.create_auction("latecomer", 100, 10, 600_000).await;
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected, "every auction once, newest first");
+    assert_eq!(pages, 3);
+    let (_, first) = stack.get("/auctions").await;
+    assert_eq!(first["auctions"][0]["id"], "latecomer");
+    assert_eq!(
+        first["auctions"].as_array().unwrap().len(),
+        8,
+        "50 by default"
+    );
+
+    for (path, code) in [
+        ("/auctions?limit=0", "invalid_limit"),
+        ("/auctions?limit=101", "invalid_limit"),
+        ("/auctions?limit=ten", "invalid_limit"),
+        ("/auctions?cursor=nonsense", "invalid_cursor"),
+        ("/auctions?cursor=12-no%20spaces", "invalid_cursor"),
+    ] {
+        let (status, json) = stack.get(path).await;
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (400, Some(code)),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_listing_is_rate_limited_per_client_address() {
+    let stack = Stack::start(
+        1,
+        &[
+            ("AUCTION_LIST_RATE_LIMIT_PER_S", "1".into()),
+            ("AUCTION_LIST_RATE_LIMIT_BURST", "2".into()),
+        ],
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = stack.http.get(stack.url("/auctions")).send().await.unwrap();
+        statuses.push((
+            response.status().as_u16(),
+            response.headers().get("retry-after").is_some(),
+        ));
+    }
+    assert_eq!(statuses, vec![(200, false), (200, false), (429, true)]);
+    // Other reads have no such limit.
+    assert_eq!(stack.get("/auctions/none").await.0, 404);
 }
