@@ -17,6 +17,7 @@ mod notice;
 
 pub use connection::{RedisTarget, connect_manager, parse_redis_url};
 pub use live::{LiveConnection, LiveMessage};
+pub use log::DEFAULT_RETENTION_MS;
 pub use log::{
     AuctionSpec, BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome, EventLog,
     ListCursor, LogError, Snapshot, StreamWindow,

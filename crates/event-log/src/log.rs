@@ -226,12 +226,28 @@ pub struct Snapshot {
 pub struct EventLog {
     conn: ConnectionManager,
     maxlen: u64,
+    /// How long a closed auction (state and stream) is kept; 0 keeps it.
+    retention_ms: u64,
 }
+
+/// How long a closed auction is kept unless set otherwise: three days.
+pub const DEFAULT_RETENTION_MS: u64 = 3 * 24 * 3600 * 1000;
 
 impl EventLog {
     /// `maxlen` bounds each stream (`XADD MAXLEN ~`): the resume window.
     pub fn new(conn: ConnectionManager, maxlen: u64) -> Self {
-        EventLog { conn, maxlen }
+        EventLog {
+            conn,
+            maxlen,
+            retention_ms: DEFAULT_RETENTION_MS,
+        }
+    }
+
+    /// How long a closed auction and its stream are kept after its close
+    /// (`Duration::ZERO`: forever). Set atomically by the close.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     pub async fn ping(&self) -> Result<(), LogError> {
@@ -275,6 +291,7 @@ impl EventLog {
         invocation.arg(self.maxlen);
         let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
             .arg(u64::try_from(pause_after_close.as_millis()).unwrap_or(u64::MAX))
+            .arg(self.retention_ms)
             .invoke_async(&mut conn)
             .await?;
         let (status, json) = match reply.as_slice() {
@@ -358,6 +375,7 @@ impl EventLog {
             .arg(if idempotency_key.is_some() { "1" } else { "0" })
             .arg(id_json)
             .arg(amount)
+            .arg(self.retention_ms)
             .invoke_async(&mut conn)
             .await
             .map_err(LogError::from_write)?;
@@ -386,6 +404,7 @@ impl EventLog {
             .key(keys::stream_key(auction))
             .arg(auction.as_str())
             .arg(self.maxlen)
+            .arg(self.retention_ms)
             .invoke_async(&mut conn)
             .await?;
         let outcome = match reply.as_str() {
@@ -402,6 +421,53 @@ impl EventLog {
             let _: i64 = conn.zrem(INDEX_BY_END, auction.as_str()).await?;
         }
         Ok(outcome)
+    }
+
+    /// Drops from the creation index up to `batch` ids, from creation time
+    /// `from` on, whose auction has expired. Returns where the next call
+    /// goes on (`None`: the index was walked to its end; start again).
+    /// Bounded work per call, so a loop walks the whole index over time.
+    pub async fn trim_creation_index(
+        &self,
+        from: Option<u64>,
+        batch: usize,
+    ) -> Result<Option<u64>, LogError> {
+        let mut conn = self.conn.clone();
+        let start = from.map_or_else(|| "-inf".to_owned(), |score| format!("({score}"));
+        let entries: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(INDEX_BY_CREATION)
+            .arg(&start)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(batch)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &entries {
+            match AuctionId::parse(id) {
+                Ok(auction) => pipe.cmd("EXISTS").arg(keys::state_key(&auction)),
+                Err(_) => pipe.cmd("EXISTS").arg("auction:{}"),
+            };
+        }
+        let exist: Vec<bool> = pipe.query_async(&mut conn).await?;
+        let gone: Vec<&str> = entries
+            .iter()
+            .zip(&exist)
+            .filter(|(_, exists)| !**exists)
+            .map(|((id, _), _)| id.as_str())
+            .collect();
+        if !gone.is_empty() {
+            let _: i64 = conn.zrem(INDEX_BY_CREATION, gone).await?;
+        }
+        Ok((entries.len() == batch)
+            .then(|| entries.last().map(|(_, score)| *score))
+            .flatten())
     }
 
     /// Open auctions whose `ends_at` is at or before `now_ms`, oldest first.

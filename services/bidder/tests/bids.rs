@@ -587,3 +587,110 @@ async fn the_listing_is_rate_limited_per_client_address() {
     // Other reads have no such limit.
     assert_eq!(stack.get("/auctions/none").await.0, 404);
 }
+
+/// The integer reply of a Redis command such as PTTL.
+fn integer_reply(stack: &Stack, line: &str) -> i64 {
+    let reply = stack.redis.command(line);
+    reply
+        .trim()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}: {reply:?}"))
+}
+
+#[tokio::test]
+async fn a_closed_auction_and_its_stream_expire_after_the_retention_and_leave_the_listing() {
+    let stack = Stack::start(1, &[("AUCTION_RETENTION_MS", "3000".into())]);
+    stack.create_auction("brief", 100, 10, 1000).await;
+    stack.create_auction("lasting", 100, 10, 600_000).await;
+    let (status, _) = stack
+        .post_json("/auctions/brief/bids", r#"{"amount":100}"#)
+        .await;
+    assert_eq!(status, 201);
+    // The close sets the expiry of the state and the stream together.
+    eventually(
+        "the close to set an expiry",
+        Duration::from_secs(10),
+        || async { (integer_reply(&stack, "PTTL auction:{brief}") > 0).then_some(()) },
+    )
+    .await;
+    let stream_ttl = integer_reply(&stack, "PTTL auction:{brief}:events");
+    assert!((1..=3000).contains(&stream_ttl), "{stream_ttl}");
+    assert_eq!(
+        integer_reply(&stack, "PTTL auction:{lasting}"),
+        -1,
+        "open: kept"
+    );
+    eventually(
+        "the closed auction to expire",
+        Duration::from_secs(15),
+        || async {
+            (integer_reply(&stack, "EXISTS auction:{brief} auction:{brief}:events") == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(stack.get("/auctions/brief").await.0, 404);
+    // Its id leaves the creation index (the bidder's trim), so listing
+    // costs nothing for it.
+    eventually(
+        "the index to drop the id",
+        Duration::from_secs(15),
+        || async {
+            let rank = stack.redis.command("ZRANK auctions:by_created brief");
+            rank.starts_with("$-1").then_some(())
+        },
+    )
+    .await;
+    let (_, page) = stack.get("/auctions").await;
+    let ids: Vec<&str> = page["auctions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["lasting"]);
+}
+
+#[tokio::test]
+async fn a_simulated_auction_that_reopens_is_kept_again() {
+    let stack = Stack::start(
+        1,
+        &[
+            ("AUCTION_SIMULATE", "true".into()),
+            ("AUCTION_SIM_AUCTIONS", "rounds".into()),
+            ("AUCTION_SIM_INTERVAL_MS", "100".into()),
+            ("AUCTION_SIM_DURATION_MS", "1000".into()),
+            ("AUCTION_SIM_PAUSE_MS", "0".into()),
+            ("AUCTION_RETENTION_MS", "600000".into()),
+        ],
+    );
+    eventually(
+        "a round to close and the next to open",
+        Duration::from_secs(20),
+        || async {
+            let kinds: Vec<String> = stack
+                .stream("rounds")
+                .await
+                .into_iter()
+                .map(|(_, kind, _)| kind)
+                .collect();
+            kinds.iter().any(|kind| kind == "opened").then_some(())
+        },
+    )
+    .await;
+    // Open again: neither the state nor the stream expires any more (a
+    // close after this sets a new expiry).
+    eventually(
+        "the open round to be kept",
+        Duration::from_secs(10),
+        || async {
+            let open = stack.get("/auctions/rounds").await.1["status"] == "open";
+            (open
+                && integer_reply(&stack, "PTTL auction:{rounds}") == -1
+                && integer_reply(&stack, "PTTL auction:{rounds}:events") == -1)
+                .then_some(())
+        },
+    )
+    .await;
+}

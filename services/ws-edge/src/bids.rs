@@ -189,6 +189,7 @@ pub struct PendingBids {
 
 impl PendingBids {
     /// Starts placing a bid; `Some` is an immediate refusal to send.
+    #[allow(clippy::too_many_arguments)] // the bid message's fields, as parsed
     pub fn place(
         &mut self,
         forwarder: &BidForwarder,
