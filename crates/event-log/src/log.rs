@@ -71,7 +71,7 @@ pub enum LogError {
     /// A write whose outcome is unknown: it was sent, and no answer came
     /// (a response timeout, a connection lost mid-command). Redis may have
     /// run it or may still run it: a frozen Redis runs the queued script
-    /// when it resumes. Only writes report this (see [`LogError::from_write`]);
+    /// when it resumes. Only writes report this (classified by `from_write`);
     /// a retry of an idempotent write learns the real outcome.
     Unknown(String),
     /// Redis answered, but not in the shape the scripts produce.
