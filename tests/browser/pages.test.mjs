@@ -444,8 +444,8 @@ test("the catalogue lists the open auctions with current prices, live over one W
   await page.waitForFunction(() => document.getElementById("connection").dataset.state === "connected");
   await page.waitForSelector('li[data-auction="catalogued"]');
   // Every open auction the bidder lists is there, with its current price.
-  const { body: list } = await stack.api("/auctions");
-  const open = list.filter((a) => a.status === "open").map((a) => a.id).sort();
+  const { body: listing } = await stack.api("/auctions?limit=100");
+  const open = listing.auctions.filter((a) => a.status === "open").map((a) => a.id).sort();
   const shown = (await page.$$eval("#lots li", (items) => items.map((li) => li.dataset.auction))).sort();
   assert.deepEqual(shown, open);
   // A bid on one listed auction shows without a reload ...

@@ -18,7 +18,8 @@ mod viewers;
 
 pub use connection::{RedisTarget, connect_manager, parse_redis_url};
 pub use live::{LiveConnection, LiveMessage};
+pub use log::DEFAULT_RETENTION_MS;
 pub use log::{
     AuctionSpec, BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome, EventLog,
-    LogError, Snapshot, StreamWindow,
+    ListCursor, LogError, Snapshot, StreamWindow,
 };

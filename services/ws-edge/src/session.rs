@@ -224,6 +224,7 @@ impl<'a> Session<'a> {
                     auction,
                     amount,
                     reference,
+                    idempotency_key,
                 }) => match &self.token {
                     Some(token) => self.bids.place(
                         &self.endpoint.bids,
@@ -231,6 +232,7 @@ impl<'a> Session<'a> {
                         amount,
                         token.clone(),
                         reference,
+                        idempotency_key,
                         self.peer,
                     ),
                     None => {
