@@ -77,9 +77,10 @@
   async function refresh() {
     let list;
     try {
-      const response = await fetch("/auctions");
+      // One page of the newest auctions is plenty: at most MAX_LISTED show.
+      const response = await fetch("/auctions?limit=100");
       if (!response.ok) throw new Error(String(response.status));
-      list = await response.json();
+      list = (await response.json()).auctions || [];
     } catch (_) {
       return; // the next refresh tries again
     }

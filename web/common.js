@@ -357,6 +357,14 @@ const Auction = (() => {
     stopped: "Disconnected",
   };
 
+  /** How many people watch this auction, over every edge replica. */
+  function onViewers(count) {
+    const element = $("viewers");
+    element.textContent = count === 1 ? "1 watching" : `${count} watching`;
+    element.dataset.count = String(count);
+    element.hidden = !(count > 0);
+  }
+
   function setConnection(state, detail) {
     const element = $("connection");
     element.dataset.state = state;
@@ -364,10 +372,13 @@ const Auction = (() => {
     element.textContent = `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
   }
 
-  /** A bid by HTTP POST to the bidder: `{ok: true}` or `{ok: false, body}`. */
-  async function postBid({ amount, bidder, token }) {
+  /** A bid by HTTP POST to the bidder: `{ok: true}` or `{ok: false, body}`.
+   *  `key` is the bid's Idempotency-Key: the same key is the same bid, so a
+   *  retry never places it twice. */
+  async function postBid({ amount, bidder, token, key }) {
     const headers = { "Content-Type": "application/json" };
     if (token) headers.Authorization = `Bearer ${token}`;
+    if (key) headers["Idempotency-Key"] = key;
     const response = await fetch(`${config.bidderUrl || ""}/auctions/${encodeURIComponent(auctionId)}/bids`, {
       method: "POST",
       headers,
@@ -379,6 +390,41 @@ const Auction = (() => {
     let body = null;
     try { body = await response.json(); } catch (_) { /* not JSON */ }
     return { ok: false, body };
+  }
+
+  /** A new Idempotency-Key: random, so no two intended bids share one. */
+  function newBidKey() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  /** Answers that do not say what became of a bid: asked again with the
+   *  same key until one does. */
+  const UNSETTLED = ["bid_outcome_unknown", "redis_unavailable", "bidder_unavailable"];
+  const SETTLE_ATTEMPTS = 8;
+  const SETTLE_PAUSE_MS = 1000;
+
+  /** Sends one intended bid until its answer is definite (at most
+   *  SETTLE_ATTEMPTS tries, a second apart, as the bidder's Retry-After
+   *  asks). A network failure counts as unsettled: the request may have
+   *  arrived. */
+  async function settle(send, request) {
+    let result = { ok: false, body: { error: "bid_outcome_unknown" } };
+    for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt += 1) {
+      if (attempt > 0) {
+        $("bid-note").textContent = `Checking whether your bid of ${formatCents(request.amount)} went in…`;
+        await new Promise((wake) => setTimeout(wake, SETTLE_PAUSE_MS));
+      }
+      try {
+        result = await send(request);
+      } catch (_) {
+        result = { ok: false, body: { error: "bid_outcome_unknown" } };
+      }
+      if (result.ok || !result.body || !UNSETTLED.includes(result.body.error)) return result;
+    }
+    return result;
   }
 
   // --- the form ------------------------------------------------------------
@@ -417,6 +463,11 @@ const Auction = (() => {
       case "redis_unavailable":
       case "bidder_unavailable":
         return { code: "unavailable", text: "Bidding is briefly unavailable; try again in a moment." };
+      case "bid_outcome_unknown":
+        return {
+          code: "unavailable",
+          text: "Your bid could not be confirmed yet. Bid the same amount again to check: it will not be placed twice.",
+        };
       case "missing_token":
       case "invalid_token":
       case "token_expired":
@@ -447,9 +498,14 @@ const Auction = (() => {
     return amount > minNext() + CONFIRM_STEPS * auction.min_increment && confirmed !== amount;
   }
 
-  /** Wires the form; `send({amount, bidder, token})` returns a promise of
-   *  `{ok: true}` or `{ok: false, body}`. The page updates from the stream. */
+  /** Wires the form; `send({amount, bidder, token, key})` returns a promise
+   *  of `{ok: true}` or `{ok: false, body}`. The page updates from the
+   *  stream. */
   function setupForm(send) {
+    // The bid the user means to place and its Idempotency-Key, kept until
+    // an answer says what became of it: bidding the same amount again is
+    // then the same bid, never a second one.
+    let intended = null;
     const name = $("bidder-name");
     const amountField = $("bid-amount");
     name.value = (session && session.name) || localStorage.getItem("auction.bidder") || "";
@@ -502,7 +558,13 @@ const Auction = (() => {
           const signedIn = await signIn(bidder);
           if (signedIn && signedIn.error) return setError(describeError(signedIn.error));
         }
-        const result = await send({ amount, bidder, token: session && session.token });
+        const token = session && session.token;
+        if (!intended || intended.amount !== amount || intended.token !== token) {
+          intended = { amount, token, key: newBidKey() };
+        }
+        const result = await settle(send, { amount, bidder, token, key: intended.key });
+        const unsettled = !result.ok && result.body && UNSETTLED.includes(result.body.error);
+        if (!unsettled) intended = null;
         if (!result.ok && result.body && ["invalid_token", "token_expired"].includes(result.body.error)) {
           setSession(null); // the next bid signs in again
         }
@@ -514,6 +576,7 @@ const Auction = (() => {
       } catch (_) {
         setError({ code: "unavailable", text: "Could not reach the bid service; try again." });
       } finally {
+        if ($("bid-note").textContent.startsWith("Checking")) $("bid-note").textContent = "";
         $("bid-submit").disabled = !auction || auction.status !== "open";
       }
     });
@@ -523,7 +586,7 @@ const Auction = (() => {
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
-    onInit, onBid, onAuction, onNotFound, checkExists, setConnection, setupForm, postBid,
+    onInit, onBid, onAuction, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
     get lastId() { return lastId; },
     get session() { return session; },
     onSessionChange(listener) { sessionListeners.push(listener); },

@@ -32,6 +32,7 @@
       if (payload.reset) setTimeout(() => Auction.setConnection("connected"), 1500);
     });
     source.addEventListener("bid", (event) => Auction.onBid(JSON.parse(event.data), event.lastEventId));
+    source.addEventListener("viewers", (event) => Auction.onViewers(JSON.parse(event.data).count));
     source.addEventListener("closed", (event) => Auction.onAuction("closed", JSON.parse(event.data), event.lastEventId));
     source.addEventListener("opened", (event) => Auction.onAuction("opened", JSON.parse(event.data), event.lastEventId));
     source.addEventListener("error", () => {

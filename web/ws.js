@@ -55,6 +55,9 @@
         case "bid":
           Auction.onBid(message.payload, message.id);
           break;
+        case "viewers":
+          Auction.onViewers(message.count);
+          break;
         case "closed":
         case "opened":
           Auction.onAuction(message.type, message.payload, message.id);
@@ -85,8 +88,10 @@
       }
     });
     socket.addEventListener("close", () => {
+      // These bids were sent: they may have been placed. The form asks
+      // again with the same key once a socket is open.
       for (const resolve of pending.values()) {
-        resolve({ ok: false, body: { error: "bidder_unavailable" } });
+        resolve({ ok: false, body: { error: "bid_outcome_unknown" } });
       }
       pending.clear();
       // Exponential backoff with full jitter: 0.25 s doubling to 10 s.
@@ -108,16 +113,18 @@
   }
   Auction.onSessionChange(authenticate);
 
-  Auction.setupForm(async ({ amount, bidder, token }) => {
+  Auction.setupForm(async ({ amount, bidder, token, key }) => {
     if (token && auth === "pending") {
       // Signed in a moment ago: wait for the edge's answer to `auth`.
       await new Promise((wake) => { authWaiters.push(wake); setTimeout(wake, 3000); });
     }
-    if (token && auth === "unsupported") return Auction.postBid({ amount, bidder, token });
-    return bidOverSocket({ amount, bidder });
+    if (token && auth === "unsupported") return Auction.postBid({ amount, bidder, token, key });
+    return bidOverSocket({ amount, bidder, key });
   });
 
-  const bidOverSocket = ({ amount, bidder }) => new Promise((resolve) => {
+  /** The bid's key goes with it (`idempotency_key`), so a retry on another
+   *  socket, after a reconnect, is still the same bid. */
+  const bidOverSocket = ({ amount, bidder, key }) => new Promise((resolve) => {
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       resolve({ ok: false, body: { error: "bidder_unavailable" } });
       return;
@@ -125,7 +132,7 @@
     sequence += 1;
     const ref = `b${Date.now().toString(36)}-${sequence}`;
     pending.set(ref, resolve);
-    socket.send(JSON.stringify({ type: "bid", auction: Auction.auctionId, amount, bidder, ref }));
+    socket.send(JSON.stringify({ type: "bid", auction: Auction.auctionId, amount, bidder, ref, idempotency_key: key }));
   });
 
   connect();

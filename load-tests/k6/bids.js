@@ -33,9 +33,10 @@
 //   CHECKS_RATE      least share of passing checks            0.99
 // Targets must be loopback.
 import http from "k6/http";
+import exec from "k6/execution";
 import { check } from "k6";
 import { Counter } from "k6/metrics";
-import { arrival, BASE_URL, body, CHECKS_RATE, count, createAuction, dur, JSON_HEADERS, num, seconds, SUMMARY_TREND_STATS } from "./lib.js";
+import { arrival, body, CHECKS_RATE, count, createAuction, dur, num, postBid, seconds, SUMMARY_TREND_STATS } from "./lib.js";
 
 const BID_RATE = num("BID_RATE", 40);
 const BIDS_PER_PRICE = num("BIDS_PER_PRICE", 2);
@@ -80,14 +81,9 @@ export function setup() {
 export function bid(plan) {
   const tick = Math.floor((Date.now() - plan.createdAt) / TICK_MS);
   const amount = plan.startingPrice + tick * plan.increment;
-  const res = http.post(
-    `${BASE_URL}/auctions/${plan.auction}/bids`,
-    JSON.stringify({ amount }),
-    {
-      headers: JSON_HEADERS,
-      tags: { name: "POST /auctions/{id}/bids", kind: "bid" },
-    },
-  );
+  // One key per intended bid (this iteration), reused by its retries.
+  const key = `${plan.auction}:${exec.scenario.iterationInTest}`;
+  const res = postBid(plan.auction, amount, key, { name: "POST /auctions/{id}/bids", kind: "bid" });
   const answer = body(res);
   check(res, {
     "201 or 409": (r) => r.status === 201 || r.status === 409,

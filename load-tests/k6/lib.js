@@ -20,7 +20,7 @@
 // Targets are restricted to loopback (127.0.0.0/8, localhost, [::1]): these
 // scripts are for a stack on this machine, never for someone else's host.
 import http from "k6/http";
-import { check, fail } from "k6";
+import { check, fail, sleep } from "k6";
 import { Counter } from "k6/metrics";
 
 /**
@@ -243,6 +243,36 @@ export function createAuction(script, lifetimeS) {
   };
 }
 
+// ------------------------------------------------------------- one bid --
+
+/** Answers that do not say what became of a bid (no HTTP answer, 503
+ *  `bid_outcome_unknown` or `redis_unavailable`): asked again with the same
+ *  Idempotency-Key, which returns the real outcome once there is one. */
+const SETTLE_ATTEMPTS = 5;
+
+/**
+ * Posts one bid under `key` until its answer is definite (at most
+ * SETTLE_ATTEMPTS tries, a second apart, as Retry-After asks). Returns the
+ * last response.
+ * @param {string} auction
+ * @param {number} amount
+ * @param {string} key
+ * @param {Record<string, string>} tags
+ */
+export function postBid(auction, amount, key, tags) {
+  let res = null;
+  for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt += 1) {
+    if (attempt > 0) sleep(1);
+    res = http.post(
+      `${BASE_URL}/auctions/${auction}/bids`,
+      JSON.stringify({ amount }),
+      { headers: { ...JSON_HEADERS, "Idempotency-Key": key }, tags },
+    );
+    if (res.status !== 0 && res.status !== 503) break;
+  }
+  return /** @type {import("k6/http").RefinedResponse<any>} */ (res);
+}
+
 // ------------------------------------------------------ the sequential bidder --
 
 export const bidsPlaced = new Counter("bids_placed");
@@ -262,14 +292,10 @@ let nextAmount = 0;
  */
 export function postNextBid(plan) {
   if (nextAmount === 0) nextAmount = plan.startingPrice;
-  const res = http.post(
-    `${BASE_URL}/auctions/${plan.auction}/bids`,
-    JSON.stringify({ amount: nextAmount }),
-    {
-      headers: { ...JSON_HEADERS, "Idempotency-Key": `${plan.auction}:${nextAmount}` },
-      tags: { name: "POST /auctions/{id}/bids", kind: "bid" },
-    },
-  );
+  const res = postBid(plan.auction, nextAmount, `${plan.auction}:${nextAmount}`, {
+    name: "POST /auctions/{id}/bids",
+    kind: "bid",
+  });
   const accepted = check(res, { "sequential bid accepted (201)": (r) => r.status === 201 });
   if (accepted) {
     bidsPlaced.add(1);

@@ -401,6 +401,37 @@ test("two people: signed in by name, their own bids marked, winning and outbid f
   for (const page of [ada, bob]) await page.context().close();
 });
 
+test("the viewer count on two edges' pages agrees within one refresh", async () => {
+  const created = await stack.api("/auctions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ id: "viewed", title: "Brass telescope", starting_price: 10000, min_increment: 500, duration_ms: 3600000 }),
+  });
+  assert.equal(created.status, 201);
+  // Straight to two different edges, one of each transport: only Redis
+  // joins their counts.
+  const pages = [];
+  for (const url of [
+    `http://127.0.0.1:${stack.ports.sse1}/?auction=viewed`,
+    `http://127.0.0.1:${stack.ports.ws2}/?auction=viewed`,
+  ]) {
+    const context = await browser.newContext({ viewport: DESKTOP });
+    const page = await context.newPage();
+    await page.goto(url);
+    pages.push(page);
+  }
+  const count = (page) => page.$eval("#viewers", (e) => e.dataset.count || null);
+  // The refresh is 500 ms here (AUCTION_VIEWERS_INTERVAL_MS in the stack):
+  // once one page shows both viewers, the other follows within a refresh
+  // (allowing the timer's jitter on a busy machine).
+  await waitFor("a page to show 2 watching", async () => (await count(pages[0])) === "2" || (await count(pages[1])) === "2", 10000);
+  await waitFor("both pages to agree on 2 watching", async () => (await count(pages[0])) === "2" && (await count(pages[1])) === "2", 1500);
+  assert.equal(await pages[0].textContent("#viewers"), "2 watching");
+  await pages[1].context().close();
+  await waitFor("the first page to show 1 watching", async () => (await count(pages[0])) === "1", 5000);
+  await pages[0].context().close();
+});
+
 test("the catalogue lists the open auctions with current prices, live over one WebSocket", async () => {
   await createAuction({ id: "catalogued", title: "Glass paperweight", starting_price: 3000, min_increment: 100 });
   const context = await browser.newContext({ viewport: DESKTOP });
@@ -413,8 +444,8 @@ test("the catalogue lists the open auctions with current prices, live over one W
   await page.waitForFunction(() => document.getElementById("connection").dataset.state === "connected");
   await page.waitForSelector('li[data-auction="catalogued"]');
   // Every open auction the bidder lists is there, with its current price.
-  const { body: list } = await stack.api("/auctions");
-  const open = list.filter((a) => a.status === "open").map((a) => a.id).sort();
+  const { body: listing } = await stack.api("/auctions?limit=100");
+  const open = listing.auctions.filter((a) => a.status === "open").map((a) => a.id).sort();
   const shown = (await page.$$eval("#lots li", (items) => items.map((li) => li.dataset.auction))).sort();
   assert.deepEqual(shown, open);
   // A bid on one listed auction shows without a reload ...

@@ -66,8 +66,8 @@ export class Stack {
     // One guest-session secret for every bidder and ws-edge: each accepts
     // the tokens the others mint.
     this.secret = randomBytes(32).toString("hex");
-    const common = { AUCTION_REDIS_URL: redisUrl, AUCTION_SESSION_SECRET: this.secret };
-    const bidder = { ...common, AUCTION_TRUST_FORWARDED_FOR: "true", AUCTION_RATE_LIMIT_PER_S: "1000" };
+    const common = { AUCTION_REDIS_URL: redisUrl, AUCTION_SESSION_SECRET: this.secret, AUCTION_VIEWERS_INTERVAL_MS: "500" };
+    const bidder = { ...common, AUCTION_TRUST_FORWARDED_FOR: "true", AUCTION_RATE_LIMIT_PER_S: "1000", AUCTION_LIST_RATE_LIMIT_PER_S: "1000" };
     this.service("bidder1", "bidder", { ...bidder, AUCTION_SIM_AUCTIONS: "live", AUCTION_SIM_INTERVAL_MS: "400" });
     this.service("bidder2", "bidder", { ...bidder, AUCTION_SIMULATE: "false" });
     for (const name of ["sse1", "sse2"]) {

@@ -1,7 +1,9 @@
 //! Input validation. Every rejection carries a stable snake_case code and a
 //! human sentence: the contract's error body, decided here once.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::fmt;
 
 /// The largest amount (cents) anywhere: 10^12.
@@ -262,7 +264,7 @@ fn optional<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value
 
 pub fn parse_bid_request(body: &[u8]) -> Result<BidRequest, InputError> {
     let object = json_object(body)?;
-    let amount = money(&object, "amount", "invalid_amount")?;
+    let amount = money(&object, body, "amount", "invalid_amount")?;
     Ok(BidRequest { amount })
 }
 
@@ -284,9 +286,9 @@ pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputEr
             ));
         }
     };
-    let starting_price = money(&object, "starting_price", "invalid_starting_price")?;
-    let min_increment = money(&object, "min_increment", "invalid_min_increment")?;
-    let duration_ms = whole_number(required(&object, "duration_ms")?)
+    let starting_price = money(&object, body, "starting_price", "invalid_starting_price")?;
+    let min_increment = money(&object, body, "min_increment", "invalid_min_increment")?;
+    let duration_ms = whole_number(required(&object, "duration_ms")?, body, "duration_ms")
         .filter(|ms| (1..=MAX_DURATION_MS).contains(ms))
         .ok_or_else(|| {
             InputError::new(
@@ -355,23 +357,68 @@ fn required<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a Value
     }
 }
 
-/// A JSON number that is a whole, non-negative integer. `35000.0` counts as
-/// whole; `35000.5`, `-1`, `"35000"` and `1e400` do not.
-fn whole_number(value: &Value) -> Option<u64> {
+/// A JSON number that is a whole, non-negative integer, judged on the
+/// number's text in `body`: `35000.0` and `1.5e3` count as whole;
+/// `35000.5`, `117999.99999999999` (which an f64 rounds to 118000), `-1`,
+/// and `"35000"` do not. No cent is ever rounded.
+fn whole_number(value: &Value, body: &[u8], field: &str) -> Option<u64> {
     let Value::Number(number) = value else {
         return None;
     };
     if let Some(n) = number.as_u64() {
         return Some(n);
     }
-    // Floats are accepted only when they are exact integers in range, so
-    // `1.5e3` means 1500 but no cent is ever rounded.
-    let float = number.as_f64()?;
-    (float.fract() == 0.0 && (0.0..=MAX_AMOUNT as f64).contains(&float)).then_some(float as u64)
+    // serde_json keeps only an f64 of a number with a fraction or an
+    // exponent; the exact value needs the text as sent.
+    let raw = serde_json::from_slice::<HashMap<String, &RawValue>>(body).ok()?;
+    exact_whole(raw.get(field)?.get())
 }
 
-fn money(object: &Map<String, Value>, field: &str, code: &'static str) -> Result<u64, InputError> {
-    whole_number(required(object, field)?)
+/// The value of a JSON number's text when it is a whole number from 0 to
+/// `MAX_AMOUNT`, computed exactly in decimal.
+fn exact_whole(text: &str) -> Option<u64> {
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], text[at + 1..].parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None; // a sign (negative) or not a plain number
+    }
+    // value = digits * 10^scale, digits without leading zeros
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let scale = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
+    if digits.is_empty() {
+        return Some(0);
+    }
+    let (kept, dropped) = if scale >= 0 {
+        (digits, "")
+    } else {
+        let cut = digits.len().saturating_sub(usize::try_from(-scale).ok()?);
+        digits.split_at(cut)
+    };
+    if dropped.bytes().any(|b| b != b'0') {
+        return None; // a fraction
+    }
+    let mut value: u64 = if kept.is_empty() {
+        0
+    } else {
+        kept.parse().ok()?
+    };
+    for _ in 0..scale.max(0) {
+        value = value.checked_mul(10).filter(|v| *v <= MAX_AMOUNT)?;
+    }
+    (value <= MAX_AMOUNT).then_some(value)
+}
+
+fn money(
+    object: &Map<String, Value>,
+    body: &[u8],
+    field: &str,
+    code: &'static str,
+) -> Result<u64, InputError> {
+    whole_number(required(object, field)?, body, field)
         .filter(|n| (1..=MAX_AMOUNT).contains(n))
         .ok_or_else(|| {
             InputError::new(
@@ -401,10 +448,27 @@ mod tests {
             r#"{"amount":0,"bidder":"a"}"#,
             r#"{"amount":-5,"bidder":"a"}"#,
             r#"{"amount":100.5,"bidder":"a"}"#,
+            r#"{"amount":117999.99999999999}"#,
+            r#"{"amount":1.00000000000000001e3}"#,
+            r#"{"amount":1e-2}"#,
+            r#"{"amount":-0.0}"#,
             r#"{"amount":1000000000000000,"bidder":"a"}"#,
             r#"{"amount":"100","bidder":"a"}"#,
         ] {
             assert_eq!(bid(body).unwrap_err().code, "invalid_amount", "{body}");
+        }
+    }
+
+    #[test]
+    fn whole_amounts_written_with_a_fraction_or_exponent_are_exact() {
+        for (body, amount) in [
+            (r#"{"amount":35000.0}"#, 35000),
+            (r#"{"amount":1.5e3}"#, 1500),
+            (r#"{"amount":15E+2}"#, 1500),
+            (r#"{"amount":150000e-2}"#, 1500),
+            (r#"{"amount":0.15e4}"#, 1500),
+        ] {
+            assert_eq!(bid(body).unwrap().amount, amount, "{body}");
         }
     }
 

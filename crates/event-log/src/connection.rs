@@ -300,8 +300,10 @@ impl ConnectionLike for RedisConnection {
 /// A connection for commands that reconnects by itself, with backoff.
 ///
 /// It connects lazily: a service starts and serves `/healthz` while Redis
-/// is down. While Redis is unreachable, each command fails within about a
-/// second instead of queueing, so callers can answer 503 promptly.
+/// is down. A refused connection fails a command at once; a connection
+/// that cannot be made fails it within 1 s; a command sent and not answered
+/// fails after 2 s (the response timeout), and a write that fails so may
+/// still run: see [`LogError::Unknown`](crate::LogError::Unknown).
 /// `on_disconnect` runs once per lost connection (it feeds
 /// `auction_redis_reconnects_total`; in a cluster, per lost node connection).
 pub fn connect_manager(

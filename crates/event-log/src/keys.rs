@@ -18,6 +18,11 @@ pub(crate) fn live_channel(id: &AuctionId) -> String {
 /// Where the answer to one bidder's `Idempotency-Key` is kept. Bidder ids
 /// and keys are visible ASCII without spaces, so the space keeps
 /// ("a b", "c") and ("a", "b c") apart.
+/// How many clients watch the auction, per edge replica.
+pub(crate) fn viewers_key(id: &AuctionId) -> String {
+    format!("auction:{{{id}}}:viewers")
+}
+
 pub(crate) fn idempotency_key(id: &AuctionId, bidder: &BidderId, key: &str) -> String {
     format!("auction:{{{id}}}:idem:{bidder} {key}")
 }

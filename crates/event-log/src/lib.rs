@@ -14,12 +14,14 @@ mod keys;
 pub mod live;
 mod log;
 mod notice;
+mod viewers;
 
 pub use connection::{
     ClusterHandle, RedisConnection, RedisTarget, connect_manager, parse_redis_url,
 };
 pub use live::{LiveConnection, LiveMessage};
+pub use log::DEFAULT_RETENTION_MS;
 pub use log::{
     AuctionSpec, BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome, EventLog,
-    LogError, ReplicaAck, Snapshot, StreamWindow,
+    ListCursor, LogError, ReplicaAck, Snapshot, StreamWindow,
 };

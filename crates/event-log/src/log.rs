@@ -41,14 +41,53 @@ static ENSURE_OPEN: LazyLock<Scripts> = script!("ensure_open.lua");
 static PLACE_BID: LazyLock<Scripts> = script!("place_bid.lua");
 static CLOSE_IF_DUE: LazyLock<Scripts> = script!("close_if_due.lua");
 
+/// A listing page resumes among at most this many auctions created in the
+/// same millisecond as the previous page's last one.
+const MAX_SAME_MS: usize = 1000;
+
+/// Where a page of `GET /auctions` ends: the last auction's creation time
+/// and id. Shown to clients as an opaque `<created_at>-<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: u64,
+    pub id: AuctionId,
+}
+
+impl ListCursor {
+    pub fn parse(text: &str) -> Option<ListCursor> {
+        let (created_at, id) = text.split_once('-')?;
+        if created_at.is_empty() || !created_at.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(ListCursor {
+            created_at: created_at.parse().ok()?,
+            id: AuctionId::parse(id).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for ListCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.created_at, self.id)
+    }
+}
+
 /// How long the answer to an `Idempotency-Key` is kept.
 const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// Redis could not be reached or answered something unexpected.
 #[derive(Debug, Clone)]
 pub enum LogError {
-    /// Redis is down, timed out or refused the command. Retry later.
+    /// The command did not run: the connection was refused (nothing was
+    /// sent), or Redis answered with an error (loading, out of memory...).
+    /// Retry later.
     Unavailable(String),
+    /// A write whose outcome is unknown: it was sent, and no answer came
+    /// (a response timeout, a connection lost mid-command). Redis may have
+    /// run it or may still run it: a frozen Redis runs the queued script
+    /// when it resumes. Only writes report this (classified by `from_write`);
+    /// a retry of an idempotent write learns the real outcome.
+    Unknown(String),
     /// Redis answered, but not in the shape the scripts produce.
     Corrupt(String),
     /// The write was applied on the primary, but fewer replicas than
@@ -57,10 +96,43 @@ pub enum LogError {
     NotReplicated(String),
 }
 
+impl LogError {
+    /// Classifies the error of a command that writes: `Unavailable` only
+    /// when the command certainly did not run, `Unknown` otherwise.
+    pub(crate) fn from_write(error: redis::RedisError) -> LogError {
+        use redis::ErrorKind;
+        // A refused connection sent nothing. Redis refusing the command
+        // (LOADING, BUSY, OOM, READONLY, NOSCRIPT... every code but the
+        // generic ERR a failing script raises) ran none of it. A client
+        // side error stopped before sending. Anything else (a timeout, a
+        // reset, an end of stream, an answer we cannot read) may come after
+        // Redis received the command.
+        let did_not_run = error.is_connection_refusal()
+            || match error.kind() {
+                ErrorKind::Server(_) => error.code().is_some_and(|code| code != "ERR"),
+                ErrorKind::Client
+                | ErrorKind::InvalidClientConfig
+                | ErrorKind::AuthenticationFailed => true,
+                _ => false,
+            };
+        if did_not_run {
+            LogError::Unavailable(error.to_string())
+        } else {
+            LogError::Unknown(error.to_string())
+        }
+    }
+}
+
 impl fmt::Display for LogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LogError::Unavailable(message) => write!(f, "Redis is unavailable: {message}"),
+            LogError::Unknown(message) => {
+                write!(
+                    f,
+                    "Redis did not answer a write, which may have run: {message}"
+                )
+            }
             LogError::Corrupt(message) => write!(f, "unexpected data in Redis: {message}"),
             LogError::NotReplicated(message) => write!(f, "not replicated in time: {message}"),
         }
@@ -183,7 +255,12 @@ pub struct EventLog {
     maxlen: u64,
     indexes: Indexes,
     replica_ack: Option<ReplicaAck>,
+    /// How long a closed auction (state and stream) is kept; 0 keeps it.
+    retention_ms: u64,
 }
+
+/// How long a closed auction is kept unless set otherwise: three days.
+pub const DEFAULT_RETENTION_MS: u64 = 3 * 24 * 3600 * 1000;
 
 impl EventLog {
     /// `maxlen` bounds each stream (`XADD MAXLEN ~`): the resume window.
@@ -198,7 +275,20 @@ impl EventLog {
             maxlen,
             indexes,
             replica_ack: None,
+            retention_ms: DEFAULT_RETENTION_MS,
         }
+    }
+
+    /// A handle on the shared connection, for the other parts of this crate.
+    pub(crate) fn connection(&self) -> RedisConnection {
+        self.conn.clone()
+    }
+
+    /// How long a closed auction and its stream are kept after its close
+    /// (`Duration::ZERO`: forever). Set atomically by the close.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Accepted bids are answered only once `ack.replicas` replicas have
@@ -223,7 +313,7 @@ impl EventLog {
     /// cluster a pipeline may not cross slots, and different auctions
     /// rarely share one: one pipeline per auction (its keys share a slot),
     /// all sent at once.
-    async fn per_auction(
+    pub(crate) async fn per_auction(
         &self,
         auctions: &[AuctionId],
         build: impl Fn(&mut Pipeline, &AuctionId),
@@ -297,12 +387,14 @@ impl EventLog {
         Ok(())
     }
 
+    /// `Err(LogError::Unknown)`: the auction may be (or become) created.
     pub async fn create(&self, spec: &AuctionSpec) -> Result<CreateOutcome, LogError> {
         let mut conn = self.conn.clone();
         let mut invocation = spec_invocation(self.script(&CREATE), spec);
         let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(LogError::from_write)?;
         match reply.as_slice() {
             [status] if status == "exists" => Ok(CreateOutcome::Exists),
             [status, json] if status == "ok" => {
@@ -330,6 +422,7 @@ impl EventLog {
         invocation.arg(self.maxlen);
         let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
             .arg(u64::try_from(pause_after_close.as_millis()).unwrap_or(u64::MAX))
+            .arg(self.retention_ms)
             .invoke_async(&mut conn)
             .await?;
         let (status, json) = match reply.as_slice() {
@@ -378,6 +471,8 @@ impl EventLog {
     }
 
     /// Validates and appends a bid atomically. `Ok(None)`: unknown auction.
+    /// `Err(LogError::Unknown)`: the bid may be (or become) appended; a
+    /// retry with the same `idempotency_key` returns what happened to it.
     /// An `idempotency_key` is the bidder's own (two bidders' equal keys are
     /// unrelated) and is bound to the bid's amount, the one thing a bid
     /// request says besides who bids.
@@ -422,8 +517,10 @@ impl EventLog {
             .arg(if idempotency_key.is_some() { "1" } else { "0" })
             .arg(id_json)
             .arg(amount)
+            .arg(self.retention_ms)
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(LogError::from_write)?;
         let (replayed, answer) = match reply.as_slice() {
             [status] if status == "not_found" => return Ok(None),
             [status] if status == "reused" => {
@@ -453,6 +550,7 @@ impl EventLog {
             .key(keys::stream_key(auction))
             .arg(auction.as_str())
             .arg(self.maxlen)
+            .arg(self.retention_ms)
             .invoke_async(&mut conn)
             .await?;
         let outcome = match reply.as_str() {
@@ -470,6 +568,63 @@ impl EventLog {
             let _: i64 = conn.zrem(index, auction.as_str()).await?;
         }
         Ok(outcome)
+    }
+
+    /// Drops from the creation index up to `batch` ids, from creation time
+    /// `from` on, whose auction has expired. Returns where the next call
+    /// goes on (`None`: the index was walked to its end; start again).
+    /// Bounded work per call, so a loop walks the whole index over time.
+    pub async fn trim_creation_index(
+        &self,
+        from: Option<u64>,
+        batch: usize,
+    ) -> Result<Option<u64>, LogError> {
+        let mut conn = self.conn.clone();
+        let start = from.map_or_else(|| "-inf".to_owned(), |score| format!("({score}"));
+        // Up to `batch` from each partition; the walk goes on from the
+        // earliest point a full partition reached (a partition re-read
+        // from there is checked twice, which is harmless).
+        let mut entries: Vec<(String, u64)> = Vec::new();
+        let mut next: Option<u64> = None;
+        for partition in self.indexes.partitions() {
+            let found: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                .arg(self.indexes.by_creation(partition))
+                .arg(&start)
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(batch)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await?;
+            if found.len() == batch
+                && let Some((_, score)) = found.last()
+            {
+                next = Some(next.map_or(*score, |at| at.min(*score)));
+            }
+            entries.extend(found);
+        }
+        let ids: Vec<AuctionId> = entries
+            .iter()
+            .filter_map(|(id, _)| AuctionId::parse(id).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(next);
+        }
+        let exist = self
+            .per_auction(&ids, |pipe, auction| {
+                pipe.cmd("EXISTS").arg(keys::state_key(auction));
+            })
+            .await?;
+        for (auction, exists) in ids.iter().zip(exist) {
+            if redis::from_redis_value_ref::<bool>(&exists).unwrap_or(true) {
+                continue;
+            }
+            let index = self.indexes.by_creation(self.indexes.partition_of(auction));
+            let _: i64 = conn.zrem(index, auction.as_str()).await?;
+        }
+        Ok(next)
     }
 
     /// Open auctions whose `ends_at` is at or before `now_ms`, oldest first.
@@ -513,46 +668,125 @@ impl EventLog {
         auction_from_hash(&fields).map(Some)
     }
 
-    /// The most recently created auctions, newest first, at most `limit`.
-    pub async fn list(&self, limit: usize) -> Result<Vec<Auction>, LogError> {
+    /// A page of auctions, newest first: at most `limit`, after `after`
+    /// (the position of the previous page's last auction). Also returns the
+    /// position of this page's last auction when there may be more.
+    ///
+    /// Positions are (creation time, id) in the creation index, whose order
+    /// is score descending, then member descending: a page resumes exactly
+    /// after the previous one even when auctions are created meanwhile.
+    /// Ids whose auction has expired are dropped from the index on the way.
+    pub async fn list_page(
+        &self,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<(Vec<Auction>, Option<ListCursor>), LogError> {
         let mut conn = self.conn.clone();
-        // Each partition's newest `limit`, merged: the newest `limit` overall.
-        let mut newest: Vec<(String, f64)> = Vec::new();
+        let limit = limit.max(1);
+        // Each partition's page after the cursor, merged: the page overall.
+        let mut entries: Vec<(String, u64)> = Vec::with_capacity(limit + 1);
         for partition in self.indexes.partitions() {
-            let ids: Vec<(String, f64)> = conn
-                .zrevrange_withscores(
-                    self.indexes.by_creation(partition),
-                    0,
-                    limit.saturating_sub(1) as isize,
-                )
-                .await?;
-            newest.extend(ids);
+            let index = self.indexes.by_creation(partition);
+            let mut found: Vec<(String, u64)> = Vec::new();
+            let older_than = match after {
+                None => "+inf".to_owned(),
+                Some(cursor) => {
+                    // The rest of the auctions created in the same
+                    // millisecond (few: creation is rate-limited), then
+                    // the older ones.
+                    let same: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                        .arg(&index)
+                        .arg(cursor.created_at)
+                        .arg(cursor.created_at)
+                        .arg("BYSCORE")
+                        .arg("REV")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(MAX_SAME_MS)
+                        .arg("WITHSCORES")
+                        .query_async(&mut conn)
+                        .await?;
+                    found.extend(
+                        same.into_iter()
+                            .filter(|(id, _)| id.as_str() < cursor.id.as_str())
+                            .take(limit + 1),
+                    );
+                    format!("({}", cursor.created_at)
+                }
+            };
+            if found.len() <= limit {
+                let older: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(&older_than)
+                    .arg("-inf")
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit + 1 - found.len())
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await?;
+                found.extend(older);
+            }
+            entries.extend(found);
         }
-        newest.sort_by(|a, b| b.1.total_cmp(&a.1));
-        newest.truncate(limit);
-        // Not written by us: skipped.
-        let ids: Vec<AuctionId> = newest
+        // The index's order: creation time descending, then id descending.
+        entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let next = more
+            .then(|| entries.last())
+            .flatten()
+            .and_then(|(id, created_at)| {
+                Some(ListCursor {
+                    created_at: *created_at,
+                    id: AuctionId::parse(id).ok()?,
+                })
+            });
+        // Not written by us: dropped from the index like an expired one.
+        let (ids, foreign): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .partition(|(id, _)| AuctionId::parse(id).is_ok());
+        let ids: Vec<AuctionId> = ids
             .iter()
             .filter_map(|(id, _)| AuctionId::parse(id).ok())
             .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let replies = self
-            .per_auction(&ids, |pipe, auction| {
+        let replies = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.per_auction(&ids, |pipe, auction| {
                 pipe.cmd("HGETALL").arg(keys::state_key(auction));
             })
-            .await?;
+            .await?
+        };
         let hashes: Vec<HashMap<String, String>> = replies
             .iter()
             .map(redis::from_redis_value_ref)
             .collect::<Result<_, _>>()
             .map_err(|error| corrupt(format!("list answered {error}")))?;
-        hashes
+        let mut gone: Vec<&str> = foreign.iter().map(|(id, _)| id.as_str()).collect();
+        gone.extend(
+            ids.iter()
+                .zip(&hashes)
+                .filter(|(_, fields)| fields.is_empty())
+                .map(|(id, _)| id.as_str()),
+        );
+        for id in gone {
+            let index = match AuctionId::parse(id) {
+                Ok(auction) => self
+                    .indexes
+                    .by_creation(self.indexes.partition_of(&auction)),
+                Err(_) => self.indexes.by_creation(0),
+            };
+            let _: i64 = conn.zrem(index, id).await?;
+        }
+        let auctions = hashes
             .iter()
             .filter(|fields| !fields.is_empty())
             .map(auction_from_hash)
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((auctions, next))
     }
 
     /// Up to `count` events strictly after `after`, oldest first.
@@ -860,6 +1094,34 @@ fn stream_event(entry: &StreamId) -> Result<Event, LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_is_unavailable_only_when_it_certainly_did_not_run() {
+        let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "x"));
+        let refused = LogError::from_write(io(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(refused, LogError::Unavailable(_)), "{refused:?}");
+        for kind in [
+            std::io::ErrorKind::TimedOut,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::BrokenPipe,
+        ] {
+            let error = LogError::from_write(io(kind));
+            assert!(matches!(error, LogError::Unknown(_)), "{kind:?}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn list_cursors_read_back_what_they_show() {
+        let cursor = ListCursor {
+            created_at: 1_733_000_000_123,
+            id: AuctionId::parse("a-b_c").unwrap(),
+        };
+        assert_eq!(ListCursor::parse(&cursor.to_string()), Some(cursor));
+        for bad in ["", "-", "12-", "-abc", "x1-abc", "12-a b", "+1-a"] {
+            assert_eq!(ListCursor::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn bid_answers_parse() {

@@ -200,6 +200,7 @@ impl<C: Codec> Delivery<C> {
             feed,
             position,
             start,
+            viewers,
         } = opening;
         let mut subscription = Subscription {
             auction,
@@ -247,6 +248,11 @@ impl<C: Codec> Delivery<C> {
                 }
             }
         }
+        if viewers > 0 {
+            let frame = self.hub.codec().viewers(&subscription.auction, viewers);
+            self.write(transport, &[frame], || subscription.lapped())
+                .await?;
+        }
         Ok((subscription, feed))
     }
 
@@ -274,6 +280,11 @@ impl<C: Codec> Delivery<C> {
                         Ok(())
                     }
                     Item::Reset => Err(Ended::Reset),
+                    Item::Viewers(count) => {
+                        let frame = self.hub.codec().viewers(&subscription.auction, count);
+                        batch.frames.push(frame);
+                        Ok(())
+                    }
                     Item::Gone => {
                         batch
                             .frames

@@ -17,6 +17,9 @@ pub trait Codec: Send + Sync + 'static {
     /// The last word to a client of an auction that no longer exists.
     fn gone(&self, auction: &AuctionId) -> Frame;
 
+    /// How many clients watch the auction, over all replicas.
+    fn viewers(&self, auction: &AuctionId, count: u32) -> Frame;
+
     /// What a client is sent when its feed's keepalive interval elapses,
     /// if anything (SSE: a comment line, so proxies keep the stream open).
     fn keepalive(&self) -> Option<Frame> {
@@ -55,4 +58,6 @@ pub enum Item {
     /// The auction no longer exists (expired, or Redis lost it): the feed
     /// ends after this.
     Gone,
+    /// The auction's viewers over all replicas changed to this.
+    Viewers(u32),
 }

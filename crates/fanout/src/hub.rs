@@ -8,7 +8,7 @@ use event_log::{EventLog, LiveConnection, LiveMessage, LogError, RedisTarget};
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -40,6 +40,11 @@ pub struct HubConfig {
     /// How long a feed with no clients stays subscribed (avoids churn when a
     /// client reconnects).
     pub idle_feed_ttl: Duration,
+    /// How often this replica reports its viewers per auction and learns
+    /// the totals over all replicas.
+    pub viewers_interval: Duration,
+    /// This replica's name in the viewer counts (unique per process).
+    pub replica: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,12 +61,17 @@ struct FeedHandle {
     live: watch::Receiver<bool>,
     recent: Arc<Mutex<Recent<Frame>>>,
     sent: Arc<AtomicU64>,
+    /// The auction's viewers over all replicas, as last learned.
+    viewers: Arc<AtomicU32>,
 }
 
 /// A client's place in an auction's feed (see [`Hub::join`]).
 pub struct Joined {
     pub rx: broadcast::Receiver<Item>,
     pub position: FeedPosition,
+    /// The auction's viewers over all replicas when the client joined (0:
+    /// not known yet); later changes come through the feed.
+    pub viewers: u32,
     recent: Arc<Mutex<Recent<Frame>>>,
 }
 
@@ -129,6 +139,7 @@ struct Watch {
     live: watch::Sender<bool>,
     recent: Arc<Mutex<Recent<Frame>>>,
     sent: Arc<AtomicU64>,
+    viewers: Arc<AtomicU32>,
 }
 
 impl<C: Codec> Hub<C> {
@@ -223,7 +234,7 @@ impl<C: Codec> Hub<C> {
     /// receiver, in order. The caller reads anything older from the feed's
     /// recent events or from the stream.
     pub async fn join(&self, auction: &AuctionId, wait: Duration) -> Result<Joined, JoinError> {
-        let (rx, mut live, recent, sent) = {
+        let (rx, mut live, recent, sent, viewers) = {
             let mut feeds = lock(&self.shared.feeds);
             match feeds.get(auction) {
                 Some(feed) => (
@@ -231,6 +242,7 @@ impl<C: Codec> Hub<C> {
                     feed.live.clone(),
                     feed.recent.clone(),
                     feed.sent.clone(),
+                    feed.viewers.clone(),
                 ),
                 None => {
                     let (tx, rx) = broadcast::channel(self.shared.config.queue_capacity);
@@ -238,12 +250,14 @@ impl<C: Codec> Hub<C> {
                     let recent =
                         Arc::new(Mutex::new(Recent::new(self.shared.config.queue_capacity)));
                     let sent = Arc::new(AtomicU64::new(0));
+                    let viewers = Arc::new(AtomicU32::new(0));
                     let request = Watch {
                         auction: auction.clone(),
                         tx: tx.clone(),
                         live: live_tx,
                         recent: recent.clone(),
                         sent: sent.clone(),
+                        viewers: viewers.clone(),
                     };
                     self.shared
                         .commands
@@ -256,9 +270,10 @@ impl<C: Codec> Hub<C> {
                             live: live_rx.clone(),
                             recent: recent.clone(),
                             sent: sent.clone(),
+                            viewers: viewers.clone(),
                         },
                     );
-                    (rx, live_rx, recent, sent)
+                    (rx, live_rx, recent, sent, viewers)
                 }
             }
         };
@@ -271,6 +286,7 @@ impl<C: Codec> Hub<C> {
             Ok(Ok(_)) => Ok(Joined {
                 rx,
                 position,
+                viewers: viewers.load(Ordering::Relaxed),
                 recent,
             }),
             _ => Err(JoinError::Unavailable),
@@ -294,6 +310,10 @@ struct Cursor {
     /// The newest event published to the feed. Only meaningful once live.
     last: EventId,
     idle_since: Option<Instant>,
+    /// The auction's viewers over all replicas, as last learned.
+    viewers: Arc<AtomicU32>,
+    /// This replica's clients of the auction, as last reported.
+    reported: u64,
 }
 
 impl Cursor {
@@ -459,6 +479,45 @@ impl<C: Codec> Subscriber<C> {
         timed(connection.unwatch(auction)).await
     }
 
+    /// Reports this replica's clients per auction and tells each feed's
+    /// clients the auction's total when it changed. A failure is not the
+    /// live connection's: the counts just wait for the next round.
+    async fn report_viewers(&mut self) {
+        let counts: Vec<(AuctionId, u64)> = self
+            .cursors
+            .iter()
+            .filter_map(|(auction, cursor)| {
+                let clients = cursor.tx.receiver_count() as u64;
+                (clients > 0 || cursor.reported > 0).then(|| (auction.clone(), clients))
+            })
+            .collect();
+        let config = &self.shared.config;
+        // Fresh for three rounds: one late round does not drop a replica.
+        let fresh_ms = (config.viewers_interval.as_millis() as u64).saturating_mul(3);
+        for batch in counts.chunks(WATCH_BATCH) {
+            let report = self
+                .shared
+                .log
+                .report_viewers(&config.replica, batch, fresh_ms);
+            let totals = match timed(report).await {
+                Ok(totals) => totals,
+                Err(error) => {
+                    tracing::debug!(%error, "viewer counts not reported this round");
+                    return;
+                }
+            };
+            for ((auction, clients), total) in batch.iter().zip(totals) {
+                if let Some(cursor) = self.cursors.get_mut(auction) {
+                    cursor.reported = *clients;
+                    let total = u32::try_from(total).unwrap_or(u32::MAX);
+                    if cursor.viewers.swap(total, Ordering::Relaxed) != total {
+                        cursor.send(Item::Viewers(total));
+                    }
+                }
+            }
+        }
+    }
+
     /// Ends the feeds of auctions that stopped existing while watched
     /// (expired, deleted): nothing is published for them any more, so
     /// without this their clients would wait forever.
@@ -481,6 +540,8 @@ impl<C: Codec> Subscriber<C> {
         keepalive.reset();
         let mut sweep = tokio::time::interval(config.idle_feed_ttl.max(Duration::from_millis(100)));
         let mut ping = tokio::time::interval(Duration::from_secs(1));
+        let mut viewers = tokio::time::interval(config.viewers_interval);
+        viewers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
@@ -512,6 +573,10 @@ impl<C: Codec> Subscriber<C> {
                     Err(error) => Err(error),
                 },
                 _ = ping.tick() => timed(connection.ping()).await,
+                _ = viewers.tick() => {
+                    self.report_viewers().await;
+                    Ok(())
+                }
             };
             if let Err(error) = result {
                 return Stop::Lost(error);
@@ -538,6 +603,8 @@ impl<C: Codec> Subscriber<C> {
                     sent: request.sent,
                     last: EventId::ZERO,
                     idle_since: None,
+                    viewers: request.viewers,
+                    reported: 0,
                 },
             );
         }

@@ -87,6 +87,8 @@ pub struct Opening {
     pub(crate) feed: broadcast::Receiver<Item>,
     pub(crate) position: FeedPosition,
     pub(crate) start: Start,
+    /// The auction's viewers when the client joined (0: not known yet).
+    pub(crate) viewers: u32,
 }
 
 /// Joins the feed and decides how the client starts (steps 1 and 2).
@@ -119,6 +121,7 @@ pub(crate) async fn open<C: Codec>(
         feed: joined.rx,
         position: joined.position,
         start,
+        viewers: joined.viewers,
     })
 }
 

@@ -26,6 +26,11 @@ pub struct EdgeSettings {
     /// `AUCTION_CLIENT_STALL_MS`: a client whose socket accepts nothing for
     /// this long is slow and is cut off.
     pub stall_limit: Duration,
+    /// `AUCTION_VIEWERS_INTERVAL_MS`: how often viewer counts are reported
+    /// and refreshed.
+    pub viewers_interval: Duration,
+    /// This replica's name in shared counts: random, unique per process.
+    pub replica: String,
 }
 
 impl EdgeSettings {
@@ -40,6 +45,14 @@ impl EdgeSettings {
                 30_000,
                 100..=3_600_000,
             )?),
+            viewers_interval: Duration::from_millis(settings.number(
+                "viewers_interval_ms",
+                2_000,
+                100..=600_000,
+            )?),
+            replica: std::iter::repeat_with(fastrand::alphanumeric)
+                .take(16)
+                .collect(),
         })
     }
 }

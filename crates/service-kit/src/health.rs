@@ -52,6 +52,13 @@ struct OpsState {
     metrics: Arc<Metrics>,
 }
 
+/// Whether `path` is one of the ops routes, which are answered even when
+/// the process is out of connection slots (probes must not restart a
+/// replica that is busy serving its clients).
+pub(crate) fn is_ops_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn ops_routes(ctx: &Context) -> Router {
     Router::new()

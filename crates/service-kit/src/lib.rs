@@ -3,6 +3,7 @@
 //! serve `/healthz` `/readyz` `/metrics`, and on SIGTERM/SIGINT turn
 //! unready, refuse new connections, drain and exit 0 within the grace period.
 
+pub mod connections;
 pub mod edge;
 mod error;
 mod gate;
@@ -16,4 +17,7 @@ pub use error::{ApiError, error_response};
 pub use gate::{Admission, ConnectionGate};
 pub use health::{Health, ops_routes, watch_redis};
 pub use process::{Common, Context, Process, bind, serve};
-pub use raw_http::{FastPath, RequestHead, error_response_bytes, serve_with_fast_path};
+pub use raw_http::{
+    FastPath, RequestHead, error_response_bytes, error_response_with_headers, serve_routes,
+    serve_with_fast_path,
+};

@@ -1,4 +1,5 @@
-use crate::health::{Health, ops_routes};
+use crate::connections::ConnectionLimits;
+use crate::health::Health;
 use axum::Router;
 use event_log::RedisTarget;
 use settings::{SettingError, Settings};
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use telemetry::{LogFormat, Metrics};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 /// Settings every service has.
@@ -18,6 +19,8 @@ pub struct Common {
     pub redis: RedisTarget,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// Deadlines and bounds of every connection.
+    pub connections: ConnectionLimits,
 }
 
 impl Common {
@@ -35,6 +38,7 @@ impl Common {
                 0..=3_600_000,
             )?),
             log_format: settings.get("log_format", LogFormat::Pretty)?,
+            connections: ConnectionLimits::read(settings)?,
         })
     }
 }
@@ -171,12 +175,23 @@ async fn wait_for_signal() -> &'static str {
     "ctrl-c"
 }
 
-/// Binds the listener and logs `listening on <addr>` (tests and operators
-/// read the port from that line when `AUCTION_LISTEN` has port 0).
+/// Binds the listener (with the `AUCTION_LISTEN_BACKLOG` queue) and logs
+/// `listening on <addr>` (tests and operators read the port from that line
+/// when `AUCTION_LISTEN` has port 0).
 pub async fn bind(ctx: &Context) -> Result<TcpListener, String> {
-    let listener = TcpListener::bind(ctx.common.listen)
-        .await
-        .map_err(|error| format!("cannot listen on {}: {error}", ctx.common.listen))?;
+    let addr = ctx.common.listen;
+    let cannot = |error: std::io::Error| format!("cannot listen on {addr}: {error}");
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(cannot)?;
+    socket.set_reuseaddr(true).map_err(cannot)?;
+    socket.bind(addr).map_err(cannot)?;
+    let listener = socket
+        .listen(ctx.common.connections.backlog)
+        .map_err(cannot)?;
     let addr = listener
         .local_addr()
         .map_err(|error| format!("cannot read the bound address: {error}"))?;
@@ -184,17 +199,9 @@ pub async fn bind(ctx: &Context) -> Result<TcpListener, String> {
     Ok(listener)
 }
 
-/// Serves `routes` plus the ops routes until shutdown, then stops accepting
-/// and waits for open connections to finish (the grace deadline in
+/// Serves `routes` plus the ops routes until shutdown, then stops
+/// accepting; open connections finish (the grace deadline in
 /// [`Process::run`] bounds the wait).
 pub async fn serve(ctx: &Context, listener: TcpListener, routes: Router) -> Result<(), String> {
-    let app = routes.merge(ops_routes(ctx));
-    let shutdown = ctx.shutdown.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-    .map_err(|error| format!("server error: {error}"))
+    crate::raw_http::serve_routes(ctx, listener, routes).await
 }

@@ -9,4 +9,5 @@ mod trace;
 
 pub use logging::{LogFormat, TelemetryGuard, init};
 pub use metrics::{BidOutcome, Metrics, Transport, TransportMetrics};
+pub use process::max_open_files;
 pub use trace::{continue_and_link, continue_trace, current_traceparent, parse_traceparent};

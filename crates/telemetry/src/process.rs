@@ -24,6 +24,14 @@ const USER_HZ: f64 = 100.0;
 #[derive(Debug, Default)]
 pub(crate) struct ProcessCollector;
 
+/// The process's limit on open file descriptors (the soft limit), if
+/// `/proc` tells.
+pub fn max_open_files() -> Option<u64> {
+    fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| parse_max_open_files(&text))
+}
+
 /// One scrape's readings; `None` where `/proc` did not tell.
 #[derive(Debug, Default, PartialEq)]
 struct Readings {

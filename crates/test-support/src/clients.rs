@@ -83,7 +83,9 @@ pub async fn sse_follow_from(
                     seen.inits
                         .push((event.id.clone(), json["reset"].as_bool().unwrap()));
                 }
-                _ => seen.ids.push(event.id.clone()),
+                "bid" | "closed" | "opened" => seen.ids.push(event.id.clone()),
+                // Viewer counts and the like are not the auction's events.
+                _ => continue,
             }
             if !event.id.is_empty() {
                 seen.last = Some(event.id.clone());

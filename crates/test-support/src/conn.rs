@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -63,6 +63,9 @@ enum Inner {
 
 pub struct Conn {
     inner: Inner,
+    /// The last viewer count received: counts are not in what
+    /// [`Conn::next`] returns (they come at any time), only here.
+    viewers: Option<u32>,
 }
 
 /// Connects with an optional `SO_RCVBUF` (set before connecting, so the
@@ -105,7 +108,10 @@ impl Conn {
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8; 1];
             if stream.read_exact(&mut byte).await.is_err() {
-                return Conn { inner: Inner::Done };
+                return Conn {
+                    inner: Inner::Done,
+                    viewers: None,
+                };
             }
             head.push(byte[0]);
         }
@@ -118,6 +124,7 @@ impl Conn {
             let refused = futures_util::stream::iter([Err(format!("refused:{code}"))]);
             return Conn {
                 inner: Inner::Sse(refused.boxed()),
+                viewers: None,
             };
         }
         let bytes = futures_util::stream::unfold(stream, |mut stream| async move {
@@ -135,6 +142,7 @@ impl Conn {
             .map(|event| event.map_err(|error| error.to_string()));
         Conn {
             inner: Inner::Sse(events.boxed()),
+            viewers: None,
         }
     }
 
@@ -152,19 +160,53 @@ impl Conn {
         if let Some(last) = last {
             subscribe["last_id"] = json!(last);
         }
-        ws.send(Message::Text(subscribe.to_string().into()))
+        ws.send(WsMessage::Text(subscribe.to_string().into()))
             .await
             .expect("send subscribe");
         Conn {
             inner: Inner::Ws(Box::new(ws)),
+            viewers: None,
         }
     }
 
     /// The next thing received, or `None` if nothing arrives in `timeout`.
-    /// After [`Received::Ended`], always `Ended`.
+    /// After [`Received::Ended`], always `Ended`. Viewer counts are kept
+    /// aside ([`Conn::viewers`]).
     pub async fn next(&mut self, timeout: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_message(left).await? {
+                Message::Viewers(count) => self.viewers = Some(count),
+                Message::Received(received) => return Some(received),
+            }
+        }
+    }
+
+    /// The last viewer count received, if any.
+    pub fn viewers(&self) -> Option<u32> {
+        self.viewers
+    }
+
+    /// Reads (and drops) whatever arrives until the viewer count is
+    /// `count`; `false` if it is not within `timeout`.
+    pub async fn wait_for_viewers(&mut self, count: u32, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.viewers != Some(count) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if let Some(Received::Ended(_)) = self.next(left).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn next_message(&mut self, timeout: Duration) -> Option<Message> {
         let received = match &mut self.inner {
-            Inner::Done => return Some(Received::Ended(None)),
+            Inner::Done => return Some(Message::Received(Received::Ended(None))),
             Inner::Sse(events) => match tokio::time::timeout(timeout, events.next()).await {
                 Err(_) => return None,
                 Ok(None) => Received::Ended(None),
@@ -172,16 +214,22 @@ impl Conn {
                     Some(code) => Received::Refused(code.to_owned()),
                     None => Received::Ended(None),
                 },
+                Ok(Some(Ok(event))) if event.event == "viewers" => {
+                    return Some(Message::Viewers(viewer_count(&event.data)));
+                }
                 Ok(Some(Ok(event))) => sse_received(&event),
             },
             Inner::Ws(ws) => loop {
                 match tokio::time::timeout(timeout, ws.next()).await {
                     Err(_) => return None,
-                    Ok(Some(Ok(Message::Text(text)))) => {
+                    Ok(Some(Ok(WsMessage::Text(text)))) => {
                         let json: Value = serde_json::from_str(&text).expect("JSON message");
+                        if json["type"] == "viewers" {
+                            return Some(Message::Viewers(viewer_count(&text)));
+                        }
                         break ws_received(&json);
                     }
-                    Ok(Some(Ok(Message::Close(frame)))) => {
+                    Ok(Some(Ok(WsMessage::Close(frame)))) => {
                         break Received::Ended(frame.map(|f| u16::from(f.code)));
                     }
                     Ok(Some(Ok(_))) => continue,
@@ -194,7 +242,7 @@ impl Conn {
         {
             self.inner = Inner::Done;
         }
-        Some(received)
+        Some(Message::Received(received))
     }
 
     /// Everything until the connection ends, or until nothing arrives for
@@ -210,6 +258,17 @@ impl Conn {
         }
         all
     }
+}
+
+/// What a connection read: a viewer count, or anything else.
+enum Message {
+    Viewers(u32),
+    Received(Received),
+}
+
+fn viewer_count(json: &str) -> u32 {
+    let json: Value = serde_json::from_str(json).expect("viewers JSON");
+    json["count"].as_u64().expect("viewers.count") as u32
 }
 
 fn sse_received(event: &eventsource_stream::Event) -> Received {

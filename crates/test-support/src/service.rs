@@ -34,11 +34,33 @@ impl ServiceProcess {
     /// Starts `binary` with `AUCTION_LISTEN=127.0.0.1:0` plus `env`, and
     /// waits for its `listening on <addr>` line.
     pub fn start(binary: &str, env: &[(&str, String)]) -> ServiceProcess {
-        let mut command = Command::new(binary_path(binary));
+        ServiceProcess::start_command(binary, Command::new(binary_path(binary)), env)
+    }
+
+    /// [`start`](Self::start) with the process's open-file limit lowered
+    /// to `limit` (as a small container or a careless ulimit would set it).
+    pub fn start_with_file_limit(
+        binary: &str,
+        env: &[(&str, String)],
+        limit: u32,
+    ) -> ServiceProcess {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\""))
+            .arg(binary_path(binary));
+        ServiceProcess::start_command(binary, command, env)
+    }
+
+    fn start_command(binary: &str, mut command: Command, env: &[(&str, String)]) -> ServiceProcess {
         command
             .env("AUCTION_LISTEN", "127.0.0.1:0")
             .env("AUCTION_LOG_FORMAT", "pretty")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            // Viewer counts come at any time; a test that is not about them
+            // does not want them among the events it checks (one about
+            // them sets its own interval).
+            .env("AUCTION_VIEWERS_INTERVAL_MS", "600000")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),

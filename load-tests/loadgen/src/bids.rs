@@ -4,6 +4,11 @@ use crate::{Args, ensure_loopback};
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 
+/// A bid answered 503 (outcome unknown, Redis unavailable) or not at all is
+/// asked again under the same `Idempotency-Key` this many times at most.
+const SETTLE_ATTEMPTS: u32 = 5;
+const SETTLE_PAUSE: Duration = Duration::from_millis(200);
+
 pub async fn run(args: &Args) -> Result<(), String> {
     let url = args.text("url", "http://127.0.0.1:8080");
     ensure_loopback(&url)?;
@@ -52,23 +57,40 @@ pub async fn run(args: &Args) -> Result<(), String> {
             let mut amount = 100u64;
             while Instant::now() < deadline {
                 let body = format!(r#"{{"amount":{amount}}}"#);
+                // One key per intended bid, reused by its retries: a bid
+                // whose outcome was unknown is never placed twice.
+                let key = format!("{auction}:{amount}");
                 let started = Instant::now();
-                let response = client
-                    .post(format!("{url}/auctions/{auction}/bids"))
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let micros = started.elapsed().as_micros() as u64;
-                match response {
-                    Ok(response) if response.status() == 201 => {
-                        let _ = response.bytes().await;
-                        accepted += 1;
-                        amount += 1;
-                        let _ = latencies.record(micros);
+                let mut settled = None;
+                for attempt in 0..SETTLE_ATTEMPTS {
+                    if attempt > 0 {
+                        tokio::time::sleep(SETTLE_PAUSE).await;
                     }
-                    _ => failed += 1,
+                    let response = client
+                        .post(format!("{url}/auctions/{auction}/bids"))
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", &key)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match response {
+                        Ok(response) if response.status() == 503 => {}
+                        Ok(response) => {
+                            settled = Some(response.status());
+                            let _ = response.bytes().await;
+                            break;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                let micros = started.elapsed().as_micros() as u64;
+                if settled.is_some_and(|status| status == 201) {
+                    accepted += 1;
+                    amount += 1;
+                    let _ = latencies.record(micros);
+                } else {
+                    failed += 1;
                 }
             }
             Ok::<_, String>((accepted, failed, latencies))

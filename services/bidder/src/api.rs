@@ -13,24 +13,28 @@ use auction_domain::{
 };
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use event_log::{AuctionSpec, BidAnswer, CreateOutcome, EventLog, LogError};
+use event_log::{AuctionSpec, BidAnswer, CreateOutcome, EventLog, ListCursor, LogError};
 use identity::{Authenticator, Identity, TokenError};
 use serde_json::{Value, json};
 use service_kit::ApiError;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use telemetry::{BidOutcome, Metrics};
 use tracing::Instrument;
 
 /// Request bodies larger than this get 413.
 const MAX_BODY: usize = 4096;
-/// `GET /auctions` lists at most this many, newest first.
-const LIST_LIMIT: usize = 1000;
+/// `GET /auctions` pages: `?limit=` up to this many, this many by default.
+const LIST_MAX_LIMIT: usize = 100;
+const LIST_DEFAULT_LIMIT: usize = 50;
 const OPENAPI: &str = include_str!("../openapi.json");
 
 #[derive(Clone)]
@@ -40,6 +44,9 @@ pub struct ApiState {
     pub auth: Authenticator,
     /// For routes without a verified caller.
     pub address_limiter: Arc<RateLimiter<IpAddr>>,
+    /// For `GET /auctions`, per client address: the one read that costs
+    /// a page of Redis reads.
+    pub list_limiter: Arc<RateLimiter<IpAddr>>,
     /// For bids and auction creation: one bucket per bidder, so users
     /// behind one address (or one ws-edge) do not share a limit.
     pub bidder_limiter: Arc<RateLimiter<BidderId>>,
@@ -59,6 +66,69 @@ pub fn routes(state: ApiState) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn(cors))
         .layer(axum::middleware::from_fn(bearer_challenge))
+        .layer(axum::middleware::from_fn(close_when_body_unread))
+}
+
+/// A request answered before its body was read (a 429, 401 or 413 is
+/// decided before reading) leaves the rest of that body on the connection,
+/// so the connection cannot carry another request and is closed. The
+/// answer says so with `Connection: close` (RFC 9112, 9.6), rather than the
+/// client finding a reset on its next request.
+async fn close_when_body_unread(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::body::HttpBody;
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let body = Body::new(ReadToEnd {
+        inner: body,
+        read: read.clone(),
+    });
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if !read.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that records when it has been read to its end.
+struct ReadToEnd {
+    inner: Body,
+    read: Arc<AtomicBool>,
+}
+
+impl axum::body::HttpBody for ReadToEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Every 401 says which scheme is expected (RFC 6750).
@@ -134,6 +204,16 @@ fn unavailable(error: LogError) -> ApiError {
             )
             .retry_after(1)
         }
+        LogError::Unknown(message) => {
+            tracing::warn!(%message, "Redis did not answer a write");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                "the event store did not answer in time and may still apply this request; \
+                 repeat it to learn the outcome",
+            )
+            .retry_after(1)
+        }
         LogError::Corrupt(message) => {
             tracing::error!(%message, "unexpected data in Redis");
             ApiError::new(
@@ -143,6 +223,25 @@ fn unavailable(error: LogError) -> ApiError {
             )
         }
     }
+}
+
+/// A bid sent to Redis that got no answer: Redis may have appended it, or
+/// may still (a stalled Redis runs the queued script when it resumes). Not
+/// `redis_unavailable`, which means nothing happened: a client told that
+/// would bid again and end with two bids, or be refused against its own.
+fn outcome_unknown(keyed: bool) -> ApiError {
+    let message = if keyed {
+        "the bid may have been placed; retry with the same Idempotency-Key to learn its outcome"
+    } else {
+        "the bid may have been placed; send an Idempotency-Key with bids to learn the outcome \
+         by retrying"
+    };
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "bid_outcome_unknown",
+        message,
+    )
+    .retry_after(1)
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -368,10 +467,61 @@ fn random_id() -> AuctionId {
     AuctionId::parse(&text).unwrap_or_else(|_| unreachable!("alphanumeric ids are valid"))
 }
 
-async fn list_auctions(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let auctions = state.log.list(LIST_LIMIT).await.map_err(unavailable)?;
-    let body = serde_json::to_string(&auctions).unwrap_or_else(|_| "[]".into());
-    Ok(json_response(StatusCode::OK, body))
+/// `GET /auctions?limit=&cursor=`: a page of auctions, newest first, and
+/// the cursor of the next page (`null` on the last).
+async fn list_auctions(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    state
+        .list_limiter
+        .check(&state.client_ip(peer, &headers), Instant::now())
+        .map_err(rate_limited)?;
+    let Query(query) = query.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query must be limit=<1..100>&cursor=<next_cursor>",
+        )
+    })?;
+    let limit = match query.get("limit") {
+        None => LIST_DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=LIST_MAX_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {LIST_MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let cursor = query
+        .get("cursor")
+        .map(|text| {
+            ListCursor::parse(text).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "cursor must be a next_cursor from an earlier page",
+                )
+            })
+        })
+        .transpose()?;
+    let (auctions, next) = state
+        .log
+        .list_page(cursor.as_ref(), limit)
+        .await
+        .map_err(unavailable)?;
+    let body = json!({
+        "auctions": auctions,
+        "next_cursor": next.map(|cursor| cursor.to_string()),
+    });
+    Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
 async fn get_auction(
@@ -455,7 +605,13 @@ async fn place_bid_inner(
     let attempt = append
         .instrument(tracing::info_span!("redis.place_bid", otel.kind = "client"))
         .await
-        .map_err(unavailable)?
+        .map_err(|error| match error {
+            LogError::Unknown(message) => {
+                tracing::warn!(%message, auction = %id, "bid outcome unknown");
+                outcome_unknown(idempotency_key.is_some())
+            }
+            other => unavailable(other),
+        })?
         .ok_or_else(|| not_found(id))?;
     let (response, outcome) = match attempt.answer {
         BidAnswer::Accepted { id, bid } => (

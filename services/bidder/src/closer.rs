@@ -1,6 +1,8 @@
 //! Closes auctions at their end. Every replica runs this loop; the close
 //! script is atomic, so exactly one `closed` event is appended per auction
-//! however many replicas race.
+//! however many replicas race. The close also sets the auction's expiry
+//! (`AUCTION_RETENTION_MS`); this loop walks the creation index a batch at a
+//! time and drops the ids of auctions that expired.
 
 use event_log::{CloseOutcome, EventLog};
 use service_kit::Context;
@@ -8,17 +10,32 @@ use std::time::Duration;
 
 /// How many due auctions one pass handles (the rest wait for the next pass).
 const BATCH: usize = 100;
+/// How often, and how many ids at a time, the creation index is checked
+/// for expired auctions.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+const TRIM_BATCH: usize = 200;
 
 pub async fn run(ctx: Context, log: EventLog, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trim_ticker = tokio::time::interval(TRIM_EVERY);
+    trim_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Where the walk of the creation index goes on.
+    let mut trim_from = None;
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(error) = close_due(&log).await {
-            tracing::debug!(%error, "close pass failed; retrying next tick");
+            _ = ticker.tick() => {
+                if let Err(error) = close_due(&log).await {
+                    tracing::debug!(%error, "close pass failed; retrying next tick");
+                }
+            }
+            _ = trim_ticker.tick() => {
+                match log.trim_creation_index(trim_from, TRIM_BATCH).await {
+                    Ok(next) => trim_from = next,
+                    Err(error) => tracing::debug!(%error, "index trim failed; retrying"),
+                }
+            }
         }
     }
 }

@@ -25,8 +25,13 @@ pub struct BidderSettings {
     /// How long a simulated round stays closed before the next one opens.
     pub sim_pause: Duration,
     pub stream_maxlen: u64,
+    /// How long a closed auction and its stream are kept (0: forever).
+    pub retention: Duration,
     pub rate_limit_per_s: u64,
     pub rate_limit_burst: u64,
+    /// `GET /auctions` per client address.
+    pub list_rate_limit_per_s: u64,
+    pub list_rate_limit_burst: u64,
     pub trust_forwarded_for: bool,
     pub close_check_interval: Duration,
     /// Replicas that must hold an accepted bid before it is answered 201
@@ -66,8 +71,15 @@ impl BidderSettings {
                 0..=3_600_000,
             )?),
             stream_maxlen: settings.number("stream_maxlen", 10_000, 10..=10_000_000)?,
+            retention: Duration::from_millis(settings.number(
+                "retention_ms",
+                event_log::DEFAULT_RETENTION_MS,
+                0..=365 * 24 * 3600 * 1000,
+            )?),
             rate_limit_per_s: settings.number("rate_limit_per_s", 50, 1..=1_000_000)?,
             rate_limit_burst: settings.number("rate_limit_burst", 100, 1..=1_000_000)?,
+            list_rate_limit_per_s: settings.number("list_rate_limit_per_s", 5, 1..=1_000_000)?,
+            list_rate_limit_burst: settings.number("list_rate_limit_burst", 20, 1..=1_000_000)?,
             trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
             close_check_interval: Duration::from_millis(settings.number(
                 "close_check_ms",
@@ -106,10 +118,12 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         reconnects.inc();
     })
     .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
-    let log = EventLog::new(conn, own.stream_maxlen).with_replica_ack(ReplicaAck {
-        replicas: own.redis_min_replicas_ack,
-        timeout: own.redis_ack_timeout,
-    });
+    let log = EventLog::new(conn, own.stream_maxlen)
+        .with_retention(own.retention)
+        .with_replica_ack(ReplicaAck {
+            replicas: own.redis_min_replicas_ack,
+            timeout: own.redis_ack_timeout,
+        });
     ctx.metrics.register_bid_series(&["user", "simulated"]);
 
     let probe = log.clone();
@@ -134,6 +148,10 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         address_limiter: Arc::new(rate_limit::RateLimiter::new(
             own.rate_limit_per_s,
             own.rate_limit_burst,
+        )),
+        list_limiter: Arc::new(rate_limit::RateLimiter::new(
+            own.list_rate_limit_per_s,
+            own.list_rate_limit_burst,
         )),
         bidder_limiter: Arc::new(rate_limit::RateLimiter::new(
             own.rate_limit_per_s,

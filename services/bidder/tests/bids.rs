@@ -210,6 +210,14 @@ async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
             400,
             "invalid_amount",
         ),
+        // An f64 rounds this to 118000: a fraction must be refused, not rounded.
+        (
+            "/auctions/good/bids".into(),
+            "application/json",
+            r#"{"amount":117999.99999999999}"#.into(),
+            400,
+            "invalid_amount",
+        ),
         (
             "/auctions/good/bids".into(),
             "application/json",
@@ -310,7 +318,7 @@ async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"auction_bids_total{source="user",outcome="invalid"} 11"#),
+        metrics.contains(r#"auction_bids_total{source="user",outcome="invalid"} 12"#),
         "{metrics}"
     );
 }
@@ -355,8 +363,9 @@ async fn create_validates_and_refuses_duplicates() {
         (status, json["error"].as_str()),
         (400, Some("invalid_image_url"))
     );
-    let (status, list) = stack.get("/auctions").await;
+    let (status, page) = stack.get("/auctions").await;
     assert_eq!(status, 200);
+    let list = &page["auctions"];
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], id.as_str());
     assert!(list[0].get("description").is_none() && list[0].get("image_url").is_none());
@@ -373,7 +382,8 @@ async fn description_and_picture_are_stored_and_read_back_everywhere() {
     let (status, created) = stack.post_json("/auctions", &body.to_string()).await;
     assert_eq!(status, 201, "{created}");
     let (_, single) = stack.get("/auctions/desk").await;
-    let (_, list) = stack.get("/auctions").await;
+    let (_, page) = stack.get("/auctions").await;
+    let list = &page["auctions"];
     let (status, _) = stack
         .post_json("/auctions/desk/bids", r#"{"amount":500,"bidder":"a"}"#)
         .await;
@@ -496,4 +506,191 @@ async fn two_simulating_replicas_agree_on_one_order_and_one_close_per_round() {
     for bidder in &stack.bidders {
         assert!(bidder.logs().contains("simulator started"));
     }
+}
+
+#[tokio::test]
+async fn the_listing_pages_through_every_auction_once_newest_first() {
+    let stack = Stack::start(1, &[]);
+    let ids: Vec<String> = (0..7).map(|n| format!("lot{n}")).collect();
+    for id in &ids {
+        stack.create_auction(id, 100, 10, 600_000).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/auctions?limit=3".to_owned();
+    let mut pages = 0;
+    loop {
+        let (status, page) = stack.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let auctions = page["auctions"].as_array().unwrap();
+        assert!(auctions.len() <= 3, "{page}");
+        seen.extend(
+            auctions
+                .iter()
+                .map(|a| a["id"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/auctions?limit=3&cursor={cursor}"),
+            None => break,
+        }
+        // A new auction between pages goes to the front, not into them.
+        if pages == 1 {
+            stack.create_auction("latecomer", 100, 10, 600_000).await;
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected, "every auction once, newest first");
+    assert_eq!(pages, 3);
+    let (_, first) = stack.get("/auctions").await;
+    assert_eq!(first["auctions"][0]["id"], "latecomer");
+    assert_eq!(
+        first["auctions"].as_array().unwrap().len(),
+        8,
+        "50 by default"
+    );
+
+    for (path, code) in [
+        ("/auctions?limit=0", "invalid_limit"),
+        ("/auctions?limit=101", "invalid_limit"),
+        ("/auctions?limit=ten", "invalid_limit"),
+        ("/auctions?cursor=nonsense", "invalid_cursor"),
+        ("/auctions?cursor=12-no%20spaces", "invalid_cursor"),
+    ] {
+        let (status, json) = stack.get(path).await;
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (400, Some(code)),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_listing_is_rate_limited_per_client_address() {
+    let stack = Stack::start(
+        1,
+        &[
+            ("AUCTION_LIST_RATE_LIMIT_PER_S", "1".into()),
+            ("AUCTION_LIST_RATE_LIMIT_BURST", "2".into()),
+        ],
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = stack.http.get(stack.url("/auctions")).send().await.unwrap();
+        statuses.push((
+            response.status().as_u16(),
+            response.headers().get("retry-after").is_some(),
+        ));
+    }
+    assert_eq!(statuses, vec![(200, false), (200, false), (429, true)]);
+    // Other reads have no such limit.
+    assert_eq!(stack.get("/auctions/none").await.0, 404);
+}
+
+/// The integer reply of a Redis command such as PTTL.
+fn integer_reply(stack: &Stack, line: &str) -> i64 {
+    let reply = stack.redis.command(line);
+    reply
+        .trim()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}: {reply:?}"))
+}
+
+#[tokio::test]
+async fn a_closed_auction_and_its_stream_expire_after_the_retention_and_leave_the_listing() {
+    let stack = Stack::start(1, &[("AUCTION_RETENTION_MS", "3000".into())]);
+    stack.create_auction("brief", 100, 10, 1000).await;
+    stack.create_auction("lasting", 100, 10, 600_000).await;
+    let (status, _) = stack
+        .post_json("/auctions/brief/bids", r#"{"amount":100}"#)
+        .await;
+    assert_eq!(status, 201);
+    // The close sets the expiry of the state and the stream together.
+    eventually(
+        "the close to set an expiry",
+        Duration::from_secs(10),
+        || async { (integer_reply(&stack, "PTTL auction:{brief}") > 0).then_some(()) },
+    )
+    .await;
+    let stream_ttl = integer_reply(&stack, "PTTL auction:{brief}:events");
+    assert!((1..=3000).contains(&stream_ttl), "{stream_ttl}");
+    assert_eq!(
+        integer_reply(&stack, "PTTL auction:{lasting}"),
+        -1,
+        "open: kept"
+    );
+    eventually(
+        "the closed auction to expire",
+        Duration::from_secs(15),
+        || async {
+            (integer_reply(&stack, "EXISTS auction:{brief} auction:{brief}:events") == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(stack.get("/auctions/brief").await.0, 404);
+    // Its id leaves the creation index (the bidder's trim), so listing
+    // costs nothing for it.
+    eventually(
+        "the index to drop the id",
+        Duration::from_secs(15),
+        || async {
+            let rank = stack.redis.command("ZRANK auctions:by_created brief");
+            rank.starts_with("$-1").then_some(())
+        },
+    )
+    .await;
+    let (_, page) = stack.get("/auctions").await;
+    let ids: Vec<&str> = page["auctions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["lasting"]);
+}
+
+#[tokio::test]
+async fn a_simulated_auction_that_reopens_is_kept_again() {
+    let stack = Stack::start(
+        1,
+        &[
+            ("AUCTION_SIMULATE", "true".into()),
+            ("AUCTION_SIM_AUCTIONS", "rounds".into()),
+            ("AUCTION_SIM_INTERVAL_MS", "100".into()),
+            ("AUCTION_SIM_DURATION_MS", "1000".into()),
+            ("AUCTION_SIM_PAUSE_MS", "0".into()),
+            ("AUCTION_RETENTION_MS", "600000".into()),
+        ],
+    );
+    eventually(
+        "a round to close and the next to open",
+        Duration::from_secs(20),
+        || async {
+            let kinds: Vec<String> = stack
+                .stream("rounds")
+                .await
+                .into_iter()
+                .map(|(_, kind, _)| kind)
+                .collect();
+            kinds.iter().any(|kind| kind == "opened").then_some(())
+        },
+    )
+    .await;
+    // Open again: neither the state nor the stream expires any more (a
+    // close after this sets a new expiry).
+    eventually(
+        "the open round to be kept",
+        Duration::from_secs(10),
+        || async {
+            let open = stack.get("/auctions/rounds").await.1["status"] == "open";
+            (open
+                && integer_reply(&stack, "PTTL auction:{rounds}") == -1
+                && integer_reply(&stack, "PTTL auction:{rounds}:events") == -1)
+                .then_some(())
+        },
+    )
+    .await;
 }

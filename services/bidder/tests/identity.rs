@@ -187,7 +187,12 @@ async fn a_session_name_must_be_a_plain_display_name() {
     for name in [
         json!(""),
         json!("   "),
+        json!("\u{3000}\u{00A0} "),
+        json!("a\u{200B}b"),
+        json!("\u{200D}"),
         json!("a\u{202E}b"),
+        json!("a\u{2028}b"),
+        json!("a\u{2029}b"),
         json!("x".repeat(41)),
         json!(7),
     ] {
@@ -292,4 +297,67 @@ async fn a_provider_publishing_its_keys_over_https_is_trusted_through_the_system
     assert_eq!(status, 201, "{json}\n{}", stack.bidders[0].logs());
     assert_eq!(json["bid"]["bidder_id"], "x_u1");
     assert_eq!(provider.fetches(), 1);
+}
+
+/// Reads one HTTP response head from `stream` and returns it lower-cased,
+/// with its body skipped (it is small: an error body).
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(read > 0, "closed before answering");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    String::from_utf8_lossy(&buffer).to_lowercase()
+}
+
+/// Whether the server closed `stream` (reads to its end within a deadline).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[tokio::test]
+async fn an_answer_given_before_the_body_was_read_says_connection_close() {
+    let stack = Stack::start(
+        1,
+        &[
+            ("AUCTION_RATE_LIMIT_PER_S", "1".into()),
+            ("AUCTION_RATE_LIMIT_BURST", "1".into()),
+        ],
+    );
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"name":"Ada"}"#;
+    let head = format!(
+        "POST /sessions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(stack.bidders[0].addr)
+        .await
+        .unwrap();
+    // The first request is served and its body read: the connection stays.
+    stream
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_head(&mut stream).await;
+    assert!(answer.starts_with("http/1.1 201"), "{answer}");
+    assert!(!answer.contains("connection: close"), "{answer}");
+    // The second is refused before its body arrives: the answer says the
+    // connection closes, and it does.
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_head(&mut stream).await;
+    assert!(answer.starts_with("http/1.1 429"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let _ = stream.write_all(body.as_bytes()).await;
+    assert!(closed_by_server(&mut stream).await);
 }

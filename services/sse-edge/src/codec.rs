@@ -22,6 +22,14 @@ impl Codec for SseCodec {
         encode(None, "gone", &format!("{{\"auction\":\"{auction}\"}}"))
     }
 
+    fn viewers(&self, auction: &AuctionId, count: u32) -> Bytes {
+        encode(
+            None,
+            "viewers",
+            &format!("{{\"auction\":\"{auction}\",\"count\":{count}}}"),
+        )
+    }
+
     fn keepalive(&self) -> Option<Bytes> {
         Some(Bytes::from_static(KEEPALIVE))
     }

@@ -52,6 +52,8 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
             queue_capacity: own.edge.client_queue,
             keepalive: own.keepalive,
             idle_feed_ttl: Duration::from_secs(10),
+            viewers_interval: own.edge.viewers_interval,
+            replica: own.edge.replica.clone(),
         },
         ctx.metrics.redis_reconnects(),
         ctx.shutdown.clone(),

@@ -188,10 +188,10 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
     let mut events =
         futures_util::stream::iter([Ok::<_, std::convert::Infallible>(body)]).eventsource();
     while let Some(Ok(event)) = events.next().await {
-        if event.event == "init" {
-            before.inits.push((event.id.clone(), false));
-        } else {
-            before.ids.push(event.id.clone());
+        match event.event.as_str() {
+            "init" => before.inits.push((event.id.clone(), false)),
+            "bid" | "closed" | "opened" => before.ids.push(event.id.clone()),
+            _ => continue,
         }
         before.last = Some(event.id.clone());
     }

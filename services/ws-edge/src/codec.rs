@@ -23,6 +23,12 @@ impl Codec for WsCodec {
         text_frame(&envelope("init", auction, id, init_json))
     }
 
+    fn viewers(&self, auction: &AuctionId, count: u32) -> Bytes {
+        text_frame(&format!(
+            "{{\"type\":\"viewers\",\"auction\":\"{auction}\",\"count\":{count}}}"
+        ))
+    }
+
     fn gone(&self, auction: &AuctionId) -> Bytes {
         text_frame(&format!("{{\"type\":\"gone\",\"auction\":\"{auction}\"}}"))
     }

@@ -10,6 +10,7 @@ use identity::Authenticator;
 use service_kit::rate::Rate;
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,8 @@ pub struct WsEndpoint {
     /// Ticks once per ping interval, for every socket: one timer per
     /// replica instead of one per socket.
     pub ping_ticks: watch::Receiver<u64>,
+    /// The interval of those ticks: a peer has this long to answer a ping.
+    pub ping_interval: Duration,
     /// Allowed `Origin` values; empty allows every origin.
     pub allowed_origins: Vec<String>,
     pub max_subscriptions: usize,

@@ -103,6 +103,8 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
             // Liveness is per socket (pings); feeds need no ticks often.
             keepalive: Duration::from_secs(3600),
             idle_feed_ttl: Duration::from_secs(10),
+            viewers_interval: own.edge.viewers_interval,
+            replica: own.edge.replica.clone(),
         },
         ctx.metrics.redis_reconnects(),
         ctx.shutdown.clone(),
@@ -122,6 +124,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         trust_forwarded_for: own.trust_forwarded_for,
         max_message: own.max_message,
         ping_ticks: ping_ticker(&ctx, own.ping),
+        ping_interval: own.ping,
         allowed_origins: own.allowed_origins,
         max_subscriptions: own.max_subscriptions,
         message_rate: Rate::new(own.rate_per_s, own.rate_burst),

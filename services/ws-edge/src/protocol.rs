@@ -22,6 +22,9 @@ pub enum ClientMessage {
         auction: String,
         amount: Value,
         reference: String,
+        /// The client's own key for this bid (checked when placed); without
+        /// one, the socket makes one from its identity and `ref`.
+        idempotency_key: Option<String>,
     },
 }
 
@@ -133,10 +136,15 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
                     )
                 })
             };
+            let idempotency_key = match object.get("idempotency_key") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(field("idempotency_key")?),
+            };
             Ok(ClientMessage::Bid {
                 amount: required("amount")?,
                 auction,
                 reference,
+                idempotency_key,
             })
         }
         _ => Err(Refusal::new(

@@ -114,8 +114,13 @@ impl<'a> Session<'a> {
         let endpoint = self.endpoint;
         let shutdown = endpoint.shutdown.cancelled();
         tokio::pin!(shutdown);
-        let mut ticks = WatchStream::from_changes(endpoint.ping_ticks.clone());
-        let mut awaiting_pong = false;
+        // Marked seen first: the replica's ticks so far are not this
+        // socket's (a ping at connect, judged at the next shared tick,
+        // would give a client only a fraction of an interval to answer).
+        let mut tick_source = endpoint.ping_ticks.clone();
+        tick_source.borrow_and_update();
+        let mut ticks = WatchStream::from_changes(tick_source);
+        let mut awaiting_pong: Option<Instant> = None;
         // Client frames are read when the socket turns readable, rather than
         // asking tungstenite on every wake: most wakes are events to send.
         // Frames that arrived with the upgrade request are read first.
@@ -140,14 +145,19 @@ impl<'a> Session<'a> {
                     self.read_available(&mut awaiting_pong).await
                 }
                 reply = self.bids.next_answer() => self.send_text(reply).await,
-                Some(_) = ticks.next() => {
-                    if awaiting_pong {
+                Some(_) = ticks.next() => match awaiting_pong {
+                    // A peer gets at least (nearly) a whole interval to
+                    // answer: shared ticks are an interval apart, give or
+                    // take the timer's jitter.
+                    Some(sent) if sent.elapsed() >= endpoint.ping_interval.mul_f32(0.9) => {
                         Err(End::Close(CloseCode::Policy, "no pong in time"))
-                    } else {
-                        awaiting_pong = true;
+                    }
+                    Some(_) => Ok(()),
+                    None => {
+                        awaiting_pong = Some(Instant::now());
                         self.socket.send(Message::Ping(Default::default())).await.map_err(End::from)
                     }
-                }
+                },
             };
             if let Err(end) = step {
                 return end;
@@ -157,21 +167,27 @@ impl<'a> Session<'a> {
 
     /// Handles every client message tungstenite can produce now (it may
     /// hold several from one read), then returns to waiting.
-    async fn read_available(&mut self, awaiting_pong: &mut bool) -> Result<(), End> {
+    async fn read_available(&mut self, awaiting_pong: &mut Option<Instant>) -> Result<(), End> {
         while let Some(incoming) = self.socket.ws.next().now_or_never() {
             match incoming {
                 None => return Err(End::Drop),
                 Some(Err(error)) => return Err(close_for(&error)),
                 Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
                 Some(Ok(Message::Binary(_))) => {
-                    let reply = protocol::error_json(
-                        None,
-                        "binary_not_supported",
-                        "send JSON in text frames",
-                    );
-                    self.send_text(reply).await?;
+                    // Counted like any message: a binary flood is a flood.
+                    let reply = match self.over_rate() {
+                        Some(refused) => refused,
+                        None => Some(protocol::error_json(
+                            None,
+                            "binary_not_supported",
+                            "send JSON in text frames",
+                        )),
+                    };
+                    if let Some(reply) = reply {
+                        self.send_text(reply).await?;
+                    }
                 }
-                Some(Ok(Message::Pong(_))) => *awaiting_pong = false,
+                Some(Ok(Message::Pong(_))) => *awaiting_pong = None,
                 // tungstenite queued the reply to the close: send it.
                 Some(Ok(Message::Close(_))) => return Err(End::Answered),
                 // tungstenite queued the answer to a ping: flush it before
@@ -208,6 +224,7 @@ impl<'a> Session<'a> {
                     auction,
                     amount,
                     reference,
+                    idempotency_key,
                 }) => match &self.token {
                     Some(token) => self.bids.place(
                         &self.endpoint.bids,
@@ -215,6 +232,7 @@ impl<'a> Session<'a> {
                         amount,
                         token.clone(),
                         reference,
+                        idempotency_key,
                         self.peer,
                     ),
                     None => {

@@ -3,7 +3,7 @@
 
 use crate::endpoint::WsEndpoint;
 use crate::shared_socket::SharedSocket;
-use service_kit::{RequestHead, error_response_bytes, refusal};
+use service_kit::{RequestHead, error_response_bytes, error_response_with_headers, refusal};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -107,12 +107,13 @@ fn check_handshake(endpoint: &WsEndpoint, head: &RequestHead) -> Result<Vec<u8>,
         ));
     }
     if head.header("sec-websocket-version") != Some(b"13") {
-        return Err(error_response_bytes(
+        // RFC 6455 §4.4: say which version this server speaks.
+        return Err(error_response_with_headers(
             426,
             "Upgrade Required",
             "unsupported_version",
             "only WebSocket version 13 is supported",
-            None,
+            &[("Sec-WebSocket-Version", "13")],
         ));
     }
     if !endpoint.allowed_origins.is_empty() {
@@ -135,13 +136,51 @@ fn check_handshake(endpoint: &WsEndpoint, head: &RequestHead) -> Result<Vec<u8>,
         }
     }
     match head.header("sec-websocket-key") {
-        Some(key) if !key.is_empty() => Ok(key.to_vec()),
-        _ => Err(error_response_bytes(
+        Some(key) if is_websocket_key(key) => Ok(key.to_vec()),
+        Some(_) => Err(error_response_bytes(
+            400,
+            "Bad Request",
+            "invalid_key",
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+            None,
+        )),
+        None => Err(error_response_bytes(
             400,
             "Bad Request",
             "missing_key",
             "Sec-WebSocket-Key is required",
             None,
         )),
+    }
+}
+
+/// RFC 6455 §4.1: the key is 16 bytes in base64, which is 22 characters of
+/// the base64 alphabet and `==`; the last of the 22 carries only 2 bits of
+/// the 16th byte, so its low 4 bits are zero (`A`, `Q`, `g` or `w`).
+fn is_websocket_key(key: &[u8]) -> bool {
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..22].iter().all(base64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_websocket_key;
+
+    #[test]
+    fn only_sixteen_bytes_of_base64_are_a_key() {
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25j*Q==",
+            b"dGhlIHNhbXBsZSBub25jZQ==x",
+        ] {
+            assert!(!is_websocket_key(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{close_code, connect, next_json, send, start_edge, ws_url};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -375,5 +375,118 @@ async fn a_client_close_is_answered_with_its_code_or_1002() {
             Some(expected),
             "close code {sent}"
         );
+    }
+}
+
+/// The answer to a raw upgrade request: its head.
+async fn upgrade_answer(edge: &ServiceProcess, headers: &str) -> String {
+    let mut raw = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{headers}\r\n"
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(5 * SECOND, raw.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_426_names_the_version_and_a_malformed_key_is_refused() {
+    let redis = RedisServer::start();
+    let edge = start_edge(&redis, None, &[]);
+    let old = upgrade_answer(
+        &edge,
+        "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await;
+    assert!(old.starts_with("HTTP/1.1 426"), "{old}");
+    assert!(
+        old.contains("Sec-WebSocket-Version: 13\r\n"),
+        "RFC 6455 §4.4: {old}"
+    );
+    for key in [
+        "short",
+        "dGhlIHNhbXBsZSBub25jZR==",
+        "not base64 at all, no no!!",
+    ] {
+        let answer = upgrade_answer(
+            &edge,
+            &format!("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{key}: {answer}");
+        assert!(answer.contains("invalid_key"), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn binary_frames_count_against_the_message_rate_limit() {
+    let redis = RedisServer::start();
+    let edge = start_edge(
+        &redis,
+        None,
+        &[
+            ("AUCTION_WS_RATE_PER_S", "10"),
+            ("AUCTION_WS_RATE_BURST", "10"),
+        ],
+    );
+    let mut ws = connect(&ws_url(&edge)).await;
+    for _ in 0..500 {
+        ws.send(Message::Binary(vec![1, 2, 3].into()))
+            .await
+            .unwrap();
+    }
+    let mut replies = Vec::new();
+    while let Some(reply) = next_json(&mut ws, SECOND).await {
+        replies.push(reply["error"].as_str().unwrap_or("").to_owned());
+    }
+    let answered = replies
+        .iter()
+        .filter(|r| *r == "binary_not_supported")
+        .count();
+    assert!(
+        answered <= 20,
+        "{answered} binary frames were answered: the limit held none back"
+    );
+    assert!(replies.iter().any(|r| r == "rate_limited"), "{replies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_answering_pings_within_an_interval_are_never_closed() {
+    let redis = RedisServer::start();
+    let edge = start_edge(&redis, None, &[("AUCTION_WS_PING_MS", "1000")]);
+    // The replica's ticks have been running for a while when they connect.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // 40 peers that read (and so answer pings) only every 300 ms, as over
+    // a slow link: each answers well within the one-second interval.
+    // They connect spread over one interval, so some connect just before
+    // a shared tick.
+    let peers: Vec<_> = (0..40u64)
+        .map(|i| {
+            let url = ws_url(&edge);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(25 * i)).await;
+                let mut ws = connect(&url).await;
+                let until = tokio::time::Instant::now() + 4 * SECOND;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    // Whatever is waiting (pings) is read and answered.
+                    loop {
+                        match tokio::time::timeout(Duration::from_millis(1), ws.next()).await {
+                            Ok(Some(Ok(Message::Close(frame)))) => {
+                                return frame.map(|f| u16::from(f.code));
+                            }
+                            Ok(Some(Ok(_))) => continue,
+                            Ok(_) => return Some(0),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    for peer in peers {
+        assert_eq!(peer.await.unwrap(), None, "a peer was closed");
     }
 }

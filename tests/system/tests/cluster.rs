@@ -85,17 +85,25 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
     let missing = AuctionId::parse("never-created").unwrap();
     let exist = log.exist(&[auctions[0].clone(), missing]).await.unwrap();
     assert_eq!(exist, vec![true, false]);
-    // The listing walks every partition of the index, newest first.
-    let listed: Vec<String> = log
-        .list(100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
+    // The listing walks every partition of the index, newest first, and
+    // pages through them with its cursor: each auction once.
+    let (all, next) = log.list_page(None, 100).await.unwrap();
+    let listed: Vec<String> = all.into_iter().map(|a| a.id).collect();
     assert_eq!(listed.len(), ids.len());
     assert_eq!(listed.first(), ids.last());
-    assert_eq!(log.list(5).await.unwrap().len(), 5);
+    assert!(next.is_none());
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = log.list_page(cursor.as_ref(), 5).await.unwrap();
+        assert!(page.len() <= 5);
+        paged.extend(page.into_iter().map(|a| a.id));
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, listed);
 
     // The closer finds due auctions in every partition.
     let short: Vec<String> = (0..6).map(|i| format!("short-{i}")).collect();

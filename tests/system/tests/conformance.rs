@@ -625,3 +625,44 @@ async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_g
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_are_counted_across_replicas_and_transports() {
+    let redis = RedisServer::start();
+    let _bidder = simulator(&redis, "watched", 200);
+    redis.wait_for_more("watched", "0-0", 1);
+    let fast = [("AUCTION_VIEWERS_INTERVAL_MS", "200")];
+    let sse = start_edge(Transport::Sse, &redis, &fast);
+    let ws = start_edge(Transport::Ws, &redis, &fast);
+    let mut conns = Vec::new();
+    for (transport, edge) in [
+        (Transport::Sse, &sse),
+        (Transport::Sse, &sse),
+        (Transport::Ws, &ws),
+    ] {
+        conns.push(Conn::open(transport, edge.addr, "watched", None, None).await);
+    }
+    for conn in &mut conns {
+        assert!(
+            conn.wait_for_viewers(3, QUIET).await,
+            "every client sees 3 viewers: {:?}",
+            conn.viewers()
+        );
+    }
+    // One leaves: the others see it within a few rounds.
+    conns.pop();
+    for conn in &mut conns {
+        assert!(
+            conn.wait_for_viewers(2, QUIET).await,
+            "{:?}",
+            conn.viewers()
+        );
+    }
+    // A client that joins later is told the count as it starts.
+    let mut late = Conn::open(Transport::Ws, ws.addr, "watched", None, None).await;
+    assert!(
+        late.wait_for_viewers(3, QUIET).await,
+        "{:?}",
+        late.viewers()
+    );
+}

@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 
 const CLIENTS: usize = 10_000;
 const DEADLINE: Duration = Duration::from_secs(90);
+/// Errors that tell a client to come back shortly.
+const RETRY: [&str; 2] = ["redis_unavailable", "too_many_connections"];
 
 fn auction(i: usize) -> String {
     format!("own-{i}")
@@ -206,8 +208,25 @@ async fn all_get_their_init<F>(
 ) where
     F: std::future::Future<Output = First> + Send + 'static,
 {
+    // A client told to retry (an error it can act on) retries, as the
+    // pages do, a bounded number of times.
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| tokio::spawn(client(edge.addr, i)))
+        .map(|i| {
+            let addr = edge.addr;
+            tokio::spawn(async move {
+                let mut first = client(addr, i).await;
+                for _ in 0..20 {
+                    match &first {
+                        First::Error(code) if RETRY.contains(&code.as_str()) => {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                            first = client(addr, i).await;
+                        }
+                        _ => break,
+                    }
+                }
+                first
+            })
+        })
         .collect();
     let mut firsts = Vec::with_capacity(CLIENTS);
     for client in clients {

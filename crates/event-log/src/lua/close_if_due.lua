@@ -1,4 +1,5 @@
--- Closes an auction whose end has passed. KEYS: state, stream. ARGV: id, maxlen.
+-- Closes an auction whose end has passed. KEYS: state, stream.
+-- ARGV: id, maxlen, retention_ms.
 -- Returns 'closed' (this call closed it), 'already', 'not_due' or 'missing'.
 -- Atomic, so however many replicas race here, one 'closed' event is appended.
 local state, stream = KEYS[1], KEYS[2]
@@ -7,5 +8,5 @@ if not st[1] then return 'missing' end
 if st[1] ~= 'open' then return 'already' end
 local now = now_ms()
 if now < tonumber(st[2]) then return 'not_due' end
-close_auction(state, stream, ARGV[1], ARGV[2], now)
+close_auction(state, stream, ARGV[1], ARGV[2], now, ARGV[3])
 return 'closed'

@@ -1,6 +1,6 @@
 -- Keeps a simulated auction open. KEYS: state, stream.
 -- ARGV: id, title, title_json, starting_price, min_increment, duration_ms, maxlen,
--- description_json, image_url_json (each '' when unset), pause_ms.
+-- description_json, image_url_json (each '' when unset), pause_ms, retention_ms.
 -- Missing: created. Closed: a new round starts (an 'opened' event), but not
 -- before pause_ms past the old round's end, so its result stays visible.
 -- Open but past its end: closed now (exactly once), then reopened (or paused).
@@ -26,11 +26,14 @@ if st[1] == 'open' and now < tonumber(st[2]) then
   return {'open', auction_json(state)}
 end
 if st[1] == 'open' then
-  close_auction(state, stream, id, maxlen, now)
+  close_auction(state, stream, id, maxlen, now, ARGV[11])
 end
 if now < tonumber(st[2]) + pause_ms then
   return {'paused', auction_json(state)}
 end
+-- A new round: the closed one's expiry no longer applies.
+redis.call('PERSIST', state)
+redis.call('PERSIST', stream)
 redis.call('HSET', state, 'status', 'open', 'current', '', 'current_amount', '',
   'ends_at', num(now + tonumber(ARGV[6])),
   'description_json', ARGV[8], 'image_url_json', ARGV[9])

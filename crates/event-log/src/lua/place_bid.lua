@@ -1,7 +1,8 @@
 -- Validates and appends one bid. KEYS: state, stream, idempotency key (scoped
 -- to the bidder by the caller).
 -- ARGV: id, amount, bidder_name_json, source, traceparent, maxlen, idem_ttl_ms,
---   use_idem ('1'|'0'), bidder_id_json, fingerprint (what the key is bound to).
+--   use_idem ('1'|'0'), bidder_id_json, fingerprint (what the key is bound to),
+--   retention_ms (for a close on the way).
 -- Returns {'not_found'} | {'reused'} | {'dup', answer} | {'new', answer}, where
 --   answer is 'ok\n<id>\n<bid json>' | 'too_low\n<current>\n<min_next>' | 'closed'.
 -- '<fingerprint>\n<answer>' is stored under the idempotency key: a retry with
@@ -28,7 +29,7 @@ local answer
 if st[1] ~= 'open' then
   answer = 'closed'
 elseif now >= tonumber(st[2]) then
-  close_auction(state, stream, id, maxlen, now)
+  close_auction(state, stream, id, maxlen, now, ARGV[11])
   answer = 'closed'
 else
   local amount = tonumber(ARGV[2])

@@ -52,8 +52,17 @@ local function append(state_key, stream_key, auction_id, kind, data, traceparent
   return id
 end
 
-local function close_auction(state_key, stream_key, auction_id, maxlen, at)
+-- Closes the auction: its `closed` event, then its state and stream expire
+-- `retention_ms` later (0: kept), in the same step, so no closed auction is
+-- ever left without an expiry. A round that reopens persists them again.
+local function close_auction(state_key, stream_key, auction_id, maxlen, at, retention_ms)
   redis.call('HSET', state_key, 'status', 'closed')
-  return append(state_key, stream_key, auction_id, 'closed',
+  local id = append(state_key, stream_key, auction_id, 'closed',
     '{"auction":' .. auction_json(state_key) .. '}', '', maxlen, at)
+  local retention = tonumber(retention_ms) or 0
+  if retention > 0 then
+    redis.call('PEXPIRE', state_key, retention)
+    redis.call('PEXPIRE', stream_key, retention)
+  end
+  return id
 end

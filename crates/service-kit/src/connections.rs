@@ -1,0 +1,238 @@
+//! Every connection of a service, in one place: how long each phase of it
+//! may take, and what happens when there are too many.
+//!
+//! Deadlines (a setting each): the request head (`AUCTION_HEAD_TIMEOUT_MS`),
+//! the request body (`AUCTION_BODY_TIMEOUT_MS`), and a keep-alive
+//! connection's wait for its next request (`AUCTION_IDLE_TIMEOUT_MS`).
+//!
+//! Every open connection holds a [`Slot`]; there are as many slots as the
+//! process can open descriptors, less a reserve. A connection that is doing
+//! nothing useful (still sending its head or body, or idle between
+//! requests) can be evicted: when the slots run out, the oldest such
+//! connection is closed to make room, so clients that hold connections open
+//! without finishing a request cannot keep a real client out. Streams and
+//! requests being handled are never evicted.
+
+use settings::{SettingError, Settings};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Descriptors kept back from connections: Redis, logs, the listener, a
+/// health probe at the limit.
+const RESERVED_DESCRIPTORS: u64 = 64;
+/// Slots when the descriptor limit cannot be read.
+const FALLBACK_SLOTS: usize = 1024;
+
+/// The deadlines and bounds of a service's connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// A client must send its whole request head within this time.
+    pub head: Duration,
+    /// ...and its whole request body within this time after the head.
+    pub body: Duration,
+    /// A keep-alive connection may wait this long for its next request.
+    pub idle: Duration,
+    /// `listen(2)` backlog: connections the kernel queues before accept.
+    pub backlog: u32,
+}
+
+impl ConnectionLimits {
+    pub(crate) fn read(settings: &Settings) -> Result<ConnectionLimits, SettingError> {
+        let millis = |name: &str, default: u64| -> Result<Duration, SettingError> {
+            Ok(Duration::from_millis(settings.number(
+                name,
+                default,
+                100..=3_600_000,
+            )?))
+        };
+        Ok(ConnectionLimits {
+            head: millis("head_timeout_ms", 10_000)?,
+            body: millis("body_timeout_ms", 10_000)?,
+            idle: millis("idle_timeout_ms", 60_000)?,
+            backlog: settings.number("listen_backlog", 4096, 1..=65_535)? as u32,
+        })
+    }
+}
+
+/// What a connection is doing, as eviction sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Sending its request head or body: evictable.
+    Reading = 0,
+    /// A request is being handled, or a stream is open: never evicted.
+    Busy = 1,
+    /// Between requests on a keep-alive connection: evictable.
+    Idle = 2,
+}
+
+/// One open connection's place. Dropping it frees the place.
+pub struct Slot {
+    id: u64,
+    phase: Arc<AtomicU8>,
+    /// Cancelled when the connection is evicted: its task closes it.
+    pub evicted: CancellationToken,
+    slots: Arc<Slots>,
+}
+
+impl Slot {
+    pub fn set(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// A handle that can change the phase from inside a request's service.
+    pub fn phase_handle(&self) -> PhaseHandle {
+        PhaseHandle(self.phase.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.slots.open);
+        open.remove(&self.id);
+        if open.is_empty() {
+            self.slots.emptied.notify_waiters();
+        }
+    }
+}
+
+/// Sets a connection's phase from where its requests are handled.
+#[derive(Clone)]
+pub struct PhaseHandle(Arc<AtomicU8>);
+
+impl PhaseHandle {
+    pub fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Relaxed);
+    }
+}
+
+struct Entry {
+    phase: Arc<AtomicU8>,
+    evicted: CancellationToken,
+}
+
+/// The open connections of one listener, oldest first.
+pub struct Slots {
+    capacity: usize,
+    next_id: AtomicU64,
+    open: Mutex<BTreeMap<u64, Entry>>,
+    /// Woken when the last open connection closes (a drain waits for it).
+    emptied: Notify,
+}
+
+impl Slots {
+    /// As many slots as the process may open descriptors, less a reserve.
+    pub fn for_this_process() -> Arc<Slots> {
+        let capacity = telemetry::max_open_files()
+            .map(|limit| limit.saturating_sub(RESERVED_DESCRIPTORS).max(16) as usize)
+            .unwrap_or(FALLBACK_SLOTS);
+        Slots::with_capacity(capacity)
+    }
+
+    pub fn with_capacity(capacity: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            capacity,
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(BTreeMap::new()),
+            emptied: Notify::new(),
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// A slot for a connection just accepted (reading its request). With
+    /// every slot taken, the oldest evictable connection is told to close;
+    /// `None` when none is evictable: refuse this one.
+    pub fn take(self: &Arc<Self>) -> Option<Slot> {
+        let mut open = lock(&self.open);
+        if open.len() >= self.capacity {
+            let oldest_idle = open.values().find(|entry| {
+                entry.phase.load(Ordering::Relaxed) != Phase::Busy as u8
+                    && !entry.evicted.is_cancelled()
+            })?;
+            oldest_idle.evicted.cancel();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let phase = Arc::new(AtomicU8::new(Phase::Reading as u8));
+        let evicted = CancellationToken::new();
+        open.insert(
+            id,
+            Entry {
+                phase: phase.clone(),
+                evicted: evicted.clone(),
+            },
+        );
+        Some(Slot {
+            id,
+            phase,
+            evicted,
+            slots: self.clone(),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        lock(&self.open).len()
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn drained(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.open() == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_full_the_oldest_idle_connection_makes_room() {
+        let slots = Slots::with_capacity(3);
+        let stream = slots.take().unwrap();
+        stream.set(Phase::Busy);
+        let slow_head = slots.take().unwrap();
+        let idle = slots.take().unwrap();
+        idle.set(Phase::Idle);
+        let newcomer = slots.take().unwrap();
+        assert!(!stream.evicted.is_cancelled(), "streams are never evicted");
+        assert!(
+            slow_head.evicted.is_cancelled(),
+            "the oldest evictable goes"
+        );
+        assert!(!idle.evicted.is_cancelled());
+        drop(slow_head);
+        assert_eq!(slots.open(), 3);
+        drop(newcomer);
+        assert_eq!(slots.open(), 2);
+    }
+
+    #[test]
+    fn with_only_busy_connections_a_newcomer_is_refused() {
+        let slots = Slots::with_capacity(2);
+        let a = slots.take().unwrap();
+        let b = slots.take().unwrap();
+        a.set(Phase::Busy);
+        b.set(Phase::Busy);
+        assert!(slots.take().is_none());
+        drop(a);
+        assert!(slots.take().is_some());
+    }
+}
