@@ -28,7 +28,7 @@ const COMMAND_QUEUE: usize = 16_384;
 /// a load balancer reshuffle) needs a few round trips, not thousands.
 const WATCH_BATCH: usize = 256;
 /// Auctions whose existence one round trip checks.
-const AUDIT_BATCH: usize = 1024;
+const AUDIT_BATCH: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -56,13 +56,14 @@ pub enum JoinError {
 }
 
 /// One watched auction's feed, as clients join it.
-struct FeedHandle {
-    tx: broadcast::Sender<Item>,
+pub(crate) struct FeedHandle {
+    pub(crate) tx: broadcast::Sender<Item>,
     live: watch::Receiver<bool>,
     recent: Arc<Mutex<Recent<Frame>>>,
-    sent: Arc<AtomicU64>,
-    /// The auction's viewers over all replicas, as last learned.
-    viewers: Arc<AtomicU32>,
+    pub(crate) sent: Arc<AtomicU64>,
+    /// The auction's viewers over all replicas, as last learned (written
+    /// by the viewers task only).
+    pub(crate) viewers: Arc<AtomicU32>,
 }
 
 /// A client's place in an auction's feed (see [`Hub::join`]).
@@ -110,12 +111,12 @@ impl FeedPosition {
     }
 }
 
-struct Shared<C: Codec> {
-    feeds: Mutex<HashMap<AuctionId, FeedHandle>>,
+pub(crate) struct Shared<C: Codec> {
+    pub(crate) feeds: Mutex<HashMap<AuctionId, FeedHandle>>,
     commands: mpsc::Sender<Watch>,
     codec: C,
-    log: EventLog,
-    config: HubConfig,
+    pub(crate) log: EventLog,
+    pub(crate) config: HubConfig,
     connected: AtomicBool,
 }
 
@@ -139,7 +140,6 @@ struct Watch {
     live: watch::Sender<bool>,
     recent: Arc<Mutex<Recent<Frame>>>,
     sent: Arc<AtomicU64>,
-    viewers: Arc<AtomicU32>,
 }
 
 impl<C: Codec> Hub<C> {
@@ -161,6 +161,7 @@ impl<C: Codec> Hub<C> {
             config,
             connected: AtomicBool::new(false),
         });
+        tokio::spawn(crate::viewers::report(shared.clone(), shutdown.clone()));
         let subscriber = Subscriber {
             shared: shared.clone(),
             target: target.clone(),
@@ -257,7 +258,6 @@ impl<C: Codec> Hub<C> {
                         live: live_tx,
                         recent: recent.clone(),
                         sent: sent.clone(),
-                        viewers: viewers.clone(),
                     };
                     self.shared
                         .commands
@@ -294,7 +294,7 @@ impl<C: Codec> Hub<C> {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -310,10 +310,6 @@ struct Cursor {
     /// The newest event published to the feed. Only meaningful once live.
     last: EventId,
     idle_since: Option<Instant>,
-    /// The auction's viewers over all replicas, as last learned.
-    viewers: Arc<AtomicU32>,
-    /// This replica's clients of the auction, as last reported.
-    reported: u64,
 }
 
 impl Cursor {
@@ -479,45 +475,6 @@ impl<C: Codec> Subscriber<C> {
         timed(connection.unwatch(auction)).await
     }
 
-    /// Reports this replica's clients per auction and tells each feed's
-    /// clients the auction's total when it changed. A failure is not the
-    /// live connection's: the counts just wait for the next round.
-    async fn report_viewers(&mut self) {
-        let counts: Vec<(AuctionId, u64)> = self
-            .cursors
-            .iter()
-            .filter_map(|(auction, cursor)| {
-                let clients = cursor.tx.receiver_count() as u64;
-                (clients > 0 || cursor.reported > 0).then(|| (auction.clone(), clients))
-            })
-            .collect();
-        let config = &self.shared.config;
-        // Fresh for three rounds: one late round does not drop a replica.
-        let fresh_ms = (config.viewers_interval.as_millis() as u64).saturating_mul(3);
-        for batch in counts.chunks(WATCH_BATCH) {
-            let report = self
-                .shared
-                .log
-                .report_viewers(&config.replica, batch, fresh_ms);
-            let totals = match timed(report).await {
-                Ok(totals) => totals,
-                Err(error) => {
-                    tracing::debug!(%error, "viewer counts not reported this round");
-                    return;
-                }
-            };
-            for ((auction, clients), total) in batch.iter().zip(totals) {
-                if let Some(cursor) = self.cursors.get_mut(auction) {
-                    cursor.reported = *clients;
-                    let total = u32::try_from(total).unwrap_or(u32::MAX);
-                    if cursor.viewers.swap(total, Ordering::Relaxed) != total {
-                        cursor.send(Item::Viewers(total));
-                    }
-                }
-            }
-        }
-    }
-
     /// Ends the feeds of auctions that stopped existing while watched
     /// (expired, deleted): nothing is published for them any more, so
     /// without this their clients would wait forever.
@@ -540,8 +497,6 @@ impl<C: Codec> Subscriber<C> {
         keepalive.reset();
         let mut sweep = tokio::time::interval(config.idle_feed_ttl.max(Duration::from_millis(100)));
         let mut ping = tokio::time::interval(Duration::from_secs(1));
-        let mut viewers = tokio::time::interval(config.viewers_interval);
-        viewers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
@@ -573,10 +528,6 @@ impl<C: Codec> Subscriber<C> {
                     Err(error) => Err(error),
                 },
                 _ = ping.tick() => timed(connection.ping()).await,
-                _ = viewers.tick() => {
-                    self.report_viewers().await;
-                    Ok(())
-                }
             };
             if let Err(error) = result {
                 return Stop::Lost(error);
@@ -603,8 +554,6 @@ impl<C: Codec> Subscriber<C> {
                     sent: request.sent,
                     last: EventId::ZERO,
                     idle_since: None,
-                    viewers: request.viewers,
-                    reported: 0,
                 },
             );
         }

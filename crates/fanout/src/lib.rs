@@ -18,6 +18,7 @@ mod feed;
 mod hub;
 mod recent;
 mod session;
+mod viewers;
 mod writer;
 
 pub use client::{Batch, Delivery, Ended, MAX_BATCH, StartError, Subscription, Transport};

@@ -15,7 +15,7 @@
 
 use settings::{SettingError, Settings};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -80,6 +80,15 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The connection became a stream, for good: it keeps its place but
+    /// gives up what eviction needs (a stream is never evicted), which is
+    /// most of a slot's memory on an edge holding thousands of streams.
+    pub fn into_stream(self) -> StreamPlace {
+        self.slots.streams.fetch_add(1, Ordering::Relaxed);
+        StreamPlace(self.slots.clone())
+        // `self` drops here: its entry leaves the evictable set.
+    }
+
     pub fn set(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
     }
@@ -94,8 +103,24 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = lock(&self.slots.open);
         open.remove(&self.id);
-        if open.is_empty() {
+        if open.is_empty() && self.slots.streams.load(Ordering::Relaxed) == 0 {
             self.slots.emptied.notify_waiters();
+        }
+    }
+}
+
+/// A stream's place among the open connections. Dropping it frees the
+/// place.
+pub struct StreamPlace(Arc<Slots>);
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let slots = &self.0;
+        // Under the lock, so a drain that checks under it sees either the
+        // stream or its end.
+        let open = lock(&slots.open);
+        if slots.streams.fetch_sub(1, Ordering::Relaxed) == 1 && open.is_empty() {
+            slots.emptied.notify_waiters();
         }
     }
 }
@@ -119,7 +144,11 @@ struct Entry {
 pub struct Slots {
     capacity: usize,
     next_id: AtomicU64,
+    /// Connections that may be evicted (and those being handled), oldest
+    /// first.
     open: Mutex<BTreeMap<u64, Entry>>,
+    /// Streams: they hold places but are never evicted.
+    streams: AtomicUsize,
     /// Woken when the last open connection closes (a drain waits for it).
     emptied: Notify,
 }
@@ -138,6 +167,7 @@ impl Slots {
             capacity,
             next_id: AtomicU64::new(0),
             open: Mutex::new(BTreeMap::new()),
+            streams: AtomicUsize::new(0),
             emptied: Notify::new(),
         })
     }
@@ -151,7 +181,7 @@ impl Slots {
     /// `None` when none is evictable: refuse this one.
     pub fn take(self: &Arc<Self>) -> Option<Slot> {
         let mut open = lock(&self.open);
-        if open.len() >= self.capacity {
+        if open.len() + self.streams.load(Ordering::Relaxed) >= self.capacity {
             let oldest_idle = open.values().find(|entry| {
                 entry.phase.load(Ordering::Relaxed) != Phase::Busy as u8
                     && !entry.evicted.is_cancelled()
@@ -178,7 +208,7 @@ impl Slots {
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        lock(&self.open).len()
+        lock(&self.open).len() + self.streams.load(Ordering::Relaxed)
     }
 
     /// Resolves once no connection is open.
@@ -222,6 +252,21 @@ mod tests {
         assert_eq!(slots.open(), 3);
         drop(newcomer);
         assert_eq!(slots.open(), 2);
+    }
+
+    #[test]
+    fn streams_hold_places_but_are_never_evicted() {
+        let slots = Slots::with_capacity(2);
+        let stream = slots.take().unwrap().into_stream();
+        let reading = slots.take().unwrap();
+        assert_eq!(slots.open(), 2);
+        let newcomer = slots.take().unwrap();
+        assert!(reading.evicted.is_cancelled());
+        drop(reading);
+        newcomer.set(Phase::Busy);
+        assert!(slots.take().is_none(), "a stream and a busy request fill both places");
+        drop(stream);
+        assert_eq!(slots.open(), 1);
     }
 
     #[test]

@@ -241,11 +241,12 @@ impl<F: FastPath> Connection<F> {
         };
         match self.fast {
             Some(fast) if fast.claims(&head) => {
-                slot.set(Phase::Busy);
-                // The slot lives as long as the stream.
+                // A stream is never evicted: it keeps only its place.
+                let place = slot.into_stream();
+                let stream = self.stream;
                 tokio::spawn(async move {
-                    fast.serve(self.stream, head).await;
-                    drop(slot);
+                    fast.serve(stream, head).await;
+                    drop(place);
                 });
             }
             _ => {
@@ -282,16 +283,17 @@ async fn read_head(stream: &TcpStream) -> Result<(RequestHead, Vec<u8>), HeadErr
         if stream.readable().await.is_err() {
             return Err(HeadError::Gone);
         }
-        let mut chunk = [0u8; 2048];
-        let read = match stream.try_read(&mut chunk) {
-            Ok(0) => return Err(HeadError::Gone),
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return Err(HeadError::Gone),
-        };
         // A line break may straddle two reads: look back two bytes.
         let scan_from = buffer.len().saturating_sub(2);
-        buffer.extend_from_slice(&chunk[..read]);
+        // Read straight into the buffer: a chunk on the stack would sit in
+        // every connection's task while its head is awaited.
+        buffer.reserve(1024);
+        match stream.try_read_buf(&mut buffer) {
+            Ok(0) => return Err(HeadError::Gone),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(HeadError::Gone),
+        }
         let complete = buffer[scan_from..]
             .windows(2)
             .enumerate()

@@ -65,7 +65,9 @@ impl FastPath for SseEndpoint {
         // Nothing of the request is needed from here on: an open stream
         // keeps none of it.
         drop(head);
-        let opening = match self.delivery.open(&auction, resume).await {
+        // The start's futures (Redis reads, the replay) are boxed: they are
+        // done once, and inline they would size every open stream's task.
+        let opening = match Box::pin(self.delivery.open(&auction, resume)).await {
             Ok(opening) => opening,
             Err(OpenError::NotFound) => {
                 let message = format!("no auction with id {:?}", auction.as_str());
@@ -83,7 +85,8 @@ impl FastPath for SseEndpoint {
         );
         let head_written = self.delivery.write_head(&mut socket, head.into()).await;
         if head_written.is_ok()
-            && let Ok((subscription, feed)) = self.delivery.start(&mut socket, opening).await
+            && let Ok((subscription, feed)) =
+                Box::pin(self.delivery.start(&mut socket, opening)).await
         {
             self.live(&mut socket, subscription, feed).await;
         }

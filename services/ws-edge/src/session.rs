@@ -210,8 +210,10 @@ impl<'a> Session<'a> {
         } else {
             match protocol::parse(text) {
                 Err(refusal) => Some(refusal.to_json()),
+                // Boxed: a subscription's start (Redis reads, a replay) is
+                // done once; inline it would size every socket's task.
                 Ok(ClientMessage::Subscribe { auction, last_id }) => {
-                    self.subscribe(&auction, last_id).await?
+                    Box::pin(self.subscribe(&auction, last_id)).await?
                 }
                 Ok(ClientMessage::Unsubscribe { auction }) => {
                     if let Ok(id) = AuctionId::parse(&auction) {
@@ -219,7 +221,8 @@ impl<'a> Session<'a> {
                     }
                     None
                 }
-                Ok(ClientMessage::Auth { token }) => Some(self.authenticate(token).await),
+                // Boxed for the same reason (it may fetch the provider's keys).
+                Ok(ClientMessage::Auth { token }) => Some(Box::pin(self.authenticate(token)).await),
                 Ok(ClientMessage::Bid {
                     auction,
                     amount,

@@ -1,0 +1,84 @@
+//! Viewers per auction over every replica: a task of its own beside the
+//! subscriber, so its round trips never hold up a notice. Each round it
+//! reports this replica's clients of every feed (the feed's receivers) and
+//! tells a feed's clients the auction's total when it changed.
+
+use crate::feed::{Codec, Item};
+use crate::hub::{Shared, lock};
+use auction_domain::AuctionId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Auctions per round trip: each is a short script on Redis's one thread,
+/// so a batch is kept small enough never to hold up a bid for long.
+const BATCH: usize = 32;
+/// A report round that takes longer than this is abandoned.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs until `shutdown`.
+pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: CancellationToken) {
+    let config = &shared.config;
+    let mut ticks = tokio::time::interval(config.viewers_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Fresh for three rounds: one late round does not drop this replica.
+    let fresh_ms = (config.viewers_interval.as_millis() as u64).saturating_mul(3);
+    // What this replica last reported per auction: an auction whose
+    // clients all left is reported once more, as 0.
+    let mut reported: HashMap<AuctionId, u64> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let counts: Vec<(AuctionId, u64)> = {
+            let feeds = lock(&shared.feeds);
+            let mut counts: Vec<(AuctionId, u64)> = feeds
+                .iter()
+                .map(|(auction, feed)| (auction.clone(), feed.tx.receiver_count() as u64))
+                .filter(|(auction, clients)| *clients > 0 || reported.contains_key(auction))
+                .collect();
+            // Feeds that went away (swept) are reported empty once.
+            counts.extend(
+                reported
+                    .keys()
+                    .filter(|auction| !feeds.contains_key(*auction))
+                    .map(|auction| (auction.clone(), 0)),
+            );
+            counts
+        };
+        for batch in counts.chunks(BATCH) {
+            let round = shared.log.report_viewers(&config.replica, batch, fresh_ms);
+            let totals = match tokio::time::timeout(ROUND_TIMEOUT, round).await {
+                Ok(Ok(totals)) => totals,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "viewer counts not reported this round");
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!("viewer counts not reported this round: Redis is slow");
+                    break;
+                }
+            };
+            let feeds = lock(&shared.feeds);
+            for ((auction, clients), total) in batch.iter().zip(totals) {
+                if *clients > 0 {
+                    reported.insert(auction.clone(), *clients);
+                } else {
+                    reported.remove(auction);
+                }
+                let Some(feed) = feeds.get(auction) else {
+                    continue;
+                };
+                let total = u32::try_from(total).unwrap_or(u32::MAX);
+                if feed.viewers.swap(total, Ordering::Relaxed) != total {
+                    // Counted as sent, like every item (see `FeedPosition`).
+                    let _ = feed.tx.send(Item::Viewers(total));
+                    feed.sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
