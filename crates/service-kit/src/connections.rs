@@ -264,7 +264,10 @@ mod tests {
         assert!(reading.evicted.is_cancelled());
         drop(reading);
         newcomer.set(Phase::Busy);
-        assert!(slots.take().is_none(), "a stream and a busy request fill both places");
+        assert!(
+            slots.take().is_none(),
+            "a stream and a busy request fill both places"
+        );
         drop(stream);
         assert_eq!(slots.open(), 1);
     }
