@@ -283,17 +283,16 @@ async fn read_head(stream: &TcpStream) -> Result<(RequestHead, Vec<u8>), HeadErr
         if stream.readable().await.is_err() {
             return Err(HeadError::Gone);
         }
-        // A line break may straddle two reads: look back two bytes.
-        let scan_from = buffer.len().saturating_sub(2);
-        // Read straight into the buffer: a chunk on the stack would sit in
-        // every connection's task while its head is awaited.
-        buffer.reserve(1024);
-        match stream.try_read_buf(&mut buffer) {
+        let mut chunk = [0u8; 2048];
+        let read = match stream.try_read(&mut chunk) {
             Ok(0) => return Err(HeadError::Gone),
-            Ok(_) => {}
+            Ok(read) => read,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return Err(HeadError::Gone),
-        }
+        };
+        // A line break may straddle two reads: look back two bytes.
+        let scan_from = buffer.len().saturating_sub(2);
+        buffer.extend_from_slice(&chunk[..read]);
         let complete = buffer[scan_from..]
             .windows(2)
             .enumerate()
