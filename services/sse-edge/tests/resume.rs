@@ -9,6 +9,7 @@ mod common;
 use common::{assert_exact, follow, start_edge};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use test_support::{RedisServer, ServiceProcess, wait_for};
@@ -223,12 +224,22 @@ async fn sigterm_drains_500_clients_who_resume_on_another_replica() {
     let mut edge_a = start_edge(&redis, &[("AUCTION_SHUTDOWN_GRACE_MS", "5000")]);
     let edge_b = start_edge(&redis, &[]);
     let target: Arc<Mutex<Option<String>>> = Arc::default();
+    // Clients that have their init from A: the drain starts only then, so
+    // no client's start is itself the drain (a slow machine would let a
+    // late one begin on B after the events the test waits for).
+    let started = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..500 {
         let edges = vec![edge_a.url(), edge_b.url()];
         let target = target.clone();
+        let started = started.clone();
+        let mut counted = false;
         clients.push(tokio::spawn(async move {
-            follow(&edges, "drain", Duration::from_secs(90), |seen| {
+            follow(&edges, "drain", Duration::from_secs(90), move |seen| {
+                if !counted && !seen.inits.is_empty() {
+                    counted = true;
+                    started.fetch_add(1, Ordering::Relaxed);
+                }
                 target
                     .lock()
                     .unwrap()
@@ -241,6 +252,9 @@ async fn sigterm_drains_500_clients_who_resume_on_another_replica() {
     tokio::task::block_in_place(|| {
         wait_for("500 connections on A", Duration::from_secs(30), || {
             (edge_a.metric("auction_connections{transport=\"sse\"}") >= 500.0).then_some(())
+        });
+        wait_for("500 clients started", Duration::from_secs(30), || {
+            (started.load(Ordering::Relaxed) >= 500).then_some(())
         });
         let started = std::time::Instant::now();
         edge_a.signal("TERM");
