@@ -82,6 +82,18 @@ impl Joined {
     pub fn recent_after(&self, id: EventId) -> Option<Vec<Arc<EncodedEvent>>> {
         lock(&self.recent).after(id)
     }
+
+    /// The feed's shared `init` for a fresh client, and the id it
+    /// reflects: valid for this client, which joined the feed first.
+    pub(crate) fn shared_init(&self) -> Option<(EventId, Frame)> {
+        lock(&self.recent).shared_init()
+    }
+
+    /// Offers an `init` this client read (reflecting events up to `last`)
+    /// for the fresh clients after it.
+    pub(crate) fn offer_init(&self, last: EventId, frame: &Frame) {
+        lock(&self.recent).offer_init(last, frame.clone());
+    }
 }
 
 /// How far one receiver is behind its feed, known without the receiver
@@ -453,7 +465,7 @@ impl<C: Codec> Subscriber<C> {
         };
         tracing::warn!(%auction, last = %cursor.last, %newest, "the auction's stream was replaced; resetting clients");
         // Cleared first: nothing from the old stream may serve a resume.
-        lock(&cursor.recent).clear();
+        lock(&cursor.recent).follow_from(newest);
         cursor.send(Item::Reset);
         cursor.last = newest;
     }
@@ -566,6 +578,7 @@ impl<C: Codec> Subscriber<C> {
         for (auction, window) in auctions.iter().zip(windows) {
             if let Some(cursor) = self.cursors.get_mut(auction) {
                 cursor.last = window.last.unwrap_or(EventId::ZERO);
+                lock(&cursor.recent).follow_from(cursor.last);
                 let _ = cursor.live.send(true);
             }
         }

@@ -10,11 +10,21 @@ use std::sync::Arc;
 
 /// A contiguous run of a feed's newest events: each entry's `prev` is the
 /// entry before it, so the run covers exactly the ids in `(floor, newest]`.
+///
+/// Beside it, the feed's shared `init` for fresh clients: an `init` frame
+/// kept only while it reflects exactly the newest event the feed has
+/// published (`published`). A client attached to the feed before it reads
+/// the kept frame therefore gets every later event from the feed; the first
+/// event published after the frame was kept drops it.
 pub(crate) struct Recent<F> {
     events: VecDeque<Arc<EncodedEvent<F>>>,
     /// The `prev` of the oldest entry.
     floor: EventId,
     capacity: usize,
+    /// The newest event the feed has published (or started from).
+    published: EventId,
+    /// An `init` frame reflecting events up to `published`, if one is kept.
+    init: Option<F>,
 }
 
 impl<F> Recent<F> {
@@ -24,12 +34,43 @@ impl<F> Recent<F> {
             events: VecDeque::new(),
             floor: EventId::ZERO,
             capacity,
+            published: EventId::ZERO,
+            init: None,
+        }
+    }
+
+    /// The feed follows its stream from `newest` (it went live, or its
+    /// stream was replaced): nothing kept before applies.
+    pub(crate) fn follow_from(&mut self, newest: EventId) {
+        self.events.clear();
+        self.published = newest;
+        self.init = None;
+    }
+
+    /// The kept `init` frame and the id it reflects, if any.
+    pub(crate) fn shared_init(&self) -> Option<(EventId, F)>
+    where
+        F: Clone,
+    {
+        self.init.clone().map(|frame| (self.published, frame))
+    }
+
+    /// Keeps `frame` as the shared `init` if it reflects exactly the newest
+    /// event published (`last`); a frame read before or after that event is
+    /// not kept.
+    pub(crate) fn offer_init(&mut self, last: EventId, frame: F) {
+        if last == self.published {
+            self.init = Some(frame);
         }
     }
 
     /// Records an event the feed published. An event that does not chain
     /// onto the newest one starts a new run.
     pub(crate) fn push(&mut self, prev: EventId, event: Arc<EncodedEvent<F>>) {
+        // Recorded before the event is sent: from now on the kept `init`
+        // would miss it.
+        self.published = event.id;
+        self.init = None;
         if self.capacity == 0 {
             return;
         }
@@ -48,6 +89,7 @@ impl<F> Recent<F> {
     /// Forgets everything (the feed's chain broke).
     pub(crate) fn clear(&mut self) {
         self.events.clear();
+        self.init = None;
     }
 
     /// Every event after `id`, oldest first, if this run can tell what
@@ -118,6 +160,23 @@ mod tests {
         assert_eq!(ids(recent.after(id(10))), Some(vec![11]));
         recent.clear();
         assert_eq!(ids(recent.after(id(10))), None);
+    }
+
+    #[test]
+    fn an_init_is_shared_only_while_it_reflects_the_newest_event() {
+        let mut recent = filled(8, 3);
+        recent.offer_init(id(2), 99);
+        assert_eq!(recent.shared_init(), None, "read before the newest event");
+        recent.offer_init(id(3), 30);
+        assert_eq!(recent.shared_init(), Some((id(3), 30)));
+        recent.push(id(3), event(4));
+        assert_eq!(recent.shared_init(), None, "an event published since");
+        recent.follow_from(id(7));
+        recent.offer_init(id(4), 40);
+        assert_eq!(recent.shared_init(), None, "the stream was replaced");
+        recent.offer_init(id(7), 70);
+        recent.clear();
+        assert_eq!(recent.shared_init(), None, "the chain broke");
     }
 
     #[test]

@@ -114,7 +114,22 @@ pub(crate) async fn open<C: Codec>(
             None => init(hub, auction, true).await?,
         },
         Resume::Garbled => init(hub, auction, true).await?,
-        Resume::Fresh => init(hub, auction, false).await?,
+        // Many fresh clients of one auction (a storm after a restart) share
+        // one `init` while nothing new happened: no read, no encoding each.
+        Resume::Fresh => match joined.shared_init() {
+            Some((last, frame)) => Start::Init {
+                frame,
+                last,
+                reset: false,
+            },
+            None => {
+                let start = init(hub, auction, false).await?;
+                if let Start::Init { frame, last, .. } = &start {
+                    joined.offer_init(*last, frame);
+                }
+                start
+            }
+        },
     };
     Ok(Opening {
         auction: auction.clone(),
