@@ -668,3 +668,60 @@ async fn viewers_are_counted_across_replicas_and_transports() {
         late.viewers()
     );
 }
+
+/// `cmdstat_exec` calls so far: each fresh `init` read from Redis is one
+/// MULTI/EXEC.
+fn exec_calls(redis: &RedisServer) -> u64 {
+    let stats = redis.command("INFO commandstats");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_exec:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_clients_of_a_quiet_auction_share_one_init() {
+    use auction_domain::AuctionId;
+    use event_log::{AuctionSpec, EventLog};
+    let redis = RedisServer::start();
+    let target = event_log::parse_redis_url(&redis.url()).unwrap();
+    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
+    let spec = AuctionSpec {
+        id: AuctionId::parse("quiet").unwrap(),
+        title: "Quiet".into(),
+        starting_price: 100,
+        min_increment: 10,
+        duration_ms: 3_600_000,
+        description: None,
+        image_url: None,
+    };
+    log.create(&spec).await.unwrap();
+    for transport in Transport::BOTH {
+        let edge = start_edge(transport, &redis, &[]);
+        let mut first = Conn::open(transport, edge.addr, "quiet", None, None).await;
+        let Some(Received::Init { id, reset: false }) = first.next(QUIET).await else {
+            panic!("{transport:?}: an init");
+        };
+        let before = exec_calls(&redis);
+        let mut clients = Vec::new();
+        for _ in 0..100 {
+            let mut conn = Conn::open(transport, edge.addr, "quiet", None, None).await;
+            assert_eq!(
+                conn.next(QUIET).await,
+                Some(Received::Init {
+                    id: id.clone(),
+                    reset: false
+                }),
+                "{transport:?}"
+            );
+            clients.push(conn);
+        }
+        assert_eq!(
+            exec_calls(&redis) - before,
+            0,
+            "{transport:?}: 100 fresh clients read no snapshot of their own"
+        );
+    }
+}
