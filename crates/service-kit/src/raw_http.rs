@@ -138,8 +138,11 @@ async fn accept_loop<F: FastPath>(
     loop {
         let (stream, peer) = tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                // Accepting has stopped: wait for open connections to end
-                // (idle ones close at once; the grace period bounds this).
+                // Closed first, so new connections are refused at once
+                // rather than left waiting in the listen queue; then wait
+                // for open ones to end (idle ones close at once; the grace
+                // period bounds this).
+                drop(listener);
                 slots.drained().await;
                 return Ok(());
             }
