@@ -6,6 +6,7 @@
 //! that says what is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod auctions;
 pub mod clients;
 pub mod conn;
 pub mod idp;

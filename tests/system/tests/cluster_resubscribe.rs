@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use auction_domain::AuctionId;
-use event_log::{AuctionSpec, EventLog};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_support::{RedisCluster, ServiceProcess, id_pair, wait_for};
@@ -22,29 +20,8 @@ fn auction(i: usize) -> String {
 }
 
 async fn create_auctions(cluster: &RedisCluster) {
-    let target = event_log::parse_redis_url(&cluster.url()).unwrap();
-    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
-    let mut tasks = tokio::task::JoinSet::new();
-    for chunk in (0..WATCHED).collect::<Vec<_>>().chunks(WATCHED / 16) {
-        let (log, chunk) = (log.clone(), chunk.to_vec());
-        tasks.spawn(async move {
-            for i in chunk {
-                let spec = AuctionSpec {
-                    id: AuctionId::parse(&auction(i)).unwrap(),
-                    title: format!("Lot {i}"),
-                    starting_price: 100,
-                    min_increment: 10,
-                    duration_ms: 3_600_000,
-                    description: None,
-                    image_url: None,
-                };
-                log.create(&spec).await.unwrap();
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
+    let ids: Vec<String> = (0..WATCHED).map(auction).collect();
+    test_support::auctions::create(&cluster.url(), &ids, 3_600_000).await;
 }
 
 /// An SSE client that stays connected after its `init` (so the edge keeps

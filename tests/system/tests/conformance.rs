@@ -554,23 +554,10 @@ async fn sent_away(conn: &mut Conn) -> Vec<Received> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_gone() {
-    use auction_domain::AuctionId;
-    use event_log::{AuctionSpec, EventLog};
     let mut redis = RedisServer::start();
     let _bidder = simulator(&redis, "phoenix", 10);
     redis.wait_for_more("phoenix", "0-0", 5);
-    let target = event_log::parse_redis_url(&redis.url()).unwrap();
-    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
-    let spec = AuctionSpec {
-        id: AuctionId::parse("ghost").unwrap(),
-        title: "Ghost".into(),
-        starting_price: 100,
-        min_increment: 10,
-        duration_ms: 3_600_000,
-        description: None,
-        image_url: None,
-    };
-    log.create(&spec).await.unwrap();
+    test_support::auctions::create(&redis.url(), &["ghost".into()], 3_600_000).await;
     let sse = start_edge(Transport::Sse, &redis, &[]);
     let ws = start_edge(Transport::Ws, &redis, &[]);
     let edges = [(Transport::Sse, &sse), (Transport::Ws, &ws)];
@@ -683,21 +670,8 @@ fn exec_calls(redis: &RedisServer) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_clients_of_a_quiet_auction_share_one_init() {
-    use auction_domain::AuctionId;
-    use event_log::{AuctionSpec, EventLog};
     let redis = RedisServer::start();
-    let target = event_log::parse_redis_url(&redis.url()).unwrap();
-    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
-    let spec = AuctionSpec {
-        id: AuctionId::parse("quiet").unwrap(),
-        title: "Quiet".into(),
-        starting_price: 100,
-        min_increment: 10,
-        duration_ms: 3_600_000,
-        description: None,
-        image_url: None,
-    };
-    log.create(&spec).await.unwrap();
+    test_support::auctions::create(&redis.url(), &["quiet".into()], 3_600_000).await;
     for transport in Transport::BOTH {
         let edge = start_edge(transport, &redis, &[]);
         let mut first = Conn::open(transport, edge.addr, "quiet", None, None).await;

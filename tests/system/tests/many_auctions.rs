@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use auction_domain::AuctionId;
-use event_log::{AuctionSpec, EventLog};
 use std::time::Duration;
 use test_support::{RedisServer, ServiceProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,30 +21,8 @@ fn auction(i: usize) -> String {
 
 /// Creates the auctions with the event log's own script, many at a time.
 async fn create_auctions(redis: &RedisServer) {
-    let target = event_log::parse_redis_url(&redis.url()).unwrap();
-    let conn = event_log::connect_manager(&target, || {}).unwrap();
-    let log = EventLog::new(conn, 100);
-    let mut tasks = tokio::task::JoinSet::new();
-    for chunk in (0..CLIENTS).collect::<Vec<_>>().chunks(CLIENTS / 16) {
-        let (log, chunk) = (log.clone(), chunk.to_vec());
-        tasks.spawn(async move {
-            for i in chunk {
-                let spec = AuctionSpec {
-                    id: AuctionId::parse(&auction(i)).unwrap(),
-                    title: format!("Lot {i}"),
-                    starting_price: 100,
-                    min_increment: 10,
-                    duration_ms: 3_600_000,
-                    description: None,
-                    image_url: None,
-                };
-                log.create(&spec).await.unwrap();
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
+    let ids: Vec<String> = (0..CLIENTS).map(auction).collect();
+    test_support::auctions::create(&redis.url(), &ids, 3_600_000).await;
 }
 
 /// What a client got first.
