@@ -327,21 +327,7 @@ impl RedisCluster {
             .collect();
         let client = ClusterClient::new(seeds).expect("cluster client");
         let mut conn = client.get_connection().expect("connect to the cluster");
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("auction:{{{auction}}}:events"))
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .expect("XRANGE");
-        reply
-            .ids
-            .iter()
-            .map(|entry| Entry {
-                id: entry.id.clone(),
-                kind: entry.get("kind").expect("kind field"),
-                data: entry.get("data").expect("data field"),
-            })
-            .collect()
+        crate::redis_server::read_stream(&mut conn, auction)
     }
 
     /// Total CPU time (user + system, seconds) the running nodes used so

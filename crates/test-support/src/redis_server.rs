@@ -235,21 +235,7 @@ impl RedisServer {
 
     /// Every entry of `auction`'s stream, oldest first.
     pub fn stream(&self, auction: &str) -> Vec<Entry> {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("auction:{{{auction}}}:events"))
-            .arg("-")
-            .arg("+")
-            .query(&mut self.connection())
-            .expect("XRANGE");
-        reply
-            .ids
-            .iter()
-            .map(|entry| Entry {
-                id: entry.id.clone(),
-                kind: entry.get("kind").expect("kind field"),
-                data: entry.get("data").expect("data field"),
-            })
-            .collect()
+        read_stream(&mut self.connection(), auction)
     }
 
     /// Appends an event to `auction`'s stream and chain atomically, but
@@ -336,6 +322,26 @@ impl TestRedis for RedisServer {
     fn stream(&self, auction: &str) -> Vec<Entry> {
         RedisServer::stream(self, auction)
     }
+}
+
+/// Every entry of `auction`'s stream, oldest first, over `conn` (one
+/// node's connection or a cluster's).
+pub(crate) fn read_stream(conn: &mut impl redis::ConnectionLike, auction: &str) -> Vec<Entry> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("auction:{{{auction}}}:events"))
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE");
+    reply
+        .ids
+        .iter()
+        .map(|entry| Entry {
+            id: entry.id.clone(),
+            kind: entry.get("kind").expect("kind field"),
+            data: entry.get("data").expect("data field"),
+        })
+        .collect()
 }
 
 /// `"<ms>-<seq>"` → `(ms, seq)`; `0-0` for anything else.
