@@ -17,10 +17,10 @@
     source.addEventListener("open", () => {
       // After a reconnect, no `init` means the edge replayed from our id.
       sawInit = false;
+      // The first connection says "Live" only when its `init` has drawn the
+      // auction: until then the page shows nothing current.
       if (everConnected) {
         setTimeout(() => { if (!sawInit) Auction.setConnection("resumed"); }, 300);
-      } else {
-        Auction.setConnection("connected");
       }
       everConnected = true;
     });

@@ -35,10 +35,10 @@
       const message = { type: "subscribe", auction: Auction.auctionId };
       if (Auction.lastId) message.last_id = Auction.lastId;
       socket.send(JSON.stringify(message));
+      // The first connection says "Live" only when its `init` has drawn the
+      // auction: until then the page shows nothing current.
       if (everConnected) {
         setTimeout(() => { if (!sawInit && socket.readyState === WebSocket.OPEN) Auction.setConnection("resumed"); }, 300);
-      } else {
-        Auction.setConnection("connected");
       }
       everConnected = true;
     });

@@ -59,6 +59,7 @@ async function open(kind, auction, viewport = DESKTOP, context = null) {
     }).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-state"] });
   });
   await page.goto(`${stack.url}${PAGES[kind]}${auction}`);
+  // "Live" is shown once the first `init` has drawn the auction.
   await page.waitForFunction(() => ["connected", "resumed"].includes(document.getElementById("connection").dataset.state));
   return page;
 }
