@@ -25,6 +25,11 @@ pub(crate) enum WriteError {
 /// Writes every frame. While the socket is full, every 50 ms `lapped()` is
 /// asked whether the client has fallen further behind than its queue
 /// allows; after `stall_limit` without progress the client counts as slow.
+///
+/// The first write is tried at once and nearly always takes everything;
+/// only a socket that is full waits, in a boxed future. Inline, the wait's
+/// timer and waiters would size every client's task for its whole life,
+/// idle or not.
 pub(crate) async fn write_frames<'f>(
     stream: &TcpStream,
     frames: impl Iterator<Item = &'f Bytes> + Clone,
@@ -33,7 +38,36 @@ pub(crate) async fn write_frames<'f>(
     shutdown: &CancellationToken,
 ) -> Result<(), WriteError> {
     let total: usize = frames.clone().map(Bytes::len).sum();
-    let mut written = 0;
+    let written = match try_write_from(stream, frames.clone(), 0) {
+        Ok(n) => n,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(_) => return Err(WriteError::Closed),
+    };
+    if written == total {
+        return Ok(());
+    }
+    Box::pin(write_rest(
+        stream,
+        frames,
+        written,
+        total,
+        lapped,
+        stall_limit,
+        shutdown,
+    ))
+    .await
+}
+
+/// Writes what the first try left, waiting while the socket is full.
+async fn write_rest<'f>(
+    stream: &TcpStream,
+    frames: impl Iterator<Item = &'f Bytes> + Clone,
+    mut written: usize,
+    total: usize,
+    lapped: impl Fn() -> bool,
+    stall_limit: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), WriteError> {
     let mut stalled = Duration::ZERO;
     while written < total {
         match try_write_from(stream, frames.clone(), written) {

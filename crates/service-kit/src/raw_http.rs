@@ -83,6 +83,9 @@ pub trait FastPath: Send + Sync + 'static {
     /// Whether this request is the fast path's.
     fn claims(&self, head: &RequestHead) -> bool;
     /// Serves the request on the raw socket, writing the whole response.
+    /// The returned future lives as long as the connection: keep out of it
+    /// whatever only the start needs (the head, above all), by reading the
+    /// head before the `async` block.
     fn serve(
         self: Arc<Self>,
         stream: TcpStream,
@@ -213,7 +216,7 @@ impl<F: FastPath> Connection<F> {
                     "the request head is over 16 KiB or 100 header lines",
                     None,
                 );
-                return refusal::refuse(self.stream, &answer).await;
+                return Box::pin(refusal::refuse(self.stream, &answer)).await;
             }
             Ok(Err(HeadError::Malformed)) => {
                 let answer = error_response_bytes(
@@ -223,7 +226,7 @@ impl<F: FastPath> Connection<F> {
                     "the request head is not HTTP/1.1",
                     None,
                 );
-                return refusal::refuse(self.stream, &answer).await;
+                return Box::pin(refusal::refuse(self.stream, &answer)).await;
             }
             // Gone, or no head within the deadline: just close.
             Ok(Err(HeadError::Gone)) | Err(_) => return,
@@ -236,19 +239,30 @@ impl<F: FastPath> Connection<F> {
                     keep_alive: false,
                     peer: self.peer,
                 };
-                return hyper
-                    .serve(self.stream, buffered, None, self.shutdown)
-                    .await;
+                // A task of its own, as every hyper connection: inline, its
+                // state would size every connection's task while it reads
+                // its head (tens of thousands at once in a connect storm).
+                tokio::spawn(hyper.serve(self.stream, buffered, None, self.shutdown));
+                return;
             }
-            return refusal::refuse(self.stream, &refusal::too_many_connections()).await;
+            return Box::pin(refusal::refuse(
+                self.stream,
+                &refusal::too_many_connections(),
+            ))
+            .await;
         };
         match self.fast {
             Some(fast) if fast.claims(&head) => {
                 // A stream is never evicted: it keeps only its place.
                 let place = slot.into_stream();
-                let stream = self.stream;
+                // Made here, not inside the task's block: captured by that
+                // block, the socket and the head would be stored twice for
+                // the stream's whole life (once as the block's, once as the
+                // serving future's). Every open stream pays for its task's
+                // size.
+                let serving = fast.serve(self.stream, head);
                 tokio::spawn(async move {
-                    fast.serve(stream, head).await;
+                    serving.await;
                     drop(place);
                 });
             }

@@ -11,8 +11,10 @@ use crate::codec::SseCodec;
 use auction_domain::AuctionId;
 use fanout::{Batch, Delivery, Ended, Item, OpenError, Resume, Subscription, Transport};
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -47,82 +49,124 @@ impl FastPath for SseEndpoint {
         head.method == "GET" && events_path(head.path()).is_some()
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream, head: RequestHead) {
-        let raw_id = events_path(head.path()).unwrap_or("");
-        let Ok(auction) = AuctionId::parse(raw_id) else {
-            return refusal::refuse(stream, &refusal::not_found("no such auction")).await;
-        };
-        let Some(_admission) = self.gate.admit() else {
-            return refusal::refuse(stream, &refusal::too_many_connections()).await;
-        };
-        if self.shutdown.is_cancelled() {
-            return refusal::refuse(stream, &refusal::draining()).await;
-        }
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        head: RequestHead,
+    ) -> impl Future<Output = ()> + Send {
+        // What the stream needs of the request is read here, before the
+        // future: an open stream keeps none of the head.
+        let auction = AuctionId::parse(events_path(head.path()).unwrap_or(""));
         let resume = Resume::parse(
             head.header("last-event-id")
                 .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
         );
-        // Nothing of the request is needed from here on: an open stream
-        // keeps none of it.
         drop(head);
-        // The start's futures (Redis reads, the replay) are boxed: they are
-        // done once, and inline they would size every open stream's task.
-        let opening = match Box::pin(self.delivery.open(&auction, resume)).await {
-            Ok(opening) => opening,
-            Err(OpenError::NotFound) => {
-                let message = format!("no auction with id {:?}", auction.as_str());
-                return refusal::refuse(stream, &refusal::not_found(&message)).await;
-            }
-            Err(OpenError::Unavailable | OpenError::Busy) => {
-                return refusal::refuse(stream, &refusal::redis_unavailable()).await;
-            }
-        };
-        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.send_buffer);
-        let mut socket = SseSocket(&stream);
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nretry: {}\n\n",
-            self.retry_ms
-        );
-        let head_written = self.delivery.write_head(&mut socket, head.into()).await;
-        if head_written.is_ok()
-            && let Ok((subscription, feed)) =
-                Box::pin(self.delivery.start(&mut socket, opening)).await
-        {
-            self.live(&mut socket, subscription, feed).await;
-        }
-        // End the stream cleanly (FIN) whatever ended it: the browser sees
-        // the end and reconnects, to this replica or another, with its
-        // last id.
-        let mut stream = stream;
-        let _ = stream.shutdown().await;
+        self.stream(stream, auction.ok(), resume)
     }
 }
 
 impl SseEndpoint {
+    /// One stream, from admission to its FIN. A plain `async` block, not an
+    /// `async fn`: an `async fn` keeps each argument twice (as passed, and
+    /// as its local), for the stream's whole life.
+    #[allow(clippy::manual_async_fn)]
+    fn stream(
+        self: Arc<Self>,
+        stream: TcpStream,
+        auction: Option<AuctionId>,
+        resume: Resume,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let Some(_admission) = self.gate.admit() else {
+                return refusal::refuse(stream, &refusal::too_many_connections()).await;
+            };
+            // The start (Redis reads, the head, the init or replay) is boxed:
+            // it is done once, and inline its state would size every open
+            // stream's task for the stream's whole life.
+            match Box::pin(self.start(&stream, auction, resume)).await {
+                Ok((mut subscription, mut feed)) => {
+                    self.live(&mut SseSocket(&stream), &mut subscription, &mut feed)
+                        .await
+                }
+                Err(Some(refusal)) => return refusal::refuse(stream, &refusal).await,
+                Err(None) => {}
+            }
+            // End the stream cleanly (FIN) whatever ended it: the browser sees
+            // the end and reconnects, to this replica or another, with its
+            // last id.
+            let mut stream = stream;
+            let _ = stream.shutdown().await;
+        }
+    }
+
+    /// Opens the client's view of the auction and writes the response head
+    /// and its start (an `init` or a replay). `Err(Some(response))`: refuse
+    /// the request with this response (nothing was written yet);
+    /// `Err(None)`: the stream ended while starting.
+    async fn start(
+        &self,
+        stream: &TcpStream,
+        auction: Option<AuctionId>,
+        resume: Resume,
+    ) -> Result<(Subscription, broadcast::Receiver<Item>), Option<Vec<u8>>> {
+        let Some(auction) = auction else {
+            return Err(Some(refusal::not_found("no such auction")));
+        };
+        if self.shutdown.is_cancelled() {
+            return Err(Some(refusal::draining()));
+        }
+        let opening = match self.delivery.open(&auction, resume).await {
+            Ok(opening) => opening,
+            Err(OpenError::NotFound) => {
+                let message = format!("no auction with id {:?}", auction.as_str());
+                return Err(Some(refusal::not_found(&message)));
+            }
+            Err(OpenError::Unavailable | OpenError::Busy) => {
+                return Err(Some(refusal::redis_unavailable()));
+            }
+        };
+        let _ = socket2::SockRef::from(stream).set_send_buffer_size(self.send_buffer);
+        let mut socket = SseSocket(stream);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nretry: {}\n\n",
+            self.retry_ms
+        );
+        self.delivery
+            .write_head(&mut socket, head.into())
+            .await
+            .map_err(|_| None)?;
+        self.delivery
+            .start(&mut socket, opening)
+            .await
+            .map_err(|_| None)
+    }
+
     /// Forwards the feed until the client leaves, is cut off, or the
     /// replica drains. Each wake takes everything the feed has ready and
     /// writes it with one vectored write.
     async fn live(
         &self,
         socket: &mut SseSocket<'_>,
-        mut subscription: Subscription,
-        mut feed: broadcast::Receiver<Item>,
+        subscription: &mut Subscription,
+        feed: &mut broadcast::Receiver<Item>,
     ) {
-        // Both futures are created once: re-creating them per event would
-        // register and unregister a waiter each time, and the shutdown
-        // token's waiter list is shared by every connection.
+        // Created once: re-created per event it would register and
+        // unregister a waiter each time, on a list every connection
+        // shares. Whether the client left is asked afresh each wake
+        // instead: its waiter list is the socket's own, and a future not
+        // kept between wakes shares its space with the write's.
         let shutdown = self.shutdown.cancelled();
-        let gone = client_gone(socket.0);
-        tokio::pin!(shutdown, gone);
+        tokio::pin!(shutdown);
         let mut batch = Batch::default();
         loop {
             let first = tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
                 item = feed.recv() => item,
-                _ = &mut gone => return,
+                _ = client_gone(socket.0) => return,
             };
-            let mut taken = self.delivery.take(&mut subscription, first, &mut batch);
+            let mut taken = self.delivery.take(subscription, first, &mut batch);
             while taken.is_ok() && !batch.is_full() {
                 let item = match feed.try_recv() {
                     Ok(item) => Ok(item),
@@ -130,7 +174,7 @@ impl SseEndpoint {
                     Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                     Err(TryRecvError::Closed) => Err(RecvError::Closed),
                 };
-                taken = self.delivery.take(&mut subscription, item, &mut batch);
+                taken = self.delivery.take(subscription, item, &mut batch);
             }
             match taken {
                 Ok(()) => {}
@@ -155,18 +199,25 @@ impl SseEndpoint {
 }
 
 /// Resolves when the client closes its side (or sends something, which an
-/// SSE client never does: we stop reading and let it be).
-async fn client_gone(stream: &TcpStream) {
-    loop {
-        if stream.readable().await.is_err() {
-            return;
+/// SSE client never does: we stop reading and let it be). Polled readiness,
+/// not `readable()`: that future carries a waiter of its own (150 bytes),
+/// and this one is all of an idle stream's watch on its client.
+fn client_gone(stream: &TcpStream) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        loop {
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut scratch = [0u8; 64];
+            match stream.try_read(&mut scratch) {
+                Ok(0) => return Poll::Ready(()),
+                Ok(_) => continue,
+                // Readiness is cleared: the next poll waits for more.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Poll::Ready(()),
+            }
         }
-        let mut scratch = [0u8; 64];
-        match stream.try_read(&mut scratch) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return,
-        }
-    }
+    })
 }

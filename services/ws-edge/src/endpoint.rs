@@ -9,6 +9,7 @@ use fanout::Delivery;
 use identity::Authenticator;
 use service_kit::rate::Rate;
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -44,13 +45,25 @@ impl FastPath for WsEndpoint {
         head.method == "GET" && head.path() == "/ws"
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream, head: RequestHead) {
-        let Some(_admission) = self.gate.admit() else {
-            return refusal::refuse(stream, &refusal::too_many_connections()).await;
-        };
-        let Some(upgraded) = upgrade(&self, stream, head).await else {
-            return;
-        };
-        Session::new(&self, upgraded).run().await;
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        head: RequestHead,
+    ) -> impl Future<Output = ()> + Send {
+        // Boxed: what the future captures it keeps for the socket's whole
+        // life, and the head is needed only for the upgrade.
+        let head = Box::new(head);
+        async move {
+            let Some(_admission) = self.gate.admit() else {
+                return refusal::refuse(stream, &refusal::too_many_connections()).await;
+            };
+            // Boxed: the handshake is done once, and inline its state
+            // would size the socket's task for the socket's whole life.
+            let Some(upgraded) = Box::pin(upgrade(&self, stream, *head)).await else {
+                return;
+            };
+            let mut session = Session::new(&self, upgraded);
+            session.run().await;
+        }
     }
 }

@@ -81,7 +81,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub async fn run(mut self) {
+    /// Serves the socket until it ends, then closes it as the ending says.
+    /// By reference: a session taken by value would be stored twice in the
+    /// future (the argument and its `mut` binding), for the socket's life.
+    pub async fn run(&mut self) {
         let end = self.serve().await;
         let socket = &mut self.socket;
         match end {
@@ -128,7 +131,11 @@ impl<'a> Session<'a> {
         if let Err(end) = self.read_available(&mut awaiting_pong).await {
             return end;
         }
-        let mut readable = std::pin::pin!(raw.readable());
+        // Whether the client sent something is polled afresh on each wake:
+        // `readable()` would keep a waiter of its own (150 bytes) in every
+        // socket's task; polled readiness keeps the task's waker in the
+        // socket itself.
+        let readable = || std::future::poll_fn(|cx| raw.poll_read_ready(cx));
         loop {
             // Ordered by how often each is the reason for waking: events
             // first, so a delivery polls nothing else.
@@ -140,10 +147,7 @@ impl<'a> Session<'a> {
                     .forward(&endpoint.delivery, &mut self.socket, key, item)
                     .await
                     .map_err(End::from),
-                _ = &mut readable => {
-                    readable.set(raw.readable());
-                    self.read_available(&mut awaiting_pong).await
-                }
+                _ = readable() => self.read_available(&mut awaiting_pong).await,
                 reply = self.bids.next_answer() => self.send_text(reply).await,
                 Some(_) = ticks.next() => match awaiting_pong {
                     // A peer gets at least (nearly) a whole interval to
@@ -166,34 +170,47 @@ impl<'a> Session<'a> {
     }
 
     /// Handles every client message tungstenite can produce now (it may
-    /// hold several from one read), then returns to waiting.
+    /// hold several from one read), then returns to waiting. Each is
+    /// handled in a boxed future: a client message is rare beside the
+    /// events sent, and its handling (parsing, bids, replies) inline would
+    /// size every socket's task for its whole life.
     async fn read_available(&mut self, awaiting_pong: &mut Option<Instant>) -> Result<(), End> {
         while let Some(incoming) = self.socket.ws.next().now_or_never() {
-            match incoming {
-                None => return Err(End::Drop),
-                Some(Err(error)) => return Err(close_for(&error)),
-                Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
-                Some(Ok(Message::Binary(_))) => {
-                    // Counted like any message: a binary flood is a flood.
-                    let reply = match self.over_rate() {
-                        Some(refused) => refused,
-                        None => Some(protocol::error_json(
-                            None,
-                            "binary_not_supported",
-                            "send JSON in text frames",
-                        )),
-                    };
-                    if let Some(reply) = reply {
-                        self.send_text(reply).await?;
-                    }
+            Box::pin(self.on_message(incoming, awaiting_pong)).await?;
+        }
+        Ok(())
+    }
+
+    /// One frame tungstenite read, or the end of its stream (`None`).
+    async fn on_message(
+        &mut self,
+        incoming: Option<Result<Message, WsError>>,
+        awaiting_pong: &mut Option<Instant>,
+    ) -> Result<(), End> {
+        match incoming {
+            None => return Err(End::Drop),
+            Some(Err(error)) => return Err(close_for(&error)),
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
+            Some(Ok(Message::Binary(_))) => {
+                // Counted like any message: a binary flood is a flood.
+                let reply = match self.over_rate() {
+                    Some(refused) => refused,
+                    None => Some(protocol::error_json(
+                        None,
+                        "binary_not_supported",
+                        "send JSON in text frames",
+                    )),
+                };
+                if let Some(reply) = reply {
+                    self.send_text(reply).await?;
                 }
-                Some(Ok(Message::Pong(_))) => *awaiting_pong = None,
-                // tungstenite queued the reply to the close: send it.
-                Some(Ok(Message::Close(_))) => return Err(End::Answered),
-                // tungstenite queued the answer to a ping: flush it before
-                // the next direct write.
-                Some(Ok(_)) => self.socket.mark_pending(),
             }
+            Some(Ok(Message::Pong(_))) => *awaiting_pong = None,
+            // tungstenite queued the reply to the close: send it.
+            Some(Ok(Message::Close(_))) => return Err(End::Answered),
+            // tungstenite queued the answer to a ping: flush it before the
+            // next direct write.
+            Some(Ok(_)) => self.socket.mark_pending(),
         }
         Ok(())
     }

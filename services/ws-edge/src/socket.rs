@@ -48,10 +48,16 @@ impl WsSocket {
         self.pending = true;
     }
 
-    /// Sends one message of the session's own and flushes it.
+    /// Sends one message of the session's own and flushes it. Boxed, as is
+    /// every flush of tungstenite's: its buffer and deadline would
+    /// otherwise size every socket's task for its whole life, for a write
+    /// that happens now and then (a reply, a ping).
     pub async fn send(&mut self, message: Message) -> Result<(), Ended> {
-        self.ws.feed(message).await.map_err(|_| Ended::Closed)?;
-        self.flush().await
+        Box::pin(async move {
+            self.ws.feed(message).await.map_err(|_| Ended::Closed)?;
+            self.flush_now().await
+        })
+        .await
     }
 
     pub async fn send_text(&mut self, text: String) -> Result<(), Ended> {
@@ -60,6 +66,10 @@ impl WsSocket {
 
     /// Writes whatever tungstenite holds, within the stall limit.
     pub async fn flush(&mut self) -> Result<(), Ended> {
+        Box::pin(self.flush_now()).await
+    }
+
+    async fn flush_now(&mut self) -> Result<(), Ended> {
         match tokio::time::timeout(self.stall_limit, self.ws.flush()).await {
             Ok(Ok(())) => {
                 self.pending = false;
