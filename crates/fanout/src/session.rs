@@ -115,12 +115,13 @@ pub(crate) async fn open<C: Codec>(
         return Err(OpenError::NotFound);
     }
     let joined = hub.join(auction, join_wait).await?;
-    // Taken once joined: reads with a higher ticket started after the join.
-    let ticket = hub.replays().ticket();
     let start = match resume {
         Resume::From(id) => match joined.recent_after(id) {
             Some(events) => Start::Replay(CatchUp::from_memory(auction.clone(), id, events)),
             None => {
+                // Taken once joined: reads with a higher ticket started
+                // after the join (see `CatchUp`).
+                let ticket = hub.replays().ticket();
                 // The first page also tells whether the stream held the id:
                 // one read for both, shared with the clients resuming from
                 // the same id meanwhile.
