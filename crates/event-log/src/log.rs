@@ -808,6 +808,28 @@ impl EventLog {
         reply.ids.iter().map(stream_event).collect()
     }
 
+    /// Up to `count` events from `from` on, `from` itself included when the
+    /// stream holds it, oldest first: one read that both tells whether the
+    /// stream held `from` (see [`holds`](Self::holds)) and starts the events
+    /// after it.
+    pub async fn read_from(
+        &self,
+        auction: &AuctionId,
+        from: EventId,
+        count: usize,
+    ) -> Result<Vec<Event>, LogError> {
+        let mut conn = self.conn.clone();
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys::stream_key(auction))
+            .arg(from.to_string())
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        reply.ids.iter().map(stream_event).collect()
+    }
+
     /// Whether this auction's stream held `id`, so that the events after
     /// it are exactly what a client that saw `id` missed: `id` is one of the
     /// stream's events, or the one just before its oldest retained event.

@@ -174,7 +174,14 @@ impl<C: Codec> Delivery<C> {
     /// Joins the auction's feed and decides how the client starts. Nothing
     /// is written yet: on an error the edge refuses the client its own way.
     pub async fn open(&self, auction: &AuctionId, resume: Resume) -> Result<Opening, OpenError> {
-        session::open(&self.hub, auction, resume, JOIN_WAIT).await
+        session::open(
+            &self.hub,
+            auction,
+            resume,
+            JOIN_WAIT,
+            &self.metrics.replay_reads_shared,
+        )
+        .await
     }
 
     /// Writes bytes of the transport's own ahead of the protocol (SSE's
@@ -221,7 +228,8 @@ impl<C: Codec> Delivery<C> {
                 let mut frames = Vec::new();
                 loop {
                     frames.clear();
-                    match catch_up.next_batch(&self.hub, &mut frames).await {
+                    let shared = &self.metrics.replay_reads_shared;
+                    match catch_up.next_batch(&self.hub, &mut frames, shared).await {
                         Ok(more) => {
                             self.write(transport, &frames, || subscription.lapped())
                                 .await?;

@@ -3,6 +3,7 @@
 
 use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::recent::Recent;
+use crate::replays::Replays;
 use auction_domain::{AuctionId, Event, EventId};
 use event_log::{EventLog, LiveConnection, LiveMessage, LogError, RedisTarget};
 use futures_util::future::BoxFuture;
@@ -94,6 +95,28 @@ impl Joined {
     pub(crate) fn offer_init(&self, last: EventId, frame: &Frame) {
         lock(&self.recent).offer_init(last, frame.clone());
     }
+
+    /// The feed's recent events, to finish a replay with (see `CatchUp`).
+    pub(crate) fn recent(&self) -> RecentEvents {
+        RecentEvents(self.recent.clone())
+    }
+}
+
+/// A handle on a feed's recent events, held only while a client starts.
+#[derive(Clone)]
+pub(crate) struct RecentEvents(Arc<Mutex<Recent<Frame>>>);
+
+impl std::fmt::Debug for RecentEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecentEvents")
+    }
+}
+
+impl RecentEvents {
+    /// See [`Joined::recent_after`].
+    pub(crate) fn after(&self, id: EventId) -> Option<Vec<Arc<EncodedEvent>>> {
+        lock(&self.0).after(id)
+    }
 }
 
 /// How far one receiver is behind its feed, known without the receiver
@@ -130,6 +153,7 @@ pub(crate) struct Shared<C: Codec> {
     pub(crate) log: EventLog,
     pub(crate) config: HubConfig,
     connected: AtomicBool,
+    replays: Replays,
 }
 
 /// Handle to the replica's hub; cheap to clone.
@@ -172,6 +196,7 @@ impl<C: Codec> Hub<C> {
             log,
             config,
             connected: AtomicBool::new(false),
+            replays: Replays::default(),
         });
         tokio::spawn(crate::viewers::report(shared.clone(), shutdown.clone()));
         let subscriber = Subscriber {
@@ -225,6 +250,10 @@ impl<C: Codec> Hub<C> {
 
     pub(crate) fn log(&self) -> &EventLog {
         &self.shared.log
+    }
+
+    pub(crate) fn replays(&self) -> &Replays {
+        &self.shared.replays
     }
 
     pub(crate) fn config(&self) -> &HubConfig {

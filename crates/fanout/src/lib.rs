@@ -17,6 +17,7 @@ mod client;
 mod feed;
 mod hub;
 mod recent;
+mod replays;
 mod session;
 mod viewers;
 mod writer;

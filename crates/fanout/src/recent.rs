@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 /// A contiguous run of a feed's newest events: each entry's `prev` is the
 /// entry before it, so the run covers exactly the ids in `(floor, newest]`.
+/// A run with no entries but a floor is the feed's starting point with
+/// nothing published since: it covers the floor itself (nothing follows it
+/// yet, and whatever does reaches every client attached to the feed).
 ///
 /// Beside it, the feed's shared `init` for fresh clients: an `init` frame
 /// kept only while it reflects exactly the newest event the feed has
@@ -18,8 +21,10 @@ use std::sync::Arc;
 /// event published after the frame was kept drops it.
 pub(crate) struct Recent<F> {
     events: VecDeque<Arc<EncodedEvent<F>>>,
-    /// The `prev` of the oldest entry.
-    floor: EventId,
+    /// The `prev` of the oldest entry (with no entries, the id the feed
+    /// started from). `None`: the run tells nothing (nothing followed yet,
+    /// nothing kept, or the chain broke).
+    floor: Option<EventId>,
     capacity: usize,
     /// The newest event the feed has published (or started from).
     published: EventId,
@@ -32,7 +37,7 @@ impl<F> Recent<F> {
         Recent {
             // Grows with use: a quiet auction's feed keeps nothing here.
             events: VecDeque::new(),
-            floor: EventId::ZERO,
+            floor: None,
             capacity,
             published: EventId::ZERO,
             init: None,
@@ -45,6 +50,8 @@ impl<F> Recent<F> {
         self.events.clear();
         self.published = newest;
         self.init = None;
+        // `0-0` is no event: a client naming it is told by the stream.
+        self.floor = (self.capacity > 0 && newest != EventId::ZERO).then_some(newest);
     }
 
     /// The kept `init` frame and the id it reflects, if any.
@@ -76,12 +83,12 @@ impl<F> Recent<F> {
         }
         if self.newest() != Some(prev) {
             self.events.clear();
-            self.floor = prev;
+            self.floor = Some(prev);
         }
         if self.events.len() == self.capacity
             && let Some(oldest) = self.events.pop_front()
         {
-            self.floor = oldest.id;
+            self.floor = Some(oldest.id);
         }
         self.events.push_back(event);
     }
@@ -89,6 +96,7 @@ impl<F> Recent<F> {
     /// Forgets everything (the feed's chain broke).
     pub(crate) fn clear(&mut self) {
         self.events.clear();
+        self.floor = None;
         self.init = None;
     }
 
@@ -98,14 +106,14 @@ impl<F> Recent<F> {
     /// stream never held, or nothing recorded yet): the caller asks the
     /// stream.
     pub(crate) fn after(&self, id: EventId) -> Option<Vec<Arc<EncodedEvent<F>>>> {
-        self.newest()?;
+        let floor = self.floor?;
         let start = self.events.partition_point(|event| event.id <= id);
-        let held = id == self.floor || (start > 0 && self.events[start - 1].id == id);
+        let held = id == floor || (start > 0 && self.events[start - 1].id == id);
         held.then(|| self.events.range(start..).cloned().collect())
     }
 
     fn newest(&self) -> Option<EventId> {
-        self.events.back().map(|event| event.id)
+        self.events.back().map(|event| event.id).or(self.floor)
     }
 }
 
@@ -177,6 +185,24 @@ mod tests {
         recent.offer_init(id(7), 70);
         recent.clear();
         assert_eq!(recent.shared_init(), None, "the chain broke");
+    }
+
+    #[test]
+    fn a_feed_that_published_nothing_yet_covers_its_starting_point() {
+        let mut recent = Recent::<u64>::new(4);
+        recent.follow_from(id(5));
+        assert_eq!(ids(recent.after(id(5))), Some(vec![]));
+        assert_eq!(ids(recent.after(id(4))), None, "older than the start");
+        recent.push(id(5), event(6));
+        assert_eq!(ids(recent.after(id(5))), Some(vec![6]));
+        recent.clear();
+        assert_eq!(ids(recent.after(id(6))), None, "the chain broke");
+        recent.follow_from(EventId::ZERO);
+        assert_eq!(ids(recent.after(EventId::ZERO)), None, "0-0 is no event");
+        let mut disabled = Recent::<u64>::new(0);
+        disabled.follow_from(id(5));
+        disabled.push(id(5), event(6));
+        assert_eq!(ids(disabled.after(id(5))), None, "nothing kept");
     }
 
     #[test]

@@ -4,15 +4,19 @@
 //!    missed.
 //! 2. A resume id the feed published recently: replay what followed it
 //!    from memory. Else a resume id the stream can still serve: replay
-//!    everything after it from the stream ([`CatchUp`]). Anything else
-//!    (none, garbled, empty, in the future, older than retention): an `init`
-//!    snapshot, `reset: true` unless no id was given.
+//!    everything after it from the stream ([`CatchUp`]), in pages read once
+//!    for every client resuming from the same id at the same time
+//!    ([`replays`](crate::replays)). Anything else (none, garbled, empty, in
+//!    the future, older than retention): an `init` snapshot, `reset: true`
+//!    unless no id was given.
 //! 3. Go live, dropping feed events at or below the last id sent.
 
 use crate::feed::{Codec, EncodedEvent, Frame, Item};
-use crate::hub::{FeedPosition, Hub, JoinError};
+use crate::hub::{FeedPosition, Hub, JoinError, RecentEvents};
+use crate::replays::{self, Page, Unavailable};
 use auction_domain::{AuctionId, EventId, EventKind};
 use event_log::{LogError, Snapshot};
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -21,8 +25,6 @@ use tokio::sync::broadcast;
 const HISTORY_LEN: usize = 10;
 /// How many newest events a snapshot reads to find that history.
 const SNAPSHOT_EVENTS: usize = 40;
-/// Events per replay read.
-const REPLAY_BATCH: usize = 256;
 
 /// The client's resume point, from `Last-Event-ID`, `lastEventId` or `last_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,12 @@ impl From<LogError> for OpenError {
     }
 }
 
+impl From<Unavailable> for OpenError {
+    fn from(_: Unavailable) -> Self {
+        OpenError::Unavailable
+    }
+}
+
 /// How the client's view starts.
 pub(crate) enum Start {
     /// Send this `init` frame; it reflects events up to `last`.
@@ -92,12 +100,14 @@ pub struct Opening {
 }
 
 /// Joins the feed and decides how the client starts (steps 1 and 2).
-/// `NotFound` for an auction that does not exist.
+/// `NotFound` for an auction that does not exist. `shared` counts replay
+/// reads taken from another client's read in flight.
 pub(crate) async fn open<C: Codec>(
     hub: &Hub<C>,
     auction: &AuctionId,
     resume: Resume,
     join_wait: Duration,
+    shared: &Counter,
 ) -> Result<Opening, OpenError> {
     // A watched auction exists (auctions are never deleted): a resume
     // served from memory costs no Redis round trip at all.
@@ -108,10 +118,26 @@ pub(crate) async fn open<C: Codec>(
     let start = match resume {
         Resume::From(id) => match joined.recent_after(id) {
             Some(events) => Start::Replay(CatchUp::from_memory(auction.clone(), id, events)),
-            None if hub.log().holds(auction, id).await? => {
-                Start::Replay(CatchUp::new(auction.clone(), id))
+            None => {
+                // Taken once joined: reads with a higher ticket started
+                // after the join (see `CatchUp`).
+                let ticket = hub.replays().ticket();
+                // The first page also tells whether the stream held the id:
+                // one read for both, shared with the clients resuming from
+                // the same id meanwhile.
+                let page = read_page(hub, auction, id, None, shared).await?;
+                if page.held {
+                    Start::Replay(CatchUp::new(
+                        auction.clone(),
+                        id,
+                        page,
+                        ticket,
+                        joined.recent(),
+                    ))
+                } else {
+                    init(hub, auction, true).await?
+                }
             }
-            None => init(hub, auction, true).await?,
         },
         Resume::Garbled => init(hub, auction, true).await?,
         // Many fresh clients of one auction (a storm after a restart) share
@@ -195,14 +221,51 @@ fn init_json(snapshot: &Snapshot, reset: bool) -> String {
     json
 }
 
+/// The page after `after`: a read in flight for it (with `newer_than`,
+/// only one that started after that ticket), or a new one.
+async fn read_page<C: Codec>(
+    hub: &Hub<C>,
+    auction: &AuctionId,
+    after: EventId,
+    newer_than: Option<u64>,
+    shared: &Counter,
+) -> Result<Arc<Page>, Unavailable> {
+    let (flight, joined) = hub.replays().page(auction, after, newer_than, |started| {
+        replays::read_page(hub.clone(), auction.clone(), after, started)
+    });
+    if joined {
+        shared.inc();
+    }
+    flight.await
+}
+
 /// Replays the events after a client's id: the feed's recent events
-/// (already encoded, shared), or the stream in batches.
+/// (already encoded, shared), or the stream in pages (read and encoded
+/// once for every client resuming from the same id at the same time).
+///
+/// Invariant: the replay ends only at a point from which the client's feed
+/// carries everything. A page that ends the stream ends the replay only if
+/// its read started after the client joined its feed ([`Page::started`]
+/// above the client's ticket): a page read before, for another client, may
+/// end before events the feed published before this client joined, which
+/// this client gets from nowhere else. Such a replay goes on from its last
+/// event with the feed's recent events when they cover it (they and the
+/// feed hold every event after it), else with a read that started after
+/// the join. What the feed then also delivers is at or below the last id
+/// sent, and dropped.
 #[derive(Debug)]
 pub(crate) struct CatchUp {
     auction: AuctionId,
     after: EventId,
     /// Served from memory: everything up to the feed's newest event.
     memory: Option<Vec<Arc<EncodedEvent>>>,
+    /// The next page, already read.
+    page: Option<Arc<Page>>,
+    /// The client's ticket, taken once it had joined its feed.
+    ticket: u64,
+    /// The next read must have started after the client joined.
+    fresh: bool,
+    recent: Option<RecentEvents>,
     done: bool,
 }
 
@@ -217,12 +280,23 @@ pub(crate) enum CatchUpError {
 }
 
 impl CatchUp {
-    /// Reads the stream after `after`.
-    fn new(auction: AuctionId, after: EventId) -> CatchUp {
+    /// Replays `page` (the events after `after`, held by the stream), then
+    /// reads on as needed.
+    fn new(
+        auction: AuctionId,
+        after: EventId,
+        page: Arc<Page>,
+        ticket: u64,
+        recent: RecentEvents,
+    ) -> CatchUp {
         CatchUp {
             auction,
             after,
             memory: None,
+            page: Some(page),
+            ticket,
+            fresh: false,
+            recent: Some(recent),
             done: false,
         }
     }
@@ -234,6 +308,10 @@ impl CatchUp {
             auction,
             after,
             memory: Some(events),
+            page: None,
+            ticket: 0,
+            fresh: false,
+            recent: None,
             done: false,
         }
     }
@@ -245,10 +323,12 @@ impl CatchUp {
 
     /// Appends the frames of the next batch of events to `out`. Returns
     /// `false` once there is nothing more: the client is caught up.
+    /// `shared` counts reads taken from another client's read in flight.
     pub(crate) async fn next_batch<C: Codec>(
         &mut self,
         hub: &Hub<C>,
         out: &mut Vec<Frame>,
+        shared: &Counter,
     ) -> Result<bool, CatchUpError> {
         if self.done {
             return Ok(false);
@@ -261,28 +341,43 @@ impl CatchUp {
             out.extend(events.iter().map(|event| event.frame.clone()));
             return Ok(false);
         }
-        let events = hub
-            .log()
-            .read_after(&self.auction, self.after, REPLAY_BATCH)
-            .await
-            .map_err(|_| CatchUpError::Unavailable)?;
-        // Every event must chain onto the one before: the events up to a
+        let page = match self.page.take() {
+            Some(page) => page,
+            None => {
+                let newer_than = self.fresh.then_some(self.ticket);
+                read_page(hub, &self.auction, self.after, newer_than, shared)
+                    .await
+                    .map_err(|_| CatchUpError::Unavailable)?
+            }
+        };
+        // Not held: the last event replayed was trimmed with the ones after
+        // it. A break right after it: the next one was. The events up to a
         // break are still sent (they are the client's, in order), and the
         // next call reports the break.
-        let unbroken = events
-            .iter()
-            .zip(std::iter::once(self.after).chain(events.iter().map(|event| event.id)))
-            .take_while(|(event, before)| event.prev == *before)
-            .count();
-        if unbroken == 0 && !events.is_empty() {
+        if !page.held || (page.broken && page.events.is_empty()) {
             return Err(CatchUpError::Gap);
         }
-        for event in &events[..unbroken] {
-            out.push(hub.codec().event(&self.auction, event));
-            self.after = event.id;
+        out.extend(page.events.iter().map(|event| event.frame.clone()));
+        if let Some(last) = page.events.last() {
+            self.after = last.id;
         }
-        self.done = unbroken == events.len() && events.len() < REPLAY_BATCH;
-        Ok(!events.is_empty())
+        if page.full || page.broken {
+            return Ok(true);
+        }
+        // The end of the stream when the page was read.
+        if page.started > self.ticket {
+            self.done = true;
+            return Ok(false);
+        }
+        match self
+            .recent
+            .as_ref()
+            .and_then(|recent| recent.after(self.after))
+        {
+            Some(events) => self.memory = Some(events),
+            None => self.fresh = true,
+        }
+        Ok(true)
     }
 }
 

@@ -86,6 +86,7 @@ pub struct Metrics {
     events_delivered: Family<TransportLabels, Counter>,
     delivery_latency: Family<TransportLabels, Histogram, fn() -> Histogram>,
     resumes: Family<ResumeLabels, Counter>,
+    replay_reads_shared: Family<TransportLabels, Counter>,
     slow_consumer_disconnects: Family<TransportLabels, Counter>,
     bids: Family<BidLabels, Counter>,
     redis_reconnects: Counter,
@@ -103,6 +104,9 @@ pub struct TransportMetrics {
     pub delivery_latency: Histogram,
     pub resumes_replayed: Counter,
     pub resumes_reset: Counter,
+    /// Replay reads a resuming client took from another client's read of
+    /// the same auction and id, in flight, instead of reading itself.
+    pub replay_reads_shared: Counter,
     pub slow_consumer_disconnects: Counter,
 }
 
@@ -123,6 +127,7 @@ impl Metrics {
                 latency_histogram,
             );
         let resumes = Family::<ResumeLabels, Counter>::default();
+        let replay_reads_shared = Family::<TransportLabels, Counter>::default();
         let slow_consumer_disconnects = Family::<TransportLabels, Counter>::default();
         let bids = Family::<BidLabels, Counter>::default();
         let redis_reconnects = Counter::default();
@@ -153,6 +158,11 @@ impl Metrics {
             resumes.clone(),
         );
         registry.register(
+            "auction_replay_reads_shared",
+            "Replay reads taken from another client's read of the same auction and id in flight",
+            replay_reads_shared.clone(),
+        );
+        registry.register(
             "auction_slow_consumer_disconnects",
             "Connections closed because their queue overflowed",
             slow_consumer_disconnects.clone(),
@@ -176,6 +186,7 @@ impl Metrics {
             events_delivered,
             delivery_latency,
             resumes,
+            replay_reads_shared,
             slow_consumer_disconnects,
             bids,
             redis_reconnects,
@@ -198,6 +209,7 @@ impl Metrics {
             delivery_latency: self.delivery_latency.get_or_create(&labels).clone(),
             resumes_replayed: resume(ResumeOutcome::replayed),
             resumes_reset: resume(ResumeOutcome::reset),
+            replay_reads_shared: self.replay_reads_shared.get_or_create(&labels).clone(),
             slow_consumer_disconnects: self
                 .slow_consumer_disconnects
                 .get_or_create(&labels)

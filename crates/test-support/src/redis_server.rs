@@ -233,6 +233,20 @@ impl RedisServer {
             .expect("connect to the test redis-server")
     }
 
+    /// How many times the server has run `command` (lower case, as in
+    /// `INFO commandstats`: `xrange`) since it started.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().expect("a count of calls"))
+    }
+
     /// Every entry of `auction`'s stream, oldest first.
     pub fn stream(&self, auction: &str) -> Vec<Entry> {
         read_stream(&mut self.connection(), auction)
