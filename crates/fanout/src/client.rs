@@ -29,7 +29,7 @@
 use crate::feed::{Codec, Frame, Item};
 use crate::hub::{FeedPosition, Hub};
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
-use crate::writer::{self, WriteError};
+use crate::writer::{self, Tried, WriteError};
 use auction_domain::{AuctionId, EventId, clock};
 use std::future::Future;
 use std::time::Duration;
@@ -336,28 +336,41 @@ impl<C: Codec> Delivery<C> {
         Ok(())
     }
 
-    async fn write<T: Transport>(
-        &self,
-        transport: &mut T,
-        frames: &[Frame],
-        lapped: impl Fn() -> bool,
-    ) -> Result<(), Ended> {
-        transport.before_write().await?;
-        let written = writer::write_frames(
-            transport.socket(),
-            frames.iter(),
-            lapped,
-            self.stall_limit,
-            &self.shutdown,
-        )
-        .await;
-        match written {
-            Ok(()) => Ok(()),
-            Err(WriteError::Slow) => {
-                self.metrics.slow_consumer_disconnects.inc();
-                Err(Ended::Slow)
+    /// An `async` block rather than an `async fn`, which would keep each
+    /// argument twice: this future is part of every client's task.
+    #[allow(clippy::manual_async_fn)]
+    fn write<'a, T: Transport>(
+        &'a self,
+        transport: &'a mut T,
+        frames: &'a [Frame],
+        lapped: impl Fn() -> bool + 'a,
+    ) -> impl Future<Output = Result<(), Ended>> + 'a {
+        async move {
+            transport.before_write().await?;
+            let socket = transport.socket();
+            let written = match writer::try_write_all(socket, frames) {
+                Ok(Tried::All) => Ok(()),
+                Ok(Tried::Part(written)) => {
+                    let rest = writer::write_rest(
+                        socket,
+                        frames,
+                        written,
+                        lapped,
+                        self.stall_limit,
+                        &self.shutdown,
+                    );
+                    Box::pin(rest).await
+                }
+                Err(error) => Err(error),
+            };
+            match written {
+                Ok(()) => Ok(()),
+                Err(WriteError::Slow) => {
+                    self.metrics.slow_consumer_disconnects.inc();
+                    Err(Ended::Slow)
+                }
+                Err(WriteError::Closed) => Err(Ended::Closed),
             }
-            Err(WriteError::Closed) => Err(Ended::Closed),
         }
     }
 }

@@ -22,55 +22,60 @@ pub(crate) enum WriteError {
     Closed,
 }
 
+/// What one non-blocking try wrote of all the frames.
+pub(crate) enum Tried {
+    /// Everything.
+    All,
+    /// This many bytes: the socket is full, [`write_rest`] waits for it.
+    Part(usize),
+}
+
+/// Writes as much of the frames as the socket takes now, without waiting.
+/// Nearly always that is everything; only a full socket needs
+/// [`write_rest`], which the caller boxes: inline, its timer and waiters
+/// would size every client's task for its whole life, idle or not.
+pub(crate) fn try_write_all(stream: &TcpStream, frames: &[Bytes]) -> Result<Tried, WriteError> {
+    let total: usize = frames.iter().map(Bytes::len).sum();
+    match try_write_from(stream, frames.iter(), 0) {
+        Ok(written) if written == total => Ok(Tried::All),
+        Ok(written) => Ok(Tried::Part(written)),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Tried::Part(0)),
+        Err(_) => Err(WriteError::Closed),
+    }
+}
+
 /// Writes every frame. While the socket is full, every 50 ms `lapped()` is
 /// asked whether the client has fallen further behind than its queue
 /// allows; after `stall_limit` without progress the client counts as slow.
-///
-/// The first write is tried at once and nearly always takes everything;
-/// only a socket that is full waits, in a boxed future. Inline, the wait's
-/// timer and waiters would size every client's task for its whole life,
-/// idle or not.
-pub(crate) async fn write_frames<'f>(
+#[cfg(test)]
+async fn write_frames(
     stream: &TcpStream,
-    frames: impl Iterator<Item = &'f Bytes> + Clone,
+    frames: &[Bytes],
     lapped: impl Fn() -> bool,
     stall_limit: Duration,
     shutdown: &CancellationToken,
 ) -> Result<(), WriteError> {
-    let total: usize = frames.clone().map(Bytes::len).sum();
-    let written = match try_write_from(stream, frames.clone(), 0) {
-        Ok(n) => n,
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(_) => return Err(WriteError::Closed),
-    };
-    if written == total {
-        return Ok(());
+    match try_write_all(stream, frames)? {
+        Tried::All => Ok(()),
+        Tried::Part(written) => {
+            write_rest(stream, frames, written, lapped, stall_limit, shutdown).await
+        }
     }
-    Box::pin(write_rest(
-        stream,
-        frames,
-        written,
-        total,
-        lapped,
-        stall_limit,
-        shutdown,
-    ))
-    .await
 }
 
 /// Writes what the first try left, waiting while the socket is full.
-async fn write_rest<'f>(
+pub(crate) async fn write_rest(
     stream: &TcpStream,
-    frames: impl Iterator<Item = &'f Bytes> + Clone,
+    frames: &[Bytes],
     mut written: usize,
-    total: usize,
     lapped: impl Fn() -> bool,
     stall_limit: Duration,
     shutdown: &CancellationToken,
 ) -> Result<(), WriteError> {
+    let total: usize = frames.iter().map(Bytes::len).sum();
     let mut stalled = Duration::ZERO;
     while written < total {
-        match try_write_from(stream, frames.clone(), written) {
+        match try_write_from(stream, frames.iter(), written) {
             Ok(n) => {
                 written += n;
                 stalled = Duration::ZERO;
@@ -141,15 +146,9 @@ mod tests {
             .map(|i| Bytes::from(format!("frame {i}\n")))
             .collect();
         let never = CancellationToken::new();
-        write_frames(
-            &server,
-            frames.iter(),
-            || false,
-            Duration::from_secs(5),
-            &never,
-        )
-        .await
-        .unwrap();
+        write_frames(&server, &frames, || false, Duration::from_secs(5), &never)
+            .await
+            .unwrap();
         drop(server);
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
         assert_eq!(client.await.unwrap(), expected);
@@ -163,14 +162,8 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let big = [Bytes::from(vec![b'x'; 64 * 1024 * 1024])];
         let never = CancellationToken::new();
-        let result = write_frames(
-            &server,
-            big.iter(),
-            || false,
-            Duration::from_millis(200),
-            &never,
-        )
-        .await;
+        let result =
+            write_frames(&server, &big, || false, Duration::from_millis(200), &never).await;
         assert_eq!(result, Err(WriteError::Slow));
     }
 }
