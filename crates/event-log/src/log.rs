@@ -239,6 +239,15 @@ pub struct Snapshot {
     pub last_id: EventId,
 }
 
+/// The connection a write went over, as far as `WAIT` is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectionStamp {
+    /// The cluster connection built at this moment.
+    Built(std::time::Instant),
+    /// The single node's connection with this `CLIENT ID`.
+    ClientId(i64),
+}
+
 /// How many replicas must confirm an accepted bid before it is answered,
 /// and for how long to wait for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,23 +345,61 @@ impl EventLog {
         Ok(replies.into_iter().flatten().collect())
     }
 
+    /// Which connection a write about to be made goes over, when replicas
+    /// must confirm it: `WAIT` counts only the writes of its own
+    /// connection, so a reconnect between the write and the `WAIT` would
+    /// make the `WAIT` prove nothing. `None` when nothing waits.
+    async fn connection_stamp(&self) -> Result<Option<ConnectionStamp>, LogError> {
+        if self.replica_ack.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(match &self.conn {
+            RedisConnection::Cluster(handle) => ConnectionStamp::Built(handle.built_at()),
+            RedisConnection::Single(_) => {
+                let mut conn = self.conn.clone();
+                let id: i64 = redis::cmd("CLIENT")
+                    .arg("ID")
+                    .query_async(&mut conn)
+                    .await?;
+                ConnectionStamp::ClientId(id)
+            }
+        }))
+    }
+
     /// Waits until the configured number of replicas hold every write this
-    /// connection made to the node owning `key` (so the bid just appended).
+    /// connection made to the node owning `key` (so the bid just appended),
+    /// if it is still the connection the write went over (`written_on`).
     async fn await_replicas(
         &self,
         key: &str,
-        written_on: Option<std::time::Instant>,
+        written_on: Option<ConnectionStamp>,
     ) -> Result<(), LogError> {
         let Some(ack) = self.replica_ack else {
             return Ok(());
+        };
+        let replaced = || {
+            LogError::NotReplicated("the Redis connection was replaced after the write".into())
         };
         let timeout_ms = u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX);
         let mut wait = redis::cmd("WAIT");
         wait.arg(ack.replicas).arg(timeout_ms);
         let acknowledged: i64 = match &self.conn {
             RedisConnection::Single(_) => {
+                // One pipeline, one connection: the id says which one the
+                // WAIT went over. Ids are never reused by a running server,
+                // and the connection manager never goes back to an old
+                // connection, so the same id means the write's connection.
                 let mut conn = self.conn.clone();
-                wait.query_async(&mut conn).await?
+                let (id, acknowledged): (i64, i64) = redis::pipe()
+                    .cmd("CLIENT")
+                    .arg("ID")
+                    .add_command(wait)
+                    .query_async(&mut conn)
+                    .await?;
+                if written_on != Some(ConnectionStamp::ClientId(id)) {
+                    return Err(replaced());
+                }
+                acknowledged
             }
             RedisConnection::Cluster(handle) => {
                 // Left to the router, WAIT would go to every primary; only
@@ -361,12 +408,10 @@ impl EventLog {
                     Route::with_key(key, SlotAddr::Master),
                 ));
                 let reply = handle.connection().route_command(wait, route).await?;
-                if written_on != Some(handle.built_at()) {
+                if written_on != Some(ConnectionStamp::Built(handle.built_at())) {
                     // The connection was replaced between the write and
                     // WAIT: this WAIT proves nothing about the write.
-                    return Err(LogError::NotReplicated(
-                        "the cluster connection was replaced".into(),
-                    ));
+                    return Err(replaced());
                 }
                 redis::from_redis_value(reply)
                     .map_err(|error| corrupt(format!("WAIT answered {error}")))?
@@ -498,10 +543,7 @@ impl EventLog {
             idempotency_key.map_or("", |k| k.as_str()),
         );
         let state_key = keys::state_key(auction);
-        let written_on = match &self.conn {
-            RedisConnection::Cluster(handle) => Some(handle.built_at()),
-            RedisConnection::Single(_) => None,
-        };
+        let written_on = self.connection_stamp().await?;
         let reply: Vec<String> = self
             .script(&PLACE_BID)
             .key(&state_key)
