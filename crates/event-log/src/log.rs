@@ -377,9 +377,8 @@ impl EventLog {
         let Some(ack) = self.replica_ack else {
             return Ok(());
         };
-        let replaced = || {
-            LogError::NotReplicated("the Redis connection was replaced after the write".into())
-        };
+        let replaced =
+            || LogError::NotReplicated("the Redis connection was replaced after the write".into());
         let timeout_ms = u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX);
         let mut wait = redis::cmd("WAIT");
         wait.arg(ack.replicas).arg(timeout_ms);
