@@ -400,3 +400,89 @@ async fn a_slot_migrated_while_clients_watch_loses_nothing() {
     })
     .await;
 }
+
+/// A notice lost with the primary that published it (the bid reached a
+/// replica, the notice never reached the edge) is recovered once the
+/// replica takes over, with no further bid to reveal the gap: the edge
+/// notices the new slot map and backfills every feed from its last id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_notice_died_with_its_primary_reaches_clients_after_the_failover() {
+    let mut cluster = RedisCluster::start();
+    let auction = "orphan";
+    let (bidder, edge) = services(&cluster, "sse-edge");
+    let http = reqwest::Client::new();
+    create_auction(&http, &bidder, auction).await;
+    let primary = cluster.primary_of_auction(auction);
+
+    // A client watching; once it has its init, the event is written.
+    let edges = vec![edge.url()];
+    let orphan: Arc<Mutex<Option<String>>> = Arc::default();
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = {
+        let (orphan, started) = (orphan.clone(), started.clone());
+        tokio::spawn(async move {
+            test_support::clients::sse_follow(&edges, auction, Duration::from_secs(60), |seen| {
+                if !seen.inits.is_empty() {
+                    started.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                orphan
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .is_some_and(|id| seen.has_reached(id))
+            })
+            .await
+        })
+    };
+    tokio::task::block_in_place(|| {
+        wait_for("the client's init", Duration::from_secs(20), || {
+            started
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then_some(())
+        });
+    });
+
+    // On the primary, over one connection: the event without its notice
+    // (as if the notice died with the primary), then WAIT until the replica
+    // holds it (it survives the failover).
+    let id = {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", primary.port)).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let id: String = redis::Script::new(
+            "local prev = redis.call('HGET', KEYS[1], 'last_id') or '0-0'
+             local id = redis.call('XADD', KEYS[2], '*', 'kind', 'bid', 'data', '{}',
+               'prev', prev, 'at', '0', 'tp', '')
+             redis.call('HSET', KEYS[1], 'last_id', id)
+             return id",
+        )
+        .key(format!("auction:{{{auction}}}"))
+        .key(format!("auction:{{{auction}}}:events"))
+        .invoke(&mut conn)
+        .unwrap();
+        let replicas: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5000)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(replicas, 1, "the replica holds the event");
+        id
+    };
+    *orphan.lock().unwrap() = Some(id.clone());
+
+    tokio::task::block_in_place(|| {
+        cluster.kill(primary.port);
+        cluster.wait_for_failover(primary.port, Duration::from_secs(30));
+    });
+    let failed_over = Instant::now();
+    let seen = watching.await.unwrap();
+    assert!(seen.has_reached(&id), "the client got the event");
+    eprintln!(
+        "the event arrived {:?} after the failover completed; edge reconnects {}",
+        failed_over.elapsed(),
+        edge.metric("auction_redis_reconnects_total")
+    );
+    assert!(
+        failed_over.elapsed() < Duration::from_secs(10),
+        "the edge noticed the new slot map within seconds, not at the next bid"
+    );
+}
