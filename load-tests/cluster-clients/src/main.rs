@@ -57,6 +57,15 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1200);
 /// A bound on anything that talks to the cluster while setting up.
 const SETUP_BOUND: Duration = Duration::from_secs(20);
 
+/// The probe published before the kill: not a notice, so the event log's
+/// live connection reports it as malformed.
+const BEFORE: &str = "before";
+/// The probe published after the kill: a well-formed notice (format v1).
+const AFTER: &str = "v1\n1-1\n0-0\nbid\n\n{}";
+
+/// `SPUBLISH` from a script without `no-writes`: refused by replicas.
+const PUBLISH_SCRIPT: &str = "#!lua\nreturn redis.call('SPUBLISH', KEYS[1], ARGV[1])";
+
 const CLIENTS: [&str; 3] = ["fred", "redis-rs", "event-log"];
 
 struct Args {
@@ -162,10 +171,14 @@ impl Receipts {
         lock(&self.killed_at).is_some()
     }
 
-    fn received(&self, channel: &str) {
+    /// A probe arrived; `after` says it was published after the kill (a
+    /// probe from before it may still be queued in the client).
+    fn received(&self, channel: &str, after: bool) {
         let now = Instant::now();
-        if self.killed() {
-            lock(&self.after).entry(channel.to_owned()).or_insert(now);
+        if after {
+            if self.killed() {
+                lock(&self.after).entry(channel.to_owned()).or_insert(now);
+            }
         } else {
             lock(&self.before).insert(channel.to_owned());
         }
@@ -309,7 +322,10 @@ async fn fred_subscriber(
     tokio::spawn(async move {
         loop {
             match messages.recv().await {
-                Ok(message) => on_message.received(&message.channel),
+                Ok(message) => {
+                    let after = message.value.as_bytes() != Some(BEFORE.as_bytes());
+                    on_message.received(&message.channel, after);
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(count)) => {
                     on_message.dropped.fetch_add(count, Ordering::Relaxed);
                 }
@@ -372,8 +388,12 @@ async fn redis_rs_subscriber(
         while let Some(push) = pushes.recv().await {
             match push.kind {
                 redis::PushKind::SMessage | redis::PushKind::Message => {
-                    if let Some(redis::Value::BulkString(name)) = push.data.first() {
-                        receipts.received(&String::from_utf8_lossy(name));
+                    if let (Some(redis::Value::BulkString(name)), Some(payload)) =
+                        (push.data.first(), push.data.get(1))
+                    {
+                        let before = matches!(payload, redis::Value::BulkString(bytes)
+                            if bytes.as_slice() == BEFORE.as_bytes());
+                        receipts.received(&String::from_utf8_lossy(name), !before);
                     }
                 }
                 redis::PushKind::Disconnection => receipts.lost(),
@@ -436,11 +456,23 @@ async fn event_log_subscriber(
             }
             subscribed.store(true, Ordering::Relaxed);
             let opened = Instant::now();
-            while let Some(message) = connection.next().await {
-                match message {
-                    LiveMessage::Malformed { channel } => receipts.received(&channel),
-                    LiveMessage::Event { auction, .. } => {
-                        receipts.received(&format!("auction:{{{auction}}}:live"));
+            // Like the hub: a ping every second, bounded at 2 s; a failed
+            // one ends the connection.
+            let mut ping = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    message = connection.next() => match message {
+                        // The probe from before the kill is not a notice.
+                        Some(LiveMessage::Malformed { channel }) => receipts.received(&channel, false),
+                        Some(LiveMessage::Event { auction, .. }) => {
+                            receipts.received(&format!("auction:{{{auction}}}:live"), true);
+                        }
+                        None => break,
+                    },
+                    _ = ping.tick() => {
+                        if !matches!(tokio::time::timeout(STEP, connection.ping()).await, Ok(Ok(()))) {
+                            break;
+                        }
                     }
                 }
             }
@@ -453,10 +485,16 @@ async fn event_log_subscriber(
     Ok(Subscriber::EventLog(task))
 }
 
-/// Publishes `probe` to each channel once, through a cluster connection
+/// Publishes `payload` to each channel once, through a cluster connection
 /// made for this round (so it follows the current slot map); errors are
 /// left to the next round.
-async fn publish_round(seeds: &[(String, u16)], channels: &[String]) {
+///
+/// From a script that may write, as the project's notices are published
+/// by its write scripts: only a primary runs it. A bare `SPUBLISH` is also
+/// served by a replica, which would show subscriptions that reached the
+/// replica delivering while the shard has no primary, which no notice
+/// can do.
+async fn publish_round(seeds: &[(String, u16)], channels: &[String], payload: &str) {
     let round = async {
         let Ok(client) = redis_rs_client(seeds) else {
             return;
@@ -468,9 +506,11 @@ async fn publish_round(seeds: &[(String, u16)], channels: &[String]) {
             join_all(batch.iter().map(|channel| {
                 let mut conn = conn.clone();
                 async move {
-                    let _: redis::RedisResult<i64> = redis::cmd("SPUBLISH")
+                    let _: redis::RedisResult<i64> = redis::cmd("EVAL")
+                        .arg(PUBLISH_SCRIPT)
+                        .arg(1)
                         .arg(channel)
-                        .arg("probe")
+                        .arg(payload)
                         .query_async(&mut conn)
                         .await;
                 }
@@ -569,7 +609,7 @@ async fn trial(args: &Args) -> Result<Trial, BoxError> {
             )
             .into());
         }
-        publish_round(&seeds, &missing).await;
+        publish_round(&seeds, &missing, BEFORE).await;
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
 
@@ -638,7 +678,7 @@ async fn trial(args: &Args) -> Result<Trial, BoxError> {
         if missing.is_empty() && commands_done {
             break;
         }
-        publish_round(&seeds, &missing).await;
+        publish_round(&seeds, &missing, AFTER).await;
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
     stop.store(true, Ordering::Relaxed);
