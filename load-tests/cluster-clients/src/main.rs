@@ -80,9 +80,7 @@ fn parse_args() -> Result<Args, BoxError> {
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
-        let value = iter
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number: usize = value
             .parse()
             .map_err(|_| format!("{flag} {value:?} is not a number"))?;
@@ -603,11 +601,9 @@ async fn trial(args: &Args) -> Result<Trial, BoxError> {
             break;
         }
         if before.elapsed() > SETUP_BOUND {
-            return Err(format!(
-                "{} channels did not deliver before the kill",
-                missing.len()
-            )
-            .into());
+            return Err(
+                format!("{} channels did not deliver before the kill", missing.len()).into(),
+            );
         }
         publish_round(&seeds, &missing, BEFORE).await;
         tokio::time::sleep(PROBE_INTERVAL).await;
@@ -618,12 +614,10 @@ async fn trial(args: &Args) -> Result<Trial, BoxError> {
     tokio::time::timeout(SETUP_BOUND, fred_commands.init())
         .await
         .map_err(|_| "fred did not connect")??;
-    let redis_rs_commands = tokio::time::timeout(
-        SETUP_BOUND,
-        redis_rs_client(&seeds)?.get_async_connection(),
-    )
-    .await
-    .map_err(|_| "redis-rs did not connect")??;
+    let redis_rs_commands =
+        tokio::time::timeout(SETUP_BOUND, redis_rs_client(&seeds)?.get_async_connection())
+            .await
+            .map_err(|_| "redis-rs did not connect")??;
     let event_log_commands = connect_manager(&parse_redis_url(&url)?, || {})?;
     let killed_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let stop = Arc::new(AtomicBool::new(false));
@@ -692,7 +686,11 @@ async fn trial(args: &Args) -> Result<Trial, BoxError> {
                 .and_then(Result::ok)
                 .unwrap_or((None, 0));
         let after = lock(&receipt.after);
-        let back: Vec<Instant> = probed.iter().filter_map(|c| after.get(c)).copied().collect();
+        let back: Vec<Instant> = probed
+            .iter()
+            .filter_map(|c| after.get(c))
+            .copied()
+            .collect();
         outcomes.push(Outcome {
             command_recovery,
             command_errors,
