@@ -12,10 +12,13 @@
 //!   first successful `INCR` sent after it, and the errors seen meanwhile.
 //! - (b) each client's subscriber has `SSUBSCRIBE`d to the same channels
 //!   (10,000 by default, spread over the slots); after the kill, probes are
-//!   `SPUBLISH`ed every 200 ms to each channel of the killed primary's slots
-//!   that some client has not received yet; measured: time from the kill
-//!   until every such channel delivered a probe again, and whether the
-//!   client told the application that its subscription was lost.
+//!   `SPUBLISH`ed (from a script, so only a primary publishes them) every
+//!   200 ms to each channel of the killed primary's slots that some client
+//!   has not received yet; measured: time from the kill until every such
+//!   channel delivered a probe again, and whether the client told the
+//!   application that its subscription (or a node connection) was lost.
+//!
+//! Medians of an even count are the upper middle value.
 //!
 //! `cargo run --release -p cluster-clients -- [--runs 3] [--channels 10000]`.
 //! Needs `redis-server` and `redis-cli` on the PATH.
