@@ -419,7 +419,7 @@ impl Server {
         match opcode {
             0x1 => {}
             0x8 => return Err(()),
-            _ => return Ok(false),
+            _ => return Ok(true), // a ping or the like: read on
         }
         let key = b"\"auction\":\"";
         let at = find(&payload, key).ok_or(())? + key.len();
