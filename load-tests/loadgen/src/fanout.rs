@@ -14,6 +14,14 @@
 //!   and resumes from its last id, so the server's resume path is under
 //!   load while events flow;
 //! - many auctions: `--auctions A`, one subscription per auction.
+//!
+//! How clients read (`--reading`):
+//! - `batch` (the default): each read takes up to 16 KiB, whatever has
+//!   piled up since the client's task last ran;
+//! - `eager`: each read is sized to one message (the length of the last one
+//!   the client parsed), so a client reads as soon as its socket is
+//!   readable and takes one message per read, as a browser that keeps up
+//!   does; several queued messages cost several reads.
 
 use crate::proc_stats::{cpu_seconds, rss_bytes};
 use crate::target::{NCHAN_WS_PROTOCOL, Publisher, System, Target, Transport};
@@ -46,6 +54,7 @@ struct Shared {
     auctions: usize,
     /// Disconnect and resume after this many events (0: never).
     churn_every: usize,
+    reading: Reading,
     deadline: Instant,
 }
 
@@ -60,6 +69,41 @@ impl Shared {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+}
+
+/// How clients read their sockets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reading {
+    /// Up to 16 KiB a read.
+    Batch,
+    /// One message a read.
+    Eager,
+}
+
+impl Reading {
+    fn parse(text: &str) -> Result<Reading, String> {
+        match text {
+            "batch" => Ok(Reading::Batch),
+            "eager" => Ok(Reading::Eager),
+            _ => Err(format!("--reading: expected batch or eager, got {text:?}")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Reading::Batch => "batch",
+            Reading::Eager => "eager",
+        }
+    }
+
+    /// The next read's size: all of `chunk` (batch), or the last message's
+    /// length (eager).
+    fn read_size(self, chunk: usize, last_message: usize) -> usize {
+        match self {
+            Reading::Batch => chunk,
+            Reading::Eager => last_message.clamp(16, chunk),
+        }
     }
 }
 
@@ -115,6 +159,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     let events: usize = args.get("events", 1000)?;
     let rate: f64 = args.get("rate", 0.0)?; // events per second; 0 = as fast as possible
     let churn_every: usize = args.get("churn-every", 0)?;
+    let reading = Reading::parse(&args.text("reading", "batch"))?;
     let settle_ms: u64 = args.get("settle-ms", 2000)?;
     let timeout_s: u64 = args.get("timeout-s", 120)?;
     let server = Server(args.list("pids", &args.text("edge-pid", ""))?);
@@ -133,6 +178,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
             Publisher::ours(&redis_url)?
         }
         System::Nchan => Publisher::nchan(&server_url, transport)?,
+        System::Floor => Publisher::floor(&addr).await?,
     };
     let run_id = std::process::id();
     let auctions: Vec<String> = (0..auction_count)
@@ -149,6 +195,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         events,
         auctions: auction_count,
         churn_every,
+        reading,
         deadline: Instant::now() + Duration::from_secs(timeout_s),
     });
     let target = Target { system, addr };
@@ -194,6 +241,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         }
     );
     println!("clients               {clients}");
+    println!("reading               {}", reading.name());
     println!("auctions              {auction_count}");
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
         println!("server_rss_mib        {:.1}", after as f64 / 1048576.0);
@@ -431,6 +479,9 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let reading = shared.events > 0;
     let mut buffer = Vec::with_capacity(if reading { 16 * 1024 } else { 0 });
     let mut chunk = vec![0u8; if reading { 16 * 1024 } else { 256 }];
+    // Eager reading: the head and the first message are read 256 bytes at
+    // a time, then one message's length at a time.
+    let mut last_message = 256;
     let path = watch.target.sse_path(&watch.auction);
     while Instant::now() < shared.deadline && !result.done(shared) {
         let Ok(mut stream) = TcpStream::connect(&watch.target.addr).await else {
@@ -454,7 +505,9 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
         let mut this_connection = 0;
         let ended = 'read: loop {
             let remaining = shared.deadline.saturating_duration_since(Instant::now());
-            let read = match tokio::time::timeout(remaining, stream.read(&mut chunk)).await {
+            let size = shared.reading.read_size(chunk.len(), last_message);
+            let read = match tokio::time::timeout(remaining, stream.read(&mut chunk[..size])).await
+            {
                 Ok(Ok(0)) | Ok(Err(_)) => break Ended::Dropped,
                 Err(_) => break Ended::Done,
                 Ok(Ok(read)) => read,
@@ -487,6 +540,7 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
             while let Some(end) = find(&buffer[consumed..], b"\n\n") {
                 let message = &buffer[consumed..consumed + end];
                 consumed += end + 2;
+                last_message = end + 2;
                 // A bid is an `event: bid`, or an unnamed message (nchan
                 // names it only when asked; our `init` is named).
                 let event = line_value(message, b"event: ");
@@ -524,6 +578,7 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let reading = shared.events > 0;
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; if reading { 16 * 1024 } else { 256 }];
+    let mut last_message = 256;
     while Instant::now() < shared.deadline && !result.done(shared) {
         let Ok(mut request) = watch
             .target
@@ -559,7 +614,9 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
         let mut this_connection = 0;
         let ended = 'read: loop {
             let remaining = shared.deadline.saturating_duration_since(Instant::now());
-            let read = match tokio::time::timeout(remaining, stream.read(&mut chunk)).await {
+            let size = shared.reading.read_size(chunk.len(), last_message);
+            let read = match tokio::time::timeout(remaining, stream.read(&mut chunk[..size])).await
+            {
                 Ok(Ok(0)) | Ok(Err(_)) => break Ended::Dropped,
                 Err(_) => break Ended::Done,
                 Ok(Ok(read)) => read,
@@ -570,6 +627,7 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
             while let Some((opcode, start, end)) = server_frame(&buffer[consumed..]) {
                 let payload = &buffer[consumed + start..consumed + end];
                 consumed += end;
+                last_message = end;
                 match opcode {
                     0x1 => {
                         if payload.starts_with(b"{\"type\":\"init\"") {

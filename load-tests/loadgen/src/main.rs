@@ -3,8 +3,8 @@
 //! - `bids`: accepted bids per second through the bidder's HTTP API, with
 //!   latency percentiles (one auction per worker, strictly increasing bids);
 //! - `sse` / `ws`: N SSE or WebSocket clients over A auctions, against this
-//!   project's edges or nginx+nchan; M events published at a given rate;
-//!   deliveries/s, delivery latency percentiles (HDR histogram), missing
+//!   project's edges, nginx+nchan or the floor server; M events published
+//!   at a given rate; deliveries/s, delivery latency percentiles (HDR histogram), missing
 //!   and duplicated events, resumes, and the server's CPU and RSS from
 //!   /proc. `scripts/bench` drives it.
 
@@ -19,11 +19,16 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   loadgen bids --url URL --token TOKEN [--concurrency N] [--seconds S]
-  loadgen sse|ws --server URL [--system ours|nchan] [--redis URL]
+  loadgen sse|ws --server URL [--system ours|nchan|floor] [--redis URL]
                  [--clients N] [--auctions A] [--events M] [--rate R]
-                 [--churn-every K] [--pids PID,PID..] [--settle-ms MS] [--timeout-s S]
+                 [--churn-every K] [--reading batch|eager]
+                 [--pids PID,PID..] [--settle-ms MS] [--timeout-s S]
     --system ours: --server is an sse-edge or ws-edge, events go into --redis;
     --system nchan: --server is nginx+nchan (/pub/ID, /sub/ID);
+    --system floor: --server is load-tests/floor (events on its control
+      connection, no Redis, no resume);
+    --reading batch: each client read takes up to 16 KiB; eager: one
+      message per read, on every readiness;
     --events 0: idle connections, reports RSS per connection;
     --rate 0: publish as fast as the server takes events;
     --churn-every K: each client hangs up after K events and resumes;

@@ -1,5 +1,6 @@
-//! The system under test: this project's edges, or nginx with the nchan
-//! module (the peer the benchmark compares against), and how each one is
+//! The system under test: this project's edges, nginx with the nchan
+//! module (the peer the benchmark compares against), or the floor (the
+//! least a server can do: `load-tests/floor`), and how each one is
 //! published to, subscribed to and resumed.
 //!
 //! Both systems carry the same bytes to the client, so the comparison is of
@@ -24,6 +25,9 @@ pub enum System {
     /// nginx + nchan with Redis storage; events published with HTTP POST to
     /// `/pub/{channel}`, subscribed at `/sub/{channel}`.
     Nchan,
+    /// The floor server: subscribed like our edges, events written one a
+    /// line on its control connection (no Redis), no resume.
+    Floor,
 }
 
 impl System {
@@ -31,7 +35,10 @@ impl System {
         match text {
             "ours" => Ok(System::Ours),
             "nchan" => Ok(System::Nchan),
-            _ => Err(format!("--system: expected ours or nchan, got {text:?}")),
+            "floor" => Ok(System::Floor),
+            _ => Err(format!(
+                "--system: expected ours, nchan or floor, got {text:?}"
+            )),
         }
     }
 
@@ -39,6 +46,7 @@ impl System {
         match self {
             System::Ours => "ours",
             System::Nchan => "nchan",
+            System::Floor => "floor",
         }
     }
 }
@@ -59,7 +67,7 @@ impl Target {
     /// The SSE request path for `auction`.
     pub fn sse_path(&self, auction: &str) -> String {
         match self.system {
-            System::Ours => format!("/auctions/{auction}/events"),
+            System::Ours | System::Floor => format!("/auctions/{auction}/events"),
             System::Nchan => format!("/sub/{auction}"),
         }
     }
@@ -67,7 +75,7 @@ impl Target {
     /// The WebSocket URL; nchan takes the resume point in the URL.
     pub fn ws_url(&self, auction: &str, last_id: &str) -> String {
         match self.system {
-            System::Ours => format!("ws://{}/ws", self.addr),
+            System::Ours | System::Floor => format!("ws://{}/ws", self.addr),
             System::Nchan if last_id.is_empty() => format!("ws://{}/sub/{auction}", self.addr),
             System::Nchan => format!("ws://{}/sub/{auction}?last_event_id={last_id}", self.addr),
         }
@@ -77,10 +85,10 @@ impl Target {
     pub fn ws_subscribe(&self, auction: &str, last_id: &str) -> Option<String> {
         match self.system {
             System::Nchan => None,
-            System::Ours if last_id.is_empty() => {
+            System::Ours | System::Floor if last_id.is_empty() => {
                 Some(format!(r#"{{"type":"subscribe","auction":"{auction}"}}"#))
             }
-            System::Ours => Some(format!(
+            System::Ours | System::Floor => Some(format!(
                 r#"{{"type":"subscribe","auction":"{auction}","last_id":"{last_id}"}}"#
             )),
         }
@@ -89,7 +97,7 @@ impl Target {
     /// The event id carried by a WebSocket text frame.
     pub fn ws_event_id<'a>(&self, payload: &'a [u8]) -> Option<&'a [u8]> {
         match self.system {
-            System::Ours => crate::wire::field_text(payload, b"\"id\":\""),
+            System::Ours | System::Floor => crate::wire::field_text(payload, b"\"id\":\""),
             System::Nchan => crate::wire::line_value(payload, b"id: "),
         }
     }
@@ -105,6 +113,10 @@ pub enum Publisher {
         http: reqwest::Client,
         base: String,
         transport: Transport,
+    },
+    /// One line per event, `{auction} {bid JSON}\n`, each answered `ok\n`.
+    Floor {
+        control: tokio::sync::Mutex<tokio::net::TcpStream>,
     },
 }
 
@@ -132,6 +144,21 @@ impl Publisher {
             http,
             base: base.trim_end_matches('/').to_owned(),
             transport,
+        })
+    }
+
+    pub async fn floor(addr: &str) -> Result<Publisher, String> {
+        use tokio::io::AsyncWriteExt;
+        let mut control = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("floor control {addr}: {e}"))?;
+        control.set_nodelay(true).map_err(|e| e.to_string())?;
+        control
+            .write_all(b"POST /control HTTP/1.1\r\nHost: floor\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Publisher::Floor {
+            control: tokio::sync::Mutex::new(control),
         })
     }
 
@@ -167,17 +194,32 @@ impl Publisher {
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
+            Publisher::Floor { control } => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let line = format!("{auction} {}\n", bid_json(auction, amount));
+                let mut control = control.lock().await;
+                control
+                    .write_all(line.as_bytes())
+                    .await
+                    .map_err(|e| format!("floor publish: {e}"))?;
+                let mut ack = [0u8; 3];
+                control
+                    .read_exact(&mut ack)
+                    .await
+                    .map_err(|e| format!("floor publish: {e}"))?;
+                if &ack == b"ok\n" {
+                    Ok(())
+                } else {
+                    Err(format!("floor publish answered {ack:?}"))
+                }
+            }
             Publisher::Nchan {
                 http,
                 base,
                 transport,
             } => {
-                let placed_at = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis());
-                let bid = format!(
-                    r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","bidder_id":"sim_bench","placed_at":{placed_at},"source":"simulated"}}"#
-                );
+                let bid = bid_json(auction, amount);
+                let placed_at = field_placed_at(&bid);
                 let body = match transport {
                     Transport::Sse => bid,
                     // Same shape and length as ws-edge's frame; the id is a
@@ -202,6 +244,20 @@ impl Publisher {
             }
         }
     }
+}
+
+/// The bid JSON our edges carry for a simulated bid of `amount`.
+fn bid_json(auction: &str, amount: u64) -> String {
+    let placed_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!(
+        r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","bidder_id":"sim_bench","placed_at":{placed_at},"source":"simulated"}}"#
+    )
+}
+
+fn field_placed_at(bid: &str) -> u64 {
+    crate::wire::field_number(bid.as_bytes(), b"\"placed_at\":").unwrap_or(0)
 }
 
 #[cfg(test)]
