@@ -394,8 +394,9 @@ fn parse_node_line(line: &str) -> Option<NodeInfo> {
     Some(NodeInfo {
         id,
         port,
-        primary: flags.contains("master"),
-        failed: flags.contains("fail") && !flags.contains("fail?"),
+        primary: flags.split(',').any(|flag| flag == "master"),
+        // Not `fail?` (suspected by one node only), nor `nofailover`.
+        failed: flags.split(',').any(|flag| flag == "fail"),
         slots,
     })
 }
