@@ -18,7 +18,7 @@ mod service;
 
 pub use nginx::Nginx;
 pub use redis_cluster::{NodeInfo, RedisCluster};
-pub use redis_server::{Entry, RedisServer, TestRedis, id_pair};
+pub use redis_server::{Entry, RedisServer, TestRedis, TestRedisProcesses, id_pair};
 pub use seen::Seen;
 pub use service::{ServiceProcess, binary_path, run_to_exit};
 

@@ -3,7 +3,7 @@
 //! `redis-cli --cluster create ... --cluster-replicas 1`: three primaries,
 //! each with one replica.
 
-use crate::redis_server::{Entry, TestRedis};
+use crate::redis_server::{Entry, TestRedis, TestRedisProcesses, remove_data};
 use crate::wait_for;
 use redis::cluster::ClusterClient;
 use std::net::TcpListener;
@@ -348,6 +348,40 @@ impl RedisCluster {
     }
 }
 
+impl RedisCluster {
+    /// Sends a signal (`STOP`, `CONT`) to the running node on `port`.
+    fn signal(&self, port: u16, name: &str) {
+        let pid = self
+            .nodes
+            .iter()
+            .find(|node| node.port == port)
+            .and_then(|node| node.child.as_ref())
+            .expect("a running node of this cluster")
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Whether replicas may take over a failed primary
+    /// (`cluster-replica-no-failover` on every running node). Held, a
+    /// primary that is down stays the owner of its slots until it is back.
+    fn allow_failover(&self, allowed: bool) {
+        let value = if allowed { "no" } else { "yes" };
+        for port in self.live_ports() {
+            if let Err(error) = self.command(
+                port,
+                &["CONFIG", "SET", "cluster-replica-no-failover", value],
+            ) {
+                panic!("CONFIG SET cluster-replica-no-failover on {port}: {error}");
+            }
+        }
+    }
+}
+
 impl TestRedis for RedisCluster {
     fn url(&self) -> String {
         RedisCluster::url(self)
@@ -355,6 +389,62 @@ impl TestRedis for RedisCluster {
 
     fn stream(&self, auction: &str) -> Vec<Entry> {
         RedisCluster::stream(self, auction)
+    }
+
+    fn on_owner(&self, auction: &str, args: &[&str]) -> redis::Value {
+        let port = self.primary_of_auction(auction).port;
+        self.command(port, args)
+            .unwrap_or_else(|error| panic!("{} on {port}: {error}", args[0]))
+    }
+
+    fn pause_owner(&self, auction: &str) {
+        self.signal(self.primary_of_auction(auction).port, "STOP");
+    }
+
+    fn unpause(&self) {
+        for port in self.live_ports() {
+            self.signal(port, "CONT");
+        }
+    }
+}
+
+/// A node's restart here is in place: replicas are held from taking over
+/// meanwhile, so the primary comes back as the owner of its slots (a
+/// failover is what the cluster's own tests take apart).
+impl TestRedisProcesses for RedisCluster {
+    fn crash_and_restart_owner(&mut self, auction: &str, while_down: &mut dyn FnMut()) {
+        let port = self.primary_of_auction(auction).port;
+        self.allow_failover(false);
+        self.kill(port);
+        while_down();
+        self.restart(port);
+        self.wait_until_healthy(Duration::from_secs(30));
+        self.allow_failover(true);
+    }
+
+    fn restart_owners_empty(&mut self, auctions: &[&str]) {
+        let mut ports: Vec<u16> = auctions
+            .iter()
+            .map(|auction| self.primary_of_auction(auction).port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        self.allow_failover(false);
+        for &port in &ports {
+            self.kill(port);
+        }
+        for &port in &ports {
+            let node = self
+                .nodes
+                .iter()
+                .find(|node| node.port == port)
+                .expect("a node of this cluster");
+            // Its place in the cluster stays; its data goes.
+            remove_data(node.dir.path(), |name| name == "nodes.conf");
+            self.restart(port);
+        }
+        self.wait_until_healthy(Duration::from_secs(30));
+        self.allow_failover(true);
     }
 }
 
@@ -394,8 +484,9 @@ fn parse_node_line(line: &str) -> Option<NodeInfo> {
     Some(NodeInfo {
         id,
         port,
-        primary: flags.contains("master"),
-        failed: flags.contains("fail") && !flags.contains("fail?"),
+        primary: flags.split(',').any(|flag| flag == "master"),
+        // Not `fail?` (suspected by one node only), nor `nofailover`.
+        failed: flags.split(',').any(|flag| flag == "fail"),
         slots,
     })
 }

@@ -126,20 +126,7 @@ impl RedisServer {
     /// a disk loss or a failover to a replica that had nothing.
     pub fn restart_empty(&mut self) {
         self.kill();
-        for entry in std::fs::read_dir(self.dir.path()).expect("read the data dir") {
-            let path = entry.expect("dir entry").path();
-            let keep = path
-                .file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("tls."));
-            if keep {
-                continue;
-            }
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path).expect("remove data");
-            } else {
-                std::fs::remove_file(&path).expect("remove data");
-            }
-        }
+        remove_data(self.dir.path(), |name| name.starts_with("tls."));
         let child = wait_for("redis-server to restart", Duration::from_secs(10), || {
             spawn(self.port, self.dir.path(), self.tls)
         });
@@ -164,6 +151,25 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Removes everything in a stopped server's directory but the files
+/// `keep` names: its data (the append-only files) is lost.
+pub(crate) fn remove_data(dir: &Path, keep: impl Fn(&str) -> bool) {
+    for entry in std::fs::read_dir(dir).expect("read the data dir") {
+        let path = entry.expect("dir entry").path();
+        if path
+            .file_name()
+            .is_some_and(|name| keep(&name.to_string_lossy()))
+        {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove data");
+        } else {
+            std::fs::remove_file(&path).expect("remove data");
+        }
     }
 }
 
@@ -233,40 +239,9 @@ impl RedisServer {
             .expect("connect to the test redis-server")
     }
 
-    /// How many times the server has run `command` (lower case, as in
-    /// `INFO commandstats`: `xrange`) since it started.
-    pub fn command_calls(&self, command: &str) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.connection())
-            .expect("INFO commandstats");
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse().expect("a count of calls"))
-    }
-
     /// Every entry of `auction`'s stream, oldest first.
     pub fn stream(&self, auction: &str) -> Vec<Entry> {
         read_stream(&mut self.connection(), auction)
-    }
-
-    /// Appends an event to `auction`'s stream and chain atomically, but
-    /// publishes no notice: a notice lost on the way, as edges see it.
-    /// Returns the new id.
-    pub fn append_without_notice(&self, auction: &str) -> String {
-        redis::Script::new(
-            "local prev = redis.call('HGET', KEYS[1], 'last_id') or '0-0'
-             local id = redis.call('XADD', KEYS[2], '*', 'kind', 'bid', 'data', '{}',
-               'prev', prev, 'at', '0', 'tp', '')
-             redis.call('HSET', KEYS[1], 'last_id', id)
-             return id",
-        )
-        .key(format!("auction:{{{auction}}}"))
-        .key(format!("auction:{{{auction}}}:events"))
-        .invoke(&mut self.connection())
-        .expect("append without a notice")
     }
 
     /// The ids of `auction`'s stream strictly after `after` and up to and
@@ -315,6 +290,79 @@ pub trait TestRedis: Sync {
             (newer.len() >= more).then(|| newer[newer.len() - 1].id.clone())
         })
     }
+
+    /// Runs one command on the node holding `auction`'s keys (the one
+    /// server, or the primary serving the auction's slot) and returns its
+    /// reply.
+    fn on_owner(&self, auction: &str, args: &[&str]) -> redis::Value;
+
+    /// Freezes (SIGSTOP) the node holding `auction`'s keys: its connections
+    /// stay open and nothing is answered, as with a hung server.
+    fn pause_owner(&self, auction: &str);
+
+    /// Unfreezes (SIGCONT) whatever [`pause_owner`](Self::pause_owner)
+    /// froze.
+    fn unpause(&self);
+
+    /// How many times the node holding `auction`'s keys has run `command`
+    /// (lower case, as in `INFO commandstats`: `xrange`) since it started.
+    fn command_calls(&self, auction: &str, command: &str) -> u64 {
+        let info: String =
+            redis::from_redis_value(self.on_owner(auction, &["INFO", "commandstats"]))
+                .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().expect("a count of calls"))
+    }
+
+    /// Appends an event to `auction`'s stream and chain atomically, but
+    /// publishes no notice: a notice lost on the way, as edges see it.
+    /// Returns the new id.
+    fn append_without_notice(&self, auction: &str) -> String {
+        let (chain, events) = (
+            format!("auction:{{{auction}}}"),
+            format!("auction:{{{auction}}}:events"),
+        );
+        let reply = self.on_owner(
+            auction,
+            &[
+                "EVAL",
+                "local prev = redis.call('HGET', KEYS[1], 'last_id') or '0-0'
+                 local id = redis.call('XADD', KEYS[2], '*', 'kind', 'bid', 'data', '{}',
+                   'prev', prev, 'at', '0', 'tp', '')
+                 redis.call('HSET', KEYS[1], 'last_id', id)
+                 return id",
+                "2",
+                &chain,
+                &events,
+            ],
+        );
+        redis::from_redis_value(reply).expect("append without a notice")
+    }
+
+    /// Deletes (XDEL) the event `id` from `auction`'s stream, leaving a
+    /// hole; whether it was there.
+    fn delete_event(&self, auction: &str, id: &str) -> bool {
+        let events = format!("auction:{{{auction}}}:events");
+        let deleted: i64 =
+            redis::from_redis_value(self.on_owner(auction, &["XDEL", &events, id])).expect("XDEL");
+        deleted == 1
+    }
+}
+
+/// What a test does to the Redis processes themselves; it needs them
+/// owned, not shared.
+pub trait TestRedisProcesses: TestRedis {
+    /// The node holding `auction`'s keys crashes (SIGKILL); `while_down`
+    /// runs; then the node starts again on its port with its data and
+    /// serves what it served before.
+    fn crash_and_restart_owner(&mut self, auction: &str, while_down: &mut dyn FnMut());
+
+    /// The nodes holding `auctions`' keys start again on their ports
+    /// without their data: they serve what they served before, empty.
+    fn restart_owners_empty(&mut self, auctions: &[&str]);
 }
 
 /// A reference serves wherever the thing does.
@@ -326,6 +374,18 @@ impl<T: TestRedis + ?Sized> TestRedis for &T {
     fn stream(&self, auction: &str) -> Vec<Entry> {
         (**self).stream(auction)
     }
+
+    fn on_owner(&self, auction: &str, args: &[&str]) -> redis::Value {
+        (**self).on_owner(auction, args)
+    }
+
+    fn pause_owner(&self, auction: &str) {
+        (**self).pause_owner(auction);
+    }
+
+    fn unpause(&self) {
+        (**self).unpause();
+    }
 }
 
 impl TestRedis for RedisServer {
@@ -335,6 +395,35 @@ impl TestRedis for RedisServer {
 
     fn stream(&self, auction: &str) -> Vec<Entry> {
         RedisServer::stream(self, auction)
+    }
+
+    fn on_owner(&self, _auction: &str, args: &[&str]) -> redis::Value {
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.connection())
+            .unwrap_or_else(|error| panic!("{}: {error}", args[0]))
+    }
+
+    fn pause_owner(&self, _auction: &str) {
+        self.pause();
+    }
+
+    fn unpause(&self) {
+        RedisServer::unpause(self);
+    }
+}
+
+impl TestRedisProcesses for RedisServer {
+    fn crash_and_restart_owner(&mut self, _auction: &str, while_down: &mut dyn FnMut()) {
+        self.kill();
+        while_down();
+        self.restart();
+    }
+
+    fn restart_owners_empty(&mut self, _auctions: &[&str]) {
+        self.restart_empty();
     }
 }
 

@@ -5,15 +5,17 @@
 //! The events come from the bidder's simulator (one bid per interval on a
 //! simulated auction), so the cases exercise the edges, not the bid API.
 //!
-//! The cases that do not take Redis itself apart run twice: on one node and
-//! on a Redis Cluster (3 primaries + 3 replicas, sharded notices).
+//! Every case runs twice: on one node and on a Redis Cluster (3 primaries +
+//! 3 replicas, sharded notices). What a case does to Redis itself it does,
+//! on the cluster, to the primary holding the auction's keys.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 use test_support::conn::{Conn, Received, Transport};
 use test_support::{
-    RedisCluster, RedisServer, ServiceProcess, TestRedis, bidder_env, id_pair, wait_for,
+    RedisCluster, RedisServer, ServiceProcess, TestRedis, TestRedisProcesses, bidder_env, id_pair,
+    wait_for,
 };
 
 const QUIET: Duration = Duration::from_secs(10);
@@ -170,7 +172,19 @@ async fn hop_case(redis: &impl TestRedis) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_transports_ride_out_a_redis_restart_with_nothing_lost() {
-    let mut redis = RedisServer::start();
+    restart_case(RedisServer::start()).await;
+}
+
+/// On a cluster, the Redis restart an operator meets is a node's: the
+/// primary serving the auction's slot crashes (SIGKILL) and its supervisor
+/// starts it again with its data, before a replica takes over (a failover
+/// is the hop's and the cluster tests' case). Every other node stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_ride_out_a_redis_restart_with_nothing_lost_on_a_cluster() {
+    restart_case(RedisCluster::start()).await;
+}
+
+async fn restart_case(mut redis: impl TestRedisProcesses) {
     let _bidder = simulator(&redis, "rr", 10);
     redis.wait_for_more("rr", "0-0", 1);
     let sse = start_edge(Transport::Sse, &redis, &[]);
@@ -184,11 +198,11 @@ async fn both_transports_ride_out_a_redis_restart_with_nothing_lost() {
         conns.push((transport, conn, seen));
     }
     tokio::task::block_in_place(|| {
-        redis.kill();
-        wait_for("both edges to notice", Duration::from_secs(10), || {
-            (sse.answers("/readyz", 503) && ws.answers("/readyz", 503)).then_some(())
+        redis.crash_and_restart_owner("rr", &mut || {
+            wait_for("both edges to notice", Duration::from_secs(10), || {
+                (sse.answers("/readyz", 503) && ws.answers("/readyz", 503)).then_some(())
+            });
         });
-        redis.restart();
     });
     let target = redis.wait_for_more("rr", &redis.head("rr"), 10);
     for (transport, mut conn, mut seen) in conns {
@@ -206,7 +220,15 @@ async fn both_transports_ride_out_a_redis_restart_with_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_middle_of_a_replay_restarts_the_view_on_both_transports() {
-    let redis = RedisServer::start();
+    gap_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_middle_of_a_replay_restarts_the_view_on_both_transports_on_a_cluster() {
+    gap_case(&RedisCluster::start()).await;
+}
+
+async fn gap_case(redis: &impl TestRedis) {
     let mut bidder = simulator(&redis, "gap", 2);
     redis.wait_for_more("gap", "0-0", 420);
     bidder.kill(); // a still stream: the case is exact
@@ -215,11 +237,7 @@ async fn a_gap_in_the_middle_of_a_replay_restarts_the_view_on_both_transports() 
     // The 300th event after the resume point disappears: the replay's
     // second read (256 events each) meets the hole.
     let hole = &ids[from + 300];
-    assert!(
-        redis
-            .command(&format!("XDEL auction:{{gap}}:events {hole}"))
-            .contains(":1")
-    );
+    assert!(redis.delete_event("gap", hole));
     let mut outcomes = Vec::new();
     for transport in Transport::BOTH {
         let edge = start_edge(transport, &redis, &[]);
@@ -264,7 +282,15 @@ async fn a_gap_in_the_middle_of_a_replay_restarts_the_view_on_both_transports() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_notice_is_recovered_for_a_client_that_is_replaying() {
-    let redis = RedisServer::start();
+    lost_notice_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_notice_is_recovered_for_a_client_that_is_replaying_on_a_cluster() {
+    lost_notice_case(&RedisCluster::start()).await;
+}
+
+async fn lost_notice_case(redis: &impl TestRedis) {
     let _bidder = simulator(&redis, "lost", 5);
     let start = redis.wait_for_more("lost", "0-0", 300);
     for transport in Transport::BOTH {
@@ -470,9 +496,17 @@ async fn garbled_case(redis: &impl TestRedis) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid() {
+    closing_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid_on_a_cluster() {
+    closing_case(&RedisCluster::start()).await;
+}
+
+async fn closing_case(redis: &impl TestRedis) {
     use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
     use event_log::{AuctionSpec, EventLog};
-    let redis = RedisServer::start();
     // The bidder only closes auctions here (no simulator).
     let _closer = ServiceProcess::start(
         "bidder",
@@ -554,7 +588,20 @@ async fn sent_away(conn: &mut Conn) -> Vec<Received> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_gone() {
-    let mut redis = RedisServer::start();
+    empty_case(RedisServer::start()).await;
+}
+
+/// On a cluster, the primaries serving the auctions' slots come back empty:
+/// restarted by their supervisor after their data was lost (a primary
+/// without persistence, or on a volume that did not survive), before any
+/// replica took over. They keep their place in the cluster and their slots,
+/// and their replicas resync from them, empty too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_gone_on_a_cluster() {
+    empty_case(RedisCluster::start()).await;
+}
+
+async fn empty_case(mut redis: impl TestRedisProcesses) {
     let _bidder = simulator(&redis, "phoenix", 10);
     redis.wait_for_more("phoenix", "0-0", 5);
     test_support::auctions::create(&redis.url(), &["ghost".into()], 3_600_000).await;
@@ -576,7 +623,7 @@ async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_g
         watching.push((transport, edge, ghost, phoenix, last));
     }
     tokio::task::block_in_place(|| {
-        redis.restart_empty();
+        redis.restart_owners_empty(&["phoenix", "ghost"]);
         // The simulator starts its auction again: a new stream, same name.
         redis.wait_for_more("phoenix", "0-0", 3);
     });
@@ -617,7 +664,15 @@ async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_g
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_are_counted_across_replicas_and_transports() {
-    let redis = RedisServer::start();
+    viewers_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_are_counted_across_replicas_and_transports_on_a_cluster() {
+    viewers_case(&RedisCluster::start()).await;
+}
+
+async fn viewers_case(redis: &impl TestRedis) {
     let _bidder = simulator(&redis, "watched", 200);
     redis.wait_for_more("watched", "0-0", 1);
     let fast = [("AUCTION_VIEWERS_INTERVAL_MS", "200")];
@@ -656,21 +711,19 @@ async fn viewers_are_counted_across_replicas_and_transports() {
     );
 }
 
-/// `cmdstat_exec` calls so far: each fresh `init` read from Redis is one
-/// MULTI/EXEC.
-fn exec_calls(redis: &RedisServer) -> u64 {
-    let stats = redis.command("INFO commandstats");
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_exec:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_clients_of_a_quiet_auction_share_one_init() {
+    quiet_case(&RedisServer::start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fresh_clients_of_a_quiet_auction_share_one_init() {
-    let redis = RedisServer::start();
+async fn fresh_clients_of_a_quiet_auction_share_one_init_on_a_cluster() {
+    quiet_case(&RedisCluster::start()).await;
+}
+
+/// Each fresh `init` read from Redis is one MULTI/EXEC on the node holding
+/// the auction: counted there.
+async fn quiet_case(redis: &impl TestRedis) {
     test_support::auctions::create(&redis.url(), &["quiet".into()], 3_600_000).await;
     for transport in Transport::BOTH {
         let edge = start_edge(transport, &redis, &[]);
@@ -678,7 +731,7 @@ async fn fresh_clients_of_a_quiet_auction_share_one_init() {
         let Some(Received::Init { id, reset: false }) = first.next(QUIET).await else {
             panic!("{transport:?}: an init");
         };
-        let before = exec_calls(&redis);
+        let before = redis.command_calls("quiet", "exec");
         let mut clients = Vec::new();
         for _ in 0..100 {
             let mut conn = Conn::open(transport, edge.addr, "quiet", None, None).await;
@@ -693,7 +746,7 @@ async fn fresh_clients_of_a_quiet_auction_share_one_init() {
             clients.push(conn);
         }
         assert_eq!(
-            exec_calls(&redis) - before,
+            redis.command_calls("quiet", "exec") - before,
             0,
             "{transport:?}: 100 fresh clients read no snapshot of their own"
         );

@@ -8,12 +8,16 @@
 //! and the test lets Redis go once the edge reports every other client
 //! waiting for that read. The freeze stays well under the edge's Redis
 //! response timeout (2 s), so nothing times out.
+//!
+//! On a Redis Cluster only the primary holding the auction is frozen, and
+//! the freeze stays under the cluster's node timeout too (2 s), so no other
+//! node takes it for failed; the reads are counted on that primary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 use test_support::conn::{Conn, Received, Transport};
-use test_support::{RedisServer, ServiceProcess, id_pair};
+use test_support::{RedisCluster, RedisServer, ServiceProcess, TestRedis, id_pair};
 
 /// Clients in the storm.
 const CLIENTS: usize = 1000;
@@ -24,16 +28,25 @@ const FREEZE: Duration = Duration::from_millis(1500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sse_clients_resuming_from_the_same_old_id_cost_one_stream_read() {
-    storm(Transport::Sse).await;
+    storm(Transport::Sse, &RedisServer::start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_ws_clients_resuming_from_the_same_old_id_cost_one_stream_read() {
-    storm(Transport::Ws).await;
+    storm(Transport::Ws, &RedisServer::start()).await;
 }
 
-async fn storm(transport: Transport) {
-    let redis = RedisServer::start();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sse_clients_resuming_from_the_same_old_id_cost_one_stream_read_on_a_cluster() {
+    storm(Transport::Sse, &RedisCluster::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_ws_clients_resuming_from_the_same_old_id_cost_one_stream_read_on_a_cluster() {
+    storm(Transport::Ws, &RedisCluster::start()).await;
+}
+
+async fn storm(transport: Transport, redis: &impl TestRedis) {
     test_support::auctions::create(&redis.url(), &["storm".into()], 3_600_000).await;
     let resume_from = redis.append_without_notice("storm");
     let mut head = resume_from.clone();
@@ -58,13 +71,13 @@ async fn storm(transport: Transport) {
         "{init:?}"
     );
 
-    let reads_before = redis.command_calls("xrange");
+    let reads_before = redis.command_calls("storm", "xrange");
     let shared = format!(
         "auction_replay_reads_shared_total{{transport=\"{}\"}}",
         transport.label()
     );
     let shared_before = edge.metric(&shared);
-    redis.pause();
+    redis.pause_owner("storm");
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (addr, resume_from, head) = (edge.addr, resume_from.clone(), head.clone());
@@ -110,7 +123,7 @@ async fn storm(transport: Transport) {
             .unwrap_or_else(|(ids, last)| panic!("after {} events: {last:?}", ids.len()));
         assert_eq!(ids, expected, "exactly the events after the id, in order");
     }
-    let reads = redis.command_calls("xrange") - reads_before;
+    let reads = redis.command_calls("storm", "xrange") - reads_before;
     println!(
         "{} clients of {}: all waiting after {arrived_in:?}; {reads} stream read(s)",
         CLIENTS,
