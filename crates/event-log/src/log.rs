@@ -837,21 +837,12 @@ impl EventLog {
         after: EventId,
         count: usize,
     ) -> Result<Vec<Event>, LogError> {
-        let mut conn = self.conn.clone();
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(keys::stream_key(auction))
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await?;
-        reply.ids.iter().map(stream_event).collect()
+        self.range(auction, format!("({after}"), count).await
     }
 
     /// Up to `count` events from `from` on, `from` itself included when the
     /// stream holds it, oldest first: one read that both tells whether the
-    /// stream held `from` (see [`holds`](Self::holds)) and starts the events
+    /// stream held `from` and starts the events
     /// after it.
     pub async fn read_from(
         &self,
@@ -859,46 +850,26 @@ impl EventLog {
         from: EventId,
         count: usize,
     ) -> Result<Vec<Event>, LogError> {
+        self.range(auction, from.to_string(), count).await
+    }
+
+    /// Up to `count` events from `start` (an `XRANGE` bound) on, oldest first.
+    async fn range(
+        &self,
+        auction: &AuctionId,
+        start: String,
+        count: usize,
+    ) -> Result<Vec<Event>, LogError> {
         let mut conn = self.conn.clone();
         let reply: StreamRangeReply = redis::cmd("XRANGE")
             .arg(keys::stream_key(auction))
-            .arg(from.to_string())
+            .arg(start)
             .arg("+")
             .arg("COUNT")
             .arg(count)
             .query_async(&mut conn)
             .await?;
         reply.ids.iter().map(stream_event).collect()
-    }
-
-    /// Whether this auction's stream held `id`, so that the events after
-    /// it are exactly what a client that saw `id` missed: `id` is one of the
-    /// stream's events, or the one just before its oldest retained event.
-    /// An id from another stream (another auction's, or this one's before
-    /// Redis lost its data) is not held even when it sorts inside the
-    /// retained range.
-    pub async fn holds(&self, auction: &AuctionId, id: EventId) -> Result<bool, LogError> {
-        let mut conn = self.conn.clone();
-        let stream = keys::stream_key(auction);
-        let exact = id.to_string();
-        let (same, first): (StreamRangeReply, StreamRangeReply) = redis::pipe()
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg(&exact)
-            .arg(&exact)
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        if !same.ids.is_empty() {
-            return Ok(true);
-        }
-        let first = first.ids.first().map(stream_event).transpose()?;
-        Ok(first.is_some_and(|first| first.prev == id))
     }
 
     /// The oldest and newest events each auction's stream still holds, and

@@ -358,12 +358,7 @@ impl RedisCluster {
             .and_then(|node| node.child.as_ref())
             .expect("a running node of this cluster")
             .id();
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        crate::service::signal(pid, name);
     }
 
     /// Whether replicas may take over a failed primary

@@ -105,12 +105,7 @@ impl RedisServer {
 
     fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("redis-server is running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        crate::service::signal(pid, name);
     }
 
     /// Starts the server again on the same port with the same data.

@@ -110,12 +110,7 @@ impl ServiceProcess {
 
     /// Sends a signal by name (`TERM`, `INT`, `KILL`, `STOP`, `CONT`).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        signal(self.child.id(), name);
     }
 
     /// SIGKILL, and reap.
@@ -215,6 +210,17 @@ pub fn run_to_exit(binary: &str, env: &[(&str, &str)], timeout: Duration) -> (Ex
         std::thread::sleep(Duration::from_millis(10));
     };
     (status, reader.join().unwrap_or_default())
+}
+
+/// Sends the signal `name` (`TERM`, `KILL`, `STOP`, `CONT`...) to `pid`,
+/// as `kill -NAME pid` does; a failure fails the test.
+pub(crate) fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
 }
 
 #[cfg(test)]
