@@ -11,6 +11,7 @@
 mod bids;
 mod fanout;
 mod proc_stats;
+mod redis_stats;
 mod target;
 mod wire;
 
