@@ -13,7 +13,9 @@
 //! - churn: `--churn-every K`, each client disconnects after every K events
 //!   and resumes from its last id, so the server's resume path is under
 //!   load while events flow;
-//! - many auctions: `--auctions A`, one subscription per auction.
+//! - many auctions: `--auctions A`, one subscription per auction;
+//! - storm: `--storm-from K`, the events are published first, then every
+//!   client opens at once resuming from the id of event K (see [`Storm`]).
 //!
 //! How clients read (`--reading`):
 //! - `batch` (the default): each read takes up to 16 KiB, whatever has
