@@ -736,6 +736,32 @@ struct Storm {
 }
 
 impl Storm {
+    /// Our edge's `auction_replay_reads_shared_total` (summed over its
+    /// labels): replay reads a client did not make because another client's
+    /// identical read was in flight. `None` for nchan.
+    async fn shared_reads(&self) -> Result<Option<u64>, String> {
+        if self.target.system != System::Ours {
+            return Ok(None);
+        }
+        let url = format!("http://{}/metrics", self.target.addr);
+        let text = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("{url}: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let total = text
+            .lines()
+            .filter(|line| line.starts_with("auction_replay_reads_shared_total"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        Ok(Some(total as u64))
+    }
+
     async fn run(
         self,
         publisher: &Publisher,
@@ -755,6 +781,7 @@ impl Storm {
             Some(url) => Some(command_calls(url, "xrange").await?),
             None => None,
         };
+        let shared_before = self.shared_reads().await?;
         let expected = self.events - self.from - 1;
         let cpu_before = server.cpu_seconds();
         let started = Instant::now();
@@ -816,6 +843,10 @@ impl Storm {
             (Some(url), Some(before)) => Some(command_calls(url, "xrange").await? - before),
             _ => None,
         };
+        let shared_reads = match (shared_before, self.shared_reads().await?) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        };
         let elapsed = last_delivery
             .duration_since(started)
             .as_secs_f64()
@@ -848,6 +879,9 @@ impl Storm {
         println!("refusals              {}", total.refusals);
         if let Some(reads) = reads {
             println!("stream_reads          {reads}");
+        }
+        if let Some(shared_reads) = shared_reads {
+            println!("replay_reads_shared   {shared_reads}");
         }
         if let Some(cpu) = cpu {
             println!("server_cpu_s          {cpu:.2}");
