@@ -13,7 +13,9 @@
 //! - churn: `--churn-every K`, each client disconnects after every K events
 //!   and resumes from its last id, so the server's resume path is under
 //!   load while events flow;
-//! - many auctions: `--auctions A`, one subscription per auction.
+//! - many auctions: `--auctions A`, one subscription per auction;
+//! - storm: `--storm-from K`, the events are published first, then every
+//!   client opens at once resuming from the id of event K (see [`Storm`]).
 //!
 //! How clients read (`--reading`):
 //! - `batch` (the default): each read takes up to 16 KiB, whatever has
@@ -24,6 +26,7 @@
 //!   does; several queued messages cost several reads.
 
 use crate::proc_stats::{cpu_seconds, rss_bytes};
+use crate::redis_stats::command_calls;
 use crate::target::{NCHAN_WS_PROTOCOL, Publisher, System, Target, Transport};
 use crate::wire::{client_frame, field_number, find, line_value, server_frame};
 use crate::{Args, ensure_loopback};
@@ -51,6 +54,9 @@ struct Shared {
     /// Clients that received their auction's warm-up event.
     warmed: AtomicUsize,
     events: usize,
+    /// Events before this one are not expected: a storm's clients resume
+    /// after them (one that arrives anyway counts as a duplicate).
+    first: usize,
     auctions: usize,
     /// Disconnect and resume after this many events (0: never).
     churn_every: usize,
@@ -116,6 +122,8 @@ struct Watch {
     index: usize,
     /// How many events that is.
     expected: usize,
+    /// The id the client's first connection resumes from ("" = none).
+    resume_from: String,
 }
 
 struct ClientResult {
@@ -127,6 +135,10 @@ struct ClientResult {
     churn_resumes: usize,
     /// Streams the server refused (503, an `error` frame), each retried.
     refusals: usize,
+    /// New events that arrived after a later one.
+    out_of_order: usize,
+    /// The latest event received so far.
+    last_event: Option<usize>,
     /// Delivery latencies, ns. Kept raw and reserved up front: a histogram
     /// per client would allocate and zero its buckets while the first
     /// events arrive, and that stall would be measured as latency.
@@ -159,6 +171,13 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     let events: usize = args.get("events", 1000)?;
     let rate: f64 = args.get("rate", 0.0)?; // events per second; 0 = as fast as possible
     let churn_every: usize = args.get("churn-every", 0)?;
+    let storm_from = match args.text("storm-from", "").as_str() {
+        "" => None,
+        text => Some(
+            text.parse::<usize>()
+                .map_err(|_| format!("--storm-from: cannot parse {text:?}"))?,
+        ),
+    };
     let reading = Reading::parse(&args.text("reading", "batch"))?;
     let settle_ms: u64 = args.get("settle-ms", 2000)?;
     let timeout_s: u64 = args.get("timeout-s", 120)?;
@@ -185,6 +204,23 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         .map(|index| format!("bench-{run_id}-{index}"))
         .collect();
     publisher.prepare(&auctions).await?;
+    let target = Target { system, addr };
+    if let Some(from) = storm_from {
+        if auction_count != 1 || system == System::Floor || from + 1 >= events {
+            return Err("--storm-from K: one auction, ours or nchan, K + 1 < --events".into());
+        }
+        let storm = Storm {
+            target,
+            auction: auctions[0].clone(),
+            clients,
+            events,
+            from,
+            reading,
+            timeout: Duration::from_secs(timeout_s),
+            redis: (system == System::Ours).then(|| args.text("redis", "redis://127.0.0.1:6379")),
+        };
+        return storm.run(&publisher, &server, transport).await;
+    }
 
     let rss_before = server.rss_bytes();
     let shared = Arc::new(Shared {
@@ -193,12 +229,12 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         connected: AtomicUsize::new(0),
         warmed: AtomicUsize::new(0),
         events,
+        first: 0,
         auctions: auction_count,
         churn_every,
         reading,
         deadline: Instant::now() + Duration::from_secs(timeout_s),
     });
-    let target = Target { system, addr };
     let mut tasks = Vec::with_capacity(clients);
     for client in 0..clients {
         let index = client % auction_count;
@@ -207,6 +243,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
             auction: auctions[index].clone(),
             index,
             expected: events / auction_count + usize::from(index < events % auction_count),
+            resume_from: String::new(),
         };
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
@@ -363,6 +400,8 @@ impl ClientResult {
             reconnects: 0,
             churn_resumes: 0,
             refusals: 0,
+            out_of_order: 0,
+            last_event: None,
             latencies: Vec::with_capacity(expected),
             last_delivery: None,
             seen: vec![false; expected],
@@ -427,12 +466,20 @@ impl ClientResult {
         if k >= shared.events || k % shared.auctions != watch.index {
             return;
         }
-        let slot = k / shared.auctions;
+        if k < shared.first {
+            self.duplicates += 1;
+            return;
+        }
+        let slot = (k - shared.first) / shared.auctions;
         if self.seen[slot] {
             self.duplicates += 1;
             return;
         }
         self.seen[slot] = true;
+        if self.last_event.is_some_and(|last| k < last) {
+            self.out_of_order += 1;
+        }
+        self.last_event = Some(self.last_event.map_or(k, |last| last.max(k)));
         self.received += 1;
         let sent = shared.sent_at[k].load(Ordering::Relaxed);
         if sent > 0 {
@@ -474,7 +521,7 @@ fn established(counted: &mut bool, shared: &Shared) {
 /// arrived or at the deadline.
 async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let mut result = ClientResult::new(watch.expected);
-    let mut last_id = String::new();
+    let mut last_id = watch.resume_from.clone();
     let mut counted_connect = false;
     let reading = shared.events > 0;
     let mut buffer = Vec::with_capacity(if reading { 16 * 1024 } else { 0 });
@@ -573,7 +620,7 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
 /// resubscribing with its last id after a disconnect, and counts bids.
 async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let mut result = ClientResult::new(watch.expected);
-    let mut last_id = String::new();
+    let mut last_id = watch.resume_from.clone();
     let mut counted_connect = false;
     let reading = shared.events > 0;
     let mut buffer: Vec<u8> = Vec::new();
@@ -668,4 +715,180 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
         }
     }
     result
+}
+
+/// A reconnect storm: `events` events are published to one auction first,
+/// then `clients` clients open at once, each resuming from the id of event
+/// `from`, and each must receive exactly the events after it, in order.
+/// The server is expected to be fresh: no client watched the auction
+/// before, so nothing of it is in the server's memory and every event
+/// after `from` comes from the stream.
+struct Storm {
+    target: Target,
+    auction: String,
+    clients: usize,
+    events: usize,
+    from: usize,
+    reading: Reading,
+    timeout: Duration,
+    /// Our system's Redis: how many stream reads (`XRANGE`) the storm cost.
+    redis: Option<String>,
+}
+
+impl Storm {
+    /// Our edge's `auction_replay_reads_shared_total` (summed over its
+    /// labels): replay reads a client did not make because another client's
+    /// identical read was in flight. `None` for nchan.
+    async fn shared_reads(&self) -> Result<Option<u64>, String> {
+        if self.target.system != System::Ours {
+            return Ok(None);
+        }
+        let url = format!("http://{}/metrics", self.target.addr);
+        let text = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("{url}: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let total = text
+            .lines()
+            .filter(|line| line.starts_with("auction_replay_reads_shared_total"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        Ok(Some(total as u64))
+    }
+
+    async fn run(
+        self,
+        publisher: &Publisher,
+        server: &Server,
+        transport: Transport,
+    ) -> Result<(), String> {
+        let mut resume_from = None;
+        for k in 0..self.events {
+            let id = publisher.publish(&self.auction, BASE + k as u64).await?;
+            if k == self.from {
+                resume_from = id;
+            }
+        }
+        let resume_from =
+            resume_from.ok_or_else(|| format!("the server gave no id for event {}", self.from))?;
+        let reads_before = match &self.redis {
+            Some(url) => Some(command_calls(url, "xrange").await?),
+            None => None,
+        };
+        let shared_before = self.shared_reads().await?;
+        let expected = self.events - self.from - 1;
+        let cpu_before = server.cpu_seconds();
+        let started = Instant::now();
+        let shared = Arc::new(Shared {
+            start: started,
+            // No send times: the events were published before the storm,
+            // so there is no delivery latency to measure.
+            sent_at: (0..self.events).map(|_| AtomicU64::new(0)).collect(),
+            connected: AtomicUsize::new(0),
+            warmed: AtomicUsize::new(0),
+            events: self.events,
+            first: self.from + 1,
+            auctions: 1,
+            churn_every: 0,
+            reading: self.reading,
+            deadline: started + self.timeout,
+        });
+        // All at once: no pacing between connects.
+        let tasks: Vec<_> = (0..self.clients)
+            .map(|_| {
+                let watch = Watch {
+                    target: self.target.clone(),
+                    auction: self.auction.clone(),
+                    index: 0,
+                    expected,
+                    resume_from: resume_from.clone(),
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    match transport {
+                        Transport::Sse => sse_client(&watch, &shared).await,
+                        Transport::Ws => ws_client(&watch, &shared).await,
+                    }
+                })
+            })
+            .collect();
+        let mut total = ClientResult::new(0);
+        let mut missing = 0;
+        let mut complete = 0;
+        let mut last_delivery = started;
+        for task in tasks {
+            let result = task.await.map_err(|e| e.to_string())?;
+            missing += expected - result.received.min(expected);
+            complete += usize::from(result.received >= expected);
+            total.received += result.received;
+            total.duplicates += result.duplicates;
+            total.out_of_order += result.out_of_order;
+            total.reconnects += result.reconnects;
+            total.refusals += result.refusals;
+            if let Some(at) = result.last_delivery {
+                last_delivery = last_delivery.max(at);
+            }
+        }
+        let cpu = match (cpu_before, server.cpu_seconds()) {
+            (Some(before), Some(after)) => Some(after - before),
+            _ => None,
+        };
+        let reads = match (&self.redis, reads_before) {
+            (Some(url), Some(before)) => Some(command_calls(url, "xrange").await? - before),
+            _ => None,
+        };
+        let shared_reads = match (shared_before, self.shared_reads().await?) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        };
+        let elapsed = last_delivery
+            .duration_since(started)
+            .as_secs_f64()
+            .max(1e-9);
+        println!(
+            "scenario              {} {} storm",
+            self.target.system.name(),
+            if transport == Transport::Sse {
+                "sse"
+            } else {
+                "ws"
+            }
+        );
+        println!("clients               {}", self.clients);
+        println!("reading               {}", self.reading.name());
+        println!("auctions              1");
+        println!("events                {}", self.events);
+        println!("resumed_after_event   {}", self.from);
+        println!("resume_id             {resume_from}");
+        println!("events_per_client     {expected}");
+        println!("expected_deliveries   {}", expected * self.clients);
+        println!("deliveries            {}", total.received);
+        println!("clients_complete      {complete}");
+        println!("storm_s               {elapsed:.3}");
+        println!("resumes_per_s         {:.0}", self.clients as f64 / elapsed);
+        println!("missing               {missing}");
+        println!("duplicates            {}", total.duplicates);
+        println!("out_of_order          {}", total.out_of_order);
+        println!("reconnects            {}", total.reconnects);
+        println!("refusals              {}", total.refusals);
+        if let Some(reads) = reads {
+            println!("stream_reads          {reads}");
+        }
+        if let Some(shared_reads) = shared_reads {
+            println!("replay_reads_shared   {shared_reads}");
+        }
+        if let Some(cpu) = cpu {
+            println!("server_cpu_s          {cpu:.2}");
+        }
+        if let Some(rss) = server.rss_bytes() {
+            println!("server_rss_after_mib  {:.1}", rss as f64 / 1048576.0);
+        }
+        Ok(())
+    }
 }

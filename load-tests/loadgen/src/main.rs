@@ -6,11 +6,13 @@
 //!   project's edges, nginx+nchan or the floor server; M events published
 //!   at a given rate; deliveries/s, delivery latency percentiles (HDR histogram), missing
 //!   and duplicated events, resumes, and the server's CPU and RSS from
-//!   /proc. `scripts/bench` drives it.
+//!   /proc; or a reconnect storm (`--storm-from`). `scripts/bench` drives
+//!   it.
 
 mod bids;
 mod fanout;
 mod proc_stats;
+mod redis_stats;
 mod target;
 mod wire;
 
@@ -21,7 +23,7 @@ const USAGE: &str = "usage:
   loadgen bids --url URL --token TOKEN [--concurrency N] [--seconds S]
   loadgen sse|ws --server URL [--system ours|nchan|floor] [--redis URL]
                  [--clients N] [--auctions A] [--events M] [--rate R]
-                 [--churn-every K] [--reading batch|eager]
+                 [--churn-every K] [--storm-from K] [--reading batch|eager]
                  [--pids PID,PID..] [--settle-ms MS] [--timeout-s S]
     --system ours: --server is an sse-edge or ws-edge, events go into --redis;
     --system nchan: --server is nginx+nchan (/pub/ID, /sub/ID);
@@ -32,6 +34,10 @@ const USAGE: &str = "usage:
     --events 0: idle connections, reports RSS per connection;
     --rate 0: publish as fast as the server takes events;
     --churn-every K: each client hangs up after K events and resumes;
+    --storm-from K: publish --events first, then open every client at
+      once resuming from the id of event K (0-based; one auction, ours or
+      nchan): resumes/s, missing, duplicated, out of order, server CPU,
+      and for ours the XRANGE calls Redis served (--redis);
     --pids: the server's processes, for CPU and RSS (summed)";
 
 /// `--name value` pairs after the scenario name.

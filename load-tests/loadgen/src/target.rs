@@ -9,7 +9,7 @@
 //! `bid`; the `{"type":"bid",...}` object for WebSocket).
 
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-use event_log::{AuctionSpec, EventLog, connect_manager, parse_redis_url};
+use event_log::{AuctionSpec, BidAnswer, EventLog, connect_manager, parse_redis_url};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -184,15 +184,21 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes one bid of `amount` on `auction`.
-    pub async fn publish(&self, auction: &str, amount: u64) -> Result<(), String> {
+    /// Publishes one bid of `amount` on `auction`; answers the id the
+    /// system gave the event, the one a client resumes from (ours: the
+    /// stream id; nchan: its message id; the floor has none).
+    pub async fn publish(&self, auction: &str, amount: u64) -> Result<Option<String>, String> {
         match self {
             Publisher::Ours { log, bidder } => {
                 let auction = AuctionId::parse(auction).map_err(|e| e.message)?;
-                log.place_bid(&auction, amount, bidder, BidSource::Simulated, None, None)
+                let attempt = log
+                    .place_bid(&auction, amount, bidder, BidSource::Simulated, None, None)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                Ok(match attempt.map(|attempt| attempt.answer) {
+                    Some(BidAnswer::Accepted { id, .. }) => Some(id.to_string()),
+                    _ => None,
+                })
             }
             Publisher::Floor { control } => {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -208,7 +214,7 @@ impl Publisher {
                     .await
                     .map_err(|e| format!("floor publish: {e}"))?;
                 if &ack == b"ok\n" {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(format!("floor publish answered {ack:?}"))
                 }
@@ -232,15 +238,21 @@ impl Publisher {
                     .post(format!("{base}/pub/{auction}"))
                     .header("content-type", "application/json")
                     .header("x-eventsource-event", "bid")
+                    .header("accept", "text/plain")
                     .body(body)
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
-                if response.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("nchan publish answered {}", response.status()))
+                let status = response.status();
+                if !status.is_success() {
+                    return Err(format!("nchan publish answered {status}"));
                 }
+                // The plain-text answer ends with `last message id: T:N`.
+                let body = response.text().await.map_err(|e| e.to_string())?;
+                Ok(
+                    crate::wire::line_value(body.as_bytes(), b"last message id: ")
+                        .map(|id| String::from_utf8_lossy(id).trim().to_owned()),
+                )
             }
         }
     }
