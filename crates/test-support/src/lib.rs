@@ -18,7 +18,9 @@ mod service;
 
 pub use nginx::Nginx;
 pub use redis_cluster::{NodeInfo, RedisCluster};
-pub use redis_server::{Entry, RedisServer, TestRedis, TestRedisProcesses, id_pair};
+pub use redis_server::{
+    APPEND_WITHOUT_NOTICE, Entry, RedisServer, TestRedis, TestRedisProcesses, id_pair,
+};
 pub use seen::Seen;
 pub use service::{ServiceProcess, binary_path, run_to_exit};
 

@@ -246,6 +246,16 @@ impl RedisServer {
     }
 }
 
+/// Appends an event to an auction's stream and chain atomically and
+/// publishes no notice (KEYS: the auction's chain hash, its stream;
+/// returns the new id): a notice lost on the way, as edges see it.
+pub const APPEND_WITHOUT_NOTICE: &str =
+    "local prev = redis.call('HGET', KEYS[1], 'last_id') or '0-0'
+     local id = redis.call('XADD', KEYS[2], '*', 'kind', 'bid', 'data', '{}',
+       'prev', prev, 'at', '0', 'tp', '')
+     redis.call('HSET', KEYS[1], 'last_id', id)
+     return id";
+
 /// What tests need of the Redis they run against, one node or a cluster,
 /// so one test body can run on both.
 pub trait TestRedis: Sync {
@@ -322,17 +332,7 @@ pub trait TestRedis: Sync {
         );
         let reply = self.on_owner(
             auction,
-            &[
-                "EVAL",
-                "local prev = redis.call('HGET', KEYS[1], 'last_id') or '0-0'
-                 local id = redis.call('XADD', KEYS[2], '*', 'kind', 'bid', 'data', '{}',
-                   'prev', prev, 'at', '0', 'tp', '')
-                 redis.call('HSET', KEYS[1], 'last_id', id)
-                 return id",
-                "2",
-                &chain,
-                &events,
-            ],
+            &["EVAL", APPEND_WITHOUT_NOTICE, "2", &chain, &events],
         );
         redis::from_redis_value(reply).expect("append without a notice")
     }

@@ -448,17 +448,11 @@ async fn an_event_whose_notice_died_with_its_primary_reaches_clients_after_the_f
     let id = {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}", primary.port)).unwrap();
         let mut conn = client.get_connection().unwrap();
-        let id: String = redis::Script::new(
-            "local prev = redis.call('HGET', KEYS[1], 'last_id') or '0-0'
-             local id = redis.call('XADD', KEYS[2], '*', 'kind', 'bid', 'data', '{}',
-               'prev', prev, 'at', '0', 'tp', '')
-             redis.call('HSET', KEYS[1], 'last_id', id)
-             return id",
-        )
-        .key(format!("auction:{{{auction}}}"))
-        .key(format!("auction:{{{auction}}}:events"))
-        .invoke(&mut conn)
-        .unwrap();
+        let id: String = redis::Script::new(test_support::APPEND_WITHOUT_NOTICE)
+            .key(format!("auction:{{{auction}}}"))
+            .key(format!("auction:{{{auction}}}:events"))
+            .invoke(&mut conn)
+            .unwrap();
         let replicas: i64 = redis::cmd("WAIT")
             .arg(1)
             .arg(5000)
