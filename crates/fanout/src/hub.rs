@@ -44,6 +44,9 @@ pub struct HubConfig {
     /// How often this replica reports its viewers per auction and learns
     /// the totals over all replicas.
     pub viewers_interval: Duration,
+    /// How long a replay page read from the stream is kept for the next
+    /// clients resuming from the same id (zero: shared only while read).
+    pub replay_keep: Duration,
     /// This replica's name in the viewer counts (unique per process).
     pub replica: String,
 }
@@ -194,9 +197,9 @@ impl<C: Codec> Hub<C> {
             commands,
             codec,
             log,
+            replays: Replays::new(config.replay_keep),
             config,
             connected: AtomicBool::new(false),
-            replays: Replays::default(),
         });
         tokio::spawn(crate::viewers::report(shared.clone(), shutdown.clone()));
         let subscriber = Subscriber {
@@ -495,6 +498,7 @@ impl<C: Codec> Subscriber<C> {
         tracing::warn!(%auction, last = %cursor.last, %newest, "the auction's stream was replaced; resetting clients");
         // Cleared first: nothing from the old stream may serve a resume.
         lock(&cursor.recent).follow_from(newest);
+        self.shared.replays.forget(auction);
         cursor.send(Item::Reset);
         cursor.last = newest;
     }
@@ -511,6 +515,7 @@ impl<C: Codec> Subscriber<C> {
         };
         tracing::info!(%auction, "the auction no longer exists; ending its feed");
         lock(&cursor.recent).clear();
+        self.shared.replays.forget(auction);
         cursor.send(Item::Gone);
         lock(&self.shared.feeds).remove(auction);
         timed(connection.unwatch(auction)).await

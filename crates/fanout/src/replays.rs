@@ -2,30 +2,44 @@
 //!
 //! A reconnect storm (an edge restarted, a load balancer reshuffled) brings
 //! many clients of one auction back with the same old id at once. Each
-//! would read the same page of the stream and encode the same events; here
-//! the first one reads and encodes, and every client that asks for the same
-//! page (auction, id) while that read is in flight waits for it and gets the
-//! same result: the same encoded frames, or the same error.
+//! would read the same pages of the stream and encode the same events; here
+//! the first one reads and encodes each page, and every client that asks
+//! for the same page (auction, id) gets the same result: the same encoded
+//! frames, or the same error.
 //!
-//! Only reads in flight are shared: a read is forgotten as soon as it
-//! completes (or as soon as no client waits for it any more), so nothing
-//! here outlives the starts of the clients that wait for it.
+//! A page is shared while its read is in flight, and kept for a while
+//! (`HubConfig::replay_keep`) once it completed: a storm's connects arrive over some hundreds of
+//! milliseconds, and a page shared only in flight would be read again by
+//! every wave. Keeping a page is safe for the same reason sharing it in
+//! flight is: a page is what the stream held when its read ran, tagged
+//! with the read's ticket (`Page::started`), and a client ends its replay
+//! on a page only if that read started after the client joined its feed
+//! (see `CatchUp`); an older page is followed by the feed's recent events
+//! or a newer read. The events of a page never change in an append-only
+//! stream, so a kept page is what a read would have said a moment ago; a
+//! trim shows at the next read, and a stream replaced (Redis came back
+//! without its data) through the feed, which also forgets the auction's
+//! kept pages.
 
 use crate::feed::{Codec, EncodedEvent};
 use crate::hub::{Hub, lock};
 use auction_domain::{AuctionId, Event, EventId};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, WeakShared};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Events per replay read.
 pub(crate) const REPLAY_BATCH: usize = 256;
-/// Most reads shared at once on a replica; past it, a client's read is its
-/// own (as many clients as wait are alive anyway: this bounds the map, not
-/// the work).
-const MAX_FLIGHTS: usize = 4096;
+/// Most reads shared or kept at once on a replica; past it, a client's read
+/// is its own (as many clients as wait are alive anyway: this bounds the
+/// map, not the work).
+const MAX_PAGES: usize = 4096;
+/// Most events in kept pages at once (about 200 bytes of frame each: some
+/// MiB). The oldest kept page goes first past it.
+const MAX_KEPT_EVENTS: usize = 64 * REPLAY_BATCH;
 
 /// Redis did not answer the read (shared by every client that waited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,48 +116,145 @@ impl Page {
 /// drives it: the first client leaving does not stop the others' read).
 pub(crate) type Flight = Shared<BoxFuture<'static, Result<Arc<Page>, Unavailable>>>;
 
+/// Where a client's page comes from.
+pub(crate) enum Lookup {
+    /// A new read, or one already in flight (`shared`).
+    Flight { flight: Flight, shared: bool },
+    /// A page read a moment ago for another client.
+    Kept(Arc<Page>),
+}
+
 type Key = (AuctionId, EventId);
 
-/// The reads in flight of one replica, by (auction, id read after).
+/// The pages of one replica being read or just read, by (auction, id read
+/// after).
 ///
-/// Invariants: an entry exists only while its read is in flight and some
-/// client waits for it (the read's own guard removes it when the read
-/// completes or is dropped, whichever comes first); at most
-/// [`MAX_FLIGHTS`] entries. A `Flight` is never dropped while the map is
-/// locked (dropping the last one drops the guard, which locks the map).
-#[derive(Default)]
+/// Invariants: an in-flight entry exists only while its read is in flight
+/// and some client waits for it (the read's own guard removes it when the
+/// read is dropped, or turns it into a kept page when it completes with a
+/// page whose id the stream held); every kept entry is listed in `order`
+/// (oldest first) with its read's ticket, `kept_events` is the sum of the
+/// kept pages' events, and each list is at most [`MAX_PAGES`] long; past
+/// [`MAX_KEPT_EVENTS`] kept events the oldest kept page goes. A `Flight` is
+/// never dropped while the map is locked (dropping the last one drops the
+/// guard, which locks the map).
 pub(crate) struct Replays {
-    flights: Arc<Mutex<HashMap<Key, Entry>>>,
+    pages: Arc<Mutex<Pages>>,
+    /// How long a completed page is kept (zero: pages are shared only in
+    /// flight).
+    keep: Duration,
     /// Orders client joins and read starts (see [`Replays::ticket`]).
     tickets: AtomicU64,
 }
 
-struct Entry {
-    started: u64,
-    flight: WeakShared<BoxFuture<'static, Result<Arc<Page>, Unavailable>>>,
+#[derive(Default)]
+struct Pages {
+    entries: HashMap<Key, Entry>,
+    /// Kept pages, oldest first: (key, the read's ticket, kept until). An
+    /// item whose entry was since replaced by a newer read is skipped when
+    /// it comes first.
+    order: VecDeque<(Key, u64, Instant)>,
+    kept_events: usize,
 }
 
-/// Removes its read's entry once the read is over.
+struct Entry {
+    started: u64,
+    state: State,
+}
+
+enum State {
+    InFlight(WeakShared<BoxFuture<'static, Result<Arc<Page>, Unavailable>>>),
+    Kept(Arc<Page>),
+}
+
+impl Pages {
+    /// Forgets kept pages past their time, and the oldest ones past the
+    /// bound on kept events.
+    fn expire(&mut self, now: Instant) {
+        while let Some((key, started, until)) = self.order.front() {
+            if *until > now && self.kept_events <= MAX_KEPT_EVENTS && self.order.len() <= MAX_PAGES
+            {
+                break;
+            }
+            let (key, started) = (key.clone(), *started);
+            self.order.pop_front();
+            self.remove_kept(&key, started);
+        }
+    }
+
+    fn remove_kept(&mut self, key: &Key, started: u64) {
+        if let Some(entry) = self.entries.get(key)
+            && entry.started == started
+            && let State::Kept(page) = &entry.state
+        {
+            self.kept_events -= page.events.len();
+            self.entries.remove(key);
+        }
+    }
+}
+
+/// Turns its read's entry into a kept page, or removes it, once the read
+/// is over.
 struct Leave {
-    flights: Arc<Mutex<HashMap<Key, Entry>>>,
+    pages: Arc<Mutex<Pages>>,
     key: Key,
     started: u64,
+    keep: Duration,
+    /// The entry became a kept page: nothing to remove.
+    kept: bool,
+}
+
+impl Leave {
+    /// The read completed with `page`: keep it for the clients after (a
+    /// page whose id the stream did not hold is not kept: it starts no
+    /// replay).
+    fn keep(&mut self, page: &Arc<Page>) {
+        if !page.held || self.keep.is_zero() {
+            return;
+        }
+        let mut pages = lock(&self.pages);
+        if let Some(entry) = pages.entries.get_mut(&self.key)
+            && entry.started == self.started
+        {
+            entry.state = State::Kept(page.clone());
+            pages.kept_events += page.events.len();
+            let now = Instant::now();
+            pages
+                .order
+                .push_back((self.key.clone(), self.started, now + self.keep));
+            pages.expire(now);
+            self.kept = true;
+        }
+    }
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        let mut flights = lock(&self.flights);
+        if self.kept {
+            return;
+        }
+        let mut pages = lock(&self.pages);
         // A later read of the same key may have replaced this one.
-        if flights
+        if pages
+            .entries
             .get(&self.key)
             .is_some_and(|entry| entry.started == self.started)
         {
-            flights.remove(&self.key);
+            pages.entries.remove(&self.key);
         }
     }
 }
 
 impl Replays {
+    /// Reads shared in flight, and pages kept for `keep` once read.
+    pub(crate) fn new(keep: Duration) -> Replays {
+        Replays {
+            pages: Arc::default(),
+            keep,
+            tickets: AtomicU64::new(0),
+        }
+    }
+
     /// A ticket, taken by a client once it has joined its feed and by each
     /// read before it starts: a read whose ticket is higher than a client's
     /// started after that client joined, so anything the stream gets after
@@ -152,58 +263,114 @@ impl Replays {
         self.tickets.fetch_add(1, Ordering::AcqRel)
     }
 
-    /// The read of the page after `after`: the one in flight for the same
-    /// key if there is one (and, with `newer_than`, only if it started after
-    /// that ticket), else a new one made by `read` (given its ticket).
-    /// `true` with a read that was already in flight.
+    /// The page after `after`: a kept one or the read in flight for the
+    /// same key if there is one (and, with `newer_than`, only if its read
+    /// started after that ticket), else a new read made by `read` (given
+    /// its ticket).
     pub(crate) fn page(
         &self,
         auction: &AuctionId,
         after: EventId,
         newer_than: Option<u64>,
         read: impl FnOnce(u64) -> BoxFuture<'static, Result<Page, Unavailable>>,
-    ) -> (Flight, bool) {
+    ) -> Lookup {
         let key = (auction.clone(), after);
+        // One lock from the lookup to the new read's entry: two clients
+        // missing the page at once would otherwise both read it.
+        let mut pages = lock(&self.pages);
+        pages.expire(Instant::now());
+        if let Some(entry) = pages.entries.get(&key)
+            && newer_than.is_none_or(|ticket| entry.started > ticket)
         {
-            let flights = lock(&self.flights);
-            if let Some(entry) = flights.get(&key)
-                && newer_than.is_none_or(|ticket| entry.started > ticket)
-                && let Some(flight) = entry.flight.upgrade()
-            {
-                return (flight, true);
+            match &entry.state {
+                State::Kept(page) => return Lookup::Kept(page.clone()),
+                State::InFlight(weak) => {
+                    if let Some(flight) = weak.upgrade() {
+                        return Lookup::Flight {
+                            flight,
+                            shared: true,
+                        };
+                    }
+                }
             }
         }
         let started = self.ticket();
         let leave = Leave {
-            flights: self.flights.clone(),
+            pages: self.pages.clone(),
             key: key.clone(),
             started,
+            keep: self.keep,
+            kept: false,
         };
         let reading = read(started);
         let flight = async move {
-            let _leave = leave;
-            reading.await.map(Arc::new)
+            let mut leave = leave;
+            let result = reading.await.map(Arc::new);
+            if let Ok(page) = &result {
+                leave.keep(page);
+            }
+            result
         }
         .boxed()
         .shared();
-        if let Some(weak) = flight.downgrade() {
-            let mut flights = lock(&self.flights);
-            if flights.len() < MAX_FLIGHTS || flights.contains_key(&key) {
-                flights.insert(
-                    key,
-                    Entry {
-                        started,
-                        flight: weak,
-                    },
-                );
+        if let Some(weak) = flight.downgrade()
+            && (pages.entries.len() < MAX_PAGES || pages.entries.contains_key(&key))
+        {
+            let replaced = pages.entries.insert(
+                key,
+                Entry {
+                    started,
+                    state: State::InFlight(weak),
+                },
+            );
+            // A kept page this read replaces leaves the count.
+            if let Some(Entry {
+                state: State::Kept(page),
+                ..
+            }) = replaced
+            {
+                pages.kept_events -= page.events.len();
             }
         }
-        (flight, false)
+        // Released before the flight can be dropped (see the invariants).
+        drop(pages);
+        Lookup::Flight {
+            flight,
+            shared: false,
+        }
+    }
+
+    /// Forgets `auction`'s kept pages (its stream was replaced or is gone).
+    pub(crate) fn forget(&self, auction: &AuctionId) {
+        let mut pages = lock(&self.pages);
+        let kept: Vec<(Key, u64)> = pages
+            .order
+            .iter()
+            .filter(|(key, _, _)| key.0 == *auction)
+            .map(|(key, started, _)| (key.clone(), *started))
+            .collect();
+        for (key, started) in kept {
+            pages.remove_kept(&key, started);
+        }
+        pages.order.retain(|(key, _, _)| key.0 != *auction);
     }
 
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.flights).len()
+        lock(&self.pages)
+            .entries
+            .values()
+            .filter(|entry| matches!(entry.state, State::InFlight(_)))
+            .count()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        lock(&self.pages)
+            .entries
+            .values()
+            .filter(|entry| matches!(entry.state, State::Kept(_)))
+            .count()
     }
 }
 
@@ -242,6 +409,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     const WAIT: Duration = Duration::from_secs(5);
+    const KEEP: Duration = Duration::from_secs(2);
 
     /// Frames that are the event's id, so tests can read them back.
     struct Ids;
@@ -330,51 +498,137 @@ mod tests {
         async move { result }.boxed()
     }
 
+    /// The flight of a lookup, which must not be a kept page.
+    fn flight(lookup: Lookup) -> (Flight, bool) {
+        match lookup {
+            Lookup::Flight { flight, shared } => (flight, shared),
+            Lookup::Kept(_) => panic!("a kept page, where a read was expected"),
+        }
+    }
+
+    fn kept(lookup: Lookup) -> Arc<Page> {
+        match lookup {
+            Lookup::Kept(page) => page,
+            Lookup::Flight { .. } => panic!("a read, where a kept page was expected"),
+        }
+    }
+
     #[tokio::test]
-    async fn clients_asking_while_a_read_is_in_flight_share_it_and_it_is_forgotten_once_done() {
-        let replays = Replays::default();
+    async fn clients_asking_while_a_read_is_in_flight_share_it_and_those_after_get_it_kept() {
+        let replays = Replays::new(KEEP);
         let auction = AuctionId::parse("a").unwrap();
         let (release, gate) = oneshot::channel();
-        let (first, shared) = replays.page(&auction, id(1), None, |started| {
+        let (first, shared) = flight(replays.page(&auction, id(1), None, |started| {
             gated(ready(Ok(page_started(started))), gate)
-        });
+        }));
         assert!(!shared);
-        let (second, shared) = replays.page(&auction, id(1), None, |_| {
+        let (second, shared) = flight(replays.page(&auction, id(1), None, |_| {
             panic!("a read is in flight for this page")
-        });
+        }));
         assert!(shared);
-        let (other, shared) = replays.page(&auction, id(2), None, |_| ready(Err(Unavailable)));
+        let (other, shared) =
+            flight(replays.page(&auction, id(2), None, |_| ready(Err(Unavailable))));
         assert!(!shared, "another id is another read");
         assert_eq!(replays.in_flight(), 2);
         assert_eq!(other.await.map(|_| ()), Err(Unavailable));
-        assert_eq!(replays.in_flight(), 1, "forgotten once done");
-
-        let ticket = replays.ticket();
-        let (fresh, shared) =
-            replays.page(&auction, id(1), Some(ticket), |_| ready(Err(Unavailable)));
-        assert!(!shared, "started before the ticket: not shared");
-        assert_eq!(fresh.await.map(|_| ()), Err(Unavailable));
+        assert_eq!(replays.in_flight(), 1, "a failed read is forgotten");
+        assert_eq!(replays.kept(), 0, "and not kept");
 
         let _ = release.send(());
         let (a, b) = (first.await.unwrap(), second.await.unwrap());
         assert!(Arc::ptr_eq(&a, &b), "one result for both");
-        assert_eq!(replays.in_flight(), 0);
+        assert_eq!((replays.in_flight(), replays.kept()), (0, 1));
+        let later = kept(replays.page(&auction, id(1), None, |_| panic!("the page was just read")));
+        assert!(Arc::ptr_eq(&a, &later), "the same page for a client after");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_needs_a_read_newer_than_its_join_does_not_take_an_older_one() {
+        let replays = Replays::new(KEEP);
+        let auction = AuctionId::parse("a").unwrap();
+        let (read, _) = flight(replays.page(&auction, id(1), None, |started| {
+            ready(Ok(page_started(started)))
+        }));
+        let older = read.await.unwrap();
+        let ticket = replays.ticket();
+        let (fresh, shared) = flight(replays.page(&auction, id(1), Some(ticket), |started| {
+            ready(Ok(page_started(started)))
+        }));
+        assert!(
+            !shared,
+            "started before the ticket: neither shared nor kept"
+        );
+        let newer = fresh.await.unwrap();
+        assert!(newer.started > ticket);
+        assert!(older.started < ticket);
+        let taken = kept(replays.page(&auction, id(1), Some(ticket), |_| {
+            panic!("the newer read is kept")
+        }));
+        assert!(Arc::ptr_eq(&taken, &newer));
+        assert_eq!(replays.kept(), 1, "the newer read replaced the older");
+    }
+
+    #[tokio::test]
+    async fn a_page_whose_id_the_stream_did_not_hold_is_not_kept() {
+        let replays = Replays::new(KEEP);
+        let auction = AuctionId::parse("a").unwrap();
+        let (read, _) = flight(replays.page(&auction, id(9), None, |_| ready(Ok(page(9, &[])))));
+        assert!(!read.await.unwrap().held);
+        assert_eq!((replays.in_flight(), replays.kept()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn kept_pages_go_after_their_time_when_their_stream_is_replaced_and_past_the_bound() {
+        let replays = Replays::new(KEEP);
+        let auction = AuctionId::parse("a").unwrap();
+        let other = AuctionId::parse("b").unwrap();
+        let full: Vec<Event> = (1..=REPLAY_BATCH as u64 + 1)
+            .map(|seq| event(seq, seq - 1))
+            .collect();
+        for (auction, after) in [(&auction, 1), (&other, 1), (&auction, 2)] {
+            let (read, _) = flight(replays.page(auction, id(after), None, |_| {
+                ready(Ok(page(after, &full[after as usize - 1..])))
+            }));
+            read.await.unwrap();
+        }
+        assert_eq!(replays.kept(), 3);
+        replays.forget(&auction);
+        assert_eq!(replays.kept(), 1, "only the other auction's page is left");
+        lock(&replays.pages).expire(Instant::now() + KEEP);
+        assert_eq!(replays.kept(), 0, "forgotten after its time");
+
+        // One full page more than the bound holds: the oldest goes.
+        let pages = MAX_KEPT_EVENTS / REPLAY_BATCH + 1;
+        let long: Vec<Event> = (1..=(pages * REPLAY_BATCH) as u64 + 1)
+            .map(|seq| event(seq, seq - 1))
+            .collect();
+        for page_index in 0..pages {
+            let after = (page_index * REPLAY_BATCH) as u64 + 1;
+            let rows = &long[after as usize - 1..after as usize + REPLAY_BATCH];
+            let (read, _) =
+                flight(replays.page(&auction, id(after), None, |_| ready(Ok(page(after, rows)))));
+            assert_eq!(read.await.unwrap().events.len(), REPLAY_BATCH);
+        }
+        assert_eq!(replays.kept(), pages - 1);
+        assert!(lock(&replays.pages).kept_events <= MAX_KEPT_EVENTS);
+        let (_, shared) = flight(replays.page(&auction, id(1), None, |_| ready(Err(Unavailable))));
+        assert!(!shared, "the oldest page went");
     }
 
     #[tokio::test]
     async fn a_read_nobody_waits_for_any_more_is_forgotten() {
-        let replays = Replays::default();
+        let replays = Replays::new(KEEP);
         let auction = AuctionId::parse("a").unwrap();
         let (_release, gate) = oneshot::channel::<()>();
-        let (flight, _) = replays.page(&auction, id(1), None, |started| {
+        let (flight, _) = flight(replays.page(&auction, id(1), None, |started| {
             gated(ready(Ok(page_started(started))), gate)
-        });
+        }));
         let waiting = tokio::spawn(flight);
         tokio::task::yield_now().await;
         assert_eq!(replays.in_flight(), 1);
         waiting.abort();
         let _ = waiting.await;
-        assert_eq!(replays.in_flight(), 0);
+        assert_eq!((replays.in_flight(), replays.kept()), (0, 0));
     }
 
     fn page_started(started: u64) -> Page {
@@ -425,6 +679,7 @@ mod tests {
             keepalive: Duration::from_secs(60),
             idle_feed_ttl: Duration::from_secs(60),
             viewers_interval: Duration::from_secs(60),
+            replay_keep: KEEP,
             replica: "test".into(),
         };
         let shutdown = CancellationToken::new();
@@ -434,7 +689,7 @@ mod tests {
 
         let (ran, read_done) = oneshot::channel();
         let (release, gate) = oneshot::channel();
-        let (flight, _) = hub.replays().page(&auction, resume_from, None, |started| {
+        let (flight, _) = flight(hub.replays().page(&auction, resume_from, None, |started| {
             let read = read_page(hub.clone(), auction.clone(), resume_from, started);
             let read = async move {
                 let page = read.await;
@@ -443,7 +698,7 @@ mod tests {
             }
             .boxed();
             gated(read, gate)
-        });
+        }));
         let earlier = tokio::spawn(flight);
         read_done.await.unwrap();
 

@@ -13,7 +13,7 @@
 
 use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::hub::{FeedPosition, Hub, JoinError, RecentEvents};
-use crate::replays::{self, Page, Unavailable};
+use crate::replays::{self, Lookup, Page, Unavailable};
 use auction_domain::{AuctionId, EventId, EventKind};
 use event_log::{LogError, Snapshot};
 use prometheus_client::metrics::counter::Counter;
@@ -221,8 +221,9 @@ fn init_json(snapshot: &Snapshot, reset: bool) -> String {
     json
 }
 
-/// The page after `after`: a read in flight for it (with `newer_than`,
-/// only one that started after that ticket), or a new one.
+/// The page after `after`: one kept or in flight for it (with
+/// `newer_than`, only one whose read started after that ticket), or a new
+/// read. `shared` counts the pages taken from another client's read.
 async fn read_page<C: Codec>(
     hub: &Hub<C>,
     auction: &AuctionId,
@@ -230,13 +231,24 @@ async fn read_page<C: Codec>(
     newer_than: Option<u64>,
     shared: &Counter,
 ) -> Result<Arc<Page>, Unavailable> {
-    let (flight, joined) = hub.replays().page(auction, after, newer_than, |started| {
+    let lookup = hub.replays().page(auction, after, newer_than, |started| {
         replays::read_page(hub.clone(), auction.clone(), after, started)
     });
-    if joined {
-        shared.inc();
+    match lookup {
+        Lookup::Kept(page) => {
+            shared.inc();
+            Ok(page)
+        }
+        Lookup::Flight {
+            flight,
+            shared: joined,
+        } => {
+            if joined {
+                shared.inc();
+            }
+            flight.await
+        }
     }
-    flight.await
 }
 
 /// Replays the events after a client's id: the feed's recent events

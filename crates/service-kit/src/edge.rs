@@ -29,6 +29,9 @@ pub struct EdgeSettings {
     /// `AUCTION_VIEWERS_INTERVAL_MS`: how often viewer counts are reported
     /// and refreshed.
     pub viewers_interval: Duration,
+    /// `AUCTION_REPLAY_KEEP_MS`: how long a replay page read from a stream
+    /// is kept for the clients resuming from the same id after it.
+    pub replay_keep: Duration,
     /// This replica's name in shared counts: random, unique per process.
     pub replica: String,
 }
@@ -49,6 +52,11 @@ impl EdgeSettings {
                 "viewers_interval_ms",
                 2_000,
                 100..=600_000,
+            )?),
+            replay_keep: Duration::from_millis(settings.number(
+                "replay_keep_ms",
+                2_000,
+                0..=60_000,
             )?),
             replica: std::iter::repeat_with(fastrand::alphanumeric)
                 .take(16)

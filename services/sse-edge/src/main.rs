@@ -53,6 +53,7 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
             keepalive: own.keepalive,
             idle_feed_ttl: Duration::from_secs(10),
             viewers_interval: own.edge.viewers_interval,
+            replay_keep: own.edge.replay_keep,
             replica: own.edge.replica.clone(),
         },
         ctx.metrics.redis_reconnects(),

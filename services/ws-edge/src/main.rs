@@ -104,6 +104,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
             keepalive: Duration::from_secs(3600),
             idle_feed_ttl: Duration::from_secs(10),
             viewers_interval: own.edge.viewers_interval,
+            replay_keep: own.edge.replay_keep,
             replica: own.edge.replica.clone(),
         },
         ctx.metrics.redis_reconnects(),
