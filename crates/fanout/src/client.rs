@@ -26,12 +26,14 @@
 //! ([`Transport`]); its own job is what only it knows: the request, the
 //! response head, and how an ending is told to its clients.
 
+use crate::direct::{Parked, Parking};
 use crate::feed::{Codec, Frame, Item};
 use crate::hub::{FeedPosition, Hub};
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
 use crate::writer::{self, Tried, WriteError};
 use auction_domain::{AuctionId, EventId, clock};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use telemetry::TransportMetrics;
 use tokio::net::TcpStream;
@@ -96,6 +98,8 @@ pub struct Subscription {
     position: FeedPosition,
     /// The feed's ring capacity: this far behind, the client is lapped.
     capacity: u64,
+    /// Where the client parks its socket when it is caught up.
+    parking: Arc<Parking>,
 }
 
 impl Subscription {
@@ -208,12 +212,14 @@ impl<C: Codec> Delivery<C> {
             position,
             start,
             viewers,
+            parking,
         } = opening;
         let mut subscription = Subscription {
             auction,
             last_sent: EventId::ZERO,
             position,
             capacity: self.hub.config().queue_capacity as u64,
+            parking,
         };
         match start {
             Start::Init { frame, last, reset } => {
@@ -310,6 +316,61 @@ impl<C: Codec> Delivery<C> {
         }
     }
 
+    /// Hands a caught-up client's socket to the hub, which writes the
+    /// feed's events to it directly (see `direct`) until it hands it back
+    /// ([`Parked::handed_back`]) or the client takes it back
+    /// ([`unpark`](Self::unpark)), which it must do before anything else
+    /// touches the socket. `caught_up()` tells whether the client's
+    /// receiver holds nothing unread; it is asked under the feed's lock,
+    /// and the receiver is of no further use once parked (drop it).
+    /// `None`: not parked; go on reading the receiver.
+    pub fn park(
+        &self,
+        subscription: &Subscription,
+        socket: &Arc<TcpStream>,
+        caught_up: impl FnOnce() -> bool,
+    ) -> Option<Parked> {
+        subscription
+            .parking
+            .park(socket, subscription.last_sent, &self.metrics, caught_up)
+    }
+
+    /// Takes a parked socket back: the subscription learns what the hub
+    /// sent meanwhile, an event the socket took only part of is finished
+    /// (under the stall limit), and the receiver to read from now on is
+    /// returned. Nothing of the transport's own is written first: a frame
+    /// may be half written.
+    pub async fn unpark<T: Transport>(
+        &self,
+        transport: &mut T,
+        subscription: &mut Subscription,
+        parked: Parked,
+    ) -> Result<broadcast::Receiver<Item>, Ended> {
+        let returned = parked.take_back();
+        subscription.last_sent = returned.last_sent;
+        subscription.position.rejoined(returned.taken);
+        if returned.closed {
+            return Err(Ended::Closed);
+        }
+        // The hub dropped the feed: as good as a reset.
+        let feed = returned.feed.ok_or(Ended::Reset)?;
+        if let Some(pending) = returned.pending {
+            let frames = [pending.frame];
+            let lapped = || subscription.lapped();
+            let written = writer::write_rest(
+                transport.socket(),
+                &frames,
+                pending.written,
+                lapped,
+                self.stall_limit,
+                &self.shutdown,
+            );
+            Box::pin(written).await.map_err(|error| self.ended(error))?;
+            self.count_delivered(&[pending.placed_at_ms]);
+        }
+        Ok(feed)
+    }
+
     /// Writes the batch and counts what it delivered. `lapped` tells
     /// whether any of the client's subscriptions is lapped meanwhile.
     pub async fn flush<T: Transport>(
@@ -323,17 +384,32 @@ impl<C: Codec> Delivery<C> {
         }
         self.write(transport, &batch.frames, lapped).await?;
         batch.frames.clear();
+        self.count_delivered(&batch.events);
+        batch.events.clear();
+        Ok(())
+    }
+
+    /// Counts live events written, by their `placed_at` (0: unknown).
+    fn count_delivered(&self, placed_at: &[u64]) {
         let now = clock::now_ms();
-        self.metrics
-            .events_delivered
-            .inc_by(batch.events.len() as u64);
-        for placed_at in batch.events.drain(..) {
+        self.metrics.events_delivered.inc_by(placed_at.len() as u64);
+        for &placed_at in placed_at {
             if placed_at > 0 {
                 let latency = now.saturating_sub(placed_at) as f64 / 1000.0;
                 self.metrics.delivery_latency.observe(latency);
             }
         }
-        Ok(())
+    }
+
+    /// A failed write as the client's ending (a slow one is counted).
+    fn ended(&self, error: WriteError) -> Ended {
+        match error {
+            WriteError::Slow => {
+                self.metrics.slow_consumer_disconnects.inc();
+                Ended::Slow
+            }
+            WriteError::Closed => Ended::Closed,
+        }
     }
 
     /// An `async` block rather than an `async fn`, which would keep each
@@ -363,14 +439,7 @@ impl<C: Codec> Delivery<C> {
                 }
                 Err(error) => Err(error),
             };
-            match written {
-                Ok(()) => Ok(()),
-                Err(WriteError::Slow) => {
-                    self.metrics.slow_consumer_disconnects.inc();
-                    Err(Ended::Slow)
-                }
-                Err(WriteError::Closed) => Err(Ended::Closed),
-            }
+            written.map_err(|error| self.ended(error))
         }
     }
 }

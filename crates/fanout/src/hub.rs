@@ -1,6 +1,7 @@
 //! The replica's one subscription path: the live connection → per-auction
 //! feeds.
 
+use crate::direct::Parking;
 use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::recent::Recent;
 use crate::replays::Replays;
@@ -61,13 +62,25 @@ pub enum JoinError {
 
 /// One watched auction's feed, as clients join it.
 pub(crate) struct FeedHandle {
+    /// For attaching receivers. Items are sent only through `parking`
+    /// (see its invariant), never on this directly.
     pub(crate) tx: broadcast::Sender<Item>,
     live: watch::Receiver<bool>,
     recent: Arc<Mutex<Recent<Frame>>>,
     pub(crate) sent: Arc<AtomicU64>,
+    /// The clients the hub writes to itself (see [`crate::direct`]).
+    pub(crate) parking: Arc<Parking>,
     /// The auction's viewers over all replicas, as last learned (written
     /// by the viewers task only).
     pub(crate) viewers: Arc<AtomicU32>,
+}
+
+impl FeedHandle {
+    /// Clients of this feed on this replica: those reading the ring and
+    /// those parked (which hold no receiver).
+    pub(crate) fn clients(&self) -> usize {
+        self.tx.receiver_count() + self.parking.parked()
+    }
 }
 
 /// A client's place in an auction's feed (see [`Hub::join`]).
@@ -78,6 +91,7 @@ pub struct Joined {
     /// not known yet); later changes come through the feed.
     pub viewers: u32,
     recent: Arc<Mutex<Recent<Frame>>>,
+    pub(crate) parking: Arc<Parking>,
 }
 
 impl Joined {
@@ -143,6 +157,12 @@ impl FeedPosition {
         self.taken += 1;
     }
 
+    /// A new receiver took over, attached when the feed had sent `sent`
+    /// items (counted as taken, as at a join).
+    pub(crate) fn rejoined(&mut self, sent: u64) {
+        self.taken = sent;
+    }
+
     /// Items sent that this receiver has not taken yet.
     pub fn behind(&self) -> u64 {
         self.sent.load(Ordering::Relaxed).saturating_sub(self.taken)
@@ -178,7 +198,7 @@ struct Watch {
     tx: broadcast::Sender<Item>,
     live: watch::Sender<bool>,
     recent: Arc<Mutex<Recent<Frame>>>,
-    sent: Arc<AtomicU64>,
+    parking: Arc<Parking>,
 }
 
 impl<C: Codec> Hub<C> {
@@ -279,7 +299,7 @@ impl<C: Codec> Hub<C> {
     /// receiver, in order. The caller reads anything older from the feed's
     /// recent events or from the stream.
     pub async fn join(&self, auction: &AuctionId, wait: Duration) -> Result<Joined, JoinError> {
-        let (rx, mut live, recent, sent, viewers) = {
+        let (rx, mut live, recent, sent, viewers, parking) = {
             let mut feeds = lock(&self.shared.feeds);
             match feeds.get(auction) {
                 Some(feed) => (
@@ -288,6 +308,7 @@ impl<C: Codec> Hub<C> {
                     feed.recent.clone(),
                     feed.sent.clone(),
                     feed.viewers.clone(),
+                    feed.parking.clone(),
                 ),
                 None => {
                     let (tx, rx) = broadcast::channel(self.shared.config.queue_capacity);
@@ -296,12 +317,13 @@ impl<C: Codec> Hub<C> {
                         Arc::new(Mutex::new(Recent::new(self.shared.config.queue_capacity)));
                     let sent = Arc::new(AtomicU64::new(0));
                     let viewers = Arc::new(AtomicU32::new(0));
+                    let parking = Arc::new(Parking::new(&tx, sent.clone()));
                     let request = Watch {
                         auction: auction.clone(),
                         tx: tx.clone(),
                         live: live_tx,
                         recent: recent.clone(),
-                        sent: sent.clone(),
+                        parking: parking.clone(),
                     };
                     self.shared
                         .commands
@@ -314,10 +336,11 @@ impl<C: Codec> Hub<C> {
                             live: live_rx.clone(),
                             recent: recent.clone(),
                             sent: sent.clone(),
+                            parking: parking.clone(),
                             viewers: viewers.clone(),
                         },
                     );
-                    (rx, live_rx, recent, sent, viewers)
+                    (rx, live_rx, recent, sent, viewers, parking)
                 }
             }
         };
@@ -332,6 +355,7 @@ impl<C: Codec> Hub<C> {
                 position,
                 viewers: viewers.load(Ordering::Relaxed),
                 recent,
+                parking,
             }),
             _ => Err(JoinError::Unavailable),
         }
@@ -349,8 +373,10 @@ struct Cursor {
     tx: broadcast::Sender<Item>,
     live: watch::Sender<bool>,
     recent: Arc<Mutex<Recent<Frame>>>,
-    /// Items sent to the feed, ever (see `FeedPosition`).
-    sent: Arc<AtomicU64>,
+    /// The feed's parked clients; every send goes through it (its
+    /// invariant is that no item bypasses its lock). It also counts the
+    /// items sent (see `FeedPosition`).
+    parking: Arc<Parking>,
     /// The newest event published to the feed. Only meaningful once live.
     last: EventId,
     idle_since: Option<Instant>,
@@ -359,9 +385,12 @@ struct Cursor {
 impl Cursor {
     /// Sends one item to every client of the feed.
     fn send(&self, item: Item) {
-        // No receivers is fine: the feed may be idle, waiting to be swept.
-        let _ = self.tx.send(item);
-        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.parking.send(&self.tx, item);
+    }
+
+    /// Clients of this feed on this replica (see [`FeedHandle::clients`]).
+    fn clients(&self) -> usize {
+        self.tx.receiver_count() + self.parking.parked()
     }
 }
 
@@ -597,7 +626,7 @@ impl<C: Codec> Subscriber<C> {
                     tx: request.tx,
                     live: request.live,
                     recent: request.recent,
-                    sent: request.sent,
+                    parking: request.parking,
                     last: EventId::ZERO,
                     idle_since: None,
                 },
@@ -688,7 +717,7 @@ impl<C: Codec> Subscriber<C> {
         let ttl = self.shared.config.idle_feed_ttl;
         let mut expired = Vec::new();
         for (auction, cursor) in self.cursors.iter_mut() {
-            if cursor.tx.receiver_count() > 0 {
+            if cursor.clients() > 0 {
                 cursor.idle_since = None;
             } else if now.duration_since(*cursor.idle_since.get_or_insert(now)) >= ttl {
                 expired.push(auction.clone());
@@ -698,9 +727,7 @@ impl<C: Codec> Subscriber<C> {
             let removed = {
                 let mut feeds = lock(&self.shared.feeds);
                 // Re-check under the lock: `join` subscribes under it.
-                let idle = feeds
-                    .get(&auction)
-                    .is_none_or(|f| f.tx.receiver_count() == 0);
+                let idle = feeds.get(&auction).is_none_or(|f| f.clients() == 0);
                 if idle {
                     feeds.remove(&auction);
                 }
@@ -726,7 +753,7 @@ fn publish<C: Codec>(codec: &C, auction: &AuctionId, cursor: &mut Cursor, event:
             otel.kind = "consumer",
             auction = %auction,
             event_id = %event.id,
-            clients = cursor.tx.receiver_count(),
+            clients = cursor.clients(),
         );
         telemetry::continue_and_link(&span, traceparent);
         span

@@ -14,6 +14,7 @@
 #![warn(unreachable_pub)]
 
 mod client;
+mod direct;
 mod feed;
 mod hub;
 mod recent;
@@ -23,6 +24,7 @@ mod viewers;
 mod writer;
 
 pub use client::{Batch, Delivery, Ended, MAX_BATCH, StartError, Subscription, Transport};
+pub use direct::Parked;
 pub use feed::{Codec, EncodedEvent, Frame, Item};
 pub use hub::{FeedPosition, Hub, HubConfig, JoinError};
 pub use session::{OpenError, Opening, Resume};

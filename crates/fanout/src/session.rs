@@ -11,6 +11,7 @@
 //!    unless no id was given.
 //! 3. Go live, dropping feed events at or below the last id sent.
 
+use crate::direct::Parking;
 use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::hub::{FeedPosition, Hub, JoinError, RecentEvents};
 use crate::replays::{self, Lookup, Page, Unavailable};
@@ -97,6 +98,7 @@ pub struct Opening {
     pub(crate) start: Start,
     /// The auction's viewers when the client joined (0: not known yet).
     pub(crate) viewers: u32,
+    pub(crate) parking: Arc<Parking>,
 }
 
 /// Joins the feed and decides how the client starts (steps 1 and 2).
@@ -163,6 +165,7 @@ pub(crate) async fn open<C: Codec>(
         position: joined.position,
         start,
         viewers: joined.viewers,
+        parking: joined.parking,
     })
 }
 

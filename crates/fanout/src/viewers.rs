@@ -37,7 +37,7 @@ pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: Cancellat
             let feeds = lock(&shared.feeds);
             let mut counts: Vec<(AuctionId, u64)> = feeds
                 .iter()
-                .map(|(auction, feed)| (auction.clone(), feed.tx.receiver_count() as u64))
+                .map(|(auction, feed)| (auction.clone(), feed.clients() as u64))
                 .filter(|(auction, clients)| *clients > 0 || reported.contains_key(auction))
                 .collect();
             // Feeds that went away (swept) are reported empty once.
@@ -74,9 +74,8 @@ pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: Cancellat
                 };
                 let total = u32::try_from(total).unwrap_or(u32::MAX);
                 if feed.viewers.swap(total, Ordering::Relaxed) != total {
-                    // Counted as sent, like every item (see `FeedPosition`).
-                    let _ = feed.tx.send(Item::Viewers(total));
-                    feed.sent.fetch_add(1, Ordering::Relaxed);
+                    // Through the feed's parking, like every item.
+                    feed.parking.send(&feed.tx, Item::Viewers(total));
                 }
             }
         }

@@ -88,6 +88,7 @@ pub struct Metrics {
     resumes: Family<ResumeLabels, Counter>,
     replay_reads_shared: Family<TransportLabels, Counter>,
     slow_consumer_disconnects: Family<TransportLabels, Counter>,
+    direct_clients: Family<TransportLabels, Gauge>,
     bids: Family<BidLabels, Counter>,
     redis_reconnects: Counter,
     ready: Gauge,
@@ -108,6 +109,9 @@ pub struct TransportMetrics {
     /// the same auction and id, in flight, instead of reading itself.
     pub replay_reads_shared: Counter,
     pub slow_consumer_disconnects: Counter,
+    /// Clients whose events the hub writes itself (parked: caught up, on
+    /// a feed small enough).
+    pub direct_clients: Gauge,
 }
 
 impl Default for Metrics {
@@ -129,6 +133,7 @@ impl Metrics {
         let resumes = Family::<ResumeLabels, Counter>::default();
         let replay_reads_shared = Family::<TransportLabels, Counter>::default();
         let slow_consumer_disconnects = Family::<TransportLabels, Counter>::default();
+        let direct_clients = Family::<TransportLabels, Gauge>::default();
         let bids = Family::<BidLabels, Counter>::default();
         let redis_reconnects = Counter::default();
         let ready = Gauge::default();
@@ -167,6 +172,11 @@ impl Metrics {
             "Connections closed because their queue overflowed",
             slow_consumer_disconnects.clone(),
         );
+        registry.register(
+            "auction_direct_clients",
+            "Clients whose events are written by the task that received them (caught up, on a small feed)",
+            direct_clients.clone(),
+        );
         registry.register("auction_bids", "Bids by source and outcome", bids.clone());
         registry.register(
             "auction_redis_reconnects",
@@ -188,6 +198,7 @@ impl Metrics {
             resumes,
             replay_reads_shared,
             slow_consumer_disconnects,
+            direct_clients,
             bids,
             redis_reconnects,
             ready,
@@ -214,6 +225,7 @@ impl Metrics {
                 .slow_consumer_disconnects
                 .get_or_create(&labels)
                 .clone(),
+            direct_clients: self.direct_clients.get_or_create(&labels).clone(),
         }
     }
 
@@ -277,6 +289,7 @@ mod tests {
             "auction_delivery_latency_seconds_bucket{le=\"0.004\",transport=\"sse\"} 1",
             "auction_resumes_total{transport=\"sse\",outcome=\"replayed\"} 0",
             "auction_slow_consumer_disconnects_total{transport=\"sse\"} 0",
+            "auction_direct_clients{transport=\"sse\"} 0",
             "auction_bids_total{source=\"user\",outcome=\"too_low\"} 1",
             "auction_redis_reconnects_total 1",
             "auction_max_connections{transport=\"sse\"} 10",

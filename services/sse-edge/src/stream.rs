@@ -15,7 +15,6 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::task::Poll;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
@@ -85,18 +84,16 @@ impl SseEndpoint {
             // it is done once, and inline its state would size every open
             // stream's task for the stream's whole life.
             match Box::pin(self.start(&stream, auction, resume)).await {
-                Ok((mut subscription, mut feed)) => {
-                    self.live(&mut SseSocket(&stream), &mut subscription, &mut feed)
-                        .await
+                Ok((mut subscription, feed)) => {
+                    // Shared from here: the hub writes to it while the
+                    // client is parked.
+                    let stream = Arc::new(stream);
+                    self.live(&stream, &mut subscription, feed).await;
+                    end(&stream);
                 }
-                Err(Some(refusal)) => return refusal::refuse(stream, &refusal).await,
-                Err(None) => {}
+                Err(Some(refusal)) => refusal::refuse(stream, &refusal).await,
+                Err(None) => end(&stream),
             }
-            // End the stream cleanly (FIN) whatever ended it: the browser sees
-            // the end and reconnects, to this replica or another, with its
-            // last id.
-            let mut stream = stream;
-            let _ = stream.shutdown().await;
         }
     }
 
@@ -143,14 +140,17 @@ impl SseEndpoint {
     }
 
     /// Forwards the feed until the client leaves, is cut off, or the
-    /// replica drains. Each wake takes everything the feed has ready and
-    /// writes it with one vectored write.
+    /// replica drains. A caught-up client parks its socket with the hub,
+    /// which writes each event to it directly, and waits for it back;
+    /// otherwise each wake takes everything the feed has ready and writes
+    /// it with one vectored write.
     async fn live(
         &self,
-        socket: &mut SseSocket<'_>,
+        stream: &Arc<TcpStream>,
         subscription: &mut Subscription,
-        feed: &mut broadcast::Receiver<Item>,
+        mut feed: broadcast::Receiver<Item>,
     ) {
+        let socket = &mut SseSocket(stream);
         // Created once: re-created per event it would register and
         // unregister a waiter each time, on a list every connection
         // shares. Whether the client left is asked afresh each wake
@@ -160,6 +160,19 @@ impl SseEndpoint {
         tokio::pin!(shutdown);
         let mut batch = Batch::default();
         loop {
+            if let Some(parked) = self.delivery.park(subscription, stream, || feed.is_empty()) {
+                drop(feed);
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return,
+                    _ = parked.handed_back() => {}
+                    _ = client_gone(stream) => return,
+                }
+                feed = match self.delivery.unpark(socket, subscription, parked).await {
+                    Ok(feed) => feed,
+                    Err(_) => return,
+                };
+            }
             let first = tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
@@ -196,6 +209,12 @@ impl SseEndpoint {
             }
         }
     }
+}
+
+/// Ends the stream cleanly (FIN) whatever ended it: the browser sees the
+/// end and reconnects, to this replica or another, with its last id.
+fn end(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }
 
 /// Resolves when the client closes its side (or sends something, which an

@@ -6,16 +6,17 @@ use crate::bids::PendingBids;
 use crate::endpoint::WsEndpoint;
 use crate::protocol::{self, ClientMessage};
 use crate::socket::WsSocket;
-use crate::subscriptions::{Subscribed, Subscriptions};
+use crate::subscriptions::{Park, Subscribed, Subscriptions};
 use crate::upgrade::Upgraded;
 use auction_domain::AuctionId;
-use fanout::Ended;
+use fanout::{Ended, Item, Parked};
 use futures_util::{FutureExt, StreamExt};
 use identity::TokenError;
 use service_kit::rate::TokenBucket;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::WatchStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,6 +24,16 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Why a session's task woke.
+enum Wake {
+    Shutdown,
+    HandedBack,
+    Item(u32, Result<Item, RecvError>),
+    Readable,
+    Answer(String),
+    Tick,
+}
 
 /// How a session ends.
 enum End {
@@ -136,20 +147,55 @@ impl<'a> Session<'a> {
         // socket's task; polled readiness keeps the task's waker in the
         // socket itself.
         let readable = || std::future::poll_fn(|cx| raw.poll_read_ready(cx));
+        // Set while the hub writes the socket's events (one subscription,
+        // caught up): taken back before anything else touches the socket.
+        let mut parked: Option<Parked> = None;
         loop {
-            // Ordered by how often each is the reason for waking: events
-            // first, so a delivery polls nothing else.
-            let step = tokio::select! {
-                biased;
-                _ = &mut shutdown => Err(End::Close(CloseCode::Restart, "replica restarting; reconnect and resume")),
-                (key, item) = self.subscriptions.next() => self
+            let mut ready = None;
+            if parked.is_none() {
+                match self.subscriptions.park(&endpoint.delivery, &self.socket) {
+                    Park::Parked(claim) => parked = Some(claim),
+                    Park::Ready(key, item) => ready = Some(Wake::Item(key, item)),
+                    Park::No => {}
+                }
+            }
+            let wake = match ready {
+                Some(wake) if !endpoint.shutdown.is_cancelled() => wake,
+                // Ordered by how often each is the reason for waking:
+                // events first, so a delivery polls nothing else.
+                _ => tokio::select! {
+                    biased;
+                    _ = &mut shutdown => Wake::Shutdown,
+                    _ = handed_back(&parked) => Wake::HandedBack,
+                    (key, item) = self.subscriptions.next() => Wake::Item(key, item),
+                    _ = readable() => Wake::Readable,
+                    reply = self.bids.next_answer() => Wake::Answer(reply),
+                    Some(_) = ticks.next() => Wake::Tick,
+                },
+            };
+            if let Some(claim) = parked.take() {
+                let unparked = self
+                    .subscriptions
+                    .unpark(&endpoint.delivery, &mut self.socket, claim)
+                    .await;
+                if let Err(ended) = unparked {
+                    return End::from(ended);
+                }
+            }
+            let step = match wake {
+                Wake::Shutdown => Err(End::Close(
+                    CloseCode::Restart,
+                    "replica restarting; reconnect and resume",
+                )),
+                Wake::HandedBack => Ok(()),
+                Wake::Item(key, item) => self
                     .subscriptions
                     .forward(&endpoint.delivery, &mut self.socket, key, item)
                     .await
                     .map_err(End::from),
-                _ = readable() => self.read_available(&mut awaiting_pong).await,
-                reply = self.bids.next_answer() => self.send_text(reply).await,
-                Some(_) = ticks.next() => match awaiting_pong {
+                Wake::Readable => self.read_available(&mut awaiting_pong).await,
+                Wake::Answer(reply) => self.send_text(reply).await,
+                Wake::Tick => match awaiting_pong {
                     // A peer gets at least (nearly) a whole interval to
                     // answer: shared ticks are an interval apart, give or
                     // take the timer's jitter.
@@ -159,7 +205,10 @@ impl<'a> Session<'a> {
                     Some(_) => Ok(()),
                     None => {
                         awaiting_pong = Some(Instant::now());
-                        self.socket.send(Message::Ping(Default::default())).await.map_err(End::from)
+                        self.socket
+                            .send(Message::Ping(Default::default()))
+                            .await
+                            .map_err(End::from)
                     }
                 },
             };
@@ -334,6 +383,14 @@ impl<'a> Session<'a> {
             Subscribed::Done => None,
             Subscribed::Refused(reply) => Some(reply),
         })
+    }
+}
+
+/// Resolves when the hub hands a parked socket back; never if not parked.
+async fn handed_back(parked: &Option<Parked>) {
+    match parked {
+        Some(parked) => parked.handed_back().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -43,6 +43,11 @@ impl WsSocket {
         &self.raw
     }
 
+    /// Whether tungstenite may hold unwritten bytes.
+    pub fn has_pending(&self) -> bool {
+        self.pending
+    }
+
     /// tungstenite queued a frame of its own (a pong, a close reply).
     pub fn mark_pending(&mut self) {
         self.pending = true;

@@ -5,7 +5,7 @@ use crate::codec::WsCodec;
 use crate::protocol::{INVALID_ID, LastId, Refusal};
 use crate::socket::WsSocket;
 use auction_domain::AuctionId;
-use fanout::{Batch, Delivery, Ended, Item, OpenError, Resume, StartError, Subscription};
+use fanout::{Batch, Delivery, Ended, Item, OpenError, Parked, Resume, StartError, Subscription};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::StreamMap;
@@ -18,6 +18,18 @@ pub enum Subscribed {
     Done,
     /// Refused; nothing was written for this auction: send this `error`.
     Refused(String),
+}
+
+/// What trying to park the socket came to.
+pub enum Park {
+    /// The hub writes the one subscription's events to the socket now:
+    /// take it back ([`Subscriptions::unpark`]) before anything else.
+    Parked(Parked),
+    /// Not caught up: this item was ready, forward it.
+    Ready(u32, Result<Item, RecvError>),
+    /// Not parked (several subscriptions, bytes of tungstenite's pending,
+    /// or the feed has all the parked clients it may).
+    No,
 }
 
 #[derive(Default)]
@@ -88,6 +100,56 @@ impl Subscriptions {
             let (key, _) = self.live.swap_remove(index);
             self.feeds.remove(&key);
         }
+    }
+
+    /// Hands the socket to the hub when it has one subscription and
+    /// nothing to send (see `fanout`'s direct delivery). A socket with
+    /// several subscriptions stays with its task: one write can carry
+    /// events of all of them.
+    pub fn park(&mut self, delivery: &Delivery<WsCodec>, socket: &WsSocket) -> Park {
+        let [(key, subscription)] = self.live.as_slice() else {
+            return Park::No;
+        };
+        if socket.has_pending() || !self.batch.is_empty() {
+            return Park::No;
+        }
+        let feeds = &mut self.feeds;
+        let mut ready = None;
+        let parked = delivery.park(subscription, socket.raw(), || {
+            match feeds.next().now_or_never() {
+                None => true,
+                Some(next) => {
+                    ready = next;
+                    false
+                }
+            }
+        });
+        match (parked, ready) {
+            (Some(parked), _) => {
+                // Its receiver is of no use while parked; unpark brings a
+                // new one.
+                self.feeds.remove(key);
+                Park::Parked(parked)
+            }
+            (None, Some((key, item))) => Park::Ready(key, item.map_err(lagged)),
+            (None, None) => Park::No,
+        }
+    }
+
+    /// Takes the socket back from the hub and reads the subscription's
+    /// feed again from where the hub left it.
+    pub async fn unpark(
+        &mut self,
+        delivery: &Delivery<WsCodec>,
+        socket: &mut WsSocket,
+        parked: Parked,
+    ) -> Result<(), Ended> {
+        let Some((key, subscription)) = self.live.first_mut() else {
+            return Ok(()); // dropping the claim takes the socket back
+        };
+        let feed = delivery.unpark(socket, subscription, parked).await?;
+        self.feeds.insert(*key, BroadcastStream::new(feed));
+        Ok(())
     }
 
     /// The next item of any subscription's feed; pending while there are

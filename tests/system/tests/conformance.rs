@@ -712,6 +712,57 @@ async fn viewers_case(redis: &impl TestRedis) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_written_by_the_hub_and_by_their_own_tasks_all_get_every_event_once() {
+    direct_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_written_by_the_hub_and_by_their_own_tasks_all_get_every_event_once_on_a_cluster() {
+    direct_case(&RedisCluster::start()).await;
+}
+
+/// More clients of one auction than the hub writes to itself (16): the
+/// hub takes 16 of them (`auction_direct_clients`), their own tasks write
+/// the rest, and every one gets the stream exactly. Clients that leave
+/// leave the hub's hands too.
+async fn direct_case(redis: &impl TestRedis) {
+    let _bidder = simulator(&redis, "direct", 20);
+    redis.wait_for_more("direct", "0-0", 1);
+    for transport in Transport::BOTH {
+        let edge = start_edge(transport, &redis, &[]);
+        let mut conns = Vec::new();
+        for _ in 0..20 {
+            conns.push(Conn::open(transport, edge.addr, "direct", None, None).await);
+        }
+        let mut received: Vec<Vec<Received>> = Vec::new();
+        for conn in &mut conns {
+            received.push(vec![conn.next(QUIET).await.expect("init")]);
+        }
+        let gauge = format!(
+            "auction_direct_clients{{transport=\"{}\"}}",
+            transport.label()
+        );
+        tokio::task::block_in_place(|| {
+            wait_for("the hub to write 16 clients", QUIET, || {
+                (edge.metric(&gauge) == 16.0).then_some(())
+            });
+        });
+        let target = redis.wait_for_more("direct", &redis.head("direct"), 20);
+        for (conn, received) in conns.iter_mut().zip(&mut received) {
+            read_until(conn, &target, received).await;
+            let ids = event_ids(received);
+            assert_exact(&redis, "direct", &init_id(received), &ids);
+        }
+        drop(conns);
+        tokio::task::block_in_place(|| {
+            wait_for("the hub to let go of the clients that left", QUIET, || {
+                (edge.metric(&gauge) == 0.0).then_some(())
+            });
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_clients_of_a_quiet_auction_share_one_init() {
     quiet_case(&RedisServer::start()).await;
 }
