@@ -73,8 +73,9 @@ struct LaneState {
     /// The newest event id the client was sent (events at or below it are
     /// skipped: the client's replay had them).
     last_sent: EventId,
-    /// Set by the hub when it hands the socket back.
-    returned: Option<Returned>,
+    /// Set by the hub when it hands the socket back (boxed: a parked lane
+    /// stays small, and this is set once).
+    returned: Option<Box<Returned>>,
     /// The client's task, woken when the socket is handed back.
     waker: Option<Waker>,
 }
@@ -248,13 +249,13 @@ impl Lane {
     ) {
         let waker = {
             let mut state = lock(&self.state);
-            state.returned = Some(Returned {
+            state.returned = Some(Box::new(Returned {
                 feed,
                 taken,
                 last_sent: state.last_sent,
                 pending,
                 closed,
-            });
+            }));
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -316,13 +317,16 @@ impl Parked {
         // Out of the list: the hub handed it back (under the same lock, so
         // `returned` is set).
         let mut state = lock(&self.lane.state);
-        state.returned.take().unwrap_or(Returned {
-            feed: None,
-            taken: 0,
-            last_sent: state.last_sent,
-            pending: None,
-            closed: true,
-        })
+        match state.returned.take() {
+            Some(returned) => *returned,
+            None => Returned {
+                feed: None,
+                taken: 0,
+                last_sent: state.last_sent,
+                pending: None,
+                closed: true,
+            },
+        }
     }
 }
 
