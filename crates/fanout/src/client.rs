@@ -330,6 +330,11 @@ impl<C: Codec> Delivery<C> {
         socket: &Arc<TcpStream>,
         caught_up: impl FnOnce() -> bool,
     ) -> Option<Parked> {
+        // Also asked of the feed's own count: a client behind by it has
+        // items waiting, whatever its receiver says (the count never
+        // reports more than the true distance).
+        let position = &subscription.position;
+        let caught_up = || position.behind() == 0 && caught_up();
         subscription
             .parking
             .park(socket, subscription.last_sent, &self.metrics, caught_up)

@@ -115,13 +115,11 @@ impl Subscriptions {
         }
         let feeds = &mut self.feeds;
         let mut ready = None;
-        let parked = delivery.park(subscription, socket.raw(), || {
-            match feeds.next().now_or_never() {
-                None => true,
-                Some(next) => {
-                    ready = next;
-                    false
-                }
+        let parked = delivery.park(subscription, socket.raw(), || match ready_now(feeds) {
+            None => true,
+            Some(next) => {
+                ready = next;
+                false
             }
         });
         match (parked, ready) {
@@ -215,6 +213,17 @@ impl Subscriptions {
     }
 }
 
+type Feeds = StreamMap<u32, BroadcastStream<Item>>;
+
+/// The next item of the feeds if one is waiting, without waiting: `None`
+/// means none is. Unconstrained: under Tokio's cooperative budget a
+/// receive answers "not yet" with items waiting once a task has taken
+/// many in a row (a long catch-up), and a socket parked on that answer
+/// would drop them with its receiver.
+fn ready_now(feeds: &mut Feeds) -> Option<Option<<Feeds as futures_util::Stream>::Item>> {
+    tokio::task::unconstrained(feeds.next()).now_or_never()
+}
+
 fn lagged(error: BroadcastStreamRecvError) -> RecvError {
     match error {
         BroadcastStreamRecvError::Lagged(n) => RecvError::Lagged(n),
@@ -228,4 +237,38 @@ fn unavailable() -> String {
         "the event store is unreachable; retry shortly",
     )
     .to_json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::broadcast;
+
+    #[tokio::test]
+    async fn items_still_waiting_after_a_long_catch_up_are_seen() {
+        let (tx, rx) = broadcast::channel(1024);
+        for _ in 0..600 {
+            tx.send(Item::Tick).unwrap();
+        }
+        let mut feeds = Feeds::new();
+        feeds.insert(0, BroadcastStream::new(rx));
+        // Taken in a row without yielding, as a catch-up does: far past
+        // Tokio's budget per task poll.
+        for _ in 0..500 {
+            assert!(feeds.next().now_or_never().is_some() || ready_now(&mut feeds).is_some());
+        }
+        assert!(
+            feeds.next().now_or_never().is_none(),
+            "the budget is spent: a plain poll says nothing is waiting"
+        );
+        assert!(
+            matches!(ready_now(&mut feeds), Some(Some((0, Ok(Item::Tick))))),
+            "yet items are waiting"
+        );
+        let mut rest = 1;
+        while let Some(Some(_)) = ready_now(&mut feeds) {
+            rest += 1;
+        }
+        assert_eq!(rest, 100);
+    }
 }

@@ -763,6 +763,37 @@ async fn direct_case(redis: &impl TestRedis) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_far_behind_and_catches_up_gets_every_event_once() {
+    catch_up_case(&RedisServer::start()).await;
+}
+
+/// A client that stops reading while hundreds of events pile up (its
+/// queue is big enough not to lap it), then reads again: its task takes
+/// far more items in a row than Tokio's cooperative budget allows, and
+/// must not mistake the budget's "not yet" for being caught up (which
+/// would hand its socket to the hub and drop what its queue still held).
+async fn catch_up_case(redis: &impl TestRedis) {
+    let _bidder = simulator(&redis, "behind", 1);
+    redis.wait_for_more("behind", "0-0", 1);
+    let settings = [
+        ("AUCTION_CLIENT_QUEUE", "8192"),
+        ("AUCTION_SOCKET_SEND_BUFFER", "4096"),
+    ];
+    for transport in Transport::BOTH {
+        let edge = start_edge(transport, &redis, &settings);
+        let mut conn = Conn::open(transport, edge.addr, "behind", None, Some(4096)).await;
+        let mut received = vec![conn.next(QUIET).await.expect("init")];
+        let start = init_id(&received);
+        // Not reading meanwhile: the events pile up in the client's queue.
+        tokio::task::block_in_place(|| redis.wait_for_more("behind", &start, 1500));
+        let target = redis.wait_for_more("behind", &redis.head("behind"), 20);
+        read_until(&mut conn, &target, &mut received).await;
+        assert_exact(&redis, "behind", &start, &event_ids(&received));
+        assert_eq!(counts(&edge, transport).slow, 0.0, "{transport:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_clients_of_a_quiet_auction_share_one_init() {
     quiet_case(&RedisServer::start()).await;
 }
