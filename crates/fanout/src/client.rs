@@ -32,6 +32,8 @@ use crate::hub::{FeedPosition, Hub};
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
 use crate::writer::{self, Tried, WriteError};
 use auction_domain::{AuctionId, EventId, clock};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -394,16 +396,14 @@ impl<C: Codec> Delivery<C> {
         Ok(())
     }
 
-    /// Counts live events written, by their `placed_at` (0: unknown).
+    /// Counts live events written now, by their `placed_at` (0: unknown).
     fn count_delivered(&self, placed_at: &[u64]) {
-        let now = clock::now_ms();
-        self.metrics.events_delivered.inc_by(placed_at.len() as u64);
-        for &placed_at in placed_at {
-            if placed_at > 0 {
-                let latency = now.saturating_sub(placed_at) as f64 / 1000.0;
-                self.metrics.delivery_latency.observe(latency);
-            }
-        }
+        count_delivered(
+            &self.metrics.events_delivered,
+            &self.metrics.delivery_latency,
+            clock::now_ms(),
+            placed_at,
+        );
     }
 
     /// A failed write as the client's ending (a slow one is counted).
@@ -445,6 +445,24 @@ impl<C: Codec> Delivery<C> {
                 Err(error) => Err(error),
             };
             written.map_err(|error| self.ended(error))
+        }
+    }
+}
+
+/// Counts live events written at `now_ms` (`auction_events_delivered_total`)
+/// and observes each one's latency from its `placed_at` (0: unknown, not
+/// observed). The one place both a client's task and the hub's direct
+/// writes count what they delivered.
+pub(crate) fn count_delivered(
+    delivered: &Counter,
+    latency: &Histogram,
+    now_ms: u64,
+    placed_at: &[u64],
+) {
+    delivered.inc_by(placed_at.len() as u64);
+    for &placed_at in placed_at {
+        if placed_at > 0 {
+            latency.observe(now_ms.saturating_sub(placed_at) as f64 / 1000.0);
         }
     }
 }

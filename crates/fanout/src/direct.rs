@@ -18,6 +18,7 @@
 //!   count, a reset, a gone auction): lanes are handed back first, and the
 //!   item reaches the client through its new receiver.
 
+use crate::client;
 use crate::feed::{EncodedEvent, Frame, Item};
 use crate::hub::lock;
 use crate::writer::{self, Tried};
@@ -216,11 +217,8 @@ impl Lane {
         state.last_sent = event.id;
         match writer::try_write_all(&self.socket, std::slice::from_ref(&event.frame)) {
             Ok(Tried::All) => {
-                self.delivered.inc();
-                if event.placed_at_ms > 0 {
-                    let latency = now_ms.saturating_sub(event.placed_at_ms) as f64 / 1000.0;
-                    self.latency.observe(latency);
-                }
+                let placed_at = [event.placed_at_ms];
+                client::count_delivered(&self.delivered, &self.latency, now_ms, &placed_at);
                 Wrote::Stay
             }
             Ok(Tried::Part(written)) => Wrote::HandBack {
