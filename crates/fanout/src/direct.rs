@@ -291,13 +291,24 @@ impl Parked {
         })
     }
 
+    /// Takes this lane out of the feed's parked lanes (the caller holds
+    /// their lock); `false`: the hub had handed it back already.
+    fn leave(&self, lanes: &mut Vec<Arc<Lane>>) -> bool {
+        match lanes.iter().position(|l| Arc::ptr_eq(l, &self.lane)) {
+            Some(index) => {
+                lanes.swap_remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Takes the socket back: as the hub handed it back, or from the hub
     /// now (after the write it may be doing).
     pub(crate) fn take_back(self) -> Returned {
         {
             let mut lanes = lock(&self.parking.lanes);
-            if let Some(index) = lanes.iter().position(|l| Arc::ptr_eq(l, &self.lane)) {
-                lanes.swap_remove(index);
+            if self.leave(&mut lanes) {
                 // Under the feed's lock: no item is sent between this
                 // receiver's attaching and the count read.
                 let feed = self.parking.tx.upgrade().map(|tx| tx.subscribe());
@@ -330,10 +341,7 @@ impl Parked {
 
 impl Drop for Parked {
     fn drop(&mut self) {
-        let mut lanes = lock(&self.parking.lanes);
-        if let Some(index) = lanes.iter().position(|l| Arc::ptr_eq(l, &self.lane)) {
-            lanes.swap_remove(index);
-        }
+        self.leave(&mut lock(&self.parking.lanes));
         self.lane.parked.dec();
     }
 }
