@@ -140,6 +140,17 @@ impl Parking {
         lock(&self.lanes).len()
     }
 
+    /// Clients of the feed: those reading its ring (`tx`'s receivers) and
+    /// those parked, which hold no receiver.
+    pub(crate) fn clients(&self, tx: &broadcast::Sender<Item>) -> usize {
+        tx.receiver_count() + self.parked()
+    }
+
+    /// Items sent to the feed, ever (see `FeedPosition`).
+    pub(crate) fn sent(&self) -> &Arc<AtomicU64> {
+        &self.sent
+    }
+
     /// Sends one item to every client of the feed: into the ring for the
     /// clients reading it, and straight to the parked clients' sockets.
     pub(crate) fn send(&self, tx: &broadcast::Sender<Item>, item: Item) {

@@ -67,8 +67,8 @@ pub(crate) struct FeedHandle {
     pub(crate) tx: broadcast::Sender<Item>,
     live: watch::Receiver<bool>,
     recent: Arc<Mutex<Recent<Frame>>>,
-    pub(crate) sent: Arc<AtomicU64>,
-    /// The clients the hub writes to itself (see [`crate::direct`]).
+    /// Every send to the feed, and the clients the hub writes to itself
+    /// (see [`crate::direct`]); it also counts the items sent.
     pub(crate) parking: Arc<Parking>,
     /// The auction's viewers over all replicas, as last learned (written
     /// by the viewers task only).
@@ -79,7 +79,7 @@ impl FeedHandle {
     /// Clients of this feed on this replica: those reading the ring and
     /// those parked (which hold no receiver).
     pub(crate) fn clients(&self) -> usize {
-        self.tx.receiver_count() + self.parking.parked()
+        self.parking.clients(&self.tx)
     }
 }
 
@@ -306,7 +306,7 @@ impl<C: Codec> Hub<C> {
                     feed.tx.subscribe(),
                     feed.live.clone(),
                     feed.recent.clone(),
-                    feed.sent.clone(),
+                    feed.parking.sent().clone(),
                     feed.viewers.clone(),
                     feed.parking.clone(),
                 ),
@@ -335,7 +335,6 @@ impl<C: Codec> Hub<C> {
                             tx,
                             live: live_rx.clone(),
                             recent: recent.clone(),
-                            sent: sent.clone(),
                             parking: parking.clone(),
                             viewers: viewers.clone(),
                         },
@@ -390,7 +389,7 @@ impl Cursor {
 
     /// Clients of this feed on this replica (see [`FeedHandle::clients`]).
     fn clients(&self) -> usize {
-        self.tx.receiver_count() + self.parking.parked()
+        self.parking.clients(&self.tx)
     }
 }
 
