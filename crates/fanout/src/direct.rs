@@ -397,6 +397,13 @@ mod tests {
         parking.park(socket, EventId::new(last, 0), &metrics(), || true)
     }
 
+    /// Waits (at most 5 s) for the hub to hand the socket back.
+    async fn handed_back(parked: &Parked) {
+        tokio::time::timeout(Duration::from_secs(5), parked.handed_back())
+            .await
+            .expect("the socket was handed back");
+    }
+
     async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
         let mut bytes = vec![0; len];
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut bytes))
@@ -428,9 +435,7 @@ mod tests {
         let (server, _client) = pair().await;
         let parked = park(&parking, &server, 0).unwrap();
         parking.send(&tx, Item::Tick);
-        tokio::time::timeout(Duration::from_secs(5), parked.handed_back())
-            .await
-            .unwrap();
+        handed_back(&parked).await;
         assert_eq!(parking.parked(), 0);
         let returned = parked.take_back();
         assert_eq!(returned.taken, 0, "the tick is still to be taken");
@@ -449,9 +454,7 @@ mod tests {
         let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
         parking.send(&tx, event(1, big.clone()));
         parking.send(&tx, event(2, Bytes::from_static(b"after\n")));
-        tokio::time::timeout(Duration::from_secs(5), parked.handed_back())
-            .await
-            .unwrap();
+        handed_back(&parked).await;
         let returned = parked.take_back();
         let pending = returned.pending.unwrap();
         assert!(pending.written < big.len());
@@ -528,9 +531,7 @@ mod tests {
             parking.send(&tx, event(n, Bytes::from_static(b"data\n")));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::timeout(Duration::from_secs(5), parked.handed_back())
-            .await
-            .unwrap();
+        handed_back(&parked).await;
         assert!(parked.take_back().closed);
     }
 }
