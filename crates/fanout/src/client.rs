@@ -342,9 +342,10 @@ impl<C: Codec> Delivery<C> {
             .park(socket, subscription.last_sent, &self.metrics, caught_up)
     }
 
-    /// Takes a parked socket back: the subscription learns what the hub
-    /// sent meanwhile, an event the socket took only part of is finished
-    /// (under the stall limit), and the receiver to read from now on is
+    /// Takes a parked socket back: the subscription learns what was
+    /// written meanwhile, an event the socket took only part of is
+    /// finished (under the stall limit), the events a group writer had not
+    /// written yet are written, and the receiver to read from now on is
     /// returned. Nothing of the transport's own is written first: a frame
     /// may be half written.
     pub async fn unpark<T: Transport>(
@@ -375,6 +376,19 @@ impl<C: Codec> Delivery<C> {
             Box::pin(written).await.map_err(|error| self.ended(error))?;
             self.count_delivered(&[pending.placed_at_ms]);
         }
+        // What a group writer had not written yet; without it, the client
+        // resumes from its last id (here or elsewhere), as after a reset.
+        let missed = returned.missed.ok_or(Ended::Reset)?;
+        let start = missed.partition_point(|event| event.id <= subscription.last_sent);
+        if let Some(newest) = missed.last().filter(|_| start < missed.len()) {
+            let missed = &missed[start..];
+            let frames: Vec<Frame> = missed.iter().map(|event| event.frame.clone()).collect();
+            self.write(transport, &frames, || subscription.lapped())
+                .await?;
+            subscription.last_sent = newest.id;
+            let placed_at: Vec<u64> = missed.iter().map(|event| event.placed_at_ms).collect();
+            self.count_delivered(&placed_at);
+        }
         Ok(feed)
     }
 
@@ -402,7 +416,7 @@ impl<C: Codec> Delivery<C> {
             &self.metrics.events_delivered,
             &self.metrics.delivery_latency,
             clock::now_ms(),
-            placed_at,
+            placed_at.iter().copied(),
         );
     }
 
@@ -457,10 +471,10 @@ pub(crate) fn count_delivered(
     delivered: &Counter,
     latency: &Histogram,
     now_ms: u64,
-    placed_at: &[u64],
+    placed_at: impl ExactSizeIterator<Item = u64>,
 ) {
     delivered.inc_by(placed_at.len() as u64);
-    for &placed_at in placed_at {
+    for placed_at in placed_at {
         if placed_at > 0 {
             latency.observe(now_ms.saturating_sub(placed_at) as f64 / 1000.0);
         }

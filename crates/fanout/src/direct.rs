@@ -1,7 +1,6 @@
-//! Direct delivery: a caught-up client of a small feed hands its socket to
-//! the hub, which then writes the feed's events to it from the task that
-//! received the notice; the client's own task sleeps until the hub hands
-//! the socket back or the client needs it.
+//! Direct delivery: a caught-up client hands its socket to the feed, whose
+//! events are then written to it without waking the client's task; the
+//! client's task sleeps until the socket is handed back or it needs it.
 //!
 //! Why: where each event goes out alone (a few clients per auction, or
 //! clients that keep up with a slow feed), the write is a few microseconds
@@ -9,18 +8,34 @@
 //! wait points, a broadcast receive) costs nearly as much again. A parked
 //! client costs the write and nothing else.
 //!
-//! The hub hands a socket back, with a receiver on the feed placed so that
-//! the client misses nothing, when:
+//! Who writes a parked socket:
+//! - the first [`MAX_PARKED`] clients of a feed: the hub, from the task
+//!   that received the notice, in line (no wake-up at all);
+//! - the clients beyond them: a group writer per [`GROUP_LANES`] clients,
+//!   a task of its own reading the feed's ring like one client and writing
+//!   what it took to each of its sockets, several events in one write when
+//!   they pile up. One wake-up per group per event instead of one per
+//!   client, and a big feed's writes still spread over every worker.
+//!
+//! A socket is handed back, with a receiver on the feed placed so that the
+//! client misses nothing, when:
 //! - an event does not fit in the socket: the client finishes writing it
 //!   (under the stall limit, as any write) and goes on from the receiver;
 //! - the socket fails: the client ends;
 //! - the feed carries anything but an event (a keepalive tick, a viewer
 //!   count, a reset, a gone auction): lanes are handed back first, and the
-//!   item reaches the client through its new receiver.
+//!   item reaches the client through its new receiver;
+//! - a group writer falls a whole ring behind, or the feed ends.
+//!
+//! A group writer may be behind its feed when its lane is handed back: the
+//! events sent and not yet written to that socket come back with it
+//! (`Returned::missed`, from the feed's recent run), for the client to
+//! write before its receiver.
 
 use crate::client;
 use crate::feed::{EncodedEvent, Frame, Item};
 use crate::hub::lock;
+use crate::recent::Recent;
 use crate::writer::{self, Tried};
 use auction_domain::EventId;
 use prometheus_client::metrics::counter::Counter;
@@ -32,13 +47,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use telemetry::TransportMetrics;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio_util::sync::CancellationToken;
 
 /// Most clients of one feed the hub writes to itself. Each costs the hub a
 /// write per event (about 5 µs), done in line with every other feed's
-/// notices: bounded so that a big feed is still written by its clients'
-/// tasks on every worker, and a notice never waits long behind another.
+/// notices: bounded so that a notice never waits long behind another.
 pub(crate) const MAX_PARKED: usize = 16;
+
+/// Most clients one group writer serves: a big feed's writes are split
+/// into tasks of this many sockets, which the runtime spreads over its
+/// workers (about 0.3 ms of writes per event each).
+pub(crate) const GROUP_LANES: usize = 64;
 
 /// The send side of one feed: its broadcast ring and the clients parked on
 /// it.
@@ -46,16 +66,44 @@ pub(crate) const MAX_PARKED: usize = 16;
 /// Invariant: every item is sent to the feed under `lanes`' lock, and a
 /// client parks under it only while its receiver holds nothing unread. So
 /// a parked client misses nothing: each event sent while it is parked is
-/// written to its socket, or its lane is handed back with that event
-/// pending; and before any other item is sent, every lane is handed back
-/// with a receiver that gets that item.
+/// written to its socket, or is in its group writer's receiver, or its
+/// lane is handed back with that event pending or missed; and before any
+/// other item is sent, every lane is handed back with a receiver that gets
+/// that item.
 pub(crate) struct Parking {
     /// The feed's ring, to give a returning client a receiver. Weak: the
     /// ring closes when the hub drops the feed, whoever is parked.
     tx: broadcast::WeakSender<Item>,
     /// Items sent to the feed, ever (see `FeedPosition`).
     sent: Arc<AtomicU64>,
-    lanes: Mutex<Vec<Arc<Lane>>>,
+    /// The feed's recent events: what a group writer had not written yet
+    /// when its lane was handed back.
+    recent: Arc<Mutex<Recent<Frame>>>,
+    lanes: Mutex<Lanes>,
+}
+
+/// The feed's parked clients, by who writes them.
+#[derive(Default)]
+struct Lanes {
+    /// Written by the hub as each event is sent (at most `MAX_PARKED`).
+    hub: Vec<Arc<Lane>>,
+    /// Written by their group writers (each at most `GROUP_LANES`). A
+    /// group leaves this list when its last lane does, and its writer ends.
+    groups: Vec<Group>,
+    next_group: u64,
+    /// Group writers still holding a receiver on the feed: not clients,
+    /// so not counted as such (changed under this lock, as is the
+    /// receiver's drop).
+    writers: usize,
+    /// The newest event sent to the feed: a lane sent it misses nothing.
+    newest: EventId,
+}
+
+struct Group {
+    id: u64,
+    lanes: Vec<Arc<Lane>>,
+    /// Cancelled as the group leaves the list: its writer ends.
+    done: CancellationToken,
 }
 
 /// One parked client: its socket and how far it has been sent.
@@ -65,20 +113,34 @@ struct Lane {
     latency: Histogram,
     /// `auction_direct_clients`: one while this lane is claimed.
     parked: Gauge,
-    /// Touched by the hub while the lane is parked, by the client once it
-    /// is handed back; the lock only makes the hand-over visible.
+    /// Touched by whoever writes the lane while it is parked, by the
+    /// client once it is handed back; the lock only makes the hand-over
+    /// visible (and keeps a group writer's write whole against it).
     state: Mutex<LaneState>,
 }
 
 struct LaneState {
-    /// The newest event id the client was sent (events at or below it are
-    /// skipped: the client's replay had them).
+    /// The newest event id the client was sent, or is being sent (events
+    /// at or below it are skipped: the client's replay had them).
     last_sent: EventId,
-    /// Set by the hub when it hands the socket back (boxed: a parked lane
-    /// stays small, and this is set once).
+    /// The event the socket took only part of; set, the lane is written
+    /// no more and waits to be handed back.
+    pending: Option<Pending>,
+    /// The socket failed; set, the lane waits to be handed back.
+    closed: bool,
+    /// Set when the socket is handed back (boxed: a parked lane stays
+    /// small, and this is set once).
     returned: Option<Box<Returned>>,
     /// The client's task, woken when the socket is handed back.
     waker: Option<Waker>,
+}
+
+impl LaneState {
+    /// Whether the lane can be written no more (it waits to be handed
+    /// back, or was).
+    fn stuck(&self) -> bool {
+        self.pending.is_some() || self.closed || self.returned.is_some()
+    }
 }
 
 /// What a client gets back with its socket.
@@ -93,6 +155,11 @@ pub(crate) struct Returned {
     pub(crate) last_sent: EventId,
     /// An event the socket took only part of: the client writes the rest.
     pub(crate) pending: Option<Pending>,
+    /// Events sent to the feed and not written to this socket (after
+    /// `last_sent`, oldest first; some may reach `feed` too: the client
+    /// drops ids it has sent). `None`: the feed's recent run no longer
+    /// holds them; the client must resume from `last_sent`.
+    pub(crate) missed: Option<Vec<Arc<EncodedEvent>>>,
     /// The socket failed: the client ends.
     pub(crate) closed: bool,
 }
@@ -106,17 +173,6 @@ pub(crate) struct Pending {
     pub(crate) placed_at_ms: u64,
 }
 
-/// What writing one event to a lane came to.
-enum Wrote {
-    /// Written whole (or not needed): the lane stays parked.
-    Stay,
-    /// Handed back with this event pending, or the socket failed.
-    HandBack {
-        pending: Option<Pending>,
-        closed: bool,
-    },
-}
-
 impl std::fmt::Debug for Parking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Parking")
@@ -125,25 +181,45 @@ impl std::fmt::Debug for Parking {
     }
 }
 
+impl Lanes {
+    fn parked(&self) -> usize {
+        self.hub.len() + self.groups.iter().map(|g| g.lanes.len()).sum::<usize>()
+    }
+
+    /// Takes the group out of the list (its writer ends) and returns its
+    /// lanes.
+    fn disband(&mut self, index: usize) -> Vec<Arc<Lane>> {
+        let group = self.groups.swap_remove(index);
+        group.done.cancel();
+        group.lanes
+    }
+}
+
 impl Parking {
-    pub(crate) fn new(tx: &broadcast::Sender<Item>, sent: Arc<AtomicU64>) -> Parking {
+    pub(crate) fn new(
+        tx: &broadcast::Sender<Item>,
+        sent: Arc<AtomicU64>,
+        recent: Arc<Mutex<Recent<Frame>>>,
+    ) -> Parking {
         Parking {
             tx: tx.downgrade(),
             sent,
-            lanes: Mutex::new(Vec::new()),
+            recent,
+            lanes: Mutex::new(Lanes::default()),
         }
     }
 
     /// How many clients are parked (they hold no receiver: count them
     /// with the receivers).
     pub(crate) fn parked(&self) -> usize {
-        lock(&self.lanes).len()
+        lock(&self.lanes).parked()
     }
 
-    /// Clients of the feed: those reading its ring (`tx`'s receivers) and
-    /// those parked, which hold no receiver.
+    /// Clients of the feed: those reading its ring (`tx`'s receivers, but
+    /// for the group writers') and those parked, which hold no receiver.
     pub(crate) fn clients(&self, tx: &broadcast::Sender<Item>) -> usize {
-        tx.receiver_count() + self.parked()
+        let lanes = lock(&self.lanes);
+        tx.receiver_count().saturating_sub(lanes.writers) + lanes.parked()
     }
 
     /// Items sent to the feed, ever (see `FeedPosition`).
@@ -152,14 +228,19 @@ impl Parking {
     }
 
     /// Sends one item to every client of the feed: into the ring for the
-    /// clients reading it, and straight to the parked clients' sockets.
+    /// clients reading it and the group writers, and straight to the
+    /// sockets the hub writes.
     pub(crate) fn send(&self, tx: &broadcast::Sender<Item>, item: Item) {
         let mut lanes = lock(&self.lanes);
         let Item::Event(event) = &item else {
             // Handed back first, with receivers that get this item.
             let taken = self.sent.load(Ordering::Relaxed);
-            for lane in lanes.drain(..) {
-                lane.hand_back(Some(tx.subscribe()), taken, None, false);
+            let mut returning = std::mem::take(&mut lanes.hub);
+            while !lanes.groups.is_empty() {
+                returning.extend(lanes.disband(0));
+            }
+            for lane in returning {
+                self.hand_back(&lanes, &lane, Some(tx.subscribe()), taken);
             }
             // No receivers is fine: the feed may be idle, waiting to be swept.
             let _ = tx.send(item);
@@ -169,24 +250,30 @@ impl Parking {
         let event = event.clone();
         let _ = tx.send(item);
         let taken = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
-        if lanes.is_empty() {
+        lanes.newest = event.id;
+        if lanes.hub.is_empty() {
             return;
         }
         let now = auction_domain::clock::now_ms();
-        lanes.retain(|lane| match lane.write(&event, now) {
-            Wrote::Stay => true,
-            Wrote::HandBack { pending, closed } => {
-                // Attached after this event was sent: the pending write
-                // has it, the receiver starts after it.
-                lane.hand_back(Some(tx.subscribe()), taken, pending, closed);
-                false
+        let events = std::slice::from_ref(&event);
+        let frames = std::slice::from_ref(&event.frame);
+        let mut hub = std::mem::take(&mut lanes.hub);
+        hub.retain(|lane| {
+            if lane.write(events, frames, now) {
+                return true;
             }
+            // Attached after this event was sent: the pending write has
+            // it, the receiver starts after it.
+            self.hand_back(&lanes, lane, Some(tx.subscribe()), taken);
+            false
         });
+        lanes.hub = hub;
     }
 
     /// Parks a client whose receiver holds nothing unread, as
     /// `caught_up()` (asked under the feed's lock) tells. `None`: not
-    /// parked (not caught up, or the feed has all the lanes it may).
+    /// parked (not caught up, or the feed ended). Bounded by the clients
+    /// themselves: one lane per client, one group per `GROUP_LANES`.
     pub(crate) fn park(
         self: &Arc<Self>,
         socket: &Arc<TcpStream>,
@@ -195,7 +282,7 @@ impl Parking {
         caught_up: impl FnOnce() -> bool,
     ) -> Option<Parked> {
         let mut lanes = lock(&self.lanes);
-        if lanes.len() >= MAX_PARKED || !caught_up() {
+        if !caught_up() {
             return None;
         }
         let lane = Arc::new(Lane {
@@ -205,76 +292,257 @@ impl Parking {
             parked: metrics.direct_clients.clone(),
             state: Mutex::new(LaneState {
                 last_sent,
+                pending: None,
+                closed: false,
                 returned: None,
                 waker: None,
             }),
         });
-        lanes.push(lane.clone());
+        if lanes.hub.len() < MAX_PARKED {
+            lanes.hub.push(lane.clone());
+        } else if let Some(group) = lanes
+            .groups
+            .iter_mut()
+            .find(|group| group.lanes.len() < GROUP_LANES)
+        {
+            group.lanes.push(lane.clone());
+        } else {
+            // Attached now, under the lock: it gets every item sent after
+            // this client was found caught up.
+            let rx = self.tx.upgrade()?.subscribe();
+            let id = lanes.next_group;
+            lanes.next_group += 1;
+            lanes.writers += 1;
+            let done = CancellationToken::new();
+            lanes.groups.push(Group {
+                id,
+                lanes: vec![lane.clone()],
+                done: done.clone(),
+            });
+            tokio::spawn(write_group(self.clone(), id, rx, done));
+        }
         lane.parked.inc();
         Some(Parked {
             parking: self.clone(),
             lane,
         })
     }
-}
 
-impl Lane {
-    /// Writes one event to the socket, without waiting.
-    fn write(&self, event: &EncodedEvent, now_ms: u64) -> Wrote {
-        let mut state = lock(&self.state);
-        if event.id <= state.last_sent {
-            return Wrote::Stay;
-        }
-        state.last_sent = event.id;
-        match writer::try_write_all(&self.socket, std::slice::from_ref(&event.frame)) {
-            Ok(Tried::All) => {
-                let placed_at = [event.placed_at_ms];
-                client::count_delivered(&self.delivered, &self.latency, now_ms, &placed_at);
-                Wrote::Stay
-            }
-            Ok(Tried::Part(written)) => Wrote::HandBack {
-                pending: Some(Pending {
-                    frame: event.frame.clone(),
-                    written,
-                    placed_at_ms: event.placed_at_ms,
-                }),
-                closed: false,
-            },
-            Err(_) => Wrote::HandBack {
-                pending: None,
-                closed: true,
-            },
+    /// What a lane leaving the feed's hands takes with it. Called under
+    /// the feed's lock (`lanes`), with the lane already out of the list.
+    fn returned(
+        &self,
+        lanes: &Lanes,
+        lane: &Lane,
+        feed: Option<broadcast::Receiver<Item>>,
+        taken: u64,
+    ) -> Returned {
+        let (last_sent, pending, closed) = {
+            let mut state = lock(&lane.state);
+            (state.last_sent, state.pending.take(), state.closed)
+        };
+        let missed = if closed || last_sent >= lanes.newest {
+            Some(Vec::new())
+        } else {
+            lock(&self.recent).after(last_sent)
+        };
+        Returned {
+            feed,
+            taken,
+            last_sent,
+            pending,
+            missed,
+            closed,
         }
     }
 
     /// Gives the socket back to its client and wakes it. Called under the
-    /// feed's lock, with the lane already out of (or leaving) the list.
+    /// feed's lock, with the lane already out of the list.
     fn hand_back(
         &self,
+        lanes: &Lanes,
+        lane: &Lane,
         feed: Option<broadcast::Receiver<Item>>,
         taken: u64,
-        pending: Option<Pending>,
-        closed: bool,
     ) {
+        let returned = self.returned(lanes, lane, feed, taken);
         let waker = {
-            let mut state = lock(&self.state);
-            state.returned = Some(Box::new(Returned {
-                feed,
-                taken,
-                last_sent: state.last_sent,
-                pending,
-                closed,
-            }));
+            let mut state = lock(&lane.state);
+            state.returned = Some(Box::new(returned));
             state.waker.take()
         };
         if let Some(waker) = waker {
             waker.wake();
         }
     }
+
+    /// Copies the group's lanes into `into`; `false`: the group is gone.
+    fn group_lanes(&self, id: u64, into: &mut Vec<Arc<Lane>>) -> bool {
+        let lanes = lock(&self.lanes);
+        match lanes.groups.iter().find(|group| group.id == id) {
+            Some(group) => {
+                into.extend(group.lanes.iter().cloned());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands back the group's lanes that can be written no more (all of
+    /// them when `all`), and disbands the group once it has none.
+    fn hand_back_from_group(&self, id: u64, all: bool) {
+        let mut lanes = lock(&self.lanes);
+        let Some(index) = lanes.groups.iter().position(|group| group.id == id) else {
+            return;
+        };
+        let group = &mut lanes.groups[index];
+        let mut returning = Vec::new();
+        group.lanes.retain(|lane| {
+            let stays = !all && !lock(&lane.state).stuck();
+            if !stays {
+                returning.push(lane.clone());
+            }
+            stays
+        });
+        if group.lanes.is_empty() {
+            lanes.disband(index);
+        }
+        let tx = self.tx.upgrade();
+        let taken = self.sent.load(Ordering::Relaxed);
+        for lane in returning {
+            self.hand_back(&lanes, &lane, tx.as_ref().map(|tx| tx.subscribe()), taken);
+        }
+    }
+
+    /// A group writer ends: its receiver goes, under the lock that counts
+    /// it (see `Lanes::writers`).
+    fn writer_ended(&self, rx: broadcast::Receiver<Item>) {
+        let mut lanes = lock(&self.lanes);
+        drop(rx);
+        lanes.writers -= 1;
+    }
+}
+
+/// A group writer: takes the feed's events like one client (several at
+/// once when they pile up) and writes them to each of its group's
+/// sockets. Ends when its group is disbanded (the last lane left), when it
+/// falls a whole ring behind or when the feed ends (handing every lane
+/// back first).
+async fn write_group(
+    parking: Arc<Parking>,
+    id: u64,
+    mut rx: broadcast::Receiver<Item>,
+    done: CancellationToken,
+) {
+    let mut events: Vec<Arc<EncodedEvent>> = Vec::with_capacity(writer::MAX_SLICES);
+    let mut frames: Vec<Frame> = Vec::with_capacity(writer::MAX_SLICES);
+    let mut lanes: Vec<Arc<Lane>> = Vec::with_capacity(GROUP_LANES);
+    'taking: loop {
+        let mut next = tokio::select! {
+            biased;
+            _ = done.cancelled() => break,
+            item = rx.recv() => item,
+        };
+        loop {
+            match next {
+                Ok(Item::Event(event)) => {
+                    frames.push(event.frame.clone());
+                    events.push(event);
+                }
+                // Sent after every lane of the time was handed back: the
+                // lanes parked since were caught up with it.
+                Ok(_) => {}
+                Err(RecvError::Lagged(_) | RecvError::Closed) => {
+                    parking.hand_back_from_group(id, true);
+                    break 'taking;
+                }
+            }
+            if events.len() >= writer::MAX_SLICES {
+                break;
+            }
+            next = match rx.try_recv() {
+                Ok(item) => Ok(item),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+        }
+        if events.is_empty() {
+            continue;
+        }
+        if !parking.group_lanes(id, &mut lanes) {
+            break;
+        }
+        let now = auction_domain::clock::now_ms();
+        let mut stuck = false;
+        for lane in &lanes {
+            stuck |= !lane.write(&events, &frames, now);
+        }
+        if stuck {
+            parking.hand_back_from_group(id, false);
+        }
+        events.clear();
+        frames.clear();
+        lanes.clear();
+    }
+    parking.writer_ended(rx);
+}
+
+impl Lane {
+    /// Writes the events (`frames` are theirs, in order) the client was
+    /// not sent yet, in one try, without waiting. `false`: the lane can
+    /// be written no more (an event is pending, or the socket failed) and
+    /// must be handed back.
+    fn write(&self, events: &[Arc<EncodedEvent>], frames: &[Frame], now_ms: u64) -> bool {
+        let mut state = lock(&self.state);
+        if state.returned.is_some() {
+            return true; // handed back meanwhile: not ours to write
+        }
+        if state.stuck() {
+            return false;
+        }
+        let start = events.partition_point(|event| event.id <= state.last_sent);
+        let (events, frames) = (&events[start..], &frames[start..]);
+        let Some(newest) = events.last() else {
+            return true;
+        };
+        let written = match writer::try_write_all(&self.socket, frames) {
+            Ok(Tried::All) => {
+                state.last_sent = newest.id;
+                events.len()
+            }
+            Ok(Tried::Part(mut written)) => {
+                // The event the socket stopped in is pending; the ones
+                // after it were not sent.
+                let mut whole = 0;
+                while written >= frames[whole].len() {
+                    written -= frames[whole].len();
+                    whole += 1;
+                }
+                let cut = &events[whole];
+                state.last_sent = cut.id;
+                state.pending = Some(Pending {
+                    frame: cut.frame.clone(),
+                    written,
+                    placed_at_ms: cut.placed_at_ms,
+                });
+                whole
+            }
+            Err(_) => {
+                state.closed = true;
+                0
+            }
+        };
+        if written > 0 {
+            let placed_at = events[..written].iter().map(|event| event.placed_at_ms);
+            client::count_delivered(&self.delivered, &self.latency, now_ms, placed_at);
+        }
+        !state.stuck()
+    }
 }
 
 /// A client's claim on its parked socket. Dropping it takes the socket
-/// back (the hub writes to it no more).
+/// back (nothing writes to it any more).
 pub struct Parked {
     parking: Arc<Parking>,
     lane: Arc<Lane>,
@@ -287,7 +555,7 @@ impl std::fmt::Debug for Parked {
 }
 
 impl Parked {
-    /// Resolves once the hub has handed the socket back. Cancel-safe.
+    /// Resolves once the socket has been handed back. Cancel-safe.
     pub fn handed_back(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             let mut state = lock(&self.lane.state);
@@ -303,19 +571,29 @@ impl Parked {
     }
 
     /// Takes this lane out of the feed's parked lanes (the caller holds
-    /// their lock); `false`: the hub had handed it back already.
-    fn leave(&self, lanes: &mut Vec<Arc<Lane>>) -> bool {
-        match lanes.iter().position(|l| Arc::ptr_eq(l, &self.lane)) {
-            Some(index) => {
-                lanes.swap_remove(index);
-                true
-            }
-            None => false,
+    /// their lock); `false`: it had been handed back already. A group
+    /// left with no lane is disbanded.
+    fn leave(&self, lanes: &mut Lanes) -> bool {
+        let is_this = |lane: &Arc<Lane>| Arc::ptr_eq(lane, &self.lane);
+        if let Some(index) = lanes.hub.iter().position(is_this) {
+            lanes.hub.swap_remove(index);
+            return true;
         }
+        for index in 0..lanes.groups.len() {
+            let group = &mut lanes.groups[index];
+            if let Some(at) = group.lanes.iter().position(is_this) {
+                group.lanes.swap_remove(at);
+                if group.lanes.is_empty() {
+                    lanes.disband(index);
+                }
+                return true;
+            }
+        }
+        false
     }
 
-    /// Takes the socket back: as the hub handed it back, or from the hub
-    /// now (after the write it may be doing).
+    /// Takes the socket back: as it was handed back, or now (after the
+    /// write that may be under way).
     pub(crate) fn take_back(self) -> Returned {
         {
             let mut lanes = lock(&self.parking.lanes);
@@ -324,17 +602,10 @@ impl Parked {
                 // receiver's attaching and the count read.
                 let feed = self.parking.tx.upgrade().map(|tx| tx.subscribe());
                 let taken = self.parking.sent.load(Ordering::Relaxed);
-                let last_sent = lock(&self.lane.state).last_sent;
-                return Returned {
-                    feed,
-                    taken,
-                    last_sent,
-                    pending: None,
-                    closed: false,
-                };
+                return self.parking.returned(&lanes, &self.lane, feed, taken);
             }
         }
-        // Out of the list: the hub handed it back (under the same lock, so
+        // Out of the list: it was handed back (under the same lock, so
         // `returned` is set).
         let mut state = lock(&self.lane.state);
         match state.returned.take() {
@@ -344,6 +615,7 @@ impl Parked {
                 taken: 0,
                 last_sent: state.last_sent,
                 pending: None,
+                missed: None,
                 closed: true,
             },
         }
@@ -375,29 +647,78 @@ mod tests {
         (Arc::new(server), client)
     }
 
+    fn id(n: u64) -> EventId {
+        EventId::new(n, 0)
+    }
+
     fn event(n: u64, frame: Bytes) -> Item {
         Item::Event(Arc::new(EncodedEvent {
-            id: EventId::new(n, 0),
+            id: id(n),
             placed_at_ms: 0,
             frame,
         }))
     }
 
-    fn feed() -> (broadcast::Sender<Item>, Arc<Parking>) {
-        let (tx, _) = broadcast::channel(16);
-        let parking = Arc::new(Parking::new(&tx, Arc::new(AtomicU64::new(0))));
-        (tx, parking)
+    /// A feed as the hub keeps one: its ring, its parked clients and its
+    /// recent run (following from event 1).
+    struct Feed {
+        tx: broadcast::Sender<Item>,
+        parking: Arc<Parking>,
+        recent: Arc<Mutex<Recent<Frame>>>,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            let (tx, _) = broadcast::channel(16);
+            let recent = Arc::new(Mutex::new(Recent::new(16)));
+            lock(&recent).follow_from(id(1));
+            let sent = Arc::new(AtomicU64::new(0));
+            let parking = Arc::new(Parking::new(&tx, sent, recent.clone()));
+            Feed {
+                tx,
+                parking,
+                recent,
+            }
+        }
+
+        /// Publishes event `n` (after `n - 1`) as the hub does: recorded,
+        /// then sent.
+        fn publish(&self, n: u64, frame: &'static [u8]) {
+            self.publish_bytes(n, Bytes::from_static(frame));
+        }
+
+        fn publish_bytes(&self, n: u64, frame: Bytes) {
+            let item = event(n, frame);
+            if let Item::Event(encoded) = &item {
+                lock(&self.recent).push(id(n - 1), encoded.clone());
+            }
+            self.parking.send(&self.tx, item);
+        }
+
+        fn park(&self, socket: &Arc<TcpStream>, last: u64) -> Option<Parked> {
+            self.parking.park(socket, id(last), &metrics(), || true)
+        }
+
+        /// Parks `MAX_PARKED` clients on one socket nobody reads: the
+        /// clients parked after them go to group writers.
+        async fn fill_the_hubs_share(&self, last: u64) -> (Vec<Parked>, TcpStream) {
+            let (server, client) = pair().await;
+            let claims = (0..MAX_PARKED)
+                .map(|_| self.park(&server, last).unwrap())
+                .collect();
+            (claims, client)
+        }
     }
 
     fn metrics() -> TransportMetrics {
         telemetry::Metrics::new().transport(telemetry::Transport::sse)
     }
 
-    fn park(parking: &Arc<Parking>, socket: &Arc<TcpStream>, last: u64) -> Option<Parked> {
-        parking.park(socket, EventId::new(last, 0), &metrics(), || true)
+    fn ids(events: &[Arc<EncodedEvent>]) -> Vec<u64> {
+        events.iter().map(|event| event.id.ms).collect()
     }
 
-    /// Waits (at most 5 s) for the hub to hand the socket back.
+    /// Waits (at most 5 s) for the socket to be handed back.
     async fn handed_back(parked: &Parked) {
         tokio::time::timeout(Duration::from_secs(5), parked.handed_back())
             .await
@@ -415,53 +736,54 @@ mod tests {
 
     #[tokio::test]
     async fn a_parked_client_is_written_every_new_event_and_skips_what_it_was_sent() {
-        let (tx, parking) = feed();
+        let feed = Feed::new();
         let (server, mut client) = pair().await;
-        let parked = park(&parking, &server, 1).unwrap();
-        parking.send(&tx, event(1, Bytes::from_static(b"one\n")));
-        parking.send(&tx, event(2, Bytes::from_static(b"two\n")));
-        parking.send(&tx, event(3, Bytes::from_static(b"three\n")));
-        assert_eq!(read_exactly(&mut client, 10).await, b"two\nthree\n");
-        assert_eq!(parking.parked(), 1);
+        let parked = feed.park(&server, 2).unwrap();
+        feed.publish(2, b"two\n");
+        feed.publish(3, b"three\n");
+        feed.publish(4, b"four\n");
+        assert_eq!(read_exactly(&mut client, 11).await, b"three\nfour\n");
+        assert_eq!(feed.parking.parked(), 1);
         let returned = parked.take_back();
-        assert_eq!(returned.last_sent, EventId::new(3, 0));
+        assert_eq!(returned.last_sent, id(4));
         assert_eq!(returned.taken, 3);
         assert!(returned.pending.is_none() && !returned.closed);
+        assert_eq!(returned.missed.map(|m| m.len()), Some(0));
     }
 
     #[tokio::test]
     async fn anything_but_an_event_hands_the_socket_back_with_a_receiver_that_gets_it() {
-        let (tx, parking) = feed();
+        let feed = Feed::new();
         let (server, _client) = pair().await;
-        let parked = park(&parking, &server, 0).unwrap();
-        parking.send(&tx, Item::Tick);
+        let parked = feed.park(&server, 1).unwrap();
+        feed.parking.send(&feed.tx, Item::Tick);
         handed_back(&parked).await;
-        assert_eq!(parking.parked(), 0);
+        assert_eq!(feed.parking.parked(), 0);
         let returned = parked.take_back();
         assert_eq!(returned.taken, 0, "the tick is still to be taken");
-        let mut feed = returned.feed.unwrap();
-        assert!(matches!(feed.try_recv(), Ok(Item::Tick)));
-        assert!(feed.is_empty());
+        let mut rx = returned.feed.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Item::Tick)));
+        assert!(rx.is_empty());
     }
 
     #[tokio::test]
     async fn an_event_the_socket_cannot_take_whole_comes_back_pending_and_nothing_after_it_is_lost()
     {
-        let (tx, parking) = feed();
+        let feed = Feed::new();
         let (server, mut client) = pair().await;
-        let parked = park(&parking, &server, 0).unwrap();
+        let parked = feed.park(&server, 1).unwrap();
         // Far more than a loopback socket buffers while nobody reads.
         let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
-        parking.send(&tx, event(1, big.clone()));
-        parking.send(&tx, event(2, Bytes::from_static(b"after\n")));
+        feed.publish_bytes(2, big.clone());
+        feed.publish(3, b"after\n");
         handed_back(&parked).await;
         let returned = parked.take_back();
         let pending = returned.pending.unwrap();
         assert!(pending.written < big.len());
-        assert_eq!(returned.last_sent, EventId::new(1, 0));
+        assert_eq!(returned.last_sent, id(2));
         // The event after it is in the receiver, not written.
-        let mut feed = returned.feed.unwrap();
-        assert!(matches!(feed.try_recv(), Ok(Item::Event(e)) if e.id == EventId::new(2, 0)));
+        let mut rx = returned.feed.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Item::Event(e)) if e.id == id(3)));
         // The client finishes the frame: the reader gets it whole, once.
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
@@ -485,31 +807,131 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_taking_its_socket_back_gets_a_receiver_from_where_the_hub_stopped() {
-        let (tx, parking) = feed();
+        let feed = Feed::new();
         let (server, mut client) = pair().await;
-        let parked = park(&parking, &server, 0).unwrap();
-        parking.send(&tx, event(1, Bytes::from_static(b"one\n")));
+        let parked = feed.park(&server, 1).unwrap();
+        feed.publish(2, b"two\n");
         let returned = parked.take_back();
-        assert_eq!(parking.parked(), 0);
-        parking.send(&tx, event(2, Bytes::from_static(b"two\n")));
-        assert_eq!(read_exactly(&mut client, 4).await, b"one\n");
-        let mut feed = returned.feed.unwrap();
+        assert_eq!(feed.parking.parked(), 0);
+        feed.publish(3, b"three\n");
+        assert_eq!(read_exactly(&mut client, 4).await, b"two\n");
+        let mut rx = returned.feed.unwrap();
         assert_eq!(returned.taken, 1);
-        assert!(matches!(feed.try_recv(), Ok(Item::Event(e)) if e.id == EventId::new(2, 0)));
-        assert!(feed.is_empty());
+        assert!(matches!(rx.try_recv(), Ok(Item::Event(e)) if e.id == id(3)));
+        assert!(rx.is_empty());
     }
 
     #[tokio::test]
-    async fn a_dropped_claim_leaves_the_feed_and_a_full_feed_parks_no_more() {
-        let (_tx, parking) = feed();
+    async fn clients_beyond_the_hubs_share_are_written_by_group_writers() {
+        let feed = Feed::new();
+        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
+        let mut grouped = Vec::new();
+        for _ in 0..GROUP_LANES + 2 {
+            let (server, client) = pair().await;
+            grouped.push((feed.park(&server, 1).unwrap(), client));
+        }
+        let parked = MAX_PARKED + GROUP_LANES + 2;
+        assert_eq!(feed.parking.parked(), parked);
+        assert_eq!(
+            feed.parking.clients(&feed.tx),
+            parked,
+            "a group writer's receiver is not a client"
+        );
+        feed.publish(2, b"two\n");
+        feed.publish(3, b"three\n");
+        for (_, client) in &mut grouped {
+            assert_eq!(read_exactly(client, 10).await, b"two\nthree\n");
+        }
+        // The clients leave: their groups go, and their writers with them.
+        drop(grouped);
+        assert_eq!(feed.parking.parked(), MAX_PARKED);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while feed.tx.receiver_count() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the group writers ended");
+    }
+
+    #[tokio::test]
+    async fn a_client_leaving_a_group_writer_that_is_behind_gets_what_it_missed() {
+        let feed = Feed::new();
+        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
         let (server, _client) = pair().await;
-        let claims: Vec<Parked> = (0..MAX_PARKED)
-            .map(|_| park(&parking, &server, 0).unwrap())
+        let parked = feed.park(&server, 1).unwrap();
+        // The group writer has not run yet (nothing has yielded).
+        feed.publish(2, b"two\n");
+        feed.publish(3, b"three\n");
+        let returned = parked.take_back();
+        assert_eq!(returned.last_sent, id(1));
+        assert_eq!(returned.taken, 2);
+        assert_eq!(returned.missed.as_deref().map(ids), Some(vec![2, 3]));
+        assert!(returned.feed.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn anything_but_an_event_hands_group_lanes_back_with_what_they_missed() {
+        let feed = Feed::new();
+        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
+        let (server, _client) = pair().await;
+        let parked = feed.park(&server, 1).unwrap();
+        feed.publish(2, b"two\n");
+        feed.parking.send(&feed.tx, Item::Viewers(7));
+        handed_back(&parked).await;
+        let returned = parked.take_back();
+        assert_eq!(returned.missed.as_deref().map(ids), Some(vec![2]));
+        let mut rx = returned.feed.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Item::Viewers(7))));
+        assert!(rx.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_group_writer_hands_back_a_full_socket_with_the_event_pending_and_the_rest_missed() {
+        let feed = Feed::new();
+        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
+        let (server, _client) = pair().await;
+        let parked = feed.park(&server, 1).unwrap();
+        let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
+        feed.publish_bytes(2, big.clone());
+        feed.publish(3, b"after\n");
+        // The writer takes both events and writes them in one go.
+        handed_back(&parked).await;
+        let returned = parked.take_back();
+        let pending = returned.pending.unwrap();
+        assert!(pending.written < big.len());
+        assert_eq!(returned.last_sent, id(2));
+        assert_eq!(returned.missed.as_deref().map(ids), Some(vec![3]));
+    }
+
+    #[tokio::test]
+    async fn a_group_writer_behind_the_recent_run_hands_back_with_nothing_to_go_on() {
+        let feed = Feed::new();
+        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
+        let (server, _client) = pair().await;
+        let parked = feed.park(&server, 1).unwrap();
+        // More than the recent run (16) holds, before the writer runs.
+        for n in 2..=20 {
+            feed.publish(n, b"e\n");
+        }
+        handed_back(&parked).await;
+        let returned = parked.take_back();
+        assert!(
+            returned.missed.is_none(),
+            "the client resumes from its last id"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_claim_leaves_the_feed_and_a_client_with_unread_items_is_not_parked() {
+        let feed = Feed::new();
+        let (server, _client) = pair().await;
+        let claims: Vec<Parked> = (0..MAX_PARKED + 1)
+            .map(|_| feed.park(&server, 1).unwrap())
             .collect();
-        assert!(park(&parking, &server, 0).is_none());
         drop(claims);
-        assert_eq!(parking.parked(), 0);
-        let refused = parking.park(&server, EventId::ZERO, &metrics(), || false);
+        assert_eq!(feed.parking.parked(), 0);
+        let refused = feed.parking.park(&server, id(1), &metrics(), || false);
         assert!(
             refused.is_none(),
             "a client with unread items is not parked"
@@ -518,17 +940,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_socket_is_handed_back_closed() {
-        let (tx, parking) = feed();
+        let feed = Feed::new();
         let (server, client) = pair().await;
-        let parked = park(&parking, &server, 0).unwrap();
+        let parked = feed.park(&server, 1).unwrap();
         drop(client);
         // The first write after the peer's close may still be accepted
         // (the reset comes back with it); a few more must fail.
-        for n in 1..=50 {
-            if parking.parked() == 0 {
+        for n in 2..=50 {
+            if feed.parking.parked() == 0 {
                 break;
             }
-            parking.send(&tx, event(n, Bytes::from_static(b"data\n")));
+            feed.publish(n, b"data\n");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         handed_back(&parked).await;

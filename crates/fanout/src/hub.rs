@@ -317,7 +317,7 @@ impl<C: Codec> Hub<C> {
                         Arc::new(Mutex::new(Recent::new(self.shared.config.queue_capacity)));
                     let sent = Arc::new(AtomicU64::new(0));
                     let viewers = Arc::new(AtomicU32::new(0));
-                    let parking = Arc::new(Parking::new(&tx, sent.clone()));
+                    let parking = Arc::new(Parking::new(&tx, sent.clone(), recent.clone()));
                     let request = Watch {
                         auction: auction.clone(),
                         tx: tx.clone(),

@@ -712,26 +712,29 @@ async fn viewers_case(redis: &impl TestRedis) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_written_by_the_hub_and_by_their_own_tasks_all_get_every_event_once() {
+async fn clients_written_by_the_hub_and_by_group_writers_all_get_every_event_once() {
     direct_case(&RedisServer::start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_written_by_the_hub_and_by_their_own_tasks_all_get_every_event_once_on_a_cluster() {
+async fn clients_written_by_the_hub_and_by_group_writers_all_get_every_event_once_on_a_cluster() {
     direct_case(&RedisCluster::start()).await;
 }
 
-/// More clients of one auction than the hub writes to itself (16): the
-/// hub takes 16 of them (`auction_direct_clients`), their own tasks write
-/// the rest, and every one gets the stream exactly. Clients that leave
-/// leave the hub's hands too.
+/// More clients of one auction than the hub writes to itself (16) and
+/// than one group writer takes (64): once caught up, every one of them is
+/// parked (`auction_direct_clients`), written by the hub or by one of two
+/// group writers, and every one gets the stream exactly, whatever wrote
+/// it (their own tasks too, between a keepalive's hand-back and their
+/// parking again). Clients that leave leave the feed's hands too.
 async fn direct_case(redis: &impl TestRedis) {
+    const CLIENTS: usize = 90;
     let _bidder = simulator(&redis, "direct", 20);
     redis.wait_for_more("direct", "0-0", 1);
     for transport in Transport::BOTH {
         let edge = start_edge(transport, &redis, &[]);
         let mut conns = Vec::new();
-        for _ in 0..20 {
+        for _ in 0..CLIENTS {
             conns.push(Conn::open(transport, edge.addr, "direct", None, None).await);
         }
         let mut received: Vec<Vec<Received>> = Vec::new();
@@ -743,8 +746,8 @@ async fn direct_case(redis: &impl TestRedis) {
             transport.label()
         );
         tokio::task::block_in_place(|| {
-            wait_for("the hub to write 16 clients", QUIET, || {
-                (edge.metric(&gauge) == 16.0).then_some(())
+            wait_for("every client to be parked", QUIET, || {
+                (edge.metric(&gauge) == CLIENTS as f64).then_some(())
             });
         });
         let target = redis.wait_for_more("direct", &redis.head("direct"), 20);
