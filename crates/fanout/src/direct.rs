@@ -45,9 +45,11 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 use telemetry::TransportMetrics;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Most clients of one feed the hub writes to itself. Each costs the hub a
@@ -59,6 +61,17 @@ pub(crate) const MAX_PARKED: usize = 16;
 /// into tasks of this many sockets, which the runtime spreads over its
 /// workers (about 0.3 ms of writes per event each).
 pub(crate) const GROUP_LANES: usize = 64;
+
+/// Least time between the starts of two rounds of one group writer. A
+/// feed slower than one event per gap (250 events/s) has each event
+/// written as soon as it is sent; a faster one has the events of a gap
+/// share one write per socket, each delayed at most the gap. Measured at
+/// 1,000 clients: at full speed the edge's CPU per delivery fell by half
+/// (0.62 against 1.26 µs per delivery, with more events taken per second);
+/// at 200 events/s it rose by an eighth (p99 +2.5 ms), as events that come
+/// less than a gap apart wait. A shorter gap is no halfway point: at full
+/// speed the edge then settled with every event written alone.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(4);
 
 /// The send side of one feed: its broadcast ring and the clients parked on
 /// it.
@@ -437,12 +450,23 @@ async fn write_group(
     let mut events: Vec<Arc<EncodedEvent>> = Vec::with_capacity(writer::MAX_SLICES);
     let mut frames: Vec<Frame> = Vec::with_capacity(writer::MAX_SLICES);
     let mut lanes: Vec<Arc<Lane>> = Vec::with_capacity(GROUP_LANES);
+    let mut last_round = Instant::now();
     'taking: loop {
         let mut next = tokio::select! {
             biased;
             _ = done.cancelled() => break,
             item = rx.recv() => item,
         };
+        // A busy feed's events share writes: see `MIN_ROUND_GAP`.
+        let due = last_round + MIN_ROUND_GAP;
+        if Instant::now() < due {
+            tokio::select! {
+                biased;
+                _ = done.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        }
+        last_round = Instant::now();
         loop {
             match next {
                 Ok(Item::Event(event)) => {
