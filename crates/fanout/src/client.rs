@@ -102,6 +102,11 @@ pub struct Subscription {
     capacity: u64,
     /// Where the client parks its socket when it is caught up.
     parking: Arc<Parking>,
+    /// A live event was taken since the client started or last took its
+    /// socket back. Only such a client parks: on a quiet feed a parked
+    /// socket saves nothing, costs a lane and is handed back at every
+    /// keepalive and viewer count.
+    moving: bool,
 }
 
 impl Subscription {
@@ -222,6 +227,7 @@ impl<C: Codec> Delivery<C> {
             position,
             capacity: self.hub.config().queue_capacity as u64,
             parking,
+            moving: false,
         };
         match start {
             Start::Init { frame, last, reset } => {
@@ -284,6 +290,7 @@ impl<C: Codec> Delivery<C> {
                 subscription.position.took_one();
                 match item {
                     Item::Event(event) => {
+                        subscription.moving = true;
                         if event.id > subscription.last_sent {
                             subscription.last_sent = event.id;
                             batch.frames.push(event.frame.clone());
@@ -318,14 +325,15 @@ impl<C: Codec> Delivery<C> {
         }
     }
 
-    /// Hands a caught-up client's socket to the hub, which writes the
-    /// feed's events to it directly (see `direct`) until it hands it back
+    /// Hands a caught-up client's socket to the feed, whose events are
+    /// then written to it directly (see `direct`) until it is handed back
     /// ([`Parked::handed_back`]) or the client takes it back
     /// ([`unpark`](Self::unpark)), which it must do before anything else
     /// touches the socket. `caught_up()` tells whether the client's
     /// receiver holds nothing unread; it is asked under the feed's lock,
     /// and the receiver is of no further use once parked (drop it).
-    /// `None`: not parked; go on reading the receiver.
+    /// `None`: not parked (not caught up, or no live event taken since
+    /// it last took its socket back); go on reading the receiver.
     pub fn park(
         &self,
         subscription: &Subscription,
@@ -335,6 +343,9 @@ impl<C: Codec> Delivery<C> {
         // Also asked of the feed's own count: a client behind by it has
         // items waiting, whatever its receiver says (the count never
         // reports more than the true distance).
+        if !subscription.moving {
+            return None;
+        }
         let position = &subscription.position;
         let caught_up = || position.behind() == 0 && caught_up();
         subscription
@@ -355,6 +366,7 @@ impl<C: Codec> Delivery<C> {
         parked: Parked,
     ) -> Result<broadcast::Receiver<Item>, Ended> {
         let returned = parked.take_back();
+        subscription.moving = false;
         subscription.last_sent = returned.last_sent;
         subscription.position.rejoined(returned.taken);
         if returned.closed {

@@ -835,5 +835,12 @@ async fn quiet_case(redis: &impl TestRedis) {
             0,
             "{transport:?}: 100 fresh clients read no snapshot of their own"
         );
+        // Caught up, but nothing moves: their sockets stay with their own
+        // tasks (a parked socket would save nothing here).
+        let gauge = format!(
+            "auction_direct_clients{{transport=\"{}\"}}",
+            transport.label()
+        );
+        assert_eq!(edge.metric(&gauge), 0.0, "{transport:?}");
     }
 }
