@@ -62,15 +62,17 @@ pub(crate) const MAX_PARKED: usize = 16;
 /// workers (about 0.3 ms of writes per event each).
 pub(crate) const GROUP_LANES: usize = 64;
 
-/// Least time between the starts of two rounds of one group writer. A
-/// feed slower than one event per gap (250 events/s) has each event
-/// written as soon as it is sent; a faster one has the events of a gap
-/// share one write per socket, each delayed at most the gap. Measured at
-/// 1,000 clients: at full speed the edge's CPU per delivery fell by half
-/// (0.62 against 1.26 µs per delivery, with more events taken per second);
-/// at 200 events/s it rose by an eighth (p99 +2.5 ms), as events that come
-/// less than a gap apart wait. A shorter gap is no halfway point: at full
-/// speed the edge then settled with every event written alone.
+/// Least time between the starts of two rounds of a busy group writer
+/// (one whose last round carried more than one event). A writer that keeps
+/// up writes each event as soon as it is sent; one that fell behind lets
+/// the events of a gap share one write per socket, each delayed at most
+/// the gap, until it keeps up again. Why: a writer that always wrote at
+/// once gave up, at full speed, the batching that clients' own tasks got
+/// by waking late (2.3 events a write instead of about 5; 1.19 against
+/// 0.82 µs of edge CPU per delivery); a gap for every round cost latency
+/// at 200 events/s (p99 8 ms against 5), where events come singly; at
+/// 2 ms the full-speed run settled with every event written alone again.
+/// Measured at 1,000 clients in `BENCHMARKS.md`.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(4);
 
 /// The send side of one feed: its broadcast ring and the clients parked on
@@ -451,15 +453,16 @@ async fn write_group(
     let mut frames: Vec<Frame> = Vec::with_capacity(writer::MAX_SLICES);
     let mut lanes: Vec<Arc<Lane>> = Vec::with_capacity(GROUP_LANES);
     let mut last_round = Instant::now();
+    // The last round carried more than one event: see `MIN_ROUND_GAP`.
+    let mut busy = false;
     'taking: loop {
         let mut next = tokio::select! {
             biased;
             _ = done.cancelled() => break,
             item = rx.recv() => item,
         };
-        // A busy feed's events share writes: see `MIN_ROUND_GAP`.
         let due = last_round + MIN_ROUND_GAP;
-        if Instant::now() < due {
+        if busy && Instant::now() < due {
             tokio::select! {
                 biased;
                 _ = done.cancelled() => break,
@@ -491,6 +494,7 @@ async fn write_group(
                 Err(TryRecvError::Closed) => Err(RecvError::Closed),
             };
         }
+        busy = events.len() > 1;
         if events.is_empty() {
             continue;
         }
