@@ -445,9 +445,17 @@ test("the catalogue lists the open auctions with current prices, live over one W
   await page.waitForFunction(() => document.getElementById("connection").dataset.state === "connected");
   await page.waitForSelector('li[data-auction="catalogued"]');
   // Every open auction the bidder lists is there, with its current price.
-  const { body: listing } = await stack.api("/auctions?limit=100");
-  const open = listing.auctions.filter((a) => a.status === "open").map((a) => a.id).sort();
-  const shown = (await page.$$eval("#lots li", (items) => items.map((li) => li.dataset.auction))).sort();
+  // Both are read until they agree: an auction of another test opens and
+  // closes in rounds, and the page follows it a moment after the listing.
+  let open = [];
+  let shown = [];
+  const agree = async () => {
+    const { body: listing } = await stack.api("/auctions?limit=100");
+    open = listing.auctions.filter((a) => a.status === "open").map((a) => a.id).sort();
+    shown = (await page.$$eval("#lots li", (items) => items.map((li) => li.dataset.auction))).sort();
+    return JSON.stringify(shown) === JSON.stringify(open);
+  };
+  await waitFor("the catalogue to list the open auctions", agree, 15000).catch(() => {});
   assert.deepEqual(shown, open);
   // A bid on one listed auction shows without a reload ...
   await bidByApi("catalogued", 3500);

@@ -723,6 +723,16 @@ mod tests {
             self.parking.send(&self.tx, item);
         }
 
+        /// Publishes event 2, far bigger than a loopback socket buffers
+        /// while nobody reads, then a small event 3; returns event 2's
+        /// frame.
+        fn publish_more_than_a_socket_takes(&self) -> Bytes {
+            let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
+            self.publish_bytes(2, big.clone());
+            self.publish(3, b"after\n");
+            big
+        }
+
         fn park(&self, socket: &Arc<TcpStream>, last: u64) -> Option<Parked> {
             self.parking.park(socket, id(last), &metrics(), || true)
         }
@@ -800,10 +810,7 @@ mod tests {
         let feed = Feed::new();
         let (server, mut client) = pair().await;
         let parked = feed.park(&server, 1).unwrap();
-        // Far more than a loopback socket buffers while nobody reads.
-        let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
-        feed.publish_bytes(2, big.clone());
-        feed.publish(3, b"after\n");
+        let big = feed.publish_more_than_a_socket_takes();
         handed_back(&parked).await;
         let returned = parked.take_back();
         let pending = returned.pending.unwrap();
@@ -920,10 +927,8 @@ mod tests {
         let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
         let (server, _client) = pair().await;
         let parked = feed.park(&server, 1).unwrap();
-        let big = Bytes::from(vec![b'x'; 32 * 1024 * 1024]);
-        feed.publish_bytes(2, big.clone());
-        feed.publish(3, b"after\n");
         // The writer takes both events and writes them in one go.
+        let big = feed.publish_more_than_a_socket_takes();
         handed_back(&parked).await;
         let returned = parked.take_back();
         let pending = returned.pending.unwrap();
