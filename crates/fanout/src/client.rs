@@ -27,7 +27,7 @@
 //! response head, and how an ending is told to its clients.
 
 use crate::direct::{Parked, Parking};
-use crate::feed::{Codec, Frame, Item};
+use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::hub::{FeedPosition, Hub};
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
 use crate::writer::{self, Tried, WriteError};
@@ -142,6 +142,11 @@ impl Batch {
     /// Whether one write carries no more.
     pub fn is_full(&self) -> bool {
         self.frames.len() >= MAX_BATCH
+    }
+
+    fn push_event(&mut self, event: &EncodedEvent) {
+        self.frames.push(event.frame.clone());
+        self.events.push(event.placed_at_ms);
     }
 }
 
@@ -293,8 +298,7 @@ impl<C: Codec> Delivery<C> {
                         subscription.moving = true;
                         if event.id > subscription.last_sent {
                             subscription.last_sent = event.id;
-                            batch.frames.push(event.frame.clone());
-                            batch.events.push(event.placed_at_ms);
+                            batch.push_event(&event);
                         }
                         Ok(())
                     }
@@ -390,17 +394,15 @@ impl<C: Codec> Delivery<C> {
         }
         // What a group writer had not written yet; without it, the client
         // resumes from its last id (here or elsewhere), as after a reset.
-        let missed = returned.missed.ok_or(Ended::Reset)?;
-        let start = missed.partition_point(|event| event.id <= subscription.last_sent);
-        if let Some(newest) = missed.last().filter(|_| start < missed.len()) {
-            let missed = &missed[start..];
-            let frames: Vec<Frame> = missed.iter().map(|event| event.frame.clone()).collect();
-            self.write(transport, &frames, || subscription.lapped())
-                .await?;
-            subscription.last_sent = newest.id;
-            let placed_at: Vec<u64> = missed.iter().map(|event| event.placed_at_ms).collect();
-            self.count_delivered(&placed_at);
+        let mut batch = Batch::default();
+        for event in returned.missed.ok_or(Ended::Reset)? {
+            if event.id > subscription.last_sent {
+                subscription.last_sent = event.id;
+                batch.push_event(&event);
+            }
         }
+        self.flush(transport, &mut batch, || subscription.lapped())
+            .await?;
         Ok(feed)
     }
 

@@ -33,7 +33,7 @@
 //! write before its receiver.
 
 use crate::client;
-use crate::feed::{EncodedEvent, Frame, Item};
+use crate::feed::{EncodedEvent, Frame, Item, try_take};
 use crate::hub::lock;
 use crate::recent::Recent;
 use crate::writer::{self, Tried};
@@ -48,7 +48,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 use telemetry::TransportMetrics;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -487,11 +487,9 @@ async fn write_group(
             if events.len() >= writer::MAX_SLICES {
                 break;
             }
-            next = match rx.try_recv() {
-                Ok(item) => Ok(item),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            next = match try_take(&mut rx) {
+                Some(item) => item,
+                None => break,
             };
         }
         busy = events.len() > 1;
@@ -737,6 +735,15 @@ mod tests {
             self.parking.park(socket, id(last), &metrics(), || true)
         }
 
+        /// Parks one client (last sent: event 1) with a group writer,
+        /// behind `MAX_PARKED` others the hub writes; the second part keeps
+        /// them and both ends of every socket alive.
+        async fn park_in_a_group(&self) -> (Parked, impl Sized) {
+            let hub_share = self.fill_the_hubs_share(1).await;
+            let (server, client) = pair().await;
+            (self.park(&server, 1).unwrap(), (hub_share, client))
+        }
+
         /// Parks `MAX_PARKED` clients on one socket nobody reads: the
         /// clients parked after them go to group writers.
         async fn fill_the_hubs_share(&self, last: u64) -> (Vec<Parked>, TcpStream) {
@@ -892,9 +899,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_leaving_a_group_writer_that_is_behind_gets_what_it_missed() {
         let feed = Feed::new();
-        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
-        let (server, _client) = pair().await;
-        let parked = feed.park(&server, 1).unwrap();
+        let (parked, _kept) = feed.park_in_a_group().await;
         // The group writer has not run yet (nothing has yielded).
         feed.publish(2, b"two\n");
         feed.publish(3, b"three\n");
@@ -908,9 +913,7 @@ mod tests {
     #[tokio::test]
     async fn anything_but_an_event_hands_group_lanes_back_with_what_they_missed() {
         let feed = Feed::new();
-        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
-        let (server, _client) = pair().await;
-        let parked = feed.park(&server, 1).unwrap();
+        let (parked, _kept) = feed.park_in_a_group().await;
         feed.publish(2, b"two\n");
         feed.parking.send(&feed.tx, Item::Viewers(7));
         handed_back(&parked).await;
@@ -924,9 +927,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_writer_hands_back_a_full_socket_with_the_event_pending_and_the_rest_missed() {
         let feed = Feed::new();
-        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
-        let (server, _client) = pair().await;
-        let parked = feed.park(&server, 1).unwrap();
+        let (parked, _kept) = feed.park_in_a_group().await;
         // The writer takes both events and writes them in one go.
         let big = feed.publish_more_than_a_socket_takes();
         handed_back(&parked).await;
@@ -940,9 +941,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_writer_behind_the_recent_run_hands_back_with_nothing_to_go_on() {
         let feed = Feed::new();
-        let (_hub_share, _filler) = feed.fill_the_hubs_share(1).await;
-        let (server, _client) = pair().await;
-        let parked = feed.park(&server, 1).unwrap();
+        let (parked, _kept) = feed.park_in_a_group().await;
         // More than the recent run (16) holds, before the writer runs.
         for n in 2..=20 {
             feed.publish(n, b"e\n");

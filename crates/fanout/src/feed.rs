@@ -2,6 +2,7 @@
 
 use auction_domain::{AuctionId, Event, EventId};
 use std::sync::Arc;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 /// How a transport encodes what it sends. Implementations are pure and
 /// cheap to call; the hub calls [`Codec::event`] once per event per replica.
@@ -60,4 +61,15 @@ pub enum Item {
     Gone,
     /// The auction's viewers over all replicas changed to this.
     Viewers(u32),
+}
+
+/// The next item a feed's receiver holds, without waiting, as `recv` would
+/// give it; `None`: nothing is waiting.
+pub fn try_take(rx: &mut broadcast::Receiver<Item>) -> Option<Result<Item, RecvError>> {
+    match rx.try_recv() {
+        Ok(item) => Some(Ok(item)),
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+        Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+    }
 }

@@ -25,6 +25,6 @@ mod writer;
 
 pub use client::{Batch, Delivery, Ended, MAX_BATCH, StartError, Subscription, Transport};
 pub use direct::Parked;
-pub use feed::{Codec, EncodedEvent, Frame, Item};
+pub use feed::{Codec, EncodedEvent, Frame, Item, try_take};
 pub use hub::{FeedPosition, Hub, HubConfig, JoinError};
 pub use session::{OpenError, Opening, Resume};

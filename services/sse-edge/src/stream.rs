@@ -16,7 +16,7 @@ use std::io;
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub struct SseEndpoint {
@@ -181,11 +181,8 @@ impl SseEndpoint {
             };
             let mut taken = self.delivery.take(subscription, first, &mut batch);
             while taken.is_ok() && !batch.is_full() {
-                let item = match feed.try_recv() {
-                    Ok(item) => Ok(item),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                let Some(item) = fanout::try_take(&mut feed) else {
+                    break;
                 };
                 taken = self.delivery.take(subscription, item, &mut batch);
             }
