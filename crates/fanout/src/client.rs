@@ -335,7 +335,9 @@ impl<C: Codec> Delivery<C> {
     /// ([`unpark`](Self::unpark)), which it must do before anything else
     /// touches the socket. `caught_up()` tells whether the client's
     /// receiver holds nothing unread; it is asked under the feed's lock,
-    /// and the receiver is of no further use once parked (drop it).
+    /// and when it says yes the client is parked: it must drop its
+    /// receiver right there, under that lock, so that the feed never
+    /// counts it twice (a parked lane and a receiver) as viewers.
     /// `None`: not parked (not caught up, or no live event taken since
     /// it last took its socket back); go on reading the receiver.
     pub fn park(
@@ -344,9 +346,9 @@ impl<C: Codec> Delivery<C> {
         socket: &Arc<TcpStream>,
         caught_up: impl FnOnce() -> bool,
     ) -> Option<Parked> {
-        // Also asked of the feed's own count: a client behind by it has
-        // items waiting, whatever its receiver says (the count never
-        // reports more than the true distance).
+        // Also asked of the feed's own count (exact, see
+        // `FeedPosition`): a client behind by it has items waiting,
+        // whatever its receiver says.
         if !subscription.moving {
             return None;
         }

@@ -121,6 +121,15 @@ struct Group {
     done: CancellationToken,
 }
 
+/// Who will write a client being parked.
+enum Place {
+    Hub,
+    /// The group at this index in `Lanes::groups`, which has room.
+    Group(usize),
+    /// A new group, whose writer reads this receiver.
+    NewGroup(broadcast::Receiver<Item>),
+}
+
 /// One parked client: its socket and how far it has been sent.
 struct Lane {
     socket: Arc<TcpStream>,
@@ -237,6 +246,17 @@ impl Parking {
         tx.receiver_count().saturating_sub(lanes.writers) + lanes.parked()
     }
 
+    /// A new receiver on the feed, and the count of items sent before it
+    /// (it gets every item after them): both under the lock every item is
+    /// sent under, so the count is exact (see `FeedPosition`).
+    pub(crate) fn subscribe(
+        &self,
+        tx: &broadcast::Sender<Item>,
+    ) -> (broadcast::Receiver<Item>, u64) {
+        let _lanes = lock(&self.lanes);
+        (tx.subscribe(), self.sent.load(Ordering::Relaxed))
+    }
+
     /// Items sent to the feed, ever (see `FeedPosition`).
     pub(crate) fn sent(&self) -> &Arc<AtomicU64> {
         &self.sent
@@ -286,9 +306,10 @@ impl Parking {
     }
 
     /// Parks a client whose receiver holds nothing unread, as
-    /// `caught_up()` (asked under the feed's lock) tells. `None`: not
-    /// parked (not caught up, or the feed ended). Bounded by the clients
-    /// themselves: one lane per client, one group per `GROUP_LANES`.
+    /// `caught_up()` (asked under the feed's lock) tells: parked exactly
+    /// when it says yes. `None`: not parked (not caught up, or the feed
+    /// ended). Bounded by the clients themselves: one lane per client,
+    /// one group per `GROUP_LANES`.
     pub(crate) fn park(
         self: &Arc<Self>,
         socket: &Arc<TcpStream>,
@@ -297,6 +318,21 @@ impl Parking {
         caught_up: impl FnOnce() -> bool,
     ) -> Option<Parked> {
         let mut lanes = lock(&self.lanes);
+        // Where the lane goes, decided first: once `caught_up()` says yes
+        // the client has given up its receiver, and must be parked.
+        let place = if lanes.hub.len() < MAX_PARKED {
+            Place::Hub
+        } else if let Some(index) = lanes
+            .groups
+            .iter()
+            .position(|group| group.lanes.len() < GROUP_LANES)
+        {
+            Place::Group(index)
+        } else {
+            // Attached now, under the lock: it gets every item sent after
+            // this client is found caught up.
+            Place::NewGroup(self.tx.upgrade()?.subscribe())
+        };
         if !caught_up() {
             return None;
         }
@@ -313,28 +349,21 @@ impl Parking {
                 waker: None,
             }),
         });
-        if lanes.hub.len() < MAX_PARKED {
-            lanes.hub.push(lane.clone());
-        } else if let Some(group) = lanes
-            .groups
-            .iter_mut()
-            .find(|group| group.lanes.len() < GROUP_LANES)
-        {
-            group.lanes.push(lane.clone());
-        } else {
-            // Attached now, under the lock: it gets every item sent after
-            // this client was found caught up.
-            let rx = self.tx.upgrade()?.subscribe();
-            let id = lanes.next_group;
-            lanes.next_group += 1;
-            lanes.writers += 1;
-            let done = CancellationToken::new();
-            lanes.groups.push(Group {
-                id,
-                lanes: vec![lane.clone()],
-                done: done.clone(),
-            });
-            tokio::spawn(write_group(self.clone(), id, rx, done));
+        match place {
+            Place::Hub => lanes.hub.push(lane.clone()),
+            Place::Group(index) => lanes.groups[index].lanes.push(lane.clone()),
+            Place::NewGroup(rx) => {
+                let id = lanes.next_group;
+                lanes.next_group += 1;
+                lanes.writers += 1;
+                let done = CancellationToken::new();
+                lanes.groups.push(Group {
+                    id,
+                    lanes: vec![lane.clone()],
+                    done: done.clone(),
+                });
+                tokio::spawn(write_group(self.clone(), id, rx, done));
+            }
         }
         lane.parked.inc();
         Some(Parked {
@@ -987,5 +1016,82 @@ mod tests {
         }
         handed_back(&parked).await;
         assert!(parked.take_back().closed);
+    }
+
+    /// A client joining a busy feed is told exactly how many items came
+    /// before its receiver: one counted but never received would leave it
+    /// "behind" for ever, and it would never park.
+    #[test]
+    fn a_receiver_joining_while_items_are_sent_is_counted_exactly() {
+        use broadcast::error::TryRecvError;
+        const ITEMS: u64 = 200_000;
+        // A short ring: a receiver that lapped says by how much, and
+        // dropping one costs no walk over a long backlog.
+        let (tx, _) = broadcast::channel(16);
+        let recent = Arc::new(Mutex::new(Recent::new(16)));
+        let parking = Arc::new(Parking::new(&tx, Arc::new(AtomicU64::new(0)), recent));
+        let sender = {
+            let (tx, parking) = (tx.clone(), parking.clone());
+            std::thread::spawn(move || {
+                for n in 1..=ITEMS {
+                    parking.send(&tx, event(n, Bytes::from_static(b"data\n")));
+                }
+            })
+        };
+        let mut joined = Vec::new();
+        while !sender.is_finished() && joined.len() < 20_000 {
+            joined.push(parking.subscribe(&tx));
+        }
+        sender.join().unwrap();
+        assert!(joined.len() > 100, "joined while sending: {}", joined.len());
+        for (mut rx, before) in joined {
+            // Events are numbered from 1: the first one the receiver was
+            // to get tells how many came before it.
+            let first = match rx.try_recv() {
+                Ok(Item::Event(event)) => event.id.ms,
+                Err(TryRecvError::Lagged(skipped)) => match rx.try_recv() {
+                    Ok(Item::Event(event)) => event.id.ms - skipped,
+                    other => panic!("{other:?}"),
+                },
+                Err(TryRecvError::Empty) => ITEMS + 1,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(before, first - 1);
+        }
+    }
+
+    /// A client parking gives up its receiver under the feed's lock, and
+    /// taking its socket back gets a new one under it: whoever counts the
+    /// feed's clients meanwhile (the viewer count) counts it once.
+    #[tokio::test]
+    async fn a_client_parking_and_taking_its_socket_back_is_counted_once() {
+        let feed = Feed::new();
+        let (server, _client) = pair().await;
+        let mut rx = Some(feed.parking.subscribe(&feed.tx).0);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counter = {
+            let (tx, parking, stop) = (feed.tx.clone(), feed.parking.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    seen.insert(parking.clients(&tx));
+                }
+                seen
+            })
+        };
+        for _ in 0..20_000 {
+            let caught_up = || {
+                rx = None;
+                true
+            };
+            let parked = feed
+                .parking
+                .park(&server, id(1), &metrics(), caught_up)
+                .unwrap();
+            rx = parked.take_back().feed;
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(counter.join().unwrap(), [1].into());
+        drop(rx);
     }
 }

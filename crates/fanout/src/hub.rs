@@ -140,9 +140,12 @@ impl RecentEvents {
 /// (which is busy waiting for the next item): the feed counts every item
 /// it sends, the client every item it takes.
 ///
-/// Never more than the true distance: `taken` starts at the count read
-/// just after the receiver was attached, so an item sent in between is
-/// already counted as taken. A lap is therefore never reported early.
+/// Exact: every item is sent and counted under the feed's parking lock,
+/// and a receiver is attached and the count read under the same lock
+/// ([`Parking::subscribe`]), so no item is counted that the receiver will
+/// not get, nor the other way round. A client behind by zero holds
+/// nothing unread, which parking relies on; a lap is never reported
+/// early or late.
 #[derive(Debug)]
 pub struct FeedPosition {
     /// Items the feed has sent, ever (the publisher adds after each send).
@@ -299,17 +302,23 @@ impl<C: Codec> Hub<C> {
     /// receiver, in order. The caller reads anything older from the feed's
     /// recent events or from the stream.
     pub async fn join(&self, auction: &AuctionId, wait: Duration) -> Result<Joined, JoinError> {
-        let (rx, mut live, recent, sent, viewers, parking) = {
+        let (rx, mut live, recent, position, viewers, parking) = {
             let mut feeds = lock(&self.shared.feeds);
             match feeds.get(auction) {
-                Some(feed) => (
-                    feed.tx.subscribe(),
-                    feed.live.clone(),
-                    feed.recent.clone(),
-                    feed.parking.sent().clone(),
-                    feed.viewers.clone(),
-                    feed.parking.clone(),
-                ),
+                Some(feed) => {
+                    let (rx, taken) = feed.parking.subscribe(&feed.tx);
+                    (
+                        rx,
+                        feed.live.clone(),
+                        feed.recent.clone(),
+                        FeedPosition {
+                            sent: feed.parking.sent().clone(),
+                            taken,
+                        },
+                        feed.viewers.clone(),
+                        feed.parking.clone(),
+                    )
+                }
                 None => {
                     let (tx, rx) = broadcast::channel(self.shared.config.queue_capacity);
                     let (live_tx, live_rx) = watch::channel(false);
@@ -339,14 +348,11 @@ impl<C: Codec> Hub<C> {
                             viewers: viewers.clone(),
                         },
                     );
-                    (rx, live_rx, recent, sent, viewers, parking)
+                    // Attached as the ring was made: nothing sent yet.
+                    let position = FeedPosition { sent, taken: 0 };
+                    (rx, live_rx, recent, position, viewers, parking)
                 }
             }
-        };
-        // Read after attaching: see `FeedPosition`.
-        let position = FeedPosition {
-            taken: sent.load(Ordering::Relaxed),
-            sent,
         };
         match tokio::time::timeout(wait, live.wait_for(|live| *live)).await {
             Ok(Ok(_)) => Ok(Joined {

@@ -148,7 +148,7 @@ impl SseEndpoint {
         &self,
         stream: &Arc<TcpStream>,
         subscription: &mut Subscription,
-        mut feed: broadcast::Receiver<Item>,
+        feed: broadcast::Receiver<Item>,
     ) {
         let socket = &mut SseSocket(stream);
         // Created once: re-created per event it would register and
@@ -159,29 +159,41 @@ impl SseEndpoint {
         let shutdown = self.shutdown.cancelled();
         tokio::pin!(shutdown);
         let mut batch = Batch::default();
+        // `None` only while the socket is parked: the receiver is given up
+        // as the client parks, under the feed's lock (see `Delivery::park`).
+        let mut feed = Some(feed);
         loop {
-            if let Some(parked) = self.delivery.park(subscription, stream, || feed.is_empty()) {
-                drop(feed);
+            let caught_up = || {
+                let empty = feed.as_ref().is_some_and(|feed| feed.is_empty());
+                if empty {
+                    feed = None;
+                }
+                empty
+            };
+            if let Some(parked) = self.delivery.park(subscription, stream, caught_up) {
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => return,
                     _ = parked.handed_back() => {}
                     _ = client_gone(stream) => return,
                 }
-                feed = match self.delivery.unpark(socket, subscription, parked).await {
-                    Ok(feed) => feed,
+                match self.delivery.unpark(socket, subscription, parked).await {
+                    Ok(rx) => feed = Some(rx),
                     Err(_) => return,
-                };
+                }
             }
+            let Some(rx) = feed.as_mut() else {
+                return; // not reached: parked until a receiver came back
+            };
             let first = tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
-                item = feed.recv() => item,
+                item = rx.recv() => item,
                 _ = client_gone(socket.0) => return,
             };
             let mut taken = self.delivery.take(subscription, first, &mut batch);
             while taken.is_ok() && !batch.is_full() {
-                let Some(item) = fanout::try_take(&mut feed) else {
+                let Some(item) = fanout::try_take(rx) else {
                     break;
                 };
                 taken = self.delivery.take(subscription, item, &mut batch);

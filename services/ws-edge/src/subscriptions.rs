@@ -115,20 +115,21 @@ impl Subscriptions {
         }
         let feeds = &mut self.feeds;
         let mut ready = None;
+        // Caught up, the client is parked and its receiver (of no use
+        // while parked; unpark brings a new one) goes right there, under
+        // the feed's lock: the feed never counts the client twice.
         let parked = delivery.park(subscription, socket.raw(), || match ready_now(feeds) {
-            None => true,
+            None => {
+                feeds.remove(key);
+                true
+            }
             Some(next) => {
                 ready = next;
                 false
             }
         });
         match (parked, ready) {
-            (Some(parked), _) => {
-                // Its receiver is of no use while parked; unpark brings a
-                // new one.
-                self.feeds.remove(key);
-                Park::Parked(parked)
-            }
+            (Some(parked), _) => Park::Parked(parked),
             (None, Some((key, item))) => Park::Ready(key, item.map_err(lagged)),
             (None, None) => Park::No,
         }
