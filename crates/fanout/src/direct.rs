@@ -1024,26 +1024,32 @@ mod tests {
     #[test]
     fn a_receiver_joining_while_items_are_sent_is_counted_exactly() {
         use broadcast::error::TryRecvError;
-        const ITEMS: u64 = 200_000;
         // A short ring: a receiver that lapped says by how much, and
         // dropping one costs no walk over a long backlog.
         let (tx, _) = broadcast::channel(16);
         let recent = Arc::new(Mutex::new(Recent::new(16)));
-        let parking = Arc::new(Parking::new(&tx, Arc::new(AtomicU64::new(0)), recent));
+        let sent = Arc::new(AtomicU64::new(0));
+        let parking = Arc::new(Parking::new(&tx, sent.clone(), recent));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Sends until every receiver has joined (at most 50 million).
         let sender = {
-            let (tx, parking) = (tx.clone(), parking.clone());
+            let (tx, parking, stop) = (tx.clone(), parking.clone(), stop.clone());
             std::thread::spawn(move || {
-                for n in 1..=ITEMS {
+                for n in 1..=50_000_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     parking.send(&tx, event(n, Bytes::from_static(b"data\n")));
                 }
             })
         };
-        let mut joined = Vec::new();
-        while !sender.is_finished() && joined.len() < 20_000 {
-            joined.push(parking.subscribe(&tx));
+        while sent.load(Ordering::Relaxed) == 0 && !sender.is_finished() {
+            std::thread::yield_now();
         }
+        let joined: Vec<_> = (0..20_000).map(|_| parking.subscribe(&tx)).collect();
+        stop.store(true, Ordering::Relaxed);
         sender.join().unwrap();
-        assert!(joined.len() > 100, "joined while sending: {}", joined.len());
+        let items = sent.load(Ordering::Relaxed);
         for (mut rx, before) in joined {
             // Events are numbered from 1: the first one the receiver was
             // to get tells how many came before it.
@@ -1053,7 +1059,7 @@ mod tests {
                     Ok(Item::Event(event)) => event.id.ms - skipped,
                     other => panic!("{other:?}"),
                 },
-                Err(TryRecvError::Empty) => ITEMS + 1,
+                Err(TryRecvError::Empty) => items + 1,
                 other => panic!("{other:?}"),
             };
             assert_eq!(before, first - 1);
@@ -1073,7 +1079,7 @@ mod tests {
             let (tx, parking, stop) = (feed.tx.clone(), feed.parking.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut seen = std::collections::BTreeSet::new();
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) || seen.is_empty() {
                     seen.insert(parking.clients(&tx));
                 }
                 seen
