@@ -1024,12 +1024,10 @@ mod tests {
     #[test]
     fn a_receiver_joining_while_items_are_sent_is_counted_exactly() {
         use broadcast::error::TryRecvError;
-        // A short ring: a receiver that lapped says by how much, and
-        // dropping one costs no walk over a long backlog.
-        let (tx, _) = broadcast::channel(16);
-        let recent = Arc::new(Mutex::new(Recent::new(16)));
-        let sent = Arc::new(AtomicU64::new(0));
-        let parking = Arc::new(Parking::new(&tx, sent.clone(), recent));
+        // The feed's short ring: a receiver that lapped says by how much,
+        // and dropping one costs no walk over a long backlog.
+        let Feed { tx, parking, .. } = Feed::new();
+        let sent = parking.sent().clone();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Sends until every receiver has joined (at most 50 million).
         let sender = {

@@ -10,6 +10,7 @@ use event_log::{EventLog, LiveConnection, LiveMessage, LogError, RedisTarget};
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -76,6 +77,14 @@ pub(crate) struct FeedHandle {
 }
 
 impl FeedHandle {
+    /// A new receiver on the feed and its exact position (see
+    /// `FeedPosition`).
+    fn attach(&self) -> (broadcast::Receiver<Item>, FeedPosition) {
+        let (rx, taken) = self.parking.subscribe(&self.tx);
+        let sent = self.parking.sent().clone();
+        (rx, FeedPosition { sent, taken })
+    }
+
     /// Clients of this feed on this replica: those reading the ring and
     /// those parked (which hold no receiver).
     pub(crate) fn clients(&self) -> usize {
@@ -302,57 +311,21 @@ impl<C: Codec> Hub<C> {
     /// receiver, in order. The caller reads anything older from the feed's
     /// recent events or from the stream.
     pub async fn join(&self, auction: &AuctionId, wait: Duration) -> Result<Joined, JoinError> {
-        let (rx, mut live, recent, position, viewers, parking) = {
+        let (rx, position, mut live, recent, viewers, parking) = {
             let mut feeds = lock(&self.shared.feeds);
-            match feeds.get(auction) {
-                Some(feed) => {
-                    let (rx, taken) = feed.parking.subscribe(&feed.tx);
-                    (
-                        rx,
-                        feed.live.clone(),
-                        feed.recent.clone(),
-                        FeedPosition {
-                            sent: feed.parking.sent().clone(),
-                            taken,
-                        },
-                        feed.viewers.clone(),
-                        feed.parking.clone(),
-                    )
-                }
-                None => {
-                    let (tx, rx) = broadcast::channel(self.shared.config.queue_capacity);
-                    let (live_tx, live_rx) = watch::channel(false);
-                    let recent =
-                        Arc::new(Mutex::new(Recent::new(self.shared.config.queue_capacity)));
-                    let sent = Arc::new(AtomicU64::new(0));
-                    let viewers = Arc::new(AtomicU32::new(0));
-                    let parking = Arc::new(Parking::new(&tx, sent.clone(), recent.clone()));
-                    let request = Watch {
-                        auction: auction.clone(),
-                        tx: tx.clone(),
-                        live: live_tx,
-                        recent: recent.clone(),
-                        parking: parking.clone(),
-                    };
-                    self.shared
-                        .commands
-                        .try_send(request)
-                        .map_err(|_| JoinError::Busy)?;
-                    feeds.insert(
-                        auction.clone(),
-                        FeedHandle {
-                            tx,
-                            live: live_rx.clone(),
-                            recent: recent.clone(),
-                            parking: parking.clone(),
-                            viewers: viewers.clone(),
-                        },
-                    );
-                    // Attached as the ring was made: nothing sent yet.
-                    let position = FeedPosition { sent, taken: 0 };
-                    (rx, live_rx, recent, position, viewers, parking)
-                }
-            }
+            let feed = match feeds.entry(auction.clone()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => entry.insert(self.start_feed(auction)?),
+            };
+            let (rx, position) = feed.attach();
+            (
+                rx,
+                position,
+                feed.live.clone(),
+                feed.recent.clone(),
+                feed.viewers.clone(),
+                feed.parking.clone(),
+            )
         };
         match tokio::time::timeout(wait, live.wait_for(|live| *live)).await {
             Ok(Ok(_)) => Ok(Joined {
@@ -364,6 +337,38 @@ impl<C: Codec> Hub<C> {
             }),
             _ => Err(JoinError::Unavailable),
         }
+    }
+
+    /// A new feed for the auction, asked of the subscriber task (which
+    /// makes it live); `Busy` if its queue of requests is full.
+    fn start_feed(&self, auction: &AuctionId) -> Result<FeedHandle, JoinError> {
+        let capacity = self.shared.config.queue_capacity;
+        let (tx, _) = broadcast::channel(capacity);
+        let (live_tx, live) = watch::channel(false);
+        let recent = Arc::new(Mutex::new(Recent::new(capacity)));
+        let parking = Arc::new(Parking::new(
+            &tx,
+            Arc::new(AtomicU64::new(0)),
+            recent.clone(),
+        ));
+        let request = Watch {
+            auction: auction.clone(),
+            tx: tx.clone(),
+            live: live_tx,
+            recent: recent.clone(),
+            parking: parking.clone(),
+        };
+        self.shared
+            .commands
+            .try_send(request)
+            .map_err(|_| JoinError::Busy)?;
+        Ok(FeedHandle {
+            tx,
+            live,
+            recent,
+            parking,
+            viewers: Arc::new(AtomicU32::new(0)),
+        })
     }
 }
 
