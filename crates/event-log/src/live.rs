@@ -1,6 +1,9 @@
 //! The live path: a replica's one pub/sub connection, subscribed to the
 //! auctions its clients watch, turning notices back into events.
 //!
+//! On a single node over plain TCP the connection is read on its owner's
+//! task ([`wire`]); over TLS or a unix socket it is redis-rs's pub/sub.
+//!
 //! This is the only code that knows channel names and the notice format;
 //! the hub above it sees auctions and [`Event`]s. Operations here have no
 //! deadline of their own: the caller bounds each one and treats a timeout
@@ -18,6 +21,8 @@
 //! few round trips per thousand auctions and keeps one recovery path, the
 //! one proven by the prev-id chain.
 
+mod wire;
+
 use crate::connection::{RedisTarget, TargetKind};
 use crate::keys::live_channel;
 use crate::log::LogError;
@@ -27,11 +32,12 @@ use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::cluster::ClusterConfig;
 use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, PushKind, Value};
+use redis::{ConnectionAddr, PushInfo, PushKind, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
+use wire::Wire;
 
 /// Pushes (notices and subscription confirmations) a cluster live
 /// connection buffers before the hub takes them. Past it, the connection
@@ -45,6 +51,9 @@ pub struct LiveConnection {
 }
 
 enum Inner {
+    /// One node over plain TCP: read on the owner's task ([`wire`]).
+    Plain(Wire),
+    /// One node over TLS or a unix socket, through redis-rs.
     Single {
         sink: PubSubSink,
         stream: PubSubStream,
@@ -133,6 +142,15 @@ impl LiveConnection {
     pub async fn open(target: &RedisTarget) -> Result<LiveConnection, LogError> {
         let inner = match &target.kind {
             TargetKind::Single { pubsub_client, .. } => {
+                let info = pubsub_client.get_connection_info();
+                if let ConnectionAddr::Tcp(host, port) = info.addr() {
+                    let settings = info.redis_settings();
+                    let wire = Wire::connect(host, *port, settings.username(), settings.password())
+                        .await?;
+                    return Ok(LiveConnection {
+                        inner: Inner::Plain(wire),
+                    });
+                }
                 let pubsub = pubsub_client.get_async_pubsub().await?;
                 let (sink, stream) = pubsub.split();
                 Inner::Single { sink, stream }
@@ -172,6 +190,11 @@ impl LiveConnection {
         }
         let channels: Vec<String> = auctions.iter().map(live_channel).collect();
         match &mut self.inner {
+            Inner::Plain(wire) => {
+                let mut command: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+                command.extend(channels.iter().map(String::as_bytes));
+                wire.call(&command, channels.len()).await
+            }
             Inner::Single { sink, .. } => Ok(sink.subscribe(channels).await?),
             Inner::Cluster { conn, watched, .. } => {
                 let requests = channels.iter().map(|channel| {
@@ -189,6 +212,7 @@ impl LiveConnection {
     pub async fn unwatch(&mut self, auction: &AuctionId) -> Result<(), LogError> {
         let channel = live_channel(auction);
         match &mut self.inner {
+            Inner::Plain(wire) => wire.call(&[b"UNSUBSCRIBE", channel.as_bytes()], 1).await,
             Inner::Single { sink, .. } => Ok(sink.unsubscribe(channel).await?),
             Inner::Cluster { conn, watched, .. } => {
                 watched.remove(&channel);
@@ -203,6 +227,7 @@ impl LiveConnection {
     /// the connection, whether or not a disconnection push said so.
     pub async fn ping(&mut self) -> Result<(), LogError> {
         match &mut self.inner {
+            Inner::Plain(wire) => wire.call(&[b"PING"], 1).await?,
             Inner::Single { sink, .. } => {
                 sink.ping::<Value>().await?;
             }
@@ -224,6 +249,7 @@ impl LiveConnection {
     /// The next message; `None` once the connection has ended. Cancel-safe.
     pub async fn next(&mut self) -> Option<LiveMessage> {
         match &mut self.inner {
+            Inner::Plain(wire) => wire.next().await,
             Inner::Single { stream, .. } => loop {
                 let message = stream.next().await?;
                 let channel = message.get_channel_name();
@@ -277,9 +303,8 @@ fn cluster_push(push: &PushInfo, watched: &HashSet<String>) -> ClusterPush {
             else {
                 return ClusterPush::Ignore;
             };
-            let channel = String::from_utf8_lossy(&channel);
-            match auction_of_channel(&channel) {
-                Some(auction) => ClusterPush::Message(message_of(&channel, &payload, auction)),
+            match notice_on(&String::from_utf8_lossy(&channel), &payload) {
+                Some(message) => ClusterPush::Message(message),
                 None => ClusterPush::Ignore,
             }
         }
@@ -298,6 +323,13 @@ fn cluster_push(push: &PushInfo, watched: &HashSet<String>) -> ClusterPush {
         }
         _ => ClusterPush::Ignore,
     }
+}
+
+/// A message on `channel` as the live path's: `None` if the channel is
+/// not an auction's (not one of ours).
+fn notice_on(channel: &str, payload: &[u8]) -> Option<LiveMessage> {
+    let auction = auction_of_channel(channel)?;
+    Some(message_of(channel, payload, auction))
 }
 
 fn message_of(channel: &str, payload: &[u8], auction: AuctionId) -> LiveMessage {
