@@ -392,7 +392,9 @@ impl<C: Codec> Delivery<C> {
                 &self.shutdown,
             );
             Box::pin(written).await.map_err(|error| self.ended(error))?;
-            self.count_delivered(&[pending.placed_at_ms]);
+            if let Some(placed_at) = pending.placed_at_ms {
+                self.count_delivered(&[placed_at]);
+            }
         }
         // What a group writer had not written yet; without it, the client
         // resumes from its last id (here or elsewhere), as after a reset.

@@ -203,6 +203,67 @@ async fn headers_retry_and_keepalive_comments() {
     assert!(text.contains("event: init\n"));
 }
 
+/// Clients that took a live event are written by the hub (parked); a
+/// keepalive reaches them there, without handing every socket back to its
+/// task (which would leave them unparked until the next event).
+#[tokio::test]
+async fn parked_clients_get_keepalives_without_leaving_the_hub() {
+    // More than the hub writes itself (16): group writers serve the rest.
+    const CLIENTS: usize = 20;
+    let setup = setup(&[("AUCTION_SSE_KEEPALIVE_MS", "200")]).await;
+    let mut streams = Vec::new();
+    for _ in 0..CLIENTS {
+        let response = setup
+            .http
+            .get(format!("{}/auctions/a1/events", setup.edge.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        streams.push((response.bytes_stream(), String::new()));
+    }
+    async fn read_until(
+        (body, text): &mut (
+            impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+            String,
+        ),
+        done: impl Fn(&str) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done(text) {
+            let chunk = tokio::time::timeout_at(deadline, body.next())
+                .await
+                .expect("the stream went quiet");
+            text.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
+        }
+    }
+    let first = setup.bid(100).await;
+    for stream in &mut streams {
+        read_until(stream, |text| text.contains(&format!("id: {first}\n"))).await;
+    }
+    let gauge = "auction_direct_clients{transport=\"sse\"}";
+    test_support::wait_for("every client to be parked", Duration::from_secs(5), || {
+        (setup.edge.metric(gauge) == CLIENTS as f64).then_some(())
+    });
+    for stream in &mut streams {
+        let seen = stream.1.matches(": keepalive").count();
+        read_until(stream, |text| {
+            text.matches(": keepalive").count() >= seen + 2
+        })
+        .await;
+    }
+    assert_eq!(
+        setup.edge.metric(gauge),
+        CLIENTS as f64,
+        "still parked after two keepalives"
+    );
+    let second = setup.bid(101).await;
+    for stream in &mut streams {
+        read_until(stream, |text| text.contains(&format!("id: {second}\n"))).await;
+        assert_eq!(stream.1.matches("event: bid\n").count(), 2, "{}", stream.1);
+    }
+}
+
 #[tokio::test]
 async fn refusals_use_the_contract_error_shape() {
     let setup = setup(&[("AUCTION_MAX_CONNECTIONS", "2")]).await;
