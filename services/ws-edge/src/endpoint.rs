@@ -3,6 +3,7 @@
 
 use crate::bids::BidForwarder;
 use crate::codec::WsCodec;
+use crate::pings::PingTicks;
 use crate::session::Session;
 use crate::upgrade::upgrade;
 use fanout::Delivery;
@@ -13,7 +14,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub struct WsEndpoint {
@@ -26,9 +26,8 @@ pub struct WsEndpoint {
     /// Whether a client's address comes from `X-Forwarded-For`.
     pub trust_forwarded_for: bool,
     pub max_message: usize,
-    /// Ticks once per ping interval, for every socket: one timer per
-    /// replica instead of one per socket.
-    pub ping_ticks: watch::Receiver<u64>,
+    /// When each socket pings its peer (see [`PingTicks`]).
+    pub ping_ticks: PingTicks,
     /// The interval of those ticks: a peer has this long to answer a ping.
     pub ping_interval: Duration,
     /// Allowed `Origin` values; empty allows every origin.

@@ -10,6 +10,7 @@
 mod bids;
 mod codec;
 mod endpoint;
+mod pings;
 mod protocol;
 mod session;
 mod shared_socket;
@@ -69,22 +70,6 @@ impl WsSettings {
 }
 
 /// One timer for the whole replica: every socket pings on its ticks.
-fn ping_ticker(ctx: &Context, every: Duration) -> tokio::sync::watch::Receiver<u64> {
-    let (tx, rx) = tokio::sync::watch::channel(0u64);
-    let shutdown = ctx.shutdown.clone();
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        interval.reset();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = interval.tick() => tx.send_modify(|tick| *tick += 1),
-            }
-        }
-    });
-    rx
-}
-
 fn main() -> ExitCode {
     let process = Process::start("ws-edge", "0.0.0.0:8082");
     let own = WsSettings::read(&process.settings)
@@ -124,7 +109,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         auth: Authenticator::new(&identity)?,
         trust_forwarded_for: own.trust_forwarded_for,
         max_message: own.max_message,
-        ping_ticks: ping_ticker(&ctx, own.ping),
+        ping_ticks: pings::PingTicks::start(own.ping, ctx.shutdown.clone()),
         ping_interval: own.ping,
         allowed_origins: own.allowed_origins,
         max_subscriptions: own.max_subscriptions,

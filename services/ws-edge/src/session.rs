@@ -128,10 +128,10 @@ impl<'a> Session<'a> {
         let endpoint = self.endpoint;
         let shutdown = endpoint.shutdown.cancelled();
         tokio::pin!(shutdown);
-        // Marked seen first: the replica's ticks so far are not this
-        // socket's (a ping at connect, judged at the next shared tick,
+        // Marked seen first: the phase's ticks so far are not this
+        // socket's (a ping at connect, judged at the phase's next tick,
         // would give a client only a fraction of an interval to answer).
-        let mut tick_source = endpoint.ping_ticks.clone();
+        let mut tick_source = endpoint.ping_ticks.deal();
         tick_source.borrow_and_update();
         let mut ticks = WatchStream::from_changes(tick_source);
         let mut awaiting_pong: Option<Instant> = None;
@@ -197,7 +197,7 @@ impl<'a> Session<'a> {
                 Wake::Answer(reply) => self.send_text(reply).await,
                 Wake::Tick => match awaiting_pong {
                     // A peer gets at least (nearly) a whole interval to
-                    // answer: shared ticks are an interval apart, give or
+                    // answer: a phase's ticks are an interval apart, give or
                     // take the timer's jitter.
                     Some(sent) if sent.elapsed() >= endpoint.ping_interval.mul_f32(0.9) => {
                         Err(End::Close(CloseCode::Policy, "no pong in time"))
