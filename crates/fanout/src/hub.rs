@@ -30,8 +30,6 @@ const COMMAND_QUEUE: usize = 16_384;
 /// watching: a replica asked for thousands of auctions at once (a restart,
 /// a load balancer reshuffle) needs a few round trips, not thousands.
 const WATCH_BATCH: usize = 256;
-/// Auctions whose existence one round trip checks.
-const AUDIT_BATCH: usize = 256;
 /// How many times per keepalive interval the hub looks for feeds due a
 /// keepalive. Each feed ticks an interval after its own last tick, and
 /// feeds started together start apart, so ticks spread over the interval
@@ -242,12 +240,21 @@ impl<C: Codec> Hub<C> {
             connected: AtomicBool::new(false),
         });
         tokio::spawn(crate::viewers::report(shared.clone(), shutdown.clone()));
+        // Bounded: the audit waits while the subscriber ends what it sent.
+        let (vanished_tx, vanished) = mpsc::channel(4);
+        tokio::spawn(crate::audit::run(
+            shared.clone(),
+            sweep_interval(&shared.config),
+            vanished_tx,
+            shutdown.clone(),
+        ));
         let subscriber = Subscriber {
             shared: shared.clone(),
             target: target.clone(),
             cursors: HashMap::new(),
             watched: 0,
             requests,
+            vanished,
             reconnects,
             shutdown,
         };
@@ -424,6 +431,8 @@ struct Subscriber<C: Codec> {
     /// Feeds watched so far, ever: staggers their first keepalives.
     watched: u32,
     requests: mpsc::Receiver<Watch>,
+    /// Watched auctions found missing by the audit task.
+    vanished: mpsc::Receiver<Vec<AuctionId>>,
     reconnects: Counter,
     shutdown: CancellationToken,
 }
@@ -575,27 +584,11 @@ impl<C: Codec> Subscriber<C> {
         timed(connection.unwatch(auction)).await
     }
 
-    /// Ends the feeds of auctions that stopped existing while watched
-    /// (expired, deleted): nothing is published for them any more, so
-    /// without this their clients would wait forever.
-    async fn audit(&mut self, connection: &mut LiveConnection) -> Result<(), String> {
-        let watched: Vec<AuctionId> = self.cursors.keys().cloned().collect();
-        for batch in watched.chunks(AUDIT_BATCH) {
-            let exist = timed(self.shared.log.exist(batch)).await?;
-            for (auction, exists) in batch.iter().zip(exist) {
-                if !exists {
-                    self.vanished(connection, auction).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     async fn pump(&mut self, connection: &mut LiveConnection) -> Stop {
         let config = self.shared.config.clone();
         let mut keepalive = tokio::time::interval(keepalive_check(config.keepalive));
         keepalive.reset();
-        let mut sweep = tokio::time::interval(config.idle_feed_ttl.max(Duration::from_millis(100)));
+        let mut sweep = tokio::time::interval(sweep_interval(&config));
         let mut ping = tokio::time::interval(Duration::from_secs(1));
         loop {
             let result = tokio::select! {
@@ -621,10 +614,17 @@ impl<C: Codec> Subscriber<C> {
                     self.keep_alive();
                     Ok(())
                 }
-                _ = sweep.tick() => match self.sweep(connection).await {
-                    Ok(()) => self.audit(connection).await,
-                    Err(error) => Err(error),
-                },
+                _ = sweep.tick() => self.sweep(connection).await,
+                Some(gone) = self.vanished.recv() => {
+                    let mut ended = Ok(());
+                    for auction in &gone {
+                        ended = self.vanished(connection, auction).await;
+                        if ended.is_err() {
+                            break;
+                        }
+                    }
+                    ended
+                }
                 _ = ping.tick() => timed(connection.ping()).await,
             };
             if let Err(error) = result {
@@ -818,6 +818,11 @@ fn publish<C: Codec>(codec: &C, auction: &AuctionId, cursor: &mut Cursor, event:
     lock(&cursor.recent).push(event.prev, encoded.clone());
     cursor.send(Item::Event(encoded));
     cursor.last = event.id;
+}
+
+/// How often idle feeds are swept, and watched auctions audited.
+fn sweep_interval(config: &HubConfig) -> Duration {
+    config.idle_feed_ttl.max(Duration::from_millis(100))
 }
 
 /// How often the hub looks for feeds due a keepalive.

@@ -13,6 +13,7 @@
 //! resume rules, replay, live delivery, and when a client is cut off.
 #![warn(unreachable_pub)]
 
+mod audit;
 mod client;
 mod direct;
 mod feed;

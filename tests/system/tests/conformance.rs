@@ -587,6 +587,59 @@ async fn sent_away(conn: &mut Conn) -> Vec<Received> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_an_auction_deleted_while_watched_are_told_it_is_gone() {
+    deleted_case(&RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_an_auction_deleted_while_watched_are_told_it_is_gone_on_a_cluster() {
+    deleted_case(&RedisCluster::start()).await;
+}
+
+/// An auction that stops existing while the edges stay connected to Redis
+/// (expired, deleted): nothing is published for it any more, so each
+/// edge's audit (every 10 s) finds it missing and its clients are told it
+/// is gone, without holding up any other auction's events.
+async fn deleted_case(redis: &impl TestRedis) {
+    test_support::auctions::create(&redis.url(), &["doomed".into()], 3_600_000).await;
+    let sse = start_edge(Transport::Sse, &redis, &[]);
+    let ws = start_edge(Transport::Ws, &redis, &[]);
+    let mut watching = Vec::new();
+    for (transport, edge) in [(Transport::Sse, &sse), (Transport::Ws, &ws)] {
+        let mut conn = Conn::open(transport, edge.addr, "doomed", None, None).await;
+        assert!(matches!(
+            conn.next(QUIET).await,
+            Some(Received::Init { .. })
+        ));
+        watching.push((transport, conn));
+    }
+    redis.on_owner(
+        "doomed",
+        &["DEL", "auction:{doomed}", "auction:{doomed}:events"],
+    );
+    for (transport, mut conn) in watching {
+        // The audit runs every 10 s: up to one round, plus slack.
+        let told = loop {
+            let received = conn
+                .next(Duration::from_secs(25))
+                .await
+                .expect("told before going quiet");
+            if !matches!(received, Received::Event { ref kind, .. } if kind == "viewers") {
+                break received;
+            }
+        };
+        assert_eq!(
+            told,
+            Received::Event {
+                kind: "gone".into(),
+                id: String::new()
+            },
+            "{transport:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_comes_back_empty_clients_are_reset_or_told_the_auction_is_gone() {
     empty_case(RedisServer::start()).await;
 }
