@@ -10,7 +10,7 @@
 //! p99.9 latency from 6 to 40-55 ms).
 
 use crate::feed::Codec;
-use crate::hub::{Shared, lock};
+use crate::hub::{Shared, lock, timed};
 use auction_domain::AuctionId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Auctions whose existence one round trip checks.
 const AUDIT_BATCH: usize = 256;
-/// A batch whose answer takes longer than this is skipped this round.
-const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown`, every `every`: sends the subscriber the watched
 /// auctions found missing, a batch at a time (bounded: it waits while the
@@ -41,14 +39,11 @@ pub(crate) async fn run<C: Codec>(
         }
         let watched: Vec<AuctionId> = lock(&shared.feeds).keys().cloned().collect();
         for batch in watched.chunks(AUDIT_BATCH) {
-            let exist = match tokio::time::timeout(BATCH_TIMEOUT, shared.log.exist(batch)).await {
-                Ok(Ok(exist)) => exist,
-                Ok(Err(error)) => {
+            // A batch without an answer in time ends this round.
+            let exist = match timed(shared.log.exist(batch)).await {
+                Ok(exist) => exist,
+                Err(error) => {
                     tracing::debug!(%error, "auctions not audited this round");
-                    break;
-                }
-                Err(_) => {
-                    tracing::debug!("auctions not audited this round: Redis is slow");
                     break;
                 }
             };

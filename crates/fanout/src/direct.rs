@@ -281,58 +281,66 @@ impl Parking {
     /// sockets the hub writes.
     pub(crate) fn send(&self, tx: &broadcast::Sender<Item>, item: Item) {
         let mut lanes = lock(&self.lanes);
-        if let Item::Tick = item {
+        match &item {
+            Item::Event(event) => {
+                let event = event.clone();
+                let _ = tx.send(item);
+                let taken = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+                lanes.newest = event.id;
+                if lanes.hub.is_empty() {
+                    return;
+                }
+                let now = auction_domain::clock::now_ms();
+                let events = std::slice::from_ref(&event);
+                let frames = std::slice::from_ref(&event.frame);
+                self.write_hub_lanes(&mut lanes, tx, taken, |lane| {
+                    lane.write(events, frames, now)
+                });
+            }
             // Written where the sockets are (group writers take it from
             // the ring), like an event.
-            let _ = tx.send(item);
-            let taken = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
-            let Some(frame) = &self.keepalive else {
-                return;
-            };
-            let mut hub = std::mem::take(&mut lanes.hub);
-            hub.retain(|lane| {
-                if lane.write_keepalive(frame) {
-                    return true;
+            Item::Tick => {
+                let _ = tx.send(item);
+                let taken = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(frame) = &self.keepalive {
+                    self.write_hub_lanes(&mut lanes, tx, taken, |lane| lane.write_keepalive(frame));
                 }
-                self.hand_back(&lanes, lane, Some(tx.subscribe()), taken);
-                false
-            });
-            lanes.hub = hub;
-            return;
-        }
-        let Item::Event(event) = &item else {
+            }
             // Handed back first, with receivers that get this item.
-            let taken = self.sent.load(Ordering::Relaxed);
-            let mut returning = std::mem::take(&mut lanes.hub);
-            while !lanes.groups.is_empty() {
-                returning.extend(lanes.disband(0));
+            Item::Reset | Item::Gone | Item::Viewers(_) => {
+                let taken = self.sent.load(Ordering::Relaxed);
+                let mut returning = std::mem::take(&mut lanes.hub);
+                while !lanes.groups.is_empty() {
+                    returning.extend(lanes.disband(0));
+                }
+                for lane in returning {
+                    self.hand_back(&lanes, &lane, Some(tx.subscribe()), taken);
+                }
+                // No receivers is fine: the feed may be idle, waiting to be
+                // swept.
+                let _ = tx.send(item);
+                self.sent.fetch_add(1, Ordering::Relaxed);
             }
-            for lane in returning {
-                self.hand_back(&lanes, &lane, Some(tx.subscribe()), taken);
-            }
-            // No receivers is fine: the feed may be idle, waiting to be swept.
-            let _ = tx.send(item);
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let event = event.clone();
-        let _ = tx.send(item);
-        let taken = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
-        lanes.newest = event.id;
-        if lanes.hub.is_empty() {
-            return;
         }
-        let now = auction_domain::clock::now_ms();
-        let events = std::slice::from_ref(&event);
-        let frames = std::slice::from_ref(&event.frame);
+    }
+
+    /// Writes each lane the hub writes with `write`, just after the feed
+    /// sent its `taken`-th item, and hands back those the write left stuck
+    /// (called under the feed's lock): their pending write holds the rest
+    /// of that item, and their receiver starts after it.
+    fn write_hub_lanes(
+        &self,
+        lanes: &mut Lanes,
+        tx: &broadcast::Sender<Item>,
+        taken: u64,
+        write: impl Fn(&Lane) -> bool,
+    ) {
         let mut hub = std::mem::take(&mut lanes.hub);
         hub.retain(|lane| {
-            if lane.write(events, frames, now) {
+            if write(lane) {
                 return true;
             }
-            // Attached after this event was sent: the pending write has
-            // it, the receiver starts after it.
-            self.hand_back(&lanes, lane, Some(tx.subscribe()), taken);
+            self.hand_back(lanes, lane, Some(tx.subscribe()), taken);
             false
         });
         lanes.hub = hub;

@@ -830,7 +830,9 @@ fn keepalive_check(interval: Duration) -> Duration {
     (interval / KEEPALIVE_CHECKS).max(Duration::from_millis(1))
 }
 
-async fn timed<T>(
+/// Runs a Redis operation of the subscription path under its deadline
+/// (`REDIS_TIMEOUT`); the error is one readable line.
+pub(crate) async fn timed<T>(
     operation: impl std::future::Future<Output = Result<T, LogError>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(REDIS_TIMEOUT, operation).await {

@@ -4,19 +4,16 @@
 //! tells a feed's clients the auction's total when it changed.
 
 use crate::feed::{Codec, Item};
-use crate::hub::{Shared, lock};
+use crate::hub::{Shared, lock, timed};
 use auction_domain::AuctionId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Auctions per round trip: each is a short script on Redis's one thread,
 /// so a batch is kept small enough never to hold up a bid for long.
 const BATCH: usize = 32;
-/// A report round that takes longer than this is abandoned.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown`.
 pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: CancellationToken) {
@@ -51,14 +48,11 @@ pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: Cancellat
         };
         for batch in counts.chunks(BATCH) {
             let round = shared.log.report_viewers(&config.replica, batch, fresh_ms);
-            let totals = match tokio::time::timeout(ROUND_TIMEOUT, round).await {
-                Ok(Ok(totals)) => totals,
-                Ok(Err(error)) => {
+            // A batch without an answer in time ends this round.
+            let totals = match timed(round).await {
+                Ok(totals) => totals,
+                Err(error) => {
                     tracing::debug!(%error, "viewer counts not reported this round");
-                    break;
-                }
-                Err(_) => {
-                    tracing::debug!("viewer counts not reported this round: Redis is slow");
                     break;
                 }
             };

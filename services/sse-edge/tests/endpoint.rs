@@ -172,6 +172,23 @@ async fn every_unusable_resume_point_gets_a_reset_init() {
     );
 }
 
+/// Reads a stream's body into its text until `done` says so (within 5 s).
+async fn read_until(
+    (body, text): &mut (
+        impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+        String,
+    ),
+    done: impl Fn(&str) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done(text) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("the stream went quiet");
+        text.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
+    }
+}
+
 #[tokio::test]
 async fn headers_retry_and_keepalive_comments() {
     let setup = setup(&[
@@ -190,15 +207,9 @@ async fn headers_retry_and_keepalive_comments() {
     assert_eq!(headers["content-type"], "text/event-stream");
     assert_eq!(headers["cache-control"], "no-cache");
     assert_eq!(headers["x-accel-buffering"], "no");
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while text.matches(": keepalive").count() < 2 {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("keepalives in time");
-        text.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
-    }
+    let mut stream = (response.bytes_stream(), String::new());
+    read_until(&mut stream, |text| text.matches(": keepalive").count() >= 2).await;
+    let text = stream.1;
     assert!(text.starts_with("retry: 1500\n\n"), "{text}");
     assert!(text.contains("event: init\n"));
 }
@@ -221,21 +232,6 @@ async fn parked_clients_get_keepalives_without_leaving_the_hub() {
             .unwrap();
         assert_eq!(response.status(), 200);
         streams.push((response.bytes_stream(), String::new()));
-    }
-    async fn read_until(
-        (body, text): &mut (
-            impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
-            String,
-        ),
-        done: impl Fn(&str) -> bool,
-    ) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !done(text) {
-            let chunk = tokio::time::timeout_at(deadline, body.next())
-                .await
-                .expect("the stream went quiet");
-            text.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
-        }
     }
     let first = setup.bid(100).await;
     for stream in &mut streams {

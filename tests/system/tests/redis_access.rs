@@ -12,47 +12,7 @@ use test_support::{RedisServer, ServiceProcess};
 async fn bids_flow_through_a_tls_only_redis() {
     let redis = RedisServer::start_tls();
     assert!(redis.url().starts_with("rediss://"));
-    let env = [
-        ("AUCTION_REDIS_URL", redis.url()),
-        ("AUCTION_SIMULATE", "false".to_owned()),
-        test_support::session_secret_env(),
-    ];
-    let bidder = ServiceProcess::start("bidder", &env);
-    let edge = ServiceProcess::start("sse-edge", &env);
-    let http = reqwest::Client::new();
-    let created = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(r#"{"id":"tls","title":"Safe","starting_price":100,"min_increment":10,"duration_ms":600000}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let stream = http
-        .get(format!("{}/auctions/tls/events", edge.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let mut events = stream.bytes_stream().eventsource();
-    assert_eq!(events.next().await.unwrap().unwrap().event, "init");
-    let placed = http
-        .post(format!("{}/auctions/tls/bids", bidder.url()))
-        .bearer_auth(test_support::guest_token("secure"))
-        .header("content-type", "application/json")
-        .body(r#"{"amount":100}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 201);
-    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(event.event, "bid");
-    assert!(event.data.contains("\"bidder\":\"secure\""));
+    bids_reach_a_watcher(redis.url(), "tls", &[100]).await;
     assert_eq!(
         redis.stream("tls").len(),
         1,
@@ -72,6 +32,13 @@ async fn bids_flow_through_a_redis_that_lets_only_a_named_user_use_channels() {
     let default = redis.command("ACL SETUSER default resetchannels");
     assert!(default.starts_with("+OK"), "{default}");
     let url = format!("redis://fanout:s3cret@127.0.0.1:{}", redis.port());
+    bids_reach_a_watcher(url, "acl", &[100, 110]).await;
+}
+
+/// The bidder and an SSE edge on Redis at `url`: the auction `id` is
+/// created over HTTP, a client watches it, and each bid of `amounts`
+/// (placed after the one before reached the client) reaches the client.
+async fn bids_reach_a_watcher(url: String, id: &str, amounts: &[u64]) {
     let env = [
         ("AUCTION_REDIS_URL", url),
         ("AUCTION_SIMULATE", "false".to_owned()),
@@ -84,27 +51,25 @@ async fn bids_flow_through_a_redis_that_lets_only_a_named_user_use_channels() {
         .post(format!("{}/auctions", bidder.url()))
         .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
-        .body(r#"{"id":"acl","title":"Named","starting_price":100,"min_increment":10,"duration_ms":600000}"#)
+        .body(format!(
+            r#"{{"id":"{id}","title":"Reached","starting_price":100,"min_increment":10,"duration_ms":600000}}"#
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
     let stream = http
-        .get(format!("{}/auctions/acl/events", edge.url()))
+        .get(format!("{}/auctions/{id}/events", edge.url()))
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        stream.status(),
-        200,
-        "the edge subscribed as the URL's user"
-    );
+    assert_eq!(stream.status(), 200, "the edge subscribed");
     let mut events = stream.bytes_stream().eventsource();
     assert_eq!(events.next().await.unwrap().unwrap().event, "init");
-    for amount in [100, 110] {
+    for amount in amounts {
         let placed = http
-            .post(format!("{}/auctions/acl/bids", bidder.url()))
-            .bearer_auth(test_support::guest_token("named"))
+            .post(format!("{}/auctions/{id}/bids", bidder.url()))
+            .bearer_auth(test_support::guest_token("reached"))
             .header("content-type", "application/json")
             .body(format!(r#"{{"amount":{amount}}}"#))
             .send()
@@ -118,7 +83,8 @@ async fn bids_flow_through_a_redis_that_lets_only_a_named_user_use_channels() {
             .unwrap();
         assert_eq!(event.event, "bid");
         assert!(
-            event.data.contains(&format!("\"amount\":{amount}")),
+            event.data.contains("\"bidder\":\"reached\"")
+                && event.data.contains(&format!("\"amount\":{amount}")),
             "{}",
             event.data
         );

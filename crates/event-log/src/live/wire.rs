@@ -123,7 +123,7 @@ impl Wire {
             return Some(message);
         }
         loop {
-            match take_reply(&mut self.buffer) {
+            match take_reply(&mut self.buffer, Taken::of) {
                 Ok(Some(Taken::Message(message))) => return Some(message),
                 // A confirmation no call waits for, or a reply we do not use.
                 Ok(Some(Taken::Skipped)) => continue,
@@ -137,10 +137,8 @@ impl Wire {
                     return None;
                 }
             }
-            self.buffer.reserve(READ_CHUNK);
-            match self.socket.read_buf(&mut self.buffer).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
+            if self.read_more().await.is_err() {
+                return None;
             }
         }
     }
@@ -148,17 +146,22 @@ impl Wire {
     /// The next reply, read for [`Wire::call`].
     async fn read_reply(&mut self) -> Result<Push<Vec<u8>>, LogError> {
         loop {
-            if let Some((reply, length)) = parse(&self.buffer).map_err(LogError::Corrupt)? {
-                let push = Push::of(reply).map(<[u8]>::to_vec);
-                self.buffer.advance(length);
+            let owned = |push: Push<&[u8]>| push.map(<[u8]>::to_vec);
+            if let Some(push) = take_reply(&mut self.buffer, owned).map_err(LogError::Corrupt)? {
                 return Ok(push);
             }
-            self.buffer.reserve(READ_CHUNK);
-            match self.socket.read_buf(&mut self.buffer).await {
-                Ok(0) => return Err(LogError::Unavailable("pub/sub connection closed".into())),
-                Err(error) => return Err(LogError::Unavailable(format!("pub/sub read: {error}"))),
-                Ok(_) => {}
-            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads what the socket has into the buffer (at least one byte).
+    /// Cancel-safe: a read that does not complete has read nothing.
+    async fn read_more(&mut self) -> Result<(), LogError> {
+        self.buffer.reserve(READ_CHUNK);
+        match self.socket.read_buf(&mut self.buffer).await {
+            Ok(0) => Err(LogError::Unavailable("pub/sub connection closed".into())),
+            Err(error) => Err(LogError::Unavailable(format!("pub/sub read: {error}"))),
+            Ok(_) => Ok(()),
         }
     }
 }
@@ -170,20 +173,30 @@ enum Taken {
     Error(String),
 }
 
-/// Parses and removes the first reply in `buffer`; `Ok(None)` while it is
+impl Taken {
+    fn of(push: Push<&[u8]>) -> Taken {
+        match push {
+            Push::Message { channel, payload } => match to_message(channel, payload) {
+                Some(message) => Taken::Message(message),
+                None => Taken::Skipped,
+            },
+            Push::Error(error) => Taken::Error(error),
+            Push::Confirmation | Push::Other => Taken::Skipped,
+        }
+    }
+}
+
+/// Parses the first reply in `buffer` and removes it, giving what `what`
+/// makes of it (while it still borrows the buffer); `Ok(None)` while it is
 /// incomplete (nothing removed).
-fn take_reply(buffer: &mut BytesMut) -> Result<Option<Taken>, String> {
+fn take_reply<T>(
+    buffer: &mut BytesMut,
+    what: impl FnOnce(Push<&[u8]>) -> T,
+) -> Result<Option<T>, String> {
     let Some((reply, length)) = parse(buffer)? else {
         return Ok(None);
     };
-    let taken = match Push::of(reply) {
-        Push::Message { channel, payload } => match to_message(channel, payload) {
-            Some(message) => Taken::Message(message),
-            None => Taken::Skipped,
-        },
-        Push::Error(error) => Taken::Error(error),
-        Push::Confirmation | Push::Other => Taken::Skipped,
-    };
+    let taken = what(Push::of(reply));
     buffer.advance(length);
     Ok(Some(taken))
 }
@@ -292,15 +305,9 @@ fn reply<'a>(input: &'a [u8], at: &mut usize, depth: usize) -> Result<Option<Rep
         b'+' => Reply::Status(rest),
         b'-' => Reply::Error(rest),
         b':' => Reply::Integer(integer(rest)?),
-        b'$' => {
-            let length = integer(rest)?;
-            if length < 0 {
-                Reply::Bulk(None)
-            } else {
-                let length = usize::try_from(length).map_err(|_| "a bulk length out of range")?;
-                if length > MAX_BULK {
-                    return Err(format!("a bulk string of {length} bytes"));
-                }
+        b'$' => match length(rest, MAX_BULK, "a bulk string")? {
+            None => Reply::Bulk(None),
+            Some(length) => {
                 let end = *at + length;
                 if input.len() < end + 2 {
                     *at = start;
@@ -312,16 +319,10 @@ fn reply<'a>(input: &'a [u8], at: &mut usize, depth: usize) -> Result<Option<Rep
                 *at = end + 2;
                 Reply::Bulk(Some(&input[end - length..end]))
             }
-        }
-        b'*' => {
-            let count = integer(rest)?;
-            if count < 0 {
-                Reply::Array(None)
-            } else {
-                let count = usize::try_from(count).map_err(|_| "an array length out of range")?;
-                if count > MAX_ARRAY {
-                    return Err(format!("an array of {count} elements"));
-                }
+        },
+        b'*' => match length(rest, MAX_ARRAY, "an array")? {
+            None => Reply::Array(None),
+            Some(count) => {
                 if depth >= MAX_DEPTH {
                     return Err("arrays nested too deep".into());
                 }
@@ -337,7 +338,7 @@ fn reply<'a>(input: &'a [u8], at: &mut usize, depth: usize) -> Result<Option<Rep
                 }
                 Reply::Array(Some(items))
             }
-        }
+        },
         other => return Err(format!("a reply of unknown type {:?}", char::from(other))),
     };
     Ok(Some(parsed))
@@ -357,6 +358,19 @@ fn line<'a>(input: &'a [u8], at: &mut usize) -> Result<Option<&'a [u8]>, String>
     };
     *at += newline + 1;
     Ok(Some(line))
+}
+
+/// A bulk string's or an array's length line: `None` for a null one
+/// (negative), an error past `max`.
+fn length(digits: &[u8], max: usize, what: &str) -> Result<Option<usize>, String> {
+    let length = integer(digits)?;
+    if length < 0 {
+        return Ok(None);
+    }
+    match usize::try_from(length) {
+        Ok(length) if length <= max => Ok(Some(length)),
+        _ => Err(format!("{what} of length {length}")),
+    }
 }
 
 fn integer(digits: &[u8]) -> Result<i64, String> {
@@ -486,14 +500,14 @@ mod tests {
         let mut buffer = BytesMut::from(
             &b"*3\r\n$7\r\nmessage\r\n$18\r\nauction:{a-1}:live\r\n$1\r\n?\r\n*3\r\n$7"[..],
         );
-        match take_reply(&mut buffer) {
+        match take_reply(&mut buffer, Taken::of) {
             Ok(Some(Taken::Message(LiveMessage::Malformed { channel }))) => {
                 assert_eq!(channel, "auction:{a-1}:live", "not a notice: malformed");
             }
             _ => panic!("expected the message"),
         }
         assert_eq!(&buffer[..], b"*3\r\n$7");
-        assert!(matches!(take_reply(&mut buffer), Ok(None)));
+        assert!(matches!(take_reply(&mut buffer, Taken::of), Ok(None)));
         assert_eq!(&buffer[..], b"*3\r\n$7", "an incomplete reply stays");
     }
 }
