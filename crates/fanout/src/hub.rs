@@ -43,8 +43,9 @@ pub struct HubConfig {
     /// Capacity of each auction's broadcast ring, which is also how far a
     /// client may fall behind before it counts as slow and is disconnected.
     pub queue_capacity: usize,
-    /// How often each feed sends an [`Item::Tick`] (for a transport with
-    /// a keepalive frame; see [`Codec::keepalive`]).
+    /// How often each feed's clients get the keepalive frame, at least
+    /// (for a transport with one; see [`Codec::keepalive`]): in front of an
+    /// event when the feed is busy, as an [`Item::Tick`] when it is quiet.
     pub keepalive: Duration,
     /// How long a feed with no clients stays subscribed (avoids churn when a
     /// client reconnects).
@@ -705,7 +706,7 @@ impl<C: Codec> Subscriber<C> {
             return Ok(());
         }
         if event.prev == cursor.last {
-            publish(&self.shared.codec, &auction, cursor, &event);
+            publish(&self.shared, &auction, cursor, &event);
             return Ok(());
         }
         tracing::debug!(%auction, last = %cursor.last, prev = %event.prev, "gap in notices; backfilling");
@@ -733,7 +734,7 @@ impl<C: Codec> Subscriber<C> {
                     lock(&cursor.recent).clear();
                     cursor.send(Item::Reset);
                 }
-                publish(&self.shared.codec, auction, cursor, event);
+                publish(&self.shared, auction, cursor, event);
             }
             if batch.len() < BACKFILL_BATCH {
                 return Ok(());
@@ -789,10 +790,11 @@ impl<C: Codec> Subscriber<C> {
     }
 }
 
-fn publish<C: Codec>(codec: &C, auction: &AuctionId, cursor: &mut Cursor, event: &Event) {
+fn publish<C: Codec>(shared: &Shared<C>, auction: &AuctionId, cursor: &mut Cursor, event: &Event) {
     if event.id <= cursor.last {
         return;
     }
+    let codec = &shared.codec;
     // The bid's trace continues here: one span per event per replica (not
     // per client), only for events that carry a trace context.
     let span = event.traceparent.as_deref().map(|traceparent| {
@@ -807,10 +809,21 @@ fn publish<C: Codec>(codec: &C, auction: &AuctionId, cursor: &mut Cursor, event:
         span
     });
     let _entered = span.as_ref().map(tracing::Span::enter);
+    let mut frame = codec.event(auction, event);
+    if let Some(keepalive) = codec.keepalive() {
+        let now = Instant::now();
+        if carries_keepalive(
+            now.duration_since(cursor.ticked_at),
+            shared.config.keepalive,
+        ) {
+            frame = [keepalive, frame].concat().into();
+            cursor.ticked_at = now;
+        }
+    }
     let encoded = Arc::new(EncodedEvent {
         id: event.id,
         placed_at_ms: event.placed_at_ms,
-        frame: codec.event(auction, event),
+        frame,
     });
     // Recorded before it is sent: a client joins the ring first and reads
     // the recent events after, so every event is in one or both (the
@@ -818,6 +831,16 @@ fn publish<C: Codec>(codec: &C, auction: &AuctionId, cursor: &mut Cursor, event:
     lock(&cursor.recent).push(event.prev, encoded.clone());
     cursor.send(Item::Event(encoded));
     cursor.last = event.id;
+}
+
+/// Whether an event carries its feed's keepalive, in front of it in the
+/// same frame, given how long ago the feed's last one went out: from half
+/// an interval on. A feed with an event at least every half interval then
+/// never needs a tick of its own (a write per client, and at 1,000 busy
+/// auctions bursts of them holding events back), and its clients still get
+/// a keepalive at least once an interval, as a quiet feed's do from ticks.
+fn carries_keepalive(since_last: Duration, interval: Duration) -> bool {
+    since_last >= interval / 2
 }
 
 /// How often idle feeds are swept, and watched auctions audited.

@@ -260,6 +260,63 @@ async fn parked_clients_get_keepalives_without_leaving_the_hub() {
     }
 }
 
+/// A busy auction's clients get their keepalive in front of an event, in
+/// the same write, instead of a write of its own: the comment never
+/// arrives alone while events flow, and still arrives at least once an
+/// interval.
+#[tokio::test]
+async fn a_busy_auctions_keepalive_rides_in_front_of_its_events() {
+    let setup = setup(&[("AUCTION_SSE_KEEPALIVE_MS", "1000")]).await;
+    let response = setup
+        .http
+        .get(format!("{}/auctions/a1/events", setup.edge.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    // 2.6 intervals of bids 25 ms apart (inside the bidder's rate limit):
+    // the feed is never quiet for half an interval.
+    let bidding = async {
+        let mut every = tokio::time::interval(Duration::from_millis(25));
+        let mut last = String::new();
+        for amount in 100..204 {
+            every.tick().await;
+            last = setup.bid(amount).await;
+        }
+        last
+    };
+    tokio::pin!(bidding);
+    let mut chunks = Vec::new();
+    let last = loop {
+        tokio::select! {
+            last = &mut bidding => break last,
+            chunk = body.next() => chunks.push(chunk.expect("stream open").unwrap()),
+        }
+    };
+    let text = |chunks: &[bytes::Bytes]| chunks.concat();
+    while !String::from_utf8(text(&chunks))
+        .unwrap()
+        .contains(&format!("id: {last}\n"))
+    {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("the last bid in time");
+        chunks.push(chunk.expect("stream open").unwrap());
+    }
+    let mut keepalives = 0;
+    for chunk in chunks.iter().map(|c| std::str::from_utf8(c).unwrap()) {
+        for (at, comment) in chunk.match_indices(": keepalive\n\n") {
+            keepalives += 1;
+            assert!(
+                chunk[at + comment.len()..].starts_with("id: "),
+                "a keepalive without an event after it: {chunk:?}"
+            );
+        }
+    }
+    assert!(keepalives >= 2, "{keepalives} keepalives in 2.6 intervals");
+}
+
 #[tokio::test]
 async fn refusals_use_the_contract_error_shape() {
     let setup = setup(&[("AUCTION_MAX_CONNECTIONS", "2")]).await;
