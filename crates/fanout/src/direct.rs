@@ -35,6 +35,10 @@
 //! 30%; written here, with the ticks spread over the interval by the hub,
 //! 7 ms; BENCHMARKS.md).
 //!
+//! A client's own frame (a WebSocket ping) is written the same way, by the
+//! client between the feed's writes, under the lane's lock
+//! ([`Parked::write_own`]): the socket stays parked.
+//!
 //! A group writer may be behind its feed when its lane is handed back: the
 //! events sent and not yet written to that socket come back with it
 //! (`Returned::missed`, from the feed's recent run), for the client to
@@ -656,15 +660,22 @@ impl Lane {
     /// for [`Lane::write`] (a keepalive the socket took part of is pending
     /// like an event, and counted as none).
     fn write_keepalive(&self, frame: &Frame) -> bool {
+        !matches!(self.write_other(frame), Other::Stuck)
+    }
+
+    /// Writes a frame that is no event in one try, without waiting, if
+    /// the lane is still parked and can be written. A frame the socket
+    /// took part of is pending like an event (and counted as none).
+    fn write_other(&self, frame: &Frame) -> Other {
         let mut state = lock(&self.state);
         if state.returned.is_some() {
-            return true; // handed back meanwhile: not ours to write
+            return Other::HandedBack;
         }
         if state.stuck() {
-            return false;
+            return Other::Stuck;
         }
         match writer::try_write_all(&self.socket, std::slice::from_ref(frame)) {
-            Ok(Tried::All) => {}
+            Ok(Tried::All) => return Other::Whole,
             Ok(Tried::Part(written)) => {
                 state.pending = Some(Pending {
                     frame: frame.clone(),
@@ -674,8 +685,18 @@ impl Lane {
             }
             Err(_) => state.closed = true,
         }
-        !state.stuck()
+        Other::Stuck
     }
+}
+
+/// What became of a frame that is no event, written to a lane.
+enum Other {
+    Whole,
+    /// Not written whole: the lane is stuck (the frame's rest may be
+    /// pending) and must be handed back.
+    Stuck,
+    /// The lane was handed back before: nothing was written.
+    HandedBack,
 }
 
 /// A client's claim on its parked socket. Dropping it takes the socket
@@ -705,6 +726,17 @@ impl Parked {
             }
             Poll::Pending
         })
+    }
+
+    /// Writes a frame of the client's own (a WebSocket ping) to the parked
+    /// socket, between the feed's writes, without taking the socket back.
+    /// `false`: not written whole (the lane was handed back, is stuck, or
+    /// the socket took only part of it); the client takes the socket back
+    /// and sends its frame itself, after the part written, if any, which
+    /// comes back pending (the peer then gets the frame twice over, one
+    /// whole after the other, never a torn one).
+    pub fn write_own(&self, frame: &Frame) -> bool {
+        matches!(self.lane.write_other(frame), Other::Whole)
     }
 
     /// Takes this lane out of the feed's parked lanes (the caller holds
@@ -962,6 +994,46 @@ mod tests {
         let returned = parked.take_back();
         assert_eq!(returned.taken, 2, "the tick counts as an item sent");
         assert!(returned.pending.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_clients_own_frame_goes_between_the_feeds_events_and_it_stays_parked() {
+        let feed = Feed::new();
+        let mut clients = Vec::new();
+        // One the hub writes, then others up to the hub's share, then one
+        // a group writer writes.
+        let (server, client) = pair().await;
+        clients.push((feed.park(&server, 1).unwrap(), client));
+        let (others, _their_client) = pair().await;
+        let _others: Vec<_> = (1..MAX_PARKED)
+            .map(|_| feed.park(&others, 1).unwrap())
+            .collect();
+        let (server, client) = pair().await;
+        clients.push((feed.park(&server, 1).unwrap(), client));
+        feed.publish(2, b"two\n");
+        for (parked, client) in &mut clients {
+            assert_eq!(read_exactly(client, 4).await, b"two\n");
+            assert!(parked.write_own(&Bytes::from_static(b"ping\n")));
+        }
+        feed.publish(3, b"three\n");
+        for (parked, client) in &mut clients {
+            assert_eq!(read_exactly(client, 11).await, b"ping\nthree\n");
+            assert!(lock(&parked.lane.state).returned.is_none());
+        }
+        assert_eq!(feed.parking.parked(), MAX_PARKED + 1);
+    }
+
+    #[tokio::test]
+    async fn a_clients_own_frame_is_refused_once_the_socket_was_handed_back() {
+        let feed = Feed::new();
+        let (server, mut client) = pair().await;
+        let parked = feed.park(&server, 1).unwrap();
+        feed.parking.send(&feed.tx, Item::Viewers(7));
+        handed_back(&parked).await;
+        assert!(!parked.write_own(&Bytes::from_static(b"ping\n")));
+        let mut byte = [0u8; 1];
+        let nothing = tokio::time::timeout(Duration::from_millis(50), client.read(&mut byte));
+        assert!(nothing.await.is_err(), "nothing was written");
     }
 
     #[tokio::test]

@@ -53,6 +53,11 @@ fn envelope(kind: &str, auction: &AuctionId, id: Option<EventId>, payload: &str)
     text
 }
 
+/// A ping with no payload: final, unmasked, opcode 0x9 (RFC 6455 §5.5.2).
+/// Written by the session itself, or between the feed's writes while its
+/// socket is parked.
+pub const PING: &[u8] = &[0x89, 0x00];
+
 /// A final, unmasked text frame (RFC 6455 §5.2).
 pub fn text_frame(text: &str) -> Bytes {
     let payload = text.as_bytes();
@@ -78,6 +83,7 @@ mod tests {
     use super::*;
     use auction_domain::EventKind;
     use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
 
     /// Decodes a frame with tungstenite's own parser.
     fn decode(frame: &[u8]) -> (bool, String) {
@@ -90,6 +96,15 @@ mod tests {
             header.is_final,
             String::from_utf8(frame[start..].to_vec()).unwrap(),
         )
+    }
+
+    #[test]
+    fn the_ping_is_an_empty_final_unmasked_ping() {
+        let mut cursor = std::io::Cursor::new(PING);
+        let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        assert_eq!(header.opcode, OpCode::Control(Control::Ping));
+        assert!(header.is_final && header.mask.is_none());
+        assert_eq!((length, cursor.position() as usize), (0, PING.len()));
     }
 
     #[test]

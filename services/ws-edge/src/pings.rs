@@ -2,11 +2,11 @@
 //!
 //! One timer per replica instead of one per socket (a timer in every
 //! socket's task would cost memory per idle connection). But one shared
-//! tick woke every socket of the replica at once, each taking its socket
-//! back from direct delivery to send a ping and read the pong: a burst
-//! of every socket's work that held events back. So the interval is
-//! split into [`PING_PHASES`] phases, sockets are dealt to them in turn,
-//! and each tick wakes one phase's sockets.
+//! tick woke every socket of the replica at once (each then taking its
+//! socket back from direct delivery to send a ping and read the pong, as
+//! it did then): a burst of every socket's work that held events back. So
+//! the interval is split into [`PING_PHASES`] phases, sockets are dealt to
+//! them in turn, and each tick wakes one phase's sockets.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

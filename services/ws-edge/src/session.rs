@@ -3,12 +3,14 @@
 //! each. How a session ends decides the close frame.
 
 use crate::bids::PendingBids;
+use crate::codec;
 use crate::endpoint::WsEndpoint;
 use crate::protocol::{self, ClientMessage};
 use crate::socket::WsSocket;
 use crate::subscriptions::{Park, Subscribed, Subscriptions};
 use crate::upgrade::Upgraded;
 use auction_domain::AuctionId;
+use bytes::Bytes;
 use fanout::{Ended, Item, Parked};
 use futures_util::{FutureExt, StreamExt};
 use identity::TokenError;
@@ -33,6 +35,10 @@ enum Wake {
     Readable,
     Answer(String),
     Tick,
+    /// A client frame read while the socket was parked that needs the
+    /// socket back (anything but a pong), or the end of the client's
+    /// frames (`None`).
+    Message(Option<Result<Message, WsError>>),
 }
 
 /// How a session ends.
@@ -173,6 +179,13 @@ impl<'a> Session<'a> {
                     Some(_) = ticks.next() => Wake::Tick,
                 },
             };
+            let wake = match &parked {
+                Some(claim) => match self.while_parked(claim, wake, &mut awaiting_pong) {
+                    Some(wake) => wake,
+                    None => continue,
+                },
+                None => wake,
+            };
             if let Some(claim) = parked.take() {
                 let unparked = self
                     .subscriptions
@@ -194,12 +207,15 @@ impl<'a> Session<'a> {
                     .await
                     .map_err(End::from),
                 Wake::Readable => self.read_available(&mut awaiting_pong).await,
+                Wake::Message(incoming) => {
+                    match Box::pin(self.on_message(incoming, &mut awaiting_pong)).await {
+                        Ok(()) => self.read_available(&mut awaiting_pong).await,
+                        Err(end) => Err(end),
+                    }
+                }
                 Wake::Answer(reply) => self.send_text(reply).await,
                 Wake::Tick => match awaiting_pong {
-                    // A peer gets at least (nearly) a whole interval to
-                    // answer: a phase's ticks are an interval apart, give or
-                    // take the timer's jitter.
-                    Some(sent) if sent.elapsed() >= endpoint.ping_interval.mul_f32(0.9) => {
+                    Some(sent) if self.pong_is_late(sent) => {
                         Err(End::Close(CloseCode::Policy, "no pong in time"))
                     }
                     Some(_) => Ok(()),
@@ -215,6 +231,49 @@ impl<'a> Session<'a> {
             if let Err(end) = step {
                 return end;
             }
+        }
+    }
+
+    /// Whether a ping sent then went unanswered too long. A peer gets at
+    /// least (nearly) a whole interval to answer: a phase's ticks are an
+    /// interval apart, give or take the timer's jitter.
+    fn pong_is_late(&self, sent: Instant) -> bool {
+        sent.elapsed() >= self.endpoint.ping_interval.mul_f32(0.9)
+    }
+
+    /// Handles a wake of a parked session without taking its socket back
+    /// where it can: a ping is written between the feed's writes
+    /// ([`Parked::write_own`]), and pongs are read (reading never needs the
+    /// socket back: tungstenite holds nothing to write while it is parked,
+    /// and reading a pong gives it nothing). At 10,000 sockets pinged every
+    /// 20 s, taking each socket back for its ping and again for its pong
+    /// cost a tenth of the edge's CPU and a millisecond of p99 latency.
+    /// `None`: handled, the socket stays parked; otherwise the wake to
+    /// handle once the socket is back.
+    fn while_parked(
+        &mut self,
+        claim: &Parked,
+        wake: Wake,
+        awaiting_pong: &mut Option<Instant>,
+    ) -> Option<Wake> {
+        match wake {
+            Wake::Tick => match *awaiting_pong {
+                Some(sent) if self.pong_is_late(sent) => Some(wake),
+                Some(_) => None,
+                None if claim.write_own(&Bytes::from_static(codec::PING)) => {
+                    *awaiting_pong = Some(Instant::now());
+                    None
+                }
+                None => Some(wake),
+            },
+            Wake::Readable => loop {
+                match self.socket.ws.next().now_or_never() {
+                    None => return None, // no whole frame yet
+                    Some(Some(Ok(Message::Pong(_)))) => *awaiting_pong = None,
+                    Some(incoming) => return Some(Wake::Message(incoming)),
+                }
+            },
+            wake => Some(wake),
         }
     }
 

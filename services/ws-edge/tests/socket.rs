@@ -298,6 +298,110 @@ async fn a_peer_that_never_answers_pings_is_closed() {
     assert!(close.is_some(), "close frame with code 1008");
 }
 
+/// Places one bid on the stack's auction over HTTP.
+async fn bid(stack: &Stack, amount: u64) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/auctions/vase/bids", stack._bidder.url()))
+        .bearer_auth(test_support::seller_token())
+        .header("content-type", "application/json")
+        .body(json!({"amount": amount, "bidder": "b"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+/// Reads (answering each ping, as a browser does) until `pings` pings
+/// came; `None` if the socket closed first.
+async fn answer_pings(ws: &mut common::Ws, pings: usize) -> Option<()> {
+    let mut seen = 0;
+    while seen < pings {
+        match tokio::time::timeout(5 * SECOND, ws.next()).await.ok()?? {
+            Ok(Message::Ping(_)) => seen += 1,
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    // The answer to the last ping goes out with the next write or flush.
+    ws.flush().await.ok()
+}
+
+/// Subscribed sockets that took a live event are parked (written by the
+/// hub); their pings are written there and their pongs read without
+/// taking the socket back, which would leave it unparked until the next
+/// event (and cost two wake-ups of its task per ping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_sockets_are_pinged_and_answer_without_leaving_the_hub() {
+    const SOCKETS: usize = 3;
+    let stack = stack(&[
+        ("AUCTION_WS_PING_MS", "500"),
+        // No viewer counts: they hand parked sockets back by design.
+        ("AUCTION_VIEWERS_INTERVAL_MS", "600000"),
+    ])
+    .await;
+    let mut sockets = Vec::new();
+    for _ in 0..SOCKETS {
+        let mut ws = connect(&ws_url(&stack.edge)).await;
+        send(&mut ws, json!({"type":"subscribe","auction":"vase"})).await;
+        assert_eq!(
+            next_json(&mut ws, 5 * SECOND).await.unwrap()["type"],
+            "init"
+        );
+        sockets.push(ws);
+    }
+    bid(&stack, 1000).await;
+    for ws in &mut sockets {
+        assert_eq!(next_json(ws, 5 * SECOND).await.unwrap()["type"], "bid");
+    }
+    let gauge = "auction_direct_clients{transport=\"ws\"}";
+    test_support::wait_for("every socket to be parked", 5 * SECOND, || {
+        (stack.edge.metric(gauge) == SOCKETS as f64).then_some(())
+    });
+    let answered = futures_util::future::join_all(sockets.iter_mut().map(|ws| answer_pings(ws, 3)));
+    assert!(
+        answered.await.iter().all(Option::is_some),
+        "every socket answered three pings and stayed open"
+    );
+    assert_eq!(
+        stack.edge.metric(gauge),
+        SOCKETS as f64,
+        "still parked after three pings"
+    );
+    bid(&stack, 1100).await;
+    for ws in &mut sockets {
+        let event = next_json(ws, 5 * SECOND).await.unwrap();
+        assert_eq!(event["payload"]["amount"], 1100, "{event}");
+    }
+}
+
+/// The parked counterpart of `a_peer_that_never_answers_pings_is_closed`.
+#[tokio::test]
+async fn a_parked_socket_that_never_answers_pings_is_closed() {
+    let stack = stack(&[
+        ("AUCTION_WS_PING_MS", "200"),
+        ("AUCTION_VIEWERS_INTERVAL_MS", "600000"),
+    ])
+    .await;
+    let mut ws = connect(&ws_url(&stack.edge)).await;
+    send(&mut ws, json!({"type":"subscribe","auction":"vase"})).await;
+    assert_eq!(
+        next_json(&mut ws, 5 * SECOND).await.unwrap()["type"],
+        "init"
+    );
+    bid(&stack, 1000).await;
+    assert_eq!(next_json(&mut ws, 5 * SECOND).await.unwrap()["type"], "bid");
+    let gauge = "auction_direct_clients{transport=\"ws\"}";
+    test_support::wait_for("the socket to be parked", 5 * SECOND, || {
+        (stack.edge.metric(gauge) == 1.0).then_some(())
+    });
+    // Not reading: no pong goes out. The edge closes within about two
+    // ping intervals; reading then finds the pings and the close.
+    test_support::wait_for("the socket to be closed", 5 * SECOND, || {
+        (stack.edge.metric(gauge) == 0.0).then_some(())
+    });
+    assert_eq!(close_code(&mut ws, 5 * SECOND).await, Some(1008));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pongs_and_event_frames_never_interleave() {
     let stack = stack(&[]).await;
