@@ -37,8 +37,9 @@ enum Wake {
     Tick,
     /// A client frame read while the socket was parked that needs the
     /// socket back (anything but a pong), or the end of the client's
-    /// frames (`None`).
-    Message(Option<Result<Message, WsError>>),
+    /// frames (`None`). Boxed: a wake lives in every socket's task, and
+    /// this one is rare.
+    Message(Box<Option<Result<Message, WsError>>>),
 }
 
 /// How a session ends.
@@ -208,7 +209,7 @@ impl<'a> Session<'a> {
                     .map_err(End::from),
                 Wake::Readable => self.read_available(&mut awaiting_pong).await,
                 Wake::Message(incoming) => {
-                    match Box::pin(self.on_message(incoming, &mut awaiting_pong)).await {
+                    match Box::pin(self.on_message(*incoming, &mut awaiting_pong)).await {
                         Ok(()) => self.read_available(&mut awaiting_pong).await,
                         Err(end) => Err(end),
                     }
@@ -270,7 +271,7 @@ impl<'a> Session<'a> {
                 match self.socket.ws.next().now_or_never() {
                     None => return None, // no whole frame yet
                     Some(Some(Ok(Message::Pong(_)))) => *awaiting_pong = None,
-                    Some(incoming) => return Some(Wake::Message(incoming)),
+                    Some(incoming) => return Some(Wake::Message(Box::new(incoming))),
                 }
             },
             wake => Some(wake),
