@@ -170,6 +170,13 @@ struct LaneState {
     /// Set when the socket is handed back (boxed: a parked lane stays
     /// small, and this is set once).
     returned: Option<Box<Returned>>,
+    /// Set as the lane leaves the feed's hands, in the same hold of this
+    /// lock that reads what its `Returned` says was sent: whoever still
+    /// holds a copy of the lane (a group writer's round took its list
+    /// before the client took the socket back) writes it no more, so the
+    /// client, which goes on from `Returned`, never sends an event twice
+    /// nor writes the socket beside another writer.
+    left: bool,
     /// The client's task, woken when the socket is handed back.
     waker: Option<Waker>,
 }
@@ -178,7 +185,12 @@ impl LaneState {
     /// Whether the lane can be written no more (it waits to be handed
     /// back, or was).
     fn stuck(&self) -> bool {
-        self.pending.is_some() || self.closed || self.returned.is_some()
+        self.pending.is_some() || self.closed || self.gone()
+    }
+
+    /// Whether the lane left the feed's hands: not the feed's to write.
+    fn gone(&self) -> bool {
+        self.left || self.returned.is_some()
     }
 }
 
@@ -391,6 +403,7 @@ impl Parking {
                 pending: None,
                 closed: false,
                 returned: None,
+                left: false,
                 waker: None,
             }),
         });
@@ -428,6 +441,7 @@ impl Parking {
     ) -> Returned {
         let (last_sent, pending, closed) = {
             let mut state = lock(&lane.state);
+            state.left = true;
             (state.last_sent, state.pending.take(), state.closed)
         };
         let missed = if closed || last_sent >= lanes.newest {
@@ -611,8 +625,8 @@ impl Lane {
     /// must be handed back.
     fn write(&self, events: &[Arc<EncodedEvent>], frames: &[Frame], now_ms: u64) -> bool {
         let mut state = lock(&self.state);
-        if state.returned.is_some() {
-            return true; // handed back meanwhile: not ours to write
+        if state.gone() {
+            return true; // handed or taken back meanwhile: not ours to write
         }
         if state.stuck() {
             return false;
@@ -668,7 +682,7 @@ impl Lane {
     /// took part of is pending like an event (and counted as none).
     fn write_other(&self, frame: &Frame) -> Other {
         let mut state = lock(&self.state);
-        if state.returned.is_some() {
+        if state.gone() {
             return Other::HandedBack;
         }
         if state.stuck() {
@@ -695,7 +709,7 @@ enum Other {
     /// Not written whole: the lane is stuck (the frame's rest may be
     /// pending) and must be handed back.
     Stuck,
-    /// The lane was handed back before: nothing was written.
+    /// The lane was handed or taken back before: nothing was written.
     HandedBack,
 }
 
@@ -794,6 +808,8 @@ impl Parked {
 impl Drop for Parked {
     fn drop(&mut self) {
         self.leave(&mut lock(&self.parking.lanes));
+        // After a write under way, if any: then nothing writes it.
+        lock(&self.lane.state).left = true;
         self.lane.parked.dec();
     }
 }
@@ -1152,6 +1168,59 @@ mod tests {
         assert_eq!(returned.taken, 2);
         assert_eq!(returned.missed.as_deref().map(ids), Some(vec![2, 3]));
         assert!(returned.feed.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_socket_taken_back_is_never_written_by_a_writer_that_listed_it_before() {
+        let feed = Feed::new();
+        let _hub_share = feed.fill_the_hubs_share(1).await;
+        let (server, mut client) = pair().await;
+        let parked = feed.park(&server, 1).unwrap();
+        // A group writer's round lists its lanes, then writes them one by
+        // one: the client takes its socket back in between.
+        let mut listed = Vec::new();
+        assert!(feed.parking.group_lanes(0, &mut listed));
+        feed.publish(2, b"two\n");
+        let returned = parked.take_back();
+        assert_eq!(returned.missed.as_deref().map(ids), Some(vec![2]));
+        let Item::Event(two) = event(2, Bytes::from_static(b"two\n")) else {
+            unreachable!()
+        };
+        for lane in &listed {
+            assert!(lane.write(
+                std::slice::from_ref(&two),
+                std::slice::from_ref(&two.frame),
+                0
+            ));
+            assert!(matches!(lane.write_other(&two.frame), Other::HandedBack));
+        }
+        // The client's own write is the first thing on the wire: it goes
+        // on from `missed` (event 2), which the writer must not send.
+        server.try_write(b"mine\n").unwrap();
+        assert_eq!(read_exactly(&mut client, 5).await, b"mine\n");
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_claim_was_dropped_is_never_written_again() {
+        let feed = Feed::new();
+        let _hub_share = feed.fill_the_hubs_share(1).await;
+        let (server, mut client) = pair().await;
+        let parked = feed.park(&server, 1).unwrap();
+        let mut listed = Vec::new();
+        assert!(feed.parking.group_lanes(0, &mut listed));
+        drop(parked);
+        let Item::Event(two) = event(2, Bytes::from_static(b"two\n")) else {
+            unreachable!()
+        };
+        for lane in &listed {
+            assert!(lane.write(
+                std::slice::from_ref(&two),
+                std::slice::from_ref(&two.frame),
+                0
+            ));
+        }
+        server.try_write(b"mine\n").unwrap();
+        assert_eq!(read_exactly(&mut client, 5).await, b"mine\n");
     }
 
     #[tokio::test]
