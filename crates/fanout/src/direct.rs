@@ -911,6 +911,27 @@ mod tests {
             (self.park(&server, 1).unwrap(), (hub_share, client))
         }
 
+        /// Parks one client (last sent: event 1) with a group writer, and
+        /// lists the group's lanes as a writer's round does before its
+        /// writes: (the claim, the listed lanes, the socket's server and
+        /// client ends, what keeps the others alive).
+        async fn park_listed_in_a_group(
+            &self,
+        ) -> (
+            Parked,
+            Vec<Arc<Lane>>,
+            Arc<TcpStream>,
+            TcpStream,
+            impl Sized,
+        ) {
+            let hub_share = self.fill_the_hubs_share(1).await;
+            let (server, client) = pair().await;
+            let parked = self.park(&server, 1).unwrap();
+            let mut listed = Vec::new();
+            assert!(self.parking.group_lanes(0, &mut listed));
+            (parked, listed, server, client, hub_share)
+        }
+
         /// Parks `MAX_PARKED` clients on one socket nobody reads: the
         /// clients parked after them go to group writers.
         async fn fill_the_hubs_share(&self, last: u64) -> (Vec<Parked>, TcpStream) {
@@ -928,6 +949,20 @@ mod tests {
 
     fn ids(events: &[Arc<EncodedEvent>]) -> Vec<u64> {
         events.iter().map(|event| event.id.ms).collect()
+    }
+
+    /// Writes event 2 to each lane, as a writer's round with that list
+    /// would (each answers "not ours to write" or was written); returns
+    /// its frame.
+    fn write_event_two(lanes: &[Arc<Lane>]) -> Frame {
+        let Item::Event(two) = event(2, Bytes::from_static(b"two\n")) else {
+            unreachable!()
+        };
+        for lane in lanes {
+            let frames = std::slice::from_ref(&two.frame);
+            assert!(lane.write(std::slice::from_ref(&two), frames, 0));
+        }
+        two.frame.clone()
     }
 
     /// Waits (at most 5 s) for the socket to be handed back.
@@ -1173,26 +1208,15 @@ mod tests {
     #[tokio::test]
     async fn a_socket_taken_back_is_never_written_by_a_writer_that_listed_it_before() {
         let feed = Feed::new();
-        let _hub_share = feed.fill_the_hubs_share(1).await;
-        let (server, mut client) = pair().await;
-        let parked = feed.park(&server, 1).unwrap();
         // A group writer's round lists its lanes, then writes them one by
         // one: the client takes its socket back in between.
-        let mut listed = Vec::new();
-        assert!(feed.parking.group_lanes(0, &mut listed));
+        let (parked, listed, server, mut client, _kept) = feed.park_listed_in_a_group().await;
         feed.publish(2, b"two\n");
         let returned = parked.take_back();
         assert_eq!(returned.missed.as_deref().map(ids), Some(vec![2]));
-        let Item::Event(two) = event(2, Bytes::from_static(b"two\n")) else {
-            unreachable!()
-        };
+        let two = write_event_two(&listed);
         for lane in &listed {
-            assert!(lane.write(
-                std::slice::from_ref(&two),
-                std::slice::from_ref(&two.frame),
-                0
-            ));
-            assert!(matches!(lane.write_other(&two.frame), Other::HandedBack));
+            assert!(matches!(lane.write_other(&two), Other::HandedBack));
         }
         // The client's own write is the first thing on the wire: it goes
         // on from `missed` (event 2), which the writer must not send.
@@ -1203,22 +1227,9 @@ mod tests {
     #[tokio::test]
     async fn a_socket_whose_claim_was_dropped_is_never_written_again() {
         let feed = Feed::new();
-        let _hub_share = feed.fill_the_hubs_share(1).await;
-        let (server, mut client) = pair().await;
-        let parked = feed.park(&server, 1).unwrap();
-        let mut listed = Vec::new();
-        assert!(feed.parking.group_lanes(0, &mut listed));
+        let (parked, listed, server, mut client, _kept) = feed.park_listed_in_a_group().await;
         drop(parked);
-        let Item::Event(two) = event(2, Bytes::from_static(b"two\n")) else {
-            unreachable!()
-        };
-        for lane in &listed {
-            assert!(lane.write(
-                std::slice::from_ref(&two),
-                std::slice::from_ref(&two.frame),
-                0
-            ));
-        }
+        write_event_two(&listed);
         server.try_write(b"mine\n").unwrap();
         assert_eq!(read_exactly(&mut client, 5).await, b"mine\n");
     }
