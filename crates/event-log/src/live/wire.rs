@@ -381,6 +381,9 @@ fn integer(digits: &[u8]) -> Result<i64, String> {
 }
 
 #[cfg(test)]
+mod differential;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
