@@ -9,9 +9,10 @@
 //! meanwhile (at 10,000 watched auctions, 40 round trips every 10 s took
 //! p99.9 latency from 6 to 40-55 ms).
 
-use crate::feed::Codec;
-use crate::hub::{Shared, lock, timed};
+use crate::deadline::timed;
+use crate::feeds::Feeds;
 use auction_domain::AuctionId;
+use event_log::EventLog;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -23,8 +24,9 @@ const AUDIT_BATCH: usize = 256;
 /// Runs until `shutdown`, every `every`: sends the subscriber the watched
 /// auctions found missing, a batch at a time (bounded: it waits while the
 /// subscriber is busy).
-pub(crate) async fn run<C: Codec>(
-    shared: Arc<Shared<C>>,
+pub(crate) async fn run(
+    feeds: Arc<Feeds>,
+    log: EventLog,
     every: Duration,
     vanished: mpsc::Sender<Vec<AuctionId>>,
     shutdown: CancellationToken,
@@ -37,10 +39,10 @@ pub(crate) async fn run<C: Codec>(
             _ = shutdown.cancelled() => return,
             _ = rounds.tick() => {}
         }
-        let watched: Vec<AuctionId> = lock(&shared.feeds).keys().cloned().collect();
+        let watched = feeds.auctions();
         for batch in watched.chunks(AUDIT_BATCH) {
             // A batch without an answer in time ends this round.
-            let exist = match timed(shared.log.exist(batch)).await {
+            let exist = match timed(log.exist(batch)).await {
                 Ok(exist) => exist,
                 Err(error) => {
                     tracing::debug!(%error, "auctions not audited this round");

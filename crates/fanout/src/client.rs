@@ -26,14 +26,12 @@
 //! ([`Transport`]); its own job is what only it knows: the request, the
 //! response head, and how an ending is told to its clients.
 
-use crate::direct::{Parked, Parking};
-use crate::feed::{Codec, EncodedEvent, Frame, Item};
-use crate::hub::{FeedPosition, Hub};
+use crate::codec::{Codec, EncodedEvent, Frame, Item};
+use crate::feed::{Parked, Position};
+use crate::hub::Hub;
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
 use crate::writer::{self, Tried, WriteError};
 use auction_domain::{AuctionId, EventId, clock};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,11 +95,9 @@ pub struct Subscription {
     auction: AuctionId,
     /// The newest event id this client was sent (or its `init` reflects).
     last_sent: EventId,
-    position: FeedPosition,
-    /// The feed's ring capacity: this far behind, the client is lapped.
-    capacity: u64,
-    /// Where the client parks its socket when it is caught up.
-    parking: Arc<Parking>,
+    /// The client's feed (where it parks its socket when it is caught up)
+    /// and how far it is behind it.
+    position: Position,
     /// A live event was taken since the client started or last took its
     /// socket back. Only such a client parks: on a quiet feed a parked
     /// socket saves nothing, costs a lane and is handed back at every
@@ -121,7 +117,7 @@ impl Subscription {
     /// Whether the feed has sent a whole ring of items this client has not
     /// taken: it cannot keep up.
     pub fn lapped(&self) -> bool {
-        self.position.behind() >= self.capacity
+        self.position.lapped()
     }
 }
 
@@ -220,18 +216,15 @@ impl<C: Codec> Delivery<C> {
     ) -> Result<(Subscription, broadcast::Receiver<Item>), StartError> {
         let Opening {
             auction,
-            feed,
+            rx,
             position,
             start,
             viewers,
-            parking,
         } = opening;
         let mut subscription = Subscription {
             auction,
             last_sent: EventId::ZERO,
             position,
-            capacity: self.hub.config().queue_capacity as u64,
-            parking,
             moving: false,
         };
         match start {
@@ -280,7 +273,7 @@ impl<C: Codec> Delivery<C> {
             self.write(transport, &[frame], || subscription.lapped())
                 .await?;
         }
-        Ok((subscription, feed))
+        Ok((subscription, rx))
     }
 
     /// Takes one item of the subscription's feed into `batch`.
@@ -347,16 +340,19 @@ impl<C: Codec> Delivery<C> {
         caught_up: impl FnOnce() -> bool,
     ) -> Option<Parked> {
         // Also asked of the feed's own count (exact, see
-        // `FeedPosition`): a client behind by it has items waiting,
+        // `Position`): a client behind by it has items waiting,
         // whatever its receiver says.
         if !subscription.moving {
             return None;
         }
         let position = &subscription.position;
         let caught_up = || position.behind() == 0 && caught_up();
-        subscription
-            .parking
-            .park(socket, subscription.last_sent, &self.metrics, caught_up)
+        position.feed().park(
+            socket.clone(),
+            subscription.last_sent,
+            &self.metrics,
+            caught_up,
+        )
     }
 
     /// Takes a parked socket back: the subscription learns what was
@@ -377,6 +373,11 @@ impl<C: Codec> Delivery<C> {
         subscription.position.rejoined(returned.taken);
         if returned.closed {
             return Err(Ended::Closed);
+        }
+        // Its group writer fell a ring behind: as slow as a client lapped
+        // reading the ring itself, and counted the same.
+        if returned.lagged {
+            return Err(self.ended(WriteError::Slow));
         }
         // The hub dropped the feed: as good as a reset.
         let feed = returned.feed.ok_or(Ended::Reset)?;
@@ -430,7 +431,7 @@ impl<C: Codec> Delivery<C> {
 
     /// Counts live events written now, by their `placed_at` (0: unknown).
     fn count_delivered(&self, placed_at: &[u64]) {
-        count_delivered(
+        writer::count_delivered(
             &self.metrics.events_delivered,
             &self.metrics.delivery_latency,
             clock::now_ms(),
@@ -477,24 +478,6 @@ impl<C: Codec> Delivery<C> {
                 Err(error) => Err(error),
             };
             written.map_err(|error| self.ended(error))
-        }
-    }
-}
-
-/// Counts live events written at `now_ms` (`auction_events_delivered_total`)
-/// and observes each one's latency from its `placed_at` (0: unknown, not
-/// observed). The one place both a client's task and the hub's direct
-/// writes count what they delivered.
-pub(crate) fn count_delivered(
-    delivered: &Counter,
-    latency: &Histogram,
-    now_ms: u64,
-    placed_at: impl ExactSizeIterator<Item = u64>,
-) {
-    delivered.inc_by(placed_at.len() as u64);
-    for placed_at in placed_at {
-        if placed_at > 0 {
-            latency.observe(now_ms.saturating_sub(placed_at) as f64 / 1000.0);
         }
     }
 }

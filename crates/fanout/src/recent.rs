@@ -3,7 +3,7 @@
 //! read and no encoding per client, which is what a wave of reconnects
 //! (an edge restarted, a load balancer reshuffled) costs otherwise.
 
-use crate::feed::EncodedEvent;
+use crate::codec::EncodedEvent;
 use auction_domain::EventId;
 use std::collections::VecDeque;
 use std::sync::Arc;

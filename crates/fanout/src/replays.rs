@@ -21,14 +21,14 @@
 //! without its data) through the feed, which also forgets the auction's
 //! kept pages.
 
-use crate::feed::{Codec, EncodedEvent};
-use crate::hub::{Hub, lock};
+use crate::codec::{Codec, EncodedEvent};
+use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 use auction_domain::{AuctionId, Event, EventId};
+use event_log::EventLog;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, WeakShared};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Events per replay read.
@@ -378,18 +378,18 @@ impl Replays {
 /// every client waiting for it). Bounded by the connection's response
 /// timeout.
 pub(crate) fn read_page<C: Codec>(
-    hub: Hub<C>,
+    log: EventLog,
+    codec: Arc<C>,
     auction: AuctionId,
     after: EventId,
     started: u64,
 ) -> BoxFuture<'static, Result<Page, Unavailable>> {
     async move {
-        let rows = hub
-            .log()
+        let rows = log
             .read_from(&auction, after, REPLAY_BATCH)
             .await
             .map_err(|_| Unavailable)?;
-        Ok(Page::new(hub.codec(), &auction, after, &rows, started))
+        Ok(Page::new(&*codec, &auction, after, &rows, started))
     }
     .boxed()
 }
@@ -397,8 +397,9 @@ pub(crate) fn read_page<C: Codec>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::{Frame, Item};
-    use crate::hub::HubConfig;
+    use crate::codec::{Frame, Item};
+    use crate::config::HubConfig;
+    use crate::hub::Hub;
     use crate::session::{self, Resume, Start};
     use auction_domain::{BidSource, Bidder, BidderId, BidderName, EventKind};
     use event_log::EventLog;
@@ -690,7 +691,13 @@ mod tests {
         let (ran, read_done) = oneshot::channel();
         let (release, gate) = oneshot::channel();
         let (flight, _) = flight(hub.replays().page(&auction, resume_from, None, |started| {
-            let read = read_page(hub.clone(), auction.clone(), resume_from, started);
+            let read = read_page(
+                hub.log().clone(),
+                hub.codec().clone(),
+                auction.clone(),
+                resume_from,
+                started,
+            );
             let read = async move {
                 let page = read.await;
                 let _ = ran.send(());
@@ -707,7 +714,7 @@ mod tests {
             last = bid(&log, &auction, 130 + 10 * step).await;
         }
         test_support::wait_for("the feed to publish", WAIT, || {
-            watcher.recent_after(last).map(|_| ())
+            watcher.feed().recent().after(last).map(|_| ())
         });
 
         let shared = Counter::default();
@@ -728,7 +735,7 @@ mod tests {
                     .await
                     .unwrap()
                 {}
-                let mut feed = opening.feed;
+                let mut feed = opening.rx;
                 while let Ok(item) = feed.try_recv() {
                     if let Item::Event(event) = item {
                         assert!(event.id <= catch_up.last(), "published after the join");

@@ -11,9 +11,9 @@
 //!    unless no id was given.
 //! 3. Go live, dropping feed events at or below the last id sent.
 
-use crate::direct::Parking;
-use crate::feed::{Codec, EncodedEvent, Frame, Item};
-use crate::hub::{FeedPosition, Hub, JoinError, RecentEvents};
+use crate::codec::{Codec, EncodedEvent, Frame, Item};
+use crate::feed::{Feed, Position};
+use crate::hub::{Hub, JoinError};
 use crate::replays::{self, Lookup, Page, Unavailable};
 use auction_domain::{AuctionId, EventId, EventKind};
 use event_log::{LogError, Snapshot};
@@ -93,12 +93,12 @@ pub(crate) enum Start {
 /// A client that has joined its auction's feed and knows how to start.
 pub struct Opening {
     pub(crate) auction: AuctionId,
-    pub(crate) feed: broadcast::Receiver<Item>,
-    pub(crate) position: FeedPosition,
+    pub(crate) rx: broadcast::Receiver<Item>,
+    /// The receiver's position in the feed.
+    pub(crate) position: Position,
     pub(crate) start: Start,
     /// The auction's viewers when the client joined (0: not known yet).
     pub(crate) viewers: u32,
-    pub(crate) parking: Arc<Parking>,
 }
 
 /// Joins the feed and decides how the client starts (steps 1 and 2).
@@ -117,8 +117,10 @@ pub(crate) async fn open<C: Codec>(
         return Err(OpenError::NotFound);
     }
     let joined = hub.join(auction, join_wait).await?;
+    // Each read of the recent run is bound first: its lock is not held
+    // across the reads below.
     let start = match resume {
-        Resume::From(id) => match joined.recent_after(id) {
+        Resume::From(id) => match recent_after(joined.feed(), id) {
             Some(events) => Start::Replay(CatchUp::from_memory(auction.clone(), id, events)),
             None => {
                 // Taken once joined: reads with a higher ticket started
@@ -134,7 +136,7 @@ pub(crate) async fn open<C: Codec>(
                         id,
                         page,
                         ticket,
-                        joined.recent(),
+                        joined.feed().clone(),
                     ))
                 } else {
                     init(hub, auction, true).await?
@@ -144,7 +146,7 @@ pub(crate) async fn open<C: Codec>(
         Resume::Garbled => init(hub, auction, true).await?,
         // Many fresh clients of one auction (a storm after a restart) share
         // one `init` while nothing new happened: no read, no encoding each.
-        Resume::Fresh => match joined.shared_init() {
+        Resume::Fresh => match shared_init(joined.feed()) {
             Some((last, frame)) => Start::Init {
                 frame,
                 last,
@@ -153,7 +155,7 @@ pub(crate) async fn open<C: Codec>(
             None => {
                 let start = init(hub, auction, false).await?;
                 if let Start::Init { frame, last, .. } = &start {
-                    joined.offer_init(*last, frame);
+                    joined.feed().recent().offer_init(*last, frame.clone());
                 }
                 start
             }
@@ -161,12 +163,23 @@ pub(crate) async fn open<C: Codec>(
     };
     Ok(Opening {
         auction: auction.clone(),
-        feed: joined.rx,
+        viewers: joined.feed().viewers(),
+        rx: joined.rx,
         position: joined.position,
         start,
-        viewers: joined.viewers,
-        parking: joined.parking,
     })
+}
+
+/// The events after `id` that the feed published recently, if it can
+/// tell what they are; `None`: ask the stream.
+fn recent_after(feed: &Feed, id: EventId) -> Option<Vec<Arc<EncodedEvent>>> {
+    feed.recent().after(id)
+}
+
+/// The feed's shared `init` for a fresh client, and the id it reflects:
+/// valid for this client, which joined the feed first.
+fn shared_init(feed: &Feed) -> Option<(EventId, Frame)> {
+    feed.recent().shared_init()
 }
 
 /// A fresh `init` for `auction`.
@@ -235,7 +248,13 @@ async fn read_page<C: Codec>(
     shared: &Counter,
 ) -> Result<Arc<Page>, Unavailable> {
     let lookup = hub.replays().page(auction, after, newer_than, |started| {
-        replays::read_page(hub.clone(), auction.clone(), after, started)
+        replays::read_page(
+            hub.log().clone(),
+            hub.codec().clone(),
+            auction.clone(),
+            after,
+            started,
+        )
     });
     match lookup {
         Lookup::Kept(page) => {
@@ -280,7 +299,8 @@ pub(crate) struct CatchUp {
     ticket: u64,
     /// The next read must have started after the client joined.
     fresh: bool,
-    recent: Option<RecentEvents>,
+    /// The client's feed, whose recent events may finish the replay.
+    recent: Option<Arc<Feed>>,
     done: bool,
 }
 
@@ -302,7 +322,7 @@ impl CatchUp {
         after: EventId,
         page: Arc<Page>,
         ticket: u64,
-        recent: RecentEvents,
+        recent: Arc<Feed>,
     ) -> CatchUp {
         CatchUp {
             auction,
@@ -387,7 +407,7 @@ impl CatchUp {
         match self
             .recent
             .as_ref()
-            .and_then(|recent| recent.after(self.after))
+            .and_then(|feed| feed.recent().after(self.after))
         {
             Some(events) => self.memory = Some(events),
             None => self.fresh = true,

@@ -3,12 +3,14 @@
 //! reports this replica's clients of every feed (the feed's receivers) and
 //! tells a feed's clients the auction's total when it changed.
 
-use crate::feed::{Codec, Item};
-use crate::hub::{Shared, lock, timed};
+use crate::codec::Item;
+use crate::config::HubConfig;
+use crate::deadline::timed;
+use crate::feeds::Feeds;
 use auction_domain::AuctionId;
+use event_log::EventLog;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 
 /// Auctions per round trip: each is a short script on Redis's one thread,
@@ -16,8 +18,12 @@ use tokio_util::sync::CancellationToken;
 const BATCH: usize = 32;
 
 /// Runs until `shutdown`.
-pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: CancellationToken) {
-    let config = &shared.config;
+pub(crate) async fn report(
+    feeds: Arc<Feeds>,
+    log: EventLog,
+    config: HubConfig,
+    shutdown: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(config.viewers_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Fresh for three rounds: one late round does not drop this replica.
@@ -30,24 +36,19 @@ pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let counts: Vec<(AuctionId, u64)> = {
-            let feeds = lock(&shared.feeds);
-            let mut counts: Vec<(AuctionId, u64)> = feeds
-                .iter()
-                .map(|(auction, feed)| (auction.clone(), feed.clients() as u64))
-                .filter(|(auction, clients)| *clients > 0 || reported.contains_key(auction))
-                .collect();
-            // Feeds that went away (swept) are reported empty once.
-            counts.extend(
-                reported
-                    .keys()
-                    .filter(|auction| !feeds.contains_key(*auction))
-                    .map(|auction| (auction.clone(), 0)),
-            );
-            counts
-        };
+        let mut counts: Vec<(AuctionId, u64)> = feeds.clients();
+        // Feeds that went away (swept) are reported empty once.
+        let watched: std::collections::HashSet<&AuctionId> =
+            counts.iter().map(|(auction, _)| auction).collect();
+        let swept: Vec<(AuctionId, u64)> = reported
+            .keys()
+            .filter(|auction| !watched.contains(auction))
+            .map(|auction| (auction.clone(), 0))
+            .collect();
+        counts.retain(|(auction, clients)| *clients > 0 || reported.contains_key(auction));
+        counts.extend(swept);
         for batch in counts.chunks(BATCH) {
-            let round = shared.log.report_viewers(&config.replica, batch, fresh_ms);
+            let round = log.report_viewers(&config.replica, batch, fresh_ms);
             // A batch without an answer in time ends this round.
             let totals = match timed(round).await {
                 Ok(totals) => totals,
@@ -56,7 +57,6 @@ pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: Cancellat
                     break;
                 }
             };
-            let feeds = lock(&shared.feeds);
             for ((auction, clients), total) in batch.iter().zip(totals) {
                 if *clients > 0 {
                     reported.insert(auction.clone(), *clients);
@@ -67,9 +67,8 @@ pub(crate) async fn report<C: Codec>(shared: Arc<Shared<C>>, shutdown: Cancellat
                     continue;
                 };
                 let total = u32::try_from(total).unwrap_or(u32::MAX);
-                if feed.viewers.swap(total, Ordering::Relaxed) != total {
-                    // Through the feed's parking, like every item.
-                    feed.parking.send(&feed.tx, Item::Viewers(total));
+                if feed.set_viewers(total) {
+                    feed.send(Item::Viewers(total));
                 }
             }
         }

@@ -3,6 +3,8 @@
 //! may keep the socket full.
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use std::io::{self, IoSlice};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -96,6 +98,24 @@ pub(crate) async fn write_rest(
         }
     }
     Ok(())
+}
+
+/// Counts live events written at `now_ms` (`auction_events_delivered_total`)
+/// and observes each one's latency from its `placed_at` (0: unknown, not
+/// observed). The one place both a client's task and a feed's direct
+/// writes count what they delivered.
+pub(crate) fn count_delivered(
+    delivered: &Counter,
+    latency: &Histogram,
+    now_ms: u64,
+    placed_at: impl ExactSizeIterator<Item = u64>,
+) {
+    delivered.inc_by(placed_at.len() as u64);
+    for placed_at in placed_at {
+        if placed_at > 0 {
+            latency.observe(now_ms.saturating_sub(placed_at) as f64 / 1000.0);
+        }
+    }
 }
 
 /// One non-blocking vectored write of `frames`, skipping the first `skip`

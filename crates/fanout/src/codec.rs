@@ -1,4 +1,5 @@
-//! What a feed carries: events encoded once per replica for a transport.
+//! What a feed carries: events encoded once per replica for a transport,
+//! and the transport's encoding (its [`Codec`]).
 
 use auction_domain::{AuctionId, Event, EventId};
 use std::sync::Arc;
