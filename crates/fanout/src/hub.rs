@@ -6,7 +6,7 @@ use crate::feed::{Codec, EncodedEvent, Frame, Item};
 use crate::recent::Recent;
 use crate::replays::Replays;
 use auction_domain::{AuctionId, Event, EventId};
-use event_log::{EventLog, LiveConnection, LiveMessage, LogError, RedisTarget};
+use event_log::{LiveConnection, LiveMessage, LogError, RedisTarget, StreamReader};
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
@@ -192,7 +192,7 @@ pub(crate) struct Shared<C: Codec> {
     pub(crate) feeds: Mutex<HashMap<AuctionId, FeedHandle>>,
     commands: mpsc::Sender<Watch>,
     codec: C,
-    pub(crate) log: EventLog,
+    pub(crate) log: StreamReader,
     pub(crate) config: HubConfig,
     connected: AtomicBool,
     replays: Replays,
@@ -224,7 +224,7 @@ impl<C: Codec> Hub<C> {
     /// Starts the subscriber task; it runs until `shutdown`.
     fn start(
         target: &RedisTarget,
-        log: EventLog,
+        log: StreamReader,
         codec: C,
         config: HubConfig,
         reconnects: Counter,
@@ -277,7 +277,7 @@ impl<C: Codec> Hub<C> {
             counted.inc();
         })
         .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
-        let log = EventLog::new(conn, 0);
+        let log = StreamReader::new(conn);
         Ok(Hub::start(target, log, codec, config, reconnects, shutdown))
     }
 
@@ -300,7 +300,7 @@ impl<C: Codec> Hub<C> {
         &self.shared.codec
     }
 
-    pub(crate) fn log(&self) -> &EventLog {
+    pub(crate) fn log(&self) -> &StreamReader {
         &self.shared.log
     }
 
