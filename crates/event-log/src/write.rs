@@ -62,8 +62,7 @@ impl AuctionWriter {
     /// `Err(LogError::Unknown)`: the auction may be (or become) created.
     pub async fn create(&self, spec: &AuctionSpec) -> Result<CreateOutcome, LogError> {
         let mut conn = self.conn.clone();
-        let mut invocation = spec_invocation(CREATE.for_connection(&self.conn), spec);
-        let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
+        let reply: Vec<String> = spec_invocation(CREATE.for_connection(&self.conn), spec)
             .invoke_async(&mut conn)
             .await
             .map_err(LogError::from_write)?;
@@ -91,8 +90,8 @@ impl AuctionWriter {
     ) -> Result<(EnsureOutcome, Auction), LogError> {
         let mut conn = self.conn.clone();
         let mut invocation = spec_invocation(ENSURE_OPEN.for_connection(&self.conn), spec);
-        invocation.arg(self.maxlen);
-        let reply: Vec<String> = with_optional_fields(&mut invocation, spec)
+        let reply: Vec<String> = invocation
+            .arg(self.maxlen)
             .arg(u64::try_from(pause_after_close.as_millis()).unwrap_or(u64::MAX))
             .arg(self.retention_ms)
             .invoke_async(&mut conn)
@@ -330,7 +329,20 @@ impl AuctionWriter {
     }
 }
 
+/// An invocation of create.lua or ensure_open.lua with the keys and the
+/// arguments both take first, in the order the prelude's `init_state`
+/// reads them: id, title, title_json, starting_price, min_increment,
+/// duration_ms, description_json, image_url_json. A script's own arguments
+/// go after these.
 fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptInvocation<'a> {
+    // The optional fields each as a JSON string, or empty when unset (the
+    // scripts then store and show nothing).
+    let encoded = |field: &Option<String>| {
+        field
+            .as_ref()
+            .and_then(|text| serde_json::to_string(text).ok())
+            .unwrap_or_default()
+    };
     let mut invocation = script.prepare_invoke();
     invocation
         .key(keys::state_key(&spec.id))
@@ -340,25 +352,10 @@ fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptI
         .arg(serde_json::to_string(&spec.title).unwrap_or_else(|_| "\"\"".into()))
         .arg(spec.starting_price)
         .arg(spec.min_increment)
-        .arg(spec.duration_ms);
-    invocation
-}
-
-/// The optional fields, after a script's other arguments: each as a JSON
-/// string, or empty when unset (the scripts then store and show nothing).
-fn with_optional_fields<'a, 'b>(
-    invocation: &'b mut redis::ScriptInvocation<'a>,
-    spec: &AuctionSpec,
-) -> &'b mut redis::ScriptInvocation<'a> {
-    let encoded = |field: &Option<String>| {
-        field
-            .as_ref()
-            .and_then(|text| serde_json::to_string(text).ok())
-            .unwrap_or_default()
-    };
-    invocation
+        .arg(spec.duration_ms)
         .arg(encoded(&spec.description))
-        .arg(encoded(&spec.image_url))
+        .arg(encoded(&spec.image_url));
+    invocation
 }
 
 fn parse_auction(json: &str) -> Result<Auction, LogError> {
