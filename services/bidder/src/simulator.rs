@@ -1,7 +1,8 @@
 //! Keeps the demo alive: keeps each simulated auction open (a new round
 //! starts `sim_pause` after one closes, so its winner can be seen) and bids
-//! current + 10..=59 whole units on it every interval, through the same
-//! validated script as user bids.
+//! the smallest amount it accepts (`Auction::min_next`) plus 0..=49 whole
+//! units on it every interval, through the same validated script as user
+//! bids.
 
 use crate::BidderSettings;
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
@@ -89,11 +90,7 @@ async fn bid_once(
         // The closed round stays on show until the pause is over.
         return Ok(());
     }
-    let base = state
-        .current
-        .as_ref()
-        .map_or(state.starting_price, |bid| bid.amount);
-    let amount = base + fastrand::u64(10..=59) * 100;
+    let amount = state.min_next() + fastrand::u64(0..=49) * 100;
     let name = BIDDERS[fastrand::usize(..BIDDERS.len())];
     let bidder = Bidder {
         id: BidderId::parse(name).map_err(|error| LogError::Corrupt(error.message))?,
