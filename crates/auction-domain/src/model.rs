@@ -58,7 +58,8 @@ pub struct Auction {
 }
 
 impl Auction {
-    /// The smallest amount the next bid may have.
+    /// The smallest amount the next bid may have (the rule `place_bid.lua`
+    /// applies when it decides).
     pub fn min_next(&self) -> u64 {
         match &self.current {
             Some(bid) => bid.amount.saturating_add(self.min_increment),

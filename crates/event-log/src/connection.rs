@@ -1,3 +1,5 @@
+use crate::error::LogError;
+use auction_domain::AuctionId;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -160,6 +162,41 @@ pub enum RedisConnection {
 impl RedisConnection {
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisConnection::Cluster(_))
+    }
+
+    /// Whether Redis answers commands.
+    pub async fn ping(&self) -> Result<(), LogError> {
+        let mut conn = self.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Runs the commands `build` writes for each auction and returns all
+    /// replies in order. On one node: one pipeline, one round trip. In a
+    /// cluster a pipeline may not cross slots, and different auctions
+    /// rarely share one: one pipeline per auction (its keys share a slot),
+    /// all sent at once.
+    pub(crate) async fn per_auction(
+        &self,
+        auctions: &[AuctionId],
+        build: impl Fn(&mut Pipeline, &AuctionId),
+    ) -> Result<Vec<Value>, LogError> {
+        if !self.is_cluster() {
+            let mut conn = self.clone();
+            let mut pipe = redis::pipe();
+            for auction in auctions {
+                build(&mut pipe, auction);
+            }
+            return Ok(pipe.query_async(&mut conn).await?);
+        }
+        let requests = auctions.iter().map(|auction| {
+            let mut pipe = redis::pipe();
+            build(&mut pipe, auction);
+            let mut conn = self.clone();
+            async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+        });
+        let replies = futures_util::future::try_join_all(requests).await?;
+        Ok(replies.into_iter().flatten().collect())
     }
 }
 

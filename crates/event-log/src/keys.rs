@@ -1,3 +1,4 @@
+use crate::connection::RedisConnection;
 use auction_domain::{AuctionId, BidderId};
 
 /// The auction's state hash.
@@ -56,6 +57,15 @@ impl Indexes {
     pub(crate) fn cluster() -> Self {
         Indexes {
             partitions: CLUSTER_INDEX_PARTITIONS,
+        }
+    }
+
+    /// The layout of the deployment `conn` talks to.
+    pub(crate) fn for_connection(conn: &RedisConnection) -> Self {
+        if conn.is_cluster() {
+            Indexes::cluster()
+        } else {
+            Indexes::single()
         }
     }
 

@@ -5,23 +5,42 @@
 //! - `auction:{ID}:live` — a pub/sub channel with one notice per event
 //!   ([`live`] reads them back as [`Event`](auction_domain::Event)s).
 //!
-//! Writes go through Lua scripts that validate and append atomically, so any
-//! number of bidder replicas agree on one order. Reads are plain stream
-//! ranges. See `docs/ARCHITECTURE.md` for how edges use the notice chain.
+//! One type per concern, each built from a [`RedisConnection`] (cheap to
+//! clone; clones share it):
+//!
+//! - [`AuctionWriter`] (the bidder): creates, re-opens, bids and closes
+//!   through Lua scripts that validate and append atomically, so any number
+//!   of bidder replicas agree on one order; waits for replicas when asked
+//!   ([`ReplicaAck`]); keeps the global indexes;
+//! - [`StreamReader`] (the edges): plain stream ranges, stream ends,
+//!   snapshots, and each edge's viewer counts;
+//! - [`Catalogue`] (the API's reads): one auction, pages of all of them.
+//!
+//! See `docs/ARCHITECTURE.md` for how edges use the notice chain.
 
+mod catalogue;
 mod connection;
+mod error;
 mod keys;
 pub mod live;
-mod log;
 mod notice;
+mod outcome;
+mod read;
+mod replica_ack;
+mod scripts;
+mod spec;
+mod state;
 mod viewers;
+mod write;
 
+pub use catalogue::{Catalogue, ListCursor};
 pub use connection::{
     ClusterHandle, RedisConnection, RedisTarget, connect_manager, parse_redis_url,
 };
+pub use error::LogError;
 pub use live::{LiveConnection, LiveMessage};
-pub use log::DEFAULT_RETENTION_MS;
-pub use log::{
-    AuctionSpec, BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome, EventLog,
-    ListCursor, LogError, ReplicaAck, Snapshot, StreamWindow,
-};
+pub use outcome::{BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome};
+pub use read::{Snapshot, StreamReader, StreamWindow};
+pub use replica_ack::ReplicaAck;
+pub use spec::AuctionSpec;
+pub use write::{AuctionWriter, DEFAULT_RETENTION_MS};

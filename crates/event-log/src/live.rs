@@ -24,8 +24,8 @@
 mod wire;
 
 use crate::connection::{RedisTarget, TargetKind};
+use crate::error::LogError;
 use crate::keys::live_channel;
-use crate::log::LogError;
 use crate::notice;
 use auction_domain::{AuctionId, Event};
 use futures_util::StreamExt;

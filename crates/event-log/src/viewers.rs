@@ -4,20 +4,15 @@
 //! auction per report interval and replica, pipelined, whatever the number
 //! of clients.
 
+use crate::error::LogError;
 use crate::keys;
-use crate::log::{EventLog, LogError};
+use crate::read::StreamReader;
+use crate::scripts::REPORT_VIEWERS;
 use auction_domain::AuctionId;
-use redis::Script;
-use std::sync::LazyLock;
 
-static REPORT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/viewers.lua")
-    ))
-});
-
-impl EventLog {
+/// An edge reports through the reader it reads streams with: the report
+/// writes only its own counts, never an auction's state or stream.
+impl StreamReader {
     /// Reports this replica's `(auction, clients)` counts, each fresh for
     /// `fresh_ms`, and returns each auction's total over all replicas, in
     /// order, in one round trip.
@@ -38,24 +33,25 @@ impl EventLog {
         let report = |hash: String| {
             let (auctions, clients) = (&auctions, &clients);
             async move {
-                self.per_auction(auctions, |pipe, auction| {
-                    pipe.cmd("EVALSHA")
-                        .arg(&hash)
-                        .arg(1)
-                        .arg(keys::viewers_key(auction))
-                        .arg(replica)
-                        .arg(clients.get(auction).copied().unwrap_or(0))
-                        .arg(fresh_ms);
-                })
-                .await
+                self.connection()
+                    .per_auction(auctions, |pipe, auction| {
+                        pipe.cmd("EVALSHA")
+                            .arg(&hash)
+                            .arg(1)
+                            .arg(keys::viewers_key(auction))
+                            .arg(replica)
+                            .arg(clients.get(auction).copied().unwrap_or(0))
+                            .arg(fresh_ms);
+                    })
+                    .await
             }
         };
-        let replies = match report(REPORT.get_hash().to_owned()).await {
+        let replies = match report(REPORT_VIEWERS.get_hash().to_owned()).await {
             Ok(replies) => replies,
             // Redis restarted or flushed its scripts: load and go again.
             Err(_) => {
-                let mut conn = self.connection();
-                let hash = REPORT.load_async(&mut conn).await?;
+                let mut conn = self.connection().clone();
+                let hash = REPORT_VIEWERS.load_async(&mut conn).await?;
                 report(hash).await?
             }
         };

@@ -12,7 +12,7 @@
 use crate::deadline::timed;
 use crate::feeds::Feeds;
 use auction_domain::AuctionId;
-use event_log::EventLog;
+use event_log::StreamReader;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -26,7 +26,7 @@ const AUDIT_BATCH: usize = 256;
 /// subscriber is busy).
 pub(crate) async fn run(
     feeds: Arc<Feeds>,
-    log: EventLog,
+    log: StreamReader,
     every: Duration,
     vanished: mpsc::Sender<Vec<AuctionId>>,
     shutdown: CancellationToken,

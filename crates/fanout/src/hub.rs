@@ -8,7 +8,7 @@ use crate::feeds::Feeds;
 use crate::replays::Replays;
 use crate::subscriber::{Subscriber, Watch};
 use auction_domain::AuctionId;
-use event_log::{EventLog, RedisTarget};
+use event_log::{RedisTarget, StreamReader};
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
@@ -48,7 +48,7 @@ pub struct Hub<C: Codec> {
     feeds: Arc<Feeds>,
     commands: mpsc::Sender<Watch>,
     codec: Arc<C>,
-    log: EventLog,
+    log: StreamReader,
     config: Arc<HubConfig>,
     connected: Arc<AtomicBool>,
     replays: Arc<Replays>,
@@ -72,7 +72,7 @@ impl<C: Codec> Hub<C> {
     /// Starts the hub's tasks; they run until `shutdown`.
     fn start(
         target: &RedisTarget,
-        log: EventLog,
+        log: StreamReader,
         codec: C,
         config: HubConfig,
         reconnects: Counter,
@@ -136,7 +136,7 @@ impl<C: Codec> Hub<C> {
             counted.inc();
         })
         .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
-        let log = EventLog::new(conn, 0);
+        let log = StreamReader::new(conn);
         Ok(Hub::start(target, log, codec, config, reconnects, shutdown))
     }
 
@@ -159,7 +159,7 @@ impl<C: Codec> Hub<C> {
         &self.codec
     }
 
-    pub(crate) fn log(&self) -> &EventLog {
+    pub(crate) fn log(&self) -> &StreamReader {
         &self.log
     }
 

@@ -24,7 +24,7 @@
 use crate::codec::{Codec, EncodedEvent};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 use auction_domain::{AuctionId, Event, EventId};
-use event_log::EventLog;
+use event_log::StreamReader;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, WeakShared};
 use std::collections::{HashMap, VecDeque};
@@ -378,7 +378,7 @@ impl Replays {
 /// every client waiting for it). Bounded by the connection's response
 /// timeout.
 pub(crate) fn read_page<C: Codec>(
-    log: EventLog,
+    log: StreamReader,
     codec: Arc<C>,
     auction: AuctionId,
     after: EventId,
@@ -402,7 +402,7 @@ mod tests {
     use crate::hub::Hub;
     use crate::session::{self, Resume, Start};
     use auction_domain::{BidSource, Bidder, BidderId, BidderName, EventKind};
-    use event_log::EventLog;
+    use event_log::{AuctionWriter, BidAnswer, StreamReader};
     use prometheus_client::metrics::counter::Counter;
     use std::time::Duration;
     use test_support::RedisServer;
@@ -642,20 +642,20 @@ mod tests {
         }
     }
 
-    async fn bid(log: &EventLog, auction: &AuctionId, amount: u64) -> EventId {
+    async fn bid(log: &AuctionWriter, auction: &AuctionId, amount: u64) -> EventId {
         let bidder = Bidder {
             id: BidderId::parse("tester").unwrap(),
             name: BidderName::parse("tester").unwrap(),
         };
-        log.place_bid(auction, amount, &bidder, BidSource::User, None, None)
+        let attempt = log
+            .place_bid(auction, amount, &bidder, BidSource::User, None, None)
             .await
             .unwrap()
             .unwrap();
-        let newest = log
-            .read_after(auction, EventId::ZERO, 10_000)
-            .await
-            .unwrap();
-        newest.last().unwrap().id
+        let BidAnswer::Accepted { id, .. } = attempt.answer else {
+            panic!("the bid is accepted");
+        };
+        id
     }
 
     /// Another client's read of the page after the resume id runs; then
@@ -670,7 +670,9 @@ mod tests {
         let auction = AuctionId::parse("shared").unwrap();
         test_support::auctions::create(&redis.url(), &["shared".into()], 3_600_000).await;
         let target = event_log::parse_redis_url(&redis.url()).unwrap();
-        let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 1000);
+        let conn = event_log::connect_manager(&target, || {}).unwrap();
+        let log = AuctionWriter::new(conn.clone(), 1000);
+        let reader = StreamReader::new(conn);
         let resume_from = bid(&log, &auction, 100).await;
         for amount in [110, 120] {
             bid(&log, &auction, amount).await;
@@ -753,7 +755,10 @@ mod tests {
         assert_eq!(earlier.events.len(), 2, "the read ran before the events");
         shutdown.cancel();
 
-        let stream = log.read_after(&auction, resume_from, 10_000).await.unwrap();
+        let stream = reader
+            .read_after(&auction, resume_from, 10_000)
+            .await
+            .unwrap();
         (
             replayed
                 .iter()

@@ -16,7 +16,7 @@ use crate::feed::Feed;
 use crate::feeds::Feeds;
 use crate::replays::Replays;
 use auction_domain::{AuctionId, Event, EventId};
-use event_log::{EventLog, LiveConnection, LiveMessage, RedisTarget};
+use event_log::{LiveConnection, LiveMessage, RedisTarget, StreamReader};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ pub(crate) struct Cursor {
 /// The subscriber task: what it works with, and its view of each feed.
 pub(crate) struct Subscriber<C: Codec> {
     pub(crate) feeds: Arc<Feeds>,
-    pub(crate) log: EventLog,
+    pub(crate) log: StreamReader,
     pub(crate) codec: Arc<C>,
     pub(crate) config: HubConfig,
     pub(crate) replays: Arc<Replays>,

@@ -8,7 +8,7 @@ use crate::config::HubConfig;
 use crate::deadline::timed;
 use crate::feeds::Feeds;
 use auction_domain::AuctionId;
-use event_log::EventLog;
+use event_log::StreamReader;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ const BATCH: usize = 32;
 /// Runs until `shutdown`.
 pub(crate) async fn report(
     feeds: Arc<Feeds>,
-    log: EventLog,
+    log: StreamReader,
     config: HubConfig,
     shutdown: CancellationToken,
 ) {

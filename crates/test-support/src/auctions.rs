@@ -2,19 +2,19 @@
 //! bidder, no token): the tests are about what happens after.
 
 use auction_domain::AuctionId;
-use event_log::{AuctionSpec, EventLog};
+use event_log::{AuctionSpec, AuctionWriter};
 
 /// Creates an auction for each id (title `Lot <id>`, starting price 100,
 /// increment 10, open `duration_ms`) on the Redis at `url`, 16 at a time.
 pub async fn create(url: &str, ids: &[String], duration_ms: u64) {
     let target = event_log::parse_redis_url(url).expect("a Redis URL");
-    let log = EventLog::new(
+    let writer = AuctionWriter::new(
         event_log::connect_manager(&target, || {}).expect("a Redis client"),
         100,
     );
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in ids.chunks(ids.len().div_ceil(16).max(1)) {
-        let (log, chunk) = (log.clone(), chunk.to_vec());
+        let (writer, chunk) = (writer.clone(), chunk.to_vec());
         tasks.spawn(async move {
             for id in chunk {
                 let spec = AuctionSpec {
@@ -26,7 +26,7 @@ pub async fn create(url: &str, ids: &[String], duration_ms: u64) {
                     description: None,
                     image_url: None,
                 };
-                log.create(&spec).await.expect("the auction is created");
+                writer.create(&spec).await.expect("the auction is created");
             }
         });
     }

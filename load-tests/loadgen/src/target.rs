@@ -9,7 +9,7 @@
 //! `bid`; the `{"type":"bid",...}` object for WebSocket).
 
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-use event_log::{AuctionSpec, BidAnswer, EventLog, connect_manager, parse_redis_url};
+use event_log::{AuctionSpec, AuctionWriter, BidAnswer, connect_manager, parse_redis_url};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -106,7 +106,7 @@ impl Target {
 /// Appends the benchmark's events to the system under test.
 pub enum Publisher {
     Ours {
-        log: EventLog,
+        writer: AuctionWriter,
         bidder: Bidder,
     },
     Nchan {
@@ -123,7 +123,7 @@ pub enum Publisher {
 impl Publisher {
     pub fn ours(redis_url: &str) -> Result<Publisher, String> {
         let target = parse_redis_url(redis_url)?;
-        let log = EventLog::new(
+        let writer = AuctionWriter::new(
             connect_manager(&target, || {}).map_err(|e| e.to_string())?,
             100_000,
         );
@@ -132,7 +132,7 @@ impl Publisher {
             id: BidderId::parse("sim_bench").map_err(|e| e.message)?,
             name: BidderName::parse("bench").map_err(|e| e.message)?,
         };
-        Ok(Publisher::Ours { log, bidder })
+        Ok(Publisher::Ours { writer, bidder })
     }
 
     pub fn nchan(base: &str, transport: Transport) -> Result<Publisher, String> {
@@ -165,21 +165,22 @@ impl Publisher {
     /// Creates the auctions (our system needs them to exist; nchan
     /// channels exist once published to).
     pub async fn prepare(&self, auctions: &[String]) -> Result<(), String> {
-        let Publisher::Ours { log, .. } = self else {
+        let Publisher::Ours { writer, .. } = self else {
             return Ok(());
         };
         for auction in auctions {
-            log.create(&AuctionSpec {
-                id: AuctionId::parse(auction).map_err(|e| e.message)?,
-                title: "benchmark".into(),
-                starting_price: 1,
-                min_increment: 1,
-                duration_ms: 3_600_000,
-                description: None,
-                image_url: None,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            writer
+                .create(&AuctionSpec {
+                    id: AuctionId::parse(auction).map_err(|e| e.message)?,
+                    title: "benchmark".into(),
+                    starting_price: 1,
+                    min_increment: 1,
+                    duration_ms: 3_600_000,
+                    description: None,
+                    image_url: None,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -189,9 +190,9 @@ impl Publisher {
     /// stream id; nchan: its message id; the floor has none).
     pub async fn publish(&self, auction: &str, amount: u64) -> Result<Option<String>, String> {
         match self {
-            Publisher::Ours { log, bidder } => {
+            Publisher::Ours { writer, bidder } => {
                 let auction = AuctionId::parse(auction).map_err(|e| e.message)?;
-                let attempt = log
+                let attempt = writer
                     .place_bid(&auction, amount, bidder, BidSource::Simulated, None, None)
                     .await
                     .map_err(|e| e.to_string())?;

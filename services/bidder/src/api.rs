@@ -18,7 +18,9 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use event_log::{AuctionSpec, BidAnswer, CreateOutcome, EventLog, ListCursor, LogError};
+use event_log::{
+    AuctionSpec, AuctionWriter, BidAnswer, Catalogue, CreateOutcome, ListCursor, LogError,
+};
 use identity::{Authenticator, Identity, TokenError};
 use serde_json::{Value, json};
 use service_kit::ApiError;
@@ -39,7 +41,8 @@ const OPENAPI: &str = include_str!("../openapi.json");
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub log: EventLog,
+    pub writer: AuctionWriter,
+    pub catalogue: Catalogue,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
     /// For routes without a verified caller.
@@ -442,7 +445,7 @@ async fn create_auction(
     };
     // A generated id that collides (1 in 62^12) is regenerated a few times.
     for _ in 0..3 {
-        match state.log.create(&spec).await.map_err(unavailable)? {
+        match state.writer.create(&spec).await.map_err(unavailable)? {
             CreateOutcome::Created(auction) => {
                 tracing::info!(auction = %auction.id, "auction created");
                 let body = serde_json::to_string(&auction).unwrap_or_default();
@@ -513,7 +516,7 @@ async fn list_auctions(
         })
         .transpose()?;
     let (auctions, next) = state
-        .log
+        .catalogue
         .list_page(cursor.as_ref(), limit)
         .await
         .map_err(unavailable)?;
@@ -529,7 +532,12 @@ async fn get_auction(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let auction_id = AuctionId::parse(&id).map_err(invalid)?;
-    match state.log.get(&auction_id).await.map_err(unavailable)? {
+    match state
+        .catalogue
+        .get(&auction_id)
+        .await
+        .map_err(unavailable)?
+    {
         Some(auction) => Ok(json_response(
             StatusCode::OK,
             serde_json::to_string(&auction).unwrap_or_default(),
@@ -591,7 +599,7 @@ async fn place_bid_inner(
     let append = async {
         let traceparent = telemetry::current_traceparent();
         state
-            .log
+            .writer
             .place_bid(
                 &auction,
                 request.amount,

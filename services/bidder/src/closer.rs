@@ -4,7 +4,7 @@
 //! (`AUCTION_RETENTION_MS`); this loop walks the creation index a batch at a
 //! time and drops the ids of auctions that expired.
 
-use event_log::{CloseOutcome, EventLog};
+use event_log::{AuctionWriter, CloseOutcome};
 use service_kit::Context;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ const BATCH: usize = 100;
 const TRIM_EVERY: Duration = Duration::from_secs(2);
 const TRIM_BATCH: usize = 200;
 
-pub async fn run(ctx: Context, log: EventLog, every: Duration) {
+pub async fn run(ctx: Context, writer: AuctionWriter, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut trim_ticker = tokio::time::interval(TRIM_EVERY);
@@ -26,12 +26,12 @@ pub async fn run(ctx: Context, log: EventLog, every: Duration) {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = ticker.tick() => {
-                if let Err(error) = close_due(&log).await {
+                if let Err(error) = close_due(&writer).await {
                     tracing::debug!(%error, "close pass failed; retrying next tick");
                 }
             }
             _ = trim_ticker.tick() => {
-                match log.trim_creation_index(trim_from, TRIM_BATCH).await {
+                match writer.trim_creation_index(trim_from, TRIM_BATCH).await {
                     Ok(next) => trim_from = next,
                     Err(error) => tracing::debug!(%error, "index trim failed; retrying"),
                 }
@@ -40,10 +40,10 @@ pub async fn run(ctx: Context, log: EventLog, every: Duration) {
     }
 }
 
-async fn close_due(log: &EventLog) -> Result<(), event_log::LogError> {
+async fn close_due(writer: &AuctionWriter) -> Result<(), event_log::LogError> {
     let now = auction_domain::clock::now_ms();
-    for auction in log.due_for_close(now, BATCH).await? {
-        if log.close_if_due(&auction).await? == CloseOutcome::Closed {
+    for auction in writer.due_for_close(now, BATCH).await? {
+        if writer.close_if_due(&auction).await? == CloseOutcome::Closed {
             tracing::info!(auction = %auction, "auction closed");
         }
     }

@@ -7,7 +7,7 @@ mod rate_limit;
 mod simulator;
 mod token_cli;
 
-use event_log::{EventLog, ReplicaAck, connect_manager};
+use event_log::{AuctionWriter, Catalogue, ReplicaAck, connect_manager};
 use identity::{Authenticator, IdentityConfig};
 use service_kit::{Context, Process, bind, serve, watch_redis};
 use settings::{SettingError, Settings};
@@ -118,15 +118,17 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         reconnects.inc();
     })
     .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
-    let log = EventLog::new(conn, own.stream_maxlen)
+    let writer = AuctionWriter::new(conn.clone(), own.stream_maxlen)
         .with_retention(own.retention)
         .with_replica_ack(ReplicaAck {
             replicas: own.redis_min_replicas_ack,
             timeout: own.redis_ack_timeout,
         });
+    // The writer, the catalogue and the readiness probe share one connection.
+    let catalogue = Catalogue::new(conn.clone());
     ctx.metrics.register_bid_series(&["user", "simulated"]);
 
-    let probe = log.clone();
+    let probe = conn;
     watch_redis(&ctx, Duration::from_millis(500), move || {
         let probe = probe.clone();
         async move { probe.ping().await.is_ok() }
@@ -134,15 +136,16 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
     let listener = bind(&ctx).await?;
     let closer = tokio::spawn(closer::run(
         ctx.clone(),
-        log.clone(),
+        writer.clone(),
         own.close_check_interval,
     ));
     let simulator = own
         .simulate
-        .then(|| tokio::spawn(simulator::run(ctx.clone(), log.clone(), own.clone())));
+        .then(|| tokio::spawn(simulator::run(ctx.clone(), writer.clone(), own.clone())));
 
     let routes = api::routes(api::ApiState {
-        log,
+        writer,
+        catalogue,
         metrics: ctx.metrics.clone(),
         auth,
         address_limiter: Arc::new(rate_limit::RateLimiter::new(

@@ -1,11 +1,12 @@
 //! Keeps the demo alive: keeps each simulated auction open (a new round
 //! starts `sim_pause` after one closes, so its winner can be seen) and bids
-//! current + 10..=59 whole units on it every interval, through the same
-//! validated script as user bids.
+//! the smallest amount it accepts (`Auction::min_next`) plus 0..=49 whole
+//! units on it every interval, through the same validated script as user
+//! bids.
 
 use crate::BidderSettings;
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-use event_log::{AuctionSpec, BidAnswer, EnsureOutcome, EventLog, LogError};
+use event_log::{AuctionSpec, AuctionWriter, BidAnswer, EnsureOutcome, LogError};
 use service_kit::Context;
 use telemetry::BidOutcome;
 
@@ -49,7 +50,7 @@ const LOTS: [(&str, &str, &str); 4] = [
 const STARTING_PRICE: u64 = 10_000;
 const MIN_INCREMENT: u64 = 1_000;
 
-pub async fn run(ctx: Context, log: EventLog, settings: BidderSettings) {
+pub async fn run(ctx: Context, writer: AuctionWriter, settings: BidderSettings) {
     let mut ticker = tokio::time::interval(settings.sim_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(auctions = ?settings.sim_auctions, "simulator started");
@@ -59,7 +60,7 @@ pub async fn run(ctx: Context, log: EventLog, settings: BidderSettings) {
             _ = ticker.tick() => {}
         }
         for (index, auction) in settings.sim_auctions.iter().enumerate() {
-            match bid_once(&ctx, &log, auction, index, &settings).await {
+            match bid_once(&ctx, &writer, auction, index, &settings).await {
                 Ok(()) => {}
                 Err(error) => tracing::debug!(%error, %auction, "simulated bid failed"),
             }
@@ -69,7 +70,7 @@ pub async fn run(ctx: Context, log: EventLog, settings: BidderSettings) {
 
 async fn bid_once(
     ctx: &Context,
-    log: &EventLog,
+    writer: &AuctionWriter,
     auction: &AuctionId,
     index: usize,
     settings: &BidderSettings,
@@ -84,22 +85,18 @@ async fn bid_once(
         description: Some(description.to_owned()),
         image_url: Some(image_url.to_owned()),
     };
-    let (outcome, state) = log.ensure_open(&spec, settings.sim_pause).await?;
+    let (outcome, state) = writer.ensure_open(&spec, settings.sim_pause).await?;
     if outcome == EnsureOutcome::Paused {
         // The closed round stays on show until the pause is over.
         return Ok(());
     }
-    let base = state
-        .current
-        .as_ref()
-        .map_or(state.starting_price, |bid| bid.amount);
-    let amount = base + fastrand::u64(10..=59) * 100;
+    let amount = state.min_next() + fastrand::u64(0..=49) * 100;
     let name = BIDDERS[fastrand::usize(..BIDDERS.len())];
     let bidder = Bidder {
         id: BidderId::parse(name).map_err(|error| LogError::Corrupt(error.message))?,
         name: BidderName::parse(name).map_err(|error| LogError::Corrupt(error.message))?,
     };
-    let outcome = match log
+    let outcome = match writer
         .place_bid(auction, amount, &bidder, BidSource::Simulated, None, None)
         .await?
     {

@@ -6,7 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-use event_log::{AuctionSpec, BidAnswer, EventLog, LiveConnection, LiveMessage, ReplicaAck};
+use event_log::{
+    AuctionSpec, AuctionWriter, BidAnswer, Catalogue, LiveConnection, LiveMessage, RedisConnection,
+    ReplicaAck, StreamReader,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,15 +34,22 @@ fn bidder(name: &str) -> Bidder {
     }
 }
 
-fn cluster_log(cluster: &RedisCluster) -> EventLog {
+fn cluster_connection(cluster: &RedisCluster) -> RedisConnection {
     let target = event_log::parse_redis_url(&cluster.url()).unwrap();
-    EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 1000)
+    event_log::connect_manager(&target, || {}).unwrap()
+}
+
+fn cluster_writer(cluster: &RedisCluster) -> AuctionWriter {
+    AuctionWriter::new(cluster_connection(cluster), 1000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
     let cluster = RedisCluster::start();
-    let log = cluster_log(&cluster);
+    let conn = cluster_connection(&cluster);
+    let writer = AuctionWriter::new(conn.clone(), 1000);
+    let reader = StreamReader::new(conn.clone());
+    let catalogue = Catalogue::new(conn);
     let ids: Vec<String> = (0..30).map(|i| format!("c-{i}")).collect();
     // Auctions on every primary.
     let owners: BTreeSet<u16> = ids
@@ -48,7 +58,7 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
         .collect();
     assert_eq!(owners.len(), 3, "the ids must spread over the primaries");
     for id in &ids {
-        log.create(&spec(id, 3_600_000)).await.unwrap();
+        writer.create(&spec(id, 3_600_000)).await.unwrap();
     }
     let auctions: Vec<AuctionId> = ids.iter().map(|id| AuctionId::parse(id).unwrap()).collect();
 
@@ -56,7 +66,7 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
     let mut live = LiveConnection::open(&target).await.unwrap();
     live.watch(&auctions).await.unwrap();
     for auction in &auctions {
-        let attempt = log
+        let attempt = writer
             .place_bid(auction, 500, &bidder("ann"), BidSource::User, None, None)
             .await
             .unwrap()
@@ -80,14 +90,14 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
     }
 
     // Reads that span auctions (and so slots) answer for each, in order.
-    let windows = log.windows(&auctions).await.unwrap();
+    let windows = reader.windows(&auctions).await.unwrap();
     assert!(windows.iter().all(|w| w.exists && w.last.is_some()));
     let missing = AuctionId::parse("never-created").unwrap();
-    let exist = log.exist(&[auctions[0].clone(), missing]).await.unwrap();
+    let exist = reader.exist(&[auctions[0].clone(), missing]).await.unwrap();
     assert_eq!(exist, vec![true, false]);
     // The listing walks every partition of the index, newest first, and
     // pages through them with its cursor: each auction once.
-    let (all, next) = log.list_page(None, 100).await.unwrap();
+    let (all, next) = catalogue.list_page(None, 100).await.unwrap();
     let listed: Vec<String> = all.into_iter().map(|a| a.id).collect();
     assert_eq!(listed.len(), ids.len());
     assert_eq!(listed.first(), ids.last());
@@ -95,7 +105,7 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
     let mut paged = Vec::new();
     let mut cursor = None;
     loop {
-        let (page, next) = log.list_page(cursor.as_ref(), 5).await.unwrap();
+        let (page, next) = catalogue.list_page(cursor.as_ref(), 5).await.unwrap();
         assert!(page.len() <= 5);
         paged.extend(page.into_iter().map(|a| a.id));
         match next {
@@ -108,12 +118,12 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
     // The closer finds due auctions in every partition.
     let short: Vec<String> = (0..6).map(|i| format!("short-{i}")).collect();
     for id in &short {
-        log.create(&spec(id, 1000)).await.unwrap();
+        writer.create(&spec(id, 1000)).await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let due = loop {
         let now = auction_domain::clock::now_ms();
-        let due = log.due_for_close(now, 100).await.unwrap();
+        let due = writer.due_for_close(now, 100).await.unwrap();
         if due.len() == short.len() {
             break due;
         }
@@ -121,22 +131,22 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for auction in &due {
-        log.close_if_due(auction).await.unwrap();
+        writer.close_if_due(auction).await.unwrap();
     }
     let now = auction_domain::clock::now_ms();
-    assert!(log.due_for_close(now, 100).await.unwrap().is_empty());
+    assert!(writer.due_for_close(now, 100).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replica_acks_an_accepted_bid_is_on_a_replica() {
     let cluster = RedisCluster::start();
-    let log = cluster_log(&cluster).with_replica_ack(ReplicaAck {
+    let writer = cluster_writer(&cluster).with_replica_ack(ReplicaAck {
         replicas: 1,
         timeout: Duration::from_millis(1000),
     });
-    log.create(&spec("acked", 3_600_000)).await.unwrap();
+    writer.create(&spec("acked", 3_600_000)).await.unwrap();
     let auction = AuctionId::parse("acked").unwrap();
-    let attempt = log
+    let attempt = writer
         .place_bid(&auction, 500, &bidder("ann"), BidSource::User, None, None)
         .await
         .unwrap()
@@ -144,7 +154,7 @@ async fn with_replica_acks_an_accepted_bid_is_on_a_replica() {
     assert!(matches!(attempt.answer, BidAnswer::Accepted { .. }));
 
     // Asking for more replicas than exist: applied, but not confirmed.
-    let strict = cluster_log(&cluster).with_replica_ack(ReplicaAck {
+    let strict = cluster_writer(&cluster).with_replica_ack(ReplicaAck {
         replicas: 2,
         timeout: Duration::from_millis(200),
     });

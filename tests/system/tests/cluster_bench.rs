@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-use event_log::{AuctionSpec, EventLog, LiveConnection, LiveMessage, ReplicaAck};
+use event_log::{AuctionSpec, AuctionWriter, LiveConnection, LiveMessage, ReplicaAck};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ struct Figures {
 
 async fn run(url: &str, edges: usize, ack: u32, redis_cpu: &dyn Fn() -> f64) -> Figures {
     let target = event_log::parse_redis_url(url).unwrap();
-    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 1000)
+    let writer = AuctionWriter::new(event_log::connect_manager(&target, || {}).unwrap(), 1000)
         .with_replica_ack(ReplicaAck {
             replicas: ack,
             timeout: Duration::from_millis(1000),
@@ -49,17 +49,18 @@ async fn run(url: &str, edges: usize, ack: u32, redis_cpu: &dyn Fn() -> f64) -> 
         .map(|i| AuctionId::parse(&format!("bench-{run}-{i}")).unwrap())
         .collect();
     for auction in &auctions {
-        log.create(&AuctionSpec {
-            id: auction.clone(),
-            title: "bench".into(),
-            starting_price: 1,
-            min_increment: 1,
-            duration_ms: 3_600_000,
-            description: None,
-            image_url: None,
-        })
-        .await
-        .unwrap();
+        writer
+            .create(&AuctionSpec {
+                id: auction.clone(),
+                title: "bench".into(),
+                starting_price: 1,
+                min_increment: 1,
+                duration_ms: 3_600_000,
+                description: None,
+                image_url: None,
+            })
+            .await
+            .unwrap();
     }
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -91,14 +92,14 @@ async fn run(url: &str, edges: usize, ack: u32, redis_cpu: &dyn Fn() -> f64) -> 
     let deadline = started + Duration::from_secs(SECONDS);
     let mut appenders = Vec::new();
     for a in 0..APPENDERS {
-        let (log, auctions, bidder) = (log.clone(), auctions.clone(), bidder.clone());
+        let (writer, auctions, bidder) = (writer.clone(), auctions.clone(), bidder.clone());
         appenders.push(tokio::spawn(async move {
             let mut accepted = 0u64;
             let mut amount = 10u64;
             while Instant::now() < deadline {
                 let auction = &auctions[(a + amount as usize) % auctions.len()];
                 amount += 1;
-                let attempt = log
+                let attempt = writer
                     .place_bid(auction, amount * 1000, &bidder, BidSource::User, None, None)
                     .await;
                 if let Ok(Some(attempt)) = attempt

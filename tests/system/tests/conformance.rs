@@ -506,7 +506,7 @@ async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid_on_a_
 
 async fn closing_case(redis: &impl TestRedis) {
     use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-    use event_log::{AuctionSpec, EventLog};
+    use event_log::{AuctionSpec, AuctionWriter};
     // The bidder only closes auctions here (no simulator).
     let _closer = ServiceProcess::start(
         "bidder",
@@ -518,7 +518,7 @@ async fn closing_case(redis: &impl TestRedis) {
         ],
     );
     let target = event_log::parse_redis_url(&redis.url()).unwrap();
-    let log = EventLog::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
+    let writer = AuctionWriter::new(event_log::connect_manager(&target, || {}).unwrap(), 100);
     let sse = start_edge(Transport::Sse, &redis, &[]);
     let ws = start_edge(Transport::Ws, &redis, &[]);
     for (transport, edge) in [(Transport::Sse, &sse), (Transport::Ws, &ws)] {
@@ -533,7 +533,7 @@ async fn closing_case(redis: &impl TestRedis) {
             description: None,
             image_url: None,
         };
-        log.create(&spec).await.unwrap();
+        writer.create(&spec).await.unwrap();
         let mut conn = Conn::open(transport, edge.addr, &auction, None, None).await;
         assert!(matches!(
             conn.next(QUIET).await,
@@ -543,7 +543,8 @@ async fn closing_case(redis: &impl TestRedis) {
             id: BidderId::parse("g_early").unwrap(),
             name: BidderName::parse("early").unwrap(),
         };
-        log.place_bid(&id, 100, &bidder, BidSource::User, None, None)
+        writer
+            .place_bid(&id, 100, &bidder, BidSource::User, None, None)
             .await
             .unwrap();
         // The last bid comes about 1.5 s before the close.

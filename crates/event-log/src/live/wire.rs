@@ -19,7 +19,7 @@
 //! caller drops it, as it does any connection that timed out.
 
 use super::{LiveMessage, notice_on};
-use crate::log::LogError;
+use crate::error::LogError;
 use bytes::{Buf, BytesMut};
 use std::collections::VecDeque;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

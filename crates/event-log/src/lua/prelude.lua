@@ -33,6 +33,23 @@ local function auction_json(state_key)
     ',"ends_at":' .. f[6] .. ',"current":' .. current .. optional .. '}'
 end
 
+-- Writes the state hash of a new auction (open, no bid yet) from `spec`, the
+-- arguments create and ensure_open share, in this order: id, title,
+-- title_json, starting_price, min_increment, duration_ms, description_json,
+-- image_url_json (each '' when unset). A stream may outlive its state (state
+-- deleted by hand): `last_id` is its newest entry, so the chain goes on.
+local function init_state(state_key, stream_key, spec, now)
+  local last = redis.call('XREVRANGE', stream_key, '+', '-', 'COUNT', 1)
+  local last_id = '0-0'
+  if last[1] then last_id = last[1][1] end
+  redis.call('HSET', state_key,
+    'id', spec[1], 'title', spec[2], 'title_json', spec[3], 'status', 'open',
+    'starting_price', spec[4], 'min_increment', spec[5],
+    'ends_at', num(now + tonumber(spec[6])), 'created_at', num(now),
+    'current', '', 'current_amount', '', 'last_id', last_id,
+    'description_json', spec[7], 'image_url_json', spec[8])
+end
+
 -- Appends one event to the auction's stream and publishes its notice.
 -- `at` is the event's time (Unix ms, Redis's clock), kept as a field of its
 -- own in the stream entry and the notice, so nobody has to find it in `data`.

@@ -1,0 +1,54 @@
+//! The Lua scripts, each with `lua/prelude.lua` (the helpers they share)
+//! prepended.
+
+use crate::connection::RedisConnection;
+use redis::Script;
+use std::sync::LazyLock;
+
+/// One script in its two forms: publishing its notices with `PUBLISH` (one
+/// node) or `SPUBLISH` (a cluster).
+pub(crate) struct Scripts {
+    single: Script,
+    cluster: Script,
+}
+
+impl Scripts {
+    /// The form of the script for this deployment (which publish command).
+    pub(crate) fn for_connection(&self, conn: &RedisConnection) -> &Script {
+        if conn.is_cluster() {
+            &self.cluster
+        } else {
+            &self.single
+        }
+    }
+}
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| Scripts {
+            single: Script::new(concat!(
+                "local PUBLISH_COMMAND = 'PUBLISH'\n",
+                include_str!("lua/prelude.lua"),
+                include_str!(concat!("lua/", $file))
+            )),
+            cluster: Script::new(concat!(
+                "local PUBLISH_COMMAND = 'SPUBLISH'\n",
+                include_str!("lua/prelude.lua"),
+                include_str!(concat!("lua/", $file))
+            )),
+        })
+    };
+}
+
+pub(crate) static CREATE: LazyLock<Scripts> = script!("create.lua");
+pub(crate) static ENSURE_OPEN: LazyLock<Scripts> = script!("ensure_open.lua");
+pub(crate) static PLACE_BID: LazyLock<Scripts> = script!("place_bid.lua");
+pub(crate) static CLOSE_IF_DUE: LazyLock<Scripts> = script!("close_if_due.lua");
+
+/// The viewers report publishes nothing: one form.
+pub(crate) static REPORT_VIEWERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/viewers.lua")
+    ))
+});

@@ -1,0 +1,54 @@
+//! An auction's state hash read back as the [`Auction`] clients see.
+
+use crate::error::{LogError, corrupt};
+use auction_domain::{Auction, AuctionStatus};
+use std::collections::HashMap;
+
+pub(crate) fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auction, LogError> {
+    let text = |name: &str| -> Result<&str, LogError> {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(format!("auction hash lacks {name}")))
+    };
+    let number = |name: &str| -> Result<u64, LogError> {
+        text(name)?
+            .parse()
+            .map_err(|_| corrupt(format!("auction field {name} is not a number")))
+    };
+    let status = match text("status")? {
+        "open" => AuctionStatus::Open,
+        "closed" => AuctionStatus::Closed,
+        other => return Err(corrupt(format!("auction status {other:?}"))),
+    };
+    let current = match fields.get("current").map(String::as_str) {
+        None | Some("") => None,
+        Some(json) => Some(
+            serde_json::from_str(json).map_err(|error| corrupt(format!("current bid: {error}")))?,
+        ),
+    };
+    Ok(Auction {
+        id: text("id")?.to_owned(),
+        title: text("title")?.to_owned(),
+        status,
+        starting_price: number("starting_price")?,
+        min_increment: number("min_increment")?,
+        ends_at: number("ends_at")?,
+        current,
+        description: optional_json_string(fields, "description_json")?,
+        image_url: optional_json_string(fields, "image_url_json")?,
+    })
+}
+
+/// A field the scripts store JSON-encoded, or empty / missing when unset.
+fn optional_json_string(
+    fields: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<String>, LogError> {
+    match fields.get(name).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(json) => serde_json::from_str(json)
+            .map(Some)
+            .map_err(|error| corrupt(format!("auction field {name}: {error}"))),
+    }
+}
