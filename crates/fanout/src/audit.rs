@@ -12,7 +12,7 @@
 use crate::deadline::timed;
 use crate::feeds::Feeds;
 use auction_domain::AuctionId;
-use event_log::StreamReader;
+use event_log::EventStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -26,7 +26,7 @@ const AUDIT_BATCH: usize = 256;
 /// subscriber is busy).
 pub(crate) async fn run(
     feeds: Arc<Feeds>,
-    log: StreamReader,
+    store: Arc<dyn EventStore>,
     every: Duration,
     vanished: mpsc::Sender<Vec<AuctionId>>,
     shutdown: CancellationToken,
@@ -42,7 +42,7 @@ pub(crate) async fn run(
         let watched = feeds.auctions();
         for batch in watched.chunks(AUDIT_BATCH) {
             // A batch without an answer in time ends this round.
-            let exist = match timed(log.exist(batch)).await {
+            let exist = match timed(store.exist(batch)).await {
                 Ok(exist) => exist,
                 Err(error) => {
                     tracing::debug!(%error, "auctions not audited this round");

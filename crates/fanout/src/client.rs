@@ -183,6 +183,11 @@ impl<C: Codec> Delivery<C> {
         &self.metrics
     }
 
+    /// Cancelled when the replica drains.
+    pub(crate) fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
     /// Joins the auction's feed and decides how the client starts. Nothing
     /// is written yet: on an error the edge refuses the client its own way.
     pub async fn open(&self, auction: &AuctionId, resume: Resume) -> Result<Opening, OpenError> {

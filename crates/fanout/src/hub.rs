@@ -8,7 +8,7 @@ use crate::feeds::Feeds;
 use crate::replays::Replays;
 use crate::subscriber::{Subscriber, Watch};
 use auction_domain::AuctionId;
-use event_log::{RedisTarget, StreamReader};
+use event_log::{EventStore, LiveSource, RedisTarget, StreamReader};
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
@@ -48,7 +48,7 @@ pub struct Hub<C: Codec> {
     feeds: Arc<Feeds>,
     commands: mpsc::Sender<Watch>,
     codec: Arc<C>,
-    log: StreamReader,
+    store: Arc<dyn EventStore>,
     config: Arc<HubConfig>,
     connected: Arc<AtomicBool>,
     replays: Arc<Replays>,
@@ -60,7 +60,7 @@ impl<C: Codec> Clone for Hub<C> {
             feeds: self.feeds.clone(),
             commands: self.commands.clone(),
             codec: self.codec.clone(),
-            log: self.log.clone(),
+            store: self.store.clone(),
             config: self.config.clone(),
             connected: self.connected.clone(),
             replays: self.replays.clone(),
@@ -69,10 +69,12 @@ impl<C: Codec> Clone for Hub<C> {
 }
 
 impl<C: Codec> Hub<C> {
-    /// Starts the hub's tasks; they run until `shutdown`.
-    fn start(
-        target: &RedisTarget,
-        log: StreamReader,
+    /// Starts a hub on `store` and `live` (Redis in a replica, memory in
+    /// tests); its tasks run until `shutdown`. `reconnects` counts the live
+    /// connection's reconnections.
+    pub fn start(
+        store: Arc<dyn EventStore>,
+        live: Arc<dyn LiveSource>,
         codec: C,
         config: HubConfig,
         reconnects: Counter,
@@ -83,14 +85,14 @@ impl<C: Codec> Hub<C> {
             feeds: Arc::default(),
             commands,
             codec: Arc::new(codec),
-            log,
+            store,
             replays: Arc::new(Replays::new(config.replay_keep)),
             config: Arc::new(config),
             connected: Arc::new(AtomicBool::new(false)),
         };
         tokio::spawn(crate::viewers::report(
             hub.feeds.clone(),
-            hub.log.clone(),
+            hub.store.clone(),
             (*hub.config).clone(),
             shutdown.clone(),
         ));
@@ -98,19 +100,19 @@ impl<C: Codec> Hub<C> {
         let (vanished_tx, vanished) = mpsc::channel(4);
         tokio::spawn(crate::audit::run(
             hub.feeds.clone(),
-            hub.log.clone(),
+            hub.store.clone(),
             hub.config.sweep_interval(),
             vanished_tx,
             shutdown.clone(),
         ));
         let subscriber = Subscriber {
             feeds: hub.feeds.clone(),
-            log: hub.log.clone(),
+            store: hub.store.clone(),
             codec: hub.codec.clone(),
             config: (*hub.config).clone(),
             replays: hub.replays.clone(),
             connected: hub.connected.clone(),
-            target: target.clone(),
+            live,
             requests,
             vanished,
             reconnects,
@@ -136,13 +138,14 @@ impl<C: Codec> Hub<C> {
             counted.inc();
         })
         .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
-        let log = StreamReader::new(conn);
-        Ok(Hub::start(target, log, codec, config, reconnects, shutdown))
+        let store = Arc::new(StreamReader::new(conn));
+        let live = Arc::new(target.clone());
+        Ok(Hub::start(store, live, codec, config, reconnects, shutdown))
     }
 
     /// Readiness: the subscription is up and Redis answers commands.
     pub async fn healthy(&self) -> bool {
-        self.connected() && self.log.ping().await.is_ok()
+        self.connected() && self.store.ping().await.is_ok()
     }
 
     /// [`healthy`](Self::healthy) as a probe a readiness watcher can call
@@ -159,8 +162,8 @@ impl<C: Codec> Hub<C> {
         &self.codec
     }
 
-    pub(crate) fn log(&self) -> &StreamReader {
-        &self.log
+    pub(crate) fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
     }
 
     pub(crate) fn replays(&self) -> &Replays {

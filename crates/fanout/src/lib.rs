@@ -22,7 +22,9 @@
 //! 5. `subscriber`, `audit`, `viewers`: the tasks that keep the feeds;
 //! 6. `hub`: the replica's hub, and how a client joins a feed;
 //! 7. `session`: how a client starts (the resume rules);
-//! 8. `client`: a client's delivery protocol.
+//! 8. `client`: a client's delivery protocol;
+//! 9. `live`: a subscription reading its feed or parked, and the loop of one
+//!    subscription on its own socket.
 #![warn(unreachable_pub)]
 // The loom build (`--cfg fanout_loom`) models the feed alone: the tasks that
 // drive it in a runtime go unused there.
@@ -37,6 +39,7 @@ mod deadline;
 mod feed;
 mod feeds;
 mod hub;
+mod live;
 mod recent;
 mod replays;
 mod session;
@@ -50,4 +53,5 @@ pub use codec::{Codec, EncodedEvent, Frame, Item, try_take};
 pub use config::HubConfig;
 pub use feed::Parked;
 pub use hub::{Hub, JoinError};
+pub use live::{Live, Ready};
 pub use session::{OpenError, Opening, Resume};

@@ -24,7 +24,7 @@
 use crate::codec::{Codec, EncodedEvent};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 use auction_domain::{AuctionId, Event, EventId};
-use event_log::StreamReader;
+use event_log::EventStore;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, WeakShared};
 use std::collections::{HashMap, VecDeque};
@@ -378,14 +378,14 @@ impl Replays {
 /// every client waiting for it). Bounded by the connection's response
 /// timeout.
 pub(crate) fn read_page<C: Codec>(
-    log: StreamReader,
+    store: Arc<dyn EventStore>,
     codec: Arc<C>,
     auction: AuctionId,
     after: EventId,
     started: u64,
 ) -> BoxFuture<'static, Result<Page, Unavailable>> {
     async move {
-        let rows = log
+        let rows = store
             .read_from(&auction, after, REPLAY_BATCH)
             .await
             .map_err(|_| Unavailable)?;
@@ -694,7 +694,7 @@ mod tests {
         let (release, gate) = oneshot::channel();
         let (flight, _) = flight(hub.replays().page(&auction, resume_from, None, |started| {
             let read = read_page(
-                hub.log().clone(),
+                hub.store().clone(),
                 hub.codec().clone(),
                 auction.clone(),
                 resume_from,

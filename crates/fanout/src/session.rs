@@ -113,7 +113,7 @@ pub(crate) async fn open<C: Codec>(
 ) -> Result<Opening, OpenError> {
     // A watched auction exists (auctions are never deleted): a resume
     // served from memory costs no Redis round trip at all.
-    if !hub.watches(auction) && !hub.log().exists(auction).await? {
+    if !hub.watches(auction) && !hub.store().exists(auction).await? {
         return Err(OpenError::NotFound);
     }
     let joined = hub.join(auction, join_wait).await?;
@@ -200,7 +200,7 @@ pub(crate) async fn init_frame<C: Codec>(
     reset: bool,
 ) -> Result<(Frame, EventId), OpenError> {
     let snapshot = hub
-        .log()
+        .store()
         .snapshot(auction, SNAPSHOT_EVENTS)
         .await?
         .ok_or(OpenError::NotFound)?;
@@ -249,7 +249,7 @@ async fn read_page<C: Codec>(
 ) -> Result<Arc<Page>, Unavailable> {
     let lookup = hub.replays().page(auction, after, newer_than, |started| {
         replays::read_page(
-            hub.log().clone(),
+            hub.store().clone(),
             hub.codec().clone(),
             auction.clone(),
             after,

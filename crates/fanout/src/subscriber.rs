@@ -16,7 +16,7 @@ use crate::feed::Feed;
 use crate::feeds::Feeds;
 use crate::replays::Replays;
 use auction_domain::{AuctionId, Event, EventId};
-use event_log::{LiveConnection, LiveMessage, RedisTarget, StreamReader};
+use event_log::{EventStore, LiveFeed, LiveMessage, LiveSource};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,13 +59,14 @@ pub(crate) struct Cursor {
 /// The subscriber task: what it works with, and its view of each feed.
 pub(crate) struct Subscriber<C: Codec> {
     pub(crate) feeds: Arc<Feeds>,
-    pub(crate) log: StreamReader,
+    pub(crate) store: Arc<dyn EventStore>,
     pub(crate) codec: Arc<C>,
     pub(crate) config: HubConfig,
     pub(crate) replays: Arc<Replays>,
     /// Whether the live connection is up (part of readiness).
     pub(crate) connected: Arc<AtomicBool>,
-    pub(crate) target: RedisTarget,
+    /// Where the live connection comes from.
+    pub(crate) live: Arc<dyn LiveSource>,
     pub(crate) requests: mpsc::Receiver<Watch>,
     /// Watched auctions found missing by the audit task.
     pub(crate) vanished: mpsc::Receiver<Vec<AuctionId>>,
@@ -87,7 +88,7 @@ impl<C: Codec> Subscriber<C> {
         let mut backoff = Duration::from_millis(50);
         let mut connected_before = false;
         loop {
-            let connect = timed(LiveConnection::open(&self.target));
+            let connect = timed(self.live.open());
             let connection = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 result = connect => result,
@@ -136,7 +137,7 @@ impl<C: Codec> Subscriber<C> {
     /// After (re)connecting: subscribe to every watched auction, then bring
     /// each feed up to date from the stream (notices sent while we were
     /// away are gone; the stream has the events).
-    async fn resume(&mut self, connection: &mut LiveConnection) -> Result<(), String> {
+    async fn resume(&mut self, connection: &mut Box<dyn LiveFeed>) -> Result<(), String> {
         let watched: Vec<AuctionId> = self.cursors.keys().cloned().collect();
         for batch in watched.chunks(WATCH_BATCH) {
             timed(connection.watch(batch)).await?;
@@ -166,10 +167,10 @@ impl<C: Codec> Subscriber<C> {
     /// followed (Redis came back without its data: its clients start over).
     async fn catch_up(
         &mut self,
-        connection: &mut LiveConnection,
+        connection: &mut Box<dyn LiveFeed>,
         auctions: &[AuctionId],
     ) -> Result<(), String> {
-        let windows = timed(self.log.windows(auctions)).await?;
+        let windows = timed(self.store.windows(auctions)).await?;
         for (auction, window) in auctions.iter().zip(windows) {
             let Some(last) = self.cursors.get(auction).map(|c| c.last) else {
                 continue;
@@ -209,7 +210,7 @@ impl<C: Codec> Subscriber<C> {
     /// feed ends, so a client that comes back is told 404.
     async fn vanished(
         &mut self,
-        connection: &mut LiveConnection,
+        connection: &mut Box<dyn LiveFeed>,
         auction: &AuctionId,
     ) -> Result<(), String> {
         let Some(cursor) = self.cursors.remove(auction) else {
@@ -223,7 +224,7 @@ impl<C: Codec> Subscriber<C> {
         timed(connection.unwatch(auction)).await
     }
 
-    async fn pump(&mut self, connection: &mut LiveConnection) -> Stop {
+    async fn pump(&mut self, connection: &mut Box<dyn LiveFeed>) -> Stop {
         let config = self.config.clone();
         let mut keepalive = tokio::time::interval(keepalive_check(config.keepalive));
         keepalive.reset();
@@ -276,7 +277,7 @@ impl<C: Codec> Subscriber<C> {
     /// event so its feed knows where its chain starts.
     async fn watch(
         &mut self,
-        connection: &mut LiveConnection,
+        connection: &mut Box<dyn LiveFeed>,
         requests: Vec<Watch>,
     ) -> Result<(), String> {
         let mut auctions = Vec::with_capacity(requests.len());
@@ -303,7 +304,7 @@ impl<C: Codec> Subscriber<C> {
     }
 
     async fn go_live(&mut self, auctions: &[AuctionId]) -> Result<(), String> {
-        let windows = timed(self.log.windows(auctions)).await?;
+        let windows = timed(self.store.windows(auctions)).await?;
         for (auction, window) in auctions.iter().zip(windows) {
             if let Some(cursor) = self.cursors.get_mut(auction) {
                 cursor.last = window.last.unwrap_or(EventId::ZERO);
@@ -341,7 +342,7 @@ impl<C: Codec> Subscriber<C> {
             // Never dropped silently: the feed starts over from what the
             // stream holds now.
             Chain::Foreign => {
-                let window = timed(self.log.windows(std::slice::from_ref(&auction))).await?;
+                let window = timed(self.store.windows(std::slice::from_ref(&auction))).await?;
                 let newest = window.first().and_then(|w| w.last).unwrap_or(event.id);
                 self.restart_feed(&auction, newest);
                 Ok(())
@@ -355,7 +356,7 @@ impl<C: Codec> Subscriber<C> {
             let Some(after) = self.cursors.get(auction).map(|c| c.last) else {
                 return Ok(());
             };
-            let batch = timed(self.log.read_after(auction, after, BACKFILL_BATCH)).await?;
+            let batch = timed(self.store.read_after(auction, after, BACKFILL_BATCH)).await?;
             let Some(cursor) = self.cursors.get_mut(auction) else {
                 return Ok(());
             };
@@ -397,7 +398,7 @@ impl<C: Codec> Subscriber<C> {
     }
 
     /// Stops watching auctions that have had no clients for a while.
-    async fn sweep(&mut self, connection: &mut LiveConnection) -> Result<(), String> {
+    async fn sweep(&mut self, connection: &mut Box<dyn LiveFeed>) -> Result<(), String> {
         let now = Instant::now();
         let ttl = self.config.idle_feed_ttl;
         let mut expired = Vec::new();

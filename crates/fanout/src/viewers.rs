@@ -8,7 +8,7 @@ use crate::config::HubConfig;
 use crate::deadline::timed;
 use crate::feeds::Feeds;
 use auction_domain::AuctionId;
-use event_log::StreamReader;
+use event_log::EventStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ const BATCH: usize = 32;
 /// Runs until `shutdown`.
 pub(crate) async fn report(
     feeds: Arc<Feeds>,
-    log: StreamReader,
+    store: Arc<dyn EventStore>,
     config: HubConfig,
     shutdown: CancellationToken,
 ) {
@@ -48,7 +48,7 @@ pub(crate) async fn report(
         counts.retain(|(auction, clients)| *clients > 0 || reported.contains_key(auction));
         counts.extend(swept);
         for batch in counts.chunks(BATCH) {
-            let round = log.report_viewers(&config.replica, batch, fresh_ms);
+            let round = store.report_viewers(&config.replica, batch, fresh_ms);
             // A batch without an answer in time ends this round.
             let totals = match timed(round).await {
                 Ok(totals) => totals,

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["hub"],
     &["session"],
     &["client"],
+    &["live"],
 ];
 
 /// The module a source file belongs to (a directory module's files all

@@ -1,6 +1,8 @@
 //! Real processes for tests: a `redis-server` of the test's own on a free
 //! loopback port, and the project's binaries started as child processes.
 //! Everything is killed on drop, so a failing test leaves nothing behind.
+//! Beside them, an event store in memory ([`MemoryStore`]) for driving the
+//! fan-out's hub in-process.
 //!
 //! Test-only crate: failures to set up the environment panic with a message
 //! that says what is missing.
@@ -10,12 +12,14 @@ pub mod auctions;
 pub mod clients;
 pub mod conn;
 pub mod idp;
+pub mod memory;
 mod nginx;
 mod redis_cluster;
 mod redis_server;
 mod seen;
 mod service;
 
+pub use memory::MemoryStore;
 pub use nginx::Nginx;
 pub use redis_cluster::{NodeInfo, RedisCluster};
 pub use redis_server::{

@@ -3,13 +3,14 @@
 //! This file is only what is SSE about a stream: which requests are ours,
 //! the resume point from `Last-Event-ID`, the response head, and ending with
 //! a clean FIN whatever the reason (the browser reconnects by itself, with
-//! its last id). The delivery protocol is `fanout`'s [`Delivery`]. Per
+//! its last id). The delivery protocol and its live loop are `fanout`'s
+//! [`Delivery`]. Per
 //! connection this holds the socket, a receiver on the auction's feed (a
 //! cursor into a shared ring, not a copy of its events) and a small batch.
 
 use crate::codec::SseCodec;
 use auction_domain::AuctionId;
-use fanout::{Batch, Delivery, Ended, Item, OpenError, Resume, Subscription, Transport};
+use fanout::{Delivery, Item, OpenError, Resume, Subscription, Transport};
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::future::Future;
 use std::io;
@@ -85,10 +86,16 @@ impl SseEndpoint {
             // stream's task for the stream's whole life.
             match Box::pin(self.start(&stream, auction, resume)).await {
                 Ok((mut subscription, feed)) => {
-                    // Shared from here: the hub writes to it while the
+                    // Shared from here: the feed writes to it while the
                     // client is parked.
                     let stream = Arc::new(stream);
-                    self.live(&stream, &mut subscription, feed).await;
+                    let socket = &mut SseSocket(&stream);
+                    // However it ends (cut off, gone, left, draining), the
+                    // stream ends with a FIN; the browser resumes.
+                    let gone = || client_gone(&stream);
+                    self.delivery
+                        .serve(socket, &stream, &mut subscription, feed, gone)
+                        .await;
                     end(&stream);
                 }
                 Err(Some(refusal)) => refusal::refuse(stream, &refusal).await,
@@ -137,86 +144,6 @@ impl SseEndpoint {
             .start(&mut socket, opening)
             .await
             .map_err(|_| None)
-    }
-
-    /// Forwards the feed until the client leaves, is cut off, or the
-    /// replica drains. A caught-up client parks its socket with the hub,
-    /// which writes each event to it directly, and waits for it back;
-    /// otherwise each wake takes everything the feed has ready and writes
-    /// it with one vectored write.
-    async fn live(
-        &self,
-        stream: &Arc<TcpStream>,
-        subscription: &mut Subscription,
-        feed: broadcast::Receiver<Item>,
-    ) {
-        let socket = &mut SseSocket(stream);
-        // Created once: re-created per event it would register and
-        // unregister a waiter each time, on a list every connection
-        // shares. Whether the client left is asked afresh each wake
-        // instead: its waiter list is the socket's own, and a future not
-        // kept between wakes shares its space with the write's.
-        let shutdown = self.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let mut batch = Batch::default();
-        // `None` only while the socket is parked: the receiver is given up
-        // as the client parks, under the feed's lock (see `Delivery::park`).
-        let mut feed = Some(feed);
-        loop {
-            let caught_up = || {
-                let empty = feed.as_ref().is_some_and(|feed| feed.is_empty());
-                if empty {
-                    feed = None;
-                }
-                empty
-            };
-            if let Some(parked) = self.delivery.park(subscription, stream, caught_up) {
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => return,
-                    _ = parked.handed_back() => {}
-                    _ = client_gone(stream) => return,
-                }
-                match self.delivery.unpark(socket, subscription, parked).await {
-                    Ok(rx) => feed = Some(rx),
-                    Err(_) => return,
-                }
-            }
-            let Some(rx) = feed.as_mut() else {
-                return; // not reached: parked until a receiver came back
-            };
-            let first = tokio::select! {
-                biased;
-                _ = &mut shutdown => return,
-                item = rx.recv() => item,
-                _ = client_gone(socket.0) => return,
-            };
-            let mut taken = self.delivery.take(subscription, first, &mut batch);
-            while taken.is_ok() && !batch.is_full() {
-                let Some(item) = fanout::try_take(rx) else {
-                    break;
-                };
-                taken = self.delivery.take(subscription, item, &mut batch);
-            }
-            match taken {
-                Ok(()) => {}
-                // The batch ends with the auction's last word: write it.
-                Err(Ended::Gone) => {
-                    let _ = self.delivery.flush(socket, &mut batch, || false).await;
-                    return;
-                }
-                Err(_) => return,
-            }
-            let lapped = || subscription.lapped();
-            if self
-                .delivery
-                .flush(socket, &mut batch, lapped)
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
     }
 }
 
