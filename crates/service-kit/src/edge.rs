@@ -6,6 +6,7 @@ use crate::health::watch_redis;
 use crate::process::{Context, bind};
 use crate::raw_http::{FastPath, serve_with_fast_path};
 use axum::Router;
+use fanout::{Codec, Delivery, Hub, HubConfig};
 use settings::{SettingError, Settings};
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use std::time::Duration;
 
 /// How often readiness asks whether Redis and the subscription are up.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a feed with no clients stays subscribed: a client that
+/// reconnects within it finds its feed (and its recent run) still there.
+const IDLE_FEED_TTL: Duration = Duration::from_secs(10);
 
 /// Settings of every edge, read with the same defaults and ranges.
 #[derive(Debug, Clone)]
@@ -62,6 +66,49 @@ impl EdgeSettings {
                 .take(16)
                 .collect(),
         })
+    }
+}
+
+/// An edge's fan-out, set up alike on both edges: the hub on the
+/// replica's Redis, the delivery protocol with the edge's metrics, and
+/// the gate that bounds its client connections.
+pub struct EdgeFanout<C: Codec> {
+    pub delivery: Delivery<C>,
+    pub gate: ConnectionGate,
+}
+
+impl EdgeSettings {
+    /// Starts the edge's hub with `codec` (whose feeds tick a keepalive
+    /// every `keepalive`, if the codec has one) and its delivery, counted
+    /// as `transport`.
+    pub fn start_fanout<C: Codec>(
+        &self,
+        ctx: &Context,
+        codec: C,
+        keepalive: Duration,
+        transport: telemetry::Transport,
+    ) -> Result<EdgeFanout<C>, String> {
+        let config = HubConfig {
+            queue_capacity: self.client_queue,
+            keepalive,
+            idle_feed_ttl: IDLE_FEED_TTL,
+            viewers_interval: self.viewers_interval,
+            replay_keep: self.replay_keep,
+            replica: self.replica.clone(),
+        };
+        let reconnects = ctx.metrics.redis_reconnects();
+        let hub = Hub::connect(
+            &ctx.common.redis,
+            codec,
+            config,
+            reconnects,
+            ctx.shutdown.clone(),
+        )?;
+        let metrics = ctx.metrics.transport(transport);
+        metrics.max_connections.set(self.max_connections as i64);
+        let gate = ConnectionGate::new(self.max_connections, metrics.connections.clone());
+        let delivery = Delivery::new(hub, metrics, self.stall_limit, ctx.shutdown.clone());
+        Ok(EdgeFanout { delivery, gate })
     }
 }
 

@@ -4,9 +4,8 @@
 mod codec;
 mod stream;
 
-use fanout::{Delivery, Hub, HubConfig};
 use service_kit::edge::{EdgeSettings, run_edge};
-use service_kit::{ConnectionGate, Context, Process};
+use service_kit::{Context, Process};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,41 +44,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
-    let hub = Hub::connect(
-        &ctx.common.redis,
-        codec::SseCodec,
-        HubConfig {
-            queue_capacity: own.edge.client_queue,
-            keepalive: own.keepalive,
-            idle_feed_ttl: Duration::from_secs(10),
-            viewers_interval: own.edge.viewers_interval,
-            replay_keep: own.edge.replay_keep,
-            replica: own.edge.replica.clone(),
-        },
-        ctx.metrics.redis_reconnects(),
-        ctx.shutdown.clone(),
-    )?;
-    let metrics = ctx.metrics.transport(Transport::sse);
-    metrics.max_connections.set(own.edge.max_connections as i64);
+    let fanout = own
+        .edge
+        .start_fanout(&ctx, codec::SseCodec, own.keepalive, Transport::sse)?;
+    let healthy = fanout.delivery.hub().health_probe();
     let endpoint = Arc::new(SseEndpoint {
-        gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
-        delivery: Delivery::new(
-            hub.clone(),
-            metrics,
-            own.edge.stall_limit,
-            ctx.shutdown.clone(),
-        ),
+        gate: fanout.gate,
+        delivery: fanout.delivery,
         retry_ms: own.retry_ms,
         send_buffer: own.edge.send_buffer,
         shutdown: ctx.shutdown.clone(),
     });
     let routes = pages::routes(pages::Transport::Sse, &own.bidder_public_url);
-    run_edge(
-        &ctx,
-        endpoint.clone(),
-        &endpoint.gate,
-        routes,
-        hub.health_probe(),
-    )
-    .await
+    run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }

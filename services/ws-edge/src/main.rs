@@ -19,11 +19,10 @@ mod subscriptions;
 mod upgrade;
 
 use endpoint::WsEndpoint;
-use fanout::{Delivery, Hub, HubConfig};
 use identity::{Authenticator, IdentityConfig};
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::rate::Rate;
-use service_kit::{ConnectionGate, Context, Process};
+use service_kit::{Context, Process};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,31 +79,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<(), String> {
-    let hub = Hub::connect(
-        &ctx.common.redis,
-        codec::WsCodec,
-        HubConfig {
-            queue_capacity: own.edge.client_queue,
-            // Liveness is per socket (pings); feeds need no ticks often.
-            keepalive: Duration::from_secs(3600),
-            idle_feed_ttl: Duration::from_secs(10),
-            viewers_interval: own.edge.viewers_interval,
-            replay_keep: own.edge.replay_keep,
-            replica: own.edge.replica.clone(),
-        },
-        ctx.metrics.redis_reconnects(),
-        ctx.shutdown.clone(),
-    )?;
-    let metrics = ctx.metrics.transport(Transport::ws);
-    metrics.max_connections.set(own.edge.max_connections as i64);
+    // Liveness is per socket (pings); feeds need no ticks often.
+    let keepalive = Duration::from_secs(3600);
+    let fanout = own
+        .edge
+        .start_fanout(&ctx, codec::WsCodec, keepalive, Transport::ws)?;
+    let healthy = fanout.delivery.hub().health_probe();
     let endpoint = Arc::new(WsEndpoint {
-        gate: ConnectionGate::new(own.edge.max_connections, metrics.connections.clone()),
-        delivery: Delivery::new(
-            hub.clone(),
-            metrics,
-            own.edge.stall_limit,
-            ctx.shutdown.clone(),
-        ),
+        gate: fanout.gate,
+        delivery: fanout.delivery,
         bids: bids::BidForwarder::new(&own.bidder_url)?,
         auth: Authenticator::new(&identity)?,
         trust_forwarded_for: own.trust_forwarded_for,
@@ -118,12 +101,5 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         shutdown: ctx.shutdown.clone(),
     });
     let routes = pages::routes(pages::Transport::Ws, "");
-    run_edge(
-        &ctx,
-        endpoint.clone(),
-        &endpoint.gate,
-        routes,
-        hub.health_probe(),
-    )
-    .await
+    run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }
