@@ -23,8 +23,9 @@
 //! 6. `hub`: the replica's hub, and how a client joins a feed;
 //! 7. `session`: how a client starts (the resume rules);
 //! 8. `client`: a client's delivery protocol;
-//! 9. `live`: a subscription reading its feed or parked, and the loop of one
-//!    subscription on its own socket.
+//! 9. `live`, `live_set`: a subscription reading its feed or parked, the
+//!    loop of one subscription on its own socket, and a socket's several
+//!    subscriptions.
 #![warn(unreachable_pub)]
 // The loom build (`--cfg fanout_loom`) models the feed alone: the tasks that
 // drive it in a runtime go unused there.
@@ -40,6 +41,7 @@ mod feed;
 mod feeds;
 mod hub;
 mod live;
+mod live_set;
 mod recent;
 mod replays;
 mod session;
@@ -54,4 +56,5 @@ pub use config::HubConfig;
 pub use feed::Parked;
 pub use hub::{Hub, JoinError};
 pub use live::{Live, Ready};
+pub use live_set::{LiveSet, Park};
 pub use session::{OpenError, Opening, Resume};

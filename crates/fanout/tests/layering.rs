@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["hub"],
     &["session"],
     &["client"],
-    &["live"],
+    &["live", "live_set"],
 ];
 
 /// The module a source file belongs to (a directory module's files all

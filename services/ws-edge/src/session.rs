@@ -7,11 +7,11 @@ use crate::codec;
 use crate::endpoint::WsEndpoint;
 use crate::protocol::{self, ClientMessage};
 use crate::socket::WsSocket;
-use crate::subscriptions::{Park, Subscribed, Subscriptions};
+use crate::subscriptions::{self, Subscribed};
 use crate::upgrade::Upgraded;
 use auction_domain::AuctionId;
 use bytes::Bytes;
-use fanout::{Ended, Item, Parked};
+use fanout::{Ended, Item, LiveSet, Park, Parked};
 use futures_util::{FutureExt, StreamExt};
 use identity::TokenError;
 use service_kit::rate::TokenBucket;
@@ -74,7 +74,7 @@ pub struct Session<'a> {
     endpoint: &'a WsEndpoint,
     socket: WsSocket,
     peer: IpAddr,
-    subscriptions: Subscriptions,
+    subscriptions: LiveSet,
     bids: PendingBids,
     /// The token of the socket's user after a successful `auth`; their bids
     /// carry it to the bidder.
@@ -91,7 +91,7 @@ impl<'a> Session<'a> {
             endpoint,
             socket: WsSocket::new(upgraded.ws, upgraded.raw, endpoint.delivery.stall_limit()),
             peer: upgraded.peer,
-            subscriptions: Subscriptions::default(),
+            subscriptions: LiveSet::default(),
             bids: PendingBids::default(),
             token: None,
             bucket: TokenBucket::full(endpoint.message_rate, Instant::now()),
@@ -160,7 +160,11 @@ impl<'a> Session<'a> {
         loop {
             let mut ready = None;
             if parked.is_none() {
-                match self.subscriptions.park(&endpoint.delivery, &self.socket) {
+                let pending = self.socket.has_pending();
+                match self
+                    .subscriptions
+                    .park(&endpoint.delivery, self.socket.raw(), pending)
+                {
                     Park::Parked(claim) => parked = Some(claim),
                     Park::Ready(key, item) => ready = Some(Wake::Item(key, item)),
                     Park::No => {}
@@ -435,10 +439,14 @@ impl<'a> Session<'a> {
             let refusal = protocol::Refusal::new(None, "too_many_subscriptions", message);
             return Ok(Some(refusal.to_json()));
         }
-        let subscribed = self
-            .subscriptions
-            .subscribe(&self.endpoint.delivery, &mut self.socket, auction, last_id)
-            .await?;
+        let subscribed = subscriptions::subscribe(
+            &mut self.subscriptions,
+            &self.endpoint.delivery,
+            &mut self.socket,
+            auction,
+            last_id,
+        )
+        .await?;
         Ok(match subscribed {
             Subscribed::Done => None,
             Subscribed::Refused(reply) => Some(reply),

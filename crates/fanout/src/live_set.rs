@@ -1,0 +1,240 @@
+//! A socket's subscriptions to several auctions (a WebSocket's): one live
+//! [`Subscription`] per auction, their feeds polled together, one write
+//! carrying events of all of them, and the parking of the socket when it
+//! has one subscription and nothing to send. The parking contract (the
+//! receiver given up under the feed's lock, the socket taken back before
+//! anything else touches it) is kept here; the edge keeps what is its own
+//! (its messages, its control frames).
+
+use crate::client::{Batch, Delivery, Ended, Subscription, Transport};
+use crate::codec::{Codec, Item};
+use crate::feed::Parked;
+use auction_domain::AuctionId;
+use futures_util::{FutureExt, StreamExt};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+/// What trying to park the socket came to.
+pub enum Park {
+    /// The hub writes the one subscription's events to the socket now:
+    /// take it back ([`LiveSet::unpark`]) before anything else.
+    Parked(Parked),
+    /// Not caught up: this item was ready, forward it.
+    Ready(u32, Result<Item, RecvError>),
+    /// Not parked (several subscriptions, bytes of tungstenite's pending,
+    /// or the feed has all the parked clients it may).
+    No,
+}
+
+/// A socket's live subscriptions, one per auction.
+#[derive(Default)]
+pub struct LiveSet {
+    /// The subscriptions' feeds, keyed by a small number that is cheap to
+    /// copy on every event (the map hands out its key with each item).
+    feeds: StreamMap<u32, BroadcastStream<Item>>,
+    live: Vec<(u32, Subscription)>,
+    next_key: u32,
+    batch: Batch,
+}
+
+impl LiveSet {
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    pub fn contains(&self, auction: &AuctionId) -> bool {
+        self.live.iter().any(|(_, s)| s.auction() == auction)
+    }
+
+    /// Adds a started subscription (see [`Delivery::start`]) reading from
+    /// `rx`; one to the same auction is replaced.
+    pub fn insert(&mut self, subscription: Subscription, rx: broadcast::Receiver<Item>) {
+        self.unsubscribe(subscription.auction());
+        let key = self.next_key;
+        self.next_key = self.next_key.wrapping_add(1);
+        self.feeds.insert(key, BroadcastStream::new(rx));
+        self.live.push((key, subscription));
+    }
+
+    pub fn unsubscribe(&mut self, auction: &AuctionId) {
+        if let Some(index) = self.live.iter().position(|(_, s)| s.auction() == auction) {
+            let (key, _) = self.live.swap_remove(index);
+            self.feeds.remove(&key);
+        }
+    }
+
+    /// Hands the socket to the hub when it has one subscription and
+    /// nothing to send (see `fanout`'s direct delivery). A socket with
+    /// several subscriptions stays with its task: one write can carry
+    /// events of all of them.
+    pub fn park<C: Codec>(
+        &mut self,
+        delivery: &Delivery<C>,
+        socket: &Arc<TcpStream>,
+        pending: bool,
+    ) -> Park {
+        let [(key, subscription)] = self.live.as_slice() else {
+            return Park::No;
+        };
+        if pending || !self.batch.is_empty() {
+            return Park::No;
+        }
+        let feeds = &mut self.feeds;
+        let mut ready = None;
+        // Caught up, the client is parked and its receiver (of no use
+        // while parked; unpark brings a new one) goes right there, under
+        // the feed's lock: the feed never counts the client twice.
+        let parked = delivery.park(subscription, socket, || match ready_now(feeds) {
+            None => {
+                feeds.remove(key);
+                true
+            }
+            Some(next) => {
+                ready = next;
+                false
+            }
+        });
+        match (parked, ready) {
+            (Some(parked), _) => Park::Parked(parked),
+            (None, Some((key, item))) => Park::Ready(key, item.map_err(lagged)),
+            (None, None) => Park::No,
+        }
+    }
+
+    /// Takes the socket back from the hub and reads the subscription's
+    /// feed again from where the hub left it.
+    pub async fn unpark<C: Codec, T: Transport>(
+        &mut self,
+        delivery: &Delivery<C>,
+        transport: &mut T,
+        parked: Parked,
+    ) -> Result<(), Ended> {
+        let Some((key, subscription)) = self.live.first_mut() else {
+            return Ok(()); // dropping the claim takes the socket back
+        };
+        let feed = delivery.unpark(transport, subscription, parked).await?;
+        self.feeds.insert(*key, BroadcastStream::new(feed));
+        Ok(())
+    }
+
+    /// The next item of any subscription's feed; pending while there are
+    /// none. Cancel-safe.
+    pub async fn next(&mut self) -> (u32, Result<Item, RecvError>) {
+        match self.feeds.next().await {
+            Some((key, item)) => (key, item.map_err(lagged)),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes this item and whatever else the feeds have ready, then writes
+    /// them with one vectored write.
+    pub async fn forward<C: Codec, T: Transport>(
+        &mut self,
+        delivery: &Delivery<C>,
+        transport: &mut T,
+        key: u32,
+        item: Result<Item, RecvError>,
+    ) -> Result<(), Ended> {
+        let mut gone = Vec::new();
+        self.take(delivery, key, item, &mut gone)?;
+        while !self.batch.is_full() {
+            match self.feeds.next().now_or_never() {
+                Some(Some((key, item))) => {
+                    self.take(delivery, key, item.map_err(lagged), &mut gone)?
+                }
+                _ => break,
+            }
+        }
+        let live = &self.live;
+        let lapped = || live.iter().any(|(_, s)| s.lapped());
+        delivery.flush(transport, &mut self.batch, lapped).await?;
+        // Their `gone` is written: the socket's other auctions go on.
+        for key in gone {
+            if let Some(index) = self.live.iter().position(|(k, _)| *k == key) {
+                self.live.swap_remove(index);
+                self.feeds.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one item of the subscription `key`; a subscription whose
+    /// auction is gone is noted in `gone`.
+    fn take<C: Codec>(
+        &mut self,
+        delivery: &Delivery<C>,
+        key: u32,
+        item: Result<Item, RecvError>,
+        gone: &mut Vec<u32>,
+    ) -> Result<(), Ended> {
+        let Some((_, subscription)) = self.live.iter_mut().find(|(k, _)| *k == key) else {
+            return Ok(()); // unsubscribed meanwhile
+        };
+        match delivery.take(subscription, item, &mut self.batch) {
+            Err(Ended::Gone) => {
+                gone.push(key);
+                Ok(())
+            }
+            taken => taken,
+        }
+    }
+}
+
+type Feeds = StreamMap<u32, BroadcastStream<Item>>;
+
+/// The next item of the feeds if one is waiting, without waiting: `None`
+/// means none is. Unconstrained: under Tokio's cooperative budget a
+/// receive answers "not yet" with items waiting once a task has taken
+/// many in a row (a long catch-up), and a socket parked on that answer
+/// would drop them with its receiver.
+fn ready_now(feeds: &mut Feeds) -> Option<Option<<Feeds as futures_util::Stream>::Item>> {
+    tokio::task::unconstrained(feeds.next()).now_or_never()
+}
+
+fn lagged(error: BroadcastStreamRecvError) -> RecvError {
+    match error {
+        BroadcastStreamRecvError::Lagged(n) => RecvError::Lagged(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::broadcast;
+
+    #[tokio::test]
+    async fn items_still_waiting_after_a_long_catch_up_are_seen() {
+        let (tx, rx) = broadcast::channel(1024);
+        for _ in 0..600 {
+            tx.send(Item::Tick).unwrap();
+        }
+        let mut feeds = Feeds::new();
+        feeds.insert(0, BroadcastStream::new(rx));
+        // Taken in a row without yielding, as a catch-up does: far past
+        // Tokio's budget per task poll.
+        for _ in 0..500 {
+            assert!(feeds.next().now_or_never().is_some() || ready_now(&mut feeds).is_some());
+        }
+        assert!(
+            feeds.next().now_or_never().is_none(),
+            "the budget is spent: a plain poll says nothing is waiting"
+        );
+        assert!(
+            matches!(ready_now(&mut feeds), Some(Some((0, Ok(Item::Tick))))),
+            "yet items are waiting"
+        );
+        let mut rest = 1;
+        while let Some(Some(_)) = ready_now(&mut feeds) {
+            rest += 1;
+        }
+        assert_eq!(rest, 100);
+    }
+}
