@@ -30,13 +30,12 @@ use crate::codec::{Codec, EncodedEvent, Frame, Item};
 use crate::feed::{Parked, Position};
 use crate::hub::Hub;
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
-use crate::writer::{self, Tried, WriteError};
+use crate::writer::{self, FrameSocket, Tried, WriteError};
 use auction_domain::{AuctionId, EventId, clock};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use telemetry::TransportMetrics;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -76,10 +75,13 @@ impl From<Ended> for StartError {
     }
 }
 
-/// An edge's socket, as the client layer writes to it.
+/// An edge's connection, as the client layer writes frames to it.
 pub trait Transport: Send {
-    /// The socket event frames are written to, as shared bytes.
-    fn socket(&self) -> &TcpStream;
+    /// What the frames are written to (the edges' `TcpStream`).
+    type Socket: FrameSocket;
+
+    /// The connection event frames are written to, as shared bytes.
+    fn socket(&self) -> &Self::Socket;
 
     /// Runs before every write of the client layer: a transport that
     /// writes frames of its own through a buffer (WebSocket control frames)
@@ -338,10 +340,10 @@ impl<C: Codec> Delivery<C> {
     /// counts it twice (a parked lane and a receiver) as viewers.
     /// `None`: not parked (not caught up, or no live event taken since
     /// it last took its socket back); go on reading the receiver.
-    pub fn park(
+    pub fn park<S: FrameSocket>(
         &self,
         subscription: &Subscription,
-        socket: &Arc<TcpStream>,
+        socket: &Arc<S>,
         caught_up: impl FnOnce() -> bool,
     ) -> Option<Parked> {
         // Also asked of the feed's own count (exact, see

@@ -58,3 +58,4 @@ pub use hub::{Hub, JoinError};
 pub use live::{Live, Ready};
 pub use live_set::{LiveSet, Park};
 pub use session::{OpenError, Opening, Resume};
+pub use writer::FrameSocket;

@@ -9,9 +9,9 @@
 use crate::client::{Batch, Delivery, Ended, Subscription, Transport};
 use crate::codec::{Codec, Item, try_take};
 use crate::feed::Parked;
+use crate::writer::FrameSocket;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 /// One subscription's live state: exactly one of a receiver on the feed
@@ -78,11 +78,11 @@ impl<C: Codec> Delivery<C> {
     /// caught up (nothing unread, a live event taken since it last took
     /// its socket back): its receiver goes right there, under the feed's
     /// lock. `true`: parked.
-    pub fn park_live(
+    pub fn park_live<S: FrameSocket>(
         &self,
         subscription: &Subscription,
         live: &mut Live,
-        socket: &Arc<TcpStream>,
+        socket: &Arc<S>,
     ) -> bool {
         if live.parked.is_some() {
             return true;
@@ -169,7 +169,7 @@ impl<C: Codec> Delivery<C> {
     pub async fn serve<T, G>(
         &self,
         transport: &mut T,
-        socket: &Arc<TcpStream>,
+        socket: &Arc<T::Socket>,
         subscription: &mut Subscription,
         rx: broadcast::Receiver<Item>,
         gone: impl Fn() -> G,

@@ -9,10 +9,10 @@
 use crate::client::{Batch, Delivery, Ended, Subscription, Transport};
 use crate::codec::{Codec, Item};
 use crate::feed::Parked;
+use crate::writer::FrameSocket;
 use auction_domain::AuctionId;
 use futures_util::{FutureExt, StreamExt};
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
@@ -75,10 +75,10 @@ impl LiveSet {
     /// nothing to send (see `fanout`'s direct delivery). A socket with
     /// several subscriptions stays with its task: one write can carry
     /// events of all of them.
-    pub fn park<C: Codec>(
+    pub fn park<C: Codec, S: FrameSocket>(
         &mut self,
         delivery: &Delivery<C>,
-        socket: &Arc<TcpStream>,
+        socket: &Arc<S>,
         pending: bool,
     ) -> Park {
         let [(key, subscription)] = self.live.as_slice() else {

@@ -6,9 +6,36 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+/// What frames are written to: a connection that takes bytes without
+/// waiting and tells when it can take more. The client layer and the
+/// feed write only through this (a `TcpStream` in the edges).
+pub trait FrameSocket: Send + Sync + 'static {
+    /// Writes as much of the slices, in order, as the connection takes
+    /// now; `WouldBlock` when it takes nothing.
+    fn try_write_slices(&self, slices: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Ready once the connection may take more (or failed).
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl FrameSocket for TcpStream {
+    fn try_write_slices(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        match slices {
+            [] => Ok(0),
+            [one] => self.try_write(one),
+            _ => self.try_write_vectored(slices),
+        }
+    }
+
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_write_ready(cx)
+    }
+}
 
 /// Frames per vectored write at most.
 pub(crate) const MAX_SLICES: usize = 64;
@@ -36,7 +63,10 @@ pub(crate) enum Tried {
 /// Nearly always that is everything; only a full socket needs
 /// [`write_rest`], which the caller boxes: inline, its timer and waiters
 /// would size every client's task for its whole life, idle or not.
-pub(crate) fn try_write_all(stream: &TcpStream, frames: &[Bytes]) -> Result<Tried, WriteError> {
+pub(crate) fn try_write_all<S: FrameSocket + ?Sized>(
+    stream: &S,
+    frames: &[Bytes],
+) -> Result<Tried, WriteError> {
     let total: usize = frames.iter().map(Bytes::len).sum();
     match try_write_from(stream, frames.iter(), 0) {
         Ok(written) if written == total => Ok(Tried::All),
@@ -51,7 +81,7 @@ pub(crate) fn try_write_all(stream: &TcpStream, frames: &[Bytes]) -> Result<Trie
 /// allows; after `stall_limit` without progress the client counts as slow.
 #[cfg(test)]
 async fn write_frames(
-    stream: &TcpStream,
+    stream: &impl FrameSocket,
     frames: &[Bytes],
     lapped: impl Fn() -> bool,
     stall_limit: Duration,
@@ -66,8 +96,8 @@ async fn write_frames(
 }
 
 /// Writes what the first try left, waiting while the socket is full.
-pub(crate) async fn write_rest(
-    stream: &TcpStream,
+pub(crate) async fn write_rest<S: FrameSocket + ?Sized>(
+    stream: &S,
     frames: &[Bytes],
     mut written: usize,
     lapped: impl Fn() -> bool,
@@ -84,7 +114,9 @@ pub(crate) async fn write_rest(
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 tokio::select! {
-                    ready = stream.writable() => ready.map_err(|_| WriteError::Closed)?,
+                    ready = std::future::poll_fn(|cx| stream.poll_writable(cx)) => {
+                        ready.map_err(|_| WriteError::Closed)?
+                    }
                     _ = tokio::time::sleep(CHECK_EVERY) => {
                         stalled += CHECK_EVERY;
                         if lapped() || stalled >= stall_limit {
@@ -120,8 +152,8 @@ pub(crate) fn count_delivered(
 
 /// One non-blocking vectored write of `frames`, skipping the first `skip`
 /// bytes (already written).
-fn try_write_from<'f>(
-    stream: &TcpStream,
+fn try_write_from<'f, S: FrameSocket + ?Sized>(
+    stream: &S,
     frames: impl Iterator<Item = &'f Bytes>,
     mut skip: usize,
 ) -> io::Result<usize> {
@@ -139,11 +171,7 @@ fn try_write_from<'f>(
             break;
         }
     }
-    match count {
-        0 => Ok(0),
-        1 => stream.try_write(&slices[0]),
-        _ => stream.try_write_vectored(&slices[..count]),
-    }
+    stream.try_write_slices(&slices[..count])
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ impl Codec for Lines {
 struct Plain<'a>(&'a TcpStream);
 
 impl Transport for Plain<'_> {
+    type Socket = TcpStream;
+
     fn socket(&self) -> &TcpStream {
         self.0
     }

@@ -39,6 +39,8 @@ fn events_path(path: &str) -> Option<&str> {
 struct SseSocket<'a>(&'a TcpStream);
 
 impl Transport for SseSocket<'_> {
+    type Socket = TcpStream;
+
     fn socket(&self) -> &TcpStream {
         self.0
     }

@@ -87,6 +87,8 @@ impl WsSocket {
 }
 
 impl Transport for WsSocket {
+    type Socket = TcpStream;
+
     fn socket(&self) -> &TcpStream {
         &self.raw
     }

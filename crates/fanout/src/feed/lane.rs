@@ -3,7 +3,7 @@
 
 use crate::codec::{EncodedEvent, Frame, Item};
 use crate::sync::{Mutex, lock};
-use crate::writer::{self, Tried, WriteError};
+use crate::writer::{self, FrameSocket};
 use auction_domain::EventId;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -11,24 +11,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
 use std::task::Waker;
 use telemetry::TransportMetrics;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast;
-
-/// What a feed writes a parked client's frames to: one non-blocking try.
-pub(crate) trait LaneSocket: Send + Sync {
-    /// Writes as much of the frames, in order, as the socket takes now.
-    fn try_write(&self, frames: &[Frame]) -> Result<Tried, WriteError>;
-}
-
-impl LaneSocket for TcpStream {
-    fn try_write(&self, frames: &[Frame]) -> Result<Tried, WriteError> {
-        writer::try_write_all(self, frames)
-    }
-}
 
 /// One parked client: its socket and how far it has been sent.
 pub(super) struct Lane {
-    socket: Arc<dyn LaneSocket>,
+    socket: Arc<dyn FrameSocket>,
     delivered: Counter,
     latency: Histogram,
     /// `auction_direct_clients`: one while this lane is claimed.
@@ -120,7 +107,7 @@ pub(super) enum Other {
 
 impl Lane {
     pub(super) fn new(
-        socket: Arc<dyn LaneSocket>,
+        socket: Arc<dyn FrameSocket>,
         last_sent: EventId,
         metrics: &TransportMetrics,
     ) -> Lane {
@@ -177,12 +164,12 @@ impl Lane {
         let Some(newest) = events.last() else {
             return true;
         };
-        let written = match self.socket.try_write(frames) {
-            Ok(Tried::All) => {
+        let written = match writer::try_write_all(&*self.socket, frames) {
+            Ok(writer::Tried::All) => {
                 state.last_sent = newest.id;
                 events.len()
             }
-            Ok(Tried::Part(mut written)) => {
+            Ok(writer::Tried::Part(mut written)) => {
                 // The event the socket stopped in is pending; the ones
                 // after it were not sent.
                 let mut whole = 0;
@@ -229,9 +216,9 @@ impl Lane {
         if state.stuck() {
             return Other::Stuck;
         }
-        match self.socket.try_write(std::slice::from_ref(frame)) {
-            Ok(Tried::All) => return Other::Whole,
-            Ok(Tried::Part(written)) => {
+        match writer::try_write_all(&*self.socket, std::slice::from_ref(frame)) {
+            Ok(writer::Tried::All) => return Other::Whole,
+            Ok(writer::Tried::Part(written)) => {
                 state.pending = Some(Pending {
                     frame: frame.clone(),
                     written,

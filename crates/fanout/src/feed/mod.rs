@@ -96,12 +96,13 @@ mod parked;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use lane::{LaneSocket, Returned};
+pub(crate) use lane::Returned;
 pub use parked::Parked;
 
 use crate::codec::{Frame, Item};
 use crate::recent::Recent;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
+use crate::writer::FrameSocket;
 use auction_domain::EventId;
 use group::Group;
 use lane::Lane;
@@ -389,7 +390,7 @@ impl Feed {
     /// client, one group per `GROUP_LANES`.
     pub(crate) fn park(
         self: &Arc<Self>,
-        socket: Arc<dyn LaneSocket>,
+        socket: Arc<dyn FrameSocket>,
         last_sent: EventId,
         metrics: &TransportMetrics,
         caught_up: impl FnOnce() -> bool,

@@ -316,7 +316,7 @@ async fn an_event_the_socket_cannot_take_whole_comes_back_pending_and_nothing_af
     });
     let never = tokio_util::sync::CancellationToken::new();
     writer::write_rest(
-        &server,
+        &*server,
         &[pending.frame],
         pending.written,
         || false,
