@@ -190,6 +190,15 @@ impl State {
         self.hub.len() + self.groups.iter().map(|g| g.lanes.len()).sum::<usize>()
     }
 
+    /// Puts the item in the ring (for its receivers: clients reading it
+    /// and group writers; none is fine, the feed may be idle, waiting to
+    /// be swept).
+    fn send(&self, item: Item) {
+        if let Some(ring) = &self.ring {
+            let _ = ring.send(item);
+        }
+    }
+
     /// A new receiver on the ring, if the feed has not ended.
     fn subscribe(&self) -> Option<broadcast::Receiver<Item>> {
         self.ring.as_ref().map(broadcast::Sender::subscribe)
@@ -315,13 +324,13 @@ impl Feed {
     /// sockets the hub writes. Nothing once the feed ended.
     pub(crate) fn send(&self, item: Item) {
         let mut state = lock(&self.state);
-        let Some(ring) = state.ring.clone() else {
+        if state.ring.is_none() {
             return;
-        };
+        }
         match &item {
             Item::Event(event) => {
                 let event = event.clone();
-                let _ = ring.send(item);
+                state.send(item);
                 let taken = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
                 state.newest = event.id;
                 if state.hub.is_empty() {
@@ -335,7 +344,7 @@ impl Feed {
             // Written where the sockets are (group writers take it from
             // the ring), like an event.
             Item::Tick => {
-                let _ = ring.send(item);
+                state.send(item);
                 let taken = self.sent.fetch_add(1, Ordering::AcqRel) + 1;
                 if let Some(frame) = &self.keepalive {
                     self.write_hub_lanes(&mut state, taken, |lane| lane.write_keepalive(frame));
@@ -347,9 +356,7 @@ impl Feed {
                 for lane in state.take_all_lanes() {
                     self.hand_back(&state, &lane, state.subscribe(), taken, false);
                 }
-                // No receivers is fine: the feed may be idle, waiting to be
-                // swept.
-                let _ = ring.send(item);
+                state.send(item);
                 self.sent.fetch_add(1, Ordering::AcqRel);
             }
         }
