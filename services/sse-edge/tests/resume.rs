@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use test_support::auctions::Terms;
 use test_support::{RedisServer, ServiceProcess, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -96,18 +97,13 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
             ("AUCTION_SOCKET_SEND_BUFFER", "16384"),
         ],
     );
+    let terms = Terms {
+        starting_price: 1,
+        min_increment: 1,
+        duration_ms: 600_000,
+    };
+    test_support::auctions::create_with(&redis.url(), &["slow".into()], terms).await;
     let http = reqwest::Client::new();
-    let create =
-        r#"{"id":"slow","title":"Slow","starting_price":1,"min_increment":1,"duration_ms":600000}"#;
-    let response = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(create)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
 
     // The slow client: a tiny receive buffer, and it never reads.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
