@@ -506,7 +506,7 @@ async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid_on_a_
 
 async fn closing_case(redis: &impl TestRedis) {
     use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-    use event_log::{AuctionSpec, AuctionWriter};
+    use event_log::AuctionWriter;
     // The bidder only closes auctions here (no simulator).
     let _closer = ServiceProcess::start(
         "bidder",
@@ -524,16 +524,7 @@ async fn closing_case(redis: &impl TestRedis) {
     for (transport, edge) in [(Transport::Sse, &sse), (Transport::Ws, &ws)] {
         let auction = format!("closing-{}", transport.label());
         let id = AuctionId::parse(&auction).unwrap();
-        let spec = AuctionSpec {
-            id: id.clone(),
-            title: "Clock".into(),
-            starting_price: 100,
-            min_increment: 10,
-            duration_ms: 1_500,
-            description: None,
-            image_url: None,
-        };
-        writer.create(&spec).await.unwrap();
+        test_support::auctions::create(&redis.url(), std::slice::from_ref(&auction), 1_500).await;
         let mut conn = Conn::open(transport, edge.addr, &auction, None, None).await;
         assert!(matches!(
             conn.next(QUIET).await,
