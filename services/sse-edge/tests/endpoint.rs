@@ -9,6 +9,7 @@ use common::start_edge;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use std::time::Duration;
+use test_support::auctions::{self, Terms};
 use test_support::{RedisServer, ServiceProcess, id_pair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,22 +26,16 @@ async fn setup(edge_env: &[(&'static str, &str)]) -> Setup {
     env.push(("AUCTION_STREAM_MAXLEN", "10".into()));
     let bidder = ServiceProcess::start("bidder", &env);
     let edge = start_edge(&redis, edge_env);
-    let http = reqwest::Client::new();
-    let create = r#"{"id":"a1","title":"Chair","starting_price":100,"min_increment":1,"duration_ms":600000}"#;
-    let response = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(create)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let terms = Terms {
+        min_increment: 1,
+        ..Terms::open_for(600_000)
+    };
+    auctions::create_with(&redis.url(), &["a1".into()], terms).await;
     Setup {
         redis,
         bidder,
         edge,
-        http,
+        http: reqwest::Client::new(),
     }
 }
 
@@ -363,25 +358,8 @@ async fn refusals_use_the_contract_error_shape() {
 async fn a_burst_of_clients_on_thousands_of_auctions_is_served() {
     const AUCTIONS: usize = 2_000;
     let setup = setup(&[]).await;
-    let bidder = setup.bidder.url();
-    let creates = futures_util::stream::iter(0..AUCTIONS).map(|n| {
-        let (http, bidder) = (setup.http.clone(), bidder.clone());
-        async move {
-            let create = format!(
-                r#"{{"id":"many-{n}","title":"Lot {n}","starting_price":1,"min_increment":1,"duration_ms":600000}}"#
-            );
-            let response = http
-                .post(format!("{bidder}/auctions"))
-                .bearer_auth(test_support::seller_token())
-                .header("content-type", "application/json")
-                .body(create)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 201);
-        }
-    });
-    creates.buffer_unordered(32).collect::<Vec<()>>().await;
+    let ids: Vec<String> = (0..AUCTIONS).map(|n| format!("many-{n}")).collect();
+    auctions::create(&setup.redis.url(), &ids, 600_000).await;
 
     // Every client at once; each reads until its init (or a refusal).
     let addr = setup.edge.addr;

@@ -1,6 +1,7 @@
 //! Resuming without gaps or duplicates: across replicas, across a Redis
-//! restart, after a slow-client disconnect, through a drain, and from the
-//! replica's memory while Redis does not answer.
+//! restart, after a slow-client disconnect, and from the replica's memory
+//! while Redis does not answer. Resuming after a drain is a conformance
+//! case (tests/system), run on both transports.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,9 +10,9 @@ mod common;
 use common::{assert_exact, follow, start_edge};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use test_support::auctions::Terms;
 use test_support::{RedisServer, ServiceProcess, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -96,18 +97,13 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
             ("AUCTION_SOCKET_SEND_BUFFER", "16384"),
         ],
     );
+    let terms = Terms {
+        starting_price: 1,
+        min_increment: 1,
+        duration_ms: 600_000,
+    };
+    test_support::auctions::create_with(&redis.url(), &["slow".into()], terms).await;
     let http = reqwest::Client::new();
-    let create =
-        r#"{"id":"slow","title":"Slow","starting_price":1,"min_increment":1,"duration_ms":600000}"#;
-    let response = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(create)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
 
     // The slow client: a tiny receive buffer, and it never reads.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -214,74 +210,6 @@ async fn a_slow_client_is_dropped_and_resumes_without_loss() {
     rest.ids.extend(resumed.ids);
     rest.last = resumed.last;
     assert_exact(&redis, "slow", &rest);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_500_clients_who_resume_on_another_replica() {
-    let redis = RedisServer::start();
-    let _bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "drain", 20));
-    redis.wait_for_more("drain", "0-0", 1);
-    let mut edge_a = start_edge(&redis, &[("AUCTION_SHUTDOWN_GRACE_MS", "5000")]);
-    let edge_b = start_edge(&redis, &[]);
-    let target: Arc<Mutex<Option<String>>> = Arc::default();
-    // Clients that have their init from A: the drain starts only then, so
-    // no client's start is itself the drain (a slow machine would let a
-    // late one begin on B after the events the test waits for).
-    let started = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..500 {
-        let edges = vec![edge_a.url(), edge_b.url()];
-        let target = target.clone();
-        let started = started.clone();
-        let mut counted = false;
-        clients.push(tokio::spawn(async move {
-            follow(&edges, "drain", Duration::from_secs(90), move |seen| {
-                if !counted && !seen.inits.is_empty() {
-                    counted = true;
-                    started.fetch_add(1, Ordering::Relaxed);
-                }
-                target
-                    .lock()
-                    .unwrap()
-                    .as_deref()
-                    .is_some_and(|t| seen.has_reached(t))
-            })
-            .await
-        }));
-    }
-    tokio::task::block_in_place(|| {
-        wait_for("500 connections on A", Duration::from_secs(30), || {
-            (edge_a.metric("auction_connections{transport=\"sse\"}") >= 500.0).then_some(())
-        });
-        wait_for("500 clients started", Duration::from_secs(30), || {
-            (started.load(Ordering::Relaxed) >= 500).then_some(())
-        });
-        let started = std::time::Instant::now();
-        edge_a.signal("TERM");
-        let status = edge_a.wait_exit(Duration::from_secs(10)).expect("A exits");
-        assert_eq!(status.code(), Some(0), "{}", edge_a.logs());
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "within the grace period"
-        );
-        assert!(
-            !edge_a.logs().contains("grace period over"),
-            "every stream ended before the deadline"
-        );
-        let head = redis.head("drain");
-        *target.lock().unwrap() = Some(redis.wait_for_more("drain", &head, 10));
-    });
-    for client in clients {
-        let seen = client.await.unwrap();
-        assert!(seen.reconnects >= 1);
-        assert_eq!(
-            seen.inits.len(),
-            1,
-            "resumed on B, not reset: {:?}",
-            seen.inits
-        );
-        assert_exact(&redis, "drain", &seen);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

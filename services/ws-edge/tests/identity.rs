@@ -7,25 +7,13 @@
 
 mod common;
 
-use common::{connect, next_json, send, sign_in, start_edge, ws_url};
+use common::{connect, create_auction, next_json, send, sign_in, start_edge, ws_url};
 use serde_json::{Value, json};
 use std::time::Duration;
 use test_support::idp::{self, guest_claims, now_s};
 use test_support::{RedisServer, ServiceProcess, TEST_SESSION_SECRET, guest_token};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-async fn create(bidder: &ServiceProcess, id: &str) {
-    let body = json!({"id":id,"title":"Vase","starting_price":1000,"min_increment":100,"duration_ms":600000});
-    let response = reqwest::Client::new()
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-}
 
 /// The answer to the bid with `reference`, skipping events.
 async fn answer(ws: &mut common::Ws, reference: &str) -> Value {
@@ -42,7 +30,7 @@ async fn a_socket_bids_only_as_its_signed_in_user() {
     let redis = RedisServer::start();
     let bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "", 1000));
     let edge = start_edge(&redis, Some(&bidder), &[]);
-    create(&bidder, "vase").await;
+    create_auction(&redis, "vase").await;
     let mut ws = connect(&ws_url(&edge)).await;
 
     let bid = |reference: &str| json!({"type":"bid","auction":"vase","amount":5000,"bidder":"Someone Else","ref":reference});
@@ -111,8 +99,7 @@ async fn one_users_flood_does_not_use_up_another_users_bids() {
             ("AUCTION_WS_RATE_BURST", "1000"),
         ],
     );
-    // The seller's create used the seller's own bucket, not these users'.
-    create(&bidder, "vase").await;
+    create_auction(&redis, "vase").await;
     let url = ws_url(&edge);
     let mut flooder = connect(&url).await;
     sign_in(&mut flooder, "Flooder").await;

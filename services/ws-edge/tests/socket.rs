@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{close_code, connect, next_json, send, start_edge, ws_url};
+use common::{close_code, connect, create_auction, next_json, send, start_edge, ws_url};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -17,19 +17,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-async fn create(bidder: &ServiceProcess, id: &str) {
-    let body = json!({"id":id,"title":"Vase","starting_price":1000,"min_increment":100,"duration_ms":600000});
-    let response = reqwest::Client::new()
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-}
-
 struct Stack {
     redis: RedisServer,
     _bidder: ServiceProcess,
@@ -40,7 +27,7 @@ async fn stack(extra: &[(&'static str, &str)]) -> Stack {
     let redis = RedisServer::start();
     let bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "", 1000));
     let edge = start_edge(&redis, Some(&bidder), extra);
-    create(&bidder, "vase").await;
+    create_auction(&redis, "vase").await;
     Stack {
         redis,
         _bidder: bidder,
@@ -226,8 +213,7 @@ async fn bad_input_gets_an_error_or_the_contract_close_code() {
 #[tokio::test]
 async fn a_bidder_that_is_down_gives_a_clear_error_quickly() {
     let redis = RedisServer::start();
-    let bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "", 1000));
-    create(&bidder, "vase").await;
+    create_auction(&redis, "vase").await;
     // Point the edge at a port where nothing listens.
     let dead = format!("http://127.0.0.1:{}", test_support::free_port());
     let edge = start_edge(&redis, None, &[("AUCTION_BIDDER_URL", &dead)]);

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{Ws, connect, next_json, send, start_edge, ws_url};
+use common::{Ws, connect, create_auction, next_json, send, start_edge, ws_url};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -110,14 +110,7 @@ async fn bids_sent_while_redis_is_frozen_are_placed_once_and_reported_truthfully
         .timeout(10 * SECOND)
         .build()
         .unwrap();
-    let created = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .json(&json!({"id":AUCTION,"title":"Clock","starting_price":1000,"min_increment":100,"duration_ms":600000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    create_auction(&redis, AUCTION).await;
 
     // Every path is warm (connections open) before Redis freezes, as in
     // production: the bid's script is then sent and queued in Redis.

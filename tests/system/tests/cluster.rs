@@ -13,6 +13,7 @@ use event_log::{
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use test_support::auctions::Terms;
 use test_support::{RedisCluster, Seen, ServiceProcess, id_pair, wait_for};
 
 fn spec(id: &str, duration_ms: u64) -> AuctionSpec {
@@ -168,9 +169,9 @@ async fn with_replica_acks_an_accepted_bid_is_on_a_replica() {
     );
 }
 
-/// A bidder and an edge on the cluster.
-fn services(cluster: &RedisCluster, edge_binary: &str) -> (ServiceProcess, ServiceProcess) {
-    let bidder = ServiceProcess::start(
+/// A bidder on the cluster, waiting for one replica's acknowledgement.
+fn start_bidder(cluster: &RedisCluster) -> ServiceProcess {
+    ServiceProcess::start(
         "bidder",
         &[
             ("AUCTION_REDIS_URL", cluster.url()),
@@ -182,31 +183,27 @@ fn services(cluster: &RedisCluster, edge_binary: &str) -> (ServiceProcess, Servi
             ("AUCTION_REDIS_ACK_TIMEOUT_MS", "1000".into()),
             test_support::session_secret_env(),
         ],
-    );
-    let edge = ServiceProcess::start(
-        edge_binary,
+    )
+}
+
+/// An SSE edge on the cluster.
+fn start_sse_edge(cluster: &RedisCluster) -> ServiceProcess {
+    ServiceProcess::start(
+        "sse-edge",
         &[
             ("AUCTION_REDIS_URL", cluster.url()),
             test_support::session_secret_env(),
         ],
-    );
-    (bidder, edge)
+    )
 }
 
-async fn create_auction(http: &reqwest::Client, bidder: &ServiceProcess, id: &str) {
-    let body = serde_json::json!({
-        "id": id, "title": format!("Item {id}"), "starting_price": 100,
-        "min_increment": 1, "duration_ms": 3_600_000,
-    });
-    let response = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+/// Creates `auction` (from 100 in steps of 1, open an hour) on the cluster.
+async fn create_auction(cluster: &RedisCluster, auction: &str) {
+    let terms = Terms {
+        min_increment: 1,
+        ..Terms::open_for(3_600_000)
+    };
+    test_support::auctions::create_with(&cluster.url(), &[auction.to_owned()], terms).await;
 }
 
 /// Bids on `auction` until `stop`, each with its own Idempotency-Key and
@@ -296,9 +293,8 @@ async fn survives(
     auction: &str,
     disrupt: impl FnOnce(&mut RedisCluster),
 ) {
-    let (bidder, edge) = services(cluster, "sse-edge");
-    let http = reqwest::Client::new();
-    create_auction(&http, &bidder, auction).await;
+    let (bidder, edge) = (start_bidder(cluster), start_sse_edge(cluster));
+    create_auction(cluster, auction).await;
     let stop = Arc::new(Mutex::new(false));
     let answered = Arc::new(Mutex::new(Vec::new()));
     let bids = tokio::spawn(bid_until(
@@ -419,9 +415,8 @@ async fn a_slot_migrated_while_clients_watch_loses_nothing() {
 async fn an_event_whose_notice_died_with_its_primary_reaches_clients_after_the_failover() {
     let mut cluster = RedisCluster::start();
     let auction = "orphan";
-    let (bidder, edge) = services(&cluster, "sse-edge");
-    let http = reqwest::Client::new();
-    create_auction(&http, &bidder, auction).await;
+    let edge = start_sse_edge(&cluster);
+    create_auction(&cluster, auction).await;
     let primary = cluster.primary_of_auction(auction);
 
     // A client watching; once it has its init, the event is written.

@@ -11,7 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use test_support::conn::{Conn, Received, Transport};
 use test_support::{
     RedisCluster, RedisServer, ServiceProcess, TestRedis, TestRedisProcesses, bidder_env, id_pair,
@@ -119,6 +121,19 @@ fn init_id(received: &[Received]) -> String {
             _ => None,
         })
         .expect("an init")
+}
+
+/// Where a client resumes after `received`: its last event's id, or its
+/// init's when no event came.
+fn last_id(received: &[Received]) -> String {
+    received
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            Received::Event { id, .. } | Received::Init { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .expect("an init or an event")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,40 +428,133 @@ async fn a_drained_replica_ends_its_streams_and_clients_resume_elsewhere_on_a_cl
     drain_case(&RedisCluster::start()).await;
 }
 
+/// Clients on the replica that is drained: its streams all end at once.
+const DRAINED: usize = 500;
+
+/// Opens `auction` on the edge at `addr` (resuming after `last` when given)
+/// as a page does: told to come back shortly (`redis_unavailable`, as a
+/// loaded machine may answer hundreds of clients arriving at once), it
+/// comes back. Returns the connection and the first thing it received.
+async fn open_served(
+    transport: Transport,
+    addr: std::net::SocketAddr,
+    auction: &str,
+    last: Option<&str>,
+) -> (Conn, Received) {
+    loop {
+        let mut conn = Conn::open(transport, addr, auction, last, None).await;
+        match conn.next(QUIET).await.expect("an answer") {
+            Received::Refused(code) if code == "redis_unavailable" => continue,
+            first => return (conn, first),
+        }
+    }
+}
+
+/// A replica drained (SIGTERM) with hundreds of clients on it ends every
+/// stream in its transport's own way and exits 0 well within its grace
+/// period; each client resumes from its last id on another replica, not
+/// reset, with nothing lost or repeated.
 async fn drain_case(redis: &impl TestRedis) {
     let _bidder = simulator(&redis, "drain", 10);
     redis.wait_for_more("drain", "0-0", 1);
     let mut endings = Vec::new();
     for transport in Transport::BOTH {
-        let mut edge_a = start_edge(transport, &redis, &[]);
+        let mut edge_a = start_edge(transport, &redis, &[("AUCTION_SHUTDOWN_GRACE_MS", "5000")]);
         let edge_b = start_edge(transport, &redis, &[]);
-        let mut conn = Conn::open(transport, edge_a.addr, "drain", None, None).await;
-        let mut first = Vec::new();
-        let target = redis.wait_for_more("drain", &redis.head("drain"), 5);
-        read_until(&mut conn, &target, &mut first).await;
-        edge_a.signal("TERM");
-        first.extend(conn.drain(QUIET).await);
-        let status = tokio::task::block_in_place(|| edge_a.wait_exit(Duration::from_secs(15)));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{transport:?}: drained and exited 0"
-        );
-        endings.push(first.last().cloned());
-        let start = init_id(&first);
-        let mut ids = event_ids(&first);
-        let mut conn = Conn::open(
-            transport,
-            edge_b.addr,
-            "drain",
-            Some(ids.last().unwrap()),
-            None,
-        )
-        .await;
-        let target = redis.wait_for_more("drain", &redis.head("drain"), 5);
+        // Each client reads A until its stream ends. The drain starts once
+        // every client has its init from A, so no client's start is itself
+        // the drain (a slow machine would let a late one begin on B).
+        let started = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = (0..DRAINED)
+            .map(|_| {
+                let (addr, started) = (edge_a.addr, started.clone());
+                tokio::spawn(async move {
+                    let (mut conn, init) = open_served(transport, addr, "drain", None).await;
+                    let mut first = vec![init];
+                    started.fetch_add(1, Ordering::Relaxed);
+                    first.extend(conn.drain(QUIET).await);
+                    first
+                })
+            })
+            .collect();
+        tokio::task::block_in_place(|| {
+            wait_for(
+                "every client's init from A",
+                Duration::from_secs(30),
+                || (started.load(Ordering::Relaxed) >= DRAINED).then_some(()),
+            );
+            redis.wait_for_more("drain", &redis.head("drain"), 5);
+            let draining = Instant::now();
+            edge_a.signal("TERM");
+            let status = edge_a.wait_exit(Duration::from_secs(10));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "{transport:?}: drained and exited 0: {}",
+                edge_a.logs()
+            );
+            assert!(
+                draining.elapsed() < Duration::from_secs(5),
+                "{transport:?}: within the grace period"
+            );
+            assert!(
+                !edge_a.logs().contains("grace period over"),
+                "{transport:?}: every stream ended before the deadline"
+            );
+        });
+        let mut firsts = Vec::new();
+        for client in clients {
+            firsts.push(client.await.unwrap());
+        }
+        let ending = firsts[0].last().cloned();
+        for first in &firsts {
+            assert!(
+                matches!(first.first(), Some(Received::Init { .. })),
+                "{transport:?}: {first:?}"
+            );
+            assert_eq!(
+                first.last(),
+                ending.as_ref(),
+                "{transport:?}: every stream ended the same way"
+            );
+        }
+        endings.push(ending);
+        // Every client resumes on B from its last id, all at once.
+        let target =
+            tokio::task::block_in_place(|| redis.wait_for_more("drain", &redis.head("drain"), 5));
+        let resumes: Vec<_> = firsts
+            .iter()
+            .map(|first| {
+                let (addr, last, target) = (edge_b.addr, last_id(first), target.clone());
+                tokio::spawn(async move {
+                    let (mut conn, start) =
+                        open_served(transport, addr, "drain", Some(&last)).await;
+                    let reached = matches!(&start, Received::Event { id, .. }
+                        if id_pair(id) >= id_pair(&target));
+                    let mut resumed = vec![start];
+                    if !reached {
+                        read_until(&mut conn, &target, &mut resumed).await;
+                    }
+                    resumed
+                })
+            })
+            .collect();
         let mut resumed = Vec::new();
-        read_until(&mut conn, &target, &mut resumed).await;
-        ids.extend(event_ids(&resumed));
-        assert_exact(&redis, "drain", &start, &ids);
+        for resume in resumes {
+            resumed.push(resume.await.unwrap());
+        }
+        for (first, resumed) in firsts.iter().zip(&resumed) {
+            assert!(
+                matches!(resumed.last(), Some(Received::Event { .. })),
+                "{transport:?}: resumed on B up to the target: {resumed:?}"
+            );
+            assert!(
+                !resumed.iter().any(|r| matches!(r, Received::Init { .. })),
+                "{transport:?}: resumed on B, not reset"
+            );
+            let mut ids = event_ids(first);
+            ids.extend(event_ids(resumed));
+            assert_exact(&redis, "drain", &init_id(first), &ids);
+        }
     }
     // Each transport's own way of saying "reconnect": the end of the SSE
     // stream, and close code 1012 (service restart).
@@ -506,7 +614,7 @@ async fn a_closed_events_latency_runs_from_the_close_not_from_the_last_bid_on_a_
 
 async fn closing_case(redis: &impl TestRedis) {
     use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
-    use event_log::{AuctionSpec, AuctionWriter};
+    use event_log::AuctionWriter;
     // The bidder only closes auctions here (no simulator).
     let _closer = ServiceProcess::start(
         "bidder",
@@ -524,16 +632,7 @@ async fn closing_case(redis: &impl TestRedis) {
     for (transport, edge) in [(Transport::Sse, &sse), (Transport::Ws, &ws)] {
         let auction = format!("closing-{}", transport.label());
         let id = AuctionId::parse(&auction).unwrap();
-        let spec = AuctionSpec {
-            id: id.clone(),
-            title: "Clock".into(),
-            starting_price: 100,
-            min_increment: 10,
-            duration_ms: 1_500,
-            description: None,
-            image_url: None,
-        };
-        writer.create(&spec).await.unwrap();
+        test_support::auctions::create(&redis.url(), std::slice::from_ref(&auction), 1_500).await;
         let mut conn = Conn::open(transport, edge.addr, &auction, None, None).await;
         assert!(matches!(
             conn.next(QUIET).await,

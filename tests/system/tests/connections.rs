@@ -83,8 +83,7 @@ async fn heads_over_100_lines_or_16_kib_get_431_on_every_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_targets_are_served() {
     let redis = RedisServer::start();
-    let _bidder = ServiceProcess::start("bidder", &bidder_env(&redis, "abs", 50));
-    redis.wait_for_more("abs", "0-0", 1);
+    test_support::auctions::create(&redis.url(), &["abs".into()], 600_000).await;
     let sse = ServiceProcess::start("sse-edge", &env(&redis, "sse-edge", &[]));
     let request = format!(
         "GET http://{}/auctions/abs/events HTTP/1.1\r\nHost: {}\r\n\r\n",
@@ -137,8 +136,7 @@ async fn slow_client(addr: SocketAddr, body: bool) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_cannot_keep_a_real_client_out_at_a_low_file_limit() {
     let redis = RedisServer::start();
-    let _simulator = ServiceProcess::start("bidder", &bidder_env(&redis, "busy", 100));
-    redis.wait_for_more("busy", "0-0", 1);
+    test_support::auctions::create(&redis.url(), &["busy".into()], 600_000).await;
     let deadlines = [
         ("AUCTION_HEAD_TIMEOUT_MS", "2000"),
         ("AUCTION_BODY_TIMEOUT_MS", "2000"),
@@ -193,8 +191,7 @@ async fn slow_clients_cannot_keep_a_real_client_out_at_a_low_file_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_answered_when_every_slot_holds_a_stream() {
     let redis = RedisServer::start();
-    let _simulator = ServiceProcess::start("bidder", &bidder_env(&redis, "full", 1000));
-    redis.wait_for_more("full", "0-0", 1);
+    test_support::auctions::create(&redis.url(), &["full".into()], 600_000).await;
     // 256 descriptors leave 192 slots for clients.
     let edge =
         ServiceProcess::start_with_file_limit("sse-edge", &env(&redis, "sse-edge", &[]), 256);

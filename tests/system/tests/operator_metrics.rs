@@ -147,17 +147,7 @@ async fn a_bid_refused_because_redis_is_down_counts_as_a_server_error() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let created = client
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .json(&serde_json::json!({
-            "id": "down", "title": "Lamp", "starting_price": 100,
-            "min_increment": 10, "duration_ms": 600_000
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    test_support::auctions::create(&redis.url(), &["down".into()], 600_000).await;
     let bid = || {
         client
             .post(format!("{}/auctions/down/bids", bidder.url()))

@@ -36,9 +36,10 @@ async fn bids_flow_through_a_redis_that_lets_only_a_named_user_use_channels() {
 }
 
 /// The bidder and an SSE edge on Redis at `url`: the auction `id` is
-/// created over HTTP, a client watches it, and each bid of `amounts`
+/// created in Redis, a client watches it, and each bid of `amounts`
 /// (placed after the one before reached the client) reaches the client.
 async fn bids_reach_a_watcher(url: String, id: &str, amounts: &[u64]) {
+    test_support::auctions::create(&url, &[id.to_owned()], 600_000).await;
     let env = [
         ("AUCTION_REDIS_URL", url),
         ("AUCTION_SIMULATE", "false".to_owned()),
@@ -47,17 +48,6 @@ async fn bids_reach_a_watcher(url: String, id: &str, amounts: &[u64]) {
     let bidder = ServiceProcess::start("bidder", &env);
     let edge = ServiceProcess::start("sse-edge", &env);
     let http = reqwest::Client::new();
-    let created = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"{{"id":"{id}","title":"Reached","starting_price":100,"min_increment":10,"duration_ms":600000}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
     let stream = http
         .get(format!("{}/auctions/{id}/events", edge.url()))
         .send()

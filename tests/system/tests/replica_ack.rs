@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
+use test_support::auctions::Terms;
 use test_support::{RedisServer, ServiceProcess, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,20 +22,12 @@ async fn a_bid_no_replica_confirmed_is_503_and_its_retry_is_201_once_a_replica_h
             test_support::session_secret_env(),
         ],
     );
+    let terms = Terms {
+        min_increment: 1,
+        ..Terms::open_for(3_600_000)
+    };
+    test_support::auctions::create_with(&primary.url(), &["acked".into()], terms).await;
     let http = reqwest::Client::new();
-    let body = serde_json::json!({
-        "id": "acked", "title": "Item", "starting_price": 100,
-        "min_increment": 1, "duration_ms": 3_600_000,
-    });
-    let created = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
     let token = test_support::guest_token("Ann");
     let bid = || {
         http.post(format!("{}/auctions/acked/bids", bidder.url()))

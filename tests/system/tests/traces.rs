@@ -79,16 +79,8 @@ async fn one_trace_from_the_post_to_every_edge() {
     let bidder = ServiceProcess::start("bidder", &otel(&[("AUCTION_SIMULATE", "false".into())]));
     let sse = ServiceProcess::start("sse-edge", &otel(&[]));
     let ws = ServiceProcess::start("ws-edge", &otel(&[("AUCTION_BIDDER_URL", bidder.url())]));
+    test_support::auctions::create(&redis.url(), &["traced".into()], 600_000).await;
     let http = reqwest::Client::new();
-    let created = http
-        .post(format!("{}/auctions", bidder.url()))
-        .bearer_auth(test_support::seller_token())
-        .header("content-type", "application/json")
-        .body(r#"{"id":"traced","title":"Clock","starting_price":100,"min_increment":10,"duration_ms":600000}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
 
     // One client on each edge, waiting for the bid.
     let response = http

@@ -29,6 +29,17 @@ pub fn start_edge(
     ServiceProcess::start("ws-edge", &env)
 }
 
+/// Creates the auction `id` in Redis, to bid on: from 1,000 in steps of
+/// 100, open ten minutes.
+pub async fn create_auction(redis: &RedisServer, id: &str) {
+    let terms = test_support::auctions::Terms {
+        starting_price: 1000,
+        min_increment: 100,
+        duration_ms: 600_000,
+    };
+    test_support::auctions::create_with(&redis.url(), &[id.to_owned()], terms).await;
+}
+
 pub fn ws_url(edge: &ServiceProcess) -> String {
     format!("ws://{}/ws", edge.addr)
 }
