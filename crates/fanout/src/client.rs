@@ -330,7 +330,7 @@ impl<C: Codec> Delivery<C> {
     }
 
     /// Hands a caught-up client's socket to the feed, whose events are
-    /// then written to it directly (see `direct`) until it is handed back
+    /// then written to it directly (see `feed`) until it is handed back
     /// ([`Parked::handed_back`]) or the client takes it back
     /// ([`unpark`](Self::unpark)), which it must do before anything else
     /// touches the socket. `caught_up()` tells whether the client's

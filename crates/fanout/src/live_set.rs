@@ -72,7 +72,7 @@ impl LiveSet {
     }
 
     /// Hands the socket to the hub when it has one subscription and
-    /// nothing to send (see `fanout`'s direct delivery). A socket with
+    /// nothing to send (see the feed's direct delivery). A socket with
     /// several subscriptions stays with its task: one write can carry
     /// events of all of them.
     pub fn park<C: Codec, S: FrameSocket>(

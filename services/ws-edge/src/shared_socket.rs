@@ -1,9 +1,13 @@
-//! One TCP socket used two ways by a socket's task: tungstenite reads client
-//! frames and writes the occasional control or reply frame through this
-//! handle, while event frames, encoded once per replica, are written
-//! straight to the same socket. Both happen in one task and every write
-//! completes before the next begins (tungstenite is flushed before a direct
-//! write), so frames never interleave.
+//! One TCP socket used two ways: tungstenite reads client frames and writes
+//! the occasional control or reply frame through this handle, while event
+//! frames, encoded once per replica, are written straight to the same
+//! socket. While the socket's task holds it, every write completes before
+//! the next begins (tungstenite is flushed before a direct write). While it
+//! is parked with its feed, the feed writes the events from other tasks,
+//! tungstenite writes nothing (a socket parks only with nothing of
+//! tungstenite's pending, and reading a pong queues nothing), and the
+//! session's pings go between the feed's writes under the lane's lock. So
+//! frames never interleave.
 
 use std::io;
 use std::pin::Pin;
