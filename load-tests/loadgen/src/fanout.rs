@@ -23,7 +23,25 @@
 //! - `eager`: each read is sized to one message (the length of the last one
 //!   the client parsed), so a client reads as soon as its socket is
 //!   readable and takes one message per read, as a browser that keeps up
-//!   does; several queued messages cost several reads.
+//!   does; several queued messages cost several reads;
+//! - `tungstenite` (WebSocket only): each client reads through
+//!   tokio-tungstenite's `WebSocketStream`, one message per
+//!   `StreamExt::next()`, as an application on that library does (the
+//!   library's own buffering and frame parsing included).
+//!
+//! How events are published (`--publish`):
+//! - `direct` (the default): ours are appended to Redis with the bidder's
+//!   script, nchan's are POSTed through a pooled HTTP client, the floor's
+//!   go on its control connection;
+//! - `http`: over one keep-alive HTTP/1.1 connection, one request at a
+//!   time: ours as bids through the bidder's API (`--bidder URL --token
+//!   TOKEN`, a seller's token: it creates the auctions too), nchan's to its
+//!   publisher location; the floor keeps its control connection (one
+//!   connection already);
+//! - `pipelined`: the same connection, but each request is written when
+//!   its event is due, without waiting for the answers before it (taken in
+//!   order as they arrive; any but a success fails the run), so a server
+//!   slow to answer is still offered the full rate.
 
 use crate::proc_stats::{cpu_seconds, rss_bytes};
 use crate::redis_stats::command_calls;
@@ -85,6 +103,8 @@ enum Reading {
     Batch,
     /// One message a read.
     Eager,
+    /// tokio-tungstenite's stream, one message per `next()`.
+    Tungstenite,
 }
 
 impl Reading {
@@ -92,7 +112,10 @@ impl Reading {
         match text {
             "batch" => Ok(Reading::Batch),
             "eager" => Ok(Reading::Eager),
-            _ => Err(format!("--reading: expected batch or eager, got {text:?}")),
+            "tungstenite" => Ok(Reading::Tungstenite),
+            _ => Err(format!(
+                "--reading: expected batch, eager or tungstenite, got {text:?}"
+            )),
         }
     }
 
@@ -100,14 +123,16 @@ impl Reading {
         match self {
             Reading::Batch => "batch",
             Reading::Eager => "eager",
+            Reading::Tungstenite => "tungstenite",
         }
     }
 
     /// The next read's size: all of `chunk` (batch), or the last message's
-    /// length (eager).
+    /// length (eager). The raw readers' concern: a tungstenite client reads
+    /// through its library.
     fn read_size(self, chunk: usize, last_message: usize) -> usize {
         match self {
-            Reading::Batch => chunk,
+            Reading::Batch | Reading::Tungstenite => chunk,
             Reading::Eager => last_message.clamp(16, chunk),
         }
     }
@@ -157,6 +182,10 @@ impl Server {
     fn cpu_seconds(&self) -> Option<f64> {
         self.0.iter().map(|pid| cpu_seconds(*pid)).sum()
     }
+    /// Each process's CPU seconds so far, in `--pids` order.
+    fn cpu_each(&self) -> Vec<Option<f64>> {
+        self.0.iter().map(|pid| cpu_seconds(*pid)).collect()
+    }
     fn rss_bytes(&self) -> Option<u64> {
         self.0.iter().map(|pid| rss_bytes(*pid)).sum()
     }
@@ -185,19 +214,39 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     if auction_count == 0 || clients < auction_count {
         return Err("--auctions must be between 1 and --clients".into());
     }
+    if reading == Reading::Tungstenite && transport != Transport::Ws {
+        return Err("--reading tungstenite is for WebSocket clients (ws)".into());
+    }
     let addr = server_url
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_owned();
 
-    let publisher = match system {
-        System::Ours => {
+    let publish = args.text("publish", "direct");
+    let publisher = match (system, publish.as_str()) {
+        (System::Ours, "direct") => {
             let redis_url = args.text("redis", "redis://127.0.0.1:6379");
             ensure_loopback(&redis_url)?;
             Publisher::ours(&redis_url)?
         }
-        System::Nchan => Publisher::nchan(&server_url, transport)?,
-        System::Floor => Publisher::floor(&addr).await?,
+        (System::Ours, "http" | "pipelined") => {
+            let bidder = args.text("bidder", "");
+            if bidder.is_empty() {
+                return Err("--publish http: our events go through --bidder URL".into());
+            }
+            ensure_loopback(&bidder)?;
+            Publisher::bidder(&bidder, &args.text("token", ""))?
+        }
+        (System::Nchan, "direct") => Publisher::nchan(&server_url, transport)?,
+        (System::Nchan, "http" | "pipelined") => {
+            Publisher::nchan_keep_alive(&server_url, transport)
+        }
+        (System::Floor, "direct" | "http" | "pipelined") => Publisher::floor(&addr).await?,
+        (_, other) => {
+            return Err(format!(
+                "--publish: expected direct, http or pipelined, got {other:?}"
+            ));
+        }
     };
     let run_id = std::process::id();
     let auctions: Vec<String> = (0..auction_count)
@@ -247,10 +296,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         };
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
-            match transport {
-                Transport::Sse => sse_client(&watch, &shared).await,
-                Transport::Ws => ws_client(&watch, &shared).await,
-            }
+            run_client(transport, &watch, &shared).await
         }));
         // Pace the connects a little so the accept queue never overflows.
         if tasks.len() % 500 == 0 {
@@ -302,6 +348,8 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         .await?;
 
     let cpu_before = server.cpu_seconds();
+    let cpu_each_before = server.cpu_each();
+    let own_cpu_before = cpu_seconds(std::process::id());
     let publish_started = Instant::now();
     for k in 0..events {
         if rate > 0.0 {
@@ -310,11 +358,15 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         }
         let sent = shared.start.elapsed().as_nanos() as u64;
         shared.sent_at[k].store(sent.max(1), Ordering::Relaxed);
-        publisher
-            .publish(&auctions[k % auction_count], BASE + k as u64)
-            .await?;
+        let (auction, amount) = (&auctions[k % auction_count], BASE + k as u64);
+        if publish == "pipelined" {
+            publisher.send(auction, amount).await?;
+        } else {
+            publisher.publish(auction, amount).await?;
+        }
     }
     let publish_elapsed = publish_started.elapsed();
+    publisher.settle().await?;
 
     let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut total = ClientResult::new(0);
@@ -344,15 +396,29 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
+    let own_cpu = match (own_cpu_before, cpu_seconds(std::process::id())) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let elapsed = last_delivery
         .duration_since(publish_started)
         .as_secs_f64()
         .max(1e-9);
     let ms = |quantile: f64| latencies.value_at_quantile(quantile) as f64 / 1e6;
     println!("events                {events}");
+    println!("publish               {publish}");
+    if let Some(connections) = publisher.connections().await {
+        println!("publish_connections   {connections}");
+    }
     println!(
         "publish_rate_per_s    {:.0}",
         events as f64 / publish_elapsed.as_secs_f64()
+    );
+    // What the clients were offered: every published event once to each
+    // of its auction's clients, over the time it took to publish them.
+    println!(
+        "offered_per_s         {:.0}",
+        expected as f64 / publish_elapsed.as_secs_f64().max(1e-9)
     );
     println!("expected_deliveries   {expected}");
     println!("deliveries            {}", total.received);
@@ -377,6 +443,17 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     }
     if let Some(cpu) = cpu {
         println!("server_cpu_s          {cpu:.2}");
+        // Per process (`--pids` order): where the server side's CPU went.
+        let each: Vec<String> = server
+            .0
+            .iter()
+            .zip(cpu_each_before.iter().zip(server.cpu_each()))
+            .map(|(pid, pair)| match pair {
+                (Some(before), Some(after)) => format!("{pid}:{:.2}", after - before),
+                _ => format!("{pid}:?"),
+            })
+            .collect();
+        println!("server_cpu_s_each     {}", each.join(","));
         println!(
             "server_cpu_s_per_1m   {:.2}",
             cpu / (total.received.max(1) as f64) * 1e6
@@ -386,10 +463,24 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
             total.received as f64 / cpu.max(1e-9)
         );
     }
+    if let Some(own_cpu) = own_cpu {
+        println!("loadgen_cpu_s         {own_cpu:.2}");
+    }
     if let Some(rss) = server.rss_bytes() {
         println!("server_rss_after_mib  {:.1}", rss as f64 / 1048576.0);
     }
     Ok(())
+}
+
+/// One client of `transport`, read as `shared.reading` says.
+async fn run_client(transport: Transport, watch: &Watch, shared: &Shared) -> ClientResult {
+    match transport {
+        Transport::Sse => sse_client(watch, shared).await,
+        Transport::Ws if shared.reading == Reading::Tungstenite => {
+            ws_stream_client(watch, shared).await
+        }
+        Transport::Ws => ws_client(watch, shared).await,
+    }
 }
 
 impl ClientResult {
@@ -717,6 +808,89 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
     result
 }
 
+/// One WebSocket client as an application on tokio-tungstenite is written:
+/// the library's handshake, the subscribe message sent through its sink,
+/// then `StreamExt::next()` on the `WebSocketStream`, one message per
+/// poll (the library answers pings). Resubscribes with its last id after
+/// a disconnect, and counts bids as [`ws_client`] does.
+async fn ws_stream_client(watch: &Watch, shared: &Shared) -> ClientResult {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut result = ClientResult::new(watch.expected);
+    let mut last_id = watch.resume_from.clone();
+    let mut counted_connect = false;
+    let reading = shared.events > 0;
+    while Instant::now() < shared.deadline && !result.done(shared) {
+        let Ok(mut request) = watch
+            .target
+            .ws_url(&watch.auction, &last_id)
+            .into_client_request()
+        else {
+            return result;
+        };
+        if watch.target.system == System::Nchan {
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static(NCHAN_WS_PROTOCOL),
+            );
+        }
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(request).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        match watch.target.ws_subscribe(&watch.auction, &last_id) {
+            Some(subscribe) => {
+                if ws.send(Message::text(subscribe)).await.is_err() {
+                    continue;
+                }
+            }
+            // nchan: the handshake was the subscription.
+            None => established(&mut counted_connect, shared),
+        }
+        let mut this_connection = 0;
+        let remaining = shared.deadline.saturating_duration_since(Instant::now());
+        let read = async {
+            while let Some(message) = ws.next().await {
+                let now = Instant::now();
+                let text = match message {
+                    Ok(Message::Text(text)) => text,
+                    Ok(Message::Close(_)) | Err(_) => return Ended::Dropped,
+                    Ok(_) => continue,
+                };
+                let payload = text.as_bytes();
+                if payload.starts_with(b"{\"type\":\"init\"") {
+                    established(&mut counted_connect, shared);
+                }
+                if payload.starts_with(b"{\"type\":\"error\"") {
+                    return Ended::Refused;
+                }
+                if find(payload, b"{\"type\":\"bid\"").is_none() {
+                    continue;
+                }
+                if let Some(id) = watch.target.ws_event_id(payload) {
+                    last_id = String::from_utf8_lossy(id).into_owned();
+                }
+                let Some(amount) = field_number(payload, b"\"amount\":") else {
+                    continue;
+                };
+                if let Some(ended) = result.count(shared, watch, amount, now, &mut this_connection)
+                {
+                    return ended;
+                }
+            }
+            Ended::Dropped
+        };
+        let ended = tokio::time::timeout(remaining, read)
+            .await
+            .unwrap_or(Ended::Done);
+        if !result.book(ended, reading).await {
+            break;
+        }
+    }
+    result
+}
+
 /// A reconnect storm: `events` events are published to one auction first,
 /// then `clients` clients open at once, each resuming from the id of event
 /// `from`, and each must receive exactly the events after it, in order.
@@ -810,12 +984,7 @@ impl Storm {
                     resume_from: resume_from.clone(),
                 };
                 let shared = shared.clone();
-                tokio::spawn(async move {
-                    match transport {
-                        Transport::Sse => sse_client(&watch, &shared).await,
-                        Transport::Ws => ws_client(&watch, &shared).await,
-                    }
-                })
+                tokio::spawn(async move { run_client(transport, &watch, &shared).await })
             })
             .collect();
         let mut total = ClientResult::new(0);

@@ -11,6 +11,7 @@
 
 mod bids;
 mod fanout;
+mod http1;
 mod proc_stats;
 mod redis_stats;
 mod target;
@@ -23,14 +24,24 @@ const USAGE: &str = "usage:
   loadgen bids --url URL --token TOKEN [--concurrency N] [--seconds S]
   loadgen sse|ws --server URL [--system ours|nchan|floor] [--redis URL]
                  [--clients N] [--auctions A] [--events M] [--rate R]
-                 [--churn-every K] [--storm-from K] [--reading batch|eager]
+                 [--churn-every K] [--storm-from K]
+                 [--reading batch|eager|tungstenite] [--publish direct|http|pipelined]
+                 [--bidder URL --token TOKEN]
                  [--pids PID,PID..] [--settle-ms MS] [--timeout-s S]
     --system ours: --server is an sse-edge or ws-edge, events go into --redis;
     --system nchan: --server is nginx+nchan (/pub/ID, /sub/ID);
     --system floor: --server is load-tests/floor (events on its control
       connection, no Redis, no resume);
     --reading batch: each client read takes up to 16 KiB; eager: one
-      message per read, on every readiness;
+      message per read, on every readiness; tungstenite (ws): each client
+      reads through tokio-tungstenite's stream, one message per next();
+    --publish direct (default): ours appended straight to --redis, nchan
+      POSTed through a pooled client; http: one keep-alive connection,
+      one request at a time: ours as bids through the bidder's API at
+      --bidder (--token: a seller's, it creates the auctions too), nchan
+      to /pub/ID (the floor keeps its control connection); pipelined: the
+      same connection, each request written when due without waiting for
+      the answers before it;
     --events 0: idle connections, reports RSS per connection;
     --rate 0: publish as fast as the server takes events;
     --churn-every K: each client hangs up after K events and resumes;
@@ -38,7 +49,8 @@ const USAGE: &str = "usage:
       once resuming from the id of event K (0-based; one auction, ours or
       nchan): resumes/s, missing, duplicated, out of order, server CPU,
       and for ours the XRANGE calls Redis served (--redis);
-    --pids: the server's processes, for CPU and RSS (summed)";
+    --pids: the server's processes, for CPU and RSS (summed; add Redis
+      and the bidder to count the whole server side)";
 
 /// `--name value` pairs after the scenario name.
 pub struct Args(HashMap<String, String>);

@@ -8,6 +8,7 @@
 //! exact JSON our edge would send (the bid for SSE, with the event name
 //! `bid`; the `{"type":"bid",...}` object for WebSocket).
 
+use crate::http1::{Answer, KeepAlive};
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
 use event_log::{AuctionSpec, AuctionWriter, BidAnswer, connect_manager, parse_redis_url};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -114,6 +115,13 @@ pub enum Publisher {
         base: String,
         transport: Transport,
     },
+    /// An HTTP API on one keep-alive connection: the bidder's for our
+    /// system, nchan's publisher location for nginx. Requests go one at a
+    /// time ([`Publisher::publish`]) or pipelined ([`Publisher::send`]).
+    Http {
+        conn: tokio::sync::Mutex<KeepAlive>,
+        api: HttpApi,
+    },
     /// One line per event, `{auction} {bid JSON}\n`, each answered `ok\n`.
     Floor {
         control: tokio::sync::Mutex<tokio::net::TcpStream>,
@@ -147,6 +155,43 @@ impl Publisher {
         })
     }
 
+    /// Through the bidder at `base` (`http://host:port`) with `token`, a
+    /// seller's (`bidder token --name bench --role seller`).
+    pub fn bidder(base: &str, token: &str) -> Result<Publisher, String> {
+        if token.is_empty() {
+            return Err(
+                "--token is required to publish through the bidder: mint one with \
+                 `bidder token --name bench --role seller`"
+                    .into(),
+            );
+        }
+        Ok(Publisher::Http {
+            conn: tokio::sync::Mutex::new(KeepAlive::new(authority(base))),
+            api: HttpApi::Bidder {
+                authorization: format!("Bearer {token}"),
+            },
+        })
+    }
+
+    /// nchan's publisher location at `base` on one keep-alive connection;
+    /// each bid carries the same fields as one placed through the bidder's
+    /// API (a user's bid, a guest's id).
+    pub fn nchan_keep_alive(base: &str, transport: Transport) -> Publisher {
+        Publisher::Http {
+            conn: tokio::sync::Mutex::new(KeepAlive::new(authority(base))),
+            api: HttpApi::Nchan { transport },
+        }
+    }
+
+    /// Connections the publisher opened, if it keeps one open.
+    pub async fn connections(&self) -> Option<usize> {
+        match self {
+            Publisher::Http { conn, .. } => Some(conn.lock().await.opened),
+            Publisher::Floor { .. } => Some(1),
+            Publisher::Ours { .. } | Publisher::Nchan { .. } => None,
+        }
+    }
+
     pub async fn floor(addr: &str) -> Result<Publisher, String> {
         use tokio::io::AsyncWriteExt;
         let mut control = tokio::net::TcpStream::connect(addr)
@@ -165,6 +210,33 @@ impl Publisher {
     /// Creates the auctions (our system needs them to exist; nchan
     /// channels exist once published to).
     pub async fn prepare(&self, auctions: &[String]) -> Result<(), String> {
+        if let Publisher::Http {
+            conn,
+            api: HttpApi::Bidder { authorization },
+        } = self
+        {
+            let mut conn = conn.lock().await;
+            for auction in auctions {
+                let create = serde_json::json!({
+                    "id": auction, "title": "benchmark", "starting_price": 1,
+                    "min_increment": 1, "duration_ms": 3_600_000u64,
+                });
+                let answer = conn
+                    .post(
+                        "/auctions",
+                        &[
+                            ("Authorization", authorization),
+                            ("Content-Type", "application/json"),
+                        ],
+                        create.to_string().as_bytes(),
+                    )
+                    .await?;
+                if answer.status != 201 {
+                    return Err(format!("creating {auction} answered {}", describe(&answer)));
+                }
+            }
+            return Ok(());
+        }
         let Publisher::Ours { writer, .. } = self else {
             return Ok(());
         };
@@ -201,9 +273,31 @@ impl Publisher {
                     _ => None,
                 })
             }
+            Publisher::Http { conn, api } => {
+                let request = api.request(auction, amount);
+                let mut conn = conn.lock().await;
+                let mut attempt = 0;
+                loop {
+                    let answer = conn
+                        .post(&request.path, &request.headers(), request.body.as_bytes())
+                        .await?;
+                    // A bid answered 503 (outcome unknown) is asked again
+                    // under its Idempotency-Key: never placed twice.
+                    let bid = matches!(api, HttpApi::Bidder { .. });
+                    if bid && answer.status == 503 && attempt + 1 < SETTLE_ATTEMPTS {
+                        attempt += 1;
+                        tokio::time::sleep(SETTLE_PAUSE).await;
+                        continue;
+                    }
+                    return api.accepted(&request, &answer);
+                }
+            }
             Publisher::Floor { control } => {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let line = format!("{auction} {}\n", bid_json(auction, amount));
+                let line = format!(
+                    "{auction} {}\n",
+                    bid_json(auction, amount, Origin::Simulated)
+                );
                 let mut control = control.lock().await;
                 control
                     .write_all(line.as_bytes())
@@ -225,16 +319,7 @@ impl Publisher {
                 base,
                 transport,
             } => {
-                let bid = bid_json(auction, amount);
-                let placed_at = field_placed_at(&bid);
-                let body = match transport {
-                    Transport::Sse => bid,
-                    // Same shape and length as ws-edge's frame; the id is a
-                    // stand-in (nchan's own id travels in the frame's meta).
-                    Transport::Ws => format!(
-                        r#"{{"type":"bid","auction":"{auction}","id":"{placed_at}-0","payload":{bid}}}"#
-                    ),
-                };
+                let body = nchan_body(auction, amount, *transport, Origin::Simulated);
                 let response = http
                     .post(format!("{base}/pub/{auction}"))
                     .header("content-type", "application/json")
@@ -259,14 +344,190 @@ impl Publisher {
     }
 }
 
-/// The bid JSON our edges carry for a simulated bid of `amount`.
-fn bid_json(auction: &str, amount: u64) -> String {
+impl Publisher {
+    /// Publishes one bid without waiting for its answer where the
+    /// publisher can pipeline (one keep-alive connection): the request is
+    /// written now, its answer checked later (answers already in are
+    /// checked here, the rest by [`Publisher::settle`]). An answer that is
+    /// not a success fails the run: in a pipeline a bid cannot be asked
+    /// again in its place. Other publishers publish as `publish` does.
+    pub async fn send(&self, auction: &str, amount: u64) -> Result<(), String> {
+        let Publisher::Http { conn, api } = self else {
+            return self.publish(auction, amount).await.map(|_| ());
+        };
+        let request = api.request(auction, amount);
+        let mut conn = conn.lock().await;
+        while let Some(answer) = conn.ready_answer() {
+            api.check(&answer?)?;
+        }
+        conn.send(&request.path, &request.headers(), request.body.as_bytes())
+            .await
+    }
+
+    /// Waits for the answers to every request [`Publisher::send`] wrote.
+    pub async fn settle(&self) -> Result<(), String> {
+        let Publisher::Http { conn, api } = self else {
+            return Ok(());
+        };
+        let mut conn = conn.lock().await;
+        while conn.in_flight() > 0 {
+            api.check(&conn.answer().await?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whose API an [`Publisher::Http`] publishes to.
+pub enum HttpApi {
+    /// The bidder: auctions created with `POST /auctions`, each event a bid
+    /// `POST /auctions/{id}/bids` under a seller's token.
+    Bidder { authorization: String },
+    /// nchan: `POST /pub/{channel}`.
+    Nchan { transport: Transport },
+}
+
+/// One publish request.
+pub struct Request<'a> {
+    path: String,
+    body: String,
+    /// The bid's `Idempotency-Key` (bidder only).
+    key: String,
+    api: &'a HttpApi,
+    amount: u64,
+    auction: String,
+}
+
+impl Request<'_> {
+    fn headers(&self) -> Vec<(&str, &str)> {
+        match self.api {
+            HttpApi::Bidder { authorization } => vec![
+                ("Authorization", authorization.as_str()),
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", self.key.as_str()),
+            ],
+            HttpApi::Nchan { .. } => vec![
+                ("Content-Type", "application/json"),
+                ("X-EventSource-Event", "bid"),
+                ("Accept", "text/plain"),
+            ],
+        }
+    }
+}
+
+impl HttpApi {
+    fn request(&self, auction: &str, amount: u64) -> Request<'_> {
+        let (path, body) = match self {
+            HttpApi::Bidder { .. } => (
+                format!("/auctions/{auction}/bids"),
+                format!(r#"{{"amount":{amount}}}"#),
+            ),
+            HttpApi::Nchan { transport } => (
+                format!("/pub/{auction}"),
+                nchan_body(auction, amount, *transport, Origin::Api),
+            ),
+        };
+        Request {
+            path,
+            body,
+            // One key per bid, reused by its retries.
+            key: format!("{auction}:{amount}"),
+            api: self,
+            amount,
+            auction: auction.to_owned(),
+        }
+    }
+
+    /// The event's id from a successful answer (ours: the stream id;
+    /// nchan: its message id), or why the answer is not one.
+    fn accepted(&self, request: &Request, answer: &Answer) -> Result<Option<String>, String> {
+        match self {
+            HttpApi::Bidder { .. } if answer.status == 201 => {
+                Ok(crate::wire::field_text(&answer.body, b"\"id\":\"")
+                    .map(|id| String::from_utf8_lossy(id).into_owned()))
+            }
+            HttpApi::Bidder { .. } => Err(format!(
+                "bid {} on {} answered {}",
+                request.amount,
+                request.auction,
+                describe(answer)
+            )),
+            HttpApi::Nchan { .. } if (200..300).contains(&answer.status) => {
+                Ok(crate::wire::line_value(&answer.body, b"last message id: ")
+                    .map(|id| String::from_utf8_lossy(id).trim().to_owned()))
+            }
+            HttpApi::Nchan { .. } => Err(format!("nchan publish answered {}", describe(answer))),
+        }
+    }
+
+    /// Whether a pipelined request's answer is a success (which request it
+    /// answered is not kept: the error names the status and body).
+    fn check(&self, answer: &Answer) -> Result<(), String> {
+        let ok = match self {
+            HttpApi::Bidder { .. } => answer.status == 201,
+            HttpApi::Nchan { .. } => (200..300).contains(&answer.status),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("a pipelined publish answered {}", describe(answer)))
+        }
+    }
+}
+
+/// A bid answered 503 (outcome unknown) is asked again under the same
+/// `Idempotency-Key` this many times at most, as `loadgen bids` does.
+const SETTLE_ATTEMPTS: u32 = 5;
+const SETTLE_PAUSE: Duration = Duration::from_millis(200);
+
+/// `host:port` of `http://host:port[/...]`.
+fn authority(base: &str) -> &str {
+    let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// A status and the start of the body, for an error message.
+fn describe(answer: &Answer) -> String {
+    let body = String::from_utf8_lossy(&answer.body);
+    let body: String = body.chars().take(200).collect();
+    format!("{}: {}", answer.status, body.trim())
+}
+
+/// Who placed a bid, as our edges carry it.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// The bidder's simulator (or the load generator appending as one).
+    Simulated,
+    /// A user through the bidder's API, with a guest token.
+    Api,
+}
+
+/// The bid JSON our edges carry for a bid of `amount`.
+fn bid_json(auction: &str, amount: u64, origin: Origin) -> String {
     let placed_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
+    let (bidder_id, source) = match origin {
+        Origin::Simulated => ("sim_bench", "simulated"),
+        // A guest's id is `g_` and 16 characters.
+        Origin::Api => ("g_00000000000bench", "user"),
+    };
     format!(
-        r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","bidder_id":"sim_bench","placed_at":{placed_at},"source":"simulated"}}"#
+        r#"{{"auction":"{auction}","amount":{amount},"bidder":"bench","bidder_id":"{bidder_id}","placed_at":{placed_at},"source":"{source}"}}"#
     )
+}
+
+/// What nchan is sent for a bid: the bid (SSE) or ws-edge's frame (WS).
+fn nchan_body(auction: &str, amount: u64, transport: Transport, origin: Origin) -> String {
+    let bid = bid_json(auction, amount, origin);
+    let placed_at = field_placed_at(&bid);
+    match transport {
+        Transport::Sse => bid,
+        // Same shape and length as ws-edge's frame; the id is a stand-in
+        // (nchan's own id travels in the frame's meta).
+        Transport::Ws => format!(
+            r#"{{"type":"bid","auction":"{auction}","id":"{placed_at}-0","payload":{bid}}}"#
+        ),
+    }
 }
 
 fn field_placed_at(bid: &str) -> u64 {
@@ -282,6 +543,17 @@ mod tests {
             system,
             addr: "127.0.0.1:9".into(),
         }
+    }
+
+    #[test]
+    fn nchan_is_sent_frames_as_long_as_ours() {
+        // ws-edge's frame for a bid placed through the bidder's API with a
+        // guest token, and for one the simulator appended.
+        let api = r#"{"type":"bid","auction":"bench-1-0","id":"1796641097946-0","payload":{"auction":"bench-1-0","amount":1000,"bidder":"bench","bidder_id":"g_NQ5Qic75ltM705U6","placed_at":1796641097946,"source":"user"}}"#;
+        let simulated = r#"{"type":"bid","auction":"bench-1-0","id":"1796641097946-0","payload":{"auction":"bench-1-0","amount":1000,"bidder":"bench","bidder_id":"sim_bench","placed_at":1796641097946,"source":"simulated"}}"#;
+        let nchan = |origin| nchan_body("bench-1-0", 1000, Transport::Ws, origin);
+        assert_eq!(nchan(Origin::Api).len(), api.len());
+        assert_eq!(nchan(Origin::Simulated).len(), simulated.len());
     }
 
     #[test]
