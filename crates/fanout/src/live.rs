@@ -193,7 +193,13 @@ impl<C: Codec> Delivery<C> {
                 _ = gone() => return None,
             };
             let step = match ready {
-                Ready::HandedBack => self.take_back(transport, subscription, &mut live).await,
+                // Boxed: taking the socket back is rare beside the events
+                // sent, and its state (what the feed hands back, a
+                // pending frame's write) inline would size every stream's
+                // task for its whole life.
+                Ready::HandedBack => {
+                    Box::pin(self.take_back(transport, subscription, &mut live)).await
+                }
                 Ready::Item(first) => {
                     self.forward(transport, subscription, &mut live, first, &mut batch)
                         .await

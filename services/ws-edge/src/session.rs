@@ -192,10 +192,13 @@ impl<'a> Session<'a> {
                 None => wake,
             };
             if let Some(claim) = parked.take() {
-                let unparked = self
+                // Boxed: taking the socket back is rare beside the events
+                // sent, and its state inline would size every socket's
+                // task for its whole life.
+                let unpark = self
                     .subscriptions
-                    .unpark(&endpoint.delivery, &mut self.socket, claim)
-                    .await;
+                    .unpark(&endpoint.delivery, &mut self.socket, claim);
+                let unparked = Box::pin(unpark).await;
                 if let Err(ended) = unparked {
                     return End::from(ended);
                 }
