@@ -54,6 +54,9 @@ impl GuestKey {
         validation.set_issuer(&[GUEST_ISSUER]);
         validation.set_audience(&[GUEST_AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // A token not valid yet (`nbf`, RFC 7519 4.1.5) is refused, with
+        // the same minute of leeway for clock skew as `exp`.
+        validation.validate_nbf = true;
         let unusable = |error: jsonwebtoken::errors::Error| format!("unusable secret: {error}");
         Ok(GuestKey {
             encoding: Arc::new(EncodingKey::from_secret(secret).map_err(unusable)?),

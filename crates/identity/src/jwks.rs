@@ -66,6 +66,8 @@ impl JwksVerifier {
         validation_base.set_issuer(&[&idp.issuer]);
         validation_base.set_audience(&[&idp.audience]);
         validation_base.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // `nbf` in the future (RFC 7519 4.1.5): not valid yet, refused.
+        validation_base.validate_nbf = true;
         Ok(JwksVerifier {
             inner: Arc::new(Inner {
                 url: idp.jwks_url.clone(),

@@ -51,7 +51,8 @@ pub enum TokenError {
     /// Past its `exp`: sign in again.
     Expired,
     /// Anything else: malformed, tampered, wrongly signed, unknown key,
-    /// another issuer or audience, unusable claims. The reason is for logs.
+    /// another issuer or audience, not valid yet (`nbf`), unusable claims.
+    /// The reason is for logs.
     Invalid(String),
 }
 

@@ -72,7 +72,20 @@ async fn refused_tokens_get_401_and_leave_nothing_in_the_stream() {
         "k1",
         &json!({ "iss": idp::IDP_ISSUER, "aud": idp::IDP_AUDIENCE, "sub": "u1", "exp": now_s() + 3600 }),
     );
+    let mut not_yet = guest_claims("g_not_yet", now_s() + 7200);
+    not_yet["nbf"] = json!(now_s() + 3600);
+    let not_yet_guest = idp::hs256_token(TEST_SESSION_SECRET.as_bytes(), "guest", &not_yet);
     let cases: Vec<(&str, Option<String>, &str)> = vec![
+        (
+            "guest not valid for an hour (nbf)",
+            Some(not_yet_guest),
+            "invalid_token",
+        ),
+        (
+            "provider token not valid for an hour (nbf)",
+            Some(key.token("u1", json!({"nbf": now_s() + 3600}))),
+            "invalid_token",
+        ),
         ("no token", None, "missing_token"),
         ("not a JWT", Some("hello".into()), "invalid_token"),
         ("expired guest", Some(expired_guest), "token_expired"),

@@ -49,7 +49,11 @@ async fn a_socket_bids_only_as_its_signed_in_user() {
         &guest_claims("g_forged", now_s() + 3600),
     );
     let unsigned = idp::unsigned_token(&guest_claims("g_none", now_s() + 3600));
+    let mut not_yet = guest_claims("g_not_yet", now_s() + 7200);
+    not_yet["nbf"] = json!(now_s() + 3600);
+    let not_yet = idp::hs256_token(TEST_SESSION_SECRET.as_bytes(), "guest", &not_yet);
     for (token, code) in [
+        (not_yet, "invalid_token"),
         (expired, "token_expired"),
         (forged, "invalid_token"),
         (unsigned, "invalid_token"),
