@@ -62,14 +62,16 @@ impl BidForwarder {
     pub async fn place(
         &self,
         auction: &str,
-        amount: Value,
+        amount: String,
         token: &str,
         reference: &str,
         key: &IdempotencyKey,
         client: IpAddr,
     ) -> String {
         let deadline = Instant::now() + BID_TIMEOUT;
-        let body = json!({ "amount": amount }).to_string();
+        // The amount's JSON text as the client sent it (valid JSON: it was
+        // parsed), judged by the bidder exactly as an HTTP bid's.
+        let body = format!("{{\"amount\":{amount}}}");
         // Once one attempt may have been applied, the bid's outcome stays
         // unknown until an answer says otherwise: a later `redis_unavailable`
         // says nothing about the earlier attempt.
@@ -194,7 +196,7 @@ impl PendingBids {
         &mut self,
         forwarder: &BidForwarder,
         auction: String,
-        amount: Value,
+        amount: String,
         token: Arc<str>,
         reference: String,
         idempotency_key: Option<String>,

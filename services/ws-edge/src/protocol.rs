@@ -1,6 +1,8 @@
 //! Client messages in, server replies out (README: "ws-edge").
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
@@ -20,7 +22,11 @@ pub enum ClientMessage {
     /// ignored.
     Bid {
         auction: String,
-        amount: Value,
+        /// The amount's JSON text exactly as sent, forwarded as is: the
+        /// bidder judges it on that text (a float would round
+        /// `117999.99999999999` to 118000, and the bid would be placed
+        /// for a cent more than was sent).
+        amount: String,
         reference: String,
         /// The client's own key for this bid (checked when placed); without
         /// one, the socket makes one from its identity and `ref`.
@@ -127,21 +133,25 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
                     "the field `ref` is required for a bid",
                 )
             })?;
-            let required = |name: &str| {
-                object.get(name).cloned().ok_or_else(|| {
-                    Refusal::new(
-                        Some(reference.clone()),
-                        "missing_field",
-                        format!("the field `{name}` is required"),
-                    )
-                })
+            let missing = |name: &str| {
+                Refusal::new(
+                    Some(reference.clone()),
+                    "missing_field",
+                    format!("the field `{name}` is required"),
+                )
             };
+            // The text as sent; the message parsed as a whole already.
+            let amount = serde_json::from_str::<HashMap<String, &RawValue>>(text)
+                .ok()
+                .and_then(|raw| raw.get("amount").map(|amount| amount.get().to_owned()))
+                .filter(|amount| amount != "null")
+                .ok_or_else(|| missing("amount"))?;
             let idempotency_key = match object.get("idempotency_key") {
                 None | Some(Value::Null) => None,
                 Some(_) => Some(field("idempotency_key")?),
             };
             Ok(ClientMessage::Bid {
-                amount: required("amount")?,
+                amount,
                 auction,
                 reference,
                 idempotency_key,
@@ -236,5 +246,28 @@ mod tests {
                 .code,
             "missing_field"
         );
+    }
+
+    #[test]
+    fn a_bids_amount_is_kept_as_the_text_sent() {
+        for amount in [
+            "117999.99999999999",
+            "999999999999.99999",
+            "5000",
+            "5e3",
+            "\"5000\"",
+        ] {
+            let text = format!(r#"{{"type":"bid","auction":"1","amount":{amount},"ref":"r"}}"#);
+            match parse(&text).unwrap() {
+                ClientMessage::Bid { amount: sent, .. } => assert_eq!(sent, amount),
+                other => panic!("{other:?}"),
+            }
+        }
+        for missing in [
+            r#"{"type":"bid","auction":"1","ref":"r"}"#,
+            r#"{"type":"bid","auction":"1","amount":null,"ref":"r"}"#,
+        ] {
+            assert_eq!(parse(missing).unwrap_err().code, "missing_field");
+        }
     }
 }

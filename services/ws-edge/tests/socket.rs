@@ -136,6 +136,16 @@ async fn bad_input_gets_an_error_or_the_contract_close_code() {
             r#"{"type":"bid","auction":"vase","amount":0,"bidder":"x","ref":"r2"}"#,
             "invalid_amount",
         ),
+        // Fractions an f64 would round to a whole amount are refused as
+        // over HTTP, not placed a cent higher.
+        (
+            r#"{"type":"bid","auction":"vase","amount":117999.99999999999,"ref":"r4"}"#,
+            "invalid_amount",
+        ),
+        (
+            r#"{"type":"bid","auction":"vase","amount":999999999999.99999,"ref":"r5"}"#,
+            "invalid_amount",
+        ),
         (
             r#"{"type":"bid","auction":"nope","amount":5000,"bidder":"x","ref":"r3"}"#,
             "not_found",
