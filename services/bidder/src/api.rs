@@ -411,10 +411,15 @@ async fn create_session(
         )
     })?;
     tracing::info!(bidder_id = %session.bidder_id, "guest session created");
-    Ok(json_response(
+    let mut response = json_response(
         StatusCode::CREATED,
         serde_json::to_string(&session).unwrap_or_default(),
-    ))
+    );
+    // A bearer token: no cache (a browser's, a proxy's) may keep it.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 async fn create_auction(

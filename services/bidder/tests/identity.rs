@@ -174,6 +174,14 @@ async fn two_replicas_accept_each_others_guest_sessions() {
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        response
+            .headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap()),
+        Some("no-store"),
+        "a token is never cached"
+    );
     let (status, session) = common::status_and_json(response).await;
     assert_eq!(status, 201, "{session}");
     assert_eq!(session["name"], "Ada Lovelace");
