@@ -97,13 +97,14 @@ fn check_handshake(endpoint: &WsEndpoint, head: &RequestHead) -> Result<Vec<u8>,
                     .any(|part| part.trim().eq_ignore_ascii_case(token))
             })
     };
+    // A 426 names the protocol to upgrade to (RFC 9110, 15.5.22).
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Err(error_response_bytes(
+        return Err(error_response_with_headers(
             426,
             "Upgrade Required",
             "upgrade_required",
             "GET /ws expects a WebSocket upgrade",
-            None,
+            &[("Upgrade", "websocket"), ("Connection", "Upgrade, close")],
         ));
     }
     if head.header("sec-websocket-version") != Some(b"13") {
@@ -113,7 +114,11 @@ fn check_handshake(endpoint: &WsEndpoint, head: &RequestHead) -> Result<Vec<u8>,
             "Upgrade Required",
             "unsupported_version",
             "only WebSocket version 13 is supported",
-            &[("Sec-WebSocket-Version", "13")],
+            &[
+                ("Sec-WebSocket-Version", "13"),
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade, close"),
+            ],
         ));
     }
     if !endpoint.allowed_origins.is_empty() {

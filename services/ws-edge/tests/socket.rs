@@ -508,6 +508,22 @@ async fn a_426_names_the_version_and_a_malformed_key_is_refused() {
         old.contains("Sec-WebSocket-Version: 13\r\n"),
         "RFC 6455 §4.4: {old}"
     );
+    assert!(old.contains("Upgrade: websocket\r\n"), "RFC 9110: {old}");
+    // A plain GET of the WebSocket path: 426, naming the upgrade, with the
+    // documented error body.
+    let mut raw = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    raw.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut plain = Vec::new();
+    let _ = tokio::time::timeout(5 * SECOND, raw.read_to_end(&mut plain)).await;
+    let plain = String::from_utf8_lossy(&plain);
+    assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
+    assert!(
+        plain.contains("Upgrade: websocket\r\n"),
+        "RFC 9110: {plain}"
+    );
+    assert!(plain.contains(r#""error":"upgrade_required""#), "{plain}");
     for key in [
         "short",
         "dGhlIHNhbXBsZSBub25jZR==",

@@ -70,8 +70,18 @@ pub fn error_response_with_headers(
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
+    // The connection closes after the answer; a caller's own `Connection`
+    // (one that names more options) must say `close` too.
+    let close = if headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("connection"))
+    {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n{extra}Connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n{extra}{close}\r\n{body}",
         body.len()
     )
     .into_bytes()
