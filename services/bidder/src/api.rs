@@ -66,6 +66,15 @@ pub fn routes(state: ApiState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        // In the documented error shape, as every other refusal (axum's
+        // own 405 has an empty body); `Allow` is kept.
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .with_state(state)
         .layer(axum::middleware::from_fn(cors))
         .layer(axum::middleware::from_fn(bearer_challenge))

@@ -305,6 +305,18 @@ async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
         "the stream is untouched"
     );
     assert_eq!(stack.get("/auctions/nope").await.0, 404);
+    // A method an endpoint does not take: 405, in the documented shape.
+    let response = stack
+        .http
+        .delete(stack.url("/auctions/good/bids"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("allow"), "{response:?}");
+    let (status, json) = common::status_and_json(response).await;
+    assert_eq!(status, 405, "{json}");
+    assert_eq!(json["error"], "method_not_allowed", "{json}");
+    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
     let (status, auction) = stack.get("/auctions/good").await;
     assert_eq!(status, 200);
     assert_eq!(auction["current"]["amount"], 1000);
