@@ -296,25 +296,29 @@ pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputEr
                 format!("duration_ms must be a whole number from 1 to {MAX_DURATION_MS}"),
             )
         })?;
-    // A description may span lines (tabs and line breaks); other control
-    // characters are refused like everywhere else.
+    // A description may span lines (tabs and line breaks, a CRLF kept as
+    // one `\n`); other control characters, a lone CR among them, are
+    // refused like everywhere else. Its length is counted in characters,
+    // after that.
     let description = match optional(&object, "description") {
         None => None,
-        Some(Value::String(text))
-            if (1..=MAX_DESCRIPTION_CHARS).contains(&text.chars().count())
-                && !text
-                    .chars()
-                    .any(|c| c.is_control() && !matches!(c, '\n' | '\t')) =>
-        {
-            Some(text.clone())
-        }
-        Some(_) => {
-            return Err(InputError::new(
-                "invalid_description",
-                format!(
-                    "description must be 1 to {MAX_DESCRIPTION_CHARS} characters; no control characters but line breaks and tabs"
-                ),
-            ));
+        Some(value) => {
+            let text = value.as_str().map(|text| text.replace("\r\n", "\n"));
+            let valid = text.filter(|text| {
+                (1..=MAX_DESCRIPTION_CHARS).contains(&text.chars().count())
+                    && !text
+                        .chars()
+                        .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+            });
+            let Some(text) = valid else {
+                return Err(InputError::new(
+                    "invalid_description",
+                    format!(
+                        "description must be 1 to {MAX_DESCRIPTION_CHARS} characters; no control characters but line breaks and tabs"
+                    ),
+                ));
+            };
+            Some(text)
         }
     };
     let image_url = match optional(&object, "image_url") {
@@ -553,6 +557,18 @@ mod tests {
             create(r#","description":"Oak.\nTwo drawers.","image_url":"/assets/lot-desk.svg""#)
                 .unwrap();
         assert_eq!(full.description.as_deref(), Some("Oak.\nTwo drawers."));
+        // A CRLF is a line break, kept as one `\n`; a lone CR is not.
+        let crlf = create(r#","description":"Oak.\r\nTwo drawers.""#).unwrap();
+        assert_eq!(crlf.description.as_deref(), Some("Oak.\nTwo drawers."));
+        // The length is in characters, whatever their bytes.
+        let accents = format!(r#","description":"{}""#, "é".repeat(MAX_DESCRIPTION_CHARS));
+        assert_eq!(
+            create(&accents)
+                .unwrap()
+                .description
+                .map(|d| d.chars().count()),
+            Some(MAX_DESCRIPTION_CHARS)
+        );
         assert_eq!(full.image_url.unwrap().as_str(), "/assets/lot-desk.svg");
         let remote = create(r#","image_url":"https://img.example.com:8443/a/b.png?w=2""#).unwrap();
         assert!(remote.image_url.is_some());
@@ -563,6 +579,7 @@ mod tests {
         for bad in [
             r#","description":"""#,
             r#","description":"a\u0007b""#,
+            r#","description":"a\rb""#,
             r#","description":5"#,
             &long,
         ] {

@@ -32,8 +32,12 @@ use std::time::Instant;
 use telemetry::{BidOutcome, Metrics};
 use tracing::Instrument;
 
-/// Request bodies larger than this get 413.
+/// Request bodies larger than this get 413 (a bid, a session).
 const MAX_BODY: usize = 4096;
+/// A new auction's body may be larger: its description alone is up to
+/// 2,000 characters, each up to 4 bytes of UTF-8, or 12 as a JSON escape
+/// pair (`\ud83d\ude00`), beside a title and the rest.
+const MAX_CREATE_BODY: usize = 32 * 1024;
 /// `GET /auctions` pages: `?limit=` up to this many, this many by default.
 const LIST_MAX_LIMIT: usize = 100;
 const LIST_DEFAULT_LIMIT: usize = 50;
@@ -340,7 +344,7 @@ fn rate_limited(seconds: u64) -> ApiError {
 }
 
 /// Reads a JSON body: 415 unless `Content-Type` is JSON, 413 over 4 KiB.
-async fn json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+async fn json_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -361,17 +365,17 @@ async fn json_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("the body must be at most {MAX_BODY} bytes"),
+            format!("the body must be at most {max} bytes"),
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+    if declared.is_some_and(|length| length > max as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY)
+    axum::body::to_bytes(body, max)
         .await
         .map_err(|_| too_large())
 }
@@ -391,7 +395,7 @@ async fn create_session(
             "guest sessions are off here; sign in with the identity provider",
         ));
     };
-    let body = json_body(&headers, body).await?;
+    let body = json_body(&headers, body, MAX_BODY).await?;
     let name = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(object)) => match object.get("name") {
             Some(Value::String(name)) => BidderName::parse(name).map_err(invalid)?,
@@ -445,7 +449,7 @@ async fn create_auction(
             "creating auctions needs the seller role",
         ));
     }
-    let body = json_body(&headers, body).await?;
+    let body = json_body(&headers, body, MAX_CREATE_BODY).await?;
     let request = parse_create_request(&body).map_err(invalid)?;
     let explicit_id = request.id.is_some();
     let mut spec = AuctionSpec {
@@ -601,7 +605,7 @@ async fn place_bid_inner(
 ) -> Result<(Response, BidOutcome), ApiError> {
     let caller = state.caller(peer, headers).await?;
     let auction = AuctionId::parse(id).map_err(invalid)?;
-    let body = json_body(headers, body).await?;
+    let body = json_body(headers, body, MAX_BODY).await?;
     let request = parse_bid_request(&body).map_err(invalid)?;
     let idempotency_key = headers
         .get("idempotency-key")

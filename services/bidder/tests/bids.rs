@@ -408,6 +408,42 @@ async fn description_and_picture_are_stored_and_read_back_everywhere() {
 }
 
 #[tokio::test]
+async fn a_description_is_counted_in_characters_and_a_crlf_is_a_line_break() {
+    let stack = Stack::start(1, &[]);
+    // 2,000 two-byte characters: over the 4 KiB a bid's body may have.
+    let accents = "é".repeat(2000);
+    let cases = [
+        ("accents", accents.as_str(), accents.clone()),
+        (
+            "crlf",
+            "Oak.\r\nTwo drawers.",
+            "Oak.\nTwo drawers.".to_owned(),
+        ),
+    ];
+    for (id, description, stored) in cases {
+        let body = serde_json::json!({
+            "id": id, "title": "Desk", "starting_price": 500, "min_increment": 50,
+            "duration_ms": 60000, "description": description,
+        });
+        let (status, created) = stack.post_json("/auctions", &body.to_string()).await;
+        assert_eq!(status, 201, "{id}: {created}");
+        assert_eq!(created["description"], stored.as_str(), "{id}");
+        let (_, read) = stack.get(&format!("/auctions/{id}")).await;
+        assert_eq!(read["description"], stored.as_str(), "{id}");
+    }
+    // One character more is refused for its length, not its bytes.
+    let body = serde_json::json!({
+        "title": "Desk", "starting_price": 500, "min_increment": 50,
+        "duration_ms": 60000, "description": "é".repeat(2001),
+    });
+    let (status, json) = stack.post_json("/auctions", &body.to_string()).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (400, Some("invalid_description"))
+    );
+}
+
+#[tokio::test]
 async fn an_auction_closes_once_at_its_end_and_refuses_later_bids() {
     let stack = Stack::start(2, &[]);
     stack.create_auction("short", 1_000, 100, 300).await;
