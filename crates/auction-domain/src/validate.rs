@@ -76,10 +76,9 @@ impl fmt::Display for AuctionId {
     }
 }
 
-/// A bidder's display name: trimmed, 1 to 40 characters, not only spaces,
-/// and none of the characters that let a name pass for another or break a
-/// line: controls, zero-width characters, bidi overrides and isolates, line
-/// and paragraph separators.
+/// A bidder's display name: trimmed, 1 to 40 characters, none of the
+/// characters that let a name pass for another or break a line (see
+/// [`deceptive`]), and not one that renders blank (see [`renders_blank`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BidderName(String);
 
@@ -87,7 +86,10 @@ impl BidderName {
     pub fn parse(text: &str) -> Result<BidderName, InputError> {
         let text = text.trim();
         let chars = text.chars().count();
-        if (1..=MAX_NAME_CHARS).contains(&chars) && !text.chars().any(deceptive) {
+        if (1..=MAX_NAME_CHARS).contains(&chars)
+            && !text.chars().any(deceptive)
+            && !renders_blank(text)
+        {
             Ok(BidderName(text.to_owned()))
         } else {
             Err(InputError::new(
@@ -105,17 +107,51 @@ impl BidderName {
     }
 }
 
-/// Characters a display name may not contain.
+/// Characters a name or a title may not contain: controls, the bidi
+/// controls, line and paragraph separators, and the Unicode
+/// Default_Ignorable_Code_Point set (DerivedCoreProperties.txt), which
+/// renders as nothing, but for variation selectors (they pick an emoji's
+/// or a glyph's form, and show nothing alone: see [`renders_blank`]); and
+/// U+FFFC, the object replacement character.
 fn deceptive(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
+            '\u{00AD}' // soft hyphen
+                | '\u{034F}' // combining grapheme joiner
+                | '\u{061C}' // Arabic letter mark (bidi)
+                | '\u{115F}'..='\u{1160}' // Hangul fillers
+                | '\u{17B4}'..='\u{17B5}' // Khmer inherent vowels
+                | '\u{180E}' // Mongolian vowel separator
+                | '\u{200B}'..='\u{200F}' // zero-width space/joiners, LRM, RLM
                 | '\u{2028}'..='\u{202E}' // line/paragraph separators, bidi embeddings and overrides
-                | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
-                | '\u{2066}'..='\u{2069}' // bidi isolates
+                | '\u{2060}'..='\u{206F}' // word joiner, invisible operators, bidi isolates, deprecated formats
+                | '\u{3164}' // Hangul filler
                 | '\u{FEFF}' // zero-width no-break space
+                | '\u{FFA0}' // halfwidth Hangul filler
+                | '\u{FFF0}'..='\u{FFF8}' // unassigned, default-ignorable
+                | '\u{FFFC}' // object replacement character
+                | '\u{1BCA0}'..='\u{1BCA3}' // shorthand format controls
+                | '\u{1D173}'..='\u{1D17A}' // musical formatting controls
+                | '\u{E0000}'..='\u{E00FF}' // tags and their reserved block
+                | '\u{E01F0}'..='\u{E0FFF}' // default-ignorable, unassigned
         )
+}
+
+/// Whether a text shows nothing: only white space, variation selectors,
+/// Mongolian free variation selectors and the braille blank (U+2800).
+fn renders_blank(text: &str) -> bool {
+    text.chars().all(|c| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{180B}'..='\u{180D}'
+                    | '\u{180F}'
+                    | '\u{2800}'
+                    | '\u{FE00}'..='\u{FE0F}'
+                    | '\u{E0100}'..='\u{E01EF}'
+            )
+    })
 }
 
 /// Who placed a bid, as the stream shows it: a stable id and a display
@@ -181,9 +217,11 @@ impl IdempotencyKey {
     }
 }
 
+/// A title: 1 to `max_chars` characters, none [`deceptive`] (a bidi
+/// override would show another title), not one that renders blank.
 fn printable(text: &str, max_chars: usize) -> bool {
     let chars = text.chars().count();
-    (1..=max_chars).contains(&chars) && !text.chars().any(char::is_control)
+    (1..=max_chars).contains(&chars) && !text.chars().any(deceptive) && !renders_blank(text)
 }
 
 /// A validated `POST /auctions/{id}/bids` body. Who bids comes from the

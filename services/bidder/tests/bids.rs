@@ -742,3 +742,46 @@ async fn a_simulated_auction_that_reopens_is_kept_again() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn names_and_titles_that_hide_or_turn_text_are_refused() {
+    let stack = Stack::start(1, &[]);
+    // Each passed before: invisible or direction-changing characters in a
+    // name, names that render blank, a title reversed by an override.
+    for name in [
+        "Ada\u{061C}",
+        "Ada\u{180E}",
+        "A\u{034F}da",
+        "Ada\u{E0041}",
+        "Ada\u{FFFC}",
+        "\u{00AD}",
+        "\u{3164}",
+        "\u{115F}",
+        "\u{2800}",
+    ] {
+        let body = serde_json::json!({ "name": name }).to_string();
+        let (status, json) = stack.post_json("/sessions", &body).await;
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (400, Some("invalid_name")),
+            "{name:?}"
+        );
+    }
+    let body = serde_json::json!({
+        "title": "Desk \u{202E}kcol", "starting_price": 500, "min_increment": 50,
+        "duration_ms": 60000,
+    });
+    let (status, json) = stack.post_json("/auctions", &body.to_string()).await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (400, Some("invalid_title"))
+    );
+    // A name with an emoji's variation selector, and a title with one, pass.
+    let body = serde_json::json!({ "name": "Ada \u{2764}\u{FE0F}" }).to_string();
+    assert_eq!(stack.post_json("/sessions", &body).await.0, 201);
+    let body = serde_json::json!({
+        "title": "Desk \u{2764}\u{FE0F}", "starting_price": 500, "min_increment": 50,
+        "duration_ms": 60000,
+    });
+    assert_eq!(stack.post_json("/auctions", &body.to_string()).await.0, 201);
+}
