@@ -705,6 +705,27 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
     result
 }
 
+/// The upgrade request for a client of `watch` resuming from `last_id`
+/// (nchan's WebSocket subprotocol named when the system is nchan); `None`
+/// for a URL that makes no request.
+fn ws_request(
+    watch: &Watch,
+    last_id: &str,
+) -> Option<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    let mut request = watch
+        .target
+        .ws_url(&watch.auction, last_id)
+        .into_client_request()
+        .ok()?;
+    if watch.target.system == System::Nchan {
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(NCHAN_WS_PROTOCOL),
+        );
+    }
+    Some(request)
+}
+
 /// One WebSocket client: handshake with tokio-tungstenite, then frames are
 /// read off the raw socket (as cheaply as the SSE client reads its stream,
 /// so both transports are measured with the same client cost). Subscribes,
@@ -718,19 +739,9 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let mut chunk = vec![0u8; if reading { 16 * 1024 } else { 256 }];
     let mut last_message = 256;
     while Instant::now() < shared.deadline && !result.done(shared) {
-        let Ok(mut request) = watch
-            .target
-            .ws_url(&watch.auction, &last_id)
-            .into_client_request()
-        else {
+        let Some(request) = ws_request(watch, &last_id) else {
             return result;
         };
-        if watch.target.system == System::Nchan {
-            request.headers_mut().insert(
-                "sec-websocket-protocol",
-                HeaderValue::from_static(NCHAN_WS_PROTOCOL),
-            );
-        }
         let Ok((ws, _)) = tokio_tungstenite::connect_async(request).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -822,19 +833,9 @@ async fn ws_stream_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let mut counted_connect = false;
     let reading = shared.events > 0;
     while Instant::now() < shared.deadline && !result.done(shared) {
-        let Ok(mut request) = watch
-            .target
-            .ws_url(&watch.auction, &last_id)
-            .into_client_request()
-        else {
+        let Some(request) = ws_request(watch, &last_id) else {
             return result;
         };
-        if watch.target.system == System::Nchan {
-            request.headers_mut().insert(
-                "sec-websocket-protocol",
-                HeaderValue::from_static(NCHAN_WS_PROTOCOL),
-            );
-        }
         let Ok((mut ws, _)) = tokio_tungstenite::connect_async(request).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
