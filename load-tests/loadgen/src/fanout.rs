@@ -705,6 +705,36 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
     result
 }
 
+/// A WebSocket client's state across messages, as [`take_ws_text`] keeps
+/// it: whether its connect was counted, the id it resumes from, and the
+/// events received on the current connection.
+type WsConnection<'a> = (&'a mut bool, &'a mut String, &'a mut usize);
+
+/// One text message, as both WebSocket readers take it: an `init` counts
+/// the client as connected, an `error` ends the connection, a bid is
+/// counted (and its id kept to resume from). `Some`: the connection ends.
+fn take_ws_text(
+    payload: &[u8],
+    watch: &Watch,
+    shared: &Shared,
+    result: &mut ClientResult,
+    (counted_connect, last_id, this_connection): WsConnection<'_>,
+    now: Instant,
+) -> Option<Ended> {
+    if payload.starts_with(b"{\"type\":\"init\"") {
+        established(counted_connect, shared);
+    }
+    if payload.starts_with(b"{\"type\":\"error\"") {
+        return Some(Ended::Refused);
+    }
+    find(payload, b"{\"type\":\"bid\"")?;
+    if let Some(id) = watch.target.ws_event_id(payload) {
+        *last_id = String::from_utf8_lossy(id).into_owned();
+    }
+    let amount = field_number(payload, b"\"amount\":")?;
+    result.count(shared, watch, amount, now, this_connection)
+}
+
 /// The upgrade request for a client of `watch` resuming from `last_id`
 /// (nchan's WebSocket subprotocol named when the system is nchan); `None`
 /// for a URL that makes no request.
@@ -779,23 +809,9 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
                 last_message = end;
                 match opcode {
                     0x1 => {
-                        if payload.starts_with(b"{\"type\":\"init\"") {
-                            established(&mut counted_connect, shared);
-                        }
-                        if payload.starts_with(b"{\"type\":\"error\"") {
-                            break 'read Ended::Refused;
-                        }
-                        if find(payload, b"{\"type\":\"bid\"").is_none() {
-                            continue;
-                        }
-                        if let Some(id) = watch.target.ws_event_id(payload) {
-                            last_id = String::from_utf8_lossy(id).into_owned();
-                        }
-                        let Some(amount) = field_number(payload, b"\"amount\":") else {
-                            continue;
-                        };
+                        let connection = (&mut counted_connect, &mut last_id, &mut this_connection);
                         if let Some(ended) =
-                            result.count(shared, watch, amount, now, &mut this_connection)
+                            take_ws_text(payload, watch, shared, &mut result, connection, now)
                         {
                             break 'read ended;
                         }
@@ -859,23 +875,9 @@ async fn ws_stream_client(watch: &Watch, shared: &Shared) -> ClientResult {
                     Ok(Message::Close(_)) | Err(_) => return Ended::Dropped,
                     Ok(_) => continue,
                 };
-                let payload = text.as_bytes();
-                if payload.starts_with(b"{\"type\":\"init\"") {
-                    established(&mut counted_connect, shared);
-                }
-                if payload.starts_with(b"{\"type\":\"error\"") {
-                    return Ended::Refused;
-                }
-                if find(payload, b"{\"type\":\"bid\"").is_none() {
-                    continue;
-                }
-                if let Some(id) = watch.target.ws_event_id(payload) {
-                    last_id = String::from_utf8_lossy(id).into_owned();
-                }
-                let Some(amount) = field_number(payload, b"\"amount\":") else {
-                    continue;
-                };
-                if let Some(ended) = result.count(shared, watch, amount, now, &mut this_connection)
+                let connection = (&mut counted_connect, &mut last_id, &mut this_connection);
+                if let Some(ended) =
+                    take_ws_text(text.as_bytes(), watch, shared, &mut result, connection, now)
                 {
                     return ended;
                 }
