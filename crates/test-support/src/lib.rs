@@ -14,6 +14,7 @@ pub mod conn;
 pub mod idp;
 pub mod memory;
 mod nginx;
+mod ports;
 mod redis_cluster;
 mod redis_server;
 mod seen;
@@ -21,6 +22,7 @@ mod service;
 
 pub use memory::MemoryStore;
 pub use nginx::Nginx;
+pub use ports::{free_cluster_ports, free_port};
 pub use redis_cluster::{NodeInfo, RedisCluster};
 pub use redis_server::{
     APPEND_WITHOUT_NOTICE, Entry, RedisServer, TestRedis, TestRedisProcesses, id_pair,
@@ -97,45 +99,4 @@ pub fn bidder_env(
         ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
         session_secret_env(),
     ]
-}
-
-/// A loopback port that was free a moment ago, below the kernel's range of
-/// ephemeral ports. Why below: a server a test stops and starts again on
-/// the same port (a Redis restart) must find it free, and while it is down
-/// its clients keep connecting to it; a port in the ephemeral range can
-/// meanwhile be taken as the local port of some outgoing connection, or
-/// of a client's connection to itself (TCP's simultaneous open, which a
-/// client retrying a closed local port hits now and then), and the server
-/// cannot start again (seen: "timed out waiting for redis-server to
-/// restart").
-pub fn free_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let low = ephemeral_low().clamp(12_000, 65_535);
-    let span = low - 10_000;
-    // Spread over the range by process and time, then in turn: tests of
-    // other processes pick elsewhere, and each try binds to check.
-    let seed = std::process::id()
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.subsec_nanos());
-    for _ in 0..span {
-        let step = NEXT.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
-        let port = 10_000 + seed.wrapping_add(step) % span;
-        let Ok(port) = u16::try_from(port) else {
-            continue;
-        };
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port below the ephemeral range");
-}
-
-/// The lowest ephemeral port (Linux's `ip_local_port_range`; 32768 when it
-/// cannot be read).
-fn ephemeral_low() -> u32 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
 }

@@ -4,9 +4,8 @@
 //! each with one replica.
 
 use crate::redis_server::{Entry, TestRedis, TestRedisProcesses, remove_data};
-use crate::wait_for;
+use crate::{free_cluster_ports, wait_for};
 use redis::cluster::ClusterClient;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -484,52 +483,6 @@ fn parse_node_line(line: &str) -> Option<NodeInfo> {
         failed: flags.split(',').any(|flag| flag == "fail"),
         slots,
     })
-}
-
-/// `count` loopback ports that are free, and whose cluster bus port (port +
-/// 10000) is free too. Both sit below Linux's ephemeral range (32768 and
-/// up), where the ports the OS hands out for other connections and tests'
-/// `free_port()` are, so those cannot take them between check and bind.
-fn free_cluster_ports(count: usize) -> Vec<u16> {
-    let mut ports = Vec::new();
-    let mut held = Vec::new();
-    let mut attempts = 0;
-    while ports.len() < count {
-        attempts += 1;
-        assert!(attempts < 10_000, "no free port pairs for a Redis Cluster");
-        let port = 10_000 + fastrand_port();
-        if ports.contains(&port)
-            || ports
-                .iter()
-                .any(|&p| p + 10_000 == port || port + 10_000 == p)
-        {
-            continue;
-        }
-        let (Ok(a), Ok(b)) = (
-            TcpListener::bind(("127.0.0.1", port)),
-            TcpListener::bind(("127.0.0.1", port + 10_000)),
-        ) else {
-            continue;
-        };
-        // Held until all are chosen, so no two picks collide.
-        held.push((a, b));
-        ports.push(port);
-    }
-    ports
-}
-
-/// A pseudo-random offset in 0..12_700 (ports 10000..22700, bus ports
-/// 20000..32700), different per call and per process.
-fn fastrand_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    (hasher.finish() % 12_700) as u16
 }
 
 /// Starts one node; `None` if it exited at start (its port was taken).

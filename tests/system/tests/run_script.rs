@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use test_support::{RedisServer, binary_path, free_port, wait_for};
+use test_support::{RedisServer, binary_path, free_cluster_ports, free_port, wait_for};
 
 /// Replicas in `scripts/run`'s order: (binary, port).
 struct Ports {
@@ -86,7 +86,18 @@ impl RunScript {
             .env("PUBLIC_PORT", ports.public.to_string())
             .env("RUST_LOG", "warn")
             .env_remove("AUCTION_REDIS_URL")
-            .env_remove("REDIS_PORT")
+            // The Redis it starts gets ports from this process's allocator
+            // too: picked by the script, they could be ones another test
+            // of this process was just given.
+            .env("REDIS_PORT", free_port().to_string())
+            .env(
+                "REDIS_CLUSTER_PORTS",
+                free_cluster_ports(6)
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
