@@ -25,7 +25,14 @@ pub struct ListCursor {
 impl ListCursor {
     pub fn parse(text: &str) -> Option<ListCursor> {
         let (created_at, id) = text.split_once('-')?;
-        if created_at.is_empty() || !created_at.bytes().all(|b| b.is_ascii_digit()) {
+        // Only the form `Display` writes (no leading zero, at most 19
+        // digits, so every one fits a u64): the OpenAPI pattern can then
+        // say exactly which cursors are valid.
+        let canonical = created_at == "0" || !created_at.starts_with('0');
+        if !(1..=19).contains(&created_at.len())
+            || !canonical
+            || !created_at.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         Some(ListCursor {

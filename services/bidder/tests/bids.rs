@@ -604,6 +604,9 @@ async fn the_listing_pages_through_every_auction_once_newest_first() {
         ("/auctions?limit=ten", "invalid_limit"),
         ("/auctions?cursor=nonsense", "invalid_cursor"),
         ("/auctions?cursor=12-no%20spaces", "invalid_cursor"),
+        ("/auctions?cursor=", "invalid_cursor"),
+        ("/auctions?cursor=012-a", "invalid_cursor"),
+        ("/auctions?cursor=12345678901234567890-a", "invalid_cursor"),
     ] {
         let (status, json) = stack.get(path).await;
         assert_eq!(
