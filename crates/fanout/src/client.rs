@@ -26,7 +26,7 @@
 //! ([`Transport`]); its own job is what only it knows: the request, the
 //! response head, and how an ending is told to its clients.
 
-use crate::codec::{Codec, EncodedEvent, Frame, Item};
+use crate::codec::{Codec, EncodedEvent, Frame, Framing, Item};
 use crate::feed::{Parked, Position};
 use crate::hub::Hub;
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
@@ -124,15 +124,34 @@ impl Subscription {
 }
 
 /// Frames taken from the feeds, waiting for one write.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Batch {
     frames: Vec<Frame>,
     /// `placed_at` of each event among `frames` (0: unknown), for the
     /// metrics once they are written.
     events: Vec<u64>,
+    /// How this client's events are written, if not as the shared frame.
+    framing: Option<Box<dyn Framing>>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("frames", &self.frames.len())
+            .field("framed", &self.framing.is_some())
+            .finish()
+    }
 }
 
 impl Batch {
+    /// A batch whose events `framing` writes.
+    pub fn framed(framing: Box<dyn Framing>) -> Batch {
+        Batch {
+            framing: Some(framing),
+            ..Batch::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
@@ -142,9 +161,23 @@ impl Batch {
         self.frames.len() >= MAX_BATCH
     }
 
-    fn push_event(&mut self, event: &EncodedEvent) {
-        self.frames.push(event.frame.clone());
+    /// Whether events are written by a [`Framing`] of the client's own
+    /// (such a client is never parked: the feed writes shared frames).
+    pub fn is_framed(&self) -> bool {
+        self.framing.is_some()
+    }
+
+    fn push_event(&mut self, auction: &AuctionId, event: &EncodedEvent) {
+        self.push_frame(auction, event.id, &event.frame);
         self.events.push(event.placed_at_ms);
+    }
+
+    /// Pushes the frame of `auction`'s event (or init) `id`, framed.
+    fn push_frame(&mut self, auction: &AuctionId, id: EventId, frame: &Frame) {
+        match &mut self.framing {
+            Some(framing) => framing.frame(auction, id, frame, &mut self.frames),
+            None => self.frames.push(frame.clone()),
+        }
     }
 }
 
@@ -221,6 +254,18 @@ impl<C: Codec> Delivery<C> {
         transport: &mut T,
         opening: Opening,
     ) -> Result<(Subscription, broadcast::Receiver<Item>), StartError> {
+        self.start_framed(transport, opening, &mut Batch::default())
+            .await
+    }
+
+    /// [`start`](Self::start), written through `batch` (empty; its
+    /// [`Framing`], if any, writes each frame).
+    pub async fn start_framed<T: Transport>(
+        &self,
+        transport: &mut T,
+        opening: Opening,
+        batch: &mut Batch,
+    ) -> Result<(Subscription, broadcast::Receiver<Item>), StartError> {
         let Opening {
             auction,
             rx,
@@ -239,20 +284,22 @@ impl<C: Codec> Delivery<C> {
                 if reset {
                     self.metrics.resumes_reset.inc();
                 }
-                self.write(transport, &[frame], || subscription.lapped())
-                    .await?;
+                batch.push_frame(&subscription.auction, last, &frame);
+                self.write_out(transport, batch, &subscription).await?;
                 subscription.last_sent = last;
             }
             Start::Replay(mut catch_up) => {
-                let mut frames = Vec::new();
+                let mut events = Vec::new();
                 loop {
-                    frames.clear();
+                    events.clear();
                     let shared = &self.metrics.replay_reads_shared;
-                    match catch_up.next_batch(&self.hub, &mut frames, shared).await {
+                    match catch_up.next_batch(&self.hub, &mut events, shared).await {
                         Ok(more) => {
-                            self.write(transport, &frames, || subscription.lapped())
-                                .await?;
-                            self.metrics.events_delivered.inc_by(frames.len() as u64);
+                            for (id, frame) in &events {
+                                batch.push_frame(&subscription.auction, *id, frame);
+                            }
+                            self.write_out(transport, batch, &subscription).await?;
+                            self.metrics.events_delivered.inc_by(events.len() as u64);
                             subscription.last_sent = catch_up.last();
                             if !more {
                                 self.metrics.resumes_replayed.inc();
@@ -265,8 +312,8 @@ impl<C: Codec> Delivery<C> {
                                     .await
                                     .map_err(|_| StartError::Unavailable)?;
                             self.metrics.resumes_reset.inc();
-                            self.write(transport, &[frame], || subscription.lapped())
-                                .await?;
+                            batch.push_frame(&subscription.auction, last, &frame);
+                            self.write_out(transport, batch, &subscription).await?;
                             subscription.last_sent = last;
                             break;
                         }
@@ -281,6 +328,22 @@ impl<C: Codec> Delivery<C> {
                 .await?;
         }
         Ok((subscription, rx))
+    }
+
+    /// Writes a start's frames in `batch` and empties it (its events are
+    /// counted by the caller: they are replays, not live deliveries).
+    async fn write_out<T: Transport>(
+        &self,
+        transport: &mut T,
+        batch: &mut Batch,
+        subscription: &Subscription,
+    ) -> Result<(), Ended> {
+        let written = self
+            .write(transport, &batch.frames, || subscription.lapped())
+            .await;
+        batch.frames.clear();
+        batch.events.clear();
+        written
     }
 
     /// Takes one item of the subscription's feed into `batch`.
@@ -298,7 +361,7 @@ impl<C: Codec> Delivery<C> {
                         subscription.moving = true;
                         if event.id > subscription.last_sent {
                             subscription.last_sent = event.id;
-                            batch.push_event(&event);
+                            batch.push_event(&subscription.auction, &event);
                         }
                         Ok(())
                     }
@@ -410,7 +473,7 @@ impl<C: Codec> Delivery<C> {
         for event in returned.missed.ok_or(Ended::Reset)? {
             if event.id > subscription.last_sent {
                 subscription.last_sent = event.id;
-                batch.push_event(&event);
+                batch.push_event(&subscription.auction, &event);
             }
         }
         self.flush(transport, &mut batch, || subscription.lapped())

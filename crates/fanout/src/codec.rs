@@ -29,6 +29,15 @@ pub trait Codec: Send + Sync + 'static {
     }
 }
 
+/// How one client's events are written, where its transport needs more
+/// than the shared frame: an SSE stream of several auctions closes each
+/// event with an id of its own, which resumes every auction in it.
+pub trait Framing: Send + Sync {
+    /// Pushes to `out` what to write for `frame`, the shared frame of
+    /// `auction`'s event `id` (or of its `init`, which reflects `id`).
+    fn frame(&mut self, auction: &AuctionId, id: EventId, frame: &Frame, out: &mut Vec<Frame>);
+}
+
 /// Encoded bytes, shared by every client that is sent them (a reference
 /// count, not a copy).
 pub type Frame = bytes::Bytes;

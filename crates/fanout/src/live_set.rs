@@ -7,7 +7,7 @@
 //! (its messages, its control frames).
 
 use crate::client::{Batch, Delivery, Ended, Subscription, Transport};
-use crate::codec::{Codec, Item};
+use crate::codec::{Codec, Framing, Item};
 use crate::feed::Parked;
 use crate::writer::FrameSocket;
 use auction_domain::AuctionId;
@@ -42,6 +42,21 @@ pub struct LiveSet {
 }
 
 impl LiveSet {
+    /// A set whose events `framing` writes (an SSE stream of several
+    /// auctions): never parked, since the feed writes shared frames.
+    pub fn framed(framing: Box<dyn Framing>) -> LiveSet {
+        LiveSet {
+            batch: Batch::framed(framing),
+            ..LiveSet::default()
+        }
+    }
+
+    /// The batch its starts are written through: a subscription added to
+    /// a framed set starts framed too ([`Delivery::start_framed`]).
+    pub fn batch(&mut self) -> &mut Batch {
+        &mut self.batch
+    }
+
     pub fn len(&self) -> usize {
         self.live.len()
     }
@@ -84,7 +99,7 @@ impl LiveSet {
         let [(key, subscription)] = self.live.as_slice() else {
             return Park::No;
         };
-        if pending || !self.batch.is_empty() {
+        if pending || !self.batch.is_empty() || self.batch.is_framed() {
             return Park::No;
         }
         let feeds = &mut self.feeds;

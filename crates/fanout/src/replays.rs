@@ -762,7 +762,7 @@ mod tests {
         (
             replayed
                 .iter()
-                .map(|frame| String::from_utf8_lossy(frame).into_owned())
+                .map(|(_, frame)| String::from_utf8_lossy(frame).into_owned())
                 .collect(),
             stream.iter().map(|event| event.id.to_string()).collect(),
         )

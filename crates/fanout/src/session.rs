@@ -362,7 +362,7 @@ impl CatchUp {
     pub(crate) async fn next_batch<C: Codec>(
         &mut self,
         hub: &Hub<C>,
-        out: &mut Vec<Frame>,
+        out: &mut Vec<(EventId, Frame)>,
         shared: &Counter,
     ) -> Result<bool, CatchUpError> {
         if self.done {
@@ -373,7 +373,7 @@ impl CatchUp {
             if let Some(last) = events.last() {
                 self.after = last.id;
             }
-            out.extend(events.iter().map(|event| event.frame.clone()));
+            out.extend(events.iter().map(|event| (event.id, event.frame.clone())));
             return Ok(false);
         }
         let page = match self.page.take() {
@@ -392,7 +392,11 @@ impl CatchUp {
         if !page.held || (page.broken && page.events.is_empty()) {
             return Err(CatchUpError::Gap);
         }
-        out.extend(page.events.iter().map(|event| event.frame.clone()));
+        out.extend(
+            page.events
+                .iter()
+                .map(|event| (event.id, event.frame.clone())),
+        );
         if let Some(last) = page.events.last() {
             self.after = last.id;
         }
