@@ -76,7 +76,8 @@ before(async () => {
   assert.equal(response.status, 200);
   setTimeout(() => controller.abort(), 3000);
 
-  const targets = (names) => names.map((name) => `"127.0.0.1:${stack.ports[name]}"`).join(", ");
+  // Scraped on their ops listeners, where /metrics is served.
+  const targets = (names) => names.map((name) => `"127.0.0.1:${stack.opsPorts[name]}"`).join(", ");
   const dir = join(stack.dir, "prometheus");
   mkdirSync(dir);
   writeFileSync(join(dir, "alerts.yml"), rulesForTest());
@@ -151,8 +152,7 @@ test("every dashboard variable lists the live replicas and transports", async ()
   const variables = dashboards.flatMap((d) => d.templating?.list || []);
   assert.deepEqual(variables.map((v) => v.name).sort(), ["instance", "transport"]);
   const want = {
-    instance: Object.entries(stack.ports).filter(([name]) => name !== "nginx")
-      .map(([, port]) => `127.0.0.1:${port}`).sort(),
+    instance: Object.values(stack.opsPorts).map((port) => `127.0.0.1:${port}`).sort(),
     transport: ["sse", "ws"],
   };
   for (const variable of variables) {
@@ -177,7 +177,7 @@ test("a killed replica fires AuctionReplicaDown and turns its panels red", async
   const down = panel("Replicas down");
   const firing = panel("Alerts firing");
   const value = async (expr) => Number((await query(expr))[0].value[1]);
-  const killed = `127.0.0.1:${stack.ports.sse2}`;
+  const killed = `127.0.0.1:${stack.opsPorts.sse2}`;
   const replicaDown = async () => {
     const body = await (await fetch(`${promUrl}/api/v1/alerts`)).json();
     return body.data.alerts.filter((a) => a.labels.alertname === "AuctionReplicaDown");

@@ -60,8 +60,12 @@ export class Stack {
     await waitFor("redis", () => this.redis("PING").trim() === "PONG");
     const redisUrl = `redis://127.0.0.1:${this.redisPort}`;
     this.ports = {};
+    // Each service's ops listener (/healthz, /readyz, /metrics): never its
+    // public port, which nginx proxies to.
+    this.opsPorts = {};
     for (const name of ["bidder1", "bidder2", "sse1", "sse2", "ws1", "ws2", "nginx"]) {
       this.ports[name] = await freePort();
+      if (name !== "nginx") this.opsPorts[name] = await freePort();
     }
     // One guest-session secret for every bidder and ws-edge: each accepts
     // the tokens the others mint.
@@ -76,7 +80,7 @@ export class Stack {
     this.service("ws1", "ws-edge", { ...common, AUCTION_BIDDER_URL: `http://127.0.0.1:${this.ports.bidder1}` });
     this.service("ws2", "ws-edge", { ...common, AUCTION_BIDDER_URL: `http://127.0.0.1:${this.ports.bidder2}` });
     for (const name of ["bidder1", "bidder2", "sse1", "sse2", "ws1", "ws2"]) {
-      await waitFor(name, ready(this.ports[name]));
+      await waitFor(name, ready(this.opsPorts[name]));
     }
     // nginx with the project's own template, upstreams on our ports.
     const prefix = join(this.dir, "nginx");
@@ -102,15 +106,20 @@ export class Stack {
    *  `stop()` with the rest. */
   async addBidder(name, env) {
     this.ports[name] = await freePort();
+    this.opsPorts[name] = await freePort();
     this.service(name, "bidder", {
       AUCTION_REDIS_URL: `redis://127.0.0.1:${this.redisPort}`, AUCTION_SESSION_SECRET: this.secret,
       AUCTION_RATE_LIMIT_PER_S: "1000", ...env,
     });
-    await waitFor(name, ready(this.ports[name]));
+    await waitFor(name, ready(this.opsPorts[name]));
   }
 
   service(name, binary, env) {
-    this.run(name, bin(binary), [], { ...env, AUCTION_LISTEN: `127.0.0.1:${this.ports[name]}` });
+    this.run(name, bin(binary), [], {
+      ...env,
+      AUCTION_LISTEN: `127.0.0.1:${this.ports[name]}`,
+      AUCTION_OPS_LISTEN: `127.0.0.1:${this.opsPorts[name]}`,
+    });
   }
 
   /** SIGKILL, as a crash would. */
@@ -122,7 +131,7 @@ export class Stack {
   async restart(name) {
     const { binary, args, env } = this.children.get(name);
     this.run(name, binary, args, env);
-    await waitFor(`${name} again`, ready(this.ports[name]));
+    await waitFor(`${name} again`, ready(this.opsPorts[name]));
   }
 
   /** The replica among `names` that has a client connected. */
@@ -130,7 +139,7 @@ export class Stack {
     let found = null;
     await waitFor(`a ${transport} connection`, async () => {
       for (const name of names) {
-        const text = await (await fetch(`http://127.0.0.1:${this.ports[name]}/metrics`)).text();
+        const text = await (await fetch(`http://127.0.0.1:${this.opsPorts[name]}/metrics`)).text();
         const line = text.split("\n").find((l) => l.startsWith(`auction_connections{transport="${transport}"}`));
         if (line && Number(line.split(" ")[1]) > 0) { found = name; return true; }
       }

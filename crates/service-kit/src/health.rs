@@ -52,15 +52,10 @@ struct OpsState {
     metrics: Arc<Metrics>,
 }
 
-/// Whether `path` is one of the ops routes, which are answered even when
-/// the process is out of connection slots (probes must not restart a
-/// replica that is busy serving its clients).
-pub(crate) fn is_ops_path(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
-}
-
-/// `/healthz`, `/readyz` and `/metrics`.
-pub fn ops_routes(ctx: &Context) -> Router {
+/// `/healthz`, `/readyz` and `/metrics`: served only on the ops listener
+/// (`AUCTION_OPS_LISTEN`), never on the public port, so whatever routes
+/// the public port (an Ingress, nginx) cannot expose them.
+pub(crate) fn ops_routes(ctx: &Context) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

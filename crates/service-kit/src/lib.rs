@@ -1,6 +1,7 @@
 //! The life of a service process, shared by `bidder`, `sse-edge` and
 //! `ws-edge`: read settings (exit 2 on a bad one), start telemetry, bind,
-//! serve `/healthz` `/readyz` `/metrics`, and on SIGTERM/SIGINT turn
+//! serve `/healthz` `/readyz` `/metrics` on the ops listener (never on the
+//! public port), and on SIGTERM/SIGINT turn
 //! unready, refuse new connections, drain and exit 0 within the grace period.
 
 pub mod connections;
@@ -15,7 +16,7 @@ pub mod refusal;
 
 pub use error::{ApiError, error_response};
 pub use gate::{Admission, ConnectionGate};
-pub use health::{Health, ops_routes, watch_redis};
+pub use health::{Health, watch_redis};
 pub use process::{Common, Context, Process, bind, serve};
 pub use raw_http::{
     FastPath, RequestHead, error_response_bytes, error_response_with_headers, serve_routes,

@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// Settings every service has.
 #[derive(Debug, Clone)]
 pub struct Common {
+    /// `AUCTION_LISTEN`: the public port (API, streams, pages).
     pub listen: SocketAddr,
+    /// `AUCTION_OPS_LISTEN`: `/healthz`, `/readyz` and `/metrics`, which
+    /// the public port never serves.
+    pub ops_listen: SocketAddr,
     pub redis: RedisTarget,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -24,12 +28,29 @@ pub struct Common {
 }
 
 impl Common {
-    fn read(settings: &Settings, default_listen: &str) -> Result<Common, SettingError> {
+    fn read(
+        settings: &Settings,
+        default_listen: &str,
+        default_ops_listen: &str,
+    ) -> Result<Common, SettingError> {
         let redis_url = settings
             .raw("redis_url")
             .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+        let listen = settings.listen_addr("listen", default_listen)?;
+        let ops_listen = settings.listen_addr("ops_listen", default_ops_listen)?;
+        // One port for both would either fail to bind or, worse, suggest
+        // the ops endpoints can share the public port: say which.
+        if listen.port() != 0 && listen.port() == ops_listen.port() {
+            return Err(settings.error(
+                "ops_listen",
+                format!(
+                    "{ops_listen} has the port of AUCTION_LISTEN ({listen}); the ops endpoints need a port of their own"
+                ),
+            ));
+        }
         Ok(Common {
-            listen: settings.listen_addr("listen", default_listen)?,
+            listen,
+            ops_listen,
             redis: event_log::parse_redis_url(&redis_url)
                 .map_err(|problem| settings.error("redis_url", problem))?,
             shutdown_grace: Duration::from_millis(settings.number(
@@ -62,12 +83,13 @@ pub struct Context {
 }
 
 impl Process {
-    /// Reads the layered settings and the common ones; on a bad setting
-    /// prints one line naming it and exits 2.
-    pub fn start(name: &'static str, default_listen: &str) -> Process {
+    /// Reads the layered settings and the common ones (the public and ops
+    /// addresses default to `default_listen` and `default_ops_listen`); on
+    /// a bad setting prints one line naming it and exits 2.
+    pub fn start(name: &'static str, default_listen: &str, default_ops_listen: &str) -> Process {
         let settings =
             Settings::from_process().unwrap_or_else(|error| Process::exit_bad_setting(&error));
-        let common = Common::read(&settings, default_listen)
+        let common = Common::read(&settings, default_listen, default_ops_listen)
             .unwrap_or_else(|error| Process::exit_bad_setting(&error));
         Process {
             name,
@@ -116,6 +138,11 @@ impl Process {
         let grace = ctx.common.shutdown_grace;
         let result = runtime.block_on(async {
             tokio::spawn(on_signal(ctx.clone()));
+            // Bound before the app starts, so probes find it from the first
+            // moment (answering 503 until Redis is up), and served until the
+            // process exits.
+            let ops = bind_ops(&ctx).await?;
+            tokio::spawn(crate::raw_http::serve_ops(ctx.clone(), ops));
             let shutdown = ctx.shutdown.clone();
             let deadline = async move {
                 shutdown.cancelled().await;
@@ -179,7 +206,23 @@ async fn wait_for_signal() -> &'static str {
 /// `listening on <addr>` (tests and operators read the port from that line
 /// when `AUCTION_LISTEN` has port 0).
 pub async fn bind(ctx: &Context) -> Result<TcpListener, String> {
-    let addr = ctx.common.listen;
+    let listener = listen(ctx.common.listen, ctx.common.connections.backlog)?;
+    let addr = bound_addr(&listener)?;
+    tracing::info!("{} listening on {addr}", ctx.name);
+    Ok(listener)
+}
+
+/// Binds the ops listener and logs `ops listener on <addr>` (a line apart
+/// from the public one, for the same readers).
+async fn bind_ops(ctx: &Context) -> Result<TcpListener, String> {
+    // Probes and scrapers: a short queue is plenty.
+    let listener = listen(ctx.common.ops_listen, 64)?;
+    let addr = bound_addr(&listener)?;
+    tracing::info!("{} ops listener on {addr}", ctx.name);
+    Ok(listener)
+}
+
+fn listen(addr: SocketAddr, backlog: u32) -> Result<TcpListener, String> {
     let cannot = |error: std::io::Error| format!("cannot listen on {addr}: {error}");
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -189,17 +232,16 @@ pub async fn bind(ctx: &Context) -> Result<TcpListener, String> {
     .map_err(cannot)?;
     socket.set_reuseaddr(true).map_err(cannot)?;
     socket.bind(addr).map_err(cannot)?;
-    let listener = socket
-        .listen(ctx.common.connections.backlog)
-        .map_err(cannot)?;
-    let addr = listener
-        .local_addr()
-        .map_err(|error| format!("cannot read the bound address: {error}"))?;
-    tracing::info!("{} listening on {addr}", ctx.name);
-    Ok(listener)
+    socket.listen(backlog).map_err(cannot)
 }
 
-/// Serves `routes` plus the ops routes until shutdown, then stops
+fn bound_addr(listener: &TcpListener) -> Result<SocketAddr, String> {
+    listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the bound address: {error}"))
+}
+
+/// Serves `routes` (never the ops routes) until shutdown, then stops
 /// accepting; open connections finish (the grace deadline in
 /// [`Process::run`] bounds the wait).
 pub async fn serve(ctx: &Context, listener: TcpListener, routes: Router) -> Result<(), String> {

@@ -26,13 +26,17 @@ pub fn binary_path(name: &str) -> PathBuf {
 /// A project binary running as a child process, killed on drop.
 pub struct ServiceProcess {
     child: Child,
+    /// The public port.
     pub addr: SocketAddr,
+    /// The ops listener: `/healthz`, `/readyz`, `/metrics`.
+    pub ops_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServiceProcess {
-    /// Starts `binary` with `AUCTION_LISTEN=127.0.0.1:0` plus `env`, and
-    /// waits for its `listening on <addr>` line.
+    /// Starts `binary` with `AUCTION_LISTEN=127.0.0.1:0` and
+    /// `AUCTION_OPS_LISTEN=127.0.0.1:0` plus `env`, and waits for its
+    /// `listening on <addr>` and `ops listener on <addr>` lines.
     pub fn start(binary: &str, env: &[(&str, String)]) -> ServiceProcess {
         ServiceProcess::start_command(binary, Command::new(binary_path(binary)), env)
     }
@@ -55,6 +59,7 @@ impl ServiceProcess {
     fn start_command(binary: &str, mut command: Command, env: &[(&str, String)]) -> ServiceProcess {
         command
             .env("AUCTION_LISTEN", "127.0.0.1:0")
+            .env("AUCTION_OPS_LISTEN", "127.0.0.1:0")
             .env("AUCTION_LOG_FORMAT", "pretty")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             // Viewer counts come at any time; a test that is not about them
@@ -74,6 +79,7 @@ impl ServiceProcess {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = mpsc::channel();
+        let (ops_tx, ops_rx) = mpsc::channel();
         let sink = log.clone();
         let name = binary.to_owned();
         std::thread::spawn(move || {
@@ -81,27 +87,47 @@ impl ServiceProcess {
                 if let Some(addr) = listening_addr(&line) {
                     let _ = addr_tx.send(addr);
                 }
+                if let Some(addr) = addr_after(&line, OPS_LINE) {
+                    let _ = ops_tx.send(addr);
+                }
                 if std::env::var_os("TEST_SHOW_LOGS").is_some() {
                     eprintln!("[{name}] {line}");
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "{binary} did not report its address; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut reported = |rx: &mpsc::Receiver<SocketAddr>, what: &str| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(addr) => addr,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "{binary} did not report its {what}; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
+                }
             }
         };
-        ServiceProcess { child, addr, log }
+        let ops_addr = reported(&ops_rx, "ops address");
+        let addr = reported(&addr_rx, "address");
+        ServiceProcess {
+            child,
+            addr,
+            ops_addr,
+            log,
+        }
     }
 
+    /// The public port's URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The ops listener's URL.
+    pub fn ops_url(&self) -> String {
+        format!("http://{}", self.ops_addr)
     }
 
     pub fn pid(&self) -> u32 {
@@ -138,7 +164,7 @@ impl ServiceProcess {
     /// or 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
         use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(self.addr) else {
+        let Ok(mut stream) = std::net::TcpStream::connect(self.ops_addr) else {
             return 0.0;
         };
         let _ = write!(stream, "GET /metrics HTTP/1.0\r\n\r\n");
@@ -151,10 +177,11 @@ impl ServiceProcess {
             .unwrap_or(0.0)
     }
 
-    /// Whether `GET path` answers with `status` right now.
+    /// Whether `GET path` on the ops listener answers with `status` right
+    /// now.
     pub fn answers(&self, path: &str, status: u16) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(self.addr) else {
+        let Ok(mut stream) = std::net::TcpStream::connect(self.ops_addr) else {
             return false;
         };
         let _ = write!(stream, "GET {path} HTTP/1.0\r\n\r\n");
@@ -175,8 +202,15 @@ impl Drop for ServiceProcess {
     }
 }
 
+/// What a service logs before its ops listener's address.
+const OPS_LINE: &str = "ops listener on ";
+
 fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    addr_after(line, "listening on ")
+}
+
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(marker)? + marker.len()..];
     let end = rest
         .find(|c: char| c.is_whitespace() || c == '"')
         .unwrap_or(rest.len());
@@ -240,6 +274,16 @@ mod tests {
                 .unwrap()
                 .port(),
             5000
+        );
+    }
+
+    #[test]
+    fn tells_the_ops_line_from_the_public_one() {
+        let ops = "INFO x: bidder ops listener on 127.0.0.1:4001";
+        assert_eq!(listening_addr(ops), None);
+        assert_eq!(
+            super::addr_after(ops, super::OPS_LINE).unwrap().port(),
+            4001
         );
     }
 }

@@ -258,8 +258,23 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         if auction_count != 1 || system == System::Floor || from + 1 >= events {
             return Err("--storm-from K: one auction, ours or nchan, K + 1 < --events".into());
         }
+        // Our edge's metrics are on its ops listener, not on --server.
+        let ops = match system {
+            System::Ours => {
+                let ops = args.text("ops", "");
+                if ops.is_empty() {
+                    return Err(
+                        "--storm-from with --system ours needs --ops URL (the edge's ops listener, AUCTION_OPS_LISTEN)".into(),
+                    );
+                }
+                ensure_loopback(&ops)?;
+                Some(ops.trim_end_matches('/').to_owned())
+            }
+            _ => None,
+        };
         let storm = Storm {
             target,
+            ops,
             auction: auctions[0].clone(),
             clients,
             events,
@@ -902,6 +917,8 @@ async fn ws_stream_client(watch: &Watch, shared: &Shared) -> ClientResult {
 /// after `from` comes from the stream.
 struct Storm {
     target: Target,
+    /// Our edge's ops listener (`http://host:port`), for its `/metrics`.
+    ops: Option<String>,
     auction: String,
     clients: usize,
     events: usize,
@@ -917,10 +934,10 @@ impl Storm {
     /// labels): replay reads a client did not make because another client's
     /// identical read was in flight. `None` for nchan.
     async fn shared_reads(&self) -> Result<Option<u64>, String> {
-        if self.target.system != System::Ours {
+        let Some(ops) = &self.ops else {
             return Ok(None);
-        }
-        let url = format!("http://{}/metrics", self.target.addr);
+        };
+        let url = format!("{ops}/metrics");
         let text = reqwest::Client::new()
             .get(&url)
             .timeout(Duration::from_secs(5))

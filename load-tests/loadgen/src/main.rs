@@ -24,7 +24,7 @@ const USAGE: &str = "usage:
   loadgen bids --url URL --token TOKEN [--concurrency N] [--seconds S]
   loadgen sse|ws --server URL [--system ours|nchan|floor] [--redis URL]
                  [--clients N] [--auctions A] [--events M] [--rate R]
-                 [--churn-every K] [--storm-from K]
+                 [--churn-every K] [--storm-from K] [--ops URL]
                  [--reading batch|eager|tungstenite] [--publish direct|http|pipelined]
                  [--bidder URL --token TOKEN]
                  [--pids PID,PID..] [--settle-ms MS] [--timeout-s S]
@@ -48,7 +48,9 @@ const USAGE: &str = "usage:
     --storm-from K: publish --events first, then open every client at
       once resuming from the id of event K (0-based; one auction, ours or
       nchan): resumes/s, missing, duplicated, out of order, server CPU,
-      and for ours the XRANGE calls Redis served (--redis);
+      and for ours the XRANGE calls Redis served (--redis) and the
+      replay reads shared, from the edge's /metrics on its ops listener
+      (--ops URL, the edge's AUCTION_OPS_LISTEN);
     --pids: the server's processes, for CPU and RSS (summed; add Redis
       and the bidder to count the whole server side)";
 

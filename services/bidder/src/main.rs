@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     if args.next().as_deref() == Some(token_cli::COMMAND) {
         return token_cli::run(args);
     }
-    let process = Process::start("bidder", "0.0.0.0:8080");
+    let process = Process::start("bidder", "0.0.0.0:8080", "0.0.0.0:9080");
     let own = BidderSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
     let identity = IdentityConfig::read(&process.settings)

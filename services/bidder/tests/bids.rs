@@ -107,7 +107,7 @@ async fn idempotency_key_returns_the_first_answer_and_appends_once() {
 
     let metrics = stack
         .http
-        .get(stack.url("/metrics"))
+        .get(stack.ops_url("/metrics"))
         .send()
         .await
         .unwrap()
@@ -322,7 +322,7 @@ async fn bad_input_gets_the_contract_error_and_leaves_the_stream_alone() {
     assert_eq!(auction["current"]["amount"], 1000);
     let metrics = stack
         .http
-        .get(stack.url("/metrics"))
+        .get(stack.ops_url("/metrics"))
         .send()
         .await
         .unwrap()

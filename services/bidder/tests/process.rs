@@ -13,7 +13,7 @@ async fn survives_a_redis_restart_without_being_restarted() {
     let mut stack = Stack::start(1, &[]);
     stack.create_auction("outage", 1_000, 100, 600_000).await;
     let ready = |stack: &Stack| {
-        let request = stack.http.get(stack.url("/readyz"));
+        let request = stack.http.get(stack.ops_url("/readyz"));
         async move {
             request
                 .send()
@@ -53,7 +53,7 @@ async fn survives_a_redis_restart_without_being_restarted() {
         (ready(&stack).await == 503).then_some(())
     })
     .await;
-    assert_eq!(stack.get("/healthz").await.0, 200, "still alive");
+    assert_eq!(stack.ops_status("/healthz").await, 200, "still alive");
     assert_eq!(stack.get("/auctions/outage").await.0, 503);
 
     stack.redis.restart();
@@ -68,7 +68,7 @@ async fn survives_a_redis_restart_without_being_restarted() {
     assert_eq!(stack.stream("outage").await.len(), 1);
     let metrics = stack
         .http
-        .get(stack.url("/metrics"))
+        .get(stack.ops_url("/metrics"))
         .send()
         .await
         .unwrap()
@@ -138,7 +138,7 @@ fn the_token_command_mints_a_token_with_the_shared_secret() {
 #[tokio::test]
 async fn sigterm_turns_unready_and_exits_zero() {
     let mut stack = Stack::start(1, &[("AUCTION_SIMULATE", "true".into())]);
-    assert_eq!(stack.get("/healthz").await.0, 200);
+    assert_eq!(stack.ops_status("/healthz").await, 200);
     stack.bidders[0].signal("TERM");
     let status = stack.bidders[0]
         .wait_exit(Duration::from_secs(10))

@@ -37,7 +37,7 @@ impl SseSettings {
 }
 
 fn main() -> ExitCode {
-    let process = Process::start("sse-edge", "0.0.0.0:8081");
+    let process = Process::start("sse-edge", "0.0.0.0:8081", "0.0.0.0:9081");
     let own = SseSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
     process.run(|ctx| run(ctx, own))

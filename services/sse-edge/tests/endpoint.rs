@@ -142,7 +142,7 @@ async fn every_unusable_resume_point_gets_a_reset_init() {
     // Still alive and well.
     let health = setup
         .http
-        .get(format!("{}/healthz", setup.edge.url()))
+        .get(format!("{}/healthz", setup.edge.ops_url()))
         .send()
         .await
         .unwrap();
@@ -150,7 +150,7 @@ async fn every_unusable_resume_point_gets_a_reset_init() {
     assert!(!setup.edge.logs().contains("panicked"));
     let metrics = setup
         .http
-        .get(format!("{}/metrics", setup.edge.url()))
+        .get(format!("{}/metrics", setup.edge.ops_url()))
         .send()
         .await
         .unwrap()

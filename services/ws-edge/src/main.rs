@@ -70,7 +70,7 @@ impl WsSettings {
 
 /// One timer for the whole replica: every socket pings on its ticks.
 fn main() -> ExitCode {
-    let process = Process::start("ws-edge", "0.0.0.0:8082");
+    let process = Process::start("ws-edge", "0.0.0.0:8082", "0.0.0.0:9082");
     let own = WsSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
     let identity = IdentityConfig::read(&process.settings)

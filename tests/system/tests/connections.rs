@@ -2,7 +2,7 @@
 //! bounded number: oversized heads are answered 431, absolute-form targets
 //! are served, clients that hold connections without finishing a request
 //! cannot keep a real client out (at a low file limit too), and health is
-//! answered even when every slot holds a stream.
+//! answered on the ops listener even when every slot holds a stream.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,6 +27,15 @@ fn env(
     };
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     env
+}
+
+/// A public route of `binary` that answers 200 to a plain GET.
+fn served_path(binary: &str) -> &'static str {
+    if binary == "bidder" {
+        "/openapi.json"
+    } else {
+        "/"
+    }
 }
 
 /// Sends `request` whole and returns the status line's code.
@@ -59,7 +68,7 @@ async fn heads_over_100_lines_or_16_kib_get_431_on_every_service() {
             .map(|i| format!("X-Padding-{i}: {i}\r\n"))
             .collect();
         let long = format!("X-Long: {}\r\n", "a".repeat(16_900));
-        for path in ["/healthz", "/auctions/a/events", "/ws"] {
+        for path in [served_path(binary), "/auctions/a/events", "/ws"] {
             for headers in [&many, &long] {
                 let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
                 assert_eq!(
@@ -71,7 +80,8 @@ async fn heads_over_100_lines_or_16_kib_get_431_on_every_service() {
         }
         // 60 header lines are served (they were refused as 404 once).
         let fine: String = (0..60).map(|i| format!("X-Padding-{i}: {i}\r\n")).collect();
-        let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{fine}\r\n");
+        let path = served_path(binary);
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{fine}\r\n");
         assert_eq!(
             status_of(service.addr, request.as_bytes()).await,
             200,
@@ -108,7 +118,7 @@ async fn slow_client(addr: SocketAddr, body: bool) -> Duration {
     let start: &[u8] = if body {
         b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
     } else {
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        b"GET / HTTP/1.1\r\nHost: x\r\n"
     };
     if stream.write_all(start).await.is_err() {
         return started.elapsed();
@@ -215,16 +225,23 @@ async fn health_is_answered_when_every_slot_holds_a_stream() {
     );
     let request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_eq!(
-        status_of(edge.addr, request.as_bytes()).await,
+        status_of(edge.ops_addr, request.as_bytes()).await,
         200,
-        "/healthz"
+        "/healthz on the ops listener"
     );
     // Readiness is answered too (its value is Redis's health, which a
     // loaded machine may make flap; what matters here is the answer).
     let request = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
-    let answer = answer_to(edge.addr, request.as_bytes()).await;
+    let answer = answer_to(edge.ops_addr, request.as_bytes()).await;
     assert!(
         answer.starts_with("HTTP/1.1 200") || answer.contains("redis unreachable"),
         "/readyz is answered by readiness, not refused: {answer}"
+    );
+    // The public port has no ops routes to fall back on: a full replica
+    // refuses the connection.
+    let answer = answer_to(edge.addr, request.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"),
+        "{answer}"
     );
 }

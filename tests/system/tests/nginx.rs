@@ -106,3 +106,44 @@ async fn sse_and_websocket_clients_resume_through_nginx_when_an_edge_dies() {
         seen.assert_exact(&redis, "lb");
     }
 }
+
+#[test]
+fn the_ops_endpoints_are_not_reachable_through_nginx() {
+    use std::io::{Read, Write};
+    let redis = RedisServer::start();
+    let bidder = ServiceProcess::start("bidder", &test_support::bidder_env(&redis, "", 1000));
+    let env = [
+        ("AUCTION_REDIS_URL", redis.url()),
+        test_support::session_secret_env(),
+    ];
+    let sse = ServiceProcess::start("sse-edge", &env);
+    let ws = ServiceProcess::start("ws-edge", &env);
+    let nginx = Nginx::start(&[bidder.addr], &[sse.addr], &[ws.addr]);
+    let status = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text.split(' ').nth(1).unwrap_or_default().to_owned()
+    };
+    // The public routes are there...
+    assert_eq!(status("/openapi.json"), "200");
+    assert_eq!(status("/"), "200");
+    // ...the ops endpoints are not, though every replica serves them on its
+    // ops listener.
+    for path in [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/readyz?x=1",
+        "/metrics/",
+    ] {
+        assert_eq!(status(path), "404", "{path}");
+    }
+    for service in [&bidder, &sse, &ws] {
+        assert!(service.answers("/healthz", 200));
+    }
+}

@@ -10,7 +10,7 @@ use test_support::{RedisServer, ServiceProcess, bidder_env, wait_for};
 
 /// The whole exposition of `service`.
 fn scrape(service: &ServiceProcess) -> String {
-    let mut stream = std::net::TcpStream::connect(service.addr).unwrap();
+    let mut stream = std::net::TcpStream::connect(service.ops_addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();

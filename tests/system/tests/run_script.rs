@@ -1,6 +1,6 @@
 //! `scripts/run`, as a newcomer runs it: it names the replica that cannot
 //! start and exits non-zero, and says "ready" only once every replica
-//! answers `/readyz`. Runs the real script with the binaries `cargo test`
+//! answers `/readyz` on its ops port. Runs the real script with the binaries `cargo test`
 //! built (`SKIP_BUILD=1`), on free ports, with its data in a temporary
 //! directory.
 
@@ -14,9 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_support::{RedisServer, binary_path, free_cluster_ports, free_port, wait_for};
 
-/// Replicas in `scripts/run`'s order: (binary, port).
+/// A replica in `scripts/run`'s order.
+struct Replica {
+    binary: &'static str,
+    port: u16,
+    ops: u16,
+}
+
 struct Ports {
-    replicas: Vec<(&'static str, u16)>,
+    replicas: Vec<Replica>,
     public: u16,
 }
 
@@ -26,7 +32,11 @@ impl Ports {
             "bidder", "bidder", "sse-edge", "sse-edge", "ws-edge", "ws-edge",
         ]
         .into_iter()
-        .map(|binary| (binary, free_port()))
+        .map(|binary| Replica {
+            binary,
+            port: free_port(),
+            ops: free_port(),
+        })
         .collect();
         Ports {
             replicas,
@@ -34,11 +44,21 @@ impl Ports {
         }
     }
 
+    /// The public ports of `binary`'s replicas, as the script takes them.
     fn of(&self, binary: &str) -> String {
+        self.list(binary, |replica| replica.port)
+    }
+
+    /// The ops ports of `binary`'s replicas.
+    fn ops_of(&self, binary: &str) -> String {
+        self.list(binary, |replica| replica.ops)
+    }
+
+    fn list(&self, binary: &str, port: impl Fn(&Replica) -> u16) -> String {
         self.replicas
             .iter()
-            .filter(|(b, _)| *b == binary)
-            .map(|(_, port)| port.to_string())
+            .filter(|replica| replica.binary == binary)
+            .map(|replica| port(replica).to_string())
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -83,6 +103,9 @@ impl RunScript {
             .env("BIDDER_PORTS", ports.of("bidder"))
             .env("SSE_PORTS", ports.of("sse-edge"))
             .env("WS_PORTS", ports.of("ws-edge"))
+            .env("BIDDER_OPS_PORTS", ports.ops_of("bidder"))
+            .env("SSE_OPS_PORTS", ports.ops_of("sse-edge"))
+            .env("WS_OPS_PORTS", ports.ops_of("ws-edge"))
             .env("PUBLIC_PORT", ports.public.to_string())
             .env("RUST_LOG", "warn")
             .env_remove("AUCTION_REDIS_URL")
@@ -202,26 +225,31 @@ fn nginx_installed() -> bool {
 
 #[test]
 fn scripts_run_names_the_replica_whose_port_is_taken_and_exits_non_zero() {
-    let ports = Ports::free();
-    let (binary, taken) = ports.replicas[3];
-    let _squatter = TcpListener::bind(("127.0.0.1", taken)).unwrap();
-    let mut run = RunScript::start(&ports, &[]);
-    let status = run.wait_exit(Duration::from_secs(60));
-    let stderr = run.stderr();
-    assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(
-        last.contains(binary) && last.contains(&format!("port {taken}")),
-        "the last line names {binary} and port {taken}: {last:?}"
-    );
-    assert!(!run.said_ready(), "stdout:\n{}", run.stdout());
-    // What it had started is stopped again.
-    for (binary, port) in &ports.replicas[..3] {
-        wait_for(
-            &format!("{binary} on {port} to be stopped"),
-            Duration::from_secs(10),
-            || (!listening(*port)).then_some(()),
+    // Its public port, then (another run) its ops port.
+    for ops in [false, true] {
+        let ports = Ports::free();
+        let replica = &ports.replicas[3];
+        let taken = if ops { replica.ops } else { replica.port };
+        let _squatter = TcpListener::bind(("127.0.0.1", taken)).unwrap();
+        let mut run = RunScript::start(&ports, &[]);
+        let status = run.wait_exit(Duration::from_secs(60));
+        let stderr = run.stderr();
+        assert!(!status.success(), "exit status {status}; stderr:\n{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        let binary = replica.binary;
+        assert!(
+            last.contains(binary) && last.contains(&format!("port {taken} is taken")),
+            "the last line names {binary} and port {taken}: {last:?}"
         );
+        assert!(!run.said_ready(), "stdout:\n{}", run.stdout());
+        // What it had started is stopped again.
+        for Replica { binary, port, ops } in &ports.replicas[..3] {
+            wait_for(
+                &format!("{binary} on {port} to be stopped"),
+                Duration::from_secs(10),
+                || (!listening(*port) && !listening(*ops)).then_some(()),
+            );
+        }
     }
 }
 
@@ -237,7 +265,9 @@ fn scripts_run_names_a_replica_that_exits_during_start_up() {
     let last = stderr.lines().last().unwrap_or_default();
     let named = ports.replicas[2..]
         .iter()
-        .any(|(binary, port)| last.contains(&format!("{binary} on port {port} exited (code 2)")));
+        .any(|Replica { binary, port, .. }| {
+            last.contains(&format!("{binary} on port {port} exited (code 2)"))
+        });
     assert!(named, "the last line names an edge that exited: {last:?}");
     assert!(!run.said_ready(), "stdout:\n{}", run.stdout());
 }
@@ -245,16 +275,16 @@ fn scripts_run_names_a_replica_that_exits_during_start_up() {
 #[test]
 fn scripts_run_prints_ready_only_once_every_replica_answers_readyz() {
     // Redis is down while the replicas start: they listen but answer 503 on
-    // /readyz until it comes up.
+    // /readyz (on their ops ports) until it comes up.
     let mut redis = RedisServer::start();
     redis.kill();
     let ports = Ports::free();
     let mut run = RunScript::start(&ports, &[("AUCTION_REDIS_URL", redis.url())]);
-    for (binary, port) in &ports.replicas {
+    for Replica { binary, ops, .. } in &ports.replicas {
         wait_for(
-            &format!("{binary} on {port} to answer 503"),
+            &format!("{binary} on ops port {ops} to answer 503"),
             Duration::from_secs(60),
-            || (status_of(*port, "/readyz") == Some(503)).then_some(()),
+            || (status_of(*ops, "/readyz") == Some(503)).then_some(()),
         );
     }
     assert!(
@@ -272,8 +302,10 @@ fn scripts_run_prints_ready_only_once_every_replica_answers_readyz() {
         );
         run.said_ready().then_some(())
     });
-    for (binary, port) in &ports.replicas {
-        assert_eq!(status_of(*port, "/readyz"), Some(200), "{binary} on {port}");
+    for Replica { binary, port, ops } in &ports.replicas {
+        assert_eq!(status_of(*ops, "/readyz"), Some(200), "{binary} on {ops}");
+        // The public port does not serve it: only the ops port does.
+        assert_eq!(status_of(*port, "/readyz"), Some(404), "{binary} on {port}");
     }
     let stdout = run.stdout();
     if nginx_installed() {
@@ -284,12 +316,19 @@ fn scripts_run_prints_ready_only_once_every_replica_answers_readyz() {
         );
     }
 
+    if nginx_installed() {
+        // Nor does nginx pass them on.
+        for path in ["/readyz", "/healthz", "/metrics"] {
+            assert_eq!(status_of(ports.public, path), Some(404), "nginx {path}");
+        }
+    }
+
     run.interrupt();
-    for (binary, port) in &ports.replicas {
+    for Replica { binary, port, ops } in &ports.replicas {
         wait_for(
             &format!("{binary} on {port} to be stopped"),
             Duration::from_secs(20),
-            || (!listening(*port)).then_some(()),
+            || (!listening(*port) && !listening(*ops)).then_some(()),
         );
     }
 }
@@ -306,8 +345,8 @@ fn scripts_run_cluster_starts_a_redis_cluster_and_every_replica_runs_on_it() {
         );
         run.said_ready().then_some(())
     });
-    for (binary, port) in &ports.replicas {
-        assert_eq!(status_of(*port, "/readyz"), Some(200), "{binary} on {port}");
+    for Replica { binary, ops, .. } in &ports.replicas {
+        assert_eq!(status_of(*ops, "/readyz"), Some(200), "{binary} on {ops}");
     }
     let stdout = run.stdout();
     let line = stdout

@@ -13,11 +13,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// A connection over capacity (it may only ask for an ops route) must
-/// send its head within this time.
+/// A connection over capacity must send its head within this time: it is
+/// read before the refusal, so that closing the socket does not reset it
+/// and lose the answer.
 const OVER_CAPACITY_HEAD_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Open connections on the ops listener. Probes and scrapers need a few;
+/// the bound keeps a stuck scraper from using the descriptors kept back
+/// for them (see `connections::RESERVED_DESCRIPTORS`).
+const OPS_CONNECTIONS: usize = 16;
 
 /// Accepts connections until shutdown, routing each to `fast` or `router`.
 /// After shutdown no new connection is accepted; open ones end by
@@ -33,14 +40,51 @@ pub async fn serve_with_fast_path<F: FastPath>(
     accept_loop(ctx, listener, router, Some(fast), false).await
 }
 
-/// A service without a fast path: every request goes to `routes` (plus the
-/// ops routes), with keep-alive, under the same deadlines and bounds.
+/// A service without a fast path: every request goes to `routes`, with
+/// keep-alive, under the same deadlines and bounds.
 pub async fn serve_routes(
     ctx: &Context,
     listener: TcpListener,
     routes: Router,
 ) -> Result<(), String> {
     accept_loop::<NoFastPath>(ctx, listener, routes, None, true).await
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on the ops listener (and
+/// nothing else) for as long as the process runs: through a drain too, so
+/// probes see `/readyz` answer 503 until the process exits. Its
+/// connections take no client slot, so a replica full of clients still
+/// answers its probes; each request head is bounded by the idle deadline.
+pub(crate) async fn serve_ops(ctx: Context, listener: TcpListener) {
+    let router = crate::health::ops_routes(&ctx);
+    let open = Arc::new(Semaphore::new(OPS_CONNECTIONS));
+    // The ops listener outlives the shutdown signal; nothing cancels this.
+    let never = CancellationToken::new();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "ops accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Over the bound: closed at once (a scraper retries).
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            continue;
+        };
+        let hyper = Hyper {
+            router: router.clone(),
+            limits: ctx.common.connections.clone(),
+            keep_alive: true,
+            peer,
+        };
+        let never = never.clone();
+        tokio::spawn(async move {
+            hyper.serve(stream, Vec::new(), None, never).await;
+            drop(permit);
+        });
+    }
 }
 
 /// The fast path of a service that has none.
@@ -61,7 +105,8 @@ async fn accept_loop<F: FastPath>(
     fast: Option<Arc<F>>,
     keep_alive: bool,
 ) -> Result<(), String> {
-    let router = router.merge(crate::health::ops_routes(ctx));
+    // Never merged with the ops routes: the public port does not serve
+    // them (they are on the ops listener, see `serve_ops`).
     let slots = Slots::for_this_process();
     let limits = ctx.common.connections.clone();
     loop {
@@ -90,8 +135,7 @@ async fn accept_loop<F: FastPath>(
             stream,
             peer,
             // None: every slot is held by a stream or a request being
-            // handled. This connection may still ask for /healthz,
-            // /readyz or /metrics (on a reserved descriptor); nothing else.
+            // handled; this connection is refused once its head is read.
             slot: slots.take(),
             fast: fast.clone(),
             router: router.clone(),
@@ -158,19 +202,6 @@ impl<F: FastPath> Connection<F> {
             Ok(Err(HeadError::Gone)) | Err(_) => return,
         };
         let Some(slot) = self.slot else {
-            if crate::health::is_ops_path(head.path()) {
-                let hyper = Hyper {
-                    router: self.router,
-                    limits: self.limits,
-                    keep_alive: false,
-                    peer: self.peer,
-                };
-                // A task of its own, as every hyper connection: inline, its
-                // state would size every connection's task while it reads
-                // its head (tens of thousands at once in a connect storm).
-                tokio::spawn(hyper.serve(self.stream, buffered, None, self.shutdown));
-                return;
-            }
             return Box::pin(refusal::refuse(
                 self.stream,
                 &refusal::too_many_connections(),

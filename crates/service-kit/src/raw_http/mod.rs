@@ -17,6 +17,7 @@ mod accept;
 mod head;
 mod hyper_bridge;
 
+pub(crate) use accept::serve_ops;
 pub use accept::{serve_routes, serve_with_fast_path};
 pub use head::RequestHead;
 

@@ -51,6 +51,12 @@ impl Stack {
         format!("{}{path}", self.bidders[0].url())
     }
 
+    /// `path` on the first bidder's ops listener (`/healthz`, `/readyz`,
+    /// `/metrics`).
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("{}{path}", self.bidders[0].ops_url())
+    }
+
     /// POSTs `body` with the stack's seller token.
     pub async fn post_json(&self, path: &str, body: &str) -> (u16, Value) {
         self.post_json_as(&self.token, path, body).await
@@ -68,6 +74,12 @@ impl Stack {
             .await
             .unwrap();
         status_and_json(response).await
+    }
+
+    /// The status of `GET path` on the first bidder's ops listener.
+    pub async fn ops_status(&self, path: &str) -> u16 {
+        let response = self.http.get(self.ops_url(path)).send().await.unwrap();
+        response.status().as_u16()
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
