@@ -62,6 +62,9 @@ async fn accept_loop<F: FastPath>(
     keep_alive: bool,
 ) -> Result<(), String> {
     let router = router.merge(crate::health::ops_routes(ctx));
+    // Every answer of the router gets the security headers (routes that
+    // set their own, such as the pages', keep theirs).
+    let router = crate::security_headers::SecurityHeaders::api().apply(router);
     let slots = Slots::for_this_process();
     let limits = ctx.common.connections.clone();
     loop {
