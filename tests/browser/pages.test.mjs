@@ -2,18 +2,52 @@
 // against the real services behind the project's nginx configuration.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
-import { Stack, waitFor } from "./stack.mjs";
+import { Stack, freePort, waitFor } from "./stack.mjs";
 
 const artifacts = resolve(import.meta.dirname, "../../artifacts/screenshots");
-const axeSource = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
+// Run through the DevTools protocol (page.evaluate), which the pages'
+// Content-Security-Policy does not apply to; an injected <script> would be
+// refused, as any inline script.
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 const PAGES = { sse: "/?auction=", ws: "/ws.html?auction=" };
 const DESKTOP = { width: 1280, height: 900 };
 const PHONE = { width: 390, height: 844 };
 const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+
+/**
+ * Watches `page` for anything its Content-Security-Policy refuses: the
+ * `securitypolicyviolation` events of the document and the console's CSP
+ * errors. Call before `goto`; `check(where)` asserts there were none and
+ * that the document came with the policy.
+ */
+async function watchPolicy(page) {
+  const console = [];
+  page.on("console", (message) => {
+    if (/Content Security Policy|Content-Security-Policy/i.test(message.text())) console.push(message.text());
+  });
+  await page.addInitScript(() => {
+    window.__violations = [];
+    document.addEventListener("securitypolicyviolation", (event) => {
+      window.__violations.push(`${event.effectiveDirective} refused ${event.blockedURI || "inline"} (${event.sourceFile}:${event.lineNumber})`);
+    });
+  });
+  let policy = null;
+  page.on("response", (response) => {
+    if (response.request().isNavigationRequest() && response.frame() === page.mainFrame()) {
+      policy = response.headers()["content-security-policy"] || "";
+    }
+  });
+  return async (where) => {
+    assert.ok(policy && /script-src 'self'/.test(policy) && /frame-ancestors 'none'/.test(policy) && !/unsafe/.test(policy),
+      `${where}: the page comes with its Content-Security-Policy, got ${JSON.stringify(policy)}`);
+    assert.deepEqual(await page.evaluate(() => window.__violations), [], `${where}: CSP violations`);
+    assert.deepEqual(console, [], `${where}: CSP errors in the console`);
+  };
+}
 
 let stack;
 let browser;
@@ -544,6 +578,7 @@ test("every page, desktop and phone width: no axe-core violations, no console er
     for (const [size, viewport] of [["desktop", DESKTOP], ["phone", PHONE]]) {
       const context = await browser.newContext({ viewport });
       const page = await context.newPage();
+      const checkPolicy = await watchPolicy(page);
       const problems = [];
       // The not-found page's own 404s (the stream and the lookup) are expected;
       // Chromium logs each as a console error.
@@ -570,13 +605,72 @@ test("every page, desktop and phone width: no axe-core violations, no console er
         .filter((el) => el.offsetParent !== null && el.textContent.trim() === "" && !el.querySelector("img"))
         .map((el) => el.id || el.className));
       assert.deepEqual(emptyCards, [], `${where}: an empty card`);
-      await page.addScriptTag({ path: axeSource });
+      await page.evaluate(axeSource);
       const violations = await page.evaluate(async () => (await window.axe.run(document)).violations
         .map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`));
       assert.deepEqual(violations, [], `${where}: axe-core violations`);
       assert.deepEqual(problems, [], `${where}: console errors or failed requests`);
+      await checkPolicy(where);
       await page.screenshot({ path: join(artifacts, `${name}-${size}.png`), fullPage: true });
       await context.close();
     }
   }
+});
+
+test("a 200-character title and a 1,500-character description without a space wrap on every page, phone and desktop", async () => {
+  const title = "W".repeat(200);
+  const description = "Mahogany".repeat(187) + "Oaks";
+  assert.equal(description.length, 1500);
+  await createAuction({ id: "longwords", title, description });
+  const pages = [
+    ["auction-sse", "/?auction=longwords", () => document.getElementById("title").textContent.length === 200
+      && document.getElementById("item-description").textContent.length === 1500],
+    ["auction-ws", "/ws.html?auction=longwords", () => document.getElementById("title").textContent.length === 200],
+    ["catalogue", "/catalogue.html", () => [...document.querySelectorAll("#lots li")].some((li) => li.textContent.includes("WWWWWWWWWW"))],
+    ["compare", "/compare.html?auction=longwords", () => document.getElementById("auction-name").textContent.length > 0
+      && ["sse", "ws"].every((n) => Number(document.getElementById(`panel-${n}`).dataset.events) >= 1)],
+  ];
+  for (const [name, path, ready] of pages) {
+    for (const [size, viewport] of [["phone", PHONE], ["desktop", { width: 1280, height: 800 }]]) {
+      const context = await browser.newContext({ viewport });
+      const page = await context.newPage();
+      const checkPolicy = await watchPolicy(page);
+      await page.goto(`${stack.url}${path}`);
+      await page.waitForFunction(ready, null, { timeout: 20000 });
+      const { scrollWidth, innerWidth } = await page.evaluate(() => ({
+        scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
+      }));
+      assert.ok(scrollWidth <= innerWidth, `${name} ${size}: the page is ${scrollWidth}px wide in a ${innerWidth}px window`);
+      await checkPolicy(`${name} ${size}`);
+      await context.close();
+    }
+  }
+});
+
+test("a page on an edge's own origin bids to the bidder on another origin: CORS allows it, the CSP names it, no violation", async () => {
+  // The topology of AUCTION_BIDDER_PUBLIC_URL: the page from sse-edge, the
+  // API on the bidder's own port; the bidder allows that page's origin.
+  stack.ports.sseDirect = await freePort();
+  const pageOrigin = `http://127.0.0.1:${stack.ports.sseDirect}`;
+  await stack.addBidder("bidderDirect", { AUCTION_SIMULATE: "false", AUCTION_CORS_ALLOWED_ORIGINS: pageOrigin });
+  await stack.addEdge("sseDirect", "sse-edge", {
+    AUCTION_BIDDER_PUBLIC_URL: `http://127.0.0.1:${stack.ports.bidderDirect}`,
+  });
+  await createAuction({ id: "cross", title: "Brass telescope" });
+  const context = await browser.newContext({ viewport: DESKTOP });
+  const page = await context.newPage();
+  const checkPolicy = await watchPolicy(page);
+  const problems = [];
+  page.on("console", (message) => { if (message.type() === "error") problems.push(message.text()); });
+  page.on("pageerror", (error) => problems.push(String(error)));
+  await page.goto(`${pageOrigin}/?auction=cross`);
+  await page.waitForFunction(() => ["connected", "resumed"].includes(document.getElementById("connection").dataset.state));
+  await page.fill("#bidder-name", "Ada across origins");
+  await page.click("#raise-min");
+  await page.click("#bid-submit");
+  await page.waitForFunction(() => document.querySelector("#history li")?.dataset.bidder === "Ada across origins");
+  assert.equal(await page.textContent("#bid-error"), "");
+  assert.deepEqual(problems, [], "no console error (a refused preflight or read would be one)");
+  await checkPolicy("cross-origin page");
+  await context.close();
 });

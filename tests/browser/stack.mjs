@@ -105,11 +105,23 @@ export class Stack {
   /** One more bidder process (e.g. simulating its own auctions), stopped by
    *  `stop()` with the rest. */
   async addBidder(name, env) {
-    this.ports[name] = await freePort();
-    this.opsPorts[name] = await freePort();
+    this.ports[name] ??= await freePort();
+    this.opsPorts[name] ??= await freePort();
     this.service(name, "bidder", {
       AUCTION_REDIS_URL: `redis://127.0.0.1:${this.redisPort}`, AUCTION_SESSION_SECRET: this.secret,
       AUCTION_RATE_LIMIT_PER_S: "1000", ...env,
+    });
+    await waitFor(name, ready(this.opsPorts[name]));
+  }
+
+  /** One more edge (`sse-edge` or `ws-edge`) on the stack's Redis, outside
+   *  nginx (reached on its own port), stopped by `stop()` with the rest. A
+   *  port already in `ports[name]` is kept. */
+  async addEdge(name, binary, env) {
+    this.ports[name] ??= await freePort();
+    this.opsPorts[name] ??= await freePort();
+    this.service(name, binary, {
+      AUCTION_REDIS_URL: `redis://127.0.0.1:${this.redisPort}`, AUCTION_SESSION_SECRET: this.secret, ...env,
     });
     await waitFor(name, ready(this.opsPorts[name]));
   }

@@ -1,7 +1,9 @@
 //! The auction pages. The files live in `web/` (plain HTML, CSS and JS, no
 //! build step) and are compiled into the edge binaries, so a replica needs
 //! nothing on disk. `GET /` serves the transport's page with its settings
-//! injected; `GET /assets/{name}` serves the shared files.
+//! injected (as data attributes: the pages run under a
+//! Content-Security-Policy that allows no inline script or style);
+//! `GET /assets/{name}` serves the shared files.
 
 use axum::Router;
 use axum::extract::Path;
@@ -63,17 +65,32 @@ pub enum Transport {
     Ws,
 }
 
-/// The page for `transport`, with `{"transport", "bidderUrl"}` injected.
+/// The page for `transport`, with the transport and the bidder's URL in
+/// data attributes of `<html>` (`data-transport`, `data-bidder-url`).
 pub fn page(transport: Transport, bidder_url: &str) -> String {
     let (name, title) = match transport {
         Transport::Sse => ("sse", "Server-Sent Events"),
         Transport::Ws => ("ws", "WebSocket"),
     };
-    let config = serde_json::json!({ "transport": name, "bidderUrl": bidder_url }).to_string();
     PAGE.replace("__TRANSPORT_NAME__", title)
         .replace("__TRANSPORT__", name)
-        // Inside <script>, "</" could end the element: escape it.
-        .replace("__AUCTION_CONFIG__", &config.replace("</", "<\\/"))
+        .replace("__BIDDER_URL__", &attribute_text(bidder_url))
+}
+
+/// `text` made safe inside a double-quoted HTML attribute.
+fn attribute_text(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 fn html_response(body: String) -> Response {
@@ -139,11 +156,44 @@ mod tests {
 
     #[test]
     fn config_is_injected_and_escaped() {
-        let html = page(Transport::Ws, "http://x/</script>");
-        assert!(html.contains(r#""transport":"ws""#));
-        assert!(html.contains(r#"http://x/<\/script>"#));
+        let html = page(Transport::Ws, "http://x/\"><script>&");
+        assert!(html.contains(r#"data-transport="ws""#));
+        assert!(html.contains(r#"data-bidder-url="http://x/&quot;&gt;&lt;script&gt;&amp;""#));
         assert!(!html.contains("__"), "every placeholder is filled");
         assert!(html.contains("assets/ws.js") && html.contains("WebSocket"));
+    }
+
+    #[test]
+    fn no_page_has_inline_script_style_or_handler() {
+        let pages = [page(Transport::Sse, ""), page(Transport::Ws, "")]
+            .into_iter()
+            .chain(STATIC_PAGES.iter().map(|(_, body)| (*body).to_owned()));
+        for page in pages {
+            let lower = page.to_ascii_lowercase();
+            for tag in lower.split('<').skip(1) {
+                let tag = tag.split('>').next().unwrap_or_default();
+                let mut words = tag.split_whitespace();
+                let name = words.next().unwrap_or_default();
+                assert!(name != "style", "an inline <style>");
+                if name == "script" {
+                    assert!(tag.contains(" src="), "an inline script: <{tag}>");
+                }
+                for attribute in words {
+                    assert!(
+                        !attribute.starts_with("style="),
+                        "a style attribute: <{tag}>"
+                    );
+                    assert!(
+                        !(attribute.starts_with("on") && attribute.contains('=')),
+                        "an inline event handler: <{tag}>"
+                    );
+                    assert!(
+                        !attribute.contains("javascript:"),
+                        "a javascript: URL: <{tag}>"
+                    );
+                }
+            }
+        }
     }
 
     #[tokio::test]

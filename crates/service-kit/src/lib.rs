@@ -13,6 +13,7 @@ mod process;
 pub mod rate;
 mod raw_http;
 pub mod refusal;
+pub mod security_headers;
 
 pub use error::{ApiError, error_response};
 pub use gate::{Admission, ConnectionGate};

@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use event_log::{
@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use telemetry::{BidOutcome, Metrics};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 /// Request bodies larger than this get 413 (a bid, a session).
@@ -80,7 +81,6 @@ pub fn routes(state: ApiState) -> Router {
             )
         })
         .with_state(state)
-        .layer(axum::middleware::from_fn(cors))
         .layer(axum::middleware::from_fn(bearer_challenge))
         .layer(axum::middleware::from_fn(close_when_body_unread))
 }
@@ -161,30 +161,62 @@ async fn bearer_challenge(
     response
 }
 
-/// The API is public and uses no cookies: any origin may call it (pages
-/// served by an edge on another origin post bids here).
-async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if request.method() == axum::http::Method::OPTIONS {
-        return (
-            StatusCode::NO_CONTENT,
-            [
-                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-                (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"),
-                (
-                    header::ACCESS_CONTROL_ALLOW_HEADERS,
-                    "authorization, content-type, idempotency-key, traceparent",
-                ),
-                (header::ACCESS_CONTROL_MAX_AGE, "600"),
-            ],
-        )
-            .into_response();
+/// `AUCTION_CORS_ALLOWED_ORIGINS`: which origins' pages may read the
+/// API's answers from a browser (README: "CORS").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: any origin (the API uses no cookies; tokens travel in
+    /// `Authorization`, which a page must hold to send).
+    Any,
+    /// These origins only; none (the default): same-origin pages only, as
+    /// behind nginx, where the pages and the API share one origin.
+    Only(Vec<HeaderValue>),
+}
+
+impl CorsOrigins {
+    pub fn read(settings: &settings::Settings) -> Result<CorsOrigins, settings::SettingError> {
+        const KEY: &str = "cors_allowed_origins";
+        let items = settings.list(KEY, "");
+        if items.iter().any(|item| item == "*") {
+            return match items.len() {
+                1 => Ok(CorsOrigins::Any),
+                _ => Err(settings.error(KEY, "\"*\" allows every origin; list no other with it")),
+            };
+        }
+        items
+            .iter()
+            .map(|item| {
+                service_kit::security_headers::parse_origin(item)
+                    .and_then(|origin| {
+                        HeaderValue::try_from(origin).map_err(|error| error.to_string())
+                    })
+                    .map_err(|problem| settings.error(KEY, problem))
+            })
+            .collect::<Result<_, _>>()
+            .map(CorsOrigins::Only)
     }
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    response
+}
+
+/// The API's CORS: the allowed origins may call it (a preflight answers
+/// for the methods and request headers it takes) and may read `Retry-After`
+/// from its answers (errors included); any other origin gets no
+/// `Access-Control-Allow-Origin`, so its pages cannot read an answer.
+pub fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
+    let allow = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::Only(list) => AllowOrigin::list(list.iter().cloned()),
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 async fn openapi() -> Response {

@@ -39,6 +39,9 @@ pub struct BidderSettings {
     pub redis_min_replicas_ack: u32,
     /// How long a bid waits for those replicas before it is answered 503.
     pub redis_ack_timeout: Duration,
+    /// `AUCTION_CORS_ALLOWED_ORIGINS`: the origins whose pages may call
+    /// the API from a browser.
+    pub cors_allowed_origins: api::CorsOrigins,
 }
 
 impl BidderSettings {
@@ -94,6 +97,7 @@ impl BidderSettings {
                 500,
                 1..=1500,
             )?),
+            cors_allowed_origins: api::CorsOrigins::read(settings)?,
         })
     }
 }
@@ -143,6 +147,7 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         .simulate
         .then(|| tokio::spawn(simulator::run(ctx.clone(), writer.clone(), own.clone())));
 
+    let cors = api::cors_layer(&own.cors_allowed_origins);
     let routes = api::routes(api::ApiState {
         writer,
         catalogue,
@@ -161,7 +166,8 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
             own.rate_limit_burst,
         )),
         trust_forwarded_for: own.trust_forwarded_for,
-    });
+    })
+    .layer(cors);
     let served = serve(&ctx, listener, routes).await;
     // The loops watch the same shutdown token; wait for them to finish.
     let _ = closer.await;

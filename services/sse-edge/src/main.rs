@@ -5,6 +5,7 @@ mod codec;
 mod stream;
 
 use service_kit::edge::{EdgeSettings, run_edge};
+use service_kit::security_headers::SecurityHeaders;
 use service_kit::{Context, Process};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
@@ -19,10 +20,20 @@ struct SseSettings {
     keepalive: Duration,
     retry_ms: u64,
     bidder_public_url: String,
+    /// The origin of `bidder_public_url`, which the pages may connect to.
+    bidder_origin: Option<String>,
 }
 
 impl SseSettings {
     fn read(settings: &Settings) -> Result<SseSettings, SettingError> {
+        let bidder_public_url = settings.raw("bidder_public_url").unwrap_or_default();
+        let bidder_origin = match bidder_public_url.as_str() {
+            "" => None,
+            url => Some(
+                service_kit::security_headers::origin_of(url)
+                    .map_err(|problem| settings.error("bidder_public_url", problem))?,
+            ),
+        };
         Ok(SseSettings {
             edge: EdgeSettings::read(settings)?,
             keepalive: Duration::from_millis(settings.number(
@@ -31,7 +42,8 @@ impl SseSettings {
                 100..=3_600_000,
             )?),
             retry_ms: settings.number("sse_retry_ms", 2_000, 0..=3_600_000)?,
-            bidder_public_url: settings.raw("bidder_public_url").unwrap_or_default(),
+            bidder_public_url,
+            bidder_origin,
         })
     }
 }
@@ -56,5 +68,8 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         shutdown: ctx.shutdown.clone(),
     });
     let routes = pages::routes(pages::Transport::Sse, &own.bidder_public_url);
+    // The pages' policy lets them post to the bidder's own origin.
+    let page_headers = SecurityHeaders::pages(own.bidder_origin.as_slice());
+    let routes = page_headers.apply(routes);
     run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }

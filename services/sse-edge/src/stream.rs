@@ -134,6 +134,11 @@ impl SseEndpoint {
         };
         let _ = socket2::SockRef::from(stream).set_send_buffer_size(self.send_buffer);
         let mut socket = SseSocket(stream);
+        // No security headers here, unlike every other answer: an event
+        // stream is never a document (a browser neither renders, frames nor
+        // sniffs it; EventSource reads it as events only), and its head is
+        // written once per stream, tens of thousands of them. Refusals on
+        // this path do carry them (`error_response_bytes`).
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nretry: {}\n\n",
             self.retry_ms

@@ -22,6 +22,7 @@ use endpoint::WsEndpoint;
 use identity::{Authenticator, IdentityConfig};
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::rate::Rate;
+use service_kit::security_headers::SecurityHeaders;
 use service_kit::{Context, Process};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
@@ -100,6 +101,6 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         send_buffer: own.edge.send_buffer,
         shutdown: ctx.shutdown.clone(),
     });
-    let routes = pages::routes(pages::Transport::Ws, "");
+    let routes = SecurityHeaders::pages(&[]).apply(pages::routes(pages::Transport::Ws, ""));
     run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }

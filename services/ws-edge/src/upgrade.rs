@@ -67,6 +67,9 @@ pub async fn upgrade(
         return None;
     }
     let accept = derive_accept_key(&key);
+    // No security headers on the 101: what follows is a WebSocket, never a
+    // document. Every refusal on this path carries them
+    // (`error_response_bytes`).
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );

@@ -19,6 +19,21 @@ fn every_binary_exits_2_naming_the_bad_setting() {
         ("ws-edge", "AUCTION_BIDDER_URL", "ftp://bidder"),
         ("bidder", "AUCTION_LOG_FORMAT", "xml"),
         ("bidder", "AUCTION_CONFIG", "/nonexistent.toml"),
+        (
+            "bidder",
+            "AUCTION_CORS_ALLOWED_ORIGINS",
+            "http://pages.example/path",
+        ),
+        (
+            "bidder",
+            "AUCTION_CORS_ALLOWED_ORIGINS",
+            "*,http://pages.example",
+        ),
+        (
+            "sse-edge",
+            "AUCTION_BIDDER_PUBLIC_URL",
+            "https://x; script-src *",
+        ),
     ];
     for (binary, name, value) in cases {
         let (status, stderr) = run_to_exit(binary, &[(name, value)], Duration::from_secs(10));

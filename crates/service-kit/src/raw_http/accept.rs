@@ -56,7 +56,8 @@ pub async fn serve_routes(
 /// connections take no client slot, so a replica full of clients still
 /// answers its probes; each request head is bounded by the idle deadline.
 pub(crate) async fn serve_ops(ctx: Context, listener: TcpListener) {
-    let router = crate::health::ops_routes(&ctx);
+    let router = crate::security_headers::SecurityHeaders::api()
+        .apply(crate::health::ops_routes(&ctx));
     let open = Arc::new(Semaphore::new(OPS_CONNECTIONS));
     // The ops listener outlives the shutdown signal; nothing cancels this.
     let never = CancellationToken::new();
@@ -106,7 +107,10 @@ async fn accept_loop<F: FastPath>(
     keep_alive: bool,
 ) -> Result<(), String> {
     // Never merged with the ops routes: the public port does not serve
-    // them (they are on the ops listener, see `serve_ops`).
+    // them (they are on the ops listener, see `serve_ops`). Every answer
+    // of the router gets the security headers (routes that set their own,
+    // such as the pages', keep theirs).
+    let router = crate::security_headers::SecurityHeaders::api().apply(router);
     let slots = Slots::for_this_process();
     let limits = ctx.common.connections.clone();
     loop {

@@ -164,6 +164,8 @@ impl http_body::Body for DeadlineBody {
 /// the request is not read).
 fn closing(status: StatusCode, code: &str, message: &str) -> axum::response::Response {
     let mut response = crate::error::error_response(status, code, message);
+    // Made outside the router, so without its security headers.
+    crate::security_headers::insert_baseline(response.headers_mut());
     response.headers_mut().insert(
         axum::http::header::CONNECTION,
         HeaderValue::from_static("close"),

@@ -41,7 +41,8 @@ pub trait FastPath: Send + Sync + 'static {
 }
 
 /// A complete, minimal HTTP/1.1 response with a JSON error body, for fast
-/// paths that refuse a request.
+/// paths that refuse a request. It carries the security headers of every
+/// API answer (`crate::security_headers`), as the router's answers do.
 pub fn error_response_bytes(
     status: u16,
     reason: &str,
@@ -82,8 +83,9 @@ pub fn error_response_with_headers(
         "Connection: close\r\n"
     };
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n{extra}{close}\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n{security}{extra}{close}\r\n{body}",
+        body.len(),
+        security = crate::security_headers::RAW_LINES,
     )
     .into_bytes()
 }
