@@ -325,6 +325,16 @@ impl ApiState {
                 if let TokenError::Invalid(reason) = &error {
                     tracing::debug!(%reason, "token refused");
                 }
+                if let TokenError::Unavailable { retry_after_s } = error {
+                    // Not a refusal: the token may well be good once the
+                    // provider's keys are in.
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        error.code(),
+                        error.message(),
+                    )
+                    .retry_after(retry_after_s));
+                }
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     error.code(),
