@@ -13,9 +13,10 @@
 //   k6 run load-tests/k6/bids.js
 //   k6 run -e BID_RATE=200 -e MAX_VUS=200 -e DURATION=1m load-tests/k6/bids.js
 //
-// The bidder rate-limits per client address (AUCTION_RATE_LIMIT_PER_S, 50 by
-// default, burst 100), and behind nginx every k6 request comes from one
-// address: above that rate, raise the limit or expect 429s.
+// The bidder rate-limits per bidder (AUCTION_RATE_LIMIT_PER_S, 50 by
+// default, burst 100) and per client address (AUCTION_ADDRESS_RATE_LIMIT_PER_S,
+// 200, burst 400), and behind nginx every k6 request comes from one address:
+// above those rates, raise the limits or expect 429s.
 //
 // Settings (environment, `-e NAME=value`):
 //   BASE_URL         bidder API through nginx                 http://127.0.0.1:8000

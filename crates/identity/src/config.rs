@@ -14,6 +14,13 @@ pub struct ExternalIdp {
     pub jwks_url: String,
     pub issuer: String,
     pub audience: String,
+    /// How long a fetched key set is used before it is fetched again
+    /// (`AUCTION_JWKS_KEY_TTL_S`); the provider's `Cache-Control: max-age`
+    /// shortens it, never lengthens it.
+    pub key_ttl: Duration,
+    /// How long a request waits for a fetch in flight before it is answered
+    /// `identity_unavailable` (`AUCTION_JWKS_WAIT_MS`).
+    pub fetch_wait: Duration,
 }
 
 /// Which token sources are on.
@@ -67,6 +74,16 @@ impl IdentityConfig {
                     jwks_url: url,
                     issuer,
                     audience,
+                    key_ttl: Duration::from_secs(settings.number(
+                        "jwks_key_ttl_s",
+                        600,
+                        1..=24 * 3600,
+                    )?),
+                    fetch_wait: Duration::from_millis(settings.number(
+                        "jwks_wait_ms",
+                        1000,
+                        10..=10_000,
+                    )?),
                 })
             }
             (None, _, _) => {

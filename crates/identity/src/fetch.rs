@@ -15,6 +15,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+/// A 2xx answer's body, and how long its `Cache-Control` lets it be kept
+/// (`None`: it does not say).
+pub(crate) struct Fetched {
+    pub body: Vec<u8>,
+    pub max_age: Option<Duration>,
+}
+
 /// A GET client for one URL.
 pub(crate) struct Fetcher {
     uri: Uri,
@@ -54,13 +61,13 @@ impl Fetcher {
     }
 
     /// The body of a 2xx answer.
-    pub(crate) async fn get(&self) -> Result<Vec<u8>, String> {
+    pub(crate) async fn get(&self) -> Result<Fetched, String> {
         tokio::time::timeout(self.deadline, self.get_unbounded())
             .await
             .map_err(|_| format!("no answer within {:?}", self.deadline))?
     }
 
-    async fn get_unbounded(&self) -> Result<Vec<u8>, String> {
+    async fn get_unbounded(&self) -> Result<Fetched, String> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|error| format!("cannot connect: {error}"))?;
@@ -78,7 +85,7 @@ impl Fetcher {
         }
     }
 
-    async fn exchange<S>(&self, stream: S) -> Result<Vec<u8>, String>
+    async fn exchange<S>(&self, stream: S) -> Result<Fetched, String>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -113,6 +120,13 @@ impl Fetcher {
             if !response.status().is_success() {
                 return Err(format!("answered {}", response.status()));
             }
+            let max_age = response
+                .headers()
+                .get_all(hyper::header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .filter_map(cache_max_age)
+                .min();
             let mut body = response.into_body();
             let mut bytes = Vec::new();
             while let Some(frame) = body.frame().await {
@@ -124,12 +138,34 @@ impl Fetcher {
                     bytes.extend_from_slice(data);
                 }
             }
-            Ok(bytes)
+            Ok(Fetched {
+                body: bytes,
+                max_age,
+            })
         }
         .await;
         driver.abort();
         result
     }
+}
+
+/// How long a `Cache-Control` value lets an answer be kept: its
+/// `max-age`, or nothing at all for `no-store` / `no-cache`.
+fn cache_max_age(value: &str) -> Option<Duration> {
+    value.split(',').find_map(|directive| {
+        let directive = directive.trim();
+        if directive.eq_ignore_ascii_case("no-store") || directive.eq_ignore_ascii_case("no-cache")
+        {
+            return Some(Duration::ZERO);
+        }
+        let (name, seconds) = directive.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("max-age") {
+            return None;
+        }
+        // A malformed max-age is treated as stale (RFC 9111, 4.2.1).
+        let seconds = seconds.trim().trim_matches('"').parse::<u64>().unwrap_or(0);
+        Some(Duration::from_secs(seconds))
+    })
 }
 
 /// TLS with the system's roots. No roots at all is an error at start-up,
@@ -154,4 +190,22 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_gives_a_lifetime() {
+        let s = Duration::from_secs;
+        assert_eq!(cache_max_age("public, max-age=300"), Some(s(300)));
+        assert_eq!(
+            cache_max_age("Max-Age=\"60\", must-revalidate"),
+            Some(s(60))
+        );
+        assert_eq!(cache_max_age("no-store"), Some(s(0)));
+        assert_eq!(cache_max_age("max-age=soon"), Some(s(0)));
+        assert_eq!(cache_max_age("public"), None);
+    }
 }

@@ -1,8 +1,22 @@
 //! An identity provider's tokens, checked against the keys it publishes at
-//! its JWKS URL. Keys are fetched when first needed and cached by `kid`; a
-//! token naming an unknown `kid` (the provider rotated its keys) triggers a
-//! refetch, at most once per [`MIN_REFETCH_INTERVAL`] so a stream of made-up
-//! `kid`s cannot turn into a stream of requests to the provider.
+//! its JWKS URL.
+//!
+//! The key set is fetched when first needed and used for a bounded time:
+//! `AUCTION_JWKS_KEY_TTL_S`, shortened by the provider's `Cache-Control:
+//! max-age`. After that, or when a token names an unknown `kid` (the
+//! provider rotated its keys), it is fetched again, so a key the provider
+//! removed stops being accepted. Fetches are limited:
+//!
+//! - at most one is in flight at a time (it runs on its own task, so a
+//!   request that stops waiting does not cancel it);
+//! - the next starts no sooner than [`MIN_REFETCH_INTERVAL`] after the last
+//!   one ended, so a slow provider or a stream of made-up `kid`s cannot turn
+//!   into back-to-back requests to the provider;
+//! - a request waits for one in flight at most `AUCTION_JWKS_WAIT_MS`, then
+//!   gets `identity_unavailable` with a time to retry.
+//!
+//! A failed fetch keeps the keys already known (a provider outage must not
+//! sign everybody out), for at most one more key lifetime past their own.
 
 use crate::config::ExternalIdp;
 use crate::fetch::Fetcher;
@@ -12,10 +26,12 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Header, Validation};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
-/// The least time between two fetches of the key set.
+/// The least time between the end of one fetch of the key set and the
+/// start of the next.
 pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 /// A fetch of the key set gives up after this long.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,13 +60,39 @@ struct ProviderClaims {
     roles: Vec<String>,
 }
 
+/// The last key set fetched.
+#[derive(Default)]
+struct Cache {
+    keys: HashMap<String, ProviderKey>,
+    /// Until then the set is used as is; after it, a request fetches it
+    /// again first.
+    fresh_until: Option<Instant>,
+    /// While fetching again fails (or is slow), the set is used until then,
+    /// and never after.
+    usable_until: Option<Instant>,
+}
+
+/// The fetches' schedule. Invariant: at most one fetch task exists, and
+/// only while `in_flight` is set.
+#[derive(Default)]
+struct Schedule {
+    /// When the fetch in flight started.
+    in_flight: Option<Instant>,
+    /// When the last fetch ended, and whether it failed.
+    last_ended: Option<Instant>,
+    last_failed: bool,
+}
+
 struct Inner {
     url: String,
     validation_base: Validation,
     fetcher: Fetcher,
-    keys: RwLock<HashMap<String, ProviderKey>>,
-    /// Held while fetching (one fetch at a time); holds the last attempt.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    key_ttl: Duration,
+    fetch_wait: Duration,
+    cache: RwLock<Cache>,
+    schedule: Mutex<Schedule>,
+    /// Bumped when a fetch ends; requests waiting for it watch this.
+    fetched: watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -73,8 +115,11 @@ impl JwksVerifier {
                 url: idp.jwks_url.clone(),
                 validation_base,
                 fetcher,
-                keys: RwLock::new(HashMap::new()),
-                last_fetch: tokio::sync::Mutex::new(None),
+                key_ttl: idp.key_ttl,
+                fetch_wait: idp.fetch_wait,
+                cache: RwLock::new(Cache::default()),
+                schedule: Mutex::new(Schedule::default()),
+                fetched: watch::channel(0).0,
             }),
         })
     }
@@ -116,45 +161,129 @@ impl JwksVerifier {
         identity(format!("x_{}", claims.sub), name, claims.roles)
     }
 
-    /// The key `kid`, refetching the set once if it is unknown.
+    /// The key `kid`: from the set while it is fresh, else after fetching
+    /// it again (or joining the fetch in flight) for at most the bounded
+    /// wait.
     async fn key(&self, kid: &str) -> Result<ProviderKey, TokenError> {
-        if let Some(key) = self.cached(kid) {
+        let inner = &self.inner;
+        if let Some(key) = inner.cached(kid, Instant::now(), true) {
             return Ok(key);
         }
-        let mut last_fetch = self.inner.last_fetch.lock().await;
-        // Another caller may have fetched while this one waited.
-        if let Some(key) = self.cached(kid) {
+        if let Some(mut fetched) = Inner::fetch_or_join(inner) {
+            // Err: the wait is over and the fetch goes on; the answer
+            // comes from the set as it is.
+            let _ = tokio::time::timeout(inner.fetch_wait, fetched.changed()).await;
+        }
+        let now = Instant::now();
+        if let Some(key) = inner.cached(kid, now, false) {
             return Ok(key);
         }
-        let recently = last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL);
-        if !recently {
-            *last_fetch = Some(Instant::now());
-            match self.fetch().await {
-                Ok(keys) => {
-                    tracing::info!(url = %self.inner.url, keys = keys.len(), "fetched the identity provider's keys");
-                    *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        let schedule = inner.schedule();
+        let retry_at = match (schedule.in_flight, schedule.last_ended) {
+            // Still fetching: it ends by its timeout, and is then usable.
+            (Some(started), _) => Some(started + FETCH_TIMEOUT),
+            // The provider did not answer: the next fetch may start then.
+            (None, Some(ended)) if schedule.last_failed => Some(ended + MIN_REFETCH_INTERVAL),
+            _ => None,
+        };
+        match retry_at {
+            Some(at) => Err(TokenError::Unavailable {
+                retry_after_s: at
+                    .saturating_duration_since(now)
+                    .as_secs_f64()
+                    .ceil()
+                    .max(1.0) as u64,
+            }),
+            None => Err(TokenError::Invalid(format!("unknown key {kid:?}"))),
+        }
+    }
+}
+
+impl Inner {
+    /// `kid` from the set: while it is fresh, or (`fresh_only` false) while
+    /// it is still usable.
+    fn cached(&self, kid: &str, now: Instant, fresh_only: bool) -> Option<ProviderKey> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        let until = if fresh_only {
+            cache.fresh_until
+        } else {
+            cache.usable_until
+        };
+        if until.is_some_and(|until| now < until) {
+            cache.keys.get(kid).cloned()
+        } else {
+            None
+        }
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver told when the fetch in flight ends: the one in flight,
+    /// or a new one if the last ended long enough ago; `None` when it is
+    /// too soon for another.
+    fn fetch_or_join(inner: &Arc<Inner>) -> Option<watch::Receiver<u64>> {
+        let mut schedule = inner.schedule();
+        // Subscribed under the lock: a fetch cannot end unseen between
+        // the check and the wait.
+        let receiver = inner.fetched.subscribe();
+        if schedule.in_flight.is_some() {
+            return Some(receiver);
+        }
+        let now = Instant::now();
+        if schedule
+            .last_ended
+            .is_some_and(|ended| now.saturating_duration_since(ended) < MIN_REFETCH_INTERVAL)
+        {
+            return None;
+        }
+        schedule.in_flight = Some(now);
+        drop(schedule);
+        let inner = inner.clone();
+        // Bounded by FETCH_TIMEOUT; it outlives the request that started
+        // it, so the others waiting for it still get its keys.
+        tokio::spawn(async move {
+            let result = inner.fetch().await;
+            let ended = Instant::now();
+            let failed = match result {
+                Ok((keys, max_age)) => {
+                    let lifetime = max_age.map_or(inner.key_ttl, |age| age.min(inner.key_ttl));
+                    tracing::info!(url = %inner.url, keys = keys.len(), ?lifetime, "fetched the identity provider's keys");
+                    let mut cache = inner.cache.write().unwrap_or_else(|p| p.into_inner());
+                    // Counted from the fetch's start: the provider's
+                    // max-age runs from when it answered.
+                    *cache = Cache {
+                        keys,
+                        fresh_until: Some(now + lifetime),
+                        usable_until: Some(now + lifetime + inner.key_ttl),
+                    };
+                    false
                 }
-                // Keep the keys we have: a provider outage must not sign
-                // everybody out.
+                // Keep the keys we have until they are no longer usable: a
+                // provider outage must not sign everybody out.
                 Err(error) => {
-                    tracing::warn!(url = %self.inner.url, %error, "cannot fetch the identity provider's keys")
+                    tracing::warn!(url = %inner.url, %error, "cannot fetch the identity provider's keys");
+                    true
                 }
-            }
-        }
-        self.cached(kid)
-            .ok_or_else(|| TokenError::Invalid(format!("unknown key {kid:?}")))
+            };
+            let mut schedule = inner.schedule();
+            schedule.in_flight = None;
+            schedule.last_ended = Some(ended);
+            schedule.last_failed = failed;
+            drop(schedule);
+            inner
+                .fetched
+                .send_modify(|count| *count = count.wrapping_add(1));
+        });
+        Some(receiver)
     }
 
-    fn cached(&self, kid: &str) -> Option<ProviderKey> {
-        let keys = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
-        keys.get(kid).cloned()
-    }
-
-    async fn fetch(&self) -> Result<HashMap<String, ProviderKey>, String> {
-        let body = self.inner.fetcher.get().await?;
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|error| format!("not a JWK set: {error}"))?;
-        Ok(usable_keys(&set))
+    async fn fetch(&self) -> Result<(HashMap<String, ProviderKey>, Option<Duration>), String> {
+        let fetched = self.fetcher.get().await?;
+        let set: JwkSet = serde_json::from_slice(&fetched.body)
+            .map_err(|error| format!("not a JWK set: {error}"))?;
+        Ok((usable_keys(&set), fetched.max_age))
     }
 }
 

@@ -54,6 +54,10 @@ pub enum TokenError {
     /// another issuer or audience, not valid yet (`nbf`), unusable claims.
     /// The reason is for logs.
     Invalid(String),
+    /// The token names a provider key this replica cannot check right now:
+    /// the provider's key set is being fetched (longer than the bounded
+    /// wait) or could not be fetched. Retry after this many seconds.
+    Unavailable { retry_after_s: u64 },
 }
 
 impl TokenError {
@@ -62,6 +66,7 @@ impl TokenError {
             TokenError::Missing => "missing_token",
             TokenError::Expired => "token_expired",
             TokenError::Invalid(_) => "invalid_token",
+            TokenError::Unavailable { .. } => "identity_unavailable",
         }
     }
 
@@ -71,6 +76,9 @@ impl TokenError {
             TokenError::Missing => "sign in first: send Authorization: Bearer <token>",
             TokenError::Expired => "the token has expired; sign in again",
             TokenError::Invalid(_) => "the token is not valid here",
+            TokenError::Unavailable { .. } => {
+                "the identity provider's keys are not available yet; retry shortly"
+            }
         }
     }
 }

@@ -100,6 +100,19 @@ pub struct TestIdp {
     fetches: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     addr: std::net::SocketAddr,
+    answers: Arc<Answers>,
+}
+
+/// How the key set is answered, and what the fetches are doing.
+#[derive(Default)]
+struct Answers {
+    /// How long each fetch waits before it is answered (a slow provider).
+    delay: Mutex<Duration>,
+    /// The answers' `Cache-Control`, if any.
+    cache_control: Mutex<Option<String>>,
+    /// Fetches being answered now, and the most there were at once.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
 impl TestIdp {
@@ -209,7 +222,9 @@ impl TestIdp {
         let document = Arc::new(Mutex::new(String::new()));
         let fetches = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Answers::default());
         let idp = TestIdp {
+            answers: answers.clone(),
             url: format!("http://{addr}/.well-known/jwks.json"),
             ca_file: None,
             _dir: None,
@@ -227,17 +242,32 @@ impl TestIdp {
                 let Ok(stream) = stream else { continue };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-                let body = document.lock().unwrap().clone();
                 fetches.fetch_add(1, Ordering::SeqCst);
-                match &tls {
-                    None => answer(stream, &body),
-                    Some(config) => {
-                        let Ok(connection) = rustls::ServerConnection::new(config.clone()) else {
-                            continue;
-                        };
-                        answer(rustls::StreamOwned::new(connection, stream), &body);
+                // Each fetch on its own thread, so concurrent fetches are
+                // seen as such (and counted) rather than queued here.
+                let (document, answers, tls) = (document.clone(), answers.clone(), tls.clone());
+                std::thread::spawn(move || {
+                    let now = answers.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    answers.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                    let delay = *answers.delay.lock().unwrap();
+                    std::thread::sleep(delay);
+                    // The document as it is when the answer is sent.
+                    let body = document.lock().unwrap().clone();
+                    let cache_control = answers.cache_control.lock().unwrap().clone();
+                    match &tls {
+                        None => answer(stream, &body, cache_control.as_deref()),
+                        Some(config) => {
+                            if let Ok(connection) = rustls::ServerConnection::new(config.clone()) {
+                                answer(
+                                    rustls::StreamOwned::new(connection, stream),
+                                    &body,
+                                    cache_control.as_deref(),
+                                );
+                            }
+                        }
                     }
-                }
+                    answers.in_flight.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         idp
@@ -253,6 +283,26 @@ impl TestIdp {
     /// How many times the key set was fetched.
     pub fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Each fetch is answered after `delay` from now on (a slow provider).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.answers.delay.lock().unwrap() = delay;
+    }
+
+    /// Answers carry this `Cache-Control` from now on (`None`: none).
+    pub fn set_cache_control(&self, value: Option<&str>) {
+        *self.answers.cache_control.lock().unwrap() = value.map(str::to_owned);
+    }
+
+    /// Fetches being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.answers.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most fetches that were being answered at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.answers.most_in_flight.load(Ordering::SeqCst)
     }
 
     /// Settings that point a bidder or ws-edge at this provider (and make
@@ -278,7 +328,7 @@ impl Drop for TestIdp {
     }
 }
 
-fn answer(mut stream: impl Read + Write, body: &str) {
+fn answer(mut stream: impl Read + Write, body: &str, cache_control: Option<&str>) {
     let mut request = Vec::new();
     let mut buffer = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 64 * 1024 {
@@ -287,9 +337,12 @@ fn answer(mut stream: impl Read + Write, body: &str) {
             Ok(n) => request.extend_from_slice(&buffer[..n]),
         }
     }
+    let cache_control = cache_control
+        .map(|value| format!("Cache-Control: {value}\r\n"))
+        .unwrap_or_default();
     let _ = write!(
         stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{cache_control}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.flush();

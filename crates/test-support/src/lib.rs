@@ -97,6 +97,10 @@ pub fn bidder_env(
         ("AUCTION_SIM_INTERVAL_MS", interval_ms.to_string()),
         ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
         ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
+        ("AUCTION_ADDRESS_RATE_LIMIT_PER_S", "1000000".into()),
+        ("AUCTION_ADDRESS_RATE_LIMIT_BURST", "1000000".into()),
+        ("AUCTION_SESSION_RATE_LIMIT_PER_S", "1000000".into()),
+        ("AUCTION_SESSION_RATE_LIMIT_BURST", "1000000".into()),
         session_secret_env(),
     ]
 }

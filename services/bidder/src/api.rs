@@ -2,10 +2,12 @@
 //!
 //! Reading is open to everyone. Writing needs a bearer token: bids are tied
 //! to the token's bidder (never to anything in the body) and rate-limited
-//! per bidder; creating auctions also needs the `seller` role. Routes without
-//! a verified caller (`POST /sessions`, refused tokens) are rate-limited per
-//! client address.
+//! per bidder and per client address (so identities minted for free cannot
+//! multiply one address's rate); creating auctions also needs the `seller`
+//! role. `POST /sessions` has a per-address limit of its own; refused
+//! tokens are charged to the address's write limit.
 
+use crate::client_address::ClientAddress;
 use crate::rate_limit::RateLimiter;
 use auction_domain::{
     AuctionId, BidSource, BidderId, BidderName, IdempotencyKey, InputError, parse_bid_request,
@@ -50,15 +52,19 @@ pub struct ApiState {
     pub catalogue: Catalogue,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
-    /// For routes without a verified caller.
+    /// For bids and auction creation (every identity from one address
+    /// together) and refused tokens, per client address.
     pub address_limiter: Arc<RateLimiter<IpAddr>>,
+    /// For `POST /sessions`, per client address: a session is free, so
+    /// minting them is limited on its own.
+    pub session_limiter: Arc<RateLimiter<IpAddr>>,
     /// For `GET /auctions`, per client address: the one read that costs
     /// a page of Redis reads.
     pub list_limiter: Arc<RateLimiter<IpAddr>>,
     /// For bids and auction creation: one bucket per bidder, so users
     /// behind one address (or one ws-edge) do not share a limit.
     pub bidder_limiter: Arc<RateLimiter<BidderId>>,
-    pub trust_forwarded_for: bool,
+    pub clients: ClientAddress,
 }
 
 pub fn routes(state: ApiState) -> Router {
@@ -314,17 +320,7 @@ fn json_response(status: StatusCode, body: String) -> Response {
 
 impl ApiState {
     fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        if self.trust_forwarded_for {
-            let forwarded = headers
-                .get("x-forwarded-for")
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.split(',').next())
-                .and_then(|first| first.trim().parse().ok());
-            if let Some(ip) = forwarded {
-                return ip;
-            }
-        }
-        peer.ip()
+        self.clients.of(peer, headers)
     }
 
     fn rate_limit(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -334,8 +330,9 @@ impl ApiState {
     }
 
     /// The caller of a write route: their token checked, then their own
-    /// rate limit. A refused token is charged to the address instead, so
-    /// a flood of bad tokens is limited too.
+    /// rate limit and their address's (one address with many identities
+    /// shares the address's rate). A refused token is charged to the
+    /// address too, so a flood of bad tokens is limited as well.
     async fn caller(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, ApiError> {
         let verified = match headers.get(header::AUTHORIZATION) {
             None => Err(TokenError::Missing),
@@ -346,8 +343,12 @@ impl ApiState {
         };
         match verified {
             Ok(caller) => {
+                let now = Instant::now();
                 self.bidder_limiter
-                    .check(&caller.bidder.id, Instant::now())
+                    .check(&caller.bidder.id, now)
+                    .map_err(rate_limited)?;
+                self.address_limiter
+                    .check(&self.client_ip(peer, headers), now)
                     .map_err(rate_limited)?;
                 Ok(caller)
             }
@@ -355,6 +356,16 @@ impl ApiState {
                 self.rate_limit(peer, headers)?;
                 if let TokenError::Invalid(reason) = &error {
                     tracing::debug!(%reason, "token refused");
+                }
+                if let TokenError::Unavailable { retry_after_s } = error {
+                    // Not a refusal: the token may well be good once the
+                    // provider's keys are in.
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        error.code(),
+                        error.message(),
+                    )
+                    .retry_after(retry_after_s));
                 }
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -419,7 +430,10 @@ async fn create_session(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state.rate_limit(peer, &headers)?;
+    state
+        .session_limiter
+        .check(&state.client_ip(peer, &headers), Instant::now())
+        .map_err(rate_limited)?;
     let Some(guest) = state.auth.guest() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -2,6 +2,7 @@
 //! atomic scripts, simulates bidding, and closes auctions at their end.
 
 mod api;
+mod client_address;
 mod closer;
 mod rate_limit;
 mod simulator;
@@ -32,7 +33,14 @@ pub struct BidderSettings {
     /// `GET /auctions` per client address.
     pub list_rate_limit_per_s: u64,
     pub list_rate_limit_burst: u64,
-    pub trust_forwarded_for: bool,
+    /// Bids and auction creation per client address, every identity
+    /// from it together.
+    pub address_rate_limit_per_s: u64,
+    pub address_rate_limit_burst: u64,
+    /// `POST /sessions` per client address.
+    pub session_rate_limit_per_s: u64,
+    pub session_rate_limit_burst: u64,
+    pub clients: client_address::ClientAddress,
     pub close_check_interval: Duration,
     /// Replicas that must hold an accepted bid before it is answered 201
     /// (`WAIT`); 0: the primary's word is enough.
@@ -83,7 +91,37 @@ impl BidderSettings {
             rate_limit_burst: settings.number("rate_limit_burst", 100, 1..=1_000_000)?,
             list_rate_limit_per_s: settings.number("list_rate_limit_per_s", 5, 1..=1_000_000)?,
             list_rate_limit_burst: settings.number("list_rate_limit_burst", 20, 1..=1_000_000)?,
-            trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
+            address_rate_limit_per_s: settings.number(
+                "address_rate_limit_per_s",
+                200,
+                1..=1_000_000,
+            )?,
+            address_rate_limit_burst: settings.number(
+                "address_rate_limit_burst",
+                400,
+                1..=1_000_000,
+            )?,
+            session_rate_limit_per_s: settings.number(
+                "session_rate_limit_per_s",
+                2,
+                1..=1_000_000,
+            )?,
+            session_rate_limit_burst: settings.number(
+                "session_rate_limit_burst",
+                30,
+                1..=1_000_000,
+            )?,
+            clients: client_address::ClientAddress {
+                trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
+                trusted_proxies: settings
+                    .list("trusted_proxies", client_address::DEFAULT_TRUSTED_PROXIES)
+                    .iter()
+                    .map(|text| {
+                        client_address::Network::parse(text)
+                            .map_err(|problem| settings.error("trusted_proxies", problem))
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
             close_check_interval: Duration::from_millis(settings.number(
                 "close_check_ms",
                 250,
@@ -154,8 +192,12 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         metrics: ctx.metrics.clone(),
         auth,
         address_limiter: Arc::new(rate_limit::RateLimiter::new(
-            own.rate_limit_per_s,
-            own.rate_limit_burst,
+            own.address_rate_limit_per_s,
+            own.address_rate_limit_burst,
+        )),
+        session_limiter: Arc::new(rate_limit::RateLimiter::new(
+            own.session_rate_limit_per_s,
+            own.session_rate_limit_burst,
         )),
         list_limiter: Arc::new(rate_limit::RateLimiter::new(
             own.list_rate_limit_per_s,
@@ -165,7 +207,7 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
             own.rate_limit_per_s,
             own.rate_limit_burst,
         )),
-        trust_forwarded_for: own.trust_forwarded_for,
+        clients: own.clients.clone(),
     })
     .layer(cors);
     let served = serve(&ctx, listener, routes).await;

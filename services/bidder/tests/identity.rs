@@ -352,8 +352,8 @@ async fn an_answer_given_before_the_body_was_read_says_connection_close() {
     let stack = Stack::start(
         1,
         &[
-            ("AUCTION_RATE_LIMIT_PER_S", "1".into()),
-            ("AUCTION_RATE_LIMIT_BURST", "1".into()),
+            ("AUCTION_SESSION_RATE_LIMIT_PER_S", "1".into()),
+            ("AUCTION_SESSION_RATE_LIMIT_BURST", "1".into()),
         ],
     );
     use tokio::io::AsyncWriteExt;

@@ -156,3 +156,84 @@ async fn one_users_flood_does_not_use_up_another_users_bids() {
         "authenticated"
     );
 }
+
+/// A WebSocket from `client` (as nginx names it in `X-Forwarded-For`).
+async fn connect_from(url: &str, client: &str) -> common::Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket connect");
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_from_one_address_share_its_bid_limit_over_sockets() {
+    const ADDRESS_RATE: f64 = 2.0;
+    const ADDRESS_BURST: f64 = 10.0;
+    let redis = RedisServer::start();
+    let mut env = common::bidder_env(&redis, "", 1000);
+    // The edge's bids name each socket's client address; the bidder
+    // believes it from the edge (loopback, a trusted proxy by default).
+    env.push(("AUCTION_TRUST_FORWARDED_FOR", "true".into()));
+    env.push(("AUCTION_ADDRESS_RATE_LIMIT_PER_S", "2".into()));
+    env.push(("AUCTION_ADDRESS_RATE_LIMIT_BURST", "10".into()));
+    let bidder = ServiceProcess::start("bidder", &env);
+    let edge = start_edge(
+        &redis,
+        Some(&bidder),
+        &[
+            ("AUCTION_TRUST_FORWARDED_FOR", "true"),
+            ("AUCTION_WS_RATE_PER_S", "1000"),
+            ("AUCTION_WS_RATE_BURST", "1000"),
+        ],
+    );
+    create_auction(&redis, "vase").await;
+    let url = ws_url(&edge);
+
+    // Five users on one address, each with a per-bidder limit to spare.
+    let mut farm = Vec::new();
+    for n in 0..5 {
+        let mut ws = connect_from(&url, "203.0.113.5").await;
+        sign_in(&mut ws, &format!("Farm {n}")).await;
+        farm.push(ws);
+    }
+    let started = std::time::Instant::now();
+    let (mut served, mut limited) = (0u32, 0u32);
+    for n in 0..40u64 {
+        let ws = &mut farm[n as usize % 5];
+        let reference = format!("f{n}");
+        send(
+            ws,
+            json!({"type":"bid","auction":"vase","amount":1_000 + n * 100,"ref":reference}),
+        )
+        .await;
+        let reply = answer(ws, &reference).await;
+        if reply["type"] == "ack" || reply["error"] == "bid_too_low" {
+            served += 1;
+        } else {
+            assert_eq!(reply["error"], "rate_limited", "{reply}");
+            limited += 1;
+        }
+    }
+    let allowed = ADDRESS_BURST + ADDRESS_RATE * started.elapsed().as_secs_f64() + 1.0;
+    assert!(limited > 0, "the address's limit holds over sockets");
+    assert!(
+        f64::from(served) <= allowed,
+        "{served} bids from one address, at most {allowed} allowed"
+    );
+
+    // A user on another address is served meanwhile.
+    let mut other = connect_from(&url, "198.51.100.9").await;
+    sign_in(&mut other, "Neighbour").await;
+    send(
+        &mut other,
+        json!({"type":"bid","auction":"vase","amount":1_000_000,"ref":"o"}),
+    )
+    .await;
+    let reply = answer(&mut other, "o").await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+}

@@ -179,6 +179,8 @@ fn start_bidder(cluster: &RedisCluster) -> ServiceProcess {
             ("AUCTION_SIM_AUCTIONS", "unused".into()),
             ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
             ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
+            ("AUCTION_ADDRESS_RATE_LIMIT_PER_S", "1000000".into()),
+            ("AUCTION_ADDRESS_RATE_LIMIT_BURST", "1000000".into()),
             ("AUCTION_REDIS_MIN_REPLICAS_ACK", "1".into()),
             ("AUCTION_REDIS_ACK_TIMEOUT_MS", "1000".into()),
             test_support::session_secret_env(),

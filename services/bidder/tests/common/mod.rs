@@ -23,6 +23,10 @@ pub fn quiet(redis: &RedisServer) -> Vec<(&'static str, String)> {
         ("AUCTION_RATE_LIMIT_BURST", "100000".into()),
         ("AUCTION_LIST_RATE_LIMIT_PER_S", "100000".into()),
         ("AUCTION_LIST_RATE_LIMIT_BURST", "100000".into()),
+        ("AUCTION_ADDRESS_RATE_LIMIT_PER_S", "100000".into()),
+        ("AUCTION_ADDRESS_RATE_LIMIT_BURST", "100000".into()),
+        ("AUCTION_SESSION_RATE_LIMIT_PER_S", "100000".into()),
+        ("AUCTION_SESSION_RATE_LIMIT_BURST", "100000".into()),
         ("AUCTION_CLOSE_CHECK_MS", "20".into()),
         test_support::session_secret_env(),
     ]
