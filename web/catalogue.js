@@ -1,18 +1,21 @@
 // The catalogue: the open auctions (GET /auctions) with their current
-// prices, kept live over ONE WebSocket subscribed to every listed auction.
-// On a dropped socket it reconnects with backoff and resubscribes each
-// auction from its last event id, like the auction page.
+// prices, kept live over ONE SSE stream of every listed auction
+// (/events?auctions=...). The stream's one id resumes every lot: the
+// browser sends it back when it reconnects by itself, and the page passes
+// it (lastEventId) when it opens a new stream for a longer list.
 "use strict";
 
 (() => {
   const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
-  /** ws-edge allows 64 subscriptions per socket (AUCTION_WS_MAX_SUBSCRIPTIONS). */
-  const MAX_LISTED = 60;
+  /** One page of the listing; a stream carries up to 100 auctions
+   *  (AUCTION_SSE_MAX_AUCTIONS_PER_STREAM's default). */
+  const MAX_LISTED = 100;
   const REFRESH_MS = 30_000;
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const lots = new Map(); // auction id -> {auction, lastId, element}
-  let socket = null;
+  const lots = new Map(); // auction id -> {auction, element}
+  let source = null;
+  let lastId = null; // the stream's id: where the page is in every lot
   let attempt = 0;
+  let retry = null;
 
   const $ = (id) => document.getElementById(id);
   const format = (cents) => money.format(Number(cents) / 100);
@@ -66,13 +69,6 @@
       : left < 60_000 ? "Ending in under a minute" : `Ends in ${Math.ceil(left / 60_000)} min`;
   }
 
-  function subscribe(lot) {
-    if (!socket || socket.readyState !== WebSocket.OPEN) return;
-    const message = { type: "subscribe", auction: lot.auction.id };
-    if (lot.lastId) message.last_id = lot.lastId;
-    socket.send(JSON.stringify(message));
-  }
-
   /** Lists the open auctions; new ones are added and subscribed. */
   async function refresh() {
     let list;
@@ -84,58 +80,65 @@
     } catch (_) {
       return; // the next refresh tries again
     }
+    let added = false;
     for (const auction of list.filter((a) => a.status === "open").slice(0, MAX_LISTED)) {
       if (lots.size >= MAX_LISTED || lots.has(auction.id)) continue;
-      const lot = { auction, lastId: null, element: lotElement(auction) };
+      const lot = { auction, element: lotElement(auction) };
       lots.set(auction.id, lot);
       $("lots").append(lot.element);
       render(lot);
-      subscribe(lot);
+      added = true;
     }
+    if (added) connect(); // a new stream with the longer list, from lastId
     $("empty").hidden = lots.size > 0;
     $("catalogue").dataset.phase = "ready";
   }
 
-  function onMessage(message) {
-    const lot = lots.get(message.auction);
+  /** An event of the stream: `auction` is the lot's id in a bid, the
+   *  auction itself in init, opened and closed. */
+  function onEvent(kind, data) {
+    const id = typeof data.auction === "string" ? data.auction : data.auction && data.auction.id;
+    const lot = lots.get(id);
     if (!lot) return;
-    if (message.id) lot.lastId = message.id;
-    switch (message.type) {
-      case "init":
-      case "closed":
-      case "opened":
-        lot.auction = message.payload.auction;
-        break;
-      case "bid":
-        lot.auction.current = message.payload;
-        break;
-      default:
-        return;
-    }
+    if (kind === "bid") lot.auction.current = data;
+    else lot.auction = data.auction;
     render(lot);
   }
 
+  /** (Re)opens the stream of every listed lot, resuming from lastId. */
   function connect() {
+    clearTimeout(retry);
+    if (source) source.close();
+    if (lots.size === 0) return;
+    const query = new URLSearchParams({ auctions: [...lots.keys()].join(",") });
+    if (lastId) query.set("lastEventId", lastId);
     setConnection(attempt ? "reconnecting" : "connecting", attempt ? "Reconnecting…" : "Connecting");
-    socket = new WebSocket(`${scheme}://${location.host}/ws`);
-    socket.addEventListener("open", () => {
+    source = new EventSource(`/events?${query}`);
+    const opened = source;
+    opened.addEventListener("open", () => {
       attempt = 0;
       setConnection("connected", "Live");
-      for (const lot of lots.values()) subscribe(lot);
     });
-    socket.addEventListener("message", (event) => {
-      try { onMessage(JSON.parse(event.data)); } catch (_) { /* not ours */ }
-    });
-    socket.addEventListener("close", () => {
-      // Exponential backoff with full jitter: 0.25 s doubling to 10 s.
-      const ceiling = Math.min(10000, 250 * 2 ** attempt);
-      attempt += 1;
+    for (const kind of ["init", "bid", "opened", "closed"]) {
+      opened.addEventListener(kind, (event) => {
+        if (event.lastEventId) lastId = event.lastEventId;
+        try { onEvent(kind, JSON.parse(event.data)); } catch (_) { /* not ours */ }
+      });
+    }
+    opened.addEventListener("error", () => {
+      if (opened !== source) return;
       setConnection("reconnecting", "Reconnecting…");
-      setTimeout(connect, Math.random() * ceiling);
+      // The browser retries by itself unless the edge refused (a full or
+      // draining replica's 503): then this page does, with backoff (full
+      // jitter, 0.25 s doubling to 10 s).
+      if (opened.readyState === EventSource.CLOSED) {
+        const ceiling = Math.min(10000, 250 * 2 ** attempt);
+        attempt += 1;
+        retry = setTimeout(connect, Math.random() * ceiling);
+      }
     });
   }
 
-  connect();
   refresh();
   setInterval(refresh, REFRESH_MS);
   setInterval(() => lots.forEach(tick), 1000);

@@ -43,6 +43,11 @@ pub fn redis_unavailable() -> Vec<u8> {
     )
 }
 
+/// 400 with `code`: the request cannot be served as asked.
+pub fn bad_request(code: &str, message: &str) -> Vec<u8> {
+    error_response_bytes(400, "Bad Request", code, message, None)
+}
+
 /// 404 `not_found`.
 pub fn not_found(message: &str) -> Vec<u8> {
     error_response_bytes(404, "Not Found", "not_found", message, None)

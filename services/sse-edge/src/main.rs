@@ -2,7 +2,9 @@
 //! over Server-Sent Events. Any replica serves any resume.
 
 mod codec;
+mod multi;
 mod stream;
+mod stream_id;
 
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::security_headers::SecurityHeaders;
@@ -11,7 +13,7 @@ use settings::{SettingError, Settings};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use stream::SseEndpoint;
+pub(crate) use stream::SseEndpoint;
 use telemetry::Transport;
 
 #[derive(Debug, Clone)]
@@ -19,6 +21,7 @@ struct SseSettings {
     edge: EdgeSettings,
     keepalive: Duration,
     retry_ms: u64,
+    max_auctions_per_stream: usize,
     bidder_public_url: String,
     /// The origin of `bidder_public_url`, which the pages may connect to.
     bidder_origin: Option<String>,
@@ -42,6 +45,12 @@ impl SseSettings {
                 100..=3_600_000,
             )?),
             retry_ms: settings.number("sse_retry_ms", 2_000, 0..=3_600_000)?,
+            max_auctions_per_stream: usize::try_from(settings.number(
+                "sse_max_auctions_per_stream",
+                100,
+                1..=1_000,
+            )?)
+            .unwrap_or(1_000),
             bidder_public_url,
             bidder_origin,
         })
@@ -64,6 +73,7 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         gate: fanout.gate,
         delivery: fanout.delivery,
         retry_ms: own.retry_ms,
+        max_auctions_per_stream: own.max_auctions_per_stream,
         send_buffer: own.edge.send_buffer,
         shutdown: ctx.shutdown.clone(),
     });

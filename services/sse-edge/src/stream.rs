@@ -9,8 +9,9 @@
 //! cursor into a shared ring, not a copy of its events) and a small batch.
 
 use crate::codec::SseCodec;
+use crate::multi;
 use auction_domain::AuctionId;
-use fanout::{Delivery, Item, OpenError, Resume, Subscription, Transport};
+use fanout::{Delivery, Frame, Item, OpenError, Resume, Subscription, Transport};
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::future::Future;
 use std::io;
@@ -24,6 +25,8 @@ pub struct SseEndpoint {
     pub delivery: Delivery<SseCodec>,
     pub gate: ConnectionGate,
     pub retry_ms: u64,
+    /// Auctions one stream of several may carry (`/events?auctions=`).
+    pub max_auctions_per_stream: usize,
     /// SO_SNDBUF of each stream: without a cap the kernel grows a stuck
     /// client's buffer to megabytes, and it would take that long to notice.
     pub send_buffer: usize,
@@ -36,7 +39,7 @@ fn events_path(path: &str) -> Option<&str> {
 }
 
 /// An SSE stream is written as is: nothing of its own to flush first.
-struct SseSocket<'a>(&'a TcpStream);
+pub(crate) struct SseSocket<'a>(pub(crate) &'a TcpStream);
 
 impl Transport for SseSocket<'_> {
     type Socket = TcpStream;
@@ -48,7 +51,7 @@ impl Transport for SseSocket<'_> {
 
 impl FastPath for SseEndpoint {
     fn claims(&self, head: &RequestHead) -> bool {
-        head.method == "GET" && events_path(head.path()).is_some()
+        head.method == "GET" && (events_path(head.path()).is_some() || head.path() == multi::PATH)
     }
 
     fn serve(
@@ -58,13 +61,18 @@ impl FastPath for SseEndpoint {
     ) -> impl Future<Output = ()> + Send {
         // What the stream needs of the request is read here, before the
         // future: an open stream keeps none of the head.
+        if head.path() == multi::PATH {
+            let request = multi::Request::read(&head, self.max_auctions_per_stream);
+            drop(head);
+            return futures_util::future::Either::Left(self.stream_many(stream, request));
+        }
         let auction = AuctionId::parse(events_path(head.path()).unwrap_or(""));
         let resume = Resume::parse(
             head.header("last-event-id")
                 .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
         );
         drop(head);
-        self.stream(stream, auction.ok(), resume)
+        futures_util::future::Either::Right(self.stream(stream, auction.ok(), resume))
     }
 }
 
@@ -139,12 +147,8 @@ impl SseEndpoint {
         // sniffs it; EventSource reads it as events only), and its head is
         // written once per stream, tens of thousands of them. Refusals on
         // this path do carry them (`error_response_bytes`).
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nretry: {}\n\n",
-            self.retry_ms
-        );
         self.delivery
-            .write_head(&mut socket, head.into())
+            .write_head(&mut socket, response_head(self.retry_ms))
             .await
             .map_err(|_| None)?;
         self.delivery
@@ -154,9 +158,17 @@ impl SseEndpoint {
     }
 }
 
+/// The response head of every stream, with the browser's retry delay.
+pub(crate) fn response_head(retry_ms: u64) -> Frame {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nretry: {retry_ms}\n\n"
+    )
+    .into()
+}
+
 /// Ends the stream cleanly (FIN) whatever ended it: the browser sees the
 /// end and reconnects, to this replica or another, with its last id.
-fn end(stream: &TcpStream) {
+pub(crate) fn end(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }
 
@@ -164,7 +176,7 @@ fn end(stream: &TcpStream) {
 /// SSE client never does: we stop reading and let it be). Polled readiness,
 /// not `readable()`: that future carries a waiter of its own (150 bytes),
 /// and this one is all of an idle stream's watch on its client.
-fn client_gone(stream: &TcpStream) -> impl Future<Output = ()> + '_ {
+pub(crate) fn client_gone(stream: &TcpStream) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| {
         loop {
             match stream.poll_read_ready(cx) {

@@ -39,8 +39,14 @@ fn start_edge(
     ServiceProcess::start(transport.binary(), &env)
 }
 
+/// A bidder simulating bids on `auction`. Its stream keeps every event:
+/// the cases compare what clients got with the stream, and on a loaded
+/// machine a case can outlast the default window (10,000 events, 100 s at
+/// 10 ms), whose trimming would make a received event look extra.
 fn simulator(redis: &impl TestRedis, auction: &str, interval_ms: u64) -> ServiceProcess {
-    ServiceProcess::start("bidder", &bidder_env(redis, auction, interval_ms))
+    let mut env = bidder_env(redis, auction, interval_ms);
+    env.push(("AUCTION_STREAM_MAXLEN", "10000000".into()));
+    ServiceProcess::start("bidder", &env)
 }
 
 /// The delivery metrics of one edge, as the conformance cases compare them.
