@@ -1,6 +1,8 @@
 // A real local stack for browser tests: redis-server, two bidders, two SSE
 // edges, two WebSocket edges, and nginx (the project's template) in front,
-// all on free loopback ports, all stopped by `stop()`.
+// all on free loopback ports, all stopped by `stop()`. With `{ tls: true }`
+// nginx also serves HTTPS with HTTP/2, with a certificate made for the run
+// by deploy/nginx/dev-cert.sh; `url` is then the https one.
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, writeFileSync, rmSync, mkdirSync } from "node:fs";
@@ -37,7 +39,8 @@ export async function waitFor(what, check, timeoutMs = 20000) {
 const ready = (port, path = "/readyz") => async () => (await fetch(`http://127.0.0.1:${port}${path}`)).status === 200;
 
 export class Stack {
-  constructor() {
+  constructor({ tls = false } = {}) {
+    this.tls = tls;
     this.dir = mkdtempSync(join(tmpdir(), "auction-browser-"));
     this.children = new Map(); // name -> {child, env, binary}
   }
@@ -63,9 +66,9 @@ export class Stack {
     // Each service's ops listener (/healthz, /readyz, /metrics): never its
     // public port, which nginx proxies to.
     this.opsPorts = {};
-    for (const name of ["bidder1", "bidder2", "sse1", "sse2", "ws1", "ws2", "nginx"]) {
+    for (const name of ["bidder1", "bidder2", "sse1", "sse2", "ws1", "ws2", "nginx", "nginxTls"]) {
       this.ports[name] = await freePort();
-      if (name !== "nginx") this.opsPorts[name] = await freePort();
+      if (!name.startsWith("nginx")) this.opsPorts[name] = await freePort();
     }
     // One guest-session secret for every bidder and ws-edge: each accepts
     // the tokens the others mint.
@@ -86,6 +89,18 @@ export class Stack {
     const prefix = join(this.dir, "nginx");
     mkdirSync(prefix);
     const upstream = (a, b) => `server 127.0.0.1:${this.ports[a]}; server 127.0.0.1:${this.ports[b]};`;
+    let tlsEnv = {};
+    if (this.tls) {
+      // A local CA and a certificate for localhost/127.0.0.1 it signs.
+      this.tlsDir = join(this.dir, "tls");
+      execFileSync(join(root, "deploy/nginx/dev-cert.sh"), [this.tlsDir], { stdio: "ignore" });
+      this.caFile = join(this.tlsDir, "dev-ca.crt");
+      tlsEnv = {
+        TLS_LISTEN: `127.0.0.1:${this.ports.nginxTls}`,
+        TLS_CERT: join(this.tlsDir, "tls.crt"),
+        TLS_KEY: join(this.tlsDir, "tls.key"),
+      };
+    }
     const conf = execFileSync(join(root, "deploy/nginx/render.sh"), {
       env: {
         ...process.env,
@@ -93,12 +108,18 @@ export class Stack {
         SSE_UPSTREAMS: upstream("sse1", "sse2"),
         WS_UPSTREAMS: upstream("ws1", "ws2"),
         LISTEN: `127.0.0.1:${this.ports.nginx}`,
+        ...tlsEnv,
       },
     });
     writeFileSync(join(prefix, "nginx.conf"), conf);
     this.run("nginx", "nginx", ["-p", `${prefix}/`, "-c", join(prefix, "nginx.conf"), "-e", "stderr", "-g", "daemon off;"]);
-    await waitFor("nginx", ready(this.ports.nginx, "/"));
-    this.url = `http://127.0.0.1:${this.ports.nginx}`;
+    // /nginx-health: with TLS on, "/" over plain HTTP is a redirect.
+    await waitFor("nginx", ready(this.ports.nginx, "/nginx-health"));
+    this.plainUrl = `http://127.0.0.1:${this.ports.nginx}`;
+    this.url = this.tls ? `https://127.0.0.1:${this.ports.nginxTls}` : this.plainUrl;
+    // Node's fetch does not know the run's CA: with TLS the operator's
+    // calls go to the first bidder directly.
+    this.apiUrl = this.tls ? `http://127.0.0.1:${this.ports.bidder1}` : this.url;
     await waitFor("the simulated auction", () => this.redis("EXISTS", "auction:{live}").trim() === "1");
   }
 
@@ -191,7 +212,7 @@ export class Stack {
   }
 
   /**
-   * `fetch` of `path` through nginx. Sent as the stack's operator (a seller
+   * `fetch` of `path` through nginx (with TLS on: straight to a bidder). Sent as the stack's operator (a seller
    * token) unless `options.headers` carry an authorization of their own.
    */
   async api(path, options = {}) {
@@ -200,7 +221,7 @@ export class Stack {
     if (!Object.keys(headers).some((name) => name.toLowerCase() === "authorization")) {
       headers.authorization = `Bearer ${this.operatorToken}`;
     }
-    const response = await fetch(`${this.url}${path}`, { ...options, headers });
+    const response = await fetch(`${this.apiUrl}${path}`, { ...options, headers });
     return { status: response.status, body: await response.json() };
   }
 
