@@ -95,6 +95,17 @@ impl SecurityHeaders {
         &self.policy
     }
 
+    /// `router` with this policy on the answers of its routes only (the
+    /// pages and assets): a request no route matches falls through to the
+    /// listener's own headers, the API's, so a 404 is never a document.
+    /// The other headers are the same for both and come from there.
+    pub fn apply_to_routes(&self, router: Router) -> Router {
+        router.route_layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            self.policy.clone(),
+        ))
+    }
+
     /// `router` with these headers on every answer that has none of its own.
     pub fn apply(&self, router: Router) -> Router {
         let set = |name: HeaderName, value: HeaderValue| {

@@ -80,6 +80,6 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
     let routes = pages::routes(pages::Transport::Sse, &own.bidder_public_url);
     // The pages' policy lets them post to the bidder's own origin.
     let page_headers = SecurityHeaders::pages(own.bidder_origin.as_slice());
-    let routes = page_headers.apply(routes);
+    let routes = page_headers.apply_to_routes(routes);
     run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }

@@ -101,6 +101,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         send_buffer: own.edge.send_buffer,
         shutdown: ctx.shutdown.clone(),
     });
-    let routes = SecurityHeaders::pages(&[]).apply(pages::routes(pages::Transport::Ws, ""));
+    let routes =
+        SecurityHeaders::pages(&[]).apply_to_routes(pages::routes(pages::Transport::Ws, ""));
     run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }

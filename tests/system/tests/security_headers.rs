@@ -179,7 +179,10 @@ fn every_page_asset_and_api_answer_carries_the_security_headers() {
     assert_secured(&get(b, "/no/such/route"), 404, false);
     assert_secured(&request(b, "DELETE", "/auctions", &[]), 405, false);
     assert_secured(&request(b, "POST", "/auctions/sec/bids", &[]), 401, false);
-    assert_secured(&get(b, "/healthz"), 200, false);
+    // The ops endpoints: never on the public port, secured on their own.
+    assert_secured(&get(b, "/healthz"), 404, false);
+    assert_secured(&get(bidder.ops_addr, "/healthz"), 200, false);
+    assert_secured(&get(bidder.ops_addr, "/metrics"), 200, false);
     assert_secured(&oversized_head(b), 431, false);
     let session = exchange(
         b,
@@ -216,7 +219,10 @@ fn every_page_asset_and_api_answer_carries_the_security_headers() {
         );
     }
     assert_secured(&get(s, "/assets/nope.js"), 404, true);
-    assert_secured(&get(s, "/healthz"), 200, false);
+    // The ops endpoints: never on the public port, secured on their own.
+    assert_secured(&get(s, "/healthz"), 404, false);
+    assert_secured(&get(sse.ops_addr, "/healthz"), 200, false);
+    assert_secured(&get(sse.ops_addr, "/metrics"), 200, false);
     assert_secured(&get(s, "/no/such/page"), 404, false);
     // The raw path's refusals: an unknown auction's stream, a huge head.
     assert_secured(
@@ -245,7 +251,10 @@ fn every_page_asset_and_api_answer_carries_the_security_headers() {
         );
     }
     assert_secured(&get(w, "/ws"), 426, false);
-    assert_secured(&get(w, "/healthz"), 200, false);
+    // The ops endpoints: never on the public port, secured on their own.
+    assert_secured(&get(w, "/healthz"), 404, false);
+    assert_secured(&get(ws.ops_addr, "/healthz"), 200, false);
+    assert_secured(&get(ws.ops_addr, "/metrics"), 200, false);
     assert_secured(&oversized_head(w), 431, false);
 
     // Through nginx: each header once (passed through, not repeated), and
