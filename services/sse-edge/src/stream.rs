@@ -11,9 +11,11 @@
 use crate::codec::SseCodec;
 use auction_domain::AuctionId;
 use fanout::{Delivery, Item, OpenError, Resume, Subscription, Transport};
+use service_kit::client_address::ClientAddress;
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::net::TcpStream;
@@ -23,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub struct SseEndpoint {
     pub delivery: Delivery<SseCodec>,
     pub gate: ConnectionGate,
+    /// Whose stream it is, for the gate's cap per client address.
+    pub clients: ClientAddress,
     pub retry_ms: u64,
     /// SO_SNDBUF of each stream: without a cap the kernel grows a stuck
     /// client's buffer to megabytes, and it would take that long to notice.
@@ -63,8 +67,9 @@ impl FastPath for SseEndpoint {
             head.header("last-event-id")
                 .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
         );
+        let client = self.clients.of_stream(&stream, &head);
         drop(head);
-        self.stream(stream, auction.ok(), resume)
+        self.stream(stream, client, auction.ok(), resume)
     }
 }
 
@@ -76,12 +81,14 @@ impl SseEndpoint {
     fn stream(
         self: Arc<Self>,
         stream: TcpStream,
+        client: IpAddr,
         auction: Option<AuctionId>,
         resume: Resume,
     ) -> impl Future<Output = ()> + Send {
         async move {
-            let Some(_admission) = self.gate.admit() else {
-                return refusal::refuse(stream, &refusal::too_many_connections()).await;
+            let _admission = match self.gate.admit(client) {
+                Ok(admission) => admission,
+                Err(refused) => return refusal::refuse(stream, &refused.response()).await,
             };
             // The start (Redis reads, the head, the init or replay) is boxed:
             // it is done once, and inline its state would size every open
