@@ -77,11 +77,13 @@ export class Stack {
     const bidder = { ...common, AUCTION_TRUST_FORWARDED_FOR: "true", AUCTION_RATE_LIMIT_PER_S: "1000", AUCTION_LIST_RATE_LIMIT_PER_S: "1000" };
     this.service("bidder1", "bidder", { ...bidder, AUCTION_SIM_AUCTIONS: "live", AUCTION_SIM_INTERVAL_MS: "400" });
     this.service("bidder2", "bidder", { ...bidder, AUCTION_SIMULATE: "false" });
+    // Every browser and load script here is one client address.
+    const edge = { ...common, AUCTION_MAX_CONNECTIONS_PER_ADDRESS: "100000" };
     for (const name of ["sse1", "sse2"]) {
-      this.service(name, "sse-edge", { ...common, AUCTION_SSE_RETRY_MS: "500" });
+      this.service(name, "sse-edge", { ...edge, AUCTION_SSE_RETRY_MS: "500" });
     }
-    this.service("ws1", "ws-edge", { ...common, AUCTION_BIDDER_URL: `http://127.0.0.1:${this.ports.bidder1}` });
-    this.service("ws2", "ws-edge", { ...common, AUCTION_BIDDER_URL: `http://127.0.0.1:${this.ports.bidder2}` });
+    this.service("ws1", "ws-edge", { ...edge, AUCTION_BIDDER_URL: `http://127.0.0.1:${this.ports.bidder1}` });
+    this.service("ws2", "ws-edge", { ...edge, AUCTION_BIDDER_URL: `http://127.0.0.1:${this.ports.bidder2}` });
     for (const name of ["bidder1", "bidder2", "sse1", "sse2", "ws1", "ws2"]) {
       await waitFor(name, ready(this.opsPorts[name]));
     }
@@ -142,7 +144,8 @@ export class Stack {
     this.ports[name] ??= await freePort();
     this.opsPorts[name] ??= await freePort();
     this.service(name, binary, {
-      AUCTION_REDIS_URL: `redis://127.0.0.1:${this.redisPort}`, AUCTION_SESSION_SECRET: this.secret, ...env,
+      AUCTION_REDIS_URL: `redis://127.0.0.1:${this.redisPort}`, AUCTION_SESSION_SECRET: this.secret,
+      AUCTION_MAX_CONNECTIONS_PER_ADDRESS: "100000", ...env,
     });
     await waitFor(name, ready(this.opsPorts[name]));
   }

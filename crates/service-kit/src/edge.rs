@@ -1,7 +1,8 @@
 //! What both edges share around their endpoint: the settings every edge
 //! reads alike, and the edge's life once its endpoint exists.
 
-use crate::gate::ConnectionGate;
+use crate::client_address::ClientAddress;
+use crate::gate::{ConnectionGate, GateMetrics};
 use crate::health::watch_redis;
 use crate::process::{Context, bind};
 use crate::raw_http::{FastPath, serve_with_fast_path};
@@ -18,11 +19,24 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// reconnects within it finds its feed (and its recent run) still there.
 const IDLE_FEED_TTL: Duration = Duration::from_secs(10);
 
+/// Connections one client address may hold open on one replica: enough
+/// for a household or a small office behind one NAT address (a tab holds
+/// one stream or socket), far from what it takes to inflate a viewer count
+/// or fill a replica. A larger population behind one address (a campus, a
+/// carrier-grade NAT) needs the setting raised.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u64 = 64;
+
 /// Settings of every edge, read with the same defaults and ranges.
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
     /// `AUCTION_MAX_CONNECTIONS`: client connections per replica.
     pub max_connections: usize,
+    /// `AUCTION_MAX_CONNECTIONS_PER_ADDRESS`: client connections per
+    /// client address (an IPv6 client's /64) per replica.
+    pub max_connections_per_address: u32,
+    /// Whose connection it is (`AUCTION_TRUST_FORWARDED_FOR`,
+    /// `AUCTION_TRUSTED_PROXIES`): the bidder's rule.
+    pub clients: ClientAddress,
     /// `AUCTION_CLIENT_QUEUE`: events a client may lag behind.
     pub client_queue: usize,
     /// `AUCTION_SOCKET_SEND_BUFFER`: `SO_SNDBUF` of each client socket.
@@ -44,6 +58,12 @@ impl EdgeSettings {
     pub fn read(settings: &Settings) -> Result<EdgeSettings, SettingError> {
         Ok(EdgeSettings {
             max_connections: settings.number("max_connections", 10_000, 1..=10_000_000)? as usize,
+            max_connections_per_address: settings.number(
+                "max_connections_per_address",
+                DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+                1..=10_000_000,
+            )? as u32,
+            clients: ClientAddress::read(settings)?,
             client_queue: settings.number("client_queue", 256, 4..=65_536)? as usize,
             send_buffer: settings.number("socket_send_buffer", 131_072, 4096..=16_777_216)?
                 as usize,
@@ -106,7 +126,15 @@ impl EdgeSettings {
         )?;
         let metrics = ctx.metrics.transport(transport);
         metrics.max_connections.set(self.max_connections as i64);
-        let gate = ConnectionGate::new(self.max_connections, metrics.connections.clone());
+        let gate = ConnectionGate::new(
+            self.max_connections,
+            self.max_connections_per_address,
+            GateMetrics {
+                open: metrics.connections.clone(),
+                refused_full: metrics.refused_full.clone(),
+                refused_per_address: metrics.refused_per_address.clone(),
+            },
+        );
         let delivery = Delivery::new(hub, metrics, self.stall_limit, ctx.shutdown.clone());
         Ok(EdgeFanout { delivery, gate })
     }

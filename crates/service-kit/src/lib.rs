@@ -4,6 +4,7 @@
 //! public port), and on SIGTERM/SIGINT turn
 //! unready, refuse new connections, drain and exit 0 within the grace period.
 
+pub mod client_address;
 pub mod connections;
 pub mod edge;
 mod error;
@@ -16,7 +17,7 @@ pub mod refusal;
 pub mod security_headers;
 
 pub use error::{ApiError, error_response};
-pub use gate::{Admission, ConnectionGate};
+pub use gate::{Admission, ConnectionGate, GateMetrics, Refused, address_key};
 pub use health::{Health, watch_redis};
 pub use process::{Common, Context, Process, bind, serve};
 pub use raw_http::{

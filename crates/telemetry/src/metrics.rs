@@ -57,6 +57,22 @@ struct TransportLabels {
     transport: Transport,
 }
 
+/// `auction_connections_refused_total{transport,reason}`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum RefusalReason {
+    /// The replica holds `AUCTION_MAX_CONNECTIONS`.
+    replica_full,
+    /// The client's address holds `AUCTION_MAX_CONNECTIONS_PER_ADDRESS`.
+    per_address,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    transport: Transport,
+    reason: RefusalReason,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResumeLabels {
     transport: Transport,
@@ -83,6 +99,7 @@ pub struct Metrics {
     registry: Registry,
     connections: Family<TransportLabels, Gauge>,
     max_connections: Family<TransportLabels, Gauge>,
+    connections_refused: Family<RefusalLabels, Counter>,
     events_delivered: Family<TransportLabels, Counter>,
     delivery_latency: Family<TransportLabels, Histogram, fn() -> Histogram>,
     resumes: Family<ResumeLabels, Counter>,
@@ -101,6 +118,10 @@ pub struct TransportMetrics {
     /// The replica's `AUCTION_MAX_CONNECTIONS`, so that alerts and
     /// dashboards can tell how near the cap `connections` is.
     pub max_connections: Gauge,
+    /// Connections refused because the replica was full.
+    pub refused_full: Counter,
+    /// Connections refused because their client address held its cap.
+    pub refused_per_address: Counter,
     pub events_delivered: Counter,
     pub delivery_latency: Histogram,
     pub resumes_replayed: Counter,
@@ -125,6 +146,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let connections = Family::<TransportLabels, Gauge>::default();
         let max_connections = Family::<TransportLabels, Gauge>::default();
+        let connections_refused = Family::<RefusalLabels, Counter>::default();
         let events_delivered = Family::<TransportLabels, Counter>::default();
         let delivery_latency =
             Family::<TransportLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -146,6 +168,11 @@ impl Metrics {
             "auction_max_connections",
             "Connections this replica admits (AUCTION_MAX_CONNECTIONS); beyond it answers 503",
             max_connections.clone(),
+        );
+        registry.register(
+            "auction_connections_refused",
+            "Client connections refused: the replica full (503) or the client's address at its cap (429)",
+            connections_refused.clone(),
         );
         registry.register(
             "auction_events_delivered",
@@ -193,6 +220,7 @@ impl Metrics {
             registry,
             connections,
             max_connections,
+            connections_refused,
             events_delivered,
             delivery_latency,
             resumes,
@@ -208,6 +236,11 @@ impl Metrics {
     /// Handles for `transport`; also makes its series visible at zero.
     pub fn transport(&self, transport: Transport) -> TransportMetrics {
         let labels = TransportLabels { transport };
+        let refused = |reason| {
+            self.connections_refused
+                .get_or_create(&RefusalLabels { transport, reason })
+                .clone()
+        };
         let resume = |outcome| {
             self.resumes
                 .get_or_create(&ResumeLabels { transport, outcome })
@@ -216,6 +249,8 @@ impl Metrics {
         TransportMetrics {
             connections: self.connections.get_or_create(&labels).clone(),
             max_connections: self.max_connections.get_or_create(&labels).clone(),
+            refused_full: refused(RefusalReason::replica_full),
+            refused_per_address: refused(RefusalReason::per_address),
             events_delivered: self.events_delivered.get_or_create(&labels).clone(),
             delivery_latency: self.delivery_latency.get_or_create(&labels).clone(),
             resumes_replayed: resume(ResumeOutcome::replayed),
@@ -277,6 +312,7 @@ mod tests {
         let sse = metrics.transport(Transport::sse);
         sse.connections.inc();
         sse.max_connections.set(10);
+        sse.refused_per_address.inc();
         metrics.set_ready(true);
         sse.events_delivered.inc();
         sse.delivery_latency.observe(0.003);
@@ -293,6 +329,8 @@ mod tests {
             "auction_bids_total{source=\"user\",outcome=\"too_low\"} 1",
             "auction_redis_reconnects_total 1",
             "auction_max_connections{transport=\"sse\"} 10",
+            "auction_connections_refused_total{transport=\"sse\",reason=\"per_address\"} 1",
+            "auction_connections_refused_total{transport=\"sse\",reason=\"replica_full\"} 0",
             "auction_ready 1",
             "process_resident_memory_bytes ",
             "process_cpu_seconds_total ",

@@ -7,7 +7,7 @@ use eventsource_stream::Eventsource;
 use futures_util::stream::BoxStream;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -68,12 +68,64 @@ pub struct Conn {
     viewers: Option<u32>,
 }
 
+/// Where a connection comes from, as an edge sees it: a source address
+/// of its own (on loopback, any of 127.0.0.0/8 reaches 127.0.0.1), and an
+/// `X-Forwarded-For` its request carries.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub source: Option<IpAddr>,
+    pub forwarded_for: Option<String>,
+}
+
+impl Origin {
+    /// A connection from `source`.
+    pub fn source(source: &str) -> Origin {
+        Origin {
+            source: Some(source.parse().expect("a source address")),
+            forwarded_for: None,
+        }
+    }
+
+    /// A connection whose request says it is forwarded for `client`.
+    pub fn forwarded_for(client: &str) -> Origin {
+        Origin {
+            source: None,
+            forwarded_for: Some(client.to_owned()),
+        }
+    }
+
+    /// The request's header line, if any.
+    pub fn header_line(&self) -> String {
+        self.forwarded_for.as_ref().map_or(String::new(), |client| {
+            format!("X-Forwarded-For: {client}\r\n")
+        })
+    }
+
+    /// Connects to `addr` from this origin's source address.
+    pub async fn connect(&self, addr: SocketAddr) -> TcpStream {
+        connect_from(addr, None, self.source).await
+    }
+}
+
 /// Connects with an optional `SO_RCVBUF` (set before connecting, so the
 /// window stays small).
 async fn connect(addr: SocketAddr, receive_buffer: Option<u32>) -> TcpStream {
+    connect_from(addr, receive_buffer, None).await
+}
+
+async fn connect_from(
+    addr: SocketAddr,
+    receive_buffer: Option<u32>,
+    source: Option<IpAddr>,
+) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     if let Some(size) = receive_buffer {
         socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    if let Some(source) = source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
     }
     socket.connect(addr).await.expect("connect to the edge")
 }
@@ -89,16 +141,37 @@ impl Conn {
         receive_buffer: Option<u32>,
     ) -> Conn {
         let stream = connect(addr, receive_buffer).await;
+        let origin = Origin::default();
         match transport {
-            Transport::Sse => Conn::open_sse(stream, auction, last).await,
-            Transport::Ws => Conn::open_ws(stream, addr, auction, last).await,
+            Transport::Sse => Conn::open_sse(stream, auction, last, &origin).await,
+            Transport::Ws => Conn::open_ws(stream, addr, auction, last, &origin).await,
         }
     }
 
-    async fn open_sse(mut stream: TcpStream, auction: &str, last: Option<&str>) -> Conn {
+    /// Opens `auction`'s stream on the edge at `addr` from `origin`.
+    pub async fn open_from(
+        transport: Transport,
+        addr: SocketAddr,
+        auction: &str,
+        origin: &Origin,
+    ) -> Conn {
+        let stream = origin.connect(addr).await;
+        match transport {
+            Transport::Sse => Conn::open_sse(stream, auction, None, origin).await,
+            Transport::Ws => Conn::open_ws(stream, addr, auction, None, origin).await,
+        }
+    }
+
+    async fn open_sse(
+        mut stream: TcpStream,
+        auction: &str,
+        last: Option<&str>,
+        origin: &Origin,
+    ) -> Conn {
         let resume = last.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        let forwarded = origin.header_line();
         let request = format!(
-            "GET /auctions/{auction}/events HTTP/1.1\r\nHost: edge\r\nAccept: text/event-stream\r\n{resume}\r\n"
+            "GET /auctions/{auction}/events HTTP/1.1\r\nHost: edge\r\nAccept: text/event-stream\r\n{resume}{forwarded}\r\n"
         );
         stream
             .write_all(request.as_bytes())
@@ -151,9 +224,19 @@ impl Conn {
         addr: SocketAddr,
         auction: &str,
         last: Option<&str>,
+        origin: &Origin,
     ) -> Conn {
-        let url = format!("ws://{addr}/ws");
-        let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{addr}/ws")
+            .into_client_request()
+            .expect("a WebSocket request");
+        if let Some(client) = &origin.forwarded_for {
+            request.headers_mut().insert(
+                "x-forwarded-for",
+                client.parse().expect("an X-Forwarded-For value"),
+            );
+        }
+        let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
             .await
             .expect("WebSocket handshake");
         let mut subscribe = json!({"type": "subscribe", "auction": auction});
@@ -197,8 +280,12 @@ impl Conn {
             if left.is_zero() {
                 return false;
             }
-            if let Some(Received::Ended(_)) = self.next(left).await {
-                return false;
+            // Each count is looked at as it comes (`next` would wait on
+            // past counts for something else).
+            match self.next_message(left).await {
+                None | Some(Message::Received(Received::Ended(_))) => return false,
+                Some(Message::Viewers(latest)) => self.viewers = Some(latest),
+                Some(Message::Received(_)) => {}
             }
         }
         true

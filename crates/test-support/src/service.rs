@@ -66,6 +66,9 @@ impl ServiceProcess {
             // does not want them among the events it checks (one about
             // them sets its own interval).
             .env("AUCTION_VIEWERS_INTERVAL_MS", "600000")
+            // Every client of a test comes from one address; a test about
+            // the cap per address sets its own.
+            .env("AUCTION_MAX_CONNECTIONS_PER_ADDRESS", "10000000")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -7,7 +7,6 @@
 //! role. `POST /sessions` has a per-address limit of its own; refused
 //! tokens are charged to the address's write limit.
 
-use crate::client_address::ClientAddress;
 use crate::rate_limit::RateLimiter;
 use auction_domain::{
     AuctionId, BidSource, BidderId, BidderName, IdempotencyKey, InputError, parse_bid_request,
@@ -26,6 +25,7 @@ use event_log::{
 use identity::{Authenticator, Identity, TokenError};
 use serde_json::{Value, json};
 use service_kit::ApiError;
+use service_kit::client_address::ClientAddress;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

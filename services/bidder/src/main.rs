@@ -2,7 +2,6 @@
 //! atomic scripts, simulates bidding, and closes auctions at their end.
 
 mod api;
-mod client_address;
 mod closer;
 mod rate_limit;
 mod simulator;
@@ -40,7 +39,7 @@ pub struct BidderSettings {
     /// `POST /sessions` per client address.
     pub session_rate_limit_per_s: u64,
     pub session_rate_limit_burst: u64,
-    pub clients: client_address::ClientAddress,
+    pub clients: service_kit::client_address::ClientAddress,
     pub close_check_interval: Duration,
     /// Replicas that must hold an accepted bid before it is answered 201
     /// (`WAIT`); 0: the primary's word is enough.
@@ -111,17 +110,7 @@ impl BidderSettings {
                 30,
                 1..=1_000_000,
             )?,
-            clients: client_address::ClientAddress {
-                trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
-                trusted_proxies: settings
-                    .list("trusted_proxies", client_address::DEFAULT_TRUSTED_PROXIES)
-                    .iter()
-                    .map(|text| {
-                        client_address::Network::parse(text)
-                            .map_err(|problem| settings.error("trusted_proxies", problem))
-                    })
-                    .collect::<Result<_, _>>()?,
-            },
+            clients: service_kit::client_address::ClientAddress::read(settings)?,
             close_check_interval: Duration::from_millis(settings.number(
                 "close_check_ms",
                 250,

@@ -71,6 +71,7 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
     let healthy = fanout.delivery.hub().health_probe();
     let endpoint = Arc::new(SseEndpoint {
         gate: fanout.gate,
+        clients: own.edge.clients.clone(),
         delivery: fanout.delivery,
         retry_ms: own.retry_ms,
         max_auctions_per_stream: own.max_auctions_per_stream,

@@ -19,6 +19,7 @@ use bytes::{BufMut, BytesMut};
 use fanout::{Codec, Frame, Framing, LiveSet, OpenError, Opening, Resume};
 use service_kit::{RequestHead, refusal};
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
@@ -117,6 +118,7 @@ impl SseEndpoint {
     pub(crate) fn stream_many(
         self: Arc<Self>,
         stream: TcpStream,
+        client: IpAddr,
         request: Result<Request, Vec<u8>>,
     ) -> impl Future<Output = ()> + Send {
         async move {
@@ -124,8 +126,9 @@ impl SseEndpoint {
                 Ok(request) => request,
                 Err(refusal) => return refusal::refuse(stream, &refusal).await,
             };
-            let Some(_admission) = self.gate.admit() else {
-                return refusal::refuse(stream, &refusal::too_many_connections()).await;
+            let _admission = match self.gate.admit(client) {
+                Ok(admission) => admission,
+                Err(refused) => return refusal::refuse(stream, &refused.response()).await,
             };
             let mut set = LiveSet::framed(Box::new(StreamIds(Positions::new(&request.auctions))));
             match Box::pin(self.start_many(&stream, &request, &mut set)).await {

@@ -12,9 +12,11 @@ use crate::codec::SseCodec;
 use crate::multi;
 use auction_domain::AuctionId;
 use fanout::{Delivery, Frame, Item, OpenError, Resume, Subscription, Transport};
+use service_kit::client_address::ClientAddress;
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::net::TcpStream;
@@ -24,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub struct SseEndpoint {
     pub delivery: Delivery<SseCodec>,
     pub gate: ConnectionGate,
+    /// Whose stream it is, for the gate's cap per client address.
+    pub clients: ClientAddress,
     pub retry_ms: u64,
     /// Auctions one stream of several may carry (`/events?auctions=`).
     pub max_auctions_per_stream: usize,
@@ -61,10 +65,11 @@ impl FastPath for SseEndpoint {
     ) -> impl Future<Output = ()> + Send {
         // What the stream needs of the request is read here, before the
         // future: an open stream keeps none of the head.
+        let client = self.clients.of_stream(&stream, &head);
         if head.path() == multi::PATH {
             let request = multi::Request::read(&head, self.max_auctions_per_stream);
             drop(head);
-            return futures_util::future::Either::Left(self.stream_many(stream, request));
+            return futures_util::future::Either::Left(self.stream_many(stream, client, request));
         }
         let auction = AuctionId::parse(events_path(head.path()).unwrap_or(""));
         let resume = Resume::parse(
@@ -72,7 +77,7 @@ impl FastPath for SseEndpoint {
                 .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
         );
         drop(head);
-        futures_util::future::Either::Right(self.stream(stream, auction.ok(), resume))
+        futures_util::future::Either::Right(self.stream(stream, client, auction.ok(), resume))
     }
 }
 
@@ -84,12 +89,14 @@ impl SseEndpoint {
     fn stream(
         self: Arc<Self>,
         stream: TcpStream,
+        client: IpAddr,
         auction: Option<AuctionId>,
         resume: Resume,
     ) -> impl Future<Output = ()> + Send {
         async move {
-            let Some(_admission) = self.gate.admit() else {
-                return refusal::refuse(stream, &refusal::too_many_connections()).await;
+            let _admission = match self.gate.admit(client) {
+                Ok(admission) => admission,
+                Err(refused) => return refusal::refuse(stream, &refused.response()).await,
             };
             // The start (Redis reads, the head, the init or replay) is boxed:
             // it is done once, and inline its state would size every open

@@ -8,6 +8,7 @@ use crate::session::Session;
 use crate::upgrade::upgrade;
 use fanout::Delivery;
 use identity::Authenticator;
+use service_kit::client_address::ClientAddress;
 use service_kit::rate::Rate;
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::future::Future;
@@ -23,8 +24,9 @@ pub struct WsEndpoint {
     /// Checks `auth` messages' tokens (the bidder checks them again on
     /// every bid).
     pub auth: Authenticator,
-    /// Whether a client's address comes from `X-Forwarded-For`.
-    pub trust_forwarded_for: bool,
+    /// Whose socket it is: for the gate's cap per client address, and the
+    /// address its bids are forwarded with.
+    pub clients: ClientAddress,
     pub max_message: usize,
     /// When each socket pings its peer (see [`PingTicks`]).
     pub ping_ticks: PingTicks,
@@ -51,14 +53,16 @@ impl FastPath for WsEndpoint {
     ) -> impl Future<Output = ()> + Send {
         // Boxed: what the future captures it keeps for the socket's whole
         // life, and the head is needed only for the upgrade.
+        let client = self.clients.of_stream(&stream, &head);
         let head = Box::new(head);
         async move {
-            let Some(_admission) = self.gate.admit() else {
-                return refusal::refuse(stream, &refusal::too_many_connections()).await;
+            let _admission = match self.gate.admit(client) {
+                Ok(admission) => admission,
+                Err(refused) => return refusal::refuse(stream, &refused.response()).await,
             };
             // Boxed: the handshake is done once, and inline its state
             // would size the socket's task for the socket's whole life.
-            let Some(upgraded) = Box::pin(upgrade(&self, stream, *head)).await else {
+            let Some(upgraded) = Box::pin(upgrade(&self, stream, *head, client)).await else {
                 return;
             };
             let mut session = Session::new(&self, upgraded);

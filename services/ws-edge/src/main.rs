@@ -40,8 +40,6 @@ struct WsSettings {
     max_subscriptions: usize,
     rate_per_s: u64,
     rate_burst: u64,
-    /// Take the client's address from `X-Forwarded-For` (behind nginx).
-    trust_forwarded_for: bool,
 }
 
 impl WsSettings {
@@ -64,7 +62,6 @@ impl WsSettings {
             max_subscriptions: settings.number("ws_max_subscriptions", 64, 1..=10_000)? as usize,
             rate_per_s: settings.number("ws_rate_per_s", 50, 1..=1_000_000)?,
             rate_burst: settings.number("ws_rate_burst", 100, 1..=1_000_000)?,
-            trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
         })
     }
 }
@@ -91,7 +88,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         delivery: fanout.delivery,
         bids: bids::BidForwarder::new(&own.bidder_url)?,
         auth: Authenticator::new(&identity)?,
-        trust_forwarded_for: own.trust_forwarded_for,
+        clients: own.edge.clients.clone(),
         max_message: own.max_message,
         ping_ticks: pings::PingTicks::start(own.ping, ctx.shutdown.clone()),
         ping_interval: own.ping,

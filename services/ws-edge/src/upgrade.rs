@@ -20,26 +20,9 @@ const READ_BUFFER: usize = 256;
 pub struct Upgraded {
     pub ws: WebSocketStream<SharedSocket>,
     pub raw: Arc<TcpStream>,
-    /// The client's address (see `client_address`).
+    /// The client's address (`ClientAddress`: the peer, or behind a
+    /// trusted proxy the address it forwards).
     pub peer: IpAddr,
-}
-
-/// The client's address: the socket's peer, or behind a trusted proxy the
-/// first `X-Forwarded-For` entry (nginx sets it to the client's).
-fn client_address(endpoint: &WsEndpoint, head: &RequestHead, stream: &TcpStream) -> IpAddr {
-    let forwarded = endpoint
-        .trust_forwarded_for
-        .then(|| head.header("x-forwarded-for"))
-        .flatten()
-        .and_then(|value| std::str::from_utf8(value).ok())
-        .and_then(|value| value.split(',').next())
-        .and_then(|first| first.trim().parse().ok());
-    forwarded.unwrap_or_else(|| {
-        stream
-            .peer_addr()
-            .map(|addr| addr.ip())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-    })
 }
 
 /// Answers the upgrade (or refuses it) and sets up the WebSocket. The
@@ -49,8 +32,8 @@ pub async fn upgrade(
     endpoint: &WsEndpoint,
     mut stream: TcpStream,
     head: RequestHead,
+    peer: IpAddr,
 ) -> Option<Upgraded> {
-    let peer = client_address(endpoint, &head, &stream);
     let key = match check_handshake(endpoint, &head) {
         Ok(key) => key,
         Err(response) => {

@@ -2,10 +2,14 @@
 //! a trusted proxy (nginx, ws-edge), the address it forwards in
 //! `X-Forwarded-For`. Only a configured peer is believed: anybody else
 //! could write any address there and get a fresh per-address limit with
-//! every request.
+//! every request. One rule for every service: the bidder's rate limits and
+//! the edges' connection caps count the same address.
 
+use crate::raw_http::RequestHead;
 use axum::http::HeaderMap;
+use settings::{SettingError, Settings};
 use std::net::{IpAddr, SocketAddr};
+use tokio::net::TcpStream;
 
 /// The networks whose `X-Forwarded-For` is taken by default: loopback and
 /// the private ranges a proxy or ws-edge sits in (compose, Kubernetes).
@@ -66,15 +70,50 @@ pub struct ClientAddress {
 }
 
 impl ClientAddress {
+    /// `AUCTION_TRUST_FORWARDED_FOR` (off by default) and
+    /// `AUCTION_TRUSTED_PROXIES` (loopback and the private ranges by
+    /// default).
+    pub fn read(settings: &Settings) -> Result<ClientAddress, SettingError> {
+        Ok(ClientAddress {
+            trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
+            trusted_proxies: settings
+                .list("trusted_proxies", DEFAULT_TRUSTED_PROXIES)
+                .iter()
+                .map(|text| {
+                    Network::parse(text)
+                        .map_err(|problem| settings.error("trusted_proxies", problem))
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     /// The peer's address, or the first `X-Forwarded-For` entry when the
     /// peer is a trusted proxy (nginx and ws-edge set the header to their
     /// own client's address, overwriting whatever the client sent).
     pub fn of(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        let peer = peer.ip().to_canonical();
+        self.of_forwarded(
+            peer.ip(),
+            headers.get("x-forwarded-for").map(|value| value.as_bytes()),
+        )
+    }
+
+    /// [`of`](Self::of) for a request read on the raw socket.
+    pub fn of_stream(&self, stream: &TcpStream, head: &RequestHead) -> IpAddr {
+        // A socket without a peer is already gone; its request is not
+        // served, whatever address it is counted under.
+        let peer = stream
+            .peer_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+        self.of_forwarded(peer, head.header("x-forwarded-for"))
+    }
+
+    /// `peer`, or the first entry of `forwarded` (an `X-Forwarded-For`
+    /// value) when `peer` is trusted and the entry is an address.
+    pub fn of_forwarded(&self, peer: IpAddr, forwarded: Option<&[u8]>) -> IpAddr {
+        let peer = peer.to_canonical();
         if self.trust_forwarded_for && self.trusted_proxies.iter().any(|net| net.contains(peer)) {
-            let forwarded = headers
-                .get("x-forwarded-for")
-                .and_then(|value| value.to_str().ok())
+            let forwarded = forwarded
+                .and_then(|value| std::str::from_utf8(value).ok())
                 .and_then(|value| value.split(',').next())
                 .and_then(|first| first.trim().parse::<IpAddr>().ok());
             if let Some(ip) = forwarded {
@@ -125,6 +164,23 @@ mod tests {
         );
         assert!(Network::parse("10.0.0.0/33").is_err());
         assert!(Network::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn a_header_that_is_not_an_address_leaves_the_peer() {
+        let clients = ClientAddress {
+            trust_forwarded_for: true,
+            trusted_proxies: networks(DEFAULT_TRUSTED_PROXIES),
+        };
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        for value in [&b"nonsense"[..], b"", b"\xff\xfe", b" , 1.2.3.4"] {
+            assert_eq!(clients.of_forwarded(peer, Some(value)), peer);
+        }
+        assert_eq!(clients.of_forwarded(peer, None), peer);
+        assert_eq!(
+            clients.of_forwarded(peer, Some(b" 2001:db8::1 , 10.0.0.1")),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
