@@ -9,8 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 
 /// The networks whose `X-Forwarded-For` is taken by default: loopback and
 /// the private ranges a proxy or ws-edge sits in (compose, Kubernetes).
-pub const DEFAULT_TRUSTED_PROXIES: &str =
-    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
+#[cfg(test)]
+pub const DEFAULT_TRUSTED_PROXIES: &str = match service_kit::spec::bidder::TRUSTED_PROXIES.default {
+    Some(networks) => networks,
+    None => "",
+};
 
 /// An address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,11 +22,18 @@ struct Request {
 }
 
 pub fn run(args: impl Iterator<Item = String>) -> ExitCode {
-    let request = match parse(args) {
+    let args: Vec<String> = args.collect();
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let request = match parse(args.into_iter()) {
         Ok(request) => request,
         Err(problem) => return usage_error(&problem),
     };
     let settings = match Settings::load(
+        &service_kit::spec::BIDDER,
+        service_kit::spec::ALL,
         std::env::var_os("AUCTION_CONFIG").map(PathBuf::from),
         std::env::vars(),
     ) {
