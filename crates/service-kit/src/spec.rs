@@ -115,10 +115,10 @@ pub mod bidder {
         "259200000",
         0,
         365 * 24 * 3600 * 1000,
-        "(default: 3 days) a closed auction's state and stream expire this long after its \
-         close (set atomically by the close; a simulated round that reopens is kept again); \
-         then `GET /auctions/{id}` is 404, its id leaves the listing, and the edges tell its \
-         watchers `gone`. `0` keeps closed auctions forever",
+        "a closed auction's state and stream expire this long after its close (set \
+         atomically by the close; a simulated round that reopens is kept again); then \
+         `GET /auctions/{id}` is 404, its id leaves the listing, and the edges tell its \
+         watchers `gone`. `0` keeps closed auctions forever; the default is 3 days",
     );
     pub const RATE_LIMIT_PER_S: Setting = number(
         "rate_limit_per_s",
@@ -380,3 +380,97 @@ pub static WS_EDGE: Spec = Spec {
 
 /// Every binary of the project.
 pub static ALL: &[&Spec] = &[&BIDDER, &SSE_EDGE, &WS_EDGE];
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use settings::Settings;
+    use std::collections::BTreeSet;
+
+    const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+
+    /// `UPDATE_SETTINGS_TABLE=1 cargo test -p service-kit readme` writes the
+    /// table from the spec into the README.
+    #[test]
+    fn readme_settings_table_matches_the_spec() {
+        let readme = std::fs::read_to_string(README).unwrap();
+        if std::env::var_os("UPDATE_SETTINGS_TABLE").is_some() {
+            let start = readme.find(settings::TABLE_START).unwrap() + settings::TABLE_START.len();
+            let end = start + readme[start..].find(settings::TABLE_END).unwrap();
+            let updated = format!(
+                "{}\n{}{}",
+                &readme[..start],
+                settings::markdown_table(ALL),
+                &readme[end..]
+            );
+            std::fs::write(README, updated).unwrap();
+            return;
+        }
+        if let Err(problem) = settings::check_readme(&readme, ALL) {
+            panic!(
+                "{problem}\n(UPDATE_SETTINGS_TABLE=1 cargo test -p service-kit readme writes it)"
+            );
+        }
+    }
+
+    #[test]
+    fn readme_check_fails_for_a_setting_missing_from_the_readme() {
+        const NEW: &[Setting] = &[Setting {
+            key: "brand_new_setting",
+            kind: Kind::Flag,
+            default: Some("false"),
+            help: "added to the spec only",
+            secret: false,
+        }];
+        static WITH_NEW: Spec = Spec {
+            binary: "bidder",
+            about: "",
+            usage: &[],
+            groups: &[
+                process::SETTINGS,
+                connections::SETTINGS,
+                bidder::SETTINGS,
+                identity::SETTINGS,
+                bidder::MORE_SETTINGS,
+                NEW,
+            ],
+            defaults: &[("listen", "0.0.0.0:8080"), ("ops_listen", "0.0.0.0:9080")],
+        };
+        let readme = std::fs::read_to_string(README).unwrap();
+        let problem = settings::check_readme(&readme, &[&WITH_NEW, &SSE_EDGE, &WS_EDGE])
+            .expect_err("a setting missing from the README fails the check");
+        assert!(
+            problem.contains("missing or different: `AUCTION_BRAND_NEW_SETTING`"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn every_default_is_valid_and_no_binary_declares_a_key_twice() {
+        for spec in ALL {
+            let keys: Vec<&str> = spec.settings().map(|s| s.key).collect();
+            let unique: BTreeSet<&str> = keys.iter().copied().collect();
+            assert_eq!(keys.len(), unique.len(), "{}: a key twice", spec.binary);
+            for (key, _) in spec.defaults {
+                assert!(unique.contains(key), "{}: default for {key}", spec.binary);
+            }
+            Settings::load(spec, ALL, None, [])
+                .unwrap_or_else(|error| panic!("{}: {error}", spec.binary));
+        }
+    }
+
+    #[test]
+    fn shared_settings_are_the_same_declaration_everywhere() {
+        for spec in ALL {
+            for s in spec.settings() {
+                for other in ALL {
+                    if let Some(o) = other.find(s.key) {
+                        assert_eq!((s.kind, s.help, s.secret), (o.kind, o.help, o.secret));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@
 mod spec;
 
 pub use spec::{
-    ENV_PREFIX, Kind, NOT_SETTINGS, Setting, Spec, TABLE_END, TABLE_START, env_name,
+    ENV_PREFIX, Kind, NOT_SETTINGS, Setting, Spec, TABLE_END, TABLE_START, check_readme, env_name,
     markdown_table, readme_table,
 };
 

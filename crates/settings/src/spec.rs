@@ -228,9 +228,47 @@ pub fn readme_table(readme: &str) -> Option<&str> {
     Some(readme[start..end].trim_start_matches('\n'))
 }
 
+/// Checks the README's settings table against `specs`: `Err` says which
+/// rows are missing, extra or different, and gives the table to paste.
+pub fn check_readme(readme: &str, specs: &[&Spec]) -> Result<(), String> {
+    let expected = markdown_table(specs);
+    let Some(found) = readme_table(readme) else {
+        return Err(format!(
+            "the README has no settings table between {TABLE_START:?} and {TABLE_END:?}"
+        ));
+    };
+    if found == expected {
+        return Ok(());
+    }
+    let found_rows: Vec<&str> = found.lines().collect();
+    let expected_rows: Vec<&str> = expected.lines().collect();
+    let mut problems = Vec::new();
+    for row in &expected_rows {
+        if !found_rows.contains(row) {
+            problems.push(format!("missing or different: {}", row_name(row)));
+        }
+    }
+    for row in &found_rows {
+        if !expected_rows.contains(row) {
+            problems.push(format!("not in the spec or different: {}", row_name(row)));
+        }
+    }
+    if problems.is_empty() {
+        problems.push("rows in another order".into());
+    }
+    Err(format!(
+        "the README's settings table differs from the spec ({}); the table from the spec:\n{expected}",
+        problems.join("; ")
+    ))
+}
+
+fn row_name(row: &str) -> &str {
+    row.split('|').nth(1).map_or(row, str::trim)
+}
+
 /// The markers around the generated table in the README.
 pub const TABLE_START: &str =
-    "<!-- settings table: generated from the spec, see crates/settings -->";
+    "<!-- settings table: generated from the settings spec; do not edit by hand -->";
 pub const TABLE_END: &str = "<!-- end of settings table -->";
 
 /// Levenshtein distance, for "did you mean".
