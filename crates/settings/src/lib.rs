@@ -145,7 +145,19 @@ impl Settings {
         project: &[&Spec],
         invocation: &Invocation,
     ) -> Result<Settings, SettingError> {
-        Settings::load(spec, project, invocation.config_file(), std::env::vars())
+        let mut env = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            let value = value.into_string().map_err(|_| SettingError {
+                setting: name.to_owned(),
+                problem: "is not UTF-8".into(),
+            })?;
+            env.push((name.to_owned(), value));
+        }
+        Settings::load(spec, project, invocation.config_file(), env)
     }
 
     /// Loads the optional TOML `file`, then the `AUCTION_*` variables of

@@ -5,8 +5,7 @@
 
 use auction_domain::BidderName;
 use identity::IdentityConfig;
-use settings::Settings;
-use std::path::PathBuf;
+use settings::{Action, Invocation, Settings};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,11 +30,15 @@ pub fn run(args: impl Iterator<Item = String>) -> ExitCode {
         Ok(request) => request,
         Err(problem) => return usage_error(&problem),
     };
-    let settings = match Settings::load(
+    // The settings file is AUCTION_CONFIG's.
+    let invocation = Invocation {
+        action: Action::Run,
+        config: None,
+    };
+    let settings = match Settings::from_process(
         &service_kit::spec::BIDDER,
         service_kit::spec::ALL,
-        std::env::var_os("AUCTION_CONFIG").map(PathBuf::from),
-        std::env::vars(),
+        &invocation,
     ) {
         Ok(settings) => settings,
         Err(error) => return usage_error(&error.to_string()),
