@@ -42,6 +42,9 @@ RUN cargo build --release --locked --bins
 # 2) The real sources. COPY keeps the files' original mtimes, which can be older
 #    than the stub build; touch them so cargo rebuilds the workspace crates.
 COPY . .
+# `--version` names the commit when given one:
+# docker build --build-arg GIT_COMMIT=$(git rev-parse --short HEAD) .
+ARG GIT_COMMIT=""
 RUN find . -path ./target -prune -o -type f -exec touch {} + \
  && cargo build --release --locked --bins \
  && mkdir -p /out \

@@ -19,7 +19,7 @@ mod fetch;
 mod guest;
 mod jwks;
 
-pub use config::{ExternalIdp, IdentityConfig};
+pub use config::{ExternalIdp, IdentityConfig, SETTINGS};
 pub use guest::{GUEST_AUDIENCE, GUEST_ISSUER, GuestKey, Session};
 
 use auction_domain::{Bidder, BidderId, BidderName};

@@ -7,14 +7,38 @@
 
 use crate::raw_http::RequestHead;
 use axum::http::HeaderMap;
-use settings::{SettingError, Settings};
+use settings::{Kind, Setting, SettingError, Settings};
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpStream;
 
-/// The networks whose `X-Forwarded-For` is taken by default: loopback and
-/// the private ranges a proxy or ws-edge sits in (compose, Kubernetes).
-pub const DEFAULT_TRUSTED_PROXIES: &str =
-    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
+pub const TRUST_FORWARDED_FOR: Setting = Setting {
+    key: "trust_forwarded_for",
+    kind: Kind::Flag,
+    default: Some("false"),
+    help: "take the client address from `X-Forwarded-For`, only from `AUCTION_TRUSTED_PROXIES` \
+           (behind a proxy: nginx, or ws-edge forwarding bids)",
+    secret: false,
+};
+
+/// By default loopback and the private ranges a proxy or ws-edge sits in
+/// (compose, Kubernetes).
+pub const TRUSTED_PROXIES: Setting = Setting {
+    key: "trusted_proxies",
+    kind: Kind::List,
+    default: Some("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"),
+    help: "comma list of addresses or networks (`addr/prefix`) whose `X-Forwarded-For` is \
+           believed: nginx's and ws-edge's",
+    secret: false,
+};
+
+/// The settings every service reads to find a client's address, alike.
+pub const SETTINGS: &[Setting] = &[TRUST_FORWARDED_FOR, TRUSTED_PROXIES];
+
+#[cfg(test)]
+const DEFAULT_TRUSTED_PROXIES: &str = match TRUSTED_PROXIES.default {
+    Some(networks) => networks,
+    None => "",
+};
 
 /// An address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,13 +99,13 @@ impl ClientAddress {
     /// default).
     pub fn read(settings: &Settings) -> Result<ClientAddress, SettingError> {
         Ok(ClientAddress {
-            trust_forwarded_for: settings.flag("trust_forwarded_for", false)?,
+            trust_forwarded_for: settings.flag(&TRUST_FORWARDED_FOR)?,
             trusted_proxies: settings
-                .list("trusted_proxies", DEFAULT_TRUSTED_PROXIES)
+                .list(&TRUSTED_PROXIES)?
                 .iter()
                 .map(|text| {
                     Network::parse(text)
-                        .map_err(|problem| settings.error("trusted_proxies", problem))
+                        .map_err(|problem| settings.error(&TRUSTED_PROXIES, problem))
                 })
                 .collect::<Result<_, _>>()?,
         })

@@ -13,7 +13,7 @@
 //! without finishing a request cannot keep a real client out. Streams and
 //! requests being handled are never evicted.
 
-use settings::{SettingError, Settings};
+use settings::{Kind, Setting, SettingError, Settings};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +26,53 @@ use tokio_util::sync::CancellationToken;
 const RESERVED_DESCRIPTORS: u64 = 64;
 /// Slots when the descriptor limit cannot be read.
 const FALLBACK_SLOTS: usize = 1024;
+
+const fn deadline(key: &'static str, default: &'static str, help: &'static str) -> Setting {
+    Setting {
+        key,
+        kind: Kind::Number {
+            min: 100,
+            max: 3_600_000,
+        },
+        default: Some(default),
+        help,
+        secret: false,
+    }
+}
+
+pub const HEAD_TIMEOUT_MS: Setting = deadline(
+    "head_timeout_ms",
+    "10000",
+    "a connection's request head must arrive within this",
+);
+pub const BODY_TIMEOUT_MS: Setting = deadline(
+    "body_timeout_ms",
+    "10000",
+    "a request body must arrive within this after its head (beyond: 408)",
+);
+pub const IDLE_TIMEOUT_MS: Setting = deadline(
+    "idle_timeout_ms",
+    "60000",
+    "a keep-alive connection's wait for its next request",
+);
+pub const LISTEN_BACKLOG: Setting = Setting {
+    key: "listen_backlog",
+    kind: Kind::Number {
+        min: 1,
+        max: 65_535,
+    },
+    default: Some("4096"),
+    help: "connections the kernel queues before they are accepted",
+    secret: false,
+};
+
+/// The connection settings of every process.
+pub const SETTINGS: &[Setting] = &[
+    HEAD_TIMEOUT_MS,
+    BODY_TIMEOUT_MS,
+    IDLE_TIMEOUT_MS,
+    LISTEN_BACKLOG,
+];
 
 /// The deadlines and bounds of a service's connections.
 #[derive(Debug, Clone)]
@@ -42,18 +89,14 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     pub(crate) fn read(settings: &Settings) -> Result<ConnectionLimits, SettingError> {
-        let millis = |name: &str, default: u64| -> Result<Duration, SettingError> {
-            Ok(Duration::from_millis(settings.number(
-                name,
-                default,
-                100..=3_600_000,
-            )?))
+        let millis = |setting: &Setting| -> Result<Duration, SettingError> {
+            Ok(Duration::from_millis(settings.number(setting)?))
         };
         Ok(ConnectionLimits {
-            head: millis("head_timeout_ms", 10_000)?,
-            body: millis("body_timeout_ms", 10_000)?,
-            idle: millis("idle_timeout_ms", 60_000)?,
-            backlog: settings.number("listen_backlog", 4096, 1..=65_535)? as u32,
+            head: millis(&HEAD_TIMEOUT_MS)?,
+            body: millis(&BODY_TIMEOUT_MS)?,
+            idle: millis(&IDLE_TIMEOUT_MS)?,
+            backlog: settings.number(&LISTEN_BACKLOG)? as u32,
         })
     }
 }

@@ -8,7 +8,7 @@ use crate::process::{Context, bind};
 use crate::raw_http::{FastPath, serve_with_fast_path};
 use axum::Router;
 use fanout::{Codec, Delivery, Hub, HubConfig};
-use settings::{SettingError, Settings};
+use settings::{Kind, Setting, SettingError, Settings};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +19,91 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// reconnects within it finds its feed (and its recent run) still there.
 const IDLE_FEED_TTL: Duration = Duration::from_secs(10);
 
+const fn number(
+    key: &'static str,
+    default: &'static str,
+    min: u64,
+    max: u64,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        kind: Kind::Number { min, max },
+        default: Some(default),
+        help,
+        secret: false,
+    }
+}
+
+pub const MAX_CONNECTIONS: Setting = number(
+    "max_connections",
+    "10000",
+    1,
+    10_000_000,
+    "streams or sockets per replica; beyond: 503",
+);
+pub const CLIENT_QUEUE: Setting = number(
+    "client_queue",
+    "256",
+    4,
+    65_536,
+    "events a client may lag behind before it is closed (WebSocket: 1013)",
+);
+pub const CLIENT_STALL_MS: Setting = number(
+    "client_stall_ms",
+    "30000",
+    100,
+    3_600_000,
+    "a client whose socket accepts nothing for this long is closed as slow",
+);
+pub const VIEWERS_INTERVAL_MS: Setting = number(
+    "viewers_interval_ms",
+    "2000",
+    100,
+    600_000,
+    "how often viewer counts are reported and refreshed",
+);
+pub const REPLAY_KEEP_MS: Setting = number(
+    "replay_keep_ms",
+    "2000",
+    0,
+    60_000,
+    "how long a page of events read from a stream for a resuming client is kept for the \
+     next clients resuming from the same id (0: shared only while it is read); at most \
+     16,384 events are kept per replica",
+);
+pub const SOCKET_SEND_BUFFER: Setting = number(
+    "socket_send_buffer",
+    "131072",
+    4096,
+    16_777_216,
+    "`SO_SNDBUF` per client socket, bytes",
+);
+
 /// Connections one client address may hold open on one replica: enough
 /// for a household or a small office behind one NAT address (a tab holds
 /// one stream or socket), far from what it takes to inflate a viewer count
 /// or fill a replica. A larger population behind one address (a campus, a
 /// carrier-grade NAT) needs the setting raised.
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u64 = 64;
+pub const MAX_CONNECTIONS_PER_ADDRESS: Setting = number(
+    "max_connections_per_address",
+    "64",
+    1,
+    10_000_000,
+    "streams or sockets one client address may hold on a replica (an IPv6 client counted \
+     by its /64); beyond: 429 `too_many_connections_from_address` with `Retry-After`",
+);
+
+/// The settings every edge reads, alike.
+pub const SETTINGS: &[Setting] = &[
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    CLIENT_QUEUE,
+    CLIENT_STALL_MS,
+    VIEWERS_INTERVAL_MS,
+    REPLAY_KEEP_MS,
+    SOCKET_SEND_BUFFER,
+];
 
 /// Settings of every edge, read with the same defaults and ranges.
 #[derive(Debug, Clone)]
@@ -57,31 +136,14 @@ pub struct EdgeSettings {
 impl EdgeSettings {
     pub fn read(settings: &Settings) -> Result<EdgeSettings, SettingError> {
         Ok(EdgeSettings {
-            max_connections: settings.number("max_connections", 10_000, 1..=10_000_000)? as usize,
-            max_connections_per_address: settings.number(
-                "max_connections_per_address",
-                DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
-                1..=10_000_000,
-            )? as u32,
+            max_connections: settings.number(&MAX_CONNECTIONS)? as usize,
+            max_connections_per_address: settings.number(&MAX_CONNECTIONS_PER_ADDRESS)? as u32,
             clients: ClientAddress::read(settings)?,
-            client_queue: settings.number("client_queue", 256, 4..=65_536)? as usize,
-            send_buffer: settings.number("socket_send_buffer", 131_072, 4096..=16_777_216)?
-                as usize,
-            stall_limit: Duration::from_millis(settings.number(
-                "client_stall_ms",
-                30_000,
-                100..=3_600_000,
-            )?),
-            viewers_interval: Duration::from_millis(settings.number(
-                "viewers_interval_ms",
-                2_000,
-                100..=600_000,
-            )?),
-            replay_keep: Duration::from_millis(settings.number(
-                "replay_keep_ms",
-                2_000,
-                0..=60_000,
-            )?),
+            client_queue: settings.number(&CLIENT_QUEUE)? as usize,
+            send_buffer: settings.number(&SOCKET_SEND_BUFFER)? as usize,
+            stall_limit: Duration::from_millis(settings.number(&CLIENT_STALL_MS)?),
+            viewers_interval: Duration::from_millis(settings.number(&VIEWERS_INTERVAL_MS)?),
+            replay_keep: Duration::from_millis(settings.number(&REPLAY_KEEP_MS)?),
             replica: std::iter::repeat_with(fastrand::alphanumeric)
                 .take(16)
                 .collect(),

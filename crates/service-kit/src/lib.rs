@@ -10,11 +10,12 @@ pub mod edge;
 mod error;
 mod gate;
 mod health;
-mod process;
+pub mod process;
 pub mod rate;
 mod raw_http;
 pub mod refusal;
 pub mod security_headers;
+pub mod spec;
 
 pub use error::{ApiError, error_response};
 pub use gate::{Admission, ConnectionGate, GateMetrics, Refused, address_key};

@@ -2,7 +2,7 @@ use crate::connections::ConnectionLimits;
 use crate::health::Health;
 use axum::Router;
 use event_log::RedisTarget;
-use settings::{SettingError, Settings};
+use settings::{Action, Invocation, Kind, Setting, SettingError, Settings, Spec};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -11,6 +11,56 @@ use std::time::Duration;
 use telemetry::{LogFormat, Metrics};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
+
+/// `AUCTION_LISTEN`; each binary has its own default.
+pub const LISTEN: Setting = Setting {
+    key: "listen",
+    kind: Kind::Address,
+    default: None,
+    help: "the public port, `host:port`; port 0 picks a free port (logged as `listening on \
+           <addr>`)",
+    secret: false,
+};
+/// `AUCTION_OPS_LISTEN`; each binary has its own default.
+pub const OPS_LISTEN: Setting = Setting {
+    key: "ops_listen",
+    kind: Kind::Address,
+    default: None,
+    help: "where `/healthz`, `/readyz` and `/metrics` are served, and nothing else; never on \
+           `AUCTION_LISTEN` (the same port is a bad setting). Port 0 picks a free port (logged \
+           as `ops listener on <addr>`)",
+    secret: false,
+};
+pub const REDIS_URL: Setting = Setting {
+    key: "redis_url",
+    kind: Kind::Text,
+    default: Some("redis://127.0.0.1:6379"),
+    help: "`redis://[user:pass@]host:port[/db]`; `rediss://` for TLS (system root \
+           certificates; a trailing `#insecure` skips verification, for tests only); \
+           `redis+cluster://[user:pass@]host:port,host:port,...` for a Redis Cluster given by \
+           any of its nodes (see [Redis Cluster](#redis-cluster); no TLS there yet)",
+    secret: false,
+};
+pub const SHUTDOWN_GRACE_MS: Setting = Setting {
+    key: "shutdown_grace_ms",
+    kind: Kind::Number {
+        min: 0,
+        max: 3_600_000,
+    },
+    default: Some("10000"),
+    help: "drain deadline after SIGTERM",
+    secret: false,
+};
+pub const LOG_FORMAT: Setting = Setting {
+    key: "log_format",
+    kind: Kind::Choice(&["pretty", "json"]),
+    default: Some("pretty"),
+    help: "`pretty` or `json`; filter with `RUST_LOG`",
+    secret: false,
+};
+
+/// The settings of every process, read by [`Process::start`].
+pub const SETTINGS: &[Setting] = &[LISTEN, OPS_LISTEN, REDIS_URL, SHUTDOWN_GRACE_MS, LOG_FORMAT];
 
 /// Settings every service has.
 #[derive(Debug, Clone)]
@@ -28,21 +78,15 @@ pub struct Common {
 }
 
 impl Common {
-    fn read(
-        settings: &Settings,
-        default_listen: &str,
-        default_ops_listen: &str,
-    ) -> Result<Common, SettingError> {
-        let redis_url = settings
-            .raw("redis_url")
-            .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
-        let listen = settings.listen_addr("listen", default_listen)?;
-        let ops_listen = settings.listen_addr("ops_listen", default_ops_listen)?;
+    fn read(settings: &Settings) -> Result<Common, SettingError> {
+        let redis_url = settings.text(&REDIS_URL)?.unwrap_or_default();
+        let listen = settings.listen_addr(&LISTEN)?;
+        let ops_listen = settings.listen_addr(&OPS_LISTEN)?;
         // One port for both would either fail to bind or, worse, suggest
         // the ops endpoints can share the public port: say which.
         if listen.port() != 0 && listen.port() == ops_listen.port() {
             return Err(settings.error(
-                "ops_listen",
+                &OPS_LISTEN,
                 format!(
                     "{ops_listen} has the port of AUCTION_LISTEN ({listen}); the ops endpoints need a port of their own"
                 ),
@@ -52,13 +96,9 @@ impl Common {
             listen,
             ops_listen,
             redis: event_log::parse_redis_url(&redis_url)
-                .map_err(|problem| settings.error("redis_url", problem))?,
-            shutdown_grace: Duration::from_millis(settings.number(
-                "shutdown_grace_ms",
-                10_000,
-                0..=3_600_000,
-            )?),
-            log_format: settings.get("log_format", LogFormat::Pretty)?,
+                .map_err(|problem| settings.error(&REDIS_URL, problem))?,
+            shutdown_grace: Duration::from_millis(settings.number(&SHUTDOWN_GRACE_MS)?),
+            log_format: settings.get::<LogFormat>(&LOG_FORMAT)?,
             connections: ConnectionLimits::read(settings)?,
         })
     }
@@ -83,19 +123,41 @@ pub struct Context {
 }
 
 impl Process {
-    /// Reads the layered settings and the common ones (the public and ops
-    /// addresses default to `default_listen` and `default_ops_listen`); on
-    /// a bad setting prints one line naming it and exits 2.
-    pub fn start(name: &'static str, default_listen: &str, default_ops_listen: &str) -> Process {
-        let settings =
-            Settings::from_process().unwrap_or_else(|error| Process::exit_bad_setting(&error));
-        let common = Common::read(&settings, default_listen, default_ops_listen)
+    /// Reads the command line, the layered settings of `spec`'s binary
+    /// and the common ones; on a bad argument or setting (an unknown one
+    /// included) prints one line naming it and exits 2. `--help`,
+    /// `--version` and `--print-config` print and exit 0.
+    pub fn start(spec: &'static Spec) -> Process {
+        let invocation = Invocation::parse(std::env::args().skip(1))
             .unwrap_or_else(|error| Process::exit_bad_setting(&error));
+        match invocation.action {
+            Action::Help => Process::exit_printing(&spec.help()),
+            Action::Version => {
+                Process::exit_printing(&format!("{} {}\n", spec.binary, settings::version()))
+            }
+            Action::Run | Action::PrintConfig => {}
+        }
+        let settings = Settings::from_process(spec, crate::spec::ALL, &invocation)
+            .unwrap_or_else(|error| Process::exit_bad_setting(&error));
+        let common =
+            Common::read(&settings).unwrap_or_else(|error| Process::exit_bad_setting(&error));
+        if invocation.action == Action::PrintConfig {
+            Process::exit_printing(&settings.print_config());
+        }
         Process {
-            name,
+            name: spec.binary,
             settings,
             common,
         }
+    }
+
+    /// `--help` and the like: `text` on stdout, exit 0.
+    fn exit_printing(text: &str) -> ! {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+        std::process::exit(0)
     }
 
     /// The contract's answer to a bad setting: one line on stderr, exit 2.

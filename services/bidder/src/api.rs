@@ -181,8 +181,8 @@ pub enum CorsOrigins {
 
 impl CorsOrigins {
     pub fn read(settings: &settings::Settings) -> Result<CorsOrigins, settings::SettingError> {
-        const KEY: &str = "cors_allowed_origins";
-        let items = settings.list(KEY, "");
+        const KEY: &settings::Setting = &service_kit::spec::bidder::CORS_ALLOWED_ORIGINS;
+        let items = settings.list(KEY)?;
         if items.iter().any(|item| item == "*") {
             return match items.len() {
                 1 => Ok(CorsOrigins::Any),

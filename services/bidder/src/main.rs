@@ -9,6 +9,7 @@ mod token_cli;
 
 use event_log::{AuctionWriter, Catalogue, ReplicaAck, connect_manager};
 use identity::{Authenticator, IdentityConfig};
+use service_kit::spec::bidder::*;
 use service_kit::{Context, Process, bind, serve, watch_redis};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
@@ -54,76 +55,34 @@ pub struct BidderSettings {
 impl BidderSettings {
     fn read(settings: &Settings) -> Result<BidderSettings, SettingError> {
         let sim_auctions = settings
-            .list("sim_auctions", "1234")
+            .list(&SIM_AUCTIONS)?
             .iter()
             .map(|id| {
                 auction_domain::AuctionId::parse(id).map_err(|error| {
-                    settings.error("sim_auctions", format!("{id:?}: {}", error.message))
+                    settings.error(&SIM_AUCTIONS, format!("{id:?}: {}", error.message))
                 })
             })
             .collect::<Result<_, _>>()?;
         Ok(BidderSettings {
-            simulate: settings.flag("simulate", true)?,
+            simulate: settings.flag(&SIMULATE)?,
             sim_auctions,
-            sim_interval: Duration::from_millis(settings.number(
-                "sim_interval_ms",
-                2000,
-                1..=3_600_000,
-            )?),
-            sim_duration_ms: settings.number(
-                "sim_duration_ms",
-                600_000,
-                1000..=auction_domain::MAX_DURATION_MS,
-            )?,
-            sim_pause: Duration::from_millis(settings.number(
-                "sim_pause_ms",
-                15_000,
-                0..=3_600_000,
-            )?),
-            stream_maxlen: settings.number("stream_maxlen", 10_000, 10..=10_000_000)?,
-            retention: Duration::from_millis(settings.number(
-                "retention_ms",
-                event_log::DEFAULT_RETENTION_MS,
-                0..=365 * 24 * 3600 * 1000,
-            )?),
-            rate_limit_per_s: settings.number("rate_limit_per_s", 50, 1..=1_000_000)?,
-            rate_limit_burst: settings.number("rate_limit_burst", 100, 1..=1_000_000)?,
-            list_rate_limit_per_s: settings.number("list_rate_limit_per_s", 5, 1..=1_000_000)?,
-            list_rate_limit_burst: settings.number("list_rate_limit_burst", 20, 1..=1_000_000)?,
-            address_rate_limit_per_s: settings.number(
-                "address_rate_limit_per_s",
-                200,
-                1..=1_000_000,
-            )?,
-            address_rate_limit_burst: settings.number(
-                "address_rate_limit_burst",
-                400,
-                1..=1_000_000,
-            )?,
-            session_rate_limit_per_s: settings.number(
-                "session_rate_limit_per_s",
-                2,
-                1..=1_000_000,
-            )?,
-            session_rate_limit_burst: settings.number(
-                "session_rate_limit_burst",
-                30,
-                1..=1_000_000,
-            )?,
+            sim_interval: Duration::from_millis(settings.number(&SIM_INTERVAL_MS)?),
+            sim_duration_ms: settings.number(&SIM_DURATION_MS)?,
+            sim_pause: Duration::from_millis(settings.number(&SIM_PAUSE_MS)?),
+            stream_maxlen: settings.number(&STREAM_MAXLEN)?,
+            retention: Duration::from_millis(settings.number(&RETENTION_MS)?),
+            rate_limit_per_s: settings.number(&RATE_LIMIT_PER_S)?,
+            rate_limit_burst: settings.number(&RATE_LIMIT_BURST)?,
+            list_rate_limit_per_s: settings.number(&LIST_RATE_LIMIT_PER_S)?,
+            list_rate_limit_burst: settings.number(&LIST_RATE_LIMIT_BURST)?,
+            address_rate_limit_per_s: settings.number(&ADDRESS_RATE_LIMIT_PER_S)?,
+            address_rate_limit_burst: settings.number(&ADDRESS_RATE_LIMIT_BURST)?,
+            session_rate_limit_per_s: settings.number(&SESSION_RATE_LIMIT_PER_S)?,
+            session_rate_limit_burst: settings.number(&SESSION_RATE_LIMIT_BURST)?,
             clients: service_kit::client_address::ClientAddress::read(settings)?,
-            close_check_interval: Duration::from_millis(settings.number(
-                "close_check_ms",
-                250,
-                10..=60_000,
-            )?),
-            redis_min_replicas_ack: settings.number("redis_min_replicas_ack", 0, 0..=16)? as u32,
-            // Below the Redis response timeout (2 s), so a slow replica is
-            // reported as such, not as an unreachable Redis.
-            redis_ack_timeout: Duration::from_millis(settings.number(
-                "redis_ack_timeout_ms",
-                500,
-                1..=1500,
-            )?),
+            close_check_interval: Duration::from_millis(settings.number(&CLOSE_CHECK_MS)?),
+            redis_min_replicas_ack: settings.number(&REDIS_MIN_REPLICAS_ACK)? as u32,
+            redis_ack_timeout: Duration::from_millis(settings.number(&REDIS_ACK_TIMEOUT_MS)?),
             cors_allowed_origins: api::CorsOrigins::read(settings)?,
         })
     }
@@ -134,7 +93,7 @@ fn main() -> ExitCode {
     if args.next().as_deref() == Some(token_cli::COMMAND) {
         return token_cli::run(args);
     }
-    let process = Process::start("bidder", "0.0.0.0:8080", "0.0.0.0:9080");
+    let process = Process::start(&service_kit::spec::BIDDER);
     let own = BidderSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
     let identity = IdentityConfig::read(&process.settings)
@@ -206,4 +165,22 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         let _ = simulator.await;
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use service_kit::spec::bidder::{RETENTION_MS, SIM_DURATION_MS};
+    use settings::Kind;
+
+    #[test]
+    fn the_spec_agrees_with_the_domain_limits() {
+        assert_eq!(
+            RETENTION_MS.default,
+            Some(event_log::DEFAULT_RETENTION_MS.to_string().as_str())
+        );
+        assert!(matches!(
+            SIM_DURATION_MS.kind,
+            Kind::Number { max, .. } if max == auction_domain::MAX_DURATION_MS
+        ));
+    }
 }

@@ -5,8 +5,7 @@
 
 use auction_domain::BidderName;
 use identity::IdentityConfig;
-use settings::Settings;
-use std::path::PathBuf;
+use settings::{Action, Invocation, Settings};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,13 +21,24 @@ struct Request {
 }
 
 pub fn run(args: impl Iterator<Item = String>) -> ExitCode {
-    let request = match parse(args) {
+    let args: Vec<String> = args.collect();
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let request = match parse(args.into_iter()) {
         Ok(request) => request,
         Err(problem) => return usage_error(&problem),
     };
-    let settings = match Settings::load(
-        std::env::var_os("AUCTION_CONFIG").map(PathBuf::from),
-        std::env::vars(),
+    // The settings file is AUCTION_CONFIG's.
+    let invocation = Invocation {
+        action: Action::Run,
+        config: None,
+    };
+    let settings = match Settings::from_process(
+        &service_kit::spec::BIDDER,
+        service_kit::spec::ALL,
+        &invocation,
     ) {
         Ok(settings) => settings,
         Err(error) => return usage_error(&error.to_string()),

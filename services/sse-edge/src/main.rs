@@ -8,6 +8,7 @@ mod stream_id;
 
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::security_headers::SecurityHeaders;
+use service_kit::spec::sse_edge::*;
 use service_kit::{Context, Process};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
@@ -29,27 +30,21 @@ struct SseSettings {
 
 impl SseSettings {
     fn read(settings: &Settings) -> Result<SseSettings, SettingError> {
-        let bidder_public_url = settings.raw("bidder_public_url").unwrap_or_default();
+        let bidder_public_url = settings.text(&BIDDER_PUBLIC_URL)?.unwrap_or_default();
         let bidder_origin = match bidder_public_url.as_str() {
             "" => None,
             url => Some(
                 service_kit::security_headers::origin_of(url)
-                    .map_err(|problem| settings.error("bidder_public_url", problem))?,
+                    .map_err(|problem| settings.error(&BIDDER_PUBLIC_URL, problem))?,
             ),
         };
         Ok(SseSettings {
             edge: EdgeSettings::read(settings)?,
-            keepalive: Duration::from_millis(settings.number(
-                "sse_keepalive_ms",
-                15_000,
-                100..=3_600_000,
-            )?),
-            retry_ms: settings.number("sse_retry_ms", 2_000, 0..=3_600_000)?,
-            max_auctions_per_stream: usize::try_from(settings.number(
-                "sse_max_auctions_per_stream",
-                100,
-                1..=1_000,
-            )?)
+            keepalive: Duration::from_millis(settings.number(&SSE_KEEPALIVE_MS)?),
+            retry_ms: settings.number(&SSE_RETRY_MS)?,
+            max_auctions_per_stream: usize::try_from(
+                settings.number(&SSE_MAX_AUCTIONS_PER_STREAM)?,
+            )
             .unwrap_or(1_000),
             bidder_public_url,
             bidder_origin,
@@ -58,7 +53,7 @@ impl SseSettings {
 }
 
 fn main() -> ExitCode {
-    let process = Process::start("sse-edge", "0.0.0.0:8081", "0.0.0.0:9081");
+    let process = Process::start(&service_kit::spec::SSE_EDGE);
     let own = SseSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
     process.run(|ctx| run(ctx, own))

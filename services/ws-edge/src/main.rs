@@ -23,6 +23,7 @@ use identity::{Authenticator, IdentityConfig};
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::rate::Rate;
 use service_kit::security_headers::SecurityHeaders;
+use service_kit::spec::ws_edge::*;
 use service_kit::{Context, Process};
 use settings::{SettingError, Settings};
 use std::process::ExitCode;
@@ -44,31 +45,28 @@ struct WsSettings {
 
 impl WsSettings {
     fn read(settings: &Settings) -> Result<WsSettings, SettingError> {
-        let bidder_url = settings
-            .raw("bidder_url")
-            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
+        let bidder_url = settings.text(&BIDDER_URL)?.unwrap_or_default();
         if !(bidder_url.starts_with("http://") || bidder_url.starts_with("https://")) {
-            return Err(settings.error(
-                "bidder_url",
-                format!("{bidder_url:?} is not an http:// URL"),
-            ));
+            return Err(
+                settings.error(&BIDDER_URL, format!("{bidder_url:?} is not an http:// URL"))
+            );
         }
         Ok(WsSettings {
             edge: EdgeSettings::read(settings)?,
             bidder_url,
-            max_message: settings.number("ws_max_message", 4096, 64..=16 * 1024 * 1024)? as usize,
-            ping: Duration::from_millis(settings.number("ws_ping_ms", 20_000, 100..=3_600_000)?),
-            allowed_origins: settings.list("ws_allowed_origins", ""),
-            max_subscriptions: settings.number("ws_max_subscriptions", 64, 1..=10_000)? as usize,
-            rate_per_s: settings.number("ws_rate_per_s", 50, 1..=1_000_000)?,
-            rate_burst: settings.number("ws_rate_burst", 100, 1..=1_000_000)?,
+            max_message: settings.number(&WS_MAX_MESSAGE)? as usize,
+            ping: Duration::from_millis(settings.number(&WS_PING_MS)?),
+            allowed_origins: settings.list(&WS_ALLOWED_ORIGINS)?,
+            max_subscriptions: settings.number(&WS_MAX_SUBSCRIPTIONS)? as usize,
+            rate_per_s: settings.number(&WS_RATE_PER_S)?,
+            rate_burst: settings.number(&WS_RATE_BURST)?,
         })
     }
 }
 
 /// One timer for the whole replica: every socket pings on its ticks.
 fn main() -> ExitCode {
-    let process = Process::start("ws-edge", "0.0.0.0:8082", "0.0.0.0:9082");
+    let process = Process::start(&service_kit::spec::WS_EDGE);
     let own = WsSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
     let identity = IdentityConfig::read(&process.settings)
