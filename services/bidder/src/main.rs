@@ -50,6 +50,9 @@ pub struct BidderSettings {
     /// `AUCTION_CORS_ALLOWED_ORIGINS`: the origins whose pages may call
     /// the API from a browser.
     pub cors_allowed_origins: api::CorsOrigins,
+    /// `AUCTION_TEST_CLOCK_BEHIND_MS`, for tests only: this process's
+    /// clock reads this much behind (a skewed host).
+    pub test_clock_behind_ms: u64,
 }
 
 impl BidderSettings {
@@ -136,6 +139,7 @@ impl BidderSettings {
                 1..=1500,
             )?),
             cors_allowed_origins: api::CorsOrigins::read(settings)?,
+            test_clock_behind_ms: settings.number("test_clock_behind_ms", 0, 0..=3_600_000)?,
         })
     }
 }
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
     let process = Process::start("bidder", "0.0.0.0:8080", "0.0.0.0:9080");
     let own = BidderSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
+    auction_domain::clock::set_behind_for_tests(own.test_clock_behind_ms);
     let identity = IdentityConfig::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
     process.run(|ctx| run(ctx, own, identity))

@@ -56,8 +56,8 @@ pub async fn serve_routes(
 /// connections take no client slot, so a replica full of clients still
 /// answers its probes; each request head is bounded by the idle deadline.
 pub(crate) async fn serve_ops(ctx: Context, listener: TcpListener) {
-    let router = crate::security_headers::SecurityHeaders::api()
-        .apply(crate::health::ops_routes(&ctx));
+    let router =
+        crate::security_headers::SecurityHeaders::api().apply(crate::health::ops_routes(&ctx));
     let open = Arc::new(Semaphore::new(OPS_CONNECTIONS));
     // The ops listener outlives the shutdown signal; nothing cancels this.
     let never = CancellationToken::new();
