@@ -179,8 +179,8 @@ async fn failovers_under_keyed_load_never_answer_a_placed_bid_as_not_placed() {
             serving_again(&accepted);
             faults.push((start, Instant::now()));
         }
-        for kill in 0..KILLS {
-            let port = cluster.primary_of_auction(&ids[kill]).port;
+        for auction in ids.iter().take(KILLS) {
+            let port = cluster.primary_of_auction(auction).port;
             let start = Instant::now();
             cluster.kill(port);
             cluster.wait_for_failover(port, Duration::from_secs(30));
