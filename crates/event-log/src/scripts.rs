@@ -45,6 +45,14 @@ pub(crate) static ENSURE_OPEN: LazyLock<Scripts> = script!("ensure_open.lua");
 pub(crate) static PLACE_BID: LazyLock<Scripts> = script!("place_bid.lua");
 pub(crate) static CLOSE_IF_DUE: LazyLock<Scripts> = script!("close_if_due.lua");
 
+/// The closer's due-selection publishes nothing: one form.
+pub(crate) static DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/due.lua")
+    ))
+});
+
 /// The viewers report publishes nothing: one form.
 pub(crate) static REPORT_VIEWERS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(

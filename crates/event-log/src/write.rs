@@ -7,7 +7,7 @@ use crate::error::{LogError, corrupt};
 use crate::keys::{self, Indexes};
 use crate::outcome::{BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome};
 use crate::replica_ack::{ReplicaAck, await_replicas, connection_stamp};
-use crate::scripts::{CLOSE_IF_DUE, CREATE, ENSURE_OPEN, PLACE_BID};
+use crate::scripts::{CLOSE_IF_DUE, CREATE, DUE, ENSURE_OPEN, PLACE_BID};
 use crate::spec::AuctionSpec;
 use auction_domain::{Auction, AuctionId, BidSource, Bidder, EventId, IdempotencyKey};
 use redis::{AsyncCommands, Script};
@@ -65,12 +65,24 @@ impl AuctionWriter {
         let reply: Vec<String> = spec_invocation(CREATE.for_connection(&self.conn), spec)
             .invoke_async(&mut conn)
             .await
-            .map_err(LogError::from_write)?;
+            .map_err(|error| LogError::from_write_on(self.conn.is_cluster(), error))?;
         match reply.as_slice() {
             [status] if status == "exists" => Ok(CreateOutcome::Exists),
+            [status, json] if status == "exists" => {
+                // An earlier create of this id may have been cut off
+                // before its indexing: a repeat completes it (idempotent).
+                if let Ok(auction) = parse_auction(json)
+                    && auction.status == auction_domain::AuctionStatus::Open
+                {
+                    self.index(&auction).await.map_err(LogError::after_create)?;
+                }
+                Ok(CreateOutcome::Exists)
+            }
             [status, json] if status == "ok" => {
                 let auction = parse_auction(json)?;
-                self.index(&auction).await?;
+                // The auction exists from here on: an error indexing it
+                // must not say "not created".
+                self.index(&auction).await.map_err(LogError::after_create)?;
                 Ok(CreateOutcome::Created(Box::new(auction)))
             }
             _ => Err(corrupt(format!("create answered {reply:?}"))),
@@ -188,7 +200,7 @@ impl AuctionWriter {
             .arg(self.retention_ms)
             .invoke_async(&mut conn)
             .await
-            .map_err(LogError::from_write)?;
+            .map_err(|error| LogError::from_write_on(self.conn.is_cluster(), error))?;
         let (replayed, answer) = match reply.as_slice() {
             [status] if status == "not_found" => return Ok(None),
             [status] if status == "reused" => {
@@ -204,8 +216,13 @@ impl AuctionWriter {
         let answer = parse_bid_answer(answer)?;
         // A replayed answer waits too: the first request may have been
         // answered 503 before its bid reached a replica.
+        // The script ran: from here on, no error may say "not placed". A
+        // WAIT that fails, is refused (the node just became a replica) or
+        // loses its connection leaves an appended bid unconfirmed.
         if matches!(answer, BidAnswer::Accepted { .. }) {
-            await_replicas(&self.conn, self.replica_ack, &state_key, written_on).await?;
+            await_replicas(&self.conn, self.replica_ack, &state_key, written_on)
+                .await
+                .map_err(LogError::after_append)?;
         }
         Ok(Some(BidAttempt { answer, replayed }))
     }
@@ -296,26 +313,18 @@ impl AuctionWriter {
         Ok(next)
     }
 
-    /// Open auctions whose `ends_at` is at or before `now_ms`, oldest first.
-    pub async fn due_for_close(
-        &self,
-        now_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<AuctionId>, LogError> {
+    /// Open auctions whose `ends_at` has passed, oldest first: by Redis's
+    /// clock (each index partition's node reads its `TIME`), the clock the
+    /// close checks, so a bidder whose own clock is off closes on time.
+    pub async fn due_for_close(&self, limit: usize) -> Result<Vec<AuctionId>, LogError> {
         let mut conn = self.conn.clone();
         // Each partition's oldest `limit`, merged: the oldest `limit` overall.
         let mut due: Vec<(String, f64)> = Vec::new();
         for partition in self.indexes.partitions() {
-            let ids: Vec<(String, f64)> = redis::cmd("ZRANGE")
-                .arg(self.indexes.by_end(partition))
-                .arg("-inf")
-                .arg(now_ms)
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
+            let ids: Vec<(String, f64)> = DUE
+                .key(self.indexes.by_end(partition))
                 .arg(limit)
-                .arg("WITHSCORES")
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await?;
             due.extend(ids);
         }

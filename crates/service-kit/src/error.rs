@@ -36,6 +36,26 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503 `redis_out_of_memory`: Redis refused the write for memory
+    /// (`maxmemory` reached); nothing was applied. Served again, with no
+    /// restart, once memory frees.
+    pub fn redis_out_of_memory() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis_out_of_memory",
+            OUT_OF_MEMORY_MESSAGE,
+        )
+        .retry_after(OUT_OF_MEMORY_RETRY_S)
+    }
+}
+
+/// What a `redis_out_of_memory` refusal says.
+pub const OUT_OF_MEMORY_MESSAGE: &str =
+    "the event store is out of memory and refused this request, which was not applied; retry later";
+/// Its `Retry-After`, seconds: memory frees by expiry or by an operator.
+pub const OUT_OF_MEMORY_RETRY_S: u64 = 5;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = error_response(self.status, self.code, &self.message);

@@ -92,8 +92,17 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         .into_response()
 }
 
+/// How long Redis must fail every probe before a ready replica turns
+/// unready (README: "Readiness"). A cluster's role change or a node
+/// rejoining fails some probes for a moment while the replica goes on
+/// serving; turning unready on each would flap `/readyz` and take the
+/// replica out of its load balancer for nothing.
+pub const UNREADY_AFTER: Duration = Duration::from_secs(3);
+
 /// Probes Redis every `interval` with `ping` (given `interval` to answer)
-/// and records the result in `health`, until shutdown.
+/// and records the result in `health`, until shutdown: ready at the first
+/// answer, unready once probes have failed for [`UNREADY_AFTER`] without
+/// one answering.
 pub fn watch_redis<P, F>(ctx: &Context, interval: Duration, ping: P)
 where
     P: Fn() -> F + Send + 'static,
@@ -102,6 +111,8 @@ where
     let health = ctx.health.clone();
     let shutdown = ctx.shutdown.clone();
     tokio::spawn(async move {
+        // Since when every probe failed (none: the last one answered).
+        let mut failing_since: Option<tokio::time::Instant> = None;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -112,7 +123,15 @@ where
             let ok = tokio::time::timeout(interval, ping())
                 .await
                 .unwrap_or(false);
-            health.set_redis_ok(ok);
+            if ok {
+                failing_since = None;
+                health.set_redis_ok(true);
+            } else {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= UNREADY_AFTER {
+                    health.set_redis_ok(false);
+                }
+            }
         }
     });
 }

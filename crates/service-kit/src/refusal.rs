@@ -48,6 +48,17 @@ pub fn bad_request(code: &str, message: &str) -> Vec<u8> {
     error_response_bytes(400, "Bad Request", code, message, None)
 }
 
+/// 503 `redis_out_of_memory`: Redis refused for memory (`maxmemory`).
+pub fn redis_out_of_memory() -> Vec<u8> {
+    error_response_bytes(
+        503,
+        "Service Unavailable",
+        "redis_out_of_memory",
+        crate::error::OUT_OF_MEMORY_MESSAGE,
+        Some(crate::error::OUT_OF_MEMORY_RETRY_S),
+    )
+}
+
 /// 404 `not_found`.
 pub fn not_found(message: &str) -> Vec<u8> {
     error_response_bytes(404, "Not Found", "not_found", message, None)

@@ -167,6 +167,17 @@ pub mod bidder {
         1_000_000,
         "burst allowance of the sessions' limit",
     );
+    /// Never in a deployment: shows that closing does not follow the
+    /// process's clock.
+    pub const TEST_CLOCK_BEHIND_MS: Setting = number(
+        "test_clock_behind_ms",
+        "0",
+        0,
+        3_600_000,
+        "for tests only, never in a deployment: the process's clock reads this much behind \
+         (0 to 3600000), to show that closing does not depend on it (due auctions are picked \
+         by Redis's `TIME`)",
+    );
     pub const CLOSE_CHECK_MS: Setting = number(
         "close_check_ms",
         "250",
@@ -203,7 +214,8 @@ pub mod bidder {
         SESSION_RATE_LIMIT_BURST,
     ];
     /// Listed after the identity settings.
-    pub const MORE_SETTINGS: &[Setting] = &[CLOSE_CHECK_MS, CORS_ALLOWED_ORIGINS];
+    pub const MORE_SETTINGS: &[Setting] =
+        &[CLOSE_CHECK_MS, CORS_ALLOWED_ORIGINS, TEST_CLOCK_BEHIND_MS];
 }
 
 /// sse-edge's own settings.

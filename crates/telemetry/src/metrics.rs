@@ -108,6 +108,7 @@ pub struct Metrics {
     direct_clients: Family<TransportLabels, Gauge>,
     bids: Family<BidLabels, Counter>,
     redis_reconnects: Counter,
+    redis_out_of_memory: Counter,
     ready: Gauge,
 }
 
@@ -158,6 +159,7 @@ impl Metrics {
         let direct_clients = Family::<TransportLabels, Gauge>::default();
         let bids = Family::<BidLabels, Counter>::default();
         let redis_reconnects = Counter::default();
+        let redis_out_of_memory = Counter::default();
         let ready = Gauge::default();
         registry.register(
             "auction_connections",
@@ -211,6 +213,11 @@ impl Metrics {
             redis_reconnects.clone(),
         );
         registry.register(
+            "auction_redis_out_of_memory_refusals",
+            "Requests refused because Redis is out of memory (maxmemory reached)",
+            redis_out_of_memory.clone(),
+        );
+        registry.register(
             "auction_ready",
             "1 while /readyz answers 200 (Redis reachable, not draining), else 0",
             ready.clone(),
@@ -229,6 +236,7 @@ impl Metrics {
             direct_clients,
             bids,
             redis_reconnects,
+            redis_out_of_memory,
             ready,
         }
     }
@@ -281,6 +289,12 @@ impl Metrics {
 
     pub fn redis_reconnects(&self) -> Counter {
         self.redis_reconnects.clone()
+    }
+
+    /// Counts a request refused because Redis is out of memory (a bid, a
+    /// creation, a new subscription answered `redis_out_of_memory`).
+    pub fn redis_out_of_memory(&self) -> Counter {
+        self.redis_out_of_memory.clone()
     }
 
     /// Records whether `/readyz` would answer 200; set at every scrape, so

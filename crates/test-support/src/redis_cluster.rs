@@ -35,6 +35,8 @@ pub struct NodeInfo {
     pub port: u16,
     pub primary: bool,
     pub failed: bool,
+    /// The id of the primary this node replicates (replicas only).
+    pub replica_of: Option<String>,
     /// Slot ranges served (primaries only), inclusive.
     pub slots: Vec<(u16, u16)>,
 }
@@ -232,6 +234,87 @@ impl RedisCluster {
                 .then_some(())
         });
         started.elapsed()
+    }
+
+    /// Swaps the primary on `port` with its replica the way an operator
+    /// does: `CLUSTER FAILOVER` sent to the replica (which waits until it
+    /// holds every write of the primary, then takes over). Returns the
+    /// port of the new primary once the cluster is healthy again.
+    pub fn swap_with_replica(&self, port: u16) -> u16 {
+        // The primary's own word for its replica (gossip may not have
+        // told every node yet).
+        let replica_port: u16 = wait_for("an online replica", Duration::from_secs(20), || {
+            let info = self.text(port, &["INFO", "replication"])?;
+            info.lines()
+                .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+                .find_map(|line| {
+                    line.split(',')
+                        .find_map(|part| part.strip_prefix("port="))
+                        .and_then(|port| port.parse().ok())
+                })
+        });
+        let replica = NodeInfo {
+            id: self
+                .text(replica_port, &["CLUSTER", "MYID"])
+                .expect("CLUSTER MYID"),
+            port: replica_port,
+            primary: false,
+            failed: false,
+            replica_of: None,
+            slots: Vec::new(),
+        };
+        // The primary heeds the replica's request only once its own view
+        // of the cluster has the replica as its own (gossip).
+        wait_for(
+            "the primary to know its replica",
+            Duration::from_secs(20),
+            || {
+                let nodes = self.nodes_seen_by(port)?;
+                let primary = nodes.iter().find(|node| node.port == port)?;
+                nodes
+                    .iter()
+                    .any(|node| {
+                        node.id == replica.id && node.replica_of.as_ref() == Some(&primary.id)
+                    })
+                    .then_some(())
+            },
+        );
+        // A manual failover the primary did not heed times out after 5 s
+        // with nothing changed: then it is asked again.
+        let mut asked: Option<Instant> = None;
+        wait_for("the replica to take over", Duration::from_secs(40), || {
+            if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(6)) {
+                if let Err(error) = self.command(replica.port, &["CLUSTER", "FAILOVER"]) {
+                    panic!("CLUSTER FAILOVER on {}: {error}", replica.port);
+                }
+                asked = Some(Instant::now());
+            }
+            self.live_ports()
+                .all(|any| {
+                    self.nodes_seen_by(any).is_some_and(|nodes| {
+                        nodes.iter().any(|node| {
+                            node.id == replica.id && node.primary && !node.slots.is_empty()
+                        })
+                    })
+                })
+                .then_some(())
+        });
+        self.wait_until_healthy(Duration::from_secs(30));
+        replica.port
+    }
+
+    /// The ports of the primaries serving slots now.
+    pub fn primaries(&self) -> Vec<u16> {
+        let port = self.live_ports().next().expect("a running node");
+        let mut ports: Vec<u16> = self
+            .nodes_seen_by(port)
+            .expect("CLUSTER NODES")
+            .into_iter()
+            .filter(|node| node.primary && !node.failed && !node.slots.is_empty())
+            .map(|node| node.port)
+            .collect();
+        ports.sort_unstable();
+        ports
     }
 
     /// Moves `slot` from its primary to another primary, keys and all, the
@@ -481,6 +564,10 @@ fn parse_node_line(line: &str) -> Option<NodeInfo> {
         primary: flags.split(',').any(|flag| flag == "master"),
         // Not `fail?` (suspected by one node only), nor `nofailover`.
         failed: flags.split(',').any(|flag| flag == "fail"),
+        replica_of: fields
+            .get(3)
+            .filter(|id| **id != "-")
+            .map(|id| (*id).to_owned()),
         slots,
     })
 }

@@ -268,6 +268,10 @@ fn unavailable(error: LogError) -> ApiError {
             )
             .retry_after(1)
         }
+        LogError::OutOfMemory(message) => {
+            tracing::warn!(%message, "Redis refused a write: out of memory");
+            ApiError::redis_out_of_memory()
+        }
         LogError::Corrupt(message) => {
             tracing::error!(%message, "unexpected data in Redis");
             ApiError::new(
@@ -298,6 +302,22 @@ fn outcome_unknown(keyed: bool) -> ApiError {
     .retry_after(1)
 }
 
+/// A bid appended on the primary (its script answered) that enough
+/// replicas did not confirm: `WAIT` timed out, was refused (the node had
+/// just become a replica) or lost its connection. The bid stands unless a
+/// failover loses it; a retry with the same Idempotency-Key answers the
+/// one bid (201 once replicated), or places it once if a failover lost it.
+fn not_replicated(keyed: bool) -> ApiError {
+    let message = if keyed {
+        "the bid was placed but not confirmed by enough Redis replicas in time; \
+         retry with the same Idempotency-Key"
+    } else {
+        "the bid was placed but not confirmed by enough Redis replicas in time; \
+         send an Idempotency-Key with bids to confirm it by retrying"
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_replicated", message).retry_after(1)
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -319,6 +339,14 @@ fn json_response(status: StatusCode, body: String) -> Response {
 }
 
 impl ApiState {
+    /// The answer to a failed Redis call, counting refusals for memory.
+    fn refuse(&self, error: LogError) -> ApiError {
+        if matches!(error, LogError::OutOfMemory(_)) {
+            self.metrics.redis_out_of_memory().inc();
+        }
+        unavailable(error)
+    }
+
     fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         self.clients.of(peer, headers)
     }
@@ -509,7 +537,12 @@ async fn create_auction(
     };
     // A generated id that collides (1 in 62^12) is regenerated a few times.
     for _ in 0..3 {
-        match state.writer.create(&spec).await.map_err(unavailable)? {
+        match state
+            .writer
+            .create(&spec)
+            .await
+            .map_err(|error| state.refuse(error))?
+        {
             CreateOutcome::Created(auction) => {
                 tracing::info!(auction = %auction.id, "auction created");
                 let body = serde_json::to_string(&auction).unwrap_or_default();
@@ -583,7 +616,7 @@ async fn list_auctions(
         .catalogue
         .list_page(cursor.as_ref(), limit)
         .await
-        .map_err(unavailable)?;
+        .map_err(|error| state.refuse(error))?;
     let body = json!({
         "auctions": auctions,
         "next_cursor": next.map(|cursor| cursor.to_string()),
@@ -600,7 +633,7 @@ async fn get_auction(
         .catalogue
         .get(&auction_id)
         .await
-        .map_err(unavailable)?
+        .map_err(|error| state.refuse(error))?
     {
         Some(auction) => Ok(json_response(
             StatusCode::OK,
@@ -682,7 +715,11 @@ async fn place_bid_inner(
                 tracing::warn!(%message, auction = %id, "bid outcome unknown");
                 outcome_unknown(idempotency_key.is_some())
             }
-            other => unavailable(other),
+            LogError::NotReplicated(message) => {
+                tracing::warn!(%message, auction = %id, "bid not replicated in time");
+                not_replicated(idempotency_key.is_some())
+            }
+            other => state.refuse(other),
         })?
         .ok_or_else(|| not_found(id))?;
     let (response, outcome) = match attempt.answer {

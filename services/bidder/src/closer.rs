@@ -40,9 +40,10 @@ pub async fn run(ctx: Context, writer: AuctionWriter, every: Duration) {
     }
 }
 
+/// Due auctions are picked by Redis's clock (the one the close checks), so
+/// a replica whose own clock is behind still closes them on time.
 async fn close_due(writer: &AuctionWriter) -> Result<(), event_log::LogError> {
-    let now = auction_domain::clock::now_ms();
-    for auction in writer.due_for_close(now, BATCH).await? {
+    for auction in writer.due_for_close(BATCH).await? {
         if writer.close_if_due(&auction).await? == CloseOutcome::Closed {
             tracing::info!(auction = %auction, "auction closed");
         }

@@ -50,6 +50,9 @@ pub struct BidderSettings {
     /// `AUCTION_CORS_ALLOWED_ORIGINS`: the origins whose pages may call
     /// the API from a browser.
     pub cors_allowed_origins: api::CorsOrigins,
+    /// `AUCTION_TEST_CLOCK_BEHIND_MS`, for tests only: this process's
+    /// clock reads this much behind (a skewed host).
+    pub test_clock_behind_ms: u64,
 }
 
 impl BidderSettings {
@@ -84,6 +87,7 @@ impl BidderSettings {
             redis_min_replicas_ack: settings.number(&REDIS_MIN_REPLICAS_ACK)? as u32,
             redis_ack_timeout: Duration::from_millis(settings.number(&REDIS_ACK_TIMEOUT_MS)?),
             cors_allowed_origins: api::CorsOrigins::read(settings)?,
+            test_clock_behind_ms: settings.number(&TEST_CLOCK_BEHIND_MS)?,
         })
     }
 }
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
     let process = Process::start(&service_kit::spec::BIDDER);
     let own = BidderSettings::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
+    auction_domain::clock::set_behind_for_tests(own.test_clock_behind_ms);
     let identity = IdentityConfig::read(&process.settings)
         .unwrap_or_else(|error| Process::exit_bad_setting(&error));
     process.run(|ctx| run(ctx, own, identity))

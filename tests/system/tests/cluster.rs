@@ -123,8 +123,7 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let due = loop {
-        let now = auction_domain::clock::now_ms();
-        let due = writer.due_for_close(now, 100).await.unwrap();
+        let due = writer.due_for_close(100).await.unwrap();
         if due.len() == short.len() {
             break due;
         }
@@ -134,8 +133,7 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
     for auction in &due {
         writer.close_if_due(auction).await.unwrap();
     }
-    let now = auction_domain::clock::now_ms();
-    assert!(writer.due_for_close(now, 100).await.unwrap().is_empty());
+    assert!(writer.due_for_close(100).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
