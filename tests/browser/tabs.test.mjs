@@ -2,7 +2,7 @@
 // pages' SharedWorker), against the real services behind the project's
 // nginx (plain HTTP/1.1: six connections per origin). Without the sharing,
 // six SSE tabs take every connection and a seventh never loads.
-import { test, before, after } from "node:test";
+import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import { Stack, waitFor } from "./stack.mjs";
@@ -26,6 +26,18 @@ before(async () => {
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
     ],
   });
+});
+
+/** The test's browser contexts, closed after it whatever its outcome. */
+let contexts = [];
+async function newContext() {
+  const context = await browser.newContext();
+  contexts.push(context);
+  return context;
+}
+afterEach(async () => {
+  for (const context of contexts) await context.close().catch(() => {});
+  contexts = [];
 });
 
 after(async () => {
@@ -68,9 +80,9 @@ function watchConnections(transport) {
   return { async stop() { running = false; await loop; return highest; } };
 }
 
-/** A tab of `context` on `auction`, recording every connection state it
- *  shows and every connection the page itself opens. */
-async function openTab(context, kind, auction, { wait = true } = {}) {
+/** A new tab of `context`, recording every connection state it shows and
+ *  every connection the page itself opens. */
+async function newTab(context) {
   const page = await context.newPage();
   page.own = [];
   page.on("request", (request) => { if (/\/events(\?|$)/.test(request.url())) page.own.push(request.url()); });
@@ -83,9 +95,13 @@ async function openTab(context, kind, auction, { wait = true } = {}) {
       if (state && window.__states.at(-1) !== state) window.__states.push(state);
     }).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-state"] });
   });
-  const loaded = page.goto(`${stack.url}${PAGES[kind]}${auction}`, { timeout: 30000 });
-  if (wait) await loaded;
-  else page.loaded = loaded.catch((error) => error);
+  return page;
+}
+
+/** A tab of `context` on `auction`, loaded. */
+async function openTab(context, kind, auction) {
+  const page = await newTab(context);
+  await page.goto(`${stack.url}${PAGES[kind]}${auction}`);
   return page;
 }
 
@@ -124,18 +140,25 @@ for (const kind of ["sse", "ws"]) {
     const auctions = Array.from({ length: TABS }, (_, i) => `ten-${kind}-${i}`);
     for (const id of auctions) await createAuction(id);
     await waitFor(`no ${kind} connection left open`, async () => (await connections(kind)) === 0, 10000);
-    const context = await browser.newContext();
+    const context = await newContext();
+    const pages = [];
+    for (let i = 0; i < TABS; i++) pages.push(await newTab(context));
     const counting = watchConnections(kind);
     const started = Date.now();
-    const pages = [];
-    for (const id of auctions) pages.push(await openTab(context, kind, id, { wait: false }));
+    // Opened together, as a browser restoring its tabs does.
+    const loads = pages.map((page, i) => page.goto(`${stack.url}${PAGES[kind]}${auctions[i]}`, { timeout: 30000 }).catch((error) => error));
     // Every tab Live within 5 s of the first being opened.
     const notLive = async () => {
       const states = await Promise.all(pages.map((page) => isLive(page).catch(() => false)));
       return auctions.filter((_, i) => !states[i]);
     };
     await waitFor("every tab to show Live", async () => (await notLive()).length === 0, Math.max(0, 5000 - (Date.now() - started)))
-      .catch(async () => assert.fail(`not Live within 5 s: ${(await notLive()).join(", ")}`));
+      .catch(async () => {
+        const late = await notLive();
+        await counting.stop();
+        assert.fail(`not Live within 5 s: ${late.join(", ")}`);
+      });
+    await Promise.all(loads);
     for (const [i, page] of pages.entries()) await bidFrom(page, auctions[i], `Bidder ${i}`);
     const highest = await counting.stop();
     assert.ok(highest <= 2, `the edges saw ${highest} ${kind} connections from one browser`);
@@ -149,9 +172,13 @@ for (const kind of ["sse", "ws"]) {
     const busy = `busy-${kind}`;
     await createAuction(first);
     await createAuction(busy);
-    const context = await browser.newContext();
+    const context = await newContext();
     const opener = await openTab(context, kind, first);
     await opener.waitForFunction((live) => live.includes(document.getElementById("connection").dataset.state), LIVE);
+    // Someone else, in another browser, watches the first tab's lot.
+    const elsewhere = await openTab(await newContext(), kind, first);
+    const watching = (n) => elsewhere.waitForFunction((c) => document.getElementById("viewers").dataset.count === c, String(n), { timeout: 10000 });
+    await watching(2);
     const others = [];
     for (const auction of ["live", "live", busy]) {
       const page = await openTab(context, kind, auction);
@@ -178,6 +205,8 @@ for (const kind of ["sse", "ws"]) {
     await waitFor("bids on the busy lot", () => amount >= 10500, 10000);
     const marks = await Promise.all(others.map((page) => page.evaluate(() => window.__states.length)));
     await opener.close({ runBeforeUnload: true });
+    // The shared connection let go of the closed tab's lot.
+    await watching(1);
     // More bids arrive after the close, on both lots.
     const closedAt = amount;
     await waitFor("more bids after the close", () => amount >= closedAt + 1000, 15000);
@@ -200,7 +229,6 @@ for (const kind of ["sse", "ws"]) {
       assert.deepEqual(states, [], `${page.auction} tab ${i} stayed Live (shown: ${states.join(" → ")})`);
       assert.ok(await isLive(page));
     }
-    assert.equal(await connections(kind) >= 1, true);
     await context.close();
   });
 
@@ -208,7 +236,7 @@ for (const kind of ["sse", "ws"]) {
     const auction = `alone-${kind}`;
     await createAuction(auction);
     await waitFor(`no ${kind} connection left open`, async () => (await connections(kind)) === 0, 10000);
-    const context = await browser.newContext();
+    const context = await newContext();
     await context.addInitScript(() => { delete window.SharedWorker; });
     const pages = [];
     for (let i = 0; i < 2; i++) {
