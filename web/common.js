@@ -599,12 +599,17 @@ const Auction = (() => {
     }
     const port = worker.port;
     let failed = false;
-    worker.addEventListener("error", () => {
+    const alone = () => {
       if (failed) return;
       failed = true;
       fallback();
+    };
+    worker.addEventListener("error", alone);
+    port.addEventListener("message", (event) => {
+      if (failed) return;
+      if (event.data && event.data.type === "alone") alone();
+      else onMessage(event.data || {});
     });
-    port.addEventListener("message", (event) => { if (!failed) onMessage(event.data || {}); });
     port.start();
     const watch = () => port.postMessage({ type: "watch", transport: config.transport, auction: auctionId });
     watch();

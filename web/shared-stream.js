@@ -7,7 +7,8 @@
 //
 // Tabs post: {type: "watch", transport, auction}, {type: "unwatch"},
 // {type: "leave"} (pagehide), and for the WebSocket {type: "auth", token}
-// and {type: "bid", bid, token}. The worker posts: {type: "state",
+// and {type: "bid", bid, token}. The worker posts: {type: "alone"} (no room
+// for another auction: the tab connects by itself), {type: "state",
 // transport, state} ("connecting", "open", "reconnecting", "stopped"),
 // {type: "sse", kind, data, id} (the event's data text and the auction's
 // own id, `<ms>-<seq>`, decoded from the stream's id) and {type: "ws",
@@ -328,8 +329,18 @@ function wsBid(port, bid, token) {
 
 // --- the tabs ----------------------------------------------------------------
 
+/** The most auctions one stream carries (the edge's
+ *  AUCTION_SSE_MAX_AUCTIONS_PER_STREAM default). */
+const MAX_AUCTIONS = 100;
+
 function watch(port, transport, auction) {
   unwatch(port);
+  const audience = transport === "sse" ? sse.audience : ws.audience;
+  if (!audience.byAuction.has(auction) && audience.byAuction.size >= MAX_AUCTIONS) {
+    // One stream cannot take another auction: this tab connects by itself.
+    port.postMessage({ type: "alone" });
+    return;
+  }
   tabs.set(port, { transport, auction });
   if (transport === "sse") {
     sse.audience.add(auction, port);
