@@ -580,11 +580,53 @@ const Auction = (() => {
     });
   }
 
+  /** The origin's shared connection: a port to the SharedWorker
+   *  (assets/shared-stream.js) that holds one connection per transport for
+   *  every auction tab of this browser, watching this page's auction.
+   *  `onMessage` gets the worker's messages. Null where the browser has no
+   *  SharedWorker or it cannot start one: the page then opens its own
+   *  connection (`fallback` is called if the worker fails after this
+   *  returned). */
+  function sharedConnection(onMessage, fallback) {
+    // An id no edge takes would have the shared stream refused for all:
+    // such a page asks on its own (and shows its not-found state).
+    if (typeof SharedWorker !== "function" || !/^[A-Za-z0-9_-]{1,64}$/.test(auctionId)) return null;
+    let worker;
+    try {
+      worker = new SharedWorker("assets/shared-stream.js", { name: "auction-stream" });
+    } catch (_) {
+      return null;
+    }
+    const port = worker.port;
+    let failed = false;
+    const alone = () => {
+      if (failed) return;
+      failed = true;
+      fallback();
+    };
+    worker.addEventListener("error", alone);
+    port.addEventListener("message", (event) => {
+      if (failed) return;
+      if (event.data && event.data.type === "alone") alone();
+      else onMessage(event.data || {});
+    });
+    port.start();
+    const watch = () => port.postMessage({ type: "watch", transport: config.transport, auction: auctionId });
+    watch();
+    // Leaving: the worker stops sending here (and drops the auction from
+    // the connection when no other tab watches it). Back from the
+    // back/forward cache: watch again, from a fresh `init`.
+    addEventListener("pagehide", () => port.postMessage({ type: "leave" }));
+    addEventListener("pageshow", (event) => { if (event.persisted) watch(); });
+    return port;
+  }
+
   setInterval(tick, 1000);
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
     onInit, onBid, onAuction, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
+    sharedConnection,
     get lastId() { return lastId; },
     get session() { return session; },
     onSessionChange(listener) { sessionListeners.push(listener); },

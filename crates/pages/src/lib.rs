@@ -33,6 +33,13 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("common.js", JS, include_str!("../../../web/common.js")),
     ("sse.js", JS, include_str!("../../../web/sse.js")),
     ("ws.js", JS, include_str!("../../../web/ws.js")),
+    // The SharedWorker that holds one connection per transport for every
+    // auction tab of a browser.
+    (
+        "shared-stream.js",
+        JS,
+        include_str!("../../../web/shared-stream.js"),
+    ),
     (
         "catalogue.js",
         JS,
