@@ -11,10 +11,12 @@ use crate::codec::{Codec, Framing, Item};
 use crate::feed::Parked;
 use crate::writer::FrameSocket;
 use auction_domain::AuctionId;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::stream::SelectAll;
+use futures_util::{FutureExt, Stream, StreamExt};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
@@ -33,13 +35,44 @@ pub enum Park {
 /// A socket's live subscriptions, one per auction.
 #[derive(Default)]
 pub struct LiveSet {
-    /// The subscriptions' feeds, keyed by a small number that is cheap to
-    /// copy on every event (the map hands out its key with each item).
-    feeds: StreamMap<u32, BroadcastStream<Item>>,
+    /// The subscriptions' feeds, each tagged with a small number that is
+    /// cheap to copy on every event. Polled as a set that polls only the
+    /// feeds whose receivers were woken: a stream of 100 auctions would
+    /// otherwise poll all 100 for each event of one (measured: 2.2 times
+    /// the CPU per delivery of single streams).
+    feeds: Feeds,
+    /// Feeds removed but still in `feeds` (their receiver dropped, so
+    /// they are never woken again): swept when they outnumber the live.
+    removed: usize,
     live: Vec<(u32, Subscription)>,
     next_key: u32,
     batch: Batch,
 }
+
+/// One subscription's feed, tagged with its key. `rx` is `None` once it
+/// is removed: the receiver is dropped at once (the feed never counts a
+/// removed client), and the entry ends when it is next polled, or at the
+/// next sweep.
+struct Tagged {
+    key: u32,
+    rx: Option<BroadcastStream<Item>>,
+}
+
+impl Stream for Tagged {
+    type Item = (u32, Result<Item, BroadcastStreamRecvError>);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let key = self.key;
+        match &mut self.rx {
+            None => Poll::Ready(None),
+            Some(rx) => rx
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|item| (key, item))),
+        }
+    }
+}
+
+type Feeds = SelectAll<Tagged>;
 
 impl LiveSet {
     /// A set whose events `framing` writes (an SSE stream of several
@@ -75,14 +108,31 @@ impl LiveSet {
         self.unsubscribe(subscription.auction());
         let key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
-        self.feeds.insert(key, BroadcastStream::new(rx));
+        self.feeds.push(Tagged {
+            key,
+            rx: Some(BroadcastStream::new(rx)),
+        });
         self.live.push((key, subscription));
+    }
+
+    /// Drops the receiver of the feed `key` now.
+    fn remove_feed(&mut self, key: u32) {
+        for feed in self.feeds.iter_mut() {
+            if feed.key == key && feed.rx.take().is_some() {
+                self.removed += 1;
+            }
+        }
+        if self.removed > self.live.len() {
+            let feeds = std::mem::take(&mut self.feeds);
+            self.feeds = feeds.into_iter().filter(|feed| feed.rx.is_some()).collect();
+            self.removed = 0;
+        }
     }
 
     pub fn unsubscribe(&mut self, auction: &AuctionId) {
         if let Some(index) = self.live.iter().position(|(_, s)| s.auction() == auction) {
             let (key, _) = self.live.swap_remove(index);
-            self.feeds.remove(&key);
+            self.remove_feed(key);
         }
     }
 
@@ -96,7 +146,7 @@ impl LiveSet {
         socket: &Arc<S>,
         pending: bool,
     ) -> Park {
-        let [(key, subscription)] = self.live.as_slice() else {
+        let [(_, subscription)] = self.live.as_slice() else {
             return Park::No;
         };
         if pending || !self.batch.is_empty() || self.batch.is_framed() {
@@ -106,10 +156,12 @@ impl LiveSet {
         let mut ready = None;
         // Caught up, the client is parked and its receiver (of no use
         // while parked; unpark brings a new one) goes right there, under
-        // the feed's lock: the feed never counts the client twice.
+        // the feed's lock: the feed never counts the client twice. The
+        // set holds this one feed (and removed ones, receiverless), so
+        // emptying it drops the receiver.
         let parked = delivery.park(subscription, socket, || match ready_now(feeds) {
             None => {
-                feeds.remove(key);
+                feeds.clear();
                 true
             }
             Some(next) => {
@@ -118,7 +170,10 @@ impl LiveSet {
             }
         });
         match (parked, ready) {
-            (Some(parked), _) => Park::Parked(parked),
+            (Some(parked), _) => {
+                self.removed = 0;
+                Park::Parked(parked)
+            }
             (None, Some((key, item))) => Park::Ready(key, item.map_err(lagged)),
             (None, None) => Park::No,
         }
@@ -136,7 +191,10 @@ impl LiveSet {
             return Ok(()); // dropping the claim takes the socket back
         };
         let feed = delivery.unpark(transport, subscription, parked).await?;
-        self.feeds.insert(*key, BroadcastStream::new(feed));
+        self.feeds.push(Tagged {
+            key: *key,
+            rx: Some(BroadcastStream::new(feed)),
+        });
         Ok(())
     }
 
@@ -175,7 +233,7 @@ impl LiveSet {
         for key in gone {
             if let Some(index) = self.live.iter().position(|(k, _)| *k == key) {
                 self.live.swap_remove(index);
-                self.feeds.remove(&key);
+                self.remove_feed(key);
             }
         }
         Ok(())
@@ -203,15 +261,18 @@ impl LiveSet {
     }
 }
 
-type Feeds = StreamMap<u32, BroadcastStream<Item>>;
-
-/// The next item of the feeds if one is waiting, without waiting: `None`
-/// means none is. Unconstrained: under Tokio's cooperative budget a
-/// receive answers "not yet" with items waiting once a task has taken
-/// many in a row (a long catch-up), and a socket parked on that answer
-/// would drop them with its receiver.
-fn ready_now(feeds: &mut Feeds) -> Option<Option<<Feeds as futures_util::Stream>::Item>> {
-    tokio::task::unconstrained(feeds.next()).now_or_never()
+/// The next item of a set's one live feed if one is waiting, without
+/// waiting: `None` means none is. Polled directly, not through the set,
+/// and unconstrained: under Tokio's cooperative budget a receive answers
+/// "not yet" with items waiting once a task has taken many in a row (a
+/// long catch-up), deferring its wake-up until the task yields, and the
+/// set polls only the feeds it was woken for; a socket parked on either
+/// answer would drop the waiting items with its receiver. Only for a set
+/// of one live feed (the one `park` considers): the set learns of the
+/// feed again from that deferred wake-up.
+fn ready_now(feeds: &mut Feeds) -> Option<Option<<Tagged as Stream>::Item>> {
+    let feed = feeds.iter_mut().find(|feed| feed.rx.is_some())?;
+    tokio::task::unconstrained(std::future::poll_fn(|cx| feed.poll_next_unpin(cx))).now_or_never()
 }
 
 fn lagged(error: BroadcastStreamRecvError) -> RecvError {
@@ -232,7 +293,10 @@ mod tests {
             tx.send(Item::Tick).unwrap();
         }
         let mut feeds = Feeds::new();
-        feeds.insert(0, BroadcastStream::new(rx));
+        feeds.push(Tagged {
+            key: 0,
+            rx: Some(BroadcastStream::new(rx)),
+        });
         // Taken in a row without yielding, as a catch-up does: far past
         // Tokio's budget per task poll.
         for _ in 0..500 {
