@@ -225,8 +225,8 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     let settle_ms: u64 = args.get("settle-ms", 2000)?;
     let timeout_s: u64 = args.get("timeout-s", 120)?;
     let server = Server(args.list("pids", &args.text("edge-pid", ""))?);
-    if auction_count == 0 || clients < auction_count {
-        return Err("--auctions must be between 1 and --clients".into());
+    if auction_count == 0 || clients.saturating_mul(span.max(1)) < auction_count {
+        return Err("--auctions must be between 1 and --clients (x --stream-auctions)".into());
     }
     if span == 0 || auction_count % span != 0 || clients < auction_count / span {
         return Err(
