@@ -25,7 +25,7 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
 import https from "node:https";
-import { performance } from "node:perf_hooks";
+import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 
 const BASE = 1000;
 
@@ -205,6 +205,9 @@ events = Number(commandArgs[commandArgs.indexOf("--events") + 1]);
 received = new Float64Array(clients * events);
 const cpuBefore = [cpuSeconds(nginxPids), cpuSeconds(edgePids)];
 const ownBefore = process.cpuUsage();
+// How late the client's own event loop ran: latency it added itself.
+const loopDelay = monitorEventLoopDelay({ resolution: 1 });
+loopDelay.enable();
 const peak = [0, 0];
 const sampler = setInterval(() => {
   peak[0] = Math.max(peak[0], rssBytes(nginxPids));
@@ -230,6 +233,7 @@ await until(() => deliveries >= expected || failures > 0, `${deliveries} of ${ex
 const code = await published;
 const cpuAfter = [cpuSeconds(nginxPids), cpuSeconds(edgePids)];
 const own = process.cpuUsage(ownBefore);
+loopDelay.disable();
 clearInterval(sampler);
 const rssAfter = [rssBytes(nginxPids), rssBytes(edgePids)];
 close();
@@ -273,6 +277,8 @@ const lines = [
   ["nginx_cpu_s_per_1m", ((cpu[0] / Math.max(deliveries, 1)) * 1e6).toFixed(2)],
   ["edge_cpu_s_per_1m", ((cpu[1] / Math.max(deliveries, 1)) * 1e6).toFixed(2)],
   ["clients_cpu_s", ((own.user + own.system) / 1e6).toFixed(2)],
+  ["clients_loop_delay_p99_ms", (loopDelay.percentile(99) / 1e6).toFixed(3)],
+  ["load_average_1m", readFileSync("/proc/loadavg", "utf8").split(" ")[0]],
 ];
 for (const [name, value] of lines) console.log(`${name.padEnd(26)}${value}`);
 if (publisherOut.length) console.error(publisherOut.join("\n"));

@@ -228,7 +228,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     if auction_count == 0 || clients.saturating_mul(span.max(1)) < auction_count {
         return Err("--auctions must be between 1 and --clients (x --stream-auctions)".into());
     }
-    if span == 0 || auction_count % span != 0 || clients < auction_count / span {
+    if span == 0 || !auction_count.is_multiple_of(span) || clients < auction_count / span {
         return Err(
             "--stream-auctions N: N divides --auctions, one client per group at least".into(),
         );
