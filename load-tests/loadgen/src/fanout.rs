@@ -14,6 +14,12 @@
 //!   and resumes from its last id, so the server's resume path is under
 //!   load while events flow;
 //! - many auctions: `--auctions A`, one subscription per auction;
+//! - several auctions on one stream (SSE, ours): `--stream-auctions N`,
+//!   the auctions are cut into groups of N and client `i` watches group
+//!   `i % (A / N)` over one `/events?auctions=...` stream, taking the bids
+//!   of all N; against the same clients watching each auction on its own
+//!   stream (`--clients C * N --auctions N`: the same events, the same
+//!   deliveries);
 //! - storm: `--storm-from K`, the events are published first, then every
 //!   client opens at once resuming from the id of event K (see [`Storm`]).
 //!
@@ -58,11 +64,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// Amount of the first event; event `k` has amount `BASE + k`.
-const BASE: u64 = 1_000;
+pub const BASE: u64 = 1_000;
 /// Amount of the warm-up event each auction gets before the measured ones:
 /// the first event through a system pays one-off costs (scripts loaded,
 /// channels created, buffers grown) that are not what the figures are for.
-const WARM_UP: u64 = BASE - 1;
+pub const WARM_UP: u64 = BASE - 1;
 
 struct Shared {
     start: Instant,
@@ -141,10 +147,13 @@ impl Reading {
 /// What one client watches.
 struct Watch {
     target: Target,
+    /// The auction, or the comma-separated auctions of a stream of several.
     auction: String,
-    /// The auction's index: this client expects events `k` with
-    /// `k % auctions == index`.
+    /// The (first) auction's index: this client expects events `k` with
+    /// `index <= k % auctions < index + span`.
     index: usize,
+    /// How many auctions its stream carries (1: the auction's own stream).
+    span: usize,
     /// How many events that is.
     expected: usize,
     /// The id the client's first connection resumes from ("" = none).
@@ -152,6 +161,8 @@ struct Watch {
 }
 
 struct ClientResult {
+    /// Events this client should receive.
+    expected: usize,
     received: usize,
     duplicates: usize,
     /// Connections the server closed (slow consumer, drain), each resumed.
@@ -169,13 +180,15 @@ struct ClientResult {
     /// events arrive, and that stall would be measured as latency.
     latencies: Vec<u64>,
     last_delivery: Option<Instant>,
-    /// `seen[k / auctions]`: event k arrived.
+    /// `seen[slot(k)]`: event k arrived (see [`ClientResult::record`]).
     seen: Vec<bool>,
-    warmed: bool,
+    /// Warm-up events received (one per auction watched).
+    warm_ups: usize,
 }
 
 /// The processes of the server under test: their CPU and RSS are summed
 /// (nginx runs a master and workers).
+#[derive(Clone)]
 struct Server(Vec<u32>);
 
 impl Server {
@@ -197,6 +210,7 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     ensure_loopback(&server_url)?;
     let clients: usize = args.get("clients", 1000)?;
     let auction_count: usize = args.get("auctions", 1)?;
+    let span: usize = args.get("stream-auctions", 1)?;
     let events: usize = args.get("events", 1000)?;
     let rate: f64 = args.get("rate", 0.0)?; // events per second; 0 = as fast as possible
     let churn_every: usize = args.get("churn-every", 0)?;
@@ -211,8 +225,16 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     let settle_ms: u64 = args.get("settle-ms", 2000)?;
     let timeout_s: u64 = args.get("timeout-s", 120)?;
     let server = Server(args.list("pids", &args.text("edge-pid", ""))?);
-    if auction_count == 0 || clients < auction_count {
-        return Err("--auctions must be between 1 and --clients".into());
+    if auction_count == 0 || clients.saturating_mul(span.max(1)) < auction_count {
+        return Err("--auctions must be between 1 and --clients (x --stream-auctions)".into());
+    }
+    if span == 0 || !auction_count.is_multiple_of(span) || clients < auction_count / span {
+        return Err(
+            "--stream-auctions N: N divides --auctions, one client per group at least".into(),
+        );
+    }
+    if span > 1 && (transport != Transport::Sse || system != System::Ours) {
+        return Err("--stream-auctions: several auctions on one stream is our sse-edge's".into());
     }
     if reading == Reading::Tungstenite && transport != Transport::Ws {
         return Err("--reading tungstenite is for WebSocket clients (ws)".into());
@@ -300,13 +322,17 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         deadline: Instant::now() + Duration::from_secs(timeout_s),
     });
     let mut tasks = Vec::with_capacity(clients);
+    let groups = auction_count / span;
     for client in 0..clients {
-        let index = client % auction_count;
+        let index = client % groups * span;
         let watch = Watch {
             target: target.clone(),
-            auction: auctions[index].clone(),
+            auction: auctions[index..index + span].join(","),
             index,
-            expected: events / auction_count + usize::from(index < events % auction_count),
+            span,
+            expected: (index..index + span)
+                .map(|i| events / auction_count + usize::from(i < events % auction_count))
+                .sum(),
             resume_from: String::new(),
         };
         let shared = shared.clone();
@@ -331,16 +357,19 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         } else {
             "ws"
         },
-        match (events, churn_every, auction_count) {
-            (0, _, _) => "idle",
-            (_, 0, 1) => "fan-out",
-            (_, 0, _) => "many-auctions",
+        match (events, churn_every, auction_count, span) {
+            (0, _, _, 1) => "idle",
+            (0, _, _, _) => "idle-multi",
+            (_, 0, _, 2..) => "multi",
+            (_, 0, 1, _) => "fan-out",
+            (_, 0, _, _) => "many-auctions",
             _ => "churn",
         }
     );
     println!("clients               {clients}");
     println!("reading               {}", reading.name());
     println!("auctions              {auction_count}");
+    println!("auctions_per_stream   {span}");
     if let (Some(before), Some(after)) = (rss_before, rss_connected) {
         println!("server_rss_mib        {:.1}", after as f64 / 1048576.0);
         println!(
@@ -362,6 +391,20 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         .wait_for(&shared.warmed, clients, "clients got the warm-up event")
         .await?;
 
+    // The server's peak RSS while events flow, sampled every 100 ms from
+    // the first event to the last delivery.
+    let flowing = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (server, flowing) = (server.clone(), flowing.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Some(rss) = server.rss_bytes() {
+                    flowing.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let cpu_before = server.cpu_seconds();
     let cpu_each_before = server.cpu_each();
     let own_cpu_before = cpu_seconds(std::process::id());
@@ -384,13 +427,13 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     publisher.settle().await?;
 
     let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let mut total = ClientResult::new(0);
+    let mut total = ClientResult::new(None, 0, 1);
     let mut missing = 0usize;
     let mut expected = 0usize;
     let mut last_delivery = publish_started;
     for (client, task) in tasks.into_iter().enumerate() {
         let result = task.await.map_err(|e| e.to_string())?;
-        let watched = result.seen.len();
+        let watched = result.expected;
         expected += watched;
         missing += watched - result.received.min(watched);
         total.received += result.received;
@@ -411,6 +454,8 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
+    sampler.abort();
+    let rss_flowing = flowing.load(Ordering::Relaxed);
     let own_cpu = match (own_cpu_before, cpu_seconds(std::process::id())) {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
@@ -484,6 +529,16 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     if let Some(rss) = server.rss_bytes() {
         println!("server_rss_after_mib  {:.1}", rss as f64 / 1048576.0);
     }
+    if let (Some(before), true) = (rss_before, rss_flowing > 0) {
+        println!(
+            "server_rss_peak_mib   {:.1}",
+            rss_flowing as f64 / 1048576.0
+        );
+        println!(
+            "rss_flowing_per_conn_kib {:.2}",
+            rss_flowing.saturating_sub(before) as f64 / 1024.0 / clients as f64
+        );
+    }
     Ok(())
 }
 
@@ -499,8 +554,17 @@ async fn run_client(transport: Transport, watch: &Watch, shared: &Shared) -> Cli
 }
 
 impl ClientResult {
-    fn new(expected: usize) -> ClientResult {
+    /// A client of `watch`, or an empty total (`None`).
+    fn new(watch: Option<&Watch>, events: usize, auctions: usize) -> ClientResult {
+        let (expected, span) = watch.map_or((0, 1), |watch| (watch.expected, watch.span));
+        // One slot per watched auction per round of `auctions` events.
+        let slots = if span == 1 {
+            expected
+        } else {
+            events.div_ceil(auctions) * span
+        };
         ClientResult {
+            expected,
             received: 0,
             duplicates: 0,
             reconnects: 0,
@@ -510,8 +574,8 @@ impl ClientResult {
             last_event: None,
             latencies: Vec::with_capacity(expected),
             last_delivery: None,
-            seen: vec![false; expected],
-            warmed: false,
+            seen: vec![false; slots],
+            warm_ups: 0,
         }
     }
 
@@ -554,14 +618,15 @@ impl ClientResult {
     }
 
     fn done(&self, shared: &Shared) -> bool {
-        shared.events > 0 && self.received >= self.seen.len()
+        shared.events > 0 && self.received >= self.expected
     }
 
     /// Counts the bid with `amount`, received at `now`.
     fn record(&mut self, shared: &Shared, watch: &Watch, amount: u64, now: Instant) {
         if amount == WARM_UP {
-            if !self.warmed {
-                self.warmed = true;
+            // One per auction watched: warmed once all arrived.
+            self.warm_ups += 1;
+            if self.warm_ups == watch.span {
                 shared.warmed.fetch_add(1, Ordering::Relaxed);
             }
             return;
@@ -569,14 +634,17 @@ impl ClientResult {
         let Some(k) = amount.checked_sub(BASE).map(|k| k as usize) else {
             return;
         };
-        if k >= shared.events || k % shared.auctions != watch.index {
+        let auction = k % shared.auctions;
+        if k >= shared.events || !(watch.index..watch.index + watch.span).contains(&auction) {
             return;
         }
         if k < shared.first {
             self.duplicates += 1;
             return;
         }
-        let slot = (k - shared.first) / shared.auctions;
+        // Round `(k - first) / auctions`, then the auction within the
+        // stream's: each event of the watched auctions has its own slot.
+        let slot = (k - shared.first) / shared.auctions * watch.span + (auction - watch.index);
         if self.seen[slot] {
             self.duplicates += 1;
             return;
@@ -626,7 +694,7 @@ fn established(counted: &mut bool, shared: &Shared) {
 /// Last-Event-ID after every disconnect, stops when every expected event
 /// arrived or at the deadline.
 async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
-    let mut result = ClientResult::new(watch.expected);
+    let mut result = ClientResult::new(Some(watch), shared.events, shared.auctions);
     let mut last_id = watch.resume_from.clone();
     let mut counted_connect = false;
     let reading = shared.events > 0;
@@ -635,7 +703,11 @@ async fn sse_client(watch: &Watch, shared: &Shared) -> ClientResult {
     // Eager reading: the head and the first message are read 256 bytes at
     // a time, then one message's length at a time.
     let mut last_message = 256;
-    let path = watch.target.sse_path(&watch.auction);
+    let path = if watch.span > 1 {
+        watch.target.sse_multi_path(&watch.auction)
+    } else {
+        watch.target.sse_path(&watch.auction)
+    };
     while Instant::now() < shared.deadline && !result.done(shared) {
         let Ok(mut stream) = TcpStream::connect(&watch.target.addr).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -776,7 +848,7 @@ fn ws_request(
 /// so both transports are measured with the same client cost). Subscribes,
 /// resubscribing with its last id after a disconnect, and counts bids.
 async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
-    let mut result = ClientResult::new(watch.expected);
+    let mut result = ClientResult::new(Some(watch), shared.events, shared.auctions);
     let mut last_id = watch.resume_from.clone();
     let mut counted_connect = false;
     let reading = shared.events > 0;
@@ -859,7 +931,7 @@ async fn ws_stream_client(watch: &Watch, shared: &Shared) -> ClientResult {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let mut result = ClientResult::new(watch.expected);
+    let mut result = ClientResult::new(Some(watch), shared.events, shared.auctions);
     let mut last_id = watch.resume_from.clone();
     let mut counted_connect = false;
     let reading = shared.events > 0;
@@ -1000,6 +1072,7 @@ impl Storm {
                     target: self.target.clone(),
                     auction: self.auction.clone(),
                     index: 0,
+                    span: 1,
                     expected,
                     resume_from: resume_from.clone(),
                 };
@@ -1007,7 +1080,7 @@ impl Storm {
                 tokio::spawn(async move { run_client(transport, &watch, &shared).await })
             })
             .collect();
-        let mut total = ClientResult::new(0);
+        let mut total = ClientResult::new(None, 0, 1);
         let mut missing = 0;
         let mut complete = 0;
         let mut last_delivery = started;

@@ -7,12 +7,15 @@
 //!   at a given rate; deliveries/s, delivery latency percentiles (HDR histogram), missing
 //!   and duplicated events, resumes, and the server's CPU and RSS from
 //!   /proc; or a reconnect storm (`--storm-from`). `scripts/bench` drives
-//!   it.
+//!   it;
+//! - `publish`: bids on one auction at a given rate, each send time on
+//!   stdout, for clients run elsewhere (`load-tests/h2-sse`).
 
 mod bids;
 mod fanout;
 mod http1;
 mod proc_stats;
+mod publish;
 mod redis_stats;
 mod target;
 mod wire;
@@ -28,6 +31,9 @@ const USAGE: &str = "usage:
                  [--reading batch|eager|tungstenite] [--publish direct|http|pipelined]
                  [--bidder URL --token TOKEN]
                  [--pids PID,PID..] [--settle-ms MS] [--timeout-s S]
+                 [--stream-auctions N]
+  loadgen publish --redis URL --auction ID (--create true | [--events M]
+                 [--rate R] [--warm-up-ms MS])
     --system ours: --server is an sse-edge or ws-edge, events go into --redis;
     --system nchan: --server is nginx+nchan (/pub/ID, /sub/ID);
     --system floor: --server is load-tests/floor (events on its control
@@ -51,6 +57,10 @@ const USAGE: &str = "usage:
       and for ours the XRANGE calls Redis served (--redis) and the
       replay reads shared, from the edge's /metrics on its ops listener
       (--ops URL, the edge's AUCTION_OPS_LISTEN);
+    --stream-auctions N (sse, ours): each client watches N auctions on one
+      /events?auctions=... stream (client i: group i % (A / N));
+    publish: --create true creates the auction; otherwise one warm-up bid,
+      then M bids at R/s, each send time on stdout (`sent K UNIX_US`);
     --pids: the server's processes, for CPU and RSS (summed; add Redis
       and the bidder to count the whole server side)";
 
@@ -141,6 +151,7 @@ fn main() -> ExitCode {
             "bids" => runtime.block_on(bids::run(&args)),
             "sse" => runtime.block_on(fanout::run(&args, target::Transport::Sse)),
             "ws" => runtime.block_on(fanout::run(&args, target::Transport::Ws)),
+            "publish" => runtime.block_on(publish::run(&args)),
             _ => Err(USAGE.into()),
         }
     });

@@ -73,6 +73,12 @@ impl Target {
         }
     }
 
+    /// The SSE request path of one stream of several auctions
+    /// (comma-separated): our sse-edge's `/events`.
+    pub fn sse_multi_path(&self, auctions: &str) -> String {
+        format!("/events?auctions={auctions}")
+    }
+
     /// The WebSocket URL; nchan takes the resume point in the URL.
     pub fn ws_url(&self, auction: &str, last_id: &str) -> String {
         match self.system {

@@ -50,9 +50,13 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The value of the message's last line with `prefix`: in SSE the last
+/// field of a name wins (a stream of several auctions writes the auction's
+/// own `id:` first and the stream's id last, the one to resume from).
 pub fn line_value<'a>(message: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     message
         .split(|b| *b == b'\n')
+        .rev()
         .find_map(|line| line.strip_prefix(prefix))
 }
 
@@ -115,5 +119,11 @@ mod tests {
         let message = b"event: bid\nid: 1795618958:4\ndata: {}";
         assert_eq!(line_value(message, b"id: "), Some(&b"1795618958:4"[..]));
         assert_eq!(line_value(message, b"retry: "), None);
+        let several = b"id: 17-0\nevent: bid\ndata: {}\nid: m1.a.x~0";
+        assert_eq!(
+            line_value(several, b"id: "),
+            Some(&b"m1.a.x~0"[..]),
+            "the last wins"
+        );
     }
 }
