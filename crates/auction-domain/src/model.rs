@@ -33,6 +33,10 @@ pub struct Bid {
     pub bidder_id: String,
     pub placed_at: u64,
     pub source: BidSource,
+    /// On an auction with a reserve: whether this bid meets it (the
+    /// reserve itself is never shown). Absent without a reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_met: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +138,7 @@ mod tests {
             bidder_id: "g_7Hq2".into(),
             placed_at: 1763900000000,
             source: BidSource::Simulated,
+            reserve_met: None,
         };
         assert_eq!(
             serde_json::to_string(&bid).unwrap(),
@@ -166,6 +171,7 @@ mod tests {
             bidder_id: "g_b".into(),
             placed_at: 0,
             source: BidSource::User,
+            reserve_met: None,
         });
         assert_eq!(auction.min_next(), 1250);
     }

@@ -423,7 +423,9 @@ pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputEr
                 .ok_or_else(|| {
                     InputError::new(
                         "invalid_soft_close",
-                        format!("soft_close_ms must be a whole number from 0 to {MAX_SOFT_CLOSE_MS}"),
+                        format!(
+                            "soft_close_ms must be a whole number from 0 to {MAX_SOFT_CLOSE_MS}"
+                        ),
                     )
                 })?,
         ),
@@ -593,7 +595,10 @@ mod tests {
 
     #[test]
     fn a_bid_is_an_amount_a_maximum_or_buy_now() {
-        assert_eq!(bid(r#"{"max_amount":5000}"#).unwrap(), BidRequest::Max(5000));
+        assert_eq!(
+            bid(r#"{"max_amount":5000}"#).unwrap(),
+            BidRequest::Max(5000)
+        );
         assert_eq!(bid(r#"{"buy_now":true}"#).unwrap(), BidRequest::BuyNow);
         assert_eq!(
             bid(r#"{"max_amount":0}"#).unwrap_err().code,
@@ -621,11 +626,14 @@ mod tests {
         };
         let plain = create("").unwrap();
         assert_eq!(
-            (plain.soft_close_ms, plain.reserve_price, plain.buy_now_price),
+            (
+                plain.soft_close_ms,
+                plain.reserve_price,
+                plain.buy_now_price
+            ),
             (None, None, None)
         );
-        let full =
-            create(r#","soft_close_ms":0,"reserve_price":500,"buy_now_price":900"#).unwrap();
+        let full = create(r#","soft_close_ms":0,"reserve_price":500,"buy_now_price":900"#).unwrap();
         assert_eq!(
             (full.soft_close_ms, full.reserve_price, full.buy_now_price),
             (Some(0), Some(500), Some(900))
@@ -635,7 +643,10 @@ mod tests {
             (r#","soft_close_ms":-1"#, "invalid_soft_close"),
             (r#","reserve_price":0"#, "invalid_reserve_price"),
             (r#","buy_now_price":50"#, "invalid_buy_now_price"),
-            (r#","reserve_price":500,"buy_now_price":400"#, "invalid_buy_now_price"),
+            (
+                r#","reserve_price":500,"buy_now_price":400"#,
+                "invalid_buy_now_price",
+            ),
         ] {
             assert_eq!(create(extra).unwrap_err().code, code, "{extra}");
         }

@@ -451,8 +451,16 @@ fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptI
         .arg(encoded(&spec.description))
         .arg(encoded(&spec.image_url))
         .arg(spec.rules.soft_close_ms)
-        .arg(spec.rules.reserve_price.map_or(String::new(), |p| p.to_string()))
-        .arg(spec.rules.buy_now_price.map_or(String::new(), |p| p.to_string()));
+        .arg(
+            spec.rules
+                .reserve_price
+                .map_or(String::new(), |p| p.to_string()),
+        )
+        .arg(
+            spec.rules
+                .buy_now_price
+                .map_or(String::new(), |p| p.to_string()),
+        );
     invocation
 }
 

@@ -223,8 +223,12 @@ pub mod bidder {
         SESSION_RATE_LIMIT_BURST,
     ];
     /// Listed after the identity settings.
-    pub const MORE_SETTINGS: &[Setting] =
-        &[CLOSE_CHECK_MS, SOFT_CLOSE_MS, CORS_ALLOWED_ORIGINS, TEST_CLOCK_BEHIND_MS];
+    pub const MORE_SETTINGS: &[Setting] = &[
+        CLOSE_CHECK_MS,
+        SOFT_CLOSE_MS,
+        CORS_ALLOWED_ORIGINS,
+        TEST_CLOCK_BEHIND_MS,
+    ];
 }
 
 /// sse-edge's own settings.

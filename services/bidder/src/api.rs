@@ -539,9 +539,7 @@ async fn create_auction(
         description: request.description,
         image_url: request.image_url.map(|url| url.as_str().to_owned()),
         rules: AuctionRules {
-            soft_close_ms: request
-                .soft_close_ms
-                .unwrap_or(state.default_soft_close_ms),
+            soft_close_ms: request.soft_close_ms.unwrap_or(state.default_soft_close_ms),
             reserve_price: request.reserve_price,
             buy_now_price: request.buy_now_price,
         },

@@ -12,7 +12,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// Posts to bidder replica `replica`.
-async fn post_to(stack: &Stack, replica: usize, token: &str, path: &str, body: Value) -> (u16, Value) {
+async fn post_to(
+    stack: &Stack,
+    replica: usize,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
     let response = stack
         .http
         .post(format!("{}{path}", stack.bidders[replica].url()))
@@ -150,7 +156,11 @@ async fn racing_bids_near_the_end_extend_it_and_close_once_at_the_last_end() {
                 assert!(ms >= end, "closed at {ms}, before the end {end}");
                 assert!(ms < end + 2000, "closed at {ms}, long after the end {end}");
                 assert_eq!(data["auction"]["ends_at"], end);
-                let last_bid = events.iter().rev().find(|(_, kind, _)| kind == "bid").unwrap();
+                let last_bid = events
+                    .iter()
+                    .rev()
+                    .find(|(_, kind, _)| kind == "bid")
+                    .unwrap();
                 assert_eq!(data["auction"]["current"], last_bid.2, "the last bid wins");
                 assert_eq!(data["sold"], true);
             }
@@ -159,7 +169,10 @@ async fn racing_bids_near_the_end_extend_it_and_close_once_at_the_last_end() {
     }
     assert_eq!(bids, accepted, "every accepted bid is in the stream once");
     assert!(extensions >= 2, "the race extended the end several times");
-    let closed: Vec<_> = events.iter().filter(|(_, kind, _)| kind == "closed").collect();
+    let closed: Vec<_> = events
+        .iter()
+        .filter(|(_, kind, _)| kind == "closed")
+        .collect();
     assert_eq!(closed.len(), 1, "exactly one closed event");
     // Both replicas' closers kept running: neither closes it again.
     let (_, auction) = stack.get("/auctions/soft").await;
@@ -178,8 +191,14 @@ enum Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Answer {
     /// 201: whether the caller leads, and the current bid after it.
-    Accepted { leading: bool, amount: u64, leader: usize },
-    TooLow { min_next: u64 },
+    Accepted {
+        leading: bool,
+        amount: u64,
+        leader: usize,
+    },
+    TooLow {
+        min_next: u64,
+    },
     NotRaised,
 }
 
@@ -202,7 +221,9 @@ impl Model {
             Request::Plain(amount) => (amount, true),
             Request::Max(max) => (max, false),
         };
-        let min_next = self.price.map_or(self.start, |price| price + self.increment);
+        let min_next = self
+            .price
+            .map_or(self.start, |price| price + self.increment);
         if value < min_next {
             return (Answer::TooLow { min_next }, vec![]);
         }
@@ -323,7 +344,14 @@ async fn maximum_bids_follow_the_rules_on_racing_replicas_and_stay_hidden() {
                 Request::Max(max) => json!({"max_amount": max}),
             };
             tasks.push(tokio::spawn(async move {
-                post_to(&stack, (who + round) % 2, &token, "/auctions/proxy/bids", body).await
+                post_to(
+                    &stack,
+                    (who + round) % 2,
+                    &token,
+                    "/auctions/proxy/bids",
+                    body,
+                )
+                .await
             }));
         }
         let mut answers = Vec::new();
@@ -362,14 +390,32 @@ async fn maximum_bids_follow_the_rules_on_racing_replicas_and_stay_hidden() {
             .map(|(_, kind, data)| {
                 assert_eq!(kind, "bid");
                 // A bid shows who and how much, never a maximum.
-                let keys: BTreeSet<&str> =
-                    data.as_object().unwrap().keys().map(String::as_str).collect();
+                let keys: BTreeSet<&str> = data
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
                 assert_eq!(
                     keys,
-                    BTreeSet::from(["amount", "auction", "bidder", "bidder_id", "placed_at", "source"])
+                    BTreeSet::from([
+                        "amount",
+                        "auction",
+                        "bidder",
+                        "bidder_id",
+                        "placed_at",
+                        "source"
+                    ])
                 );
-                let who = ids.iter().position(|id| data["bidder_id"] == id.as_str()).unwrap();
-                (data["amount"].as_u64().unwrap(), who, data["source"] == "proxy")
+                let who = ids
+                    .iter()
+                    .position(|id| data["bidder_id"] == id.as_str())
+                    .unwrap();
+                (
+                    data["amount"].as_u64().unwrap(),
+                    who,
+                    data["source"] == "proxy",
+                )
             })
             .collect();
         seen_events = events.len();
@@ -413,7 +459,14 @@ async fn maximum_bids_follow_the_rules_on_racing_replicas_and_stay_hidden() {
     for (who, token) in tokens.iter().enumerate() {
         let (_, me) = get_as(&stack, token, "/auctions/proxy/me").await;
         assert_eq!(me["leading"], model.leader == who, "{me}");
-        assert_eq!(me["status"], if model.leader == who { "leading" } else { "outbid" });
+        assert_eq!(
+            me["status"],
+            if model.leader == who {
+                "leading"
+            } else {
+                "outbid"
+            }
+        );
         assert_eq!(me["max_amount"].as_u64(), own_max[who], "{me}");
     }
 }
@@ -428,7 +481,10 @@ async fn below_the_reserve_nothing_is_sold_and_the_reserve_stays_hidden() {
     )
     .await;
     assert!(!created.to_string().contains("5000"), "{created}");
-    assert!(created.get("reserve_met").is_none(), "no bid yet: {created}");
+    assert!(
+        created.get("reserve_met").is_none(),
+        "no bid yet: {created}"
+    );
     let token = test_support::guest_token("Low bidder");
     let (status, json) = stack
         .post_json_as(&token, "/auctions/reserve/bids", r#"{"amount":2000}"#)
@@ -480,7 +536,10 @@ async fn buy_now_ends_the_auction_at_its_price() {
     let (status, json) = stack
         .post_json_as(&buyer, "/auctions/buy/bids", r#"{"buy_now":true}"#)
         .await;
-    assert_eq!((status, json["error"].as_str()), (409, Some("auction_closed")));
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (409, Some("auction_closed"))
+    );
     let events = stack.stream("buy").await;
     let kinds: Vec<&str> = events.iter().map(|(_, kind, _)| kind.as_str()).collect();
     assert_eq!(kinds, ["bid", "closed"]);

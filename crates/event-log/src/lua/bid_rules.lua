@@ -86,9 +86,12 @@ local function decide_bid(req)
   local event_id = redis.call('HGET', state, 'last_id') or '0-0'
   local last_bid = f[11] or 'null'
   for _, b in ipairs(bids) do
+    -- With a reserve, each bid says whether it meets it (never the reserve).
+    local reserve_note = ''
+    if reserve then reserve_note = ',"reserve_met":' .. tostring(b[1] >= reserve) end
     last_bid = '{"auction":"' .. req.auction .. '","amount":' .. num(b[1]) .. ',"bidder":' ..
       b[2] .. ',"bidder_id":' .. b[3] .. ',"placed_at":' .. num(req.now) ..
-      ',"source":"' .. b[4] .. '"}'
+      ',"source":"' .. b[4] .. '"' .. reserve_note .. '}'
     redis.call('HSET', state, 'current', last_bid, 'current_amount', num(b[1]))
     redis.call('HSET', req.bidders, 'last:' .. b[3], num(b[1]))
     event_id = append(state, stream, req.auction, 'bid', last_bid, req.traceparent, req.maxlen,
