@@ -29,6 +29,11 @@ const Auction = (() => {
   let sawSimulated = false;
   let session = loadSession(); // {token, bidder_id, name, expires_at} or null
   const sessionListeners = [];
+  // The signed-in bidder's standing (GET /auctions/{id}/me), one request
+  // at a time.
+  let standing = null;
+  let standingBusy = false;
+  let standingAgain = false;
 
   const $ = (id) => document.getElementById(id);
 
@@ -94,9 +99,11 @@ const Auction = (() => {
     session = value;
     if (value) localStorage.setItem(SESSION_KEY, JSON.stringify(value));
     else localStorage.removeItem(SESSION_KEY);
+    standing = null;
     renderSession();
     renderAuction();
     rebuildHistory();
+    refreshStanding();
     for (const listener of sessionListeners) listener(session);
   }
 
@@ -191,9 +198,15 @@ const Auction = (() => {
     $("current-bidder").textContent = current ? `by ${isMine(current) ? "you" : current.bidder}` : "No bids yet";
     show("ends", open);
     show("result", !open);
-    $("result-text").textContent = current
-      ? `Sold to ${isMine(current) ? "you" : current.bidder} for ${formatCents(current.amount)}`
-      : "Ended without bids";
+    // The reserve itself is never sent: only whether the price meets it.
+    const unsold = current && auction.sold === false;
+    $("result-text").textContent = unsold
+      ? `Reserve not met: not sold (highest bid ${formatCents(current.amount)})`
+      : current
+        ? `Sold to ${isMine(current) ? "you" : current.bidder} for ${formatCents(current.amount)}`
+        : "Ended without bids";
+    if (unsold) $("current-label").textContent = "Highest bid";
+    show("reserve", open && auction.reserve_met === false);
     renderYou();
 
     show("bidding", open);
@@ -216,18 +229,30 @@ const Auction = (() => {
   function renderYou() {
     const element = $("you");
     let state = "none";
-    if (session && auction) {
+    if (session && auction && standing && standing.auction === auction.id) {
+      // The server's word: it survives any number of bids and a reload.
+      state = { leading: "winning", outbid: "outbid", won: "won", lost: "lost" }[standing.status] || "none";
+      if (standing.status === "leading" && auction.status !== "open") state = "none";
+    } else if (session && auction) {
       const mineInRound = history.some(isMine);
       if (isMine(auction.current)) state = auction.status === "open" ? "winning" : "won";
       else if (mineInRound) state = auction.status === "open" ? "outbid" : "lost";
     }
+    const max = session && standing && auction && auction.status === "open" && standing.auction === auction.id
+      ? standing.max_amount : null;
+    $("your-max").textContent = max
+      ? `Your maximum: ${formatCents(max)} (${state === "winning" ? "leading" : "outbid"}); only you see it.`
+      : "";
+    show("your-max", Boolean(max));
     element.dataset.you = state;
     element.textContent = {
       none: "",
       winning: "You are winning.",
       outbid: "You have been outbid.",
       won: "You won this auction.",
-      lost: "You were outbid; this auction has ended.",
+      lost: auction && auction.sold === false && isMine(auction.current)
+        ? "The reserve was not met; this auction has ended."
+        : "You were outbid; this auction has ended.",
     }[state];
     element.hidden = state === "none";
   }
@@ -281,6 +306,37 @@ const Auction = (() => {
     }
   }
 
+  // --- your standing, from the server ---------------------------------------
+
+  /** `GET /auctions/{id}/me`: leading or not, your maximum, your last bid.
+   *  One request at a time; asked again after it if something changed. */
+  async function refreshStanding() {
+    if (!session || !session.token) {
+      standing = null;
+      return;
+    }
+    if (standingBusy) {
+      standingAgain = true;
+      return;
+    }
+    standingBusy = true;
+    try {
+      const response = await fetch(`${config.bidderUrl || ""}/auctions/${encodeURIComponent(auctionId)}/me`, {
+        headers: { Authorization: `Bearer ${session.token}` },
+      });
+      if (response.status === 200) standing = await response.json();
+    } catch (_) {
+      /* kept as it was; the next event asks again */
+    } finally {
+      standingBusy = false;
+    }
+    renderYou();
+    if (standingAgain) {
+      standingAgain = false;
+      refreshStanding();
+    }
+  }
+
   // --- events from the transport --------------------------------------------
 
   /** `init`: replace everything. History entries from init carry no id. */
@@ -292,6 +348,7 @@ const Auction = (() => {
     rememberId(id);
     renderAuction();
     rebuildHistory();
+    refreshStanding();
   }
 
   /** A live or replayed `bid`. Duplicates (by id) are ignored. */
@@ -304,9 +361,28 @@ const Auction = (() => {
     history.unshift({ ...bid, id });
     history = history.slice(0, MAX_HISTORY);
     if (bid.source === "simulated") sawSimulated = true;
-    if (auction) auction.current = bid;
+    if (auction) {
+      auction.current = bid;
+      // An auction with a reserve: each bid says whether it meets it.
+      if (typeof bid.reserve_met === "boolean") auction.reserve_met = bid.reserve_met;
+      else if (auction.reserve_met === undefined) auction.reserve_met = true;
+    }
     renderAuction();
     prependHistory({ ...bid, id });
+    refreshStanding();
+  }
+
+  /** `extended`: a bid near the end moved it (soft close). */
+  function onExtended(payload, id) {
+    if (id) {
+      if (seen.has(id) || (lastId && compareIds(id, lastId) <= 0)) return;
+      seen.add(id);
+    }
+    rememberId(id);
+    if (!auction || auction.status !== "open") return;
+    auction.ends_at = payload.ends_at;
+    $("announce").textContent = "A late bid extended the auction.";
+    renderAuction();
   }
 
   /** `closed` or `opened` (a new round): the auction state changes. */
@@ -321,6 +397,7 @@ const Auction = (() => {
       rebuildHistory();
     }
     renderAuction();
+    refreshStanding();
   }
 
   /** The auction does not exist: say so, and offer no form. */
@@ -373,7 +450,7 @@ const Auction = (() => {
   /** A bid by HTTP POST to the bidder: `{ok: true}` or `{ok: false, body}`.
    *  `key` is the bid's Idempotency-Key: the same key is the same bid, so a
    *  retry never places it twice. */
-  async function postBid({ amount, bidder, token, key }) {
+  async function postBid({ amount, bidder, token, key, max }) {
     const headers = { "Content-Type": "application/json" };
     if (token) headers.Authorization = `Bearer ${token}`;
     if (key) headers["Idempotency-Key"] = key;
@@ -382,9 +459,14 @@ const Auction = (() => {
       headers,
       // With a session the bidder takes the name from the token; without
       // one (a deployment without sessions) the name goes in the body.
-      body: JSON.stringify(token ? { amount } : { amount, bidder }),
+      body: JSON.stringify(max ? { max_amount: amount } : token ? { amount } : { amount, bidder }),
     });
-    if (response.status === 201) return { ok: true };
+    if (response.status === 201) {
+      let body = null;
+      try { body = await response.json(); } catch (_) { /* not JSON */ }
+      if (max) refreshStanding();
+      return { ok: true, body };
+    }
     let body = null;
     try { body = await response.json(); } catch (_) { /* not JSON */ }
     return { ok: false, body };
@@ -456,6 +538,8 @@ const Auction = (() => {
         return { code: "bid_too_low", amount: body.amount };
       case "auction_closed":
         return { code: "auction_closed", text: "This auction has ended." };
+      case "max_not_raised":
+        return { code: body.error, text: `Your maximum is already ${formatCents(body.max_amount)}; a new one must be higher.` };
       case "rate_limited":
         return { code: "rate_limited", text: "Too many bids at once; wait a moment and try again." };
       case "redis_unavailable":
@@ -536,12 +620,13 @@ const Auction = (() => {
       if (!auction || auction.status !== "open") return;
       const bidder = session ? session.name : name.value.trim();
       const amount = parseCents(amountField.value);
+      const max = $("bid-max").checked;
       if (!bidder) return setError({ code: "name", text: "Enter your name to bid." });
       if (amount === null) {
         return setError({ code: "amount", text: `Enter an amount such as ${centsToField(minNext())}, or pick a quick amount.` });
       }
       if (amount < minNext()) return setError({ code: "bid_too_low", amount });
-      if (needsConfirmation(amount)) {
+      if (!max && needsConfirmation(amount)) {
         $("confirm").hidden = false;
         renderConfirm();
         $("confirm-yes").focus();
@@ -557,16 +642,19 @@ const Auction = (() => {
           if (signedIn && signedIn.error) return setError(describeError(signedIn.error));
         }
         const token = session && session.token;
-        if (!intended || intended.amount !== amount || intended.token !== token) {
-          intended = { amount, token, key: newBidKey() };
+        if (!intended || intended.amount !== amount || intended.token !== token || intended.max !== max) {
+          intended = { amount, token, max, key: newBidKey() };
         }
-        const result = await settle(send, { amount, bidder, token, key: intended.key });
+        const result = await settle(send, { amount, bidder, token, key: intended.key, max });
         const unsettled = !result.ok && result.body && UNSETTLED.includes(result.body.error);
         if (!unsettled) intended = null;
         if (!result.ok && result.body && ["invalid_token", "token_expired"].includes(result.body.error)) {
           setSession(null); // the next bid signs in again
         }
-        if (result.ok) {
+        if (result.ok && max) {
+          const leading = result.body && result.body.leading;
+          $("bid-note").textContent = `Your maximum of ${formatCents(amount)} is set; ${leading ? "you are leading" : "another bidder's maximum is higher"}.`;
+        } else if (result.ok) {
           $("bid-note").textContent = `Your bid of ${formatCents(amount)} is in.`;
         } else {
           setError(describeError({ ...result.body, amount }));
@@ -625,7 +713,7 @@ const Auction = (() => {
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
-    onInit, onBid, onAuction, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
+    onInit, onBid, onAuction, onExtended, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
     sharedConnection,
     get lastId() { return lastId; },
     get session() { return session; },

@@ -147,7 +147,7 @@ function sseOpen() {
     // A change of auctions is not news to the tabs; a recovery is.
     if (sse.state !== "open") sseState("open");
   });
-  for (const kind of ["init", "bid", "viewers", "closed", "opened", "gone"]) {
+  for (const kind of ["init", "bid", "viewers", "closed", "opened", "extended", "gone"]) {
     source.addEventListener(kind, (event) => {
       if (source !== sse.source) return;
       let data;
@@ -255,7 +255,8 @@ function wsReceive(message) {
     case "init":
     case "bid":
     case "closed":
-    case "opened": {
+    case "opened":
+    case "extended": {
       const auction = auctionOf(message.payload) || message.auction;
       if (message.type === "init") ws.subscribing = ws.subscribing.filter((a) => a !== auction);
       if (message.id) ws.lastIds.set(auction, message.id);

@@ -74,6 +74,9 @@
       case "opened":
         Auction.onAuction(message.type, message.payload, message.id);
         break;
+      case "extended":
+        Auction.onExtended(message.payload, message.id);
+        break;
       case "gone":
         // The auction vanished: unless it is back, say so; if it is, watch
         // it again.
@@ -152,12 +155,13 @@
   }
   Auction.onSessionChange(authenticate);
 
-  Auction.setupForm(async ({ amount, bidder, token, key }) => {
+  Auction.setupForm(async ({ amount, bidder, token, key, max }) => {
     if (token && auth === "pending") {
       // Signed in a moment ago: wait for the edge's answer to `auth`.
       await new Promise((wake) => { authWaiters.push(wake); setTimeout(wake, 3000); });
     }
-    if (token && auth === "unsupported") return Auction.postBid({ amount, bidder, token, key });
+    // A maximum goes to the bidder directly: the socket carries plain bids.
+    if (token && (auth === "unsupported" || max)) return Auction.postBid({ amount, bidder, token, key, max });
     return bidOverSocket({ amount, bidder, token, key });
   });
 

@@ -14,5 +14,6 @@ pub use model::{Auction, AuctionStatus, Bid, BidSource, EventKind};
 pub use validate::{
     AuctionId, BidRequest, Bidder, BidderId, BidderName, CreateAuctionRequest, IdempotencyKey,
     ImageUrl, InputError, MAX_AMOUNT, MAX_BIDDER_ID_LEN, MAX_DESCRIPTION_CHARS, MAX_DURATION_MS,
-    MAX_IMAGE_URL_CHARS, MAX_NAME_CHARS, parse_bid_request, parse_create_request,
+    MAX_IMAGE_URL_CHARS, MAX_NAME_CHARS, MAX_SOFT_CLOSE_MS, parse_bid_request,
+    parse_create_request,
 };

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 pub enum BidSource {
     Simulated,
     User,
+    /// Placed by the system for a bidder's maximum (a proxy bid).
+    Proxy,
 }
 
 impl BidSource {
@@ -13,6 +15,7 @@ impl BidSource {
         match self {
             BidSource::Simulated => "simulated",
             BidSource::User => "user",
+            BidSource::Proxy => "proxy",
         }
     }
 }
@@ -30,6 +33,10 @@ pub struct Bid {
     pub bidder_id: String,
     pub placed_at: u64,
     pub source: BidSource,
+    /// On an auction with a reserve: whether this bid meets it (the
+    /// reserve itself is never shown). Absent without a reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_met: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +62,21 @@ pub struct Auction {
     /// A path under `/assets/` or an `https://` URL (see `ImageUrl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
+    /// Soft close: a bid within this many ms of the end moves the end this
+    /// much later (0: no soft close).
+    #[serde(default)]
+    pub soft_close_ms: u64,
+    /// The price at which a bidder may end the auction at once; absent
+    /// when the auction has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buy_now_price: Option<u64>,
+    /// Once there is a bid: whether the current price meets the reserve
+    /// (true when there is none). The reserve itself is never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_met: Option<bool>,
+    /// Once closed: whether it sold (a bid that met the reserve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sold: Option<bool>,
 }
 
 impl Auction {
@@ -77,6 +99,9 @@ pub enum EventKind {
     Closed,
     /// The auction (re)opened for a new round; payload: `{"auction":Auction}`.
     Opened,
+    /// A bid near the end moved it (soft close); payload:
+    /// `{"auction":id,"ends_at":ms}`.
+    Extended,
 }
 
 impl EventKind {
@@ -85,6 +110,7 @@ impl EventKind {
             EventKind::Bid => "bid",
             EventKind::Closed => "closed",
             EventKind::Opened => "opened",
+            EventKind::Extended => "extended",
         }
     }
 
@@ -93,6 +119,7 @@ impl EventKind {
             "bid" => Some(EventKind::Bid),
             "closed" => Some(EventKind::Closed),
             "opened" => Some(EventKind::Opened),
+            "extended" => Some(EventKind::Extended),
             _ => None,
         }
     }
@@ -111,6 +138,7 @@ mod tests {
             bidder_id: "g_7Hq2".into(),
             placed_at: 1763900000000,
             source: BidSource::Simulated,
+            reserve_met: None,
         };
         assert_eq!(
             serde_json::to_string(&bid).unwrap(),
@@ -130,6 +158,10 @@ mod tests {
             current: None,
             description: None,
             image_url: None,
+            soft_close_ms: 0,
+            buy_now_price: None,
+            reserve_met: None,
+            sold: None,
         };
         assert_eq!(auction.min_next(), 1000);
         auction.current = Some(Bid {
@@ -139,6 +171,7 @@ mod tests {
             bidder_id: "g_b".into(),
             placed_at: 0,
             source: BidSource::User,
+            reserve_met: None,
         });
         assert_eq!(auction.min_next(), 1250);
     }

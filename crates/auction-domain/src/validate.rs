@@ -224,12 +224,19 @@ fn printable(text: &str, max_chars: usize) -> bool {
     (1..=max_chars).contains(&chars) && !text.chars().any(deceptive) && !renders_blank(text)
 }
 
-/// A validated `POST /auctions/{id}/bids` body. Who bids comes from the
-/// caller's token, never from the body: a `bidder` field is ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BidRequest {
-    pub amount: u64,
+/// A validated `POST /auctions/{id}/bids` body: exactly one of `amount`
+/// (a plain bid), `max_amount` (a maximum the system bids up to for the
+/// bidder) or `buy_now: true`. Who bids comes from the caller's token,
+/// never from the body: a `bidder` field is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BidRequest {
+    Amount(u64),
+    Max(u64),
+    BuyNow,
 }
+
+/// The longest soft-close window: one hour.
+pub const MAX_SOFT_CLOSE_MS: u64 = 3_600_000;
 
 /// A validated `POST /auctions` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +248,10 @@ pub struct CreateAuctionRequest {
     pub duration_ms: u64,
     pub description: Option<String>,
     pub image_url: Option<ImageUrl>,
+    /// `None`: the deployment's default.
+    pub soft_close_ms: Option<u64>,
+    pub reserve_price: Option<u64>,
+    pub buy_now_price: Option<u64>,
 }
 
 /// Where an auction's picture is: a path under the pages' own `/assets/`
@@ -302,8 +313,48 @@ fn optional<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value
 
 pub fn parse_bid_request(body: &[u8]) -> Result<BidRequest, InputError> {
     let object = json_object(body)?;
-    let amount = money(&object, body, "amount", "invalid_amount")?;
-    Ok(BidRequest { amount })
+    let amount = optional(&object, "amount").is_some();
+    let max = optional(&object, "max_amount").is_some();
+    let buy_now = optional(&object, "buy_now");
+    let one_of = || {
+        InputError::new(
+            "invalid_bid",
+            "send exactly one of amount, max_amount or buy_now: true",
+        )
+    };
+    match (amount, max, buy_now) {
+        (true, false, None) => Ok(BidRequest::Amount(money(
+            &object,
+            body,
+            "amount",
+            "invalid_amount",
+        )?)),
+        (false, true, None) => Ok(BidRequest::Max(money(
+            &object,
+            body,
+            "max_amount",
+            "invalid_max_amount",
+        )?)),
+        (false, false, Some(Value::Bool(true))) => Ok(BidRequest::BuyNow),
+        (false, false, None) => Err(InputError::new(
+            "missing_field",
+            "the field `amount` is required",
+        )),
+        _ => Err(one_of()),
+    }
+}
+
+/// An optional amount of money: absent or null is `None`.
+fn optional_money(
+    object: &Map<String, Value>,
+    body: &[u8],
+    field: &str,
+    code: &'static str,
+) -> Result<Option<u64>, InputError> {
+    match optional(object, field) {
+        None => Ok(None),
+        Some(_) => money(object, body, field, code).map(Some),
+    }
 }
 
 pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputError> {
@@ -364,6 +415,31 @@ pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputEr
         Some(Value::String(text)) => Some(ImageUrl::parse(text)?),
         Some(_) => return Err(ImageUrl::invalid()),
     };
+    let soft_close_ms = match optional(&object, "soft_close_ms") {
+        None => None,
+        Some(value) => Some(
+            whole_number(value, body, "soft_close_ms")
+                .filter(|ms| *ms <= MAX_SOFT_CLOSE_MS)
+                .ok_or_else(|| {
+                    InputError::new(
+                        "invalid_soft_close",
+                        format!(
+                            "soft_close_ms must be a whole number from 0 to {MAX_SOFT_CLOSE_MS}"
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let reserve_price = optional_money(&object, body, "reserve_price", "invalid_reserve_price")?;
+    let buy_now_price = optional_money(&object, body, "buy_now_price", "invalid_buy_now_price")?;
+    if let Some(buy_now) = buy_now_price
+        && (buy_now < starting_price || reserve_price.is_some_and(|reserve| buy_now < reserve))
+    {
+        return Err(InputError::new(
+            "invalid_buy_now_price",
+            "buy_now_price must be at least the starting price and the reserve price",
+        ));
+    }
     Ok(CreateAuctionRequest {
         id,
         title,
@@ -372,6 +448,9 @@ pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputEr
         duration_ms,
         description,
         image_url,
+        soft_close_ms,
+        reserve_price,
+        buy_now_price,
     })
 }
 
@@ -481,7 +560,7 @@ mod tests {
     #[test]
     fn accepts_a_valid_bid_and_ignores_a_bidder_field() {
         let request = bid(r#"{"amount":35000,"bidder":"someone else"}"#).unwrap();
-        assert_eq!(request, BidRequest { amount: 35000 });
+        assert_eq!(request, BidRequest::Amount(35000));
     }
 
     #[test]
@@ -510,7 +589,66 @@ mod tests {
             (r#"{"amount":150000e-2}"#, 1500),
             (r#"{"amount":0.15e4}"#, 1500),
         ] {
-            assert_eq!(bid(body).unwrap().amount, amount, "{body}");
+            assert_eq!(bid(body).unwrap(), BidRequest::Amount(amount), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_bid_is_an_amount_a_maximum_or_buy_now() {
+        assert_eq!(
+            bid(r#"{"max_amount":5000}"#).unwrap(),
+            BidRequest::Max(5000)
+        );
+        assert_eq!(bid(r#"{"buy_now":true}"#).unwrap(), BidRequest::BuyNow);
+        assert_eq!(
+            bid(r#"{"max_amount":0}"#).unwrap_err().code,
+            "invalid_max_amount"
+        );
+        for body in [
+            r#"{"amount":100,"max_amount":200}"#,
+            r#"{"amount":100,"buy_now":true}"#,
+            r#"{"buy_now":false}"#,
+            r#"{"buy_now":"yes"}"#,
+        ] {
+            assert_eq!(bid(body).unwrap_err().code, "invalid_bid", "{body}");
+        }
+    }
+
+    #[test]
+    fn auction_rules_are_validated() {
+        let create = |extra: &str| {
+            parse_create_request(
+                format!(
+                    r#"{{"title":"Desk","starting_price":100,"min_increment":10,"duration_ms":1000{extra}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        let plain = create("").unwrap();
+        assert_eq!(
+            (
+                plain.soft_close_ms,
+                plain.reserve_price,
+                plain.buy_now_price
+            ),
+            (None, None, None)
+        );
+        let full = create(r#","soft_close_ms":0,"reserve_price":500,"buy_now_price":900"#).unwrap();
+        assert_eq!(
+            (full.soft_close_ms, full.reserve_price, full.buy_now_price),
+            (Some(0), Some(500), Some(900))
+        );
+        for (extra, code) in [
+            (r#","soft_close_ms":3600001"#, "invalid_soft_close"),
+            (r#","soft_close_ms":-1"#, "invalid_soft_close"),
+            (r#","reserve_price":0"#, "invalid_reserve_price"),
+            (r#","buy_now_price":50"#, "invalid_buy_now_price"),
+            (
+                r#","reserve_price":500,"buy_now_price":400"#,
+                "invalid_buy_now_price",
+            ),
+        ] {
+            assert_eq!(create(extra).unwrap_err().code, code, "{extra}");
         }
     }
 

@@ -11,6 +11,12 @@ pub(crate) fn stream_key(id: &AuctionId) -> String {
     format!("auction:{{{id}}}:events")
 }
 
+/// The auction's hidden per-bidder record (maximums, latest bids): never
+/// published; cleared when a new round opens.
+pub(crate) fn bidders_key(id: &AuctionId) -> String {
+    format!("auction:{{{id}}}:bidders")
+}
+
 /// The auction's pub/sub channel (also built inside the Lua prelude).
 pub(crate) fn live_channel(id: &AuctionId) -> String {
     format!("auction:{{{id}}}:live")

@@ -40,9 +40,11 @@ pub use connection::{
 };
 pub use error::LogError;
 pub use live::{LiveConnection, LiveMessage};
-pub use outcome::{BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome};
+pub use outcome::{
+    BidAnswer, BidAttempt, BidOrder, CloseOutcome, CreateOutcome, EnsureOutcome, Standing,
+};
 pub use read::{Snapshot, StreamReader, StreamWindow};
 pub use replica_ack::ReplicaAck;
 pub use source::{EventStore, LiveFeed, LiveSource};
-pub use spec::AuctionSpec;
+pub use spec::{AuctionRules, AuctionSpec};
 pub use write::{AuctionWriter, DEFAULT_RETENTION_MS};

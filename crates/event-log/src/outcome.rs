@@ -18,13 +18,48 @@ pub enum EnsureOutcome {
     Paused,
 }
 
+/// What one bid request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BidOrder {
+    /// A plain bid of this amount.
+    Amount(u64),
+    /// A maximum: the system bids for the bidder up to it.
+    Max(u64),
+    /// The buy-now price, which ends the auction.
+    BuyNow,
+}
+
+impl BidOrder {
+    /// What an `Idempotency-Key` is bound to: a plain bid's amount alone
+    /// (as before maximums existed), the others marked.
+    pub(crate) fn fingerprint(self) -> String {
+        match self {
+            BidOrder::Amount(amount) => amount.to_string(),
+            BidOrder::Max(max) => format!("max {max}"),
+            BidOrder::BuyNow => "buy_now".into(),
+        }
+    }
+}
+
 /// The decision on one bid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BidAnswer {
+    /// The request was applied. `bid` is the auction's current bid after
+    /// it (another bidder's when their maximum held), `id` its event.
     Accepted {
         id: EventId,
         bid: Bid,
+        /// Whether the caller leads now.
+        leading: bool,
+        /// The caller's maximum, if they set one (shown to them only).
+        max_amount: Option<u64>,
     },
+    /// A maximum at or below the caller's own standing maximum.
+    MaxNotRaised {
+        max_amount: u64,
+    },
+    /// The auction has no buy-now price, or bidding reached it.
+    BuyNowUnavailable,
     TooLow {
         current: u64,
         min_next: u64,
@@ -50,4 +85,15 @@ pub enum CloseOutcome {
     AlreadyClosed,
     NotDue,
     Missing,
+}
+
+/// One bidder's standing in an auction, from the server's hidden record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The bidder holds the current bid.
+    pub leading: bool,
+    /// Their latest maximum this round, if they set one.
+    pub max_amount: Option<u64>,
+    /// The amount of their latest bid in the stream this round.
+    pub last_bid: Option<u64>,
 }

@@ -25,15 +25,20 @@ impl Scripts {
 
 macro_rules! script {
     ($file:literal) => {
+        script!("empty.lua", $file)
+    };
+    ($helpers:literal, $file:literal) => {
         LazyLock::new(|| Scripts {
             single: Script::new(concat!(
                 "local PUBLISH_COMMAND = 'PUBLISH'\n",
                 include_str!("lua/prelude.lua"),
+                include_str!(concat!("lua/", $helpers)),
                 include_str!(concat!("lua/", $file))
             )),
             cluster: Script::new(concat!(
                 "local PUBLISH_COMMAND = 'SPUBLISH'\n",
                 include_str!("lua/prelude.lua"),
+                include_str!(concat!("lua/", $helpers)),
                 include_str!(concat!("lua/", $file))
             )),
         })
@@ -42,7 +47,8 @@ macro_rules! script {
 
 pub(crate) static CREATE: LazyLock<Scripts> = script!("create.lua");
 pub(crate) static ENSURE_OPEN: LazyLock<Scripts> = script!("ensure_open.lua");
-pub(crate) static PLACE_BID: LazyLock<Scripts> = script!("place_bid.lua");
+/// The auction rules (`bid_rules.lua`) go with the bid script only.
+pub(crate) static PLACE_BID: LazyLock<Scripts> = script!("bid_rules.lua", "place_bid.lua");
 pub(crate) static CLOSE_IF_DUE: LazyLock<Scripts> = script!("close_if_due.lua");
 
 /// The closer's due-selection publishes nothing: one form.

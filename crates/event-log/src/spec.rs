@@ -11,4 +11,16 @@ pub struct AuctionSpec {
     /// Optional, already validated (`auction_domain` rules).
     pub description: Option<String>,
     pub image_url: Option<String>,
+    pub rules: AuctionRules,
+}
+
+/// An auction's rules (README: "Auction rules"), fixed at its creation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuctionRules {
+    /// A bid within this many ms of the end moves the end this much later
+    /// (0: no soft close).
+    pub soft_close_ms: u64,
+    /// Below this price a closed auction is not sold. Never shown.
+    pub reserve_price: Option<u64>,
+    pub buy_now_price: Option<u64>,
 }

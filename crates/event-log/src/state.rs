@@ -21,11 +21,17 @@ pub(crate) fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auct
         "closed" => AuctionStatus::Closed,
         other => return Err(corrupt(format!("auction status {other:?}"))),
     };
-    let current = match fields.get("current").map(String::as_str) {
+    let current: Option<auction_domain::Bid> = match fields.get("current").map(String::as_str) {
         None | Some("") => None,
         Some(json) => Some(
             serde_json::from_str(json).map_err(|error| corrupt(format!("current bid: {error}")))?,
         ),
+    };
+    // As auction_json in prelude.lua: the reserve only as met or not.
+    let reserve_met = match (&current, optional_number(fields, "reserve_price")?) {
+        (None, _) => None,
+        (Some(_), None) => Some(true),
+        (Some(bid), Some(reserve)) => Some(bid.amount >= reserve),
     };
     Ok(Auction {
         id: text("id")?.to_owned(),
@@ -37,7 +43,22 @@ pub(crate) fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auct
         current,
         description: optional_json_string(fields, "description_json")?,
         image_url: optional_json_string(fields, "image_url_json")?,
+        soft_close_ms: optional_number(fields, "soft_close_ms")?.unwrap_or(0),
+        buy_now_price: optional_number(fields, "buy_now_price")?,
+        reserve_met,
+        sold: (status == AuctionStatus::Closed).then_some(reserve_met == Some(true)),
     })
+}
+
+/// A number field, empty or missing when unset.
+fn optional_number(fields: &HashMap<String, String>, name: &str) -> Result<Option<u64>, LogError> {
+    match fields.get(name).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| corrupt(format!("auction field {name} is not a number"))),
+    }
 }
 
 /// A field the scripts store JSON-encoded, or empty / missing when unset.

@@ -5,7 +5,9 @@
 use crate::connection::RedisConnection;
 use crate::error::{LogError, corrupt};
 use crate::keys::{self, Indexes};
-use crate::outcome::{BidAnswer, BidAttempt, CloseOutcome, CreateOutcome, EnsureOutcome};
+use crate::outcome::{
+    BidAnswer, BidAttempt, BidOrder, CloseOutcome, CreateOutcome, EnsureOutcome, Standing,
+};
 use crate::replica_ack::{ReplicaAck, await_replicas, connection_stamp};
 use crate::scripts::{CLOSE_IF_DUE, CREATE, DUE, ENSURE_OPEN, PLACE_BID};
 use crate::spec::AuctionSpec;
@@ -103,6 +105,7 @@ impl AuctionWriter {
         let mut conn = self.conn.clone();
         let mut invocation = spec_invocation(ENSURE_OPEN.for_connection(&self.conn), spec);
         let reply: Vec<String> = invocation
+            .key(keys::bidders_key(&spec.id))
             .arg(self.maxlen)
             .arg(u64::try_from(pause_after_close.as_millis()).unwrap_or(u64::MAX))
             .arg(self.retention_ms)
@@ -168,6 +171,34 @@ impl AuctionWriter {
         traceparent: Option<&str>,
         idempotency_key: Option<&IdempotencyKey>,
     ) -> Result<Option<BidAttempt>, LogError> {
+        self.place(
+            auction,
+            BidOrder::Amount(amount),
+            bidder,
+            source,
+            traceparent,
+            idempotency_key,
+        )
+        .await
+    }
+
+    /// As [`AuctionWriter::place_bid`], for any [`BidOrder`]: the auction
+    /// rules (maximums, reserve, soft close, buy now) are applied by the
+    /// script in the same step. An `idempotency_key` is bound to the order.
+    pub async fn place(
+        &self,
+        auction: &AuctionId,
+        order: BidOrder,
+        bidder: &Bidder,
+        source: BidSource,
+        traceparent: Option<&str>,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<Option<BidAttempt>, LogError> {
+        let (kind, value) = match order {
+            BidOrder::Amount(amount) => ("amount", amount),
+            BidOrder::Max(max) => ("max", max),
+            BidOrder::BuyNow => ("buy_now", 0),
+        };
         let mut conn = self.conn.clone();
         let encode = |text: &str| {
             serde_json::to_string(text)
@@ -187,8 +218,9 @@ impl AuctionWriter {
             .key(&state_key)
             .key(keys::stream_key(auction))
             .key(idem_key)
+            .key(keys::bidders_key(auction))
             .arg(auction.as_str())
-            .arg(amount)
+            .arg(value)
             .arg(name_json)
             .arg(source.as_str())
             .arg(traceparent.unwrap_or(""))
@@ -196,8 +228,9 @@ impl AuctionWriter {
             .arg(IDEMPOTENCY_TTL_MS)
             .arg(if idempotency_key.is_some() { "1" } else { "0" })
             .arg(id_json)
-            .arg(amount)
+            .arg(order.fingerprint())
             .arg(self.retention_ms)
+            .arg(kind)
             .invoke_async(&mut conn)
             .await
             .map_err(|error| LogError::from_write_on(self.conn.is_cluster(), error))?;
@@ -238,21 +271,73 @@ impl AuctionWriter {
             .arg(self.retention_ms)
             .invoke_async(&mut conn)
             .await?;
-        let outcome = match reply.as_str() {
-            "closed" => CloseOutcome::Closed,
-            "already" => CloseOutcome::AlreadyClosed,
-            "not_due" => CloseOutcome::NotDue,
-            "missing" => CloseOutcome::Missing,
-            other => return Err(corrupt(format!("close_if_due answered {other:?}"))),
+        let index = self.indexes.by_end(self.indexes.partition_of(auction));
+        let outcome = match reply.split_once(' ') {
+            Some(("not_due", ends_at)) => {
+                // A soft close moved the end: the closing index follows, so
+                // the closer picks the auction again at its new end.
+                if let Ok(ends_at) = ends_at.parse::<u64>() {
+                    let _: i64 = redis::cmd("ZADD")
+                        .arg(&index)
+                        .arg("XX")
+                        .arg(ends_at)
+                        .arg(auction.as_str())
+                        .query_async(&mut conn)
+                        .await?;
+                }
+                CloseOutcome::NotDue
+            }
+            _ => match reply.as_str() {
+                "closed" => CloseOutcome::Closed,
+                "already" => CloseOutcome::AlreadyClosed,
+                "not_due" => CloseOutcome::NotDue,
+                "missing" => CloseOutcome::Missing,
+                other => return Err(corrupt(format!("close_if_due answered {other:?}"))),
+            },
         };
         if matches!(
             outcome,
             CloseOutcome::Closed | CloseOutcome::AlreadyClosed | CloseOutcome::Missing
         ) {
-            let index = self.indexes.by_end(self.indexes.partition_of(auction));
             let _: i64 = conn.zrem(index, auction.as_str()).await?;
         }
         Ok(outcome)
+    }
+
+    /// The bidder's standing in the auction (`Ok(None)`: no such auction),
+    /// from the hidden record the bid script keeps.
+    pub async fn standing(
+        &self,
+        auction: &AuctionId,
+        bidder: &auction_domain::BidderId,
+    ) -> Result<Option<Standing>, LogError> {
+        let mut conn = self.conn.clone();
+        let id_json = serde_json::to_string(bidder.as_str())
+            .map_err(|error| corrupt(format!("cannot encode bidder: {error}")))?;
+        let (exists, leader, mine): (bool, Option<String>, Vec<Option<String>>) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(keys::state_key(auction))
+            .cmd("HGET")
+            .arg(keys::state_key(auction))
+            .arg("leader_id")
+            .cmd("HMGET")
+            .arg(keys::bidders_key(auction))
+            .arg(format!("max:{id_json}"))
+            .arg(format!("last:{id_json}"))
+            .query_async(&mut conn)
+            .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let number = |text: Option<&Option<String>>| {
+            text.and_then(|text| text.as_deref())
+                .and_then(|text| text.parse::<u64>().ok())
+        };
+        Ok(Some(Standing {
+            leading: leader.as_deref() == Some(id_json.as_str()),
+            max_amount: number(mine.first()),
+            last_bid: number(mine.get(1)),
+        }))
     }
 
     /// Drops from the creation index up to `batch` ids, from creation time
@@ -341,7 +426,8 @@ impl AuctionWriter {
 /// An invocation of create.lua or ensure_open.lua with the keys and the
 /// arguments both take first, in the order the prelude's `init_state`
 /// reads them: id, title, title_json, starting_price, min_increment,
-/// duration_ms, description_json, image_url_json. A script's own arguments
+/// duration_ms, description_json, image_url_json, soft_close_ms,
+/// reserve_price, buy_now_price. A script's own arguments
 /// go after these.
 fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptInvocation<'a> {
     // The optional fields each as a JSON string, or empty when unset (the
@@ -363,7 +449,18 @@ fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptI
         .arg(spec.min_increment)
         .arg(spec.duration_ms)
         .arg(encoded(&spec.description))
-        .arg(encoded(&spec.image_url));
+        .arg(encoded(&spec.image_url))
+        .arg(spec.rules.soft_close_ms)
+        .arg(
+            spec.rules
+                .reserve_price
+                .map_or(String::new(), |p| p.to_string()),
+        )
+        .arg(
+            spec.rules
+                .buy_now_price
+                .map_or(String::new(), |p| p.to_string()),
+        );
     invocation
 }
 
@@ -379,6 +476,32 @@ fn parse_bid_answer(answer: &str) -> Result<BidAnswer, LogError> {
     };
     match lines.next() {
         Some("closed") => Ok(BidAnswer::Closed),
+        Some("no_buy_now") => Ok(BidAnswer::BuyNowUnavailable),
+        Some("not_raised") => Ok(BidAnswer::MaxNotRaised {
+            max_amount: number(lines.next())?,
+        }),
+        Some("ok2") => {
+            let bad = || corrupt(format!("bid answer {answer:?}"));
+            let mut fields = answer.splitn(5, '\n').skip(1);
+            let id = fields.next().and_then(EventId::parse).ok_or_else(bad)?;
+            let leading = match fields.next() {
+                Some("1") => true,
+                Some("0") => false,
+                _ => return Err(bad()),
+            };
+            let max_amount = match fields.next() {
+                Some("") => None,
+                text => Some(number(text)?),
+            };
+            let bid = serde_json::from_str(fields.next().unwrap_or(""))
+                .map_err(|error| corrupt(format!("bid JSON: {error}")))?;
+            Ok(BidAnswer::Accepted {
+                id,
+                bid,
+                leading,
+                max_amount,
+            })
+        }
         Some("too_low") => Ok(BidAnswer::TooLow {
             current: number(lines.next())?,
             min_next: number(lines.next())?,
@@ -390,7 +513,13 @@ fn parse_bid_answer(answer: &str) -> Result<BidAnswer, LogError> {
                 .ok_or_else(|| corrupt(format!("bid answer {answer:?}")))?;
             let bid = serde_json::from_str(lines.next().unwrap_or(""))
                 .map_err(|error| corrupt(format!("bid JSON: {error}")))?;
-            Ok(BidAnswer::Accepted { id, bid })
+            // Stored before maximums existed: the caller's own bid.
+            Ok(BidAnswer::Accepted {
+                id,
+                bid,
+                leading: true,
+                max_amount: None,
+            })
         }
         _ => Err(corrupt(format!("bid answer {answer:?}"))),
     }

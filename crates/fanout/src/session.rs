@@ -219,11 +219,12 @@ fn init_json(snapshot: &Snapshot, reset: bool) -> String {
     json.push_str("{\"auction\":");
     json.push_str(&auction);
     json.push_str(",\"history\":[");
+    // Back to the round's `opened`, past its `closed` and `extended` events.
     let bids = snapshot
         .recent
         .iter()
-        .skip_while(|event| event.kind == EventKind::Closed)
-        .take_while(|event| event.kind == EventKind::Bid)
+        .take_while(|event| event.kind != EventKind::Opened)
+        .filter(|event| event.kind == EventKind::Bid)
         .take(HISTORY_LEN);
     for (index, bid) in bids.enumerate() {
         if index > 0 {
@@ -462,9 +463,14 @@ mod tests {
                 current: None,
                 description: None,
                 image_url: None,
+                soft_close_ms: 0,
+                buy_now_price: None,
+                reserve_met: None,
+                sold: None,
             },
             recent: vec![
-                event(5, EventKind::Closed, "{}"),
+                event(6, EventKind::Closed, "{}"),
+                event(5, EventKind::Extended, r#"{"ends_at":9}"#),
                 event(4, EventKind::Bid, r#"{"amount":3}"#),
                 event(3, EventKind::Bid, r#"{"amount":2}"#),
                 event(2, EventKind::Opened, "{}"),

@@ -185,6 +185,15 @@ pub mod bidder {
         60_000,
         "how often to look for auctions past their end",
     );
+    /// Up to `auction_domain::MAX_SOFT_CLOSE_MS`.
+    pub const SOFT_CLOSE_MS: Setting = number(
+        "soft_close_ms",
+        "0",
+        0,
+        3_600_000,
+        "soft close of auctions created without `soft_close_ms`: a bid within this many ms of \
+         the end moves the end this much later (0: none). See [Auction rules](#auction-rules)",
+    );
     pub const CORS_ALLOWED_ORIGINS: Setting = Setting {
         key: "cors_allowed_origins",
         kind: Kind::List,
@@ -214,8 +223,12 @@ pub mod bidder {
         SESSION_RATE_LIMIT_BURST,
     ];
     /// Listed after the identity settings.
-    pub const MORE_SETTINGS: &[Setting] =
-        &[CLOSE_CHECK_MS, CORS_ALLOWED_ORIGINS, TEST_CLOCK_BEHIND_MS];
+    pub const MORE_SETTINGS: &[Setting] = &[
+        CLOSE_CHECK_MS,
+        SOFT_CLOSE_MS,
+        CORS_ALLOWED_ORIGINS,
+        TEST_CLOCK_BEHIND_MS,
+    ];
 }
 
 /// sse-edge's own settings.

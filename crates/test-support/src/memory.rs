@@ -93,6 +93,10 @@ impl MemoryStore {
             current: None,
             description: None,
             image_url: None,
+            soft_close_ms: 0,
+            buy_now_price: None,
+            reserve_met: None,
+            sold: None,
         };
         lock(&self.inner).auctions.insert(
             id.clone(),

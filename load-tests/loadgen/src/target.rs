@@ -256,6 +256,7 @@ impl Publisher {
                     duration_ms: 3_600_000,
                     description: None,
                     image_url: None,
+                    rules: Default::default(),
                 })
                 .await
                 .map_err(|e| e.to_string())?;

@@ -9,8 +9,8 @@
 
 use crate::rate_limit::RateLimiter;
 use auction_domain::{
-    AuctionId, BidSource, BidderId, BidderName, IdempotencyKey, InputError, parse_bid_request,
-    parse_create_request,
+    AuctionId, BidRequest, BidSource, BidderId, BidderName, IdempotencyKey, InputError,
+    parse_bid_request, parse_create_request,
 };
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -20,7 +20,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use event_log::{
-    AuctionSpec, AuctionWriter, BidAnswer, Catalogue, CreateOutcome, ListCursor, LogError,
+    AuctionRules, AuctionSpec, AuctionWriter, BidAnswer, BidOrder, Catalogue, CreateOutcome,
+    ListCursor, LogError,
 };
 use identity::{Authenticator, Identity, TokenError};
 use serde_json::{Value, json};
@@ -65,6 +66,8 @@ pub struct ApiState {
     /// behind one address (or one ws-edge) do not share a limit.
     pub bidder_limiter: Arc<RateLimiter<BidderId>>,
     pub clients: ClientAddress,
+    /// `AUCTION_SOFT_CLOSE_MS`: for auctions created without their own.
+    pub default_soft_close_ms: u64,
 }
 
 pub fn routes(state: ApiState) -> Router {
@@ -73,6 +76,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/auctions", post(create_auction).get(list_auctions))
         .route("/auctions/{id}", get(get_auction))
         .route("/auctions/{id}/bids", post(place_bid))
+        .route("/auctions/{id}/me", get(my_standing))
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -534,6 +538,11 @@ async fn create_auction(
         duration_ms: request.duration_ms,
         description: request.description,
         image_url: request.image_url.map(|url| url.as_str().to_owned()),
+        rules: AuctionRules {
+            soft_close_ms: request.soft_close_ms.unwrap_or(state.default_soft_close_ms),
+            reserve_price: request.reserve_price,
+            buy_now_price: request.buy_now_price,
+        },
     };
     // A generated id that collides (1 in 62^12) is regenerated a few times.
     for _ in 0..3 {
@@ -697,9 +706,13 @@ async fn place_bid_inner(
         let traceparent = telemetry::current_traceparent();
         state
             .writer
-            .place_bid(
+            .place(
                 &auction,
-                request.amount,
+                match request {
+                    BidRequest::Amount(amount) => BidOrder::Amount(amount),
+                    BidRequest::Max(max) => BidOrder::Max(max),
+                    BidRequest::BuyNow => BidOrder::BuyNow,
+                },
                 &caller.bidder,
                 BidSource::User,
                 traceparent.as_deref(),
@@ -723,12 +736,45 @@ async fn place_bid_inner(
         })?
         .ok_or_else(|| not_found(id))?;
     let (response, outcome) = match attempt.answer {
-        BidAnswer::Accepted { id, bid } => (
+        BidAnswer::Accepted {
+            id,
+            bid,
+            leading,
+            max_amount,
+        } => {
+            // The caller's maximum is theirs alone: in this answer, never
+            // in an event.
+            let mut body = json!({ "id": id.to_string(), "bid": bid, "leading": leading });
+            if let Some(max) = max_amount {
+                body["max_amount"] = json!(max);
+            }
+            (
+                json_response(StatusCode::CREATED, body.to_string()),
+                BidOutcome::accepted,
+            )
+        }
+        BidAnswer::MaxNotRaised { max_amount } => (
             json_response(
-                StatusCode::CREATED,
-                json!({ "id": id.to_string(), "bid": bid }).to_string(),
+                StatusCode::CONFLICT,
+                json!({
+                    "error": "max_not_raised",
+                    "message": format!("your maximum is already {max_amount}; a new one must be higher"),
+                    "max_amount": max_amount,
+                })
+                .to_string(),
             ),
-            BidOutcome::accepted,
+            BidOutcome::too_low,
+        ),
+        BidAnswer::BuyNowUnavailable => (
+            json_response(
+                StatusCode::CONFLICT,
+                json!({
+                    "error": "buy_now_unavailable",
+                    "message": "this auction has no buy-now price, or bidding has reached it",
+                })
+                .to_string(),
+            ),
+            BidOutcome::too_low,
         ),
         BidAnswer::TooLow { current, min_next } => (
             json_response(
@@ -769,4 +815,57 @@ async fn place_bid_inner(
         outcome
     };
     Ok((response, outcome))
+}
+
+/// `GET /auctions/{id}/me`: the caller's standing, from the server's own
+/// record (not from the visible history): whether they lead, their
+/// maximum, their latest bid, and once closed whether they won.
+async fn my_standing(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(peer, &headers).await?;
+    let auction_id = AuctionId::parse(&id).map_err(invalid)?;
+    let auction = state
+        .catalogue
+        .get(&auction_id)
+        .await
+        .map_err(|error| state.refuse(error))?
+        .ok_or_else(|| not_found(&id))?;
+    let standing = state
+        .writer
+        .standing(&auction_id, &caller.bidder.id)
+        .await
+        .map_err(|error| state.refuse(error))?
+        .ok_or_else(|| not_found(&id))?;
+    // The leader by the current bid, as every page sees it.
+    let leading = standing.leading
+        && auction
+            .current
+            .as_ref()
+            .is_some_and(|bid| bid.bidder_id == caller.bidder.id.as_str());
+    let bid_made = standing.last_bid.is_some() || standing.max_amount.is_some();
+    let status = match auction.status {
+        auction_domain::AuctionStatus::Closed if leading && auction.sold == Some(true) => "won",
+        auction_domain::AuctionStatus::Closed if bid_made => "lost",
+        auction_domain::AuctionStatus::Closed => "none",
+        auction_domain::AuctionStatus::Open if leading => "leading",
+        auction_domain::AuctionStatus::Open if bid_made => "outbid",
+        auction_domain::AuctionStatus::Open => "none",
+    };
+    let body = json!({
+        "auction": auction.id,
+        "bidder_id": caller.bidder.id.as_str(),
+        "status": status,
+        "leading": leading,
+        "max_amount": standing.max_amount,
+        "last_bid": standing.last_bid,
+    });
+    let mut response = json_response(StatusCode::OK, body.to_string());
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }

@@ -42,6 +42,8 @@ pub struct BidderSettings {
     pub session_rate_limit_burst: u64,
     pub clients: service_kit::client_address::ClientAddress,
     pub close_check_interval: Duration,
+    /// Soft close of auctions created without one of their own.
+    pub soft_close_ms: u64,
     /// Replicas that must hold an accepted bid before it is answered 201
     /// (`WAIT`); 0: the primary's word is enough.
     pub redis_min_replicas_ack: u32,
@@ -84,6 +86,7 @@ impl BidderSettings {
             session_rate_limit_burst: settings.number(&SESSION_RATE_LIMIT_BURST)?,
             clients: service_kit::client_address::ClientAddress::read(settings)?,
             close_check_interval: Duration::from_millis(settings.number(&CLOSE_CHECK_MS)?),
+            soft_close_ms: settings.number(&SOFT_CLOSE_MS)?,
             redis_min_replicas_ack: settings.number(&REDIS_MIN_REPLICAS_ACK)? as u32,
             redis_ack_timeout: Duration::from_millis(settings.number(&REDIS_ACK_TIMEOUT_MS)?),
             cors_allowed_origins: api::CorsOrigins::read(settings)?,
@@ -161,6 +164,7 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
             own.rate_limit_burst,
         )),
         clients: own.clients.clone(),
+        default_soft_close_ms: own.soft_close_ms,
     })
     .layer(cors);
     let served = serve(&ctx, listener, routes).await;
@@ -183,6 +187,10 @@ mod tests {
             RETENTION_MS.default,
             Some(event_log::DEFAULT_RETENTION_MS.to_string().as_str())
         );
+        assert!(matches!(
+            service_kit::spec::bidder::SOFT_CLOSE_MS.kind,
+            Kind::Number { max, .. } if max == auction_domain::MAX_SOFT_CLOSE_MS
+        ));
         assert!(matches!(
             SIM_DURATION_MS.kind,
             Kind::Number { max, .. } if max == auction_domain::MAX_DURATION_MS

@@ -84,6 +84,7 @@ async fn bid_once(
         duration_ms: settings.sim_duration_ms,
         description: Some(description.to_owned()),
         image_url: Some(image_url.to_owned()),
+        rules: Default::default(),
     };
     let (outcome, state) = writer.ensure_open(&spec, settings.sim_pause).await?;
     if outcome == EnsureOutcome::Paused {
@@ -102,7 +103,10 @@ async fn bid_once(
     {
         Some(attempt) => match attempt.answer {
             BidAnswer::Accepted { .. } => BidOutcome::accepted,
-            BidAnswer::TooLow { .. } => BidOutcome::too_low,
+            // Plain bids only: neither happens.
+            BidAnswer::TooLow { .. }
+            | BidAnswer::MaxNotRaised { .. }
+            | BidAnswer::BuyNowUnavailable => BidOutcome::too_low,
             BidAnswer::Closed => BidOutcome::closed,
             // The simulator sends no Idempotency-Key.
             BidAnswer::IdempotencyKeyReused => BidOutcome::invalid,

@@ -23,6 +23,7 @@ fn spec(id: &str) -> AuctionSpec {
         duration_ms: DURATION_MS,
         description: Some("Hand-wound, with its chain.".into()),
         image_url: Some("/assets/lot-watch.svg".into()),
+        rules: Default::default(),
     }
 }
 

@@ -25,6 +25,7 @@ fn spec(id: &str, duration_ms: u64) -> AuctionSpec {
         duration_ms,
         description: None,
         image_url: None,
+        rules: Default::default(),
     }
 }
 

@@ -1,14 +1,14 @@
--- Keeps a simulated auction open. KEYS: state, stream.
+-- Keeps a simulated auction open. KEYS: state, stream, bidders.
 -- ARGV: id, title, title_json, starting_price, min_increment, duration_ms,
--- description_json, image_url_json (each '' when unset; as create.lua), then
--- maxlen, pause_ms, retention_ms.
+-- description_json, image_url_json, soft_close_ms, reserve_price,
+-- buy_now_price (as create.lua), then maxlen, pause_ms, retention_ms.
 -- Missing: created. Closed: a new round starts (an 'opened' event), but not
 -- before pause_ms past the old round's end, so its result stays visible.
 -- Open but past its end: closed now (exactly once), then reopened (or paused).
 -- Returns {'created'|'reopened'|'open'|'paused', auction_json}.
 local state, stream = KEYS[1], KEYS[2]
-local id, maxlen = ARGV[1], ARGV[9]
-local pause_ms = tonumber(ARGV[10]) or 0
+local id, maxlen = ARGV[1], ARGV[12]
+local pause_ms = tonumber(ARGV[13]) or 0
 local now = now_ms()
 if redis.call('EXISTS', state) == 0 then
   init_state(state, stream, ARGV, now)
@@ -19,17 +19,21 @@ if st[1] == 'open' and now < tonumber(st[2]) then
   return {'open', auction_json(state)}
 end
 if st[1] == 'open' then
-  close_auction(state, stream, id, maxlen, now, ARGV[11])
+  close_auction(state, stream, id, maxlen, now, ARGV[14])
 end
 if now < tonumber(st[2]) + pause_ms then
   return {'paused', auction_json(state)}
 end
--- A new round: the closed one's expiry no longer applies.
+-- A new round: the closed one's expiry no longer applies, nor do its
+-- maximums and standings.
 redis.call('PERSIST', state)
 redis.call('PERSIST', stream)
+redis.call('DEL', KEYS[3])
 redis.call('HSET', state, 'status', 'open', 'current', '', 'current_amount', '',
   'ends_at', num(now + tonumber(ARGV[6])),
-  'description_json', ARGV[7], 'image_url_json', ARGV[8])
+  'description_json', ARGV[7], 'image_url_json', ARGV[8],
+  'soft_close_ms', ARGV[9], 'reserve_price', ARGV[10], 'buy_now_price', ARGV[11],
+  'leader_id', '', 'leader_name', '', 'leader_max', '')
 local auction = auction_json(state)
 append(state, stream, id, 'opened', '{"auction":' .. auction .. '}', '', maxlen, now)
 return {'reopened', auction}

@@ -16,18 +16,36 @@ local function num(x)
   return string.format('%.0f', x)
 end
 
+-- Whether `amount` meets the auction's reserve (`reserve`: the stored
+-- field; empty or missing when the auction has none).
+local function meets_reserve(reserve, amount)
+  if not reserve or reserve == '' then return true end
+  return tonumber(amount) >= tonumber(reserve)
+end
+
 -- The auction as clients see it, from the state hash. `title_json`,
 -- `current` and the optional `description_json` / `image_url_json` (empty or
 -- missing when unset, then left out) are stored already JSON-encoded by the
--- caller.
+-- caller. The reserve itself is never shown: only `reserve_met` once there
+-- is a bid, and `sold` once closed. A hash written before the auction rules
+-- existed has no soft close, reserve or buy-now price.
 local function auction_json(state_key)
   local f = redis.call('HMGET', state_key, 'id', 'title_json', 'status', 'starting_price',
-    'min_increment', 'ends_at', 'current', 'description_json', 'image_url_json')
+    'min_increment', 'ends_at', 'current', 'description_json', 'image_url_json',
+    'soft_close_ms', 'reserve_price', 'buy_now_price', 'current_amount')
   local current = f[7]
-  if not current or current == '' then current = 'null' end
+  local has_bid = current and current ~= ''
+  if not has_bid then current = 'null' end
   local optional = ''
   if f[8] and f[8] ~= '' then optional = optional .. ',"description":' .. f[8] end
   if f[9] and f[9] ~= '' then optional = optional .. ',"image_url":' .. f[9] end
+  local soft = f[10]
+  if not soft or soft == '' then soft = '0' end
+  optional = optional .. ',"soft_close_ms":' .. soft
+  if f[12] and f[12] ~= '' then optional = optional .. ',"buy_now_price":' .. f[12] end
+  local met = has_bid and meets_reserve(f[11], f[13])
+  if has_bid then optional = optional .. ',"reserve_met":' .. tostring(met) end
+  if f[3] == 'closed' then optional = optional .. ',"sold":' .. tostring(met) end
   return '{"id":"' .. f[1] .. '","title":' .. f[2] .. ',"status":"' .. f[3] ..
     '","starting_price":' .. f[4] .. ',"min_increment":' .. f[5] ..
     ',"ends_at":' .. f[6] .. ',"current":' .. current .. optional .. '}'
@@ -36,8 +54,10 @@ end
 -- Writes the state hash of a new auction (open, no bid yet) from `spec`, the
 -- arguments create and ensure_open share, in this order: id, title,
 -- title_json, starting_price, min_increment, duration_ms, description_json,
--- image_url_json (each '' when unset). A stream may outlive its state (state
--- deleted by hand): `last_id` is its newest entry, so the chain goes on.
+-- image_url_json (each '' when unset), soft_close_ms, reserve_price,
+-- buy_now_price (the last two '' when unset). A stream may outlive its state
+-- (state deleted by hand): `last_id` is its newest entry, so the chain goes
+-- on. `leader_id` / `leader_max` (hidden) are the leader's id and maximum.
 local function init_state(state_key, stream_key, spec, now)
   local last = redis.call('XREVRANGE', stream_key, '+', '-', 'COUNT', 1)
   local last_id = '0-0'
@@ -47,7 +67,9 @@ local function init_state(state_key, stream_key, spec, now)
     'starting_price', spec[4], 'min_increment', spec[5],
     'ends_at', num(now + tonumber(spec[6])), 'created_at', num(now),
     'current', '', 'current_amount', '', 'last_id', last_id,
-    'description_json', spec[7], 'image_url_json', spec[8])
+    'description_json', spec[7], 'image_url_json', spec[8],
+    'soft_close_ms', spec[9], 'reserve_price', spec[10], 'buy_now_price', spec[11],
+    'leader_id', '', 'leader_name', '', 'leader_max', '')
 end
 
 -- Appends one event to the auction's stream and publishes its notice.
@@ -69,13 +91,20 @@ local function append(state_key, stream_key, auction_id, kind, data, traceparent
   return id
 end
 
--- Closes the auction: its `closed` event, then its state and stream expire
+-- Closes the auction: its `closed` event (`sold`, and `reserve_met` once
+-- there is a bid, beside the auction), then its state and stream expire
 -- `retention_ms` later (0: kept), in the same step, so no closed auction is
 -- ever left without an expiry. A round that reopens persists them again.
 local function close_auction(state_key, stream_key, auction_id, maxlen, at, retention_ms)
   redis.call('HSET', state_key, 'status', 'closed')
+  local f = redis.call('HMGET', state_key, 'current_amount', 'reserve_price')
+  local outcome = ',"sold":false'
+  if f[1] and f[1] ~= '' then
+    local met = tostring(meets_reserve(f[2], f[1]))
+    outcome = ',"sold":' .. met .. ',"reserve_met":' .. met
+  end
   local id = append(state_key, stream_key, auction_id, 'closed',
-    '{"auction":' .. auction_json(state_key) .. '}', '', maxlen, at)
+    '{"auction":' .. auction_json(state_key) .. outcome .. '}', '', maxlen, at)
   local retention = tonumber(retention_ms) or 0
   if retention > 0 then
     redis.call('PEXPIRE', state_key, retention)

@@ -1,0 +1,1 @@
+-- No helpers beyond the prelude.
