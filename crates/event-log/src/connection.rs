@@ -1,4 +1,5 @@
 use crate::error::LogError;
+use crate::live::shards::{SlotMap, SlotReader};
 use auction_domain::AuctionId;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
@@ -7,7 +8,8 @@ use redis::{
     Client, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushKind, RedisFuture, Value,
 };
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long establishing one connection may take.
@@ -164,10 +166,33 @@ impl RedisConnection {
         matches!(self, RedisConnection::Cluster(_))
     }
 
-    /// Whether Redis answers commands.
+    /// Whether Redis answers commands. On a cluster: whether any primary
+    /// does (readiness reflects what can be served; one primary that hangs
+    /// or is down holds up only the auctions in its slots).
     pub async fn ping(&self) -> Result<(), LogError> {
-        let mut conn = self.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        match self {
+            RedisConnection::Single(_) => {
+                let mut conn = self.clone();
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            }
+            RedisConnection::Cluster(handle) => {
+                use redis::cluster_routing::{
+                    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+                };
+                let route = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::OneSucceeded),
+                ));
+                let result = handle
+                    .connection()
+                    .route_command(redis::cmd("PING"), route)
+                    .await;
+                if let Err(error) = &result {
+                    handle.after_error(error);
+                }
+                result?;
+            }
+        }
         Ok(())
     }
 
@@ -221,18 +246,34 @@ struct ClusterShared {
     current: Mutex<(ClusterConnection, Instant)>,
     client: ClusterClient,
     on_disconnect: Arc<dyn Fn() + Send + Sync>,
+    /// The seed nodes, to read the slot map apart from the connection.
+    seeds: Vec<String>,
+    /// The slot map as first read after the current connection was made
+    /// (`None` until read).
+    baseline: Mutex<Option<SlotMap>>,
+    /// Whether a slot map check (after a timeout) is running.
+    checking: AtomicBool,
 }
 
 impl ClusterHandle {
-    fn new(client: ClusterClient, on_disconnect: Arc<dyn Fn() + Send + Sync>) -> Self {
+    fn new(
+        client: ClusterClient,
+        seeds: Vec<String>,
+        on_disconnect: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
         let conn = Self::connect(&client, &on_disconnect);
-        ClusterHandle {
+        let handle = ClusterHandle {
             shared: Arc::new(ClusterShared {
                 current: Mutex::new((conn, Instant::now())),
                 client,
                 on_disconnect,
+                seeds,
+                baseline: Mutex::new(None),
+                checking: AtomicBool::new(false),
             }),
-        }
+        };
+        handle.check_slot_map();
+        handle
     }
 
     fn connect(
@@ -272,15 +313,30 @@ impl ClusterHandle {
 
     /// After a failed command: start over if the failure says a node is
     /// missing (and no rebuild happened just now).
+    ///
+    /// A timeout is not such a failure by itself: one node that hangs (a
+    /// freeze, a GC pause, a partition) must not stall the others, and a
+    /// rebuilt connection waits for every node it connects to, the hung one
+    /// too (measured: a quarter of the bids on healthy primaries answered
+    /// `bid_outcome_unknown` while one primary was frozen). After a timeout
+    /// the slot map is read apart from the connection, from whichever node
+    /// answers; only a map that changed (a replica took over the hung
+    /// node's slots) starts the connection over.
     fn after_error(&self, error: &redis::RedisError) {
+        if error.is_timeout() && !error.is_connection_dropped() {
+            self.check_slot_map();
+            return;
+        }
         let node_missing = error.is_io_error()
             || error.is_connection_refusal()
             || error.is_connection_dropped()
-            || error.is_timeout()
             || error.is_cluster_error();
-        if !node_missing {
-            return;
+        if node_missing {
+            self.rebuild(error);
         }
+    }
+
+    fn rebuild(&self, error: &dyn fmt::Display) {
         let mut current = match self.shared.current.lock() {
             Ok(current) => current,
             Err(poisoned) => poisoned.into_inner(),
@@ -291,7 +347,46 @@ impl ClusterHandle {
                 Self::connect(&self.shared.client, &self.shared.on_disconnect),
                 Instant::now(),
             );
+            *lock(&self.shared.baseline) = None;
+            drop(current);
+            self.check_slot_map();
         }
+    }
+
+    /// Reads the slot map on a task of its own (one at a time) and starts
+    /// the connection over if it is not the one seen before; the first map
+    /// read after the connection was made (read at once, when a runtime
+    /// runs) is kept to compare with.
+    fn check_slot_map(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.shared.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let handle = self.clone();
+        runtime.spawn(async move {
+            let map = match SlotReader::of_seeds(&handle.shared.seeds) {
+                Ok(mut reader) => reader.read().await,
+                Err(_) => None,
+            };
+            if let Some(map) = map {
+                let changed = {
+                    let mut baseline = lock(&handle.shared.baseline);
+                    match baseline.as_ref() {
+                        Some(seen) => *seen != map,
+                        None => {
+                            *baseline = Some(map);
+                            false
+                        }
+                    }
+                };
+                if changed {
+                    handle.rebuild(&"a command timed out and the slot map changed");
+                }
+            }
+            handle.shared.checking.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -367,8 +462,16 @@ pub fn connect_manager(
         }
         TargetKind::Cluster { seeds } => Ok(RedisConnection::Cluster(ClusterHandle::new(
             RedisTarget::cluster_client(seeds)?,
+            seeds.clone(),
             Arc::new(on_disconnect),
         ))),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -39,7 +39,7 @@ pub use connection::{
     ClusterHandle, RedisConnection, RedisTarget, connect_manager, parse_redis_url,
 };
 pub use error::LogError;
-pub use live::{LiveConnection, LiveMessage};
+pub use live::{LiveConnection, LiveMessage, Watching};
 pub use outcome::{
     BidAnswer, BidAttempt, BidOrder, CloseOutcome, CreateOutcome, EnsureOutcome, Standing,
 };

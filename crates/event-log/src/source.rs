@@ -11,7 +11,7 @@
 
 use crate::connection::RedisTarget;
 use crate::error::LogError;
-use crate::live::{LiveConnection, LiveMessage};
+use crate::live::{LiveConnection, LiveMessage, Watching};
 use crate::read::{Snapshot, StreamReader, StreamWindow};
 use auction_domain::{AuctionId, Event, EventId};
 use futures_util::FutureExt;
@@ -79,8 +79,15 @@ pub trait LiveSource: Send + Sync + 'static {
 
 /// One live connection: the notices of the auctions it watches.
 pub trait LiveFeed: Send {
-    /// Starts receiving the auctions' notices.
-    fn watch<'a>(&'a mut self, auctions: &'a [AuctionId]) -> BoxFuture<'a, Result<(), LogError>>;
+    /// Starts receiving the auctions' notices: subscribed on return
+    /// ([`Watching::Now`]), or each auction announced by a
+    /// [`LiveMessage::Subscribed`] once it is ([`Watching::Later`]: a
+    /// cluster, where a node that does not answer holds up only its own
+    /// auctions).
+    fn watch<'a>(
+        &'a mut self,
+        auctions: &'a [AuctionId],
+    ) -> BoxFuture<'a, Result<Watching, LogError>>;
 
     /// Stops receiving the auction's notices.
     fn unwatch<'a>(&'a mut self, auction: &'a AuctionId) -> BoxFuture<'a, Result<(), LogError>>;
@@ -162,7 +169,10 @@ impl LiveSource for RedisTarget {
 }
 
 impl LiveFeed for LiveConnection {
-    fn watch<'a>(&'a mut self, auctions: &'a [AuctionId]) -> BoxFuture<'a, Result<(), LogError>> {
+    fn watch<'a>(
+        &'a mut self,
+        auctions: &'a [AuctionId],
+    ) -> BoxFuture<'a, Result<Watching, LogError>> {
         LiveConnection::watch(self, auctions).boxed()
     }
 

@@ -16,7 +16,7 @@ use crate::feed::Feed;
 use crate::feeds::Feeds;
 use crate::replays::Replays;
 use auction_domain::{AuctionId, Event, EventId};
-use event_log::{EventStore, LiveFeed, LiveMessage, LiveSource};
+use event_log::{EventStore, LiveFeed, LiveMessage, LiveSource, Watching};
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -139,15 +139,28 @@ impl<C: Codec> Subscriber<C> {
     /// away are gone; the stream has the events).
     async fn resume(&mut self, connection: &mut Box<dyn LiveFeed>) -> Result<(), String> {
         let watched: Vec<AuctionId> = self.cursors.keys().cloned().collect();
+        let mut subscribed = Vec::new();
         for batch in watched.chunks(WATCH_BATCH) {
-            timed(connection.watch(batch)).await?;
+            if timed(connection.watch(batch)).await? == Watching::Now {
+                subscribed.extend_from_slice(batch);
+            }
         }
+        self.recover(connection, &subscribed).await
+    }
+
+    /// Brings the feeds of auctions just subscribed in line with their
+    /// streams: live ones catch up, the others go live.
+    async fn recover(
+        &mut self,
+        connection: &mut Box<dyn LiveFeed>,
+        auctions: &[AuctionId],
+    ) -> Result<(), String> {
         let (mut live, mut waiting) = (Vec::new(), Vec::new());
-        for (auction, cursor) in &self.cursors {
-            if cursor.feed.is_live() {
-                live.push(auction.clone());
-            } else {
-                waiting.push(auction.clone());
+        for auction in auctions {
+            match self.cursors.get(auction) {
+                Some(cursor) if cursor.feed.is_live() => live.push(auction.clone()),
+                Some(_) => waiting.push(auction.clone()),
+                None => {} // stopped watching meanwhile
             }
         }
         for batch in live.chunks(WATCH_BATCH) {
@@ -234,7 +247,7 @@ impl<C: Codec> Subscriber<C> {
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
                 message = connection.next() => match message {
-                    Some(message) => self.on_message(message).await,
+                    Some(message) => self.on_message(connection, message).await,
                     None => Err("the pub/sub stream ended".to_owned()),
                 },
                 request = self.requests.recv() => match request {
@@ -299,8 +312,11 @@ impl<C: Codec> Subscriber<C> {
                 },
             );
         }
-        timed(connection.watch(&auctions)).await?;
-        self.go_live(&auctions).await
+        match timed(connection.watch(&auctions)).await? {
+            Watching::Now => self.go_live(&auctions).await,
+            // Each goes live once its subscription is announced.
+            Watching::Later => Ok(()),
+        }
     }
 
     async fn go_live(&mut self, auctions: &[AuctionId]) -> Result<(), String> {
@@ -315,9 +331,18 @@ impl<C: Codec> Subscriber<C> {
         Ok(())
     }
 
-    async fn on_message(&mut self, message: LiveMessage) -> Result<(), String> {
+    async fn on_message(
+        &mut self,
+        connection: &mut Box<dyn LiveFeed>,
+        message: LiveMessage,
+    ) -> Result<(), String> {
         let (auction, event) = match message {
             LiveMessage::Event { auction, event } => (auction, event),
+            // Subscribed (first, or again after its cluster node was
+            // away): notices sent before may be missing.
+            LiveMessage::Subscribed { auctions } => {
+                return self.recover(connection, &auctions).await;
+            }
             LiveMessage::Malformed { channel } => {
                 tracing::warn!(%channel, "ignoring a malformed notice");
                 return Ok(());

@@ -10,7 +10,9 @@
 //! event follows no event).
 
 use auction_domain::{Auction, AuctionId, AuctionStatus, Event, EventId, EventKind};
-use event_log::{EventStore, LiveFeed, LiveMessage, LiveSource, LogError, Snapshot, StreamWindow};
+use event_log::{
+    EventStore, LiveFeed, LiveMessage, LiveSource, LogError, Snapshot, StreamWindow, Watching,
+};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::collections::{HashMap, HashSet};
@@ -435,9 +437,13 @@ impl MemoryFeed {
 }
 
 impl LiveFeed for MemoryFeed {
-    fn watch<'a>(&'a mut self, auctions: &'a [AuctionId]) -> BoxFuture<'a, Result<(), LogError>> {
+    fn watch<'a>(
+        &'a mut self,
+        auctions: &'a [AuctionId],
+    ) -> BoxFuture<'a, Result<Watching, LogError>> {
         let result = self.check().map(|()| {
             lock(&self.watched).extend(auctions.iter().cloned());
+            Watching::Now
         });
         async move { result }.boxed()
     }

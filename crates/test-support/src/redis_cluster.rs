@@ -431,6 +431,32 @@ impl RedisCluster {
 }
 
 impl RedisCluster {
+    /// Sets `cluster-node-timeout` on every running node: how long a node
+    /// may be unreachable before it counts as failed (and its replica takes
+    /// over). Longer than a freeze, a frozen primary stays the owner of its
+    /// slots and the rest of the cluster keeps serving.
+    pub fn set_node_timeout(&self, timeout: Duration) {
+        let millis = timeout.as_millis().to_string();
+        for port in self.live_ports() {
+            if let Err(error) =
+                self.command(port, &["CONFIG", "SET", "cluster-node-timeout", &millis])
+            {
+                panic!("CONFIG SET cluster-node-timeout on {port}: {error}");
+            }
+        }
+    }
+
+    /// Freezes the node on `port` (`SIGSTOP`): it keeps its connections
+    /// and answers nothing until [`RedisCluster::thaw`].
+    pub fn freeze(&self, port: u16) {
+        self.signal(port, "STOP");
+    }
+
+    /// Resumes a node frozen by [`RedisCluster::freeze`] (`SIGCONT`).
+    pub fn thaw(&self, port: u16) {
+        self.signal(port, "CONT");
+    }
+
     /// Sends a signal (`STOP`, `CONT`) to the running node on `port`.
     fn signal(&self, port: u16, name: &str) {
         let pid = self

@@ -23,7 +23,9 @@
 //! `cargo run --release -p cluster-clients -- [--runs 3] [--channels 10000]`.
 //! Needs `redis-server` and `redis-cli` on the PATH.
 
-use event_log::{LiveConnection, LiveMessage, RedisConnection, connect_manager, parse_redis_url};
+use event_log::{
+    LiveConnection, LiveMessage, RedisConnection, Watching, connect_manager, parse_redis_url,
+};
 use fred::clients::SubscriberClient;
 use fred::prelude::{
     ClientLike, EventInterface, KeysInterface, PubsubInterface, ReconnectPolicy, ServerConfig,
@@ -442,20 +444,26 @@ async fn event_log_subscriber(
             else {
                 continue;
             };
-            let mut watched = true;
+            let mut watched = Some(Watching::Now);
             for batch in auctions.chunks(SUBSCRIBE_BATCH) {
-                if !matches!(
-                    tokio::time::timeout(STEP, connection.watch(batch)).await,
-                    Ok(Ok(()))
-                ) {
-                    watched = false;
-                    break;
+                match tokio::time::timeout(STEP, connection.watch(batch)).await {
+                    Ok(Ok(Watching::Now)) => {}
+                    Ok(Ok(Watching::Later)) => watched = Some(Watching::Later),
+                    _ => {
+                        watched = None;
+                        break;
+                    }
                 }
             }
-            if !watched {
+            let Some(watched) = watched else {
                 continue;
+            };
+            // On a cluster each node's subscriptions are announced once
+            // made: subscribed once every channel was.
+            let mut announced = 0;
+            if watched == Watching::Now {
+                subscribed.store(true, Ordering::Relaxed);
             }
-            subscribed.store(true, Ordering::Relaxed);
             let opened = Instant::now();
             // Like the hub: a ping every second, bounded at 2 s; a failed
             // one ends the connection.
@@ -467,6 +475,12 @@ async fn event_log_subscriber(
                         Some(LiveMessage::Malformed { channel }) => receipts.received(&channel, false),
                         Some(LiveMessage::Event { auction, .. }) => {
                             receipts.received(&format!("auction:{{{auction}}}:live"), true);
+                        }
+                        Some(LiveMessage::Subscribed { auctions: made }) => {
+                            announced += made.len();
+                            if announced >= auctions.len() {
+                                subscribed.store(true, Ordering::Relaxed);
+                            }
                         }
                         None => break,
                     },

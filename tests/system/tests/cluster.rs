@@ -8,7 +8,7 @@
 use auction_domain::{AuctionId, BidSource, Bidder, BidderId, BidderName};
 use event_log::{
     AuctionSpec, AuctionWriter, BidAnswer, Catalogue, LiveConnection, LiveMessage, RedisConnection,
-    ReplicaAck, StreamReader,
+    ReplicaAck, StreamReader, Watching,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,19 @@ async fn the_event_log_runs_on_a_cluster_with_sharded_notices() {
 
     let target = event_log::parse_redis_url(&cluster.url()).unwrap();
     let mut live = LiveConnection::open(&target).await.unwrap();
-    live.watch(&auctions).await.unwrap();
+    // On a cluster each node's subscriptions are announced once made.
+    assert_eq!(live.watch(&auctions).await.unwrap(), Watching::Later);
+    let mut subscribed = BTreeSet::new();
+    while subscribed.len() < auctions.len() {
+        let message = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("the subscriptions are announced")
+            .expect("the connection is up");
+        match message {
+            LiveMessage::Subscribed { auctions } => subscribed.extend(auctions),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     for auction in &auctions {
         let attempt = writer
             .place_bid(auction, 500, &bidder("ann"), BidSource::User, None, None)

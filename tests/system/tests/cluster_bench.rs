@@ -71,6 +71,14 @@ async fn run(url: &str, edges: usize, ack: u32, redis_cpu: &dyn Fn() -> f64) -> 
         for batch in auctions.chunks(256) {
             live.watch(batch).await.unwrap();
         }
+        // Each node's subscriptions are announced once made.
+        let mut subscribed = 0;
+        while subscribed < auctions.len() {
+            match tokio::time::timeout(Duration::from_secs(30), live.next()).await {
+                Ok(Some(LiveMessage::Subscribed { auctions })) => subscribed += auctions.len(),
+                other => panic!("expected the subscriptions, got {other:?}"),
+            }
+        }
         let (received, stop) = (received.clone(), stop.clone());
         listeners.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {

@@ -90,9 +90,23 @@ impl Wire {
     /// error reply fails it. Notices read meanwhile are kept for
     /// [`Wire::next`].
     pub(super) async fn call(&mut self, args: &[&[u8]], replies: usize) -> Result<(), LogError> {
-        let command = encode_command(args);
+        self.send_and_read(&encode_command(args), replies).await
+    }
+
+    /// Sends several commands at once (one write) and reads one reply to
+    /// each; the first error reply fails it. A cluster's sharded
+    /// subscriptions go so: one `SSUBSCRIBE` may not cross slots.
+    pub(super) async fn call_each(&mut self, commands: &[Vec<&[u8]>]) -> Result<(), LogError> {
+        let encoded: Vec<u8> = commands
+            .iter()
+            .flat_map(|args| encode_command(args))
+            .collect();
+        self.send_and_read(&encoded, commands.len()).await
+    }
+
+    async fn send_and_read(&mut self, command: &[u8], replies: usize) -> Result<(), LogError> {
         self.socket
-            .write_all(&command)
+            .write_all(command)
             .await
             .map_err(|error| LogError::Unavailable(format!("pub/sub write: {error}")))?;
         let mut left = replies;
@@ -106,7 +120,7 @@ impl Wire {
                     }
                     self.pending.extend(to_message(&channel, &payload));
                 }
-                Push::Confirmation => left -= 1,
+                Push::Confirmation | Push::Dropped => left -= 1,
                 Push::Error(error) => return Err(LogError::Unavailable(error)),
                 Push::Other => {}
             }
@@ -181,6 +195,10 @@ impl Taken {
                 None => Taken::Skipped,
             },
             Push::Error(error) => Taken::Error(error),
+            // No call waits for it: the server dropped the subscription.
+            Push::Dropped => {
+                Taken::Error("the server dropped a sharded subscription (its slot moved)".into())
+            }
             Push::Confirmation | Push::Other => Taken::Skipped,
         }
     }
@@ -223,12 +241,16 @@ fn encode_command(args: &[&[u8]]) -> Vec<u8> {
 /// What a reply means on a pub/sub connection.
 #[derive(Debug, PartialEq, Eq)]
 enum Push<B> {
-    /// `message`: a publish on a subscribed channel.
+    /// `message` (`smessage` in a cluster): a publish on a subscribed
+    /// channel.
     Message { channel: B, payload: B },
     /// The reply a command waits for: one `subscribe` or `unsubscribe`
     /// per channel, `pong` (an array once subscribed, `+PONG` before),
     /// `+OK` to `AUTH`.
     Confirmation,
+    /// `sunsubscribe`: the reply to ours, or, when no call waits for it,
+    /// the server dropping a sharded subscription whose slot moved away.
+    Dropped,
     /// An error reply (`-NOAUTH ...`, `-NOPERM ...`).
     Error(String),
     /// Anything else (a pattern message, which we never subscribe to).
@@ -245,9 +267,16 @@ impl<'a> Push<&'a [u8]> {
                     Reply::Bulk(Some(kind)),
                     Reply::Bulk(Some(channel)),
                     Reply::Bulk(Some(payload)),
-                ] if kind.eq_ignore_ascii_case(b"message") => Push::Message { channel, payload },
+                ] if kind.eq_ignore_ascii_case(b"message")
+                    || kind.eq_ignore_ascii_case(b"smessage") =>
+                {
+                    Push::Message { channel, payload }
+                }
+                [Reply::Bulk(Some(kind)), ..] if kind.eq_ignore_ascii_case(b"sunsubscribe") => {
+                    Push::Dropped
+                }
                 [Reply::Bulk(Some(kind)), ..]
-                    if [&b"subscribe"[..], b"unsubscribe", b"pong"]
+                    if [&b"subscribe"[..], b"unsubscribe", b"ssubscribe", b"pong"]
                         .iter()
                         .any(|known| kind.eq_ignore_ascii_case(known)) =>
                 {
@@ -266,6 +295,7 @@ impl<'a> Push<&'a [u8]> {
                 payload: f(payload),
             },
             Push::Confirmation => Push::Confirmation,
+            Push::Dropped => Push::Dropped,
             Push::Error(error) => Push::Error(error),
             Push::Other => Push::Other,
         }
