@@ -117,6 +117,12 @@ const REFUSING_CODES: &[&str] = &[
 /// > 'maxmemory'` (a script's first write refused so says the same).
 fn is_out_of_memory(error: &redis::RedisError) -> bool {
     error.code() == Some("OOM")
+        // A transaction Redis would not queue: past `maxmemory` it refuses
+        // to queue even reads (each command's error is kept).
+        || error
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| error.code() == "OOM"))
 }
 
 impl fmt::Display for LogError {

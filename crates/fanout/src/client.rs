@@ -226,14 +226,21 @@ impl<C: Codec> Delivery<C> {
     /// Joins the auction's feed and decides how the client starts. Nothing
     /// is written yet: on an error the edge refuses the client its own way.
     pub async fn open(&self, auction: &AuctionId, resume: Resume) -> Result<Opening, OpenError> {
-        session::open(
+        let opened = session::open(
             &self.hub,
             auction,
             resume,
             JOIN_WAIT,
             &self.metrics.replay_reads_shared,
         )
-        .await
+        .await;
+        if opened
+            .as_ref()
+            .is_err_and(|error| *error == OpenError::OutOfMemory)
+        {
+            self.metrics.redis_out_of_memory.inc();
+        }
+        opened
     }
 
     /// Writes bytes of the transport's own ahead of the protocol (SSE's

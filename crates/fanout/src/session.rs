@@ -55,6 +55,10 @@ pub enum OpenError {
     NotFound,
     Unavailable,
     Busy,
+    /// Redis refused a read for memory (`maxmemory`, noeviction: even a
+    /// transaction of reads is refused then). Nothing is wrong with the
+    /// replica; it serves again once memory frees.
+    OutOfMemory,
 }
 
 impl From<JoinError> for OpenError {
@@ -67,8 +71,11 @@ impl From<JoinError> for OpenError {
 }
 
 impl From<LogError> for OpenError {
-    fn from(_: LogError) -> Self {
-        OpenError::Unavailable
+    fn from(error: LogError) -> Self {
+        match error {
+            LogError::OutOfMemory(_) => OpenError::OutOfMemory,
+            _ => OpenError::Unavailable,
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub mod refusal;
 pub mod security_headers;
 pub mod spec;
 
-pub use error::{ApiError, error_response};
+pub use error::{ApiError, OUT_OF_MEMORY_MESSAGE, error_response};
 pub use gate::{Admission, ConnectionGate, GateMetrics, Refused, address_key};
 pub use health::{Health, watch_redis};
 pub use process::{Common, Context, Process, bind, serve};

@@ -134,6 +134,9 @@ pub struct TransportMetrics {
     /// Clients whose events the hub writes itself (parked: caught up, on
     /// a feed small enough).
     pub direct_clients: Gauge,
+    /// New subscriptions refused because Redis is out of memory (the
+    /// process's `auction_redis_out_of_memory_refusals_total`).
+    pub redis_out_of_memory: Counter,
 }
 
 impl Default for Metrics {
@@ -269,6 +272,7 @@ impl Metrics {
                 .get_or_create(&labels)
                 .clone(),
             direct_clients: self.direct_clients.get_or_create(&labels).clone(),
+            redis_out_of_memory: self.redis_out_of_memory.clone(),
         }
     }
 

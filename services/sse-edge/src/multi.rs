@@ -158,6 +158,9 @@ impl SseEndpoint {
             match self.delivery.open(auction, request.resume(auction)).await {
                 Ok(opening) => openings.push(opening),
                 Err(OpenError::NotFound) => missing.push(auction),
+                Err(OpenError::OutOfMemory) => {
+                    return Err(Some(refusal::redis_out_of_memory()));
+                }
                 Err(OpenError::Unavailable | OpenError::Busy) => {
                     return Err(Some(refusal::redis_unavailable()));
                 }

@@ -143,6 +143,7 @@ impl SseEndpoint {
                 let message = format!("no auction with id {:?}", auction.as_str());
                 return Err(Some(refusal::not_found(&message)));
             }
+            Err(OpenError::OutOfMemory) => return Err(Some(refusal::redis_out_of_memory())),
             Err(OpenError::Unavailable | OpenError::Busy) => {
                 return Err(Some(refusal::redis_unavailable()));
             }

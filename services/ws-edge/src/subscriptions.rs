@@ -41,6 +41,14 @@ pub async fn subscribe(
             let refusal = Refusal::new(None, "not_found", message);
             return Ok(Subscribed::Refused(refusal.to_json()));
         }
+        Err(OpenError::OutOfMemory) => {
+            let refusal = Refusal::new(
+                None,
+                "redis_out_of_memory",
+                service_kit::OUT_OF_MEMORY_MESSAGE,
+            );
+            return Ok(Subscribed::Refused(refusal.to_json()));
+        }
         Err(OpenError::Unavailable | OpenError::Busy) => {
             return Ok(Subscribed::Refused(unavailable()));
         }

@@ -86,3 +86,73 @@ async fn at_maxmemory_writes_are_refused_as_out_of_memory_and_resume_when_it_fre
     assert_eq!(create().await.unwrap().status(), 201);
     assert_eq!(redis.stream("full").len(), 2);
 }
+
+/// Fills Redis past a small `maxmemory` (noeviction): every write is
+/// refused with OOM from here.
+fn fill(redis: &RedisServer) {
+    redis.command("CONFIG SET maxmemory-policy noeviction");
+    let used: u64 = redis
+        .command("INFO memory")
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    redis.command(&format!("CONFIG SET maxmemory {}", used + 1_000_000));
+    let mut filled = 0;
+    while !redis
+        .command(&format!("SET filler-{filled} {}", "x".repeat(10_000)))
+        .contains("OOM")
+    {
+        filled += 1;
+        assert!(filled < 1_000, "maxmemory never reached");
+    }
+    redis.command(&format!("CONFIG SET maxmemory {}", used / 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_maxmemory_new_viewers_are_told_out_of_memory_and_served_when_it_frees() {
+    use test_support::conn::{Conn, Received, Transport};
+    let redis = RedisServer::start();
+    let terms = Terms::open_for(3_600_000);
+    test_support::auctions::create_with(&redis.url(), &["seen".into()], terms).await;
+    let edges: Vec<(Transport, ServiceProcess)> = Transport::BOTH
+        .into_iter()
+        .map(|transport| {
+            let edge = ServiceProcess::start(
+                transport.binary(),
+                &[
+                    ("AUCTION_REDIS_URL", redis.url()),
+                    test_support::session_secret_env(),
+                ],
+            );
+            (transport, edge)
+        })
+        .collect();
+    fill(&redis);
+    for (transport, edge) in &edges {
+        let mut conn = Conn::open(*transport, edge.addr, "seen", None, None).await;
+        let first = conn.next(std::time::Duration::from_secs(10)).await;
+        assert_eq!(
+            first,
+            Some(Received::Refused("redis_out_of_memory".into())),
+            "{transport:?}: {}",
+            edge.logs()
+        );
+        assert_eq!(
+            edge.metric("auction_redis_out_of_memory_refusals_total"),
+            1.0
+        );
+        assert!(edge.answers("/readyz", 200), "{transport:?}: still ready");
+    }
+    redis.command("CONFIG SET maxmemory 0");
+    for (transport, edge) in &edges {
+        let mut conn = Conn::open(*transport, edge.addr, "seen", None, None).await;
+        let first = conn.next(std::time::Duration::from_secs(10)).await;
+        assert!(
+            matches!(first, Some(Received::Init { .. })),
+            "{transport:?}: served again: {first:?}"
+        );
+    }
+}
