@@ -1,21 +1,39 @@
 //! WebSocket encoding. Server frames are not masked, so an event's whole
 //! frame (header and JSON text) is the same for every socket: it is built
-//! once per replica and written to each socket as shared bytes.
+//! once per replica and written to each socket as shared bytes. So is its
+//! compressed frame, for the sockets that negotiated permessage-deflate
+//! (see `deflate`): compressed once per event, never per socket.
 
+use crate::deflate;
 use auction_domain::{AuctionId, Event, EventId};
 use bytes::{BufMut, Bytes, BytesMut};
 use fanout::Codec;
 
-pub struct WsCodec;
+pub struct WsCodec {
+    /// Events are also encoded compressed (`AUCTION_WS_COMPRESSION`).
+    compress: bool,
+}
+
+impl WsCodec {
+    pub fn new(compress: bool) -> WsCodec {
+        WsCodec { compress }
+    }
+}
 
 impl Codec for WsCodec {
     fn event(&self, auction: &AuctionId, event: &Event) -> Bytes {
-        text_frame(&envelope(
-            event.kind.as_str(),
-            auction,
-            Some(event.id),
-            &event.data,
-        ))
+        text_frame(&event_text(auction, event))
+    }
+
+    /// The plain frame, and the compressed one when compression is on (and
+    /// it makes the message smaller).
+    fn event_frames(&self, auction: &AuctionId, event: &Event) -> (Bytes, Option<Bytes>) {
+        let text = event_text(auction, event);
+        let compressed = match self.compress {
+            true => deflate::compressed_text_frame(&text),
+            false => None,
+        };
+        (text_frame(&text), compressed)
     }
 
     fn init(&self, auction: &AuctionId, last: EventId, init_json: &str) -> Bytes {
@@ -32,6 +50,10 @@ impl Codec for WsCodec {
     fn gone(&self, auction: &AuctionId) -> Bytes {
         text_frame(&format!("{{\"type\":\"gone\",\"auction\":\"{auction}\"}}"))
     }
+}
+
+fn event_text(auction: &AuctionId, event: &Event) -> String {
+    envelope(event.kind.as_str(), auction, Some(event.id), &event.data)
 }
 
 /// `{"type":..,"auction":..,"id":..,"payload":..}`. Auction ids and event ids
@@ -128,13 +150,14 @@ mod tests {
             placed_at_ms: 0,
             traceparent: None,
         };
-        let (_, text) = decode(&WsCodec.event(&auction, &event));
+        let (_, text) = decode(&WsCodec::new(false).event(&auction, &event));
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"type":"bid","auction":"1234","id":"7-1","payload":{"amount":5}})
         );
-        let (_, init) = decode(&WsCodec.init(&auction, EventId::ZERO, r#"{"reset":false}"#));
+        let (_, init) =
+            decode(&WsCodec::new(false).init(&auction, EventId::ZERO, r#"{"reset":false}"#));
         let json: serde_json::Value = serde_json::from_str(&init).unwrap();
         assert_eq!(
             json,
