@@ -139,6 +139,44 @@ mod tests {
         }
     }
 
+    /// What compressing costs per event (`cargo test --release -p ws-edge
+    /// --bin ws-edge -- --ignored --nocapture compression_cost`): the
+    /// plain frame alone, then both frames.
+    #[test]
+    #[ignore]
+    fn compression_cost_per_event() {
+        let auction = AuctionId::parse("live").unwrap();
+        let event = |n: u64| Event {
+            id: EventId::new(1_796_650_890_425 + n, 0),
+            prev: EventId::new(1_796_650_890_424 + n, 0),
+            kind: EventKind::Bid,
+            data: format!(
+                r#"{{"auction":"live","amount":{},"bidder":"sim_margaret","bidder_id":"sim_margaret","placed_at":{},"source":"simulated"}}"#,
+                30_000 + n * 500,
+                1_796_650_890_425 + n
+            ),
+            placed_at_ms: 0,
+            traceparent: None,
+        };
+        let events: Vec<Event> = (0..20_000).map(event).collect();
+        for (name, codec) in [
+            ("plain", WsCodec::new(false)),
+            ("compressed", WsCodec::new(true)),
+        ] {
+            let started = std::time::Instant::now();
+            let mut bytes = 0;
+            for event in &events {
+                let (frame, alt) = codec.event_frames(&auction, event);
+                bytes += alt.map_or(frame.len(), |alt| alt.len());
+            }
+            let each = started.elapsed().as_nanos() as f64 / events.len() as f64;
+            println!(
+                "{name}: {each:.0} ns per event, {:.1} B per frame",
+                bytes as f64 / events.len() as f64
+            );
+        }
+    }
+
     #[test]
     fn events_are_contract_json() {
         let auction = AuctionId::parse("1234").unwrap();
