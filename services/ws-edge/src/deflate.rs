@@ -23,10 +23,11 @@ pub const ACCEPTED: &str =
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// Whether an offer in `Sec-WebSocket-Extensions` is one this server
-/// accepts: a `permessage-deflate` whose parameters it can honour. It
-/// always compresses with a 32 KiB window, so an offer that limits the
-/// server's window (`server_max_window_bits` below 15) is declined; the
-/// client's window may be anything (a smaller window inflates the same).
+/// accepts: a `permessage-deflate` whose parameters it can honour with
+/// [`ACCEPTED`]. It always compresses with a 32 KiB window and names no
+/// window size, so an offer with `server_max_window_bits` (which the
+/// answer would have to repeat, 7.1.2.1) is declined; the client's window
+/// may be anything (a smaller window inflates the same).
 pub fn accepts(header: &str) -> bool {
     header.split(',').any(|offer| {
         let mut parts = offer.split(';').map(str::trim);
@@ -50,7 +51,6 @@ pub fn accepts(header: &str) -> bool {
             let honoured = match name.as_str() {
                 "server_no_context_takeover" | "client_no_context_takeover" => value.is_none(),
                 "client_max_window_bits" => value.is_none_or(is_window_bits),
-                "server_max_window_bits" => value == Some("15"),
                 _ => false,
             };
             seen.push(name);
@@ -385,6 +385,7 @@ mod tests {
             "",
             "x-webkit-deflate-frame",
             "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_max_window_bits=15",
             "permessage-deflate; client_max_window_bits=16",
             "permessage-deflate; unknown",
             "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
