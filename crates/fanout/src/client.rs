@@ -105,6 +105,9 @@ pub struct Subscription {
     /// socket saves nothing, costs a lane and is handed back at every
     /// keepalive and viewer count.
     moving: bool,
+    /// The client is written events' alternative frames
+    /// ([`EncodedEvent::alt`]), parked or not: as its batch says.
+    alt: bool,
 }
 
 impl Subscription {
@@ -132,6 +135,9 @@ pub struct Batch {
     events: Vec<u64>,
     /// How this client's events are written, if not as the shared frame.
     framing: Option<Box<dyn Framing>>,
+    /// Events are written as their alternative frames
+    /// ([`EncodedEvent::alt`]), where they have one.
+    alt: bool,
 }
 
 impl std::fmt::Debug for Batch {
@@ -152,6 +158,22 @@ impl Batch {
         }
     }
 
+    /// A batch whose events are written as their alternative frames
+    /// ([`EncodedEvent::alt`], shared like the plain ones: a WebSocket
+    /// that negotiated compression), where they have one. Its client is
+    /// parked like any other: the feed writes it the same frames.
+    pub fn alt() -> Batch {
+        Batch {
+            alt: true,
+            ..Batch::default()
+        }
+    }
+
+    /// Whether events are written as their alternative frames.
+    pub fn is_alt(&self) -> bool {
+        self.alt
+    }
+
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
@@ -168,7 +190,7 @@ impl Batch {
     }
 
     fn push_event(&mut self, auction: &AuctionId, event: &EncodedEvent) {
-        self.push_frame(auction, event.id, &event.frame);
+        self.push_frame(auction, event.id, event.frame_for(self.alt));
         self.events.push(event.placed_at_ms);
     }
 
@@ -285,6 +307,7 @@ impl<C: Codec> Delivery<C> {
             last_sent: EventId::ZERO,
             position,
             moving: false,
+            alt: batch.alt,
         };
         match start {
             Start::Init { frame, last, reset } => {
@@ -427,6 +450,7 @@ impl<C: Codec> Delivery<C> {
         position.feed().park(
             socket.clone(),
             subscription.last_sent,
+            subscription.alt,
             &self.metrics,
             caught_up,
         )
@@ -476,7 +500,10 @@ impl<C: Codec> Delivery<C> {
         }
         // What a group writer had not written yet; without it, the client
         // resumes from its last id (here or elsewhere), as after a reset.
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            alt: subscription.alt,
+            ..Batch::default()
+        };
         for event in returned.missed.ok_or(Ended::Reset)? {
             if event.id > subscription.last_sent {
                 subscription.last_sent = event.id;

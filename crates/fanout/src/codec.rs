@@ -11,6 +11,14 @@ pub trait Codec: Send + Sync + 'static {
     /// A live or replayed event.
     fn event(&self, auction: &AuctionId, event: &Event) -> Frame;
 
+    /// The event's frame, and a second encoding of it for the clients that
+    /// asked for one (WebSocket: compressed), if the transport has one.
+    /// Both are shared by every client of the feed: see
+    /// [`EncodedEvent::alt`].
+    fn event_frames(&self, auction: &AuctionId, event: &Event) -> (Frame, Option<Frame>) {
+        (self.event(auction, event), None)
+    }
+
     /// The first message of a fresh or reset view. `init_json` is the
     /// contract's `{"auction","history","reset"}`; `last` is the id of the
     /// newest event it reflects (`0-0` for none).
@@ -49,6 +57,22 @@ pub struct EncodedEvent<F = Frame> {
     /// When the event was appended (Unix ms, Redis's clock); 0 if unknown.
     pub placed_at_ms: u64,
     pub frame: F,
+    /// The same event encoded another way, for the clients that asked for
+    /// it (a WebSocket that negotiated compression): one more encoding per
+    /// event, shared like `frame`, never one per client. `None`: every
+    /// client gets `frame`.
+    pub alt: Option<F>,
+}
+
+impl<F> EncodedEvent<F> {
+    /// The frame a client gets: the alternative one if it asked for it
+    /// (`alt`) and there is one.
+    pub fn frame_for(&self, alt: bool) -> &F {
+        match (&self.alt, alt) {
+            (Some(frame), true) => frame,
+            _ => &self.frame,
+        }
+    }
 }
 
 /// What a feed carries to each client of an auction.

@@ -84,6 +84,16 @@ impl LiveSet {
         }
     }
 
+    /// A set whose events are written as their alternative frames
+    /// ([`EncodedEvent::alt`](crate::EncodedEvent::alt): a WebSocket that
+    /// negotiated compression); parked like any other.
+    pub fn alt() -> LiveSet {
+        LiveSet {
+            batch: Batch::alt(),
+            ..LiveSet::default()
+        }
+    }
+
     /// The batch its starts are written through: a subscription added to
     /// a framed set starts framed too ([`Delivery::start_framed`]).
     pub fn batch(&mut self) -> &mut Batch {

@@ -130,6 +130,7 @@ mod tests {
             id: id(seq),
             placed_at_ms: 0,
             frame: seq,
+            alt: None,
         })
     }
 

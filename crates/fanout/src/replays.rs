@@ -103,6 +103,9 @@ impl Page {
                     id: event.id,
                     placed_at_ms: event.placed_at_ms,
                     frame: codec.event(auction, event),
+                    // A replay is written plain to every client (a
+                    // compressed socket may get plain messages too).
+                    alt: None,
                 })
                 .collect(),
             broken: held && unbroken < rest.len(),

@@ -470,7 +470,7 @@ fn publish<C: Codec>(
         span
     });
     let _entered = span.as_ref().map(tracing::Span::enter);
-    let mut frame = codec.event(auction, event);
+    let (mut frame, alt) = codec.event_frames(auction, event);
     if let Some(keepalive) = codec.keepalive() {
         let now = Instant::now();
         if carries_keepalive(now.duration_since(cursor.ticked_at), config.keepalive) {
@@ -482,6 +482,7 @@ fn publish<C: Codec>(
         id: event.id,
         placed_at_ms: event.placed_at_ms,
         frame,
+        alt,
     });
     // Recorded before it is sent: a client joins the ring first and reads
     // the recent events after, so every event is in one or both (the

@@ -329,8 +329,18 @@ pub mod ws_edge {
         1_000_000,
         "burst allowance of that limit",
     );
+    pub const WS_COMPRESSION: Setting = Setting {
+        key: "ws_compression",
+        kind: Kind::Flag,
+        default: Some("true"),
+        help: "negotiate permessage-deflate with clients that offer it (events compressed once \
+               per replica; see \"Compression (permessage-deflate)\"); `false`: every socket \
+               uncompressed",
+        secret: false,
+    };
     pub const SETTINGS: &[Setting] = &[
         BIDDER_URL,
+        WS_COMPRESSION,
         WS_MAX_MESSAGE,
         WS_PING_MS,
         WS_ALLOWED_ORIGINS,

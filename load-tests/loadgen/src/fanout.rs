@@ -35,6 +35,12 @@
 //!   `StreamExt::next()`, as an application on that library does (the
 //!   library's own buffering and frame parsing included).
 //!
+//! WebSocket compression (`--deflate true`, the raw-socket reader only):
+//! each client offers permessage-deflate and inflates the compressed
+//! messages it gets (each alone: the edge compresses without context
+//! takeover); `ws_bytes_per_delivery` is what the clients read over the
+//! events they counted.
+//!
 //! How events are published (`--publish`):
 //! - `direct` (the default): ours are appended to Redis with the bidder's
 //!   script, nchan's are POSTed through a pooled HTTP client, the floor's
@@ -85,6 +91,10 @@ struct Shared {
     /// Disconnect and resume after this many events (0: never).
     churn_every: usize,
     reading: Reading,
+    /// WebSocket clients offer permessage-deflate.
+    deflate: bool,
+    /// Bytes the WebSocket clients read after their handshakes.
+    ws_bytes: AtomicU64,
     deadline: Instant,
 }
 
@@ -222,6 +232,10 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         ),
     };
     let reading = Reading::parse(&args.text("reading", "batch"))?;
+    let deflate: bool = args.get("deflate", false)?;
+    if deflate && (transport != Transport::Ws || reading == Reading::Tungstenite) {
+        return Err("--deflate true is for WebSocket clients read raw (ws, batch or eager)".into());
+    }
     let settle_ms: u64 = args.get("settle-ms", 2000)?;
     let timeout_s: u64 = args.get("timeout-s", 120)?;
     let server = Server(args.list("pids", &args.text("edge-pid", ""))?);
@@ -319,6 +333,8 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
         auctions: auction_count,
         churn_every,
         reading,
+        deflate,
+        ws_bytes: AtomicU64::new(0),
         deadline: Instant::now() + Duration::from_secs(timeout_s),
     });
     let mut tasks = Vec::with_capacity(clients);
@@ -490,6 +506,13 @@ pub async fn run(args: &Args, transport: Transport) -> Result<(), String> {
     println!("latency_p99_ms        {:.3}", ms(0.99));
     println!("latency_p999_ms       {:.3}", ms(0.999));
     println!("latency_max_ms        {:.3}", latencies.max() as f64 / 1e6);
+    if transport == Transport::Ws && total.received > 0 {
+        println!("ws_deflate            {}", shared.deflate);
+        println!(
+            "ws_bytes_per_delivery {:.1}",
+            shared.ws_bytes.load(Ordering::Relaxed) as f64 / total.received as f64
+        );
+    }
     println!("missing               {missing}");
     println!("duplicates            {}", total.duplicates);
     println!("reconnects            {}", total.reconnects);
@@ -828,12 +851,19 @@ fn take_ws_text(
 fn ws_request(
     watch: &Watch,
     last_id: &str,
+    deflate: bool,
 ) -> Option<tokio_tungstenite::tungstenite::handshake::client::Request> {
     let mut request = watch
         .target
         .ws_url(&watch.auction, last_id)
         .into_client_request()
         .ok()?;
+    if deflate {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate"),
+        );
+    }
     if watch.target.system == System::Nchan {
         request.headers_mut().insert(
             "sec-websocket-protocol",
@@ -855,14 +885,25 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; if reading { 16 * 1024 } else { 256 }];
     let mut last_message = 256;
+    // Compressed messages, inflated each alone (permessage-deflate without
+    // context takeover).
+    let mut inflater = flate2::Decompress::new(false);
+    let mut inflated = Vec::new();
     while Instant::now() < shared.deadline && !result.done(shared) {
-        let Some(request) = ws_request(watch, &last_id) else {
+        let Some(request) = ws_request(watch, &last_id, shared.deflate) else {
             return result;
         };
-        let Ok((ws, _)) = tokio_tungstenite::connect_async(request).await else {
+        let Ok((ws, response)) = tokio_tungstenite::connect_async(request).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let deflated = response
+            .headers()
+            .get("sec-websocket-extensions")
+            .is_some_and(|value| value.as_bytes().starts_with(b"permessage-deflate"));
+        if deflated {
+            inflater.reset(false);
+        }
         let tokio_tungstenite::MaybeTlsStream::Plain(mut stream) = ws.into_inner() else {
             return result;
         };
@@ -888,12 +929,20 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
                 Ok(Ok(read)) => read,
             };
             buffer.extend_from_slice(&chunk[..read]);
+            shared.ws_bytes.fetch_add(read as u64, Ordering::Relaxed);
             let now = Instant::now();
             let mut consumed = 0;
             while let Some((opcode, start, end)) = server_frame(&buffer[consumed..]) {
-                let payload = &buffer[consumed + start..consumed + end];
+                let compressed = deflated && buffer[consumed] & 0x40 != 0;
+                let mut payload = &buffer[consumed + start..consumed + end];
                 consumed += end;
                 last_message = end;
+                if compressed {
+                    if inflate(&mut inflater, payload, &mut inflated).is_none() {
+                        break 'read Ended::Dropped;
+                    }
+                    payload = &inflated;
+                }
                 match opcode {
                     0x1 => {
                         let connection = (&mut counted_connect, &mut last_id, &mut this_connection);
@@ -922,6 +971,39 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
     result
 }
 
+/// Inflates one compressed message (RFC 7692 7.2.2: its tail put back) into
+/// `out`; `None`: not DEFLATE, or more than 1 MiB. The inflater is not
+/// reset between messages: each ends at a block boundary (the tail is an
+/// empty stored block) and refers to nothing before it, so going on costs
+/// nothing, where a reset clears the inflater's 32 KiB window every time.
+fn inflate(inflater: &mut flate2::Decompress, payload: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    out.clear();
+    for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+        let mut consumed = 0;
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() >= 1 << 20 {
+                    return None;
+                }
+                out.reserve(4096);
+            }
+            let before = (inflater.total_in(), inflater.total_out());
+            let status = inflater
+                .decompress_vec(&input[consumed..], out, flate2::FlushDecompress::Sync)
+                .ok()?;
+            consumed += (inflater.total_in() - before.0) as usize;
+            if status == flate2::Status::StreamEnd {
+                return Some(());
+            }
+            let stuck = (inflater.total_in(), inflater.total_out()) == before;
+            if (consumed == input.len() || stuck) && out.len() < out.capacity() {
+                break;
+            }
+        }
+    }
+    Some(())
+}
+
 /// One WebSocket client as an application on tokio-tungstenite is written:
 /// the library's handshake, the subscribe message sent through its sink,
 /// then `StreamExt::next()` on the `WebSocketStream`, one message per
@@ -936,7 +1018,7 @@ async fn ws_stream_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let mut counted_connect = false;
     let reading = shared.events > 0;
     while Instant::now() < shared.deadline && !result.done(shared) {
-        let Some(request) = ws_request(watch, &last_id) else {
+        let Some(request) = ws_request(watch, &last_id, false) else {
             return result;
         };
         let Ok((mut ws, _)) = tokio_tungstenite::connect_async(request).await else {
@@ -1063,6 +1145,8 @@ impl Storm {
             auctions: 1,
             churn_every: 0,
             reading: self.reading,
+            deflate: false,
+            ws_bytes: AtomicU64::new(0),
             deadline: started + self.timeout,
         });
         // All at once: no pacing between connects.

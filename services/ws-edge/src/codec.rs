@@ -1,21 +1,39 @@
 //! WebSocket encoding. Server frames are not masked, so an event's whole
 //! frame (header and JSON text) is the same for every socket: it is built
-//! once per replica and written to each socket as shared bytes.
+//! once per replica and written to each socket as shared bytes. So is its
+//! compressed frame, for the sockets that negotiated permessage-deflate
+//! (see `deflate`): compressed once per event, never per socket.
 
+use crate::deflate;
 use auction_domain::{AuctionId, Event, EventId};
 use bytes::{BufMut, Bytes, BytesMut};
 use fanout::Codec;
 
-pub struct WsCodec;
+pub struct WsCodec {
+    /// Events are also encoded compressed (`AUCTION_WS_COMPRESSION`).
+    compress: bool,
+}
+
+impl WsCodec {
+    pub fn new(compress: bool) -> WsCodec {
+        WsCodec { compress }
+    }
+}
 
 impl Codec for WsCodec {
     fn event(&self, auction: &AuctionId, event: &Event) -> Bytes {
-        text_frame(&envelope(
-            event.kind.as_str(),
-            auction,
-            Some(event.id),
-            &event.data,
-        ))
+        text_frame(&event_text(auction, event))
+    }
+
+    /// The plain frame, and the compressed one when compression is on (and
+    /// it makes the message smaller).
+    fn event_frames(&self, auction: &AuctionId, event: &Event) -> (Bytes, Option<Bytes>) {
+        let text = event_text(auction, event);
+        let compressed = match self.compress {
+            true => deflate::compressed_text_frame(&text),
+            false => None,
+        };
+        (text_frame(&text), compressed)
     }
 
     fn init(&self, auction: &AuctionId, last: EventId, init_json: &str) -> Bytes {
@@ -32,6 +50,10 @@ impl Codec for WsCodec {
     fn gone(&self, auction: &AuctionId) -> Bytes {
         text_frame(&format!("{{\"type\":\"gone\",\"auction\":\"{auction}\"}}"))
     }
+}
+
+fn event_text(auction: &AuctionId, event: &Event) -> String {
+    envelope(event.kind.as_str(), auction, Some(event.id), &event.data)
 }
 
 /// `{"type":..,"auction":..,"id":..,"payload":..}`. Auction ids and event ids
@@ -117,6 +139,44 @@ mod tests {
         }
     }
 
+    /// What compressing costs per event (`cargo test --release -p ws-edge
+    /// --bin ws-edge -- --ignored --nocapture compression_cost`): the
+    /// plain frame alone, then both frames.
+    #[test]
+    #[ignore]
+    fn compression_cost_per_event() {
+        let auction = AuctionId::parse("live").unwrap();
+        let event = |n: u64| Event {
+            id: EventId::new(1_796_650_890_425 + n, 0),
+            prev: EventId::new(1_796_650_890_424 + n, 0),
+            kind: EventKind::Bid,
+            data: format!(
+                r#"{{"auction":"live","amount":{},"bidder":"sim_margaret","bidder_id":"sim_margaret","placed_at":{},"source":"simulated"}}"#,
+                30_000 + n * 500,
+                1_796_650_890_425 + n
+            ),
+            placed_at_ms: 0,
+            traceparent: None,
+        };
+        let events: Vec<Event> = (0..20_000).map(event).collect();
+        for (name, codec) in [
+            ("plain", WsCodec::new(false)),
+            ("compressed", WsCodec::new(true)),
+        ] {
+            let started = std::time::Instant::now();
+            let mut bytes = 0;
+            for event in &events {
+                let (frame, alt) = codec.event_frames(&auction, event);
+                bytes += alt.map_or(frame.len(), |alt| alt.len());
+            }
+            let each = started.elapsed().as_nanos() as f64 / events.len() as f64;
+            println!(
+                "{name}: {each:.0} ns per event, {:.1} B per frame",
+                bytes as f64 / events.len() as f64
+            );
+        }
+    }
+
     #[test]
     fn events_are_contract_json() {
         let auction = AuctionId::parse("1234").unwrap();
@@ -128,13 +188,14 @@ mod tests {
             placed_at_ms: 0,
             traceparent: None,
         };
-        let (_, text) = decode(&WsCodec.event(&auction, &event));
+        let (_, text) = decode(&WsCodec::new(false).event(&auction, &event));
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"type":"bid","auction":"1234","id":"7-1","payload":{"amount":5}})
         );
-        let (_, init) = decode(&WsCodec.init(&auction, EventId::ZERO, r#"{"reset":false}"#));
+        let (_, init) =
+            decode(&WsCodec::new(false).init(&auction, EventId::ZERO, r#"{"reset":false}"#));
         let json: serde_json::Value = serde_json::from_str(&init).unwrap();
         assert_eq!(
             json,

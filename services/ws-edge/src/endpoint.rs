@@ -38,6 +38,9 @@ pub struct WsEndpoint {
     /// Client messages per socket.
     pub message_rate: Rate,
     pub send_buffer: usize,
+    /// permessage-deflate is negotiated with the clients that offer it
+    /// (`AUCTION_WS_COMPRESSION`).
+    pub compression: bool,
     pub shutdown: CancellationToken,
 }
 

@@ -5,10 +5,12 @@
 //! `upgrade` (the handshake), `session` (one socket's loop and how it ends),
 //! `socket` (the two writers of one socket), `subscriptions` (a socket's
 //! auctions), `protocol` (client messages and replies), `bids` (bids over
-//! the socket), `codec` (event frames, encoded once per replica).
+//! the socket), `codec` (event frames, encoded once per replica),
+//! `deflate` (permessage-deflate: negotiation, compression, inflating).
 
 mod bids;
 mod codec;
+mod deflate;
 mod endpoint;
 mod pings;
 mod protocol;
@@ -41,6 +43,7 @@ struct WsSettings {
     max_subscriptions: usize,
     rate_per_s: u64,
     rate_burst: u64,
+    compression: bool,
 }
 
 impl WsSettings {
@@ -60,6 +63,7 @@ impl WsSettings {
             max_subscriptions: settings.number(&WS_MAX_SUBSCRIPTIONS)? as usize,
             rate_per_s: settings.number(&WS_RATE_PER_S)?,
             rate_burst: settings.number(&WS_RATE_BURST)?,
+            compression: settings.flag(&WS_COMPRESSION)?,
         })
     }
 }
@@ -77,9 +81,12 @@ fn main() -> ExitCode {
 async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<(), String> {
     // Liveness is per socket (pings); feeds need no ticks often.
     let keepalive = Duration::from_secs(3600);
-    let fanout = own
-        .edge
-        .start_fanout(&ctx, codec::WsCodec, keepalive, Transport::ws)?;
+    let fanout = own.edge.start_fanout(
+        &ctx,
+        codec::WsCodec::new(own.compression),
+        keepalive,
+        Transport::ws,
+    )?;
     let healthy = fanout.delivery.hub().health_probe();
     let endpoint = Arc::new(WsEndpoint {
         gate: fanout.gate,
@@ -94,6 +101,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         max_subscriptions: own.max_subscriptions,
         message_rate: Rate::new(own.rate_per_s, own.rate_burst),
         send_buffer: own.edge.send_buffer,
+        compression: own.compression,
         shutdown: ctx.shutdown.clone(),
     });
     let routes =

@@ -91,7 +91,11 @@ impl<'a> Session<'a> {
             endpoint,
             socket: WsSocket::new(upgraded.ws, upgraded.raw, endpoint.delivery.stall_limit()),
             peer: upgraded.peer,
-            subscriptions: LiveSet::default(),
+            // A compressed socket is written events' compressed frames.
+            subscriptions: match upgraded.deflate {
+                true => LiveSet::alt(),
+                false => LiveSet::default(),
+            },
             bids: PendingBids::default(),
             token: None,
             bucket: TokenBucket::full(endpoint.message_rate, Instant::now()),

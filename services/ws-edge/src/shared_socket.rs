@@ -8,7 +8,12 @@
 //! tungstenite's pending, and reading a pong queues nothing), and the
 //! session's pings go between the feed's writes under the lane's lock. So
 //! frames never interleave.
+//!
+//! On a socket that negotiated permessage-deflate, what tungstenite reads
+//! passes through [`Inflating`] first: the client's compressed messages
+//! reach it inflated.
 
+use crate::deflate::Inflating;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +21,10 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub struct SharedSocket(pub Arc<TcpStream>);
+pub struct SharedSocket(pub Arc<TcpStream>, pub Option<Box<Inflating>>);
+
+/// Bytes read from the socket at a time for [`Inflating`].
+const INFLATING_READ: usize = 512;
 
 impl AsyncRead for SharedSocket {
     fn poll_read(
@@ -24,9 +32,13 @@ impl AsyncRead for SharedSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(inflating) = &mut this.1 {
+            return poll_read_inflating(&this.0, inflating, cx, buf);
+        }
         loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
+            ready!(this.0.poll_read_ready(cx))?;
+            match this.0.try_read(buf.initialize_unfilled()) {
                 Ok(read) => {
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
@@ -34,6 +46,35 @@ impl AsyncRead for SharedSocket {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(error) => return Poll::Ready(Err(error)),
             }
+        }
+    }
+}
+
+/// A read through [`Inflating`]: what it holds for tungstenite first, then
+/// the socket's bytes taken apart. An end of the stream after an oversized
+/// message was reported.
+fn poll_read_inflating(
+    socket: &TcpStream,
+    inflating: &mut Inflating,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let mut chunk = [0; INFLATING_READ];
+    loop {
+        if inflating.has_output() {
+            let taken = inflating.take_output(buf.initialize_unfilled());
+            buf.advance(taken);
+            return Poll::Ready(Ok(()));
+        }
+        if inflating.is_done() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(socket.poll_read_ready(cx))?;
+        match socket.try_read(&mut chunk) {
+            Ok(0) => return Poll::Ready(Ok(())),
+            Ok(read) => inflating.push(&chunk[..read])?,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Poll::Ready(Err(error)),
         }
     }
 }

@@ -55,7 +55,12 @@ pub async fn subscribe(
     };
     // A resubscription replaces the old one.
     subscriptions.unsubscribe(&id);
-    match delivery.start(socket, opening).await {
+    // Through the set's batch: a compressed socket's subscription is
+    // written compressed frames, parked or not.
+    match delivery
+        .start_framed(socket, opening, subscriptions.batch())
+        .await
+    {
         Ok((subscription, feed)) => {
             subscriptions.insert(subscription, feed);
             Ok(Subscribed::Done)

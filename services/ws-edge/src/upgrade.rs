@@ -1,6 +1,7 @@
 //! `GET /ws`: checking the upgrade request, answering it (or refusing it),
 //! and turning the socket into a WebSocket.
 
+use crate::deflate::{self, Inflating};
 use crate::endpoint::WsEndpoint;
 use crate::shared_socket::SharedSocket;
 use service_kit::{RequestHead, error_response_bytes, error_response_with_headers, refusal};
@@ -23,6 +24,9 @@ pub struct Upgraded {
     /// The client's address (`ClientAddress`: the peer, or behind a
     /// trusted proxy the address it forwards).
     pub peer: IpAddr,
+    /// permessage-deflate was negotiated: events go out compressed, and
+    /// the client's compressed messages are inflated.
+    pub deflate: bool,
 }
 
 /// Answers the upgrade (or refuses it) and sets up the WebSocket. The
@@ -43,7 +47,14 @@ pub async fn upgrade(
     };
     // Frames the client sent right behind its request, in the same read:
     // tungstenite reads them before anything else from the socket.
-    let early_frames = head.rest.to_vec();
+    let mut early_frames = head.rest.to_vec();
+    // Decided here, once: the socket's events are compressed from its
+    // first (`LiveSet::alt`), and its client frames inflated.
+    let deflate = endpoint.compression
+        && head
+            .header("sec-websocket-extensions")
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .is_some_and(deflate::accepts);
     drop(head);
     if endpoint.shutdown.is_cancelled() {
         refusal::refuse(stream, &refusal::draining()).await;
@@ -53,8 +64,13 @@ pub async fn upgrade(
     // No security headers on the 101: what follows is a WebSocket, never a
     // document. Every refusal on this path carries them
     // (`error_response_bytes`).
+    let extensions = if deflate {
+        format!("Sec-WebSocket-Extensions: {}\r\n", deflate::ACCEPTED)
+    } else {
+        String::new()
+    };
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
     stream.write_all(response.as_bytes()).await.ok()?;
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(endpoint.send_buffer);
@@ -65,10 +81,25 @@ pub async fn upgrade(
         .max_message_size(Some(endpoint.max_message))
         .max_frame_size(Some(endpoint.max_message));
     let raw = Arc::new(stream);
-    let socket = SharedSocket(raw.clone());
+    // Early frames go through the inflater too: a compressed one may be
+    // among them.
+    let inflating = match deflate {
+        true => {
+            let mut inflating = Box::new(Inflating::new(endpoint.max_message));
+            inflating.push(&std::mem::take(&mut early_frames)).ok()?;
+            Some(inflating)
+        }
+        false => None,
+    };
+    let socket = SharedSocket(raw.clone(), inflating);
     let ws = WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))
         .await;
-    Some(Upgraded { ws, raw, peer })
+    Some(Upgraded {
+        ws,
+        raw,
+        peer,
+        deflate,
+    })
 }
 
 /// Validates the upgrade request; returns the `Sec-WebSocket-Key`, or the

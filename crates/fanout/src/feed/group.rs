@@ -39,6 +39,9 @@ pub(super) struct Group {
 pub(super) struct Round {
     pub(super) events: Vec<Arc<EncodedEvent>>,
     pub(super) frames: Vec<Frame>,
+    /// Their alternative frames (see `EncodedEvent::alt`), for the lanes
+    /// that asked for them.
+    pub(super) alts: Vec<Frame>,
     /// A keepalive tick was taken: written after the round's events.
     pub(super) tick: bool,
     /// The lanes listed for this round (see [`Feed::write_round`]).
@@ -48,12 +51,14 @@ pub(super) struct Round {
 impl Round {
     pub(super) fn push(&mut self, event: Arc<EncodedEvent>) {
         self.frames.push(event.frame.clone());
+        self.alts.push(event.frame_for(true).clone());
         self.events.push(event);
     }
 
     fn clear(&mut self) {
         self.events.clear();
         self.frames.clear();
+        self.alts.clear();
         self.lanes.clear();
         self.tick = false;
     }
@@ -73,6 +78,7 @@ pub(super) async fn write_group(
     let mut round = Round::default();
     round.events.reserve(writer::MAX_SLICES);
     round.frames.reserve(writer::MAX_SLICES);
+    round.alts.reserve(writer::MAX_SLICES);
     let mut last_round = Instant::now();
     // The last round carried more than one event: see `MIN_ROUND_GAP`.
     let mut busy = false;
@@ -186,7 +192,7 @@ impl Feed {
         let mut stuck = false;
         for lane in &lanes {
             if !round.events.is_empty() {
-                stuck |= !lane.write(&round.events, &round.frames, now);
+                stuck |= !lane.write(&round.events, &round.frames, &round.alts, now);
             }
             if let (true, Some(frame)) = (round.tick, &self.keepalive) {
                 stuck |= !lane.write_keepalive(frame);

@@ -20,6 +20,9 @@ pub(super) struct Lane {
     latency: Histogram,
     /// `auction_direct_clients`: one while this lane is claimed.
     pub(super) parked: Gauge,
+    /// The client asked for events' alternative frames
+    /// ([`EncodedEvent::alt`]: a compressed WebSocket).
+    alt: bool,
     /// Touched by whoever writes the lane while it is parked, by the
     /// client once it is handed back; the lock only makes the hand-over
     /// visible (and keeps a group writer's write whole against it).
@@ -109,10 +112,12 @@ impl Lane {
     pub(super) fn new(
         socket: Arc<dyn FrameSocket>,
         last_sent: EventId,
+        alt: bool,
         metrics: &TransportMetrics,
     ) -> Lane {
         let lane = Lane {
             socket,
+            alt,
             delivered: metrics.events_delivered.clone(),
             latency: metrics.delivery_latency.clone(),
             parked: metrics.direct_clients.clone(),
@@ -142,7 +147,8 @@ impl Lane {
         }
     }
 
-    /// Writes the events (`frames` are theirs, in order) the client was
+    /// Writes the events (`frames` are theirs, in order; `alts` their
+    /// alternative frames, for a lane that asked for them) the client was
     /// not sent yet, in one try, without waiting. `false`: the lane can
     /// be written no more (an event is pending, or the socket failed) and
     /// must be handed back.
@@ -150,8 +156,10 @@ impl Lane {
         &self,
         events: &[Arc<EncodedEvent>],
         frames: &[Frame],
+        alts: &[Frame],
         now_ms: u64,
     ) -> bool {
+        let frames = if self.alt { alts } else { frames };
         let mut state = lock(&self.state);
         if state.gone() {
             return true; // handed or taken back meanwhile: not ours to write
@@ -180,7 +188,7 @@ impl Lane {
                 let cut = &events[whole];
                 state.last_sent = cut.id;
                 state.pending = Some(Pending {
-                    frame: cut.frame.clone(),
+                    frame: cut.frame_for(self.alt).clone(),
                     written,
                     placed_at_ms: Some(cut.placed_at_ms),
                 });

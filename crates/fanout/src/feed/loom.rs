@@ -53,6 +53,7 @@ fn event(n: u64) -> Arc<EncodedEvent> {
         id: id(n),
         placed_at_ms: 0,
         frame: Bytes::from(format!("e{n}\n")),
+        alt: None,
     })
 }
 
@@ -130,7 +131,13 @@ fn loom_a_client_parking_and_taking_its_socket_back_is_counted_once() {
             true
         };
         let parked = feed
-            .park(Arc::new(Wire::default()), id(1), &metrics(), caught_up)
+            .park(
+                Arc::new(Wire::default()),
+                id(1),
+                false,
+                &metrics(),
+                caught_up,
+            )
             .unwrap();
         let returned = parked.take_back();
         assert_eq!(counter.join().unwrap(), [1, 1]);
@@ -146,7 +153,9 @@ fn loom_an_event_sent_while_the_client_takes_its_socket_back_is_written_once() {
     ::loom::model(|| {
         let feed = feed();
         let wire = Arc::new(Wire::default());
-        let parked = feed.park(wire.clone(), id(1), &metrics(), || true).unwrap();
+        let parked = feed
+            .park(wire.clone(), id(1), false, &metrics(), || true)
+            .unwrap();
         let sender = {
             let feed = feed.clone();
             thread::spawn(move || publish(&feed, 2))
@@ -176,7 +185,7 @@ fn loom_a_viewer_count_sent_while_the_client_takes_its_socket_back_reaches_it_on
     ::loom::model(|| {
         let feed = feed();
         let parked = feed
-            .park(Arc::new(Wire::default()), id(1), &metrics(), || true)
+            .park(Arc::new(Wire::default()), id(1), false, &metrics(), || true)
             .unwrap();
         let sender = {
             let feed = feed.clone();
@@ -201,12 +210,14 @@ fn loom_a_group_writer_never_writes_a_socket_taken_back_after_it_listed_it() {
         // The hub's share is full: the next client goes to a group writer.
         let filler: Vec<Parked> = (0..MAX_PARKED)
             .map(|_| {
-                feed.park(Arc::new(Wire::default()), id(1), &metrics(), || true)
+                feed.park(Arc::new(Wire::default()), id(1), false, &metrics(), || true)
                     .unwrap()
             })
             .collect();
         let wire = Arc::new(Wire::default());
-        let parked = feed.park(wire.clone(), id(1), &metrics(), || true).unwrap();
+        let parked = feed
+            .park(wire.clone(), id(1), false, &metrics(), || true)
+            .unwrap();
         let (group, mut rx, _done) = lock(&feed.state).unstarted.pop().unwrap();
         publish(&feed, 2);
         let writer = {

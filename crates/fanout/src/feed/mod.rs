@@ -339,7 +339,10 @@ impl Feed {
                 let now = auction_domain::clock::now_ms();
                 let events = std::slice::from_ref(&event);
                 let frames = std::slice::from_ref(&event.frame);
-                self.write_hub_lanes(&mut state, taken, |lane| lane.write(events, frames, now));
+                let alts = std::slice::from_ref(event.frame_for(true));
+                self.write_hub_lanes(&mut state, taken, |lane| {
+                    lane.write(events, frames, alts, now)
+                });
             }
             // Written where the sockets are (group writers take it from
             // the ring), like an event.
@@ -392,13 +395,15 @@ impl Feed {
 
     /// Parks a client whose receiver holds nothing unread, as
     /// `caught_up()` (asked under `state`) tells: parked exactly when it
-    /// says yes (invariant 2). `None`: not parked (not caught up, or the
+    /// says yes (invariant 2). `alt`: its socket is written events'
+    /// alternative frames ([`EncodedEvent::alt`](crate::EncodedEvent::alt)). `None`: not parked (not caught up, or the
     /// feed ended). Bounded by the clients themselves: one lane per
     /// client, one group per `GROUP_LANES`.
     pub(crate) fn park(
         self: &Arc<Self>,
         socket: Arc<dyn FrameSocket>,
         last_sent: EventId,
+        alt: bool,
         metrics: &TransportMetrics,
         caught_up: impl FnOnce() -> bool,
     ) -> Option<Parked> {
@@ -421,7 +426,7 @@ impl Feed {
         if !caught_up() {
             return None;
         }
-        let lane = Arc::new(Lane::new(socket, last_sent, metrics));
+        let lane = Arc::new(Lane::new(socket, last_sent, alt, metrics));
         match place {
             Place::Hub => state.hub.push(lane.clone()),
             Place::Group(index) => state.groups[index].lanes.push(lane.clone()),

@@ -30,6 +30,7 @@ fn event(n: u64, frame: Bytes) -> Item {
         id: id(n),
         placed_at_ms: 0,
         frame,
+        alt: None,
     }))
 }
 
@@ -60,7 +61,21 @@ impl Harness {
     }
 
     fn publish_bytes(&self, n: u64, frame: Bytes) {
-        let item = event(n, frame);
+        self.publish_item(n, event(n, frame));
+    }
+
+    /// Publishes event `n` with an alternative frame too.
+    fn publish_with_alt(&self, n: u64, frame: &'static [u8], alt: &'static [u8]) {
+        let item = Item::Event(Arc::new(EncodedEvent {
+            id: id(n),
+            placed_at_ms: 0,
+            frame: Bytes::from_static(frame),
+            alt: Some(Bytes::from_static(alt)),
+        }));
+        self.publish_item(n, item);
+    }
+
+    fn publish_item(&self, n: u64, item: Item) {
         if let Item::Event(encoded) = &item {
             self.feed.recent().push(id(n - 1), encoded.clone());
         }
@@ -79,7 +94,13 @@ impl Harness {
 
     fn park(&self, socket: &Arc<TcpStream>, last: u64) -> Option<Parked> {
         self.feed
-            .park(socket.clone(), id(last), &metrics(), || true)
+            .park(socket.clone(), id(last), false, &metrics(), || true)
+    }
+
+    /// Parks a client that asked for events' alternative frames.
+    fn park_alt(&self, socket: &Arc<TcpStream>, last: u64) -> Option<Parked> {
+        self.feed
+            .park(socket.clone(), id(last), true, &metrics(), || true)
     }
 
     /// Receivers on the ring (clients reading it and group writers).
@@ -148,7 +169,7 @@ fn write_event_two(lanes: &[Arc<Lane>]) -> Frame {
     };
     for lane in lanes {
         let frames = std::slice::from_ref(&two.frame);
-        assert!(lane.write(std::slice::from_ref(&two), frames, 0));
+        assert!(lane.write(std::slice::from_ref(&two), frames, frames, 0));
     }
     two.frame.clone()
 }
@@ -184,6 +205,34 @@ async fn a_parked_client_is_written_every_new_event_and_skips_what_it_was_sent()
     assert_eq!(returned.taken, 3);
     assert!(returned.pending.is_none() && !returned.closed);
     assert_eq!(returned.missed.map(|m| m.len()), Some(0));
+}
+
+#[tokio::test]
+async fn a_client_that_asked_for_alternative_frames_is_written_them_by_the_hub_and_by_a_group() {
+    let feed = Harness::new();
+    let mut plain = Vec::new();
+    let mut alt = Vec::new();
+    // The hub's share (half of it asking for alternative frames), then
+    // two of each with a group writer.
+    for n in 0..MAX_PARKED + 4 {
+        let (server, client) = pair().await;
+        if n % 2 == 0 {
+            plain.push((feed.park(&server, 1).unwrap(), client));
+        } else {
+            alt.push((feed.park_alt(&server, 1).unwrap(), client));
+        }
+    }
+    feed.publish_with_alt(2, b"two\n", b"TWO\n");
+    // An event without one: every client gets its frame.
+    feed.publish(3, b"three\n");
+    feed.publish_with_alt(4, b"four\n", b"FOUR\n");
+    for (_, client) in &mut plain {
+        assert_eq!(read_exactly(client, 15).await, b"two\nthree\nfour\n");
+    }
+    for (_, client) in &mut alt {
+        assert_eq!(read_exactly(client, 15).await, b"TWO\nthree\nFOUR\n");
+    }
+    assert_eq!(feed.feed.parked(), MAX_PARKED + 4);
 }
 
 #[tokio::test]
@@ -474,7 +523,9 @@ async fn a_dropped_claim_leaves_the_feed_and_a_client_with_unread_items_is_not_p
         .collect();
     drop(claims);
     assert_eq!(feed.feed.parked(), 0);
-    let refused = feed.feed.park(server.clone(), id(1), &metrics(), || false);
+    let refused = feed
+        .feed
+        .park(server.clone(), id(1), false, &metrics(), || false);
     assert!(
         refused.is_none(),
         "a client with unread items is not parked"
@@ -571,7 +622,7 @@ async fn a_client_parking_and_taking_its_socket_back_is_counted_once() {
         };
         let parked = feed
             .feed
-            .park(server.clone(), id(1), &metrics(), caught_up)
+            .park(server.clone(), id(1), false, &metrics(), caught_up)
             .unwrap();
         rx = parked.take_back().feed;
     }

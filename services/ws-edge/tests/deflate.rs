@@ -1,0 +1,335 @@
+//! permessage-deflate (RFC 7692) through the binary: a client that offers
+//! it gets events compressed (each frame inflating alone to exactly the
+//! plain event), a client that does not gets plain frames, compressed
+//! client messages are inflated, and one that inflates past the message
+//! limit gets close 1009.
+//!
+//! tungstenite knows no extensions, so the client here speaks the frames
+//! itself on a raw socket, and inflates with flate2.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{create_auction, start_edge};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use serde_json::{Value, json};
+use std::time::Duration;
+use test_support::{RedisServer, ServiceProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// A WebSocket client on a raw socket.
+struct RawClient {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    /// The 101's head.
+    head: String,
+    /// Bytes of every data frame read (headers included).
+    data_bytes: usize,
+}
+
+/// One frame from the server: its first byte and payload.
+struct ServerFrame {
+    first: u8,
+    payload: Vec<u8>,
+}
+
+impl ServerFrame {
+    fn opcode(&self) -> u8 {
+        self.first & 0x0f
+    }
+
+    fn compressed(&self) -> bool {
+        self.first & 0x40 != 0
+    }
+
+    /// The message's text, inflated if it is compressed (alone: no
+    /// context is carried from another message).
+    fn text(&self) -> String {
+        assert_eq!(self.first & 0x80, 0x80, "events are single frames");
+        let bytes = if self.compressed() {
+            let mut input = self.payload.clone();
+            input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            let mut out = Vec::with_capacity(64 * 1024);
+            Decompress::new(false)
+                .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+                .expect("a compressed frame inflates alone");
+            out
+        } else {
+            self.payload.clone()
+        };
+        String::from_utf8(bytes).unwrap()
+    }
+}
+
+impl RawClient {
+    async fn connect(edge: &ServiceProcess, extensions: Option<&str>) -> RawClient {
+        let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+        let offer = extensions
+            .map(|value| format!("Sec-WebSocket-Extensions: {value}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{offer}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut client = RawClient {
+            stream,
+            buffer: Vec::new(),
+            head: String::new(),
+            data_bytes: 0,
+        };
+        let end = loop {
+            if let Some(end) = client.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            client.fill().await;
+        };
+        client.head = String::from_utf8(client.buffer.drain(..end).collect()).unwrap();
+        assert!(client.head.starts_with("HTTP/1.1 101"), "{}", client.head);
+        client
+    }
+
+    /// The 101's `Sec-WebSocket-Extensions`, if any.
+    fn extensions(&self) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| value.trim().to_owned())
+        })
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0; 4096];
+        let read = tokio::time::timeout(TIMEOUT, self.stream.read(&mut chunk))
+            .await
+            .expect("the server answers in time")
+            .unwrap();
+        assert!(read > 0, "the server closed the connection");
+        self.buffer.extend_from_slice(&chunk[..read]);
+    }
+
+    async fn frame(&mut self) -> ServerFrame {
+        loop {
+            if self.buffer.len() >= 2 {
+                assert_eq!(self.buffer[1] & 0x80, 0, "server frames are unmasked");
+                let (len, start) = match self.buffer[1] {
+                    126 if self.buffer.len() >= 4 => (
+                        u16::from_be_bytes([self.buffer[2], self.buffer[3]]) as usize,
+                        4,
+                    ),
+                    127 if self.buffer.len() >= 10 => (
+                        u64::from_be_bytes(self.buffer[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    len => (len as usize, 2),
+                };
+                if start > 0 && self.buffer.len() >= start + len {
+                    let first = self.buffer[0];
+                    let payload = self.buffer[start..start + len].to_vec();
+                    self.buffer.drain(..start + len);
+                    if first & 0x0f <= 0x2 {
+                        self.data_bytes += start + len;
+                    }
+                    return ServerFrame { first, payload };
+                }
+            }
+            self.fill().await;
+        }
+    }
+
+    /// The next text message (pings are skipped).
+    async fn message(&mut self) -> ServerFrame {
+        loop {
+            let frame = self.frame().await;
+            match frame.opcode() {
+                0x1 => return frame,
+                0x9 | 0xa => continue,
+                other => panic!("unexpected frame opcode {other}"),
+            }
+        }
+    }
+
+    async fn json(&mut self) -> Value {
+        serde_json::from_str(&self.message().await.text()).unwrap()
+    }
+
+    /// Sends a masked frame.
+    async fn send_frame(&mut self, first: u8, payload: &[u8]) {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        let mut frame = vec![first];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    async fn send_text(&mut self, value: Value) {
+        self.send_frame(0x81, value.to_string().as_bytes()).await;
+    }
+
+    /// Sends a compressed text message (RSV1 set).
+    async fn send_compressed(&mut self, text: &str) {
+        self.send_frame(0xc1, &deflate(text.as_bytes())).await;
+    }
+}
+
+/// Raw DEFLATE of one message, sync-flushed, without its tail.
+fn deflate(bytes: &[u8]) -> Vec<u8> {
+    let mut compressor = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(bytes.len() + 1024);
+    compressor
+        .compress_vec(bytes, &mut out, FlushCompress::Sync)
+        .unwrap();
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+struct Stack {
+    _redis: RedisServer,
+    bidder: ServiceProcess,
+    edge: ServiceProcess,
+}
+
+async fn stack(extra: &[(&'static str, &str)]) -> Stack {
+    let redis = RedisServer::start();
+    let bidder = ServiceProcess::start("bidder", &common::bidder_env(&redis, "", 1000));
+    let edge = start_edge(&redis, Some(&bidder), extra);
+    create_auction(&redis, "vase").await;
+    Stack {
+        _redis: redis,
+        bidder,
+        edge,
+    }
+}
+
+async fn bid_over_http(stack: &Stack, amount: u64) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/auctions/vase/bids", stack.bidder.url()))
+        .bearer_auth(test_support::seller_token())
+        .header("content-type", "application/json")
+        .body(json!({"amount": amount, "bidder": "b"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_deflate_gets_compressed_events_that_inflate_to_the_plain_ones() {
+    let stack = stack(&[]).await;
+    let mut compressed = RawClient::connect(&stack.edge, Some(OFFER)).await;
+    let mut plain = RawClient::connect(&stack.edge, None).await;
+    assert_eq!(
+        compressed.extensions().as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
+    assert_eq!(plain.extensions(), None);
+    for client in [&mut compressed, &mut plain] {
+        client
+            .send_text(json!({"type":"subscribe","auction":"vase"}))
+            .await;
+        assert_eq!(client.json().await["type"], "init");
+        client.data_bytes = 0;
+    }
+    let bids = 20;
+    for n in 0..bids {
+        bid_over_http(&stack, 1000 + n * 100).await;
+    }
+    for n in 0..bids {
+        let (ours, theirs) = (compressed.message().await, plain.message().await);
+        assert!(ours.compressed(), "bid {n} is compressed");
+        assert!(!theirs.compressed(), "bid {n} is plain");
+        assert_eq!(
+            ours.text(),
+            theirs.text(),
+            "bid {n} inflates to the plain event"
+        );
+        let event: Value = serde_json::from_str(&ours.text()).unwrap();
+        assert_eq!(event["type"], "bid");
+        assert_eq!(event["payload"]["amount"], 1000 + n * 100);
+    }
+    let ratio = compressed.data_bytes as f64 / plain.data_bytes as f64;
+    println!(
+        "bytes per bid event: {} compressed, {} plain ({ratio:.2})",
+        compressed.data_bytes / bids as usize,
+        plain.data_bytes / bids as usize
+    );
+    assert!(ratio < 0.85, "compression pays: {ratio:.2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_client_messages_are_inflated_and_one_too_large_inflated_gets_1009() {
+    let stack = stack(&[]).await;
+    let mut client = RawClient::connect(&stack.edge, Some(OFFER)).await;
+    let token = test_support::guest_token("Zip");
+    client
+        .send_compressed(&json!({"type":"auth","token":token}).to_string())
+        .await;
+    assert_eq!(client.json().await["type"], "authenticated");
+    client
+        .send_compressed(&json!({"type":"subscribe","auction":"vase"}).to_string())
+        .await;
+    assert_eq!(client.json().await["type"], "init");
+    let bid = json!({"type":"bid","auction":"vase","amount":1000,"ref":"z1"}).to_string();
+    // In two fragments, RSV1 on the first only (RFC 7692 6.1).
+    let compressed_bid = deflate(bid.as_bytes());
+    let (one, two) = compressed_bid.split_at(compressed_bid.len() / 2);
+    client.send_frame(0x41, one).await;
+    client.send_frame(0x80, two).await;
+    let mut acked = false;
+    while !acked {
+        let reply = client.json().await;
+        match reply["type"].as_str() {
+            Some("ack") => {
+                assert_eq!(reply["ref"], "z1");
+                acked = true;
+            }
+            Some("bid" | "viewers") => {}
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    // Small on the wire, far past AUCTION_WS_MAX_MESSAGE (4096) inflated.
+    let padding = " ".repeat(1_000_000);
+    let bomb = format!("{{\"type\":\"subscribe\",\"auction\":\"vase\"{padding}}}");
+    let compressed_bomb = deflate(bomb.as_bytes());
+    assert!(compressed_bomb.len() < 4096);
+    client.send_frame(0xc1, &compressed_bomb).await;
+    loop {
+        let frame = client.frame().await;
+        if frame.opcode() == 0x8 {
+            assert_eq!(&frame.payload[..2], &1009u16.to_be_bytes());
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_compression_off_an_offer_is_not_taken_up() {
+    let redis = RedisServer::start();
+    let edge = start_edge(&redis, None, &[("AUCTION_WS_COMPRESSION", "false")]);
+    let client = RawClient::connect(&edge, Some(OFFER)).await;
+    assert_eq!(client.extensions(), None);
+    // An offer the server cannot honour is declined as well.
+    let on = start_edge(&redis, None, &[]);
+    let narrow = "permessage-deflate; server_max_window_bits=10";
+    assert_eq!(
+        RawClient::connect(&on, Some(narrow)).await.extensions(),
+        None
+    );
+}
