@@ -37,6 +37,8 @@ pub struct Bid {
 pub enum AuctionStatus {
     Open,
     Closed,
+    /// Cancelled by an admin: ended without a winner.
+    Cancelled,
 }
 
 /// An auction's state as clients see it.
@@ -77,6 +79,9 @@ pub enum EventKind {
     Closed,
     /// The auction (re)opened for a new round; payload: `{"auction":Auction}`.
     Opened,
+    /// An admin acted on the auction; payload: `AdminAction` JSON
+    /// (`{"action","by","reason","at","auction"}`, see `crate::admin`).
+    Admin,
 }
 
 impl EventKind {
@@ -85,6 +90,7 @@ impl EventKind {
             EventKind::Bid => "bid",
             EventKind::Closed => "closed",
             EventKind::Opened => "opened",
+            EventKind::Admin => "admin",
         }
     }
 
@@ -93,6 +99,7 @@ impl EventKind {
             "bid" => Some(EventKind::Bid),
             "closed" => Some(EventKind::Closed),
             "opened" => Some(EventKind::Opened),
+            "admin" => Some(EventKind::Admin),
             _ => None,
         }
     }

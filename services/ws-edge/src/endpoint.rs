@@ -38,6 +38,9 @@ pub struct WsEndpoint {
     /// Client messages per socket.
     pub message_rate: Rate,
     pub send_buffer: usize,
+    /// The sockets of each authenticated bidder, to tell them of a
+    /// suspension.
+    pub suspensions: Arc<crate::suspensions::Suspensions>,
     pub shutdown: CancellationToken,
 }
 
