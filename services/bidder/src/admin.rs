@@ -23,6 +23,7 @@ use identity::Identity;
 use serde_json::{Map, Value, json};
 use service_kit::ApiError;
 use std::net::SocketAddr;
+use tracing::Instrument;
 
 /// An admin action's body is small: a reason and, for an extension, a time.
 const MAX_ADMIN_BODY: usize = 4096;
@@ -108,11 +109,29 @@ fn unknown_action() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin action")
 }
 
-/// `POST /admin/auctions/{id}/{close|extend|cancel|delete}`.
+/// `POST /admin/auctions/{id}/{close|extend|cancel|delete}`, in a span of
+/// its own (joining the caller's trace), so its log lines carry the trace.
 async fn auction_action(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let span = tracing::info_span!("POST /admin/auctions/{id}/{action}", otel.kind = "server", auction = %id);
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        telemetry::continue_trace(&span, traceparent);
+    }
+    auction_action_inner(state, peer, id, action, headers, body)
+        .instrument(span)
+        .await
+}
+
+async fn auction_action_inner(
+    state: ApiState,
+    peer: SocketAddr,
+    id: String,
+    action: String,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
