@@ -95,14 +95,23 @@ fn reason(fields: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     match fields.get("reason") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => {
-            let text = text.trim();
             if text.chars().count() > MAX_REASON_CHARS || text.chars().any(char::is_control) {
                 return Err(bad());
             }
-            Ok((!text.is_empty()).then(|| text.to_owned()))
+            Ok((!text.trim().is_empty()).then(|| text.clone()))
         }
         Some(_) => Err(bad()),
     }
+}
+
+/// A JSON number that is a whole number (`1.5e3` and `1500.0` are 1500).
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= 9_007_199_254_740_992.0)
+            .map(|f| f as u64)
+    })
 }
 
 fn unknown_action() -> ApiError {
@@ -149,7 +158,7 @@ async fn auction_action_inner(
         _ => AuctionAction::Extend {
             ends_at: fields
                 .get("ends_at")
-                .and_then(Value::as_u64)
+                .and_then(whole_number)
                 .filter(|ends_at| *ends_at <= 1 << 53)
                 .ok_or_else(|| {
                     ApiError::new(
