@@ -191,9 +191,11 @@ const Auction = (() => {
     $("current-bidder").textContent = current ? `by ${isMine(current) ? "you" : current.bidder}` : "No bids yet";
     show("ends", open);
     show("result", !open);
-    $("result-text").textContent = current
-      ? `Sold to ${isMine(current) ? "you" : current.bidder} for ${formatCents(current.amount)}`
-      : "Ended without bids";
+    $("result-text").textContent = auction.status === "cancelled"
+      ? "Cancelled: no winner"
+      : current
+        ? `Sold to ${isMine(current) ? "you" : current.bidder} for ${formatCents(current.amount)}`
+        : "Ended without bids";
     renderYou();
 
     show("bidding", open);
@@ -323,6 +325,49 @@ const Auction = (() => {
     renderAuction();
   }
 
+  /** An admin acted on the auction (`admin` event): say who did what, in
+   *  plain words, and show the auction as it now is. A deletion ends the
+   *  page (`gone` follows). */
+  function onAdmin(payload, id) {
+    if (id && lastId && compareIds(id, lastId) <= 0) return;
+    rememberId(id);
+    const by = (payload.by && payload.by.name) || "an admin";
+    const reason = payload.reason ? ` (${payload.reason})` : "";
+    const ends = payload.auction && new Date(payload.auction.ends_at);
+    const text = {
+      close: `Closed early by ${by}${reason}.`,
+      extend: `Extended by ${by} to ${ends ? ends.toLocaleString() : "later"}${reason}.`,
+      cancel: `Cancelled by ${by}${reason}: no winner.`,
+      delete: `Removed by ${by}${reason}.`,
+    }[payload.action] || `Changed by ${by}${reason}.`;
+    const notice = $("admin-notice");
+    notice.textContent = text;
+    notice.dataset.action = payload.action || "";
+    notice.hidden = false;
+    $("announce").textContent = text;
+    if (payload.action === "delete") {
+      onNotFound();
+      $("title").textContent = "Auction removed";
+      return;
+    }
+    // A close is followed by its `closed` event; the others change the
+    // auction here.
+    if (payload.action !== "close" && payload.auction) {
+      auction = payload.auction;
+      renderAuction();
+    }
+  }
+
+  /** The bidder of this page was suspended by an admin. */
+  function onSuspended(suspended) {
+    const notice = $("admin-notice");
+    notice.textContent = suspended
+      ? "An admin suspended your bidding: your bids are refused."
+      : "An admin lifted your suspension: you may bid again.";
+    notice.dataset.action = suspended ? "suspend" : "reinstate";
+    notice.hidden = false;
+  }
+
   /** The auction does not exist: say so, and offer no form. */
   function onNotFound() {
     auction = null;
@@ -432,7 +477,7 @@ const Auction = (() => {
     const element = $("bid-error");
     let text = "";
     if (error) {
-      if (auction && auction.status === "closed") {
+      if (auction && auction.status !== "open") {
         text = "This auction has ended.";
       } else if (error.code === "bid_too_low") {
         text = `${formatCents(error.amount)} is too low: the minimum bid is now ${formatCents(minNext())}.`;
@@ -456,6 +501,8 @@ const Auction = (() => {
         return { code: "bid_too_low", amount: body.amount };
       case "auction_closed":
         return { code: "auction_closed", text: "This auction has ended." };
+      case "bidder_suspended":
+        return { code: "bidder_suspended", text: "An admin suspended your bidding: your bids are refused." };
       case "rate_limited":
         return { code: "rate_limited", text: "Too many bids at once; wait a moment and try again." };
       case "redis_unavailable":
@@ -625,7 +672,7 @@ const Auction = (() => {
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
-    onInit, onBid, onAuction, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
+    onInit, onBid, onAuction, onAdmin, onSuspended, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
     sharedConnection,
     get lastId() { return lastId; },
     get session() { return session; },

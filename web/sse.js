@@ -44,6 +44,9 @@
       case "opened":
         Auction.onAuction(kind, payload, id);
         break;
+      case "admin":
+        Auction.onAdmin(payload, id);
+        break;
     }
   }
 
@@ -54,7 +57,7 @@
     const resume = Auction.lastId ? `?lastEventId=${encodeURIComponent(Auction.lastId)}` : "";
     source = new EventSource(url + resume);
     source.addEventListener("open", onOpen);
-    for (const kind of ["init", "bid", "viewers", "closed", "opened"]) {
+    for (const kind of ["init", "bid", "viewers", "closed", "opened", "admin"]) {
       source.addEventListener(kind, (event) => onEvent(kind, event.data, event.lastEventId));
     }
     source.addEventListener("error", () => {

@@ -74,6 +74,12 @@
       case "opened":
         Auction.onAuction(message.type, message.payload, message.id);
         break;
+      case "admin":
+        Auction.onAdmin(message.payload, message.id);
+        break;
+      case "reinstated":
+        Auction.onSuspended(false);
+        break;
       case "gone":
         // The auction vanished: unless it is back, say so; if it is, watch
         // it again.
@@ -94,6 +100,8 @@
         if (resolve) {
           pending.delete(message.ref);
           resolve(message.type === "ack" ? { ok: true } : { ok: false, body: message });
+        } else if (message.type === "error" && message.error === "bidder_suspended") {
+          Auction.onSuspended(true);
         } else if (message.type === "error" && message.error === "not_found") {
           Auction.setConnection("stopped", "no such auction");
           Auction.onNotFound();
