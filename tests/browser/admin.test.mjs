@@ -3,9 +3,13 @@
 // (SSE and WebSocket) say so in plain words, naming the admin.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 import { Stack } from "./stack.mjs";
 
+// Run through the DevTools protocol, which the page's CSP does not apply to.
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 let stack;
 let browser;
 
@@ -81,6 +85,15 @@ test("the admin page extends and closes an auction, and both auction pages show 
   assert.deepEqual(recent.slice(0, 2), ["close", "extend"]);
   assert.equal(await admin.getAttribute(row, "data-status"), "closed");
   assert.deepEqual(refused, [], "no CSP refusals on the admin page");
+  await admin.evaluate(axeSource);
+  const violations = await admin.evaluate(async () => (await window.axe.run(document)).violations
+    .map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`));
+  assert.deepEqual(violations, [], "axe-core violations on the admin page");
+  for (const page of [sse, ws]) {
+    await page.evaluate(axeSource);
+    const found = await page.evaluate(async () => (await window.axe.run(document)).violations.map((v) => v.id));
+    assert.deepEqual(found, [], "axe-core violations on an auction page with an admin notice");
+  }
   // In the stream: the admin's events, then the close.
   const kinds = stack.stream("gavel").map((entry) => entry.kind);
   assert.deepEqual(kinds, ["admin", "admin", "closed"]);
