@@ -290,12 +290,30 @@ async fn each_admin_action_reaches_sse_and_websocket_clients_naming_the_admin() 
         .map(|a| a["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["delete", "cancel", "extend", "close"]);
-    assert!(
+    // The operator metrics saw it: each action counted, each script timed,
+    // the bids timed, the build named.
+    for action in ["close", "extend", "cancel", "delete"] {
+        let series = format!("auction_admin_actions_total{{action=\"{action}\"}}");
+        assert_eq!(stack.bidder.metric(&series), 1.0, "{series}");
+    }
+    assert_eq!(
         stack
             .bidder
-            .metric("auction_admin_actions_total{action=\"close\"}")
-            >= 1.0
+            .metric("auction_redis_command_duration_seconds_count{command=\"admin\"}"),
+        6.0,
+        "four actions and two refusals"
     );
+    assert_eq!(
+        stack.bidder.metric("auction_bid_duration_seconds_count"),
+        2.0
+    );
+    // As `--version` prints it (the same build, so the same GIT_COMMIT).
+    let version = match option_env!("GIT_COMMIT").filter(|commit| !commit.is_empty()) {
+        Some(commit) => format!("{} (commit {commit})", env!("CARGO_PKG_VERSION")),
+        None => env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let series = format!("auction_build_info{{service=\"bidder\",version=\"{version}\"}}");
+    assert_eq!(stack.bidder.metric(&series), 1.0, "{series}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
