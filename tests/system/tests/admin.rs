@@ -10,22 +10,21 @@ use eventsource_stream::Eventsource;
 use futures_util::{SinkExt, Stream, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
-use test_support::{RedisServer, ServiceProcess};
+use test_support::{RedisCluster, RedisServer, ServiceProcess, TestRedis};
 use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Stack {
-    redis: RedisServer,
+struct Stack<R> {
+    redis: R,
     bidder: ServiceProcess,
     sse: ServiceProcess,
     ws: ServiceProcess,
     http: reqwest::Client,
 }
 
-impl Stack {
-    async fn start(auctions: &[&str]) -> Stack {
-        let redis = RedisServer::start();
+impl<R: TestRedis> Stack<R> {
+    async fn start(redis: R, auctions: &[&str]) -> Stack<R> {
         let bidder = ServiceProcess::start("bidder", &test_support::bidder_env(&redis, "", 1000));
         let edge_env = |extra: Vec<(&'static str, String)>| {
             let mut env = vec![
@@ -159,7 +158,16 @@ async fn sse_until(events: &mut SseEvents, kind: &str) -> Value {
 /// auction as an `admin` event naming the admin, with its effect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_admin_action_reaches_sse_and_websocket_clients_naming_the_admin() {
-    let stack = Stack::start(&["to-close", "to-extend", "to-cancel", "to-delete"]).await;
+    each_admin_action(RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_admin_action_reaches_sse_and_websocket_clients_naming_the_admin_on_a_cluster() {
+    each_admin_action(RedisCluster::start()).await;
+}
+
+async fn each_admin_action(redis: impl TestRedis) {
+    let stack = Stack::start(redis, &["to-close", "to-extend", "to-cancel", "to-delete"]).await;
     let admin = test_support::admin_token("Olive Ops");
     let bidder = test_support::guest_token("Ann");
     let (placed, _) = stack
@@ -318,7 +326,17 @@ async fn each_admin_action_reaches_sse_and_websocket_clients_naming_the_admin() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_bidder_is_refused_on_http_and_websocket_and_their_socket_is_told() {
-    let stack = Stack::start(&["lot"]).await;
+    suspension(RedisServer::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_bidder_is_refused_on_http_and_websocket_and_their_socket_is_told_on_a_cluster()
+{
+    suspension(RedisCluster::start()).await;
+}
+
+async fn suspension(redis: impl TestRedis) {
+    let stack = Stack::start(redis, &["lot"]).await;
     let admin = test_support::admin_token("Olive Ops");
     let mallory = test_support::guest_token("Mallory");
     let mut socket = stack.socket().await;
@@ -371,7 +389,7 @@ async fn a_suspended_bidder_is_refused_on_http_and_websocket_and_their_socket_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_without_the_admin_role_are_refused_every_admin_action_and_append_nothing() {
-    let stack = Stack::start(&["lot"]).await;
+    let stack = Stack::start(RedisServer::start(), &["lot"]).await;
     let bidder = test_support::guest_token("Ann");
     let bidder_id = {
         let mut socket = stack.socket().await;
