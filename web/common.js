@@ -200,11 +200,13 @@ const Auction = (() => {
     show("result", !open);
     // The reserve itself is never sent: only whether the price meets it.
     const unsold = current && auction.sold === false;
-    $("result-text").textContent = unsold
-      ? `Reserve not met: not sold (highest bid ${formatCents(current.amount)})`
-      : current
-        ? `Sold to ${isMine(current) ? "you" : current.bidder} for ${formatCents(current.amount)}`
-        : "Ended without bids";
+    $("result-text").textContent = auction.status === "cancelled"
+      ? "Cancelled: no winner"
+      : unsold
+        ? `Reserve not met: not sold (highest bid ${formatCents(current.amount)})`
+        : current
+          ? `Sold to ${isMine(current) ? "you" : current.bidder} for ${formatCents(current.amount)}`
+          : "Ended without bids";
     if (unsold) $("current-label").textContent = "Highest bid";
     show("reserve", open && auction.reserve_met === false);
     renderYou();
@@ -400,6 +402,49 @@ const Auction = (() => {
     refreshStanding();
   }
 
+  /** An admin acted on the auction (`admin` event): say who did what, in
+   *  plain words, and show the auction as it now is. A deletion ends the
+   *  page (`gone` follows). */
+  function onAdmin(payload, id) {
+    if (id && lastId && compareIds(id, lastId) <= 0) return;
+    rememberId(id);
+    const by = (payload.by && payload.by.name) || "an admin";
+    const reason = payload.reason ? ` (${payload.reason})` : "";
+    const ends = payload.auction && new Date(payload.auction.ends_at);
+    const text = {
+      close: `Closed early by ${by}${reason}.`,
+      extend: `Extended by ${by} to ${ends ? ends.toLocaleString() : "later"}${reason}.`,
+      cancel: `Cancelled by ${by}${reason}: no winner.`,
+      delete: `Removed by ${by}${reason}.`,
+    }[payload.action] || `Changed by ${by}${reason}.`;
+    const notice = $("admin-notice");
+    notice.textContent = text;
+    notice.dataset.action = payload.action || "";
+    notice.hidden = false;
+    $("announce").textContent = text;
+    if (payload.action === "delete") {
+      onNotFound();
+      $("title").textContent = "Auction removed";
+      return;
+    }
+    // A close is followed by its `closed` event; the others change the
+    // auction here.
+    if (payload.action !== "close" && payload.auction) {
+      auction = payload.auction;
+      renderAuction();
+    }
+  }
+
+  /** The bidder of this page was suspended by an admin. */
+  function onSuspended(suspended) {
+    const notice = $("admin-notice");
+    notice.textContent = suspended
+      ? "An admin suspended your bidding: your bids are refused."
+      : "An admin lifted your suspension: you may bid again.";
+    notice.dataset.action = suspended ? "suspend" : "reinstate";
+    notice.hidden = false;
+  }
+
   /** The auction does not exist: say so, and offer no form. */
   function onNotFound() {
     auction = null;
@@ -514,7 +559,7 @@ const Auction = (() => {
     const element = $("bid-error");
     let text = "";
     if (error) {
-      if (auction && auction.status === "closed") {
+      if (auction && auction.status !== "open") {
         text = "This auction has ended.";
       } else if (error.code === "bid_too_low") {
         text = `${formatCents(error.amount)} is too low: the minimum bid is now ${formatCents(minNext())}.`;
@@ -540,6 +585,8 @@ const Auction = (() => {
         return { code: "auction_closed", text: "This auction has ended." };
       case "max_not_raised":
         return { code: body.error, text: `Your maximum is already ${formatCents(body.max_amount)}; a new one must be higher.` };
+      case "bidder_suspended":
+        return { code: "bidder_suspended", text: "An admin suspended your bidding: your bids are refused." };
       case "rate_limited":
         return { code: "rate_limited", text: "Too many bids at once; wait a moment and try again." };
       case "redis_unavailable":
@@ -713,7 +760,7 @@ const Auction = (() => {
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
-    onInit, onBid, onAuction, onExtended, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
+    onInit, onBid, onAuction, onExtended, onAdmin, onSuspended, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
     sharedConnection,
     get lastId() { return lastId; },
     get session() { return session; },

@@ -147,7 +147,7 @@ function sseOpen() {
     // A change of auctions is not news to the tabs; a recovery is.
     if (sse.state !== "open") sseState("open");
   });
-  for (const kind of ["init", "bid", "viewers", "closed", "opened", "extended", "gone"]) {
+  for (const kind of ["init", "bid", "viewers", "closed", "opened", "extended", "admin", "gone"]) {
     source.addEventListener(kind, (event) => {
       if (source !== sse.source) return;
       let data;
@@ -256,7 +256,8 @@ function wsReceive(message) {
     case "bid":
     case "closed":
     case "opened":
-    case "extended": {
+    case "extended":
+    case "admin": {
       const auction = auctionOf(message.payload) || message.auction;
       if (message.type === "init") ws.subscribing = ws.subscribing.filter((a) => a !== auction);
       if (message.id) ws.lastIds.set(auction, message.id);
@@ -269,6 +270,9 @@ function wsReceive(message) {
     case "gone":
       ws.audience.deliver(message.auction, { type: "ws", message }, false);
       for (const port of ws.audience.byAuction.get(message.auction)?.keys() || []) unwatch(port);
+      break;
+    case "reinstated":
+      wsBroadcast({ type: "ws", message });
       break;
     case "authenticated":
       ws.auth = "yes";
@@ -294,6 +298,8 @@ function wsReceive(message) {
 function wsRefusal(message) {
   if (ws.auth === "pending" && message.error === "unknown_type") {
     ws.auth = "unsupported";
+    wsBroadcast({ type: "ws", message });
+  } else if (message.error === "bidder_suspended") {
     wsBroadcast({ type: "ws", message });
   } else if (["invalid_token", "token_expired"].includes(message.error)) {
     ws.auth = "none";

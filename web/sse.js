@@ -47,6 +47,9 @@
       case "extended":
         Auction.onExtended(payload, id);
         break;
+      case "admin":
+        Auction.onAdmin(payload, id);
+        break;
     }
   }
 
@@ -57,7 +60,7 @@
     const resume = Auction.lastId ? `?lastEventId=${encodeURIComponent(Auction.lastId)}` : "";
     source = new EventSource(url + resume);
     source.addEventListener("open", onOpen);
-    for (const kind of ["init", "bid", "viewers", "closed", "opened", "extended"]) {
+    for (const kind of ["init", "bid", "viewers", "closed", "opened", "extended", "admin"]) {
       source.addEventListener(kind, (event) => onEvent(kind, event.data, event.lastEventId));
     }
     source.addEventListener("error", () => {

@@ -77,6 +77,12 @@
       case "extended":
         Auction.onExtended(message.payload, message.id);
         break;
+      case "admin":
+        Auction.onAdmin(message.payload, message.id);
+        break;
+      case "reinstated":
+        Auction.onSuspended(false);
+        break;
       case "gone":
         // The auction vanished: unless it is back, say so; if it is, watch
         // it again.
@@ -97,6 +103,8 @@
         if (resolve) {
           pending.delete(message.ref);
           resolve(message.type === "ack" ? { ok: true } : { ok: false, body: message });
+        } else if (message.type === "error" && message.error === "bidder_suspended") {
+          Auction.onSuspended(true);
         } else if (message.type === "error" && message.error === "not_found") {
           Auction.setConnection("stopped", "no such auction");
           Auction.onNotFound();

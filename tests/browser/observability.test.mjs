@@ -1,7 +1,9 @@
 // Every Grafana panel's query and variable returns data when Debian's
 // Prometheus scrapes the running services (pages open in Chromium keep
 // events flowing), and the shipped alert rules, loaded into that
-// Prometheus, fire when a replica dies while the dashboard turns red.
+// Prometheus, fire when a replica dies while the dashboard turns red, and
+// when an edge's pub/sub freezes while it holds a client and bids are
+// placed (AuctionDeliveryStalled).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -9,6 +11,7 @@ import { writeFileSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 import { Stack, freePort } from "./stack.mjs";
+import { PubSubFreeze } from "./pubsub-freeze.mjs";
 
 const root = resolve(import.meta.dirname, "../..");
 let stack;
@@ -16,14 +19,17 @@ let browser;
 let prometheus;
 let promUrl;
 
-// The alert rules exactly as shipped, except every `for:` is cut to 2s so
-// that a test sees an alert fire in seconds rather than minutes.
+// The alert rules exactly as shipped, except every `for:` is cut to 2s and
+// AuctionDeliveryStalled's 3-minute windows to 5 s, so that a test sees an
+// alert fire in seconds rather than minutes.
 const ALERT_FOR = "2s";
 function rulesForTest() {
   const text = readFileSync(join(root, "deploy/prometheus/alerts.yml"), "utf8");
   const rendered = text.replace(/^(\s+)for: \S+$/gm, `$1for: ${ALERT_FOR}`);
   assert.notEqual(rendered, text, "alerts.yml has `for:` lines to shorten");
-  return rendered;
+  const stalled = rendered.replace(/\[3m\]/g, "[5s]");
+  assert.equal(rendered.match(/\[3m\]/g)?.length, 2, "AuctionDeliveryStalled's two 3m windows");
+  return stalled;
 }
 
 const dashboards = readdirSync(join(root, "deploy/grafana/dashboards"))
@@ -75,6 +81,18 @@ before(async () => {
   const response = await fetch(`${stack.url}/auctions/live/events`, { headers: { "Last-Event-ID": last }, signal: controller.signal });
   assert.equal(response.status, 200);
   setTimeout(() => controller.abort(), 3000);
+  // A bid over HTTP (too low or not, it is answered and timed), and an
+  // auction that the closer closes, so the bid latency and close lag
+  // panels have data.
+  const bid = await stack.api("/auctions/live/bids", {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ amount: 100 }),
+  });
+  assert.ok([201, 409].includes(bid.status), JSON.stringify(bid.body));
+  const brief = await stack.api("/auctions", {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ id: "brief", title: "Brief lot", starting_price: 100, min_increment: 10, duration_ms: 1000 }),
+  });
+  assert.equal(brief.status, 201);
 
   // Scraped on their ops listeners, where /metrics is served.
   const targets = (names) => names.map((name) => `"127.0.0.1:${stack.opsPorts[name]}"`).join(", ");
@@ -149,7 +167,10 @@ test("every dashboard query returns data from the live services", async () => {
 
 test("every dashboard variable lists the live replicas and transports", async () => {
   await ready();
-  const variables = dashboards.flatMap((d) => d.templating?.list || []);
+  // Prometheus is picked by the data-source variable; the others query it.
+  const all = dashboards.flatMap((d) => d.templating?.list || []);
+  assert.deepEqual(all.filter((v) => v.type === "datasource").map((v) => [v.name, v.query]), [["datasource", "prometheus"]]);
+  const variables = all.filter((v) => v.type === "query");
   assert.deepEqual(variables.map((v) => v.name).sort(), ["instance", "transport"]);
   const want = {
     instance: Object.values(stack.opsPorts).map((port) => `127.0.0.1:${port}`).sort(),
@@ -207,4 +228,69 @@ test("a killed replica fires AuctionReplicaDown and turns its panels red", async
   assert.deepEqual((await replicaDown()).map((a) => a.labels.instance), [killed]);
   assert.ok(await value(down.expr) >= down.red, "Replicas down is red");
   assert.ok(await value(firing.expr) >= firing.red, "Alerts firing is red");
+});
+
+test("an edge whose pub/sub is frozen while it holds a client and bids are placed fires AuctionDeliveryStalled", async () => {
+  await ready();
+  // sse2 (killed above) comes back behind a proxy that can freeze its
+  // pub/sub, on the same ports, so Prometheus scrapes it as before.
+  const proxy = new PubSubFreeze(stack.redisPort);
+  await proxy.listen();
+  try {
+    const entry = stack.children.get("sse2");
+    entry.env = { ...entry.env, AUCTION_REDIS_URL: `redis://127.0.0.1:${proxy.port}` };
+    await stack.restart("sse2");
+    const instance = `127.0.0.1:${stack.opsPorts.sse2}`;
+    const stalled = async () => {
+      const body = await (await fetch(`${promUrl}/api/v1/alerts`)).json();
+      return body.data.alerts.filter((a) => a.labels.alertname === "AuctionDeliveryStalled");
+    };
+    // A client on sse2 itself, following the simulated auction.
+    const controller = new AbortController();
+    const response = await fetch(`http://127.0.0.1:${stack.ports.sse2}/auctions/live/events`, { signal: controller.signal });
+    assert.equal(response.status, 200);
+    const reader = response.body.getReader();
+    let received = 0;
+    (async () => {
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          received += (new TextDecoder().decode(value).match(/^event: bid$/gm) || []).length;
+        }
+      } catch (_) { /* aborted */ }
+    })();
+    // Delivering: bids reach the client, and sse2 is scraped delivering.
+    const delivering = Date.now() + 30000;
+    const deliveredOn = async () => Number((await query(`sum(increase(auction_events_delivered_total{instance="${instance}"}[5s]))`))[0]?.value[1] || 0);
+    while (received < 3 || (await deliveredOn()) === 0) {
+      assert.ok(Date.now() < delivering, "sse2 delivers before the freeze");
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.deepEqual((await stalled()).filter((a) => a.labels.instance === instance), [], "no stall while delivering");
+
+    proxy.frozen = true;
+    const frozenAt = received;
+    let alert;
+    const fireBy = Date.now() + 60000;
+    for (;;) {
+      alert = (await stalled()).find((a) => a.labels.instance === instance && a.state === "firing");
+      if (alert) break;
+      assert.ok(Date.now() < fireBy, "AuctionDeliveryStalled fired within 60 s of the freeze");
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.equal(alert.labels.job, "sse-edge");
+    assert.equal(alert.labels.transport, "sse");
+    assert.equal(alert.labels.severity, "critical");
+    assert.equal(alert.annotations.runbook_url, "README.md#runbook-auctiondeliverystalled");
+    assert.ok(proxy.dropped > 0, "notices were held back");
+    assert.equal(received, frozenAt, "the client got nothing while frozen");
+    // Only the frozen edge: the healthy ones keep delivering.
+    assert.deepEqual((await stalled()).filter((a) => a.state === "firing").map((a) => a.labels.instance), [instance]);
+    const ready = await fetch(`http://127.0.0.1:${stack.opsPorts.sse2}/readyz`);
+    assert.equal(ready.status, 200, "the frozen edge still reports ready");
+    controller.abort();
+  } finally {
+    proxy.close();
+  }
 });

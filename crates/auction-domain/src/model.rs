@@ -44,6 +44,8 @@ pub struct Bid {
 pub enum AuctionStatus {
     Open,
     Closed,
+    /// Cancelled by an admin: ended without a winner.
+    Cancelled,
 }
 
 /// An auction's state as clients see it.
@@ -102,6 +104,9 @@ pub enum EventKind {
     /// A bid near the end moved it (soft close); payload:
     /// `{"auction":id,"ends_at":ms}`.
     Extended,
+    /// An admin acted on the auction; payload: `AdminAction` JSON
+    /// (`{"action","by","reason","at","auction"}`, see `crate::admin`).
+    Admin,
 }
 
 impl EventKind {
@@ -111,6 +116,7 @@ impl EventKind {
             EventKind::Closed => "closed",
             EventKind::Opened => "opened",
             EventKind::Extended => "extended",
+            EventKind::Admin => "admin",
         }
     }
 
@@ -120,6 +126,7 @@ impl EventKind {
             "closed" => Some(EventKind::Closed),
             "opened" => Some(EventKind::Opened),
             "extended" => Some(EventKind::Extended),
+            "admin" => Some(EventKind::Admin),
             _ => None,
         }
     }

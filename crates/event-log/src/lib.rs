@@ -18,6 +18,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for how edges use the notice chain.
 
+mod admin;
 mod catalogue;
 mod connection;
 mod error;
@@ -34,6 +35,10 @@ mod state;
 mod viewers;
 mod write;
 
+pub use admin::{
+    ADMIN_LOG_KEY, ActionOutcome, Admin, AuctionAction, SUSPENDED_SET_KEY, SUSPENSION_CHANNEL,
+    SuspensionNotice, suspension_notices,
+};
 pub use catalogue::{Catalogue, ListCursor};
 pub use connection::{
     ClusterHandle, RedisConnection, RedisTarget, connect_manager, parse_redis_url,

@@ -68,6 +68,8 @@ pub enum BidAnswer {
     /// The bidder used this `Idempotency-Key` before for a different bid:
     /// nothing was appended.
     IdempotencyKeyReused,
+    /// An admin suspended the bidder: nothing was appended.
+    BidderSuspended,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

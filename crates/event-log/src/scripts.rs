@@ -21,25 +21,25 @@ impl Scripts {
             &self.single
         }
     }
+
+    /// An invocation of the script for this deployment.
+    pub(crate) fn prepare_for(&self, conn: &RedisConnection) -> redis::ScriptInvocation<'_> {
+        self.for_connection(conn).prepare_invoke()
+    }
 }
 
 macro_rules! script {
-    ($file:literal) => {
-        script!("empty.lua", $file)
-    };
-    ($helpers:literal, $file:literal) => {
+    ($($file:literal),+) => {
         LazyLock::new(|| Scripts {
             single: Script::new(concat!(
                 "local PUBLISH_COMMAND = 'PUBLISH'\n",
                 include_str!("lua/prelude.lua"),
-                include_str!(concat!("lua/", $helpers)),
-                include_str!(concat!("lua/", $file))
+                $(include_str!(concat!("lua/", $file))),+
             )),
             cluster: Script::new(concat!(
                 "local PUBLISH_COMMAND = 'SPUBLISH'\n",
                 include_str!("lua/prelude.lua"),
-                include_str!(concat!("lua/", $helpers)),
-                include_str!(concat!("lua/", $file))
+                $(include_str!(concat!("lua/", $file))),+
             )),
         })
     };
@@ -47,9 +47,13 @@ macro_rules! script {
 
 pub(crate) static CREATE: LazyLock<Scripts> = script!("create.lua");
 pub(crate) static ENSURE_OPEN: LazyLock<Scripts> = script!("ensure_open.lua");
-/// The auction rules (`bid_rules.lua`) go with the bid script only.
-pub(crate) static PLACE_BID: LazyLock<Scripts> = script!("bid_rules.lua", "place_bid.lua");
+/// The auction rules (`bid_rules.lua`) and the suspension check go with the
+/// bid script only.
+pub(crate) static PLACE_BID: LazyLock<Scripts> =
+    script!("bid_rules.lua", "suspension_guard.lua", "place_bid.lua");
 pub(crate) static CLOSE_IF_DUE: LazyLock<Scripts> = script!("close_if_due.lua");
+/// An admin's action on an auction (`crate::admin`).
+pub(crate) static ADMIN: LazyLock<Scripts> = script!("admin.lua");
 
 /// The closer's due-selection publishes nothing: one form.
 pub(crate) static DUE: LazyLock<Script> = LazyLock::new(|| {

@@ -19,6 +19,7 @@ pub(crate) fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auct
     let status = match text("status")? {
         "open" => AuctionStatus::Open,
         "closed" => AuctionStatus::Closed,
+        "cancelled" => AuctionStatus::Cancelled,
         other => return Err(corrupt(format!("auction status {other:?}"))),
     };
     let current: Option<auction_domain::Bid> = match fields.get("current").map(String::as_str) {

@@ -213,12 +213,28 @@ impl AuctionWriter {
         );
         let state_key = keys::state_key(auction);
         let written_on = connection_stamp(&self.conn, self.replica_ack).await?;
-        let reply: Vec<String> = PLACE_BID
-            .for_connection(&self.conn)
+        // A suspension is checked inside the script on a single node; in a
+        // cluster its marker lives in another slot, so just before it.
+        let suspension = crate::admin::suspension_key(&bidder.id);
+        if self.conn.is_cluster() {
+            let suspended: bool = conn.exists(&suspension).await?;
+            if suspended {
+                return Ok(Some(BidAttempt {
+                    answer: BidAnswer::BidderSuspended,
+                    replayed: false,
+                }));
+            }
+        }
+        let mut invocation = PLACE_BID.prepare_for(&self.conn);
+        invocation
             .key(&state_key)
             .key(keys::stream_key(auction))
             .key(idem_key)
-            .key(keys::bidders_key(auction))
+            .key(keys::bidders_key(auction));
+        if !self.conn.is_cluster() {
+            invocation.key(suspension);
+        }
+        let reply: Vec<String> = invocation
             .arg(auction.as_str())
             .arg(value)
             .arg(name_json)
@@ -236,6 +252,12 @@ impl AuctionWriter {
             .map_err(|error| LogError::from_write_on(self.conn.is_cluster(), error))?;
         let (replayed, answer) = match reply.as_slice() {
             [status] if status == "not_found" => return Ok(None),
+            [status] if status == "suspended" => {
+                return Ok(Some(BidAttempt {
+                    answer: BidAnswer::BidderSuspended,
+                    replayed: false,
+                }));
+            }
             [status] if status == "reused" => {
                 return Ok(Some(BidAttempt {
                     answer: BidAnswer::IdempotencyKeyReused,
@@ -402,6 +424,20 @@ impl AuctionWriter {
     /// clock (each index partition's node reads its `TIME`), the clock the
     /// close checks, so a bidder whose own clock is off closes on time.
     pub async fn due_for_close(&self, limit: usize) -> Result<Vec<AuctionId>, LogError> {
+        Ok(self
+            .due_for_close_with_ends(limit)
+            .await?
+            .into_iter()
+            .map(|(auction, _)| auction)
+            .collect())
+    }
+
+    /// [`AuctionWriter::due_for_close`], each with its end (Unix ms), for
+    /// measuring how late it closes.
+    pub async fn due_for_close_with_ends(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(AuctionId, u64)>, LogError> {
         let mut conn = self.conn.clone();
         // Each partition's oldest `limit`, merged: the oldest `limit` overall.
         let mut due: Vec<(String, f64)> = Vec::new();
@@ -418,7 +454,7 @@ impl AuctionWriter {
         Ok(due
             .iter()
             .take(limit)
-            .filter_map(|(id, _)| AuctionId::parse(id).ok())
+            .filter_map(|(id, ends_at)| Some((AuctionId::parse(id).ok()?, *ends_at as u64)))
             .collect())
     }
 }

@@ -230,6 +230,8 @@ fn init_json(snapshot: &Snapshot, reset: bool) -> String {
     let bids = snapshot
         .recent
         .iter()
+        // An admin's action (an extension, say) does not end the round.
+        .filter(|event| event.kind != EventKind::Admin)
         .take_while(|event| event.kind != EventKind::Opened)
         .filter(|event| event.kind == EventKind::Bid)
         .take(HISTORY_LEN);
@@ -476,9 +478,11 @@ mod tests {
                 sold: None,
             },
             recent: vec![
-                event(6, EventKind::Closed, "{}"),
-                event(5, EventKind::Extended, r#"{"ends_at":9}"#),
+                event(7, EventKind::Closed, "{}"),
+                event(6, EventKind::Extended, r#"{"ends_at":9}"#),
+                event(5, EventKind::Admin, r#"{"action":"close"}"#),
                 event(4, EventKind::Bid, r#"{"amount":3}"#),
+                event(4, EventKind::Admin, r#"{"action":"extend"}"#),
                 event(3, EventKind::Bid, r#"{"amount":2}"#),
                 event(2, EventKind::Opened, "{}"),
                 event(1, EventKind::Bid, r#"{"amount":1}"#),

@@ -29,6 +29,11 @@ use std::fmt;
 /// The role that may create auctions.
 pub const SELLER_ROLE: &str = "seller";
 
+/// The role that may manage auctions and bidders (`/admin/...`): a guest
+/// token minted with `bidder token --role admin`, or a provider token whose
+/// `roles` claim lists `admin`.
+pub const ADMIN_ROLE: &str = "admin";
+
 /// A caller whose token checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -40,6 +45,10 @@ pub struct Identity {
 impl Identity {
     pub fn is_seller(&self) -> bool {
         self.roles.iter().any(|role| role == SELLER_ROLE)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|role| role == ADMIN_ROLE)
     }
 }
 

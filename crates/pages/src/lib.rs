@@ -20,6 +20,8 @@ const STATIC_PAGES: &[(&str, &str)] = &[
         include_str!("../../../web/catalogue.html"),
     ),
     ("/compare.html", include_str!("../../../web/compare.html")),
+    // Acts through the bidder's /admin/... routes with an admin token.
+    ("/admin.html", include_str!("../../../web/admin.html")),
 ];
 const JS: &str = "text/javascript; charset=utf-8";
 const SVG: &str = "image/svg+xml";
@@ -46,6 +48,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../../web/catalogue.js"),
     ),
     ("compare.js", JS, include_str!("../../../web/compare.js")),
+    ("admin.js", JS, include_str!("../../../web/admin.js")),
     ("favicon.svg", SVG, include_str!("../../../web/favicon.svg")),
     // The simulator's demo lots (`image_url` "/assets/lot-….svg").
     (

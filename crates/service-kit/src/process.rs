@@ -190,10 +190,12 @@ impl Process {
                 return ExitCode::FAILURE;
             }
         };
+        let metrics = Metrics::new();
+        metrics.set_build_info(self.name, &settings::version());
         let ctx = Context {
             name: self.name,
             common: self.common,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             health: Arc::new(Health::default()),
             shutdown: CancellationToken::new(),
         };

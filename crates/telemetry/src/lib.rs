@@ -4,6 +4,7 @@
 
 mod logging;
 mod metrics;
+mod ops_metrics;
 mod process;
 mod trace;
 

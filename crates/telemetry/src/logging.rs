@@ -2,7 +2,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::str::FromStr;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -48,8 +51,10 @@ pub fn init(service: &'static str, format: LogFormat) -> Result<TelemetryGuard, 
             .with_ansi(false)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(WithTraceIds(
+                tracing_subscriber::fmt::format().json().flatten_event(true),
+            ))
             .with_writer(std::io::stderr)
             .boxed(),
     };
@@ -97,4 +102,53 @@ fn otlp_provider(service: &'static str) -> Result<Option<SdkTracerProvider>, Str
             .with_resource(resource.build())
             .build(),
     ))
+}
+
+/// A JSON log line with the `trace_id` and `span_id` of the span it was
+/// logged in, when that span is traced (trace export on): the line and its
+/// trace find each other.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match (trace_ids(), line.strip_prefix('{')) {
+            (Some(ids), Some(rest)) => {
+                writer.write_char('{')?;
+                writer.write_str(&ids)?;
+                if !rest.starts_with('}') {
+                    writer.write_char(',')?;
+                }
+                writer.write_str(rest)
+            }
+            _ => writer.write_str(&line),
+        }
+    }
+}
+
+/// `"trace_id":"…","span_id":"…"` of the current span, if it is traced.
+fn trace_ids() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid().then(|| {
+        format!(
+            "\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+            ids.trace_id(),
+            ids.span_id()
+        )
+    })
 }

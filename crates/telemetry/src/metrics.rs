@@ -110,6 +110,7 @@ pub struct Metrics {
     redis_reconnects: Counter,
     redis_out_of_memory: Counter,
     ready: Gauge,
+    pub(crate) ops: crate::ops_metrics::OpsMetrics,
 }
 
 /// Pre-resolved handles for one transport's hot path.
@@ -226,6 +227,7 @@ impl Metrics {
             ready.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
+        let ops = crate::ops_metrics::OpsMetrics::register(&mut registry);
         Metrics {
             registry,
             connections,
@@ -241,6 +243,7 @@ impl Metrics {
             redis_reconnects,
             redis_out_of_memory,
             ready,
+            ops,
         }
     }
 

@@ -68,6 +68,12 @@ pub fn seller_token() -> String {
     mint("seller", &[identity::SELLER_ROLE])
 }
 
+/// A guest token named `name` with the `admin` role, as `bidder token
+/// --name NAME --role admin` mints.
+pub fn admin_token(name: &str) -> String {
+    mint(name, &[identity::ADMIN_ROLE])
+}
+
 fn mint(name: &str, roles: &[&str]) -> String {
     let key =
         identity::GuestKey::new(TEST_SESSION_SECRET.as_bytes(), Duration::from_secs(3600)).unwrap();

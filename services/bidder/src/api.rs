@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use event_log::{
-    AuctionRules, AuctionSpec, AuctionWriter, BidAnswer, BidOrder, Catalogue, CreateOutcome,
+    Admin, AuctionRules, AuctionSpec, AuctionWriter, BidAnswer, BidOrder, Catalogue, CreateOutcome,
     ListCursor, LogError,
 };
 use identity::{Authenticator, Identity, TokenError};
@@ -50,6 +50,8 @@ const OPENAPI: &str = include_str!("../openapi.json");
 #[derive(Clone)]
 pub struct ApiState {
     pub writer: AuctionWriter,
+    /// The `/admin/...` routes' writes and reads (`crate::admin`).
+    pub admin: Admin,
     pub catalogue: Catalogue,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
@@ -78,6 +80,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/auctions/{id}/bids", post(place_bid))
         .route("/auctions/{id}/me", get(my_standing))
         .route("/openapi.json", get(openapi))
+        .merge(crate::admin::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -240,7 +243,7 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-fn invalid(error: InputError) -> ApiError {
+pub(crate) fn invalid(error: InputError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, error.code, error.message)
 }
 
@@ -322,7 +325,7 @@ fn not_replicated(keyed: bool) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_replicated", message).retry_after(1)
 }
 
-fn not_found(id: &str) -> ApiError {
+pub(crate) fn not_found(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -330,7 +333,7 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
         [(
@@ -344,7 +347,7 @@ fn json_response(status: StatusCode, body: String) -> Response {
 
 impl ApiState {
     /// The answer to a failed Redis call, counting refusals for memory.
-    fn refuse(&self, error: LogError) -> ApiError {
+    pub(crate) fn refuse(&self, error: LogError) -> ApiError {
         if matches!(error, LogError::OutOfMemory(_)) {
             self.metrics.redis_out_of_memory().inc();
         }
@@ -365,7 +368,11 @@ impl ApiState {
     /// rate limit and their address's (one address with many identities
     /// shares the address's rate). A refused token is charged to the
     /// address too, so a flood of bad tokens is limited as well.
-    async fn caller(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    pub(crate) async fn caller(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<Identity, ApiError> {
         let verified = match headers.get(header::AUTHORIZATION) {
             None => Err(TokenError::Missing),
             Some(value) => match value.to_str().ok().and_then(identity::bearer_token) {
@@ -419,7 +426,11 @@ fn rate_limited(seconds: u64) -> ApiError {
 }
 
 /// Reads a JSON body: 415 unless `Content-Type` is JSON, 413 over 4 KiB.
-async fn json_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn json_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -546,12 +557,10 @@ async fn create_auction(
     };
     // A generated id that collides (1 in 62^12) is regenerated a few times.
     for _ in 0..3 {
-        match state
-            .writer
-            .create(&spec)
-            .await
-            .map_err(|error| state.refuse(error))?
-        {
+        let sent = Instant::now();
+        let created = state.writer.create(&spec).await;
+        state.metrics.redis_command("create", sent.elapsed());
+        match created.map_err(|error| state.refuse(error))? {
             CreateOutcome::Created(auction) => {
                 tracing::info!(auction = %auction.id, "auction created");
                 let body = serde_json::to_string(&auction).unwrap_or_default();
@@ -664,9 +673,11 @@ async fn place_bid(
     if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         telemetry::continue_trace(&span, traceparent);
     }
+    let started = Instant::now();
     let result = place_bid_inner(&state, peer, &id, &headers, body)
         .instrument(span)
         .await;
+    metrics.bid_duration(started.elapsed());
     match &result {
         Ok((_, outcome)) => metrics.bid("user", *outcome),
         Err(error)
@@ -720,9 +731,12 @@ async fn place_bid_inner(
             )
             .await
     };
+    let sent = Instant::now();
     let attempt = append
         .instrument(tracing::info_span!("redis.place_bid", otel.kind = "client"))
-        .await
+        .await;
+    state.metrics.redis_command("place_bid", sent.elapsed());
+    let attempt = attempt
         .map_err(|error| match error {
             LogError::Unknown(message) => {
                 tracing::warn!(%message, auction = %id, "bid outcome unknown");
@@ -797,6 +811,17 @@ async fn place_bid_inner(
             ),
             BidOutcome::closed,
         ),
+        BidAnswer::BidderSuspended => (
+            json_response(
+                StatusCode::FORBIDDEN,
+                json!({
+                    "error": "bidder_suspended",
+                    "message": "an admin suspended this bidder; bids are refused",
+                })
+                .to_string(),
+            ),
+            BidOutcome::invalid,
+        ),
         BidAnswer::IdempotencyKeyReused => (
             json_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -851,6 +876,9 @@ async fn my_standing(
         auction_domain::AuctionStatus::Closed if leading && auction.sold == Some(true) => "won",
         auction_domain::AuctionStatus::Closed if bid_made => "lost",
         auction_domain::AuctionStatus::Closed => "none",
+        // Ended without a winner: whoever bid lost.
+        auction_domain::AuctionStatus::Cancelled if bid_made => "lost",
+        auction_domain::AuctionStatus::Cancelled => "none",
         auction_domain::AuctionStatus::Open if leading => "leading",
         auction_domain::AuctionStatus::Open if bid_made => "outbid",
         auction_domain::AuctionStatus::Open => "none",

@@ -6,7 +6,7 @@
 
 use event_log::{AuctionWriter, CloseOutcome};
 use service_kit::Context;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How many due auctions one pass handles (the rest wait for the next pass).
 const BATCH: usize = 100;
@@ -26,7 +26,7 @@ pub async fn run(ctx: Context, writer: AuctionWriter, every: Duration) {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = ticker.tick() => {
-                if let Err(error) = close_due(&writer).await {
+                if let Err(error) = close_due(&ctx, &writer).await {
                     tracing::debug!(%error, "close pass failed; retrying next tick");
                 }
             }
@@ -42,10 +42,21 @@ pub async fn run(ctx: Context, writer: AuctionWriter, every: Duration) {
 
 /// Due auctions are picked by Redis's clock (the one the close checks), so
 /// a replica whose own clock is behind still closes them on time.
-async fn close_due(writer: &AuctionWriter) -> Result<(), event_log::LogError> {
-    for auction in writer.due_for_close(BATCH).await? {
-        if writer.close_if_due(&auction).await? == CloseOutcome::Closed {
-            tracing::info!(auction = %auction, "auction closed");
+/// Each close is timed (`auction_redis_command_duration_seconds`) and its
+/// lag past the auction's end observed (`auction_close_lag_seconds`).
+async fn close_due(ctx: &Context, writer: &AuctionWriter) -> Result<(), event_log::LogError> {
+    let metrics = &ctx.metrics;
+    let sent = Instant::now();
+    let due = writer.due_for_close_with_ends(BATCH).await;
+    metrics.redis_command("due_for_close", sent.elapsed());
+    for (auction, ends_at) in due? {
+        let sent = Instant::now();
+        let closed = writer.close_if_due(&auction).await;
+        metrics.redis_command("close_if_due", sent.elapsed());
+        if closed? == CloseOutcome::Closed {
+            let lag_ms = auction_domain::clock::now_ms().saturating_sub(ends_at);
+            metrics.close_lag(Duration::from_millis(lag_ms));
+            tracing::info!(auction = %auction, lag_ms, "auction closed");
         }
     }
     Ok(())

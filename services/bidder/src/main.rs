@@ -1,13 +1,14 @@
 //! `bidder`: the write path. Validates bids, orders them in Redis through
 //! atomic scripts, simulates bidding, and closes auctions at their end.
 
+mod admin;
 mod api;
 mod closer;
 mod rate_limit;
 mod simulator;
 mod token_cli;
 
-use event_log::{AuctionWriter, Catalogue, ReplicaAck, connect_manager};
+use event_log::{Admin, AuctionWriter, Catalogue, ReplicaAck, connect_manager};
 use identity::{Authenticator, IdentityConfig};
 use service_kit::spec::bidder::*;
 use service_kit::{Context, Process, bind, serve, watch_redis};
@@ -125,7 +126,16 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
     // The writer, the catalogue and the readiness probe share one connection.
     let catalogue = Catalogue::new(conn.clone());
     ctx.metrics.register_bid_series(&["user", "simulated"]);
+    ctx.metrics.register_admin_actions(&[
+        "close",
+        "extend",
+        "cancel",
+        "delete",
+        "suspend",
+        "reinstate",
+    ]);
 
+    let conn_for_admin = conn.clone();
     let probe = conn;
     watch_redis(&ctx, Duration::from_millis(500), move || {
         let probe = probe.clone();
@@ -142,8 +152,10 @@ async fn run(ctx: Context, own: BidderSettings, identity: IdentityConfig) -> Res
         .then(|| tokio::spawn(simulator::run(ctx.clone(), writer.clone(), own.clone())));
 
     let cors = api::cors_layer(&own.cors_allowed_origins);
+    let admin = Admin::new(conn_for_admin, own.stream_maxlen, own.retention);
     let routes = api::routes(api::ApiState {
         writer,
+        admin,
         catalogue,
         metrics: ctx.metrics.clone(),
         auth,

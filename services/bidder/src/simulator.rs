@@ -109,7 +109,7 @@ async fn bid_once(
             | BidAnswer::BuyNowUnavailable => BidOutcome::too_low,
             BidAnswer::Closed => BidOutcome::closed,
             // The simulator sends no Idempotency-Key.
-            BidAnswer::IdempotencyKeyReused => BidOutcome::invalid,
+            BidAnswer::IdempotencyKeyReused | BidAnswer::BidderSuspended => BidOutcome::invalid,
         },
         // Deleted between the two calls: the next tick re-creates it.
         None => return Ok(()),

@@ -247,6 +247,15 @@ impl PendingBids {
         None
     }
 
+    /// Where to send this socket a message of its own (a suspension
+    /// notice): the answers' channel, made now if no bid made it yet.
+    pub fn notices(&mut self) -> mpsc::Sender<String> {
+        let (sender, _) = self
+            .answers
+            .get_or_insert_with(|| mpsc::channel(BIDS_IN_FLIGHT));
+        sender.clone()
+    }
+
     /// The next answer to send; pending while no bid was ever placed.
     /// Cancel-safe.
     pub async fn next_answer(&mut self) -> String {

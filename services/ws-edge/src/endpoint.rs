@@ -41,6 +41,9 @@ pub struct WsEndpoint {
     /// permessage-deflate is negotiated with the clients that offer it
     /// (`AUCTION_WS_COMPRESSION`).
     pub compression: bool,
+    /// The sockets of each authenticated bidder, to tell them of a
+    /// suspension.
+    pub suspensions: Arc<crate::suspensions::Suspensions>,
     pub shutdown: CancellationToken,
 }
 

@@ -18,6 +18,7 @@ mod session;
 mod shared_socket;
 mod socket;
 mod subscriptions;
+mod suspensions;
 mod upgrade;
 
 use endpoint::WsEndpoint;
@@ -88,6 +89,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         Transport::ws,
     )?;
     let healthy = fanout.delivery.hub().health_probe();
+    let suspensions = Arc::new(suspensions::Suspensions::default());
     let endpoint = Arc::new(WsEndpoint {
         gate: fanout.gate,
         delivery: fanout.delivery,
@@ -102,8 +104,10 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         message_rate: Rate::new(own.rate_per_s, own.rate_burst),
         send_buffer: own.edge.send_buffer,
         compression: own.compression,
+        suspensions: suspensions.clone(),
         shutdown: ctx.shutdown.clone(),
     });
+    tokio::spawn(suspensions.follow(ctx.common.redis.clone(), ctx.shutdown.clone()));
     let routes =
         SecurityHeaders::pages(&[]).apply_to_routes(pages::routes(pages::Transport::Ws, ""));
     run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await

@@ -79,6 +79,9 @@ pub struct Session<'a> {
     /// The token of the socket's user after a successful `auth`; their bids
     /// carry it to the bidder.
     token: Option<Arc<str>>,
+    /// The socket's place among its bidder's sockets, once authenticated
+    /// (boxed: most sockets never authenticate).
+    registration: Option<Box<crate::suspensions::Registration>>,
     /// The socket's message rate limit.
     bucket: TokenBucket,
     /// When the last `rate_limited` error was sent (at most one a second).
@@ -98,6 +101,7 @@ impl<'a> Session<'a> {
             },
             bids: PendingBids::default(),
             token: None,
+            registration: None,
             bucket: TokenBucket::full(endpoint.message_rate, Instant::now()),
             warned_rate: None,
         }
@@ -401,6 +405,13 @@ impl<'a> Session<'a> {
         match self.endpoint.auth.verify(&token).await {
             Ok(identity) => {
                 self.token = Some(token.into());
+                self.registration = None;
+                let notices = self.bids.notices();
+                self.registration = Some(Box::new(
+                    self.endpoint
+                        .suspensions
+                        .register(identity.bidder.id.clone(), notices),
+                ));
                 protocol::authenticated_json(
                     identity.bidder.id.as_str(),
                     identity.bidder.name.as_str(),
@@ -408,6 +419,7 @@ impl<'a> Session<'a> {
             }
             Err(error) => {
                 self.token = None;
+                self.registration = None;
                 protocol::error_json(None, error.code(), error.message())
             }
         }

@@ -17,7 +17,7 @@ async fn bidders_three_seconds_behind_close_auctions_within_half_a_second_of_the
     let redis = RedisServer::start();
     let mut env = test_support::bidder_env(&redis, "", 1000);
     env.push(("AUCTION_TEST_CLOCK_BEHIND_MS", "3000".into()));
-    let _bidders: Vec<ServiceProcess> = (0..2)
+    let bidders: Vec<ServiceProcess> = (0..2)
         .map(|_| ServiceProcess::start("bidder", &env))
         .collect();
     let ids: Vec<String> = (0..4).map(|i| format!("skewed-{i}")).collect();
@@ -49,4 +49,10 @@ async fn bidders_three_seconds_behind_close_auctions_within_half_a_second_of_the
             closed_at.saturating_sub(ends_at)
         );
     }
+    // Each close's lag is observed once, by the replica that closed it.
+    let closes: f64 = bidders
+        .iter()
+        .map(|bidder| bidder.metric("auction_close_lag_seconds_count"))
+        .sum();
+    assert_eq!(closes, 4.0);
 }

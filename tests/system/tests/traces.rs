@@ -154,3 +154,37 @@ async fn one_trace_from_the_post_to_every_edge() {
         assert_eq!(fanout.5, vec![append.3.clone()], "and links to it");
     }
 }
+
+/// A JSON log line logged while serving a traced request carries that
+/// request's `trace_id` (and its span's `span_id`), so a log line leads to
+/// its trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_carry_the_trace_id_of_their_request() {
+    let (otlp, _spans) = receiver().await;
+    let redis = RedisServer::start();
+    let mut env = test_support::bidder_env(&redis, "", 1000);
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));
+    env.push(("AUCTION_LOG_FORMAT", "json".into()));
+    let bidder = ServiceProcess::start("bidder", &env);
+    test_support::auctions::create(&redis.url(), &["logged".into()], 600_000).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let closed = reqwest::Client::new()
+        .post(format!("{}/admin/auctions/logged/close", bidder.url()))
+        .bearer_auth(test_support::admin_token("Ops"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 200);
+    let line = test_support::wait_for("the action's log line", Duration::from_secs(10), || {
+        bidder
+            .logs()
+            .lines()
+            .find(|line| line.contains("admin action"))
+            .map(str::to_owned)
+    });
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["trace_id"], trace_id, "{line}");
+    assert_eq!(json["span_id"].as_str().map(str::len), Some(16), "{line}");
+    assert_eq!(json["auction"], "logged", "{line}");
+}
