@@ -434,6 +434,15 @@ async fn a_drained_replica_ends_its_streams_and_clients_resume_elsewhere_on_a_cl
     drain_case(&RedisCluster::start()).await;
 }
 
+/// A pause of up to 200 ms, different per client, so that refused
+/// clients do not all come back at once.
+fn fastrand_ms() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() % 200
+}
+
 /// Clients on the replica that is drained: its streams all end at once.
 const DRAINED: usize = 500;
 
@@ -447,10 +456,15 @@ async fn open_served(
     auction: &str,
     last: Option<&str>,
 ) -> (Conn, Received) {
+    // As a page does: after a pause (a tight loop of hundreds of clients
+    // would keep a loaded replica busy refusing them), for a bounded time.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut conn = Conn::open(transport, addr, auction, last, None).await;
         match conn.next(QUIET).await.expect("an answer") {
-            Received::Refused(code) if code == "redis_unavailable" => continue,
+            Received::Refused(code) if code == "redis_unavailable" && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100 + fastrand_ms())).await;
+            }
             first => return (conn, first),
         }
     }
