@@ -20,6 +20,7 @@ mod upgrade;
 
 use endpoint::WsEndpoint;
 use identity::{Authenticator, IdentityConfig};
+use service_kit::demo::DemoControls;
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::rate::Rate;
 use service_kit::security_headers::SecurityHeaders;
@@ -81,7 +82,9 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         .edge
         .start_fanout(&ctx, codec::WsCodec, keepalive, Transport::ws)?;
     let healthy = fanout.delivery.hub().health_probe();
+    let demo = DemoControls::new(own.edge.demo_controls, &own.edge.replica);
     let endpoint = Arc::new(WsEndpoint {
+        demo: demo.clone(),
         gate: fanout.gate,
         delivery: fanout.delivery,
         bids: bids::BidForwarder::new(&own.bidder_url)?,
@@ -96,7 +99,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         send_buffer: own.edge.send_buffer,
         shutdown: ctx.shutdown.clone(),
     });
-    let routes =
-        SecurityHeaders::pages(&[]).apply_to_routes(pages::routes(pages::Transport::Ws, ""));
+    let routes = SecurityHeaders::pages(&[])
+        .apply_to_routes(pages::routes(pages::Transport::Ws, "").merge(demo.routes("ws")));
     run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }
