@@ -8,6 +8,8 @@
   const encoder = new TextEncoder();
   const LATENCIES_KEPT = 200;
   const IDS_KEPT = 5000;
+  // This page's own connections, as the edges' demo controls know them.
+  const client = `cmp-${Math.random().toString(36).slice(2, 12)}`;
 
   const compareIds = (a, b) => {
     const [am, as] = a.split("-").map(BigInt);
@@ -36,7 +38,10 @@
       drops: 0,
       droppedAt: null,
       recoveries: [], // ms
+      log: [], // every recovery: {reconnect, firstEvent, missed, repeated}
+      pending: null, // the recovery waiting for its first event
       missed: 0,
+      gaveUp: 0, // EventSource closed for good (an error answer)
     };
   }
   const sse = tracker("sse");
@@ -67,6 +72,9 @@
       if (t.latencies.length > LATENCIES_KEPT) t.latencies.shift();
     }
     countMissed();
+    if (t.pending && t.pending.firstEvent === null) {
+      t.pending.firstEvent = Math.round(performance.now() - t.pending.at);
+    }
     render();
   }
 
@@ -83,6 +91,8 @@
   }
 
   function dropped(t) {
+    if (t.pending) settle(t);
+    t.mark = { missed: t.missed, repeated: t.duplicates + t.outOfOrder };
     t.drops += 1;
     t.droppedAt = performance.now();
     t.state = "reconnecting";
@@ -91,7 +101,10 @@
 
   function reopened(t) {
     if (t.droppedAt !== null) {
-      t.recoveries.push(Math.round(performance.now() - t.droppedAt));
+      const reconnect = Math.round(performance.now() - t.droppedAt);
+      t.recoveries.push(reconnect);
+      t.pending = { at: t.droppedAt, reconnect, firstEvent: null };
+      t.log.push(t.pending);
       t.droppedAt = null;
     }
     t.state = "connected";
@@ -109,7 +122,9 @@
   }
 
   function openSse() {
-    const url = sse.resumeId ? `${sseBase}?lastEventId=${encodeURIComponent(sse.resumeId)}` : sseBase;
+    const url = sse.resumeId
+      ? `${sseBase}?demo=${client}&lastEventId=${encodeURIComponent(sse.resumeId)}`
+      : `${sseBase}?demo=${client}`;
     source = new EventSource(url);
     source.addEventListener("open", () => reopened(sse));
     for (const kind of ["init", "bid", "closed", "opened"]) {
@@ -122,14 +137,25 @@
     source.addEventListener("error", () => {
       // CONNECTING: the browser's own reconnection has begun.
       if (source.readyState === EventSource.CONNECTING && sse.droppedAt === null) dropped(sse);
-      if (source.readyState === EventSource.CLOSED) { sse.state = "stopped"; render(); }
+      if (source.readyState === EventSource.CLOSED) {
+        // EventSource gives up for good on an error answer (a 503 from a
+        // full, draining or refusing edge): this page starts it again
+        // itself, after a backoff.
+        if (sse.droppedAt === null) dropped(sse);
+        sse.gaveUp += 1;
+        sse.state = "gave-up";
+        render();
+        setTimeout(openSse, 1000 + Math.random() * 1000);
+      }
     });
   }
 
-  function dropSse() {
-    source.close();
-    dropped(sse);
-    openSse();
+  /** Books what a recovery cost once the next drop comes (or now). */
+  function settle(t) {
+    if (!t.pending || !t.mark) return;
+    t.pending.missed = t.missed - t.mark.missed;
+    t.pending.repeated = t.duplicates + t.outOfOrder - t.mark.repeated;
+    t.pending = null;
   }
 
   // --- WebSocket ----------------------------------------------------------------
@@ -144,7 +170,7 @@
   }
 
   function openWs() {
-    socket = new WebSocket(`${scheme}://${location.host}/ws`);
+    socket = new WebSocket(`${scheme}://${location.host}/ws?demo=${client}`);
     socket.addEventListener("open", () => {
       attempt = 0;
       const message = { type: "subscribe", auction: auctionId };
@@ -166,9 +192,37 @@
     });
   }
 
-  function dropWs() {
-    // The close handler books the drop and reconnects.
-    if (socket && socket.readyState === WebSocket.OPEN) socket.close(4000, "dropped from the page");
+  // --- demo controls: drops and refusals made by the edges ----------------------
+
+  const say = (text) => { document.getElementById("demo-status").textContent = text; };
+
+  /** Asks the edges (through the load balancer) to end this page's
+   *  connections: each replica acts only on those it holds, so ask again
+   *  until one ended some. */
+  async function serverDrop(transport, how) {
+    for (let attempt = 0; attempt < 8; attempt += 1) {
+      const answer = await fetch(`/demo/${transport}/drop?client=${client}&how=${how}`, { method: "POST" });
+      if (answer.status === 404) { say("The demo controls are off on this server (AUCTION_DEMO_CONTROLS)."); return 0; }
+      const body = await answer.json().catch(() => ({}));
+      if (body.ended > 0) { say(`${transport}: ${how} by replica ${body.replica}`); return body.ended; }
+    }
+    say(`${transport}: no replica held this page's connection`);
+    return 0;
+  }
+
+  /** Makes every replica of both edges refuse new streams for `seconds`:
+   *  round robin reaches each in turn. */
+  async function serverRefuse(seconds) {
+    const replicas = new Set();
+    for (const transport of ["sse", "ws"]) {
+      for (let attempt = 0; attempt < 6; attempt += 1) {
+        const answer = await fetch(`/demo/${transport}/refuse?seconds=${seconds}`, { method: "POST" });
+        if (answer.status === 404) { say("The demo controls are off on this server (AUCTION_DEMO_CONTROLS)."); return; }
+        const body = await answer.json().catch(() => ({}));
+        if (body.replica) replicas.add(`${transport}:${body.replica}`);
+      }
+    }
+    say(`${replicas.size} edge replicas refuse new streams for ${seconds} s`);
   }
 
   // --- figures ------------------------------------------------------------------
@@ -179,7 +233,7 @@
     return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
   }
 
-  const STATES = { connecting: "Connecting", connected: "Live", reconnecting: "Reconnecting…", stopped: "Stopped" };
+  const STATES = { connecting: "Connecting", connected: "Live", reconnecting: "Reconnecting…", stopped: "Stopped", "gave-up": "EventSource gave up; the page retries" };
 
   function render() {
     for (const t of [sse, ws]) {
@@ -194,6 +248,7 @@
         ["bytes", "Bytes per bid event (average)", t.bids ? `${Math.round(t.bytes / t.bids)} B` : "—"],
         ["drops", "Drops", String(t.drops)],
         ["recovery", "Last recovery", lastRecovery === undefined ? "—" : `${lastRecovery} ms`],
+        ["gaveup", "EventSource gave up (restarted by the page)", t.name === "sse" ? String(t.gaveUp) : "—"],
         ["missed", "Events missed", String(t.missed)],
         ["duplicates", "Duplicates / out of order", `${t.duplicates} / ${t.outOfOrder}`],
       ];
@@ -204,6 +259,16 @@
       panel.dataset.missed = String(t.missed);
       panel.dataset.duplicates = String(t.duplicates + t.outOfOrder);
       panel.dataset.lastId = t.lastId || "";
+      panel.dataset.gaveUp = String(t.gaveUp);
+      const log = panel.querySelector("ol.recoveries");
+      if (log) {
+        log.replaceChildren(...t.log.map((r) => {
+          const li = document.createElement("li");
+          li.textContent = `reconnected after ${r.reconnect} ms, first event after ${r.firstEvent === null ? "—" : `${r.firstEvent} ms`}` +
+            (r.missed === undefined ? "" : `, ${r.missed} missed, ${r.repeated} repeated`);
+          return li;
+        }));
+      }
       const list = panel.querySelector("dl");
       if (!list.children.length) {
         for (const [key, label] of rows) {
@@ -221,16 +286,37 @@
     }
   }
 
+  const median = (values) => percentile(values, 50);
+
+  /** What the figures say, in words. */
+  function conclude() {
+    const s = median(sse.recoveries);
+    const w = median(ws.recoveries);
+    const parts = [];
+    if (s !== null) parts.push(`SSE came back in ${s} ms (median of ${sse.recoveries.length}): EventSource waits its retry delay (retry: from the server, 2 s by default) before it reconnects.`);
+    if (w !== null) parts.push(`The WebSocket came back in ${w} ms (median of ${ws.recoveries.length}): this page's backoff, 0.25 s doubling, decides.`);
+    if (sse.gaveUp) parts.push(`EventSource gave up ${sse.gaveUp} time(s) on an error answer; only the page's own code brought it back.`);
+    if (sse.bids && ws.bids) parts.push(`SSE spent ${Math.round(sse.bytes / sse.bids)} B per bid, the WebSocket ${Math.round(ws.bytes / ws.bids)} B.`);
+    if (parts.length) parts.push(`Missed: SSE ${sse.missed}, WebSocket ${ws.missed}; repeated: SSE ${sse.duplicates}, WebSocket ${ws.duplicates}.`);
+    const element = document.getElementById("conclusion");
+    if (element) element.textContent = parts.length ? parts.join(" ") : "Drop or refuse the connections to compare how each recovers.";
+  }
+  setInterval(conclude, 1000);
+
   /** For tests and the curious: every id each transport received. */
   window.comparison = {
     ids: (name) => [...(name === "sse" ? sse : ws).ids],
     recoveries: (name) => [...(name === "sse" ? sse : ws).recoveries],
+    log: (name) => (name === "sse" ? sse : ws).log.map((r) => ({ ...r })),
+    client,
   };
 
   document.getElementById("auction-name").textContent = auctionId;
-  document.getElementById("drop-sse").addEventListener("click", dropSse);
-  document.getElementById("drop-ws").addEventListener("click", dropWs);
-  document.getElementById("drop-both").addEventListener("click", () => { dropSse(); dropWs(); });
+  document.getElementById("drop-sse").addEventListener("click", () => serverDrop("sse", "reset"));
+  document.getElementById("drop-ws").addEventListener("click", () => serverDrop("ws", "reset"));
+  document.getElementById("drop-both").addEventListener("click", () => { serverDrop("sse", "reset"); serverDrop("ws", "reset"); });
+  document.getElementById("drain-both").addEventListener("click", () => { serverDrop("sse", "drain"); serverDrop("ws", "drain"); });
+  document.getElementById("refuse").addEventListener("click", () => serverRefuse(10));
   render();
   openSse();
   openWs();

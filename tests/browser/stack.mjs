@@ -78,7 +78,8 @@ export class Stack {
     this.service("bidder1", "bidder", { ...bidder, AUCTION_SIM_AUCTIONS: "live", AUCTION_SIM_INTERVAL_MS: "400" });
     this.service("bidder2", "bidder", { ...bidder, AUCTION_SIMULATE: "false" });
     // Every browser and load script here is one client address.
-    const edge = { ...common, AUCTION_MAX_CONNECTIONS_PER_ADDRESS: "100000" };
+    // Demo controls on: the comparison page drops and refuses through them.
+    const edge = { ...common, AUCTION_MAX_CONNECTIONS_PER_ADDRESS: "100000", AUCTION_DEMO_CONTROLS: "true" };
     for (const name of ["sse1", "sse2"]) {
       this.service(name, "sse-edge", { ...edge, AUCTION_SSE_RETRY_MS: "500" });
     }

@@ -103,6 +103,7 @@ pub const SETTINGS: &[Setting] = &[
     VIEWERS_INTERVAL_MS,
     REPLAY_KEEP_MS,
     SOCKET_SEND_BUFFER,
+    crate::demo::DEMO_CONTROLS,
 ];
 
 /// Settings of every edge, read with the same defaults and ranges.
@@ -131,6 +132,9 @@ pub struct EdgeSettings {
     pub replay_keep: Duration,
     /// This replica's name in shared counts: random, unique per process.
     pub replica: String,
+    /// `AUCTION_DEMO_CONTROLS`: the comparison page's drop and refuse
+    /// controls (never in production).
+    pub demo_controls: bool,
 }
 
 impl EdgeSettings {
@@ -147,6 +151,7 @@ impl EdgeSettings {
             replica: std::iter::repeat_with(fastrand::alphanumeric)
                 .take(16)
                 .collect(),
+            demo_controls: settings.flag(&crate::demo::DEMO_CONTROLS)?,
         })
     }
 }

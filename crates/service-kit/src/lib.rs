@@ -6,6 +6,7 @@
 
 pub mod client_address;
 pub mod connections;
+pub mod demo;
 pub mod edge;
 mod error;
 mod gate;

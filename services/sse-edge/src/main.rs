@@ -6,6 +6,7 @@ mod multi;
 mod stream;
 mod stream_id;
 
+use service_kit::demo::DemoControls;
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::security_headers::SecurityHeaders;
 use service_kit::spec::sse_edge::*;
@@ -64,7 +65,9 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         .edge
         .start_fanout(&ctx, codec::SseCodec, own.keepalive, Transport::sse)?;
     let healthy = fanout.delivery.hub().health_probe();
+    let demo = DemoControls::new(own.edge.demo_controls, &own.edge.replica);
     let endpoint = Arc::new(SseEndpoint {
+        demo: demo.clone(),
         gate: fanout.gate,
         clients: own.edge.clients.clone(),
         delivery: fanout.delivery,
@@ -76,6 +79,9 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
     let routes = pages::routes(pages::Transport::Sse, &own.bidder_public_url);
     // The pages' policy lets them post to the bidder's own origin.
     let page_headers = SecurityHeaders::pages(own.bidder_origin.as_slice());
-    let routes = page_headers.apply_to_routes(routes);
+    // The demo controls answer JSON, with the API's headers (the listener's).
+    let routes = page_headers
+        .apply_to_routes(routes)
+        .merge(demo.routes("sse"));
     run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }

@@ -13,6 +13,7 @@ use crate::multi;
 use auction_domain::AuctionId;
 use fanout::{Delivery, Frame, Item, OpenError, Resume, Subscription, Transport};
 use service_kit::client_address::ClientAddress;
+use service_kit::demo::{DemoControls, DemoGuard, linger_zero};
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::future::Future;
 use std::io;
@@ -35,6 +36,8 @@ pub struct SseEndpoint {
     /// client's buffer to megabytes, and it would take that long to notice.
     pub send_buffer: usize,
     pub shutdown: CancellationToken,
+    /// `AUCTION_DEMO_CONTROLS`: streams opened with `demo=<client>`.
+    pub demo: Arc<DemoControls>,
 }
 
 /// `/auctions/{id}/events` → the raw `{id}`.
@@ -76,8 +79,13 @@ impl FastPath for SseEndpoint {
             head.header("last-event-id")
                 .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
         );
+        // Boxed: most streams have none, and each keeps this for its life.
+        let demo = self
+            .demo
+            .register(head.query_param("demo"), &self.shutdown)
+            .map(Box::new);
         drop(head);
-        futures_util::future::Either::Right(self.stream(stream, client, auction.ok(), resume))
+        futures_util::future::Either::Right(self.stream(stream, client, auction.ok(), resume, demo))
     }
 }
 
@@ -92,6 +100,7 @@ impl SseEndpoint {
         client: IpAddr,
         auction: Option<AuctionId>,
         resume: Resume,
+        demo: Option<Box<DemoGuard>>,
     ) -> impl Future<Output = ()> + Send {
         async move {
             let _admission = match self.gate.admit(client) {
@@ -110,10 +119,28 @@ impl SseEndpoint {
                     // However it ends (cut off, gone, left, draining), the
                     // stream ends with a FIN; the browser resumes.
                     let gone = || client_gone(&stream);
-                    self.delivery
-                        .serve(socket, &stream, &mut subscription, feed, gone)
-                        .await;
-                    end(&stream);
+                    let served =
+                        self.delivery
+                            .serve(socket, &stream, &mut subscription, feed, gone);
+                    let Some(demo) = demo else {
+                        served.await;
+                        return end(&stream);
+                    };
+                    // A demo drop: reset (RST as the socket closes) or drain
+                    // (FIN). Boxed: only demo streams take this path.
+                    let reset = Box::pin(async {
+                        tokio::select! {
+                            _ = served => false,
+                            _ = demo.end.drain.cancelled() => false,
+                            _ = demo.end.reset.cancelled() => true,
+                        }
+                    })
+                    .await;
+                    if reset {
+                        linger_zero(&stream);
+                    } else {
+                        end(&stream);
+                    }
                 }
                 Err(Some(refusal)) => refusal::refuse(stream, &refusal).await,
                 Err(None) => end(&stream),
@@ -136,6 +163,9 @@ impl SseEndpoint {
         };
         if self.shutdown.is_cancelled() {
             return Err(Some(refusal::draining()));
+        }
+        if let Some(refusal) = self.demo.refusal() {
+            return Err(Some(refusal));
         }
         let opening = match self.delivery.open(&auction, resume).await {
             Ok(opening) => opening,

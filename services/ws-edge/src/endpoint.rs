@@ -9,6 +9,7 @@ use crate::upgrade::upgrade;
 use fanout::Delivery;
 use identity::Authenticator;
 use service_kit::client_address::ClientAddress;
+use service_kit::demo::{DemoControls, linger_zero};
 use service_kit::rate::Rate;
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::future::Future;
@@ -45,6 +46,8 @@ pub struct WsEndpoint {
     /// suspension.
     pub suspensions: Arc<crate::suspensions::Suspensions>,
     pub shutdown: CancellationToken,
+    /// `AUCTION_DEMO_CONTROLS`: sockets opened with `demo=<client>`.
+    pub demo: Arc<DemoControls>,
 }
 
 impl FastPath for WsEndpoint {
@@ -60,6 +63,11 @@ impl FastPath for WsEndpoint {
         // Boxed: what the future captures it keeps for the socket's whole
         // life, and the head is needed only for the upgrade.
         let client = self.clients.of_stream(&stream, &head);
+        // Boxed: most sockets have none, and each keeps this for its life.
+        let demo = self
+            .demo
+            .register(head.query_param("demo"), &self.shutdown)
+            .map(Box::new);
         let head = Box::new(head);
         async move {
             let _admission = match self.gate.admit(client) {
@@ -71,8 +79,26 @@ impl FastPath for WsEndpoint {
             let Some(upgraded) = Box::pin(upgrade(&self, stream, *head, client)).await else {
                 return;
             };
-            let mut session = Session::new(&self, upgraded);
-            session.run().await;
+            // A demo drain ends the socket as the replica's drain does
+            // (close 1012); a demo reset ends it with a RST.
+            let shutdown = match &demo {
+                Some(demo) => demo.end.drain.clone(),
+                None => self.shutdown.clone(),
+            };
+            let mut session = Session::new(&self, upgraded, shutdown);
+            let Some(demo) = demo else {
+                return session.run().await;
+            };
+            let reset = Box::pin(async {
+                tokio::select! {
+                    _ = session.run() => false,
+                    _ = demo.end.reset.cancelled() => true,
+                }
+            })
+            .await;
+            if reset {
+                linger_zero(session.raw());
+            }
         }
     }
 }

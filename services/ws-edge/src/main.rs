@@ -23,6 +23,7 @@ mod upgrade;
 
 use endpoint::WsEndpoint;
 use identity::{Authenticator, IdentityConfig};
+use service_kit::demo::DemoControls;
 use service_kit::edge::{EdgeSettings, run_edge};
 use service_kit::rate::Rate;
 use service_kit::security_headers::SecurityHeaders;
@@ -90,7 +91,9 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
     )?;
     let healthy = fanout.delivery.hub().health_probe();
     let suspensions = Arc::new(suspensions::Suspensions::default());
+    let demo = DemoControls::new(own.edge.demo_controls, &own.edge.replica);
     let endpoint = Arc::new(WsEndpoint {
+        demo: demo.clone(),
         gate: fanout.gate,
         delivery: fanout.delivery,
         bids: bids::BidForwarder::new(&own.bidder_url)?,
@@ -108,7 +111,9 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         shutdown: ctx.shutdown.clone(),
     });
     tokio::spawn(suspensions.follow(ctx.common.redis.clone(), ctx.shutdown.clone()));
-    let routes =
-        SecurityHeaders::pages(&[]).apply_to_routes(pages::routes(pages::Transport::Ws, ""));
+    // The demo controls answer JSON, with the API's headers (the listener's).
+    let routes = SecurityHeaders::pages(&[])
+        .apply_to_routes(pages::routes(pages::Transport::Ws, ""))
+        .merge(demo.routes("ws"));
     run_edge(&ctx, endpoint.clone(), &endpoint.gate, routes, healthy).await
 }

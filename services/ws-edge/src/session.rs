@@ -23,6 +23,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
+use tokio_util::sync::CancellationToken;
 
 /// How long the closing handshake may take before the socket is dropped.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
@@ -86,10 +87,13 @@ pub struct Session<'a> {
     bucket: TokenBucket,
     /// When the last `rate_limited` error was sent (at most one a second).
     warned_rate: Option<Instant>,
+    /// Cancelled when the socket is to end with 1012: the replica's drain
+    /// (or, for a demo socket, a demo drain).
+    shutdown: CancellationToken,
 }
 
 impl<'a> Session<'a> {
-    pub fn new(endpoint: &'a WsEndpoint, upgraded: Upgraded) -> Self {
+    pub fn new(endpoint: &'a WsEndpoint, upgraded: Upgraded, shutdown: CancellationToken) -> Self {
         Session {
             endpoint,
             socket: WsSocket::new(upgraded.ws, upgraded.raw, endpoint.delivery.stall_limit()),
@@ -104,7 +108,13 @@ impl<'a> Session<'a> {
             registration: None,
             bucket: TokenBucket::full(endpoint.message_rate, Instant::now()),
             warned_rate: None,
+            shutdown,
         }
+    }
+
+    /// The socket.
+    pub fn raw(&self) -> &tokio::net::TcpStream {
+        self.socket.raw()
     }
 
     /// Serves the socket until it ends, then closes it as the ending says.
@@ -141,7 +151,8 @@ impl<'a> Session<'a> {
 
     async fn serve(&mut self) -> End {
         let endpoint = self.endpoint;
-        let shutdown = endpoint.shutdown.cancelled();
+        let shutdown_token = self.shutdown.clone();
+        let shutdown = shutdown_token.cancelled();
         tokio::pin!(shutdown);
         // Marked seen first: the phase's ticks so far are not this
         // socket's (a ping at connect, judged at the phase's next tick,
@@ -179,7 +190,7 @@ impl<'a> Session<'a> {
                 }
             }
             let wake = match ready {
-                Some(wake) if !endpoint.shutdown.is_cancelled() => wake,
+                Some(wake) if !shutdown_token.is_cancelled() => wake,
                 // Ordered by how often each is the reason for waking:
                 // events first, so a delivery polls nothing else.
                 _ => tokio::select! {

@@ -60,6 +60,10 @@ pub async fn upgrade(
         refusal::refuse(stream, &refusal::draining()).await;
         return None;
     }
+    if let Some(response) = endpoint.demo.refusal() {
+        refusal::refuse(stream, &response).await;
+        return None;
+    }
     let accept = derive_accept_key(&key);
     // No security headers on the 101: what follows is a WebSocket, never a
     // document. Every refusal on this path carries them

@@ -78,6 +78,21 @@ impl RunScript {
     }
 
     fn start_with(ports: &Ports, env: &[(&str, String)], args: &[&str]) -> RunScript {
+        RunScript::launch(ports, env, args, false)
+    }
+
+    /// As a non-interactive shell starts a background job (`scripts/run &`
+    /// in a script): with SIGINT ignored.
+    fn start_in_background(ports: &Ports) -> RunScript {
+        RunScript::launch(ports, &[], &[], true)
+    }
+
+    fn launch(
+        ports: &Ports,
+        env: &[(&str, String)],
+        args: &[&str],
+        sigint_ignored: bool,
+    ) -> RunScript {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
         let profile_dir = binary_path("bidder").parent().unwrap().to_owned();
         let profile = profile_dir
@@ -92,7 +107,16 @@ impl RunScript {
             profile_dir.display()
         );
         let dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(root.join("scripts/run"));
+        let mut command = if sigint_ignored {
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg("trap '' INT; exec \"$0\" \"$@\"")
+                .arg(root.join("scripts/run"));
+            command
+        } else {
+            Command::new(root.join("scripts/run"))
+        };
         if profile == "release" {
             command.arg("--release");
         }
@@ -158,6 +182,27 @@ impl RunScript {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The pid `scripts/run` wrote for `binary` on `port`.
+    fn pid_of(&self, binary: &str, port: u16) -> u32 {
+        let path = self._dir.path().join(format!("pids/{binary}-{port}.pid"));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn wait_ready(&mut self) {
+        wait_for("ready", Duration::from_secs(90), || {
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "scripts/run exited:\n{}",
+                self.stderr()
+            );
+            self.said_ready().then_some(())
+        });
+    }
+
     fn said_ready(&self) -> bool {
         self.stdout().lines().any(|line| line.starts_with("ready"))
     }
@@ -177,7 +222,8 @@ impl RunScript {
         }
     }
 
-    /// Ctrl-C, as a user stops it.
+    /// Ctrl-C, as a user stops it: everything stops and it exits 0, a
+    /// stop asked for, not a failure.
     fn interrupt(&mut self) -> ExitStatus {
         let status = Command::new("kill")
             .arg("-INT")
@@ -185,7 +231,14 @@ impl RunScript {
             .status()
             .unwrap();
         assert!(status.success());
-        self.wait_exit(Duration::from_secs(30))
+        let status = self.wait_exit(Duration::from_secs(30));
+        let stderr = self.stderr();
+        assert!(status.success(), "exit status {status}; stderr:\n{stderr}");
+        assert!(
+            stderr.contains("scripts/run: stopping everything"),
+            "stderr:\n{stderr}"
+        );
+        status
     }
 }
 
@@ -418,5 +471,68 @@ fn scripts_run_cluster_starts_a_redis_cluster_and_every_replica_runs_on_it() {
             Duration::from_secs(20),
             || (!listening(port)).then_some(()),
         );
+    }
+}
+
+#[test]
+fn scripts_run_starts_a_replica_that_dies_again_while_the_others_keep_serving() {
+    let ports = Ports::free();
+    let mut run = RunScript::start(&ports, &[]);
+    run.wait_ready();
+    let killed = &ports.replicas[2];
+    let other = &ports.replicas[3];
+    assert_eq!(killed.binary, "sse-edge");
+    let pid = run.pid_of("sse-edge", killed.port);
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let killed_at = Instant::now();
+    wait_for("the kill to be reported", Duration::from_secs(10), || {
+        run.stderr()
+            .contains(&format!(
+                "sse-edge on port {} (pid {pid}) was killed (signal 9)",
+                killed.port
+            ))
+            .then_some(())
+    });
+    // The other replica serves on, and the script runs on.
+    assert_eq!(status_of(other.ops, "/readyz"), Some(200));
+    assert!(run.child.try_wait().unwrap().is_none(), "{}", run.stderr());
+    // The killed one is started again and ready within 10 s.
+    wait_for(
+        "the killed replica to answer /readyz",
+        Duration::from_secs(10).saturating_sub(killed_at.elapsed()),
+        || (status_of(killed.ops, "/readyz") == Some(200)).then_some(()),
+    );
+    assert_ne!(run.pid_of("sse-edge", killed.port), pid);
+    wait_for("ready again", Duration::from_secs(5), || {
+        run.stderr()
+            .contains(&format!("sse-edge on port {} is ready again", killed.port))
+            .then_some(())
+    });
+    assert!(run.child.try_wait().unwrap().is_none(), "{}", run.stderr());
+    if nginx_installed() {
+        assert_eq!(status_of(ports.public, "/nginx-health"), Some(200));
+    }
+    run.interrupt();
+}
+
+#[test]
+fn scripts_run_in_the_background_stops_everything_on_sigint_and_exits_0() {
+    let ports = Ports::free();
+    let mut run = RunScript::start_in_background(&ports);
+    run.wait_ready();
+    run.interrupt();
+    for Replica { binary, port, ops } in &ports.replicas {
+        wait_for(
+            &format!("{binary} on {port} to be stopped"),
+            Duration::from_secs(20),
+            || (!listening(*port) && !listening(*ops)).then_some(()),
+        );
+    }
+    if nginx_installed() {
+        assert!(!listening(ports.public), "nginx still listens");
     }
 }
