@@ -15,6 +15,10 @@ use auction_domain::{Auction, AuctionId, BidSource, Bidder, EventId, Idempotency
 use redis::{AsyncCommands, Script};
 use std::time::Duration;
 
+/// How long a bid on a cluster waits for its bidder's suspension marker,
+/// which lives on whichever node holds the bidder's slot.
+const SUSPENSION_CHECK_DEADLINE: Duration = Duration::from_millis(250);
+
 /// How long the answer to an `Idempotency-Key` is kept.
 const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
 
@@ -214,15 +218,26 @@ impl AuctionWriter {
         let state_key = keys::state_key(auction);
         let written_on = connection_stamp(&self.conn, self.replica_ack).await?;
         // A suspension is checked inside the script on a single node; in a
-        // cluster its marker lives in another slot, so just before it.
+        // cluster its marker lives in the bidder's slot, not the auction's,
+        // so just before it, with a short deadline: a node that hangs or is
+        // down there must not hold up bids on healthy shards. Unanswered,
+        // the bid goes on (a suspension is not enforced while the node
+        // holding its marker is out; README, Admin).
         let suspension = crate::admin::suspension_key(&bidder.id);
         if self.conn.is_cluster() {
-            let suspended: bool = conn.exists(&suspension).await?;
-            if suspended {
-                return Ok(Some(BidAttempt {
-                    answer: BidAnswer::BidderSuspended,
-                    replayed: false,
-                }));
+            let check = conn.exists::<_, bool>(&suspension);
+            match tokio::time::timeout(SUSPENSION_CHECK_DEADLINE, check).await {
+                Ok(Ok(true)) => {
+                    return Ok(Some(BidAttempt {
+                        answer: BidAnswer::BidderSuspended,
+                        replayed: false,
+                    }));
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "suspension not checked: its node did not answer");
+                }
+                Err(_) => tracing::warn!("suspension not checked: its node did not answer in time"),
             }
         }
         let mut invocation = PLACE_BID.prepare_for(&self.conn);
