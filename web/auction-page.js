@@ -130,7 +130,7 @@ export function start(kind) {
       bid: (auction, request, { key, token, bidder, onRetry } = {}) => new Promise((resolve) => {
         sequence += 1;
         bids.set(sequence, { resolve, onRetry });
-        port.postMessage({ type: "bid", id: sequence, auction, request, key, token, bidder });
+        port.postMessage({ type: "bid", id: sequence, auction, request, key, token, bidder, bidderUrl: Auction.config.bidderUrl });
       }),
     };
   }

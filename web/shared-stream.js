@@ -10,7 +10,7 @@
 //
 // Tabs post: {type: "watch", transport, auction}, {type: "unwatch"},
 // {type: "leave"} (pagehide), {type: "token", token} and {type: "bid", id,
-// auction, request, key, token, bidder}. The worker posts: {type: "alone"}
+// auction, request, key, token, bidder, bidderUrl}. The worker posts: {type: "alone"}
 // (no room for another auction: the tab connects by itself), {type:
 // "state", state, transport} (the library's), {type: "event", event} (the
 // library's, with the auction's own id), {type: "refused", auction, error},
@@ -98,11 +98,11 @@ function unwatch(port) {
   }
 }
 
-async function bid(port, { id, auction, request, key, token, bidder }) {
+async function bid(port, { id, auction, request, key, token, bidder, bidderUrl }) {
   const tab = tabs.get(port);
   const entry = group(tab ? tab.mode : "sse");
   const result = await entry.client.bid(auction, request, {
-    key, token, bidder, onRetry: () => port.postMessage({ type: "retry", id }),
+    key, token, bidder, bidderUrl: bidderUrl || "", onRetry: () => port.postMessage({ type: "retry", id }),
   });
   port.postMessage({ type: "bid", id, result });
 }

@@ -557,10 +557,11 @@ export class AuctionClient {
    * Places one bid: `request` is `{amount}`, `{max_amount}` or `{buy_now: true}`.
    * Sent with `key` (a new idempotency key unless given) and, while the
    * answer does not say what became of it (UNSETTLED, or no answer), sent
-   * again with the same key, over whichever transport is up. Resolves to
+   * again with the same key, over whichever transport is up (`bidderUrl`:
+   * where an HTTP bid goes, when not the client's). Resolves to
    * `{ok: true, body}` or `{ok: false, body: {error, ...}}`.
    */
-  async bid(auction, request, { key, token = this.token, bidder, onRetry } = {}) {
+  async bid(auction, request, { key, token = this.token, bidder, onRetry, bidderUrl } = {}) {
     key = key || newIdempotencyKey();
     let result = { ok: false, body: { error: "bid_outcome_unknown" } };
     for (let attempt = 0; attempt < this.options.bidAttempts; attempt += 1) {
@@ -569,7 +570,7 @@ export class AuctionClient {
         await wait(this.options.bidRetryMs);
       }
       try {
-        result = await this.bidOnce(String(auction), request, { key, token, bidder });
+        result = await this.bidOnce(String(auction), request, { key, token, bidder, bidderUrl });
       } catch (_) {
         result = { ok: false, body: { error: "bid_outcome_unknown" } };
       }
@@ -584,7 +585,7 @@ export class AuctionClient {
     return result;
   }
 
-  async bidOnce(auction, request, { key, token, bidder }) {
+  async bidOnce(auction, request, { key, token, bidder, bidderUrl }) {
     const plain = typeof request.amount === "number" && request.max_amount === undefined && !request.buy_now;
     if (plain && token && this.transport === "ws" && this.socketOpen) {
       if (this.socketToken !== token || this.auth === "none") this.authenticate(token);
@@ -593,7 +594,7 @@ export class AuctionClient {
       }
       if (this.auth === "yes" && this.socketOpen && this.socketToken === token) return this.bidOverSocket(auction, request.amount, key);
     }
-    return this.postBid(auction, request, { key, token, bidder });
+    return this.postBid(auction, request, { key, token, bidder, bidderUrl });
   }
 
   bidOverSocket(auction, amount, key) {
@@ -609,13 +610,13 @@ export class AuctionClient {
   }
 
   /** `POST /auctions/{id}/bids`. */
-  async postBid(auction, request, { key, token, bidder }) {
+  async postBid(auction, request, { key, token, bidder, bidderUrl = this.options.bidderUrl ?? this.options.baseUrl }) {
     const headers = { "Content-Type": "application/json" };
     if (token) headers.Authorization = `Bearer ${token}`;
     if (key) headers["Idempotency-Key"] = key;
     // Without a session (a deployment without them) the name goes along.
     const body = token || !bidder ? request : { ...request, bidder };
-    const response = await fetch(this.url(`/auctions/${encodeURIComponent(auction)}/bids`, this.options.bidderUrl ?? this.options.baseUrl), {
+    const response = await fetch(this.url(`/auctions/${encodeURIComponent(auction)}/bids`, bidderUrl), {
       method: "POST",
       headers,
       body: JSON.stringify(body),
