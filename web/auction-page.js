@@ -136,7 +136,7 @@ export function start(kind) {
   }
 
   Auction.useClient(local);
-  Auction.onSessionChange((session) => { if (session && connection) connection.setToken(session.token); });
+  Auction.onSessionChange((session) => { if (connection) connection.setToken(session ? session.token : null); });
   Auction.setupForm(({ amount, bidder, token, key, max }, onRetry) =>
     connection.bid(auctionId, max ? { max_amount: amount } : { amount }, { key: key || undefined, token, bidder, onRetry }));
 

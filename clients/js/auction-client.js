@@ -248,7 +248,7 @@ export class AuctionClient {
   }
 
   connect() {
-    if (this.closed || this.watched.size === 0 && !this.token) return;
+    if (this.closed || this.watched.size === 0) return;
     // "auto" tries a WebSocket at every (re)connect, unless the last one
     // failed slowly (a timeout, or a socket closed before its first
     // message) less than wsRetryMs ago: a refusal costs one quick answer.
@@ -371,6 +371,7 @@ export class AuctionClient {
 
   /** Opens a socket. With `handover`, SSE serves until the socket opens. */
   openWs({ handover = false } = {}) {
+    if (this.socket) this.stopWs();
     if (!handover) this.stopSse();
     const fallback = this.mode === "auto";
     let socket;
