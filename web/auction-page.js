@@ -137,8 +137,10 @@ export function start(kind) {
 
   Auction.useClient(local);
   Auction.onSessionChange((session) => { if (connection) connection.setToken(session ? session.token : null); });
+  // Bids by HTTP (the SSE page's) go from the page itself, on its own
+  // connection to the bidder; the WebSocket page's through its connection.
   Auction.setupForm(({ amount, bidder, token, key, max }, onRetry) =>
-    connection.bid(auctionId, max ? { max_amount: amount } : { amount }, { key: key || undefined, token, bidder, onRetry }));
+    (kind === "sse" ? local : connection).bid(auctionId, max ? { max_amount: amount } : { amount }, { key: key || undefined, token, bidder, onRetry }));
 
   let viaWorker = null;
   const port = Auction.sharedConnection((message) => viaWorker && viaWorker.onMessage(message), () => {
