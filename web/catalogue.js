@@ -1,21 +1,18 @@
 // The catalogue: the open auctions (GET /auctions) with their current
 // prices, kept live over ONE SSE stream of every listed auction
-// (/events?auctions=...). The stream's one id resumes every lot: the
-// browser sends it back when it reconnects by itself, and the page passes
-// it (lastEventId) when it opens a new stream for a longer list.
-"use strict";
+// (/events?auctions=...), held by the auction client library: it resumes
+// every lot after a drop, and when the list grows it opens a new stream
+// with the longer list from where each lot was, so no lot misses an event.
+import { AuctionClient } from "./auction-client.js";
 
-(() => {
+{
   const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
   /** One page of the listing; a stream carries up to 100 auctions
    *  (AUCTION_SSE_MAX_AUCTIONS_PER_STREAM's default). */
   const MAX_LISTED = 100;
   const REFRESH_MS = 30_000;
   const lots = new Map(); // auction id -> {auction, element}
-  let source = null;
-  let lastId = null; // the stream's id: where the page is in every lot
-  let attempt = 0;
-  let retry = null;
+  const client = new AuctionClient({ transport: "sse" });
 
   const $ = (id) => document.getElementById(id);
   const format = (cents) => money.format(Number(cents) / 100);
@@ -89,57 +86,28 @@
       render(lot);
       added = true;
     }
-    if (added) connect(); // a new stream with the longer list, from lastId
+    if (added) client.watch([...lots.keys()]); // the new lots join the stream
     $("empty").hidden = lots.size > 0;
     $("catalogue").dataset.phase = "ready";
   }
 
-  /** An event of the stream: `auction` is the lot's id in a bid, the
+  /** An event of the stream: `data.auction` is the lot's id in a bid, the
    *  auction itself in init, opened and closed. */
-  function onEvent(kind, data) {
-    const id = typeof data.auction === "string" ? data.auction : data.auction && data.auction.id;
-    const lot = lots.get(id);
+  client.on("event", ({ type, auction, data }) => {
+    const lot = lots.get(auction);
     if (!lot) return;
-    if (kind === "bid") lot.auction.current = data;
-    else lot.auction = data.auction;
+    if (type === "bid") lot.auction.current = data;
+    else if (["init", "opened", "closed"].includes(type)) lot.auction = data.auction;
+    else return;
     render(lot);
-  }
-
-  /** (Re)opens the stream of every listed lot, resuming from lastId. */
-  function connect() {
-    clearTimeout(retry);
-    if (source) source.close();
-    if (lots.size === 0) return;
-    const query = new URLSearchParams({ auctions: [...lots.keys()].join(",") });
-    if (lastId) query.set("lastEventId", lastId);
-    setConnection(attempt ? "reconnecting" : "connecting", attempt ? "Reconnecting…" : "Connecting");
-    source = new EventSource(`/events?${query}`);
-    const opened = source;
-    opened.addEventListener("open", () => {
-      attempt = 0;
-      setConnection("connected", "Live");
-    });
-    for (const kind of ["init", "bid", "opened", "closed"]) {
-      opened.addEventListener(kind, (event) => {
-        if (event.lastEventId) lastId = event.lastEventId;
-        try { onEvent(kind, JSON.parse(event.data)); } catch (_) { /* not ours */ }
-      });
-    }
-    opened.addEventListener("error", () => {
-      if (opened !== source) return;
-      setConnection("reconnecting", "Reconnecting…");
-      // The browser retries by itself unless the edge refused (a full or
-      // draining replica's 503): then this page does, with backoff (full
-      // jitter, 0.25 s doubling to 10 s).
-      if (opened.readyState === EventSource.CLOSED) {
-        const ceiling = Math.min(10000, 250 * 2 ** attempt);
-        attempt += 1;
-        retry = setTimeout(connect, Math.random() * ceiling);
-      }
-    });
-  }
+  });
+  client.on("state", ({ state }) => {
+    if (state === "open") setConnection("connected", "Live");
+    else if (state === "connecting") setConnection("connecting", "Connecting");
+    else if (state !== "closed") setConnection("reconnecting", "Reconnecting…");
+  });
 
   refresh();
   setInterval(refresh, REFRESH_MS);
   setInterval(() => lots.forEach(tick), 1000);
-})();
+}

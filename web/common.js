@@ -1,6 +1,7 @@
 // Shared by the SSE and WebSocket auction pages: state, rendering, the bid
-// form, the guest session. No framework, no build step. The transport
-// scripts call `Auction.*`.
+// form, the guest session. No framework, no build step. The connection,
+// sign-in and bids go through the auction client library
+// (auction-client.js), wired by auction-page.js, which calls `Auction.*`.
 //
 // Rules the page keeps (a person bids real money here):
 // - the amount field holds what the person typed or picked; the page never
@@ -29,6 +30,7 @@ const Auction = (() => {
   let sawSimulated = false;
   let session = loadSession(); // {token, bidder_id, name, expires_at} or null
   const sessionListeners = [];
+  let client = null; // the auction client library's client (signIn)
   // The signed-in bidder's standing (GET /auctions/{id}/me), one request
   // at a time.
   let standing = null;
@@ -111,16 +113,9 @@ const Auction = (() => {
    *  session, or to `{error}` when refused; `null` when the bidder has no
    *  sessions (an older deployment: bids then carry the name). */
   async function signIn(name) {
-    const response = await fetch(`${config.bidderUrl || ""}/sessions`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ name }),
-    });
-    if (response.status === 404 || response.status === 405) return null;
-    let body = null;
-    try { body = await response.json(); } catch (_) { /* not JSON */ }
-    if (response.status !== 201 || !body || !body.token) return { error: body || { error: "bidder_unavailable" } };
-    setSession({ token: body.token, bidder_id: body.bidder_id, name: body.name, expires_at: body.expires_at });
+    const signedIn = await client.signIn(name);
+    if (!signedIn || signedIn.error) return signedIn;
+    setSession(signedIn);
     return session;
   }
 
@@ -485,71 +480,14 @@ const Auction = (() => {
     element.hidden = !(count > 0);
   }
 
-  function setConnection(state, detail) {
+  /** The connection's state; `over` the transport in use ("sse" or "ws":
+   *  the WebSocket page falls back to SSE where WebSockets are refused). */
+  function setConnection(state, detail, over) {
     const element = $("connection");
     element.dataset.state = state;
-    const transport = config.transport === "ws" ? "WebSocket" : "Server-Sent Events";
+    element.dataset.transport = over || element.dataset.transport || config.transport;
+    const transport = element.dataset.transport === "ws" ? "WebSocket" : "Server-Sent Events";
     element.textContent = `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
-  }
-
-  /** A bid by HTTP POST to the bidder: `{ok: true}` or `{ok: false, body}`.
-   *  `key` is the bid's Idempotency-Key: the same key is the same bid, so a
-   *  retry never places it twice. */
-  async function postBid({ amount, bidder, token, key, max }) {
-    const headers = { "Content-Type": "application/json" };
-    if (token) headers.Authorization = `Bearer ${token}`;
-    if (key) headers["Idempotency-Key"] = key;
-    const response = await fetch(`${config.bidderUrl || ""}/auctions/${encodeURIComponent(auctionId)}/bids`, {
-      method: "POST",
-      headers,
-      // With a session the bidder takes the name from the token; without
-      // one (a deployment without sessions) the name goes in the body.
-      body: JSON.stringify(max ? { max_amount: amount } : token ? { amount } : { amount, bidder }),
-    });
-    if (response.status === 201) {
-      let body = null;
-      try { body = await response.json(); } catch (_) { /* not JSON */ }
-      if (max) refreshStanding();
-      return { ok: true, body };
-    }
-    let body = null;
-    try { body = await response.json(); } catch (_) { /* not JSON */ }
-    return { ok: false, body };
-  }
-
-  /** A new Idempotency-Key: random, so no two intended bids share one. */
-  function newBidKey() {
-    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-    const bytes = new Uint8Array(16);
-    crypto.getRandomValues(bytes);
-    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  }
-
-  /** Answers that do not say what became of a bid: asked again with the
-   *  same key until one does. */
-  const UNSETTLED = ["bid_outcome_unknown", "redis_unavailable", "bidder_unavailable"];
-  const SETTLE_ATTEMPTS = 8;
-  const SETTLE_PAUSE_MS = 1000;
-
-  /** Sends one intended bid until its answer is definite (at most
-   *  SETTLE_ATTEMPTS tries, a second apart, as the bidder's Retry-After
-   *  asks). A network failure counts as unsettled: the request may have
-   *  arrived. */
-  async function settle(send, request) {
-    let result = { ok: false, body: { error: "bid_outcome_unknown" } };
-    for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt += 1) {
-      if (attempt > 0) {
-        $("bid-note").textContent = `Checking whether your bid of ${formatCents(request.amount)} went in…`;
-        await new Promise((wake) => setTimeout(wake, SETTLE_PAUSE_MS));
-      }
-      try {
-        result = await send(request);
-      } catch (_) {
-        result = { ok: false, body: { error: "bid_outcome_unknown" } };
-      }
-      if (result.ok || !result.body || !UNSETTLED.includes(result.body.error)) return result;
-    }
-    return result;
   }
 
   // --- the form ------------------------------------------------------------
@@ -593,6 +531,7 @@ const Auction = (() => {
       case "bidder_unavailable":
         return { code: "unavailable", text: "Bidding is briefly unavailable; try again in a moment." };
       case "bid_outcome_unknown":
+      case "not_replicated":
         return {
           code: "unavailable",
           text: "Your bid could not be confirmed yet. Bid the same amount again to check: it will not be placed twice.",
@@ -627,9 +566,10 @@ const Auction = (() => {
     return amount > minNext() + CONFIRM_STEPS * auction.min_increment && confirmed !== amount;
   }
 
-  /** Wires the form; `send({amount, bidder, token, key})` returns a promise
-   *  of `{ok: true}` or `{ok: false, body}`. The page updates from the
-   *  stream. */
+  /** Wires the form; `send({amount, bidder, token, key, max}, onRetry)`
+   *  returns a promise of `{ok, body, key, unsettled}` (the library's bid:
+   *  sent again with the same key while its outcome is unknown, `onRetry`
+   *  called before each retry). The page updates from the stream. */
   function setupForm(send) {
     // The bid the user means to place and its Idempotency-Key, kept until
     // an answer says what became of it: bidding the same amount again is
@@ -690,11 +630,15 @@ const Auction = (() => {
         }
         const token = session && session.token;
         if (!intended || intended.amount !== amount || intended.token !== token || intended.max !== max) {
-          intended = { amount, token, max, key: newBidKey() };
+          intended = { amount, token, max, key: null };
         }
-        const result = await settle(send, { amount, bidder, token, key: intended.key, max });
-        const unsettled = !result.ok && result.body && UNSETTLED.includes(result.body.error);
-        if (!unsettled) intended = null;
+        const onRetry = () => {
+          $("bid-note").textContent = `Checking whether your bid of ${formatCents(amount)} went in…`;
+        };
+        const result = await send({ amount, bidder, token, key: intended.key, max }, onRetry);
+        intended.key = result.key || intended.key;
+        if (!result.unsettled) intended = null;
+        if (result.ok && max) refreshStanding();
         if (!result.ok && result.body && ["invalid_token", "token_expired"].includes(result.body.error)) {
           setSession(null); // the next bid signs in again
         }
@@ -728,7 +672,7 @@ const Auction = (() => {
     if (typeof SharedWorker !== "function" || !/^[A-Za-z0-9_-]{1,64}$/.test(auctionId)) return null;
     let worker;
     try {
-      worker = new SharedWorker("assets/shared-stream.js", { name: "auction-stream" });
+      worker = new SharedWorker("assets/shared-stream.js", { type: "module", name: "auction-client" });
     } catch (_) {
       return null;
     }
@@ -760,8 +704,9 @@ const Auction = (() => {
 
   return {
     config, auctionId, compareIds, formatCents, parseCents,
-    onInit, onBid, onAuction, onExtended, onAdmin, onSuspended, onNotFound, onViewers, checkExists, setConnection, setupForm, postBid,
+    onInit, onBid, onAuction, onExtended, onAdmin, onSuspended, onNotFound, onViewers, checkExists, setConnection, setupForm,
     sharedConnection,
+    useClient(value) { client = value; },
     get lastId() { return lastId; },
     get session() { return session; },
     onSessionChange(listener) { sessionListeners.push(listener); },

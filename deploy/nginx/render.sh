@@ -15,6 +15,10 @@
 #                    (default: TLS_LISTEN's port)
 #   HSTS_MAX_AGE     Strict-Transport-Security max-age in seconds
 #                    (default 31536000, one year)
+# Tests only:
+#   WS_REFUSE_UPGRADES=true  /ws answers 403 to every request, as a proxy
+#                    that refuses WebSocket upgrades does (clients fall back
+#                    to SSE and HTTP POST)
 # With TLS on, LISTEN still serves plain HTTP: it redirects to https (308),
 # except the event streams, /ws and /nginx-health.
 #
@@ -35,6 +39,12 @@ TLS_CERT=${TLS_CERT:-}
 TLS_KEY=${TLS_KEY:-}
 TLS_PORT_SUFFIX=""
 HSTS_MAX_AGE=${HSTS_MAX_AGE:-31536000}
+WS_REFUSE=""
+case ${WS_REFUSE_UPGRADES:-false} in
+  true) WS_REFUSE="return 403;" ;;
+  false) ;;
+  *) echo "render.sh: WS_REFUSE_UPGRADES is true or false, not '$WS_REFUSE_UPGRADES'" >&2; exit 1 ;;
+esac
 if [ -n "$TLS_LISTEN" ]; then
   : "${TLS_CERT:?set TLS_CERT (the certificate file) with TLS_LISTEN}"
   : "${TLS_KEY:?set TLS_KEY (the private key file) with TLS_LISTEN}"
@@ -48,11 +58,11 @@ if [ -n "$TLS_LISTEN" ]; then
     '' | *[!0-9]*) echo "render.sh: HSTS_MAX_AGE is not a number of seconds: '$HSTS_MAX_AGE'" >&2; exit 1 ;;
   esac
 fi
-export BIDDER_UPSTREAMS SSE_UPSTREAMS WS_UPSTREAMS LISTEN TLS_LISTEN TLS_CERT TLS_KEY TLS_PORT_SUFFIX HSTS_MAX_AGE
+export BIDDER_UPSTREAMS SSE_UPSTREAMS WS_UPSTREAMS LISTEN TLS_LISTEN TLS_CERT TLS_KEY TLS_PORT_SUFFIX HSTS_MAX_AGE WS_REFUSE
 
 awk '
 BEGIN {
-    split("BIDDER_UPSTREAMS SSE_UPSTREAMS WS_UPSTREAMS LISTEN TLS_LISTEN TLS_CERT TLS_KEY TLS_PORT_SUFFIX HSTS_MAX_AGE", names, " ")
+    split("BIDDER_UPSTREAMS SSE_UPSTREAMS WS_UPSTREAMS LISTEN TLS_LISTEN TLS_CERT TLS_KEY TLS_PORT_SUFFIX HSTS_MAX_AGE WS_REFUSE", names, " ")
     for (i in names) known[names[i]]
     tls = ENVIRON["TLS_LISTEN"] != ""
 }

@@ -104,17 +104,16 @@ export class Stack {
         TLS_KEY: join(this.tlsDir, "tls.key"),
       };
     }
-    const conf = execFileSync(join(root, "deploy/nginx/render.sh"), {
-      env: {
-        ...process.env,
-        BIDDER_UPSTREAMS: upstream("bidder1", "bidder2"),
-        SSE_UPSTREAMS: upstream("sse1", "sse2"),
-        WS_UPSTREAMS: upstream("ws1", "ws2"),
-        LISTEN: `127.0.0.1:${this.ports.nginx}`,
-        ...tlsEnv,
-      },
-    });
-    writeFileSync(join(prefix, "nginx.conf"), conf);
+    this.nginxEnv = {
+      ...process.env,
+      BIDDER_UPSTREAMS: upstream("bidder1", "bidder2"),
+      SSE_UPSTREAMS: upstream("sse1", "sse2"),
+      WS_UPSTREAMS: upstream("ws1", "ws2"),
+      LISTEN: `127.0.0.1:${this.ports.nginx}`,
+      ...tlsEnv,
+    };
+    this.nginxConf = join(prefix, "nginx.conf");
+    this.renderNginx(false);
     this.run("nginx", "nginx", ["-p", `${prefix}/`, "-c", join(prefix, "nginx.conf"), "-e", "stderr", "-g", "daemon off;"]);
     // /nginx-health: with TLS on, "/" over plain HTTP is a redirect.
     await waitFor("nginx", ready(this.ports.nginx, "/nginx-health"));
@@ -124,6 +123,26 @@ export class Stack {
     // calls go to the first bidder directly.
     this.apiUrl = this.tls ? `http://127.0.0.1:${this.ports.bidder1}` : this.url;
     await waitFor("the simulated auction", () => this.redis("EXISTS", "auction:{live}").trim() === "1");
+  }
+
+  renderNginx(refuseUpgrades) {
+    const conf = execFileSync(join(root, "deploy/nginx/render.sh"), {
+      env: { ...this.nginxEnv, WS_REFUSE_UPGRADES: String(refuseUpgrades) },
+    });
+    writeFileSync(this.nginxConf, conf);
+  }
+
+  /** Whether nginx lets WebSocket upgrades through on `/ws`: false makes
+   *  it answer 403, as a proxy that refuses them. Reloads nginx (open
+   *  connections stay) and resolves once the new configuration answers. */
+  async allowWsUpgrades(allowed) {
+    this.renderNginx(!allowed);
+    this.children.get("nginx").child.kill("SIGHUP");
+    await waitFor(`nginx to ${allowed ? "allow" : "refuse"} upgrades`, async () => {
+      const response = await fetch(`${this.plainUrl}/ws`);
+      // ws-edge answers a plain GET 426 upgrade_required; nginx refusing, 403.
+      return (response.status === 403) === !allowed;
+    });
   }
 
   /** One more bidder process (e.g. simulating its own auctions), stopped by

@@ -33,6 +33,18 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../../web/app.css"),
     ),
     ("common.js", JS, include_str!("../../../web/common.js")),
+    // The auction client library (an ES module, published from
+    // `clients/js`), and the auction page's use of it.
+    (
+        "auction-client.js",
+        JS,
+        include_str!("../../../clients/js/auction-client.js"),
+    ),
+    (
+        "auction-page.js",
+        JS,
+        include_str!("../../../web/auction-page.js"),
+    ),
     ("sse.js", JS, include_str!("../../../web/sse.js")),
     ("ws.js", JS, include_str!("../../../web/ws.js")),
     // The SharedWorker that holds one connection per transport for every
@@ -220,6 +232,22 @@ mod tests {
             .chain(STATIC_PAGES.iter().map(|(_, body)| (*body).to_owned()));
         for page in pages {
             for reference in page.split("\"assets/").skip(1) {
+                let name = reference.split('"').next().unwrap();
+                let uri = format!("/assets/{name}");
+                let response = app
+                    .clone()
+                    .oneshot(Request::get(&uri).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{uri}");
+            }
+        }
+        // Every module a script imports and every worker it starts is
+        // served too.
+        for (_, _, body) in ASSETS {
+            let imports = body.split("from \"./").skip(1);
+            let workers = body.split("\"assets/").skip(1);
+            for reference in imports.chain(workers) {
                 let name = reference.split('"').next().unwrap();
                 let uri = format!("/assets/{name}");
                 let response = app
