@@ -48,8 +48,10 @@ const DEFAULTS = {
   bidRetryMs: 1000,
   // How long a bid over the socket waits for the edge's `authenticated`.
   authWaitMs: 3000,
-  // Tabs that watch together make one SSE stream: changes wait this long.
-  sseDebounceMs: 50,
+  // Tabs that watch together make one SSE stream: changes wait this long,
+  // so that tabs opening together cost one new stream, and streams being
+  // replaced do not pile up at the edge before it sees the old one close.
+  sseDebounceMs: 250,
 };
 
 /** Compares two event ids `<ms>-<seq>`: -1, 0 or 1. */

@@ -574,6 +574,7 @@ const ALL_PAGES = [
   ["catalogue", "/catalogue.html", () => document.querySelectorAll("#lots li").length >= 1
     && document.getElementById("connection").dataset.state === "connected"],
   ["compare", "/compare.html?auction=live", () => ["sse", "ws"].every((n) => Number(document.getElementById(`panel-${n}`).dataset.events) >= 2)],
+  ["admin", "/admin.html", () => document.getElementById("admin").dataset.phase === "signed-out"],
 ];
 
 test("every page, desktop and phone width: no axe-core violations, no console error, no overflow or nested scroll box; screenshots", async () => {
