@@ -5,7 +5,7 @@
 // by deploy/nginx/dev-cert.sh; `url` is then the https one.
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, writeFileSync, rmSync, mkdirSync } from "node:fs";
+import { mkdtempSync, writeFileSync, rmSync, mkdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -13,15 +13,42 @@ import { join, resolve } from "node:path";
 const root = resolve(import.meta.dirname, "../..");
 const bin = (name) => join(root, "target", process.env.PROFILE || "debug", name);
 
-export function freePort() {
-  return new Promise((ok, fail) => {
+/** The lowest port the kernel hands out for outgoing connections. */
+const EPHEMERAL_LOW = (() => {
+  try {
+    return Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]) || 32768;
+  } catch (_) {
+    return 32768;
+  }
+})();
+const given = new Set();
+
+/** A loopback port free a moment ago, below the kernel's range of
+ *  ephemeral ports and never given before by this process. In that range
+ *  a port chosen ahead (a stack picks all of its ports first) can meanwhile
+ *  become the local port of some outgoing connection (a service's Redis
+ *  connection, the browser's), and the service meant for it cannot start
+ *  (seen: "timed out waiting for ws2"). */
+export async function freePort() {
+  const low = 10000;
+  const high = Math.max(low + 2000, EPHEMERAL_LOW) - 1;
+  for (let tries = 0; tries < 1000; tries++) {
+    const port = low + Math.floor(Math.random() * (high - low + 1));
+    if (given.has(port)) continue;
+    if (await bindable(port)) {
+      given.add(port);
+      return port;
+    }
+  }
+  throw new Error("no free loopback port below the ephemeral range");
+}
+
+function bindable(port) {
+  return new Promise((ok) => {
     const server = createServer();
     server.unref();
-    server.on("error", fail);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => ok(port));
-    });
+    server.on("error", () => ok(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => ok(true)));
   });
 }
 
