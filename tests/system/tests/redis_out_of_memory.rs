@@ -37,29 +37,7 @@ async fn at_maxmemory_writes_are_refused_as_out_of_memory_and_resume_when_it_fre
     };
     assert_eq!(bid(500).await.unwrap().status(), 201);
 
-    // Fill Redis up to a small maxmemory.
-    redis.command("CONFIG SET maxmemory-policy noeviction");
-    let used: u64 = redis
-        .command("INFO memory")
-        .lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    redis.command(&format!("CONFIG SET maxmemory {}", used + 1_000_000));
-    let mut filled = 0;
-    while !redis
-        .command(&format!("SET filler-{filled} {}", "x".repeat(10_000)))
-        .contains("OOM")
-    {
-        filled += 1;
-        assert!(filled < 1_000, "maxmemory never reached");
-    }
-
-    // Well over it, not at its edge (a freed query buffer would let a
-    // small write in).
-    redis.command(&format!("CONFIG SET maxmemory {}", used / 2));
+    fill(&redis);
 
     for refused in [bid(600).await.unwrap(), create().await.unwrap()] {
         assert_eq!(refused.status(), 503);
@@ -88,7 +66,8 @@ async fn at_maxmemory_writes_are_refused_as_out_of_memory_and_resume_when_it_fre
 }
 
 /// Fills Redis past a small `maxmemory` (noeviction): every write is
-/// refused with OOM from here.
+/// refused with OOM from here. Well over it, not at its edge: a freed
+/// query buffer would let a small write in.
 fn fill(redis: &RedisServer) {
     redis.command("CONFIG SET maxmemory-policy noeviction");
     let used: u64 = redis
@@ -130,6 +109,14 @@ async fn at_maxmemory_new_viewers_are_told_out_of_memory_and_served_when_it_free
             (transport, edge)
         })
         .collect();
+    // Ready before Redis fills, so that "still ready" below means it.
+    for (transport, edge) in &edges {
+        test_support::wait_for(
+            &format!("{transport:?} edge to be ready"),
+            std::time::Duration::from_secs(10),
+            || edge.answers("/readyz", 200).then_some(()),
+        );
+    }
     fill(&redis);
     for (transport, edge) in &edges {
         let mut conn = Conn::open(*transport, edge.addr, "seen", None, None).await;
