@@ -23,13 +23,7 @@ async fn bid(stack: &Stack, token: &str, amount: u64) -> (u16, String, Option<u6
         .send()
         .await
         .unwrap();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok()?.parse().ok());
-    let (status, json) = common::status_and_json(response).await;
-    let code = json["error"].as_str().unwrap_or_default().to_owned();
-    (status, code, retry_after)
+    common::answer(response).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,16 +90,7 @@ async fn futures_join(stack: &Stack, tokens: &[String]) -> Vec<(u16, String, Opt
                 .send()
                 .await
                 .unwrap();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|value| value.to_str().ok()?.parse().ok());
-            let (status, json) = common::status_and_json(response).await;
-            (
-                status,
-                json["error"].as_str().unwrap_or_default().to_owned(),
-                retry_after,
-            )
+            common::answer(response).await
         }));
     }
     let mut answers = Vec::new();

@@ -7,21 +7,10 @@
 
 mod common;
 
-use common::Stack;
+use common::{Stack, answer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// A request's answer: status, error code and `Retry-After`.
-async fn answer(response: reqwest::Response) -> (u16, String, Option<u64>) {
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok()?.parse().ok());
-    let (status, json) = common::status_and_json(response).await;
-    let code = json["error"].as_str().unwrap_or_default().to_owned();
-    (status, code, retry_after)
-}
 
 async fn new_session(stack: &Stack, from: &str, name: &str) -> (u16, String, Option<u64>, String) {
     let response = stack

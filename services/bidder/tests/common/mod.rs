@@ -122,6 +122,18 @@ pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
     (status, json)
 }
 
+/// A request's answer: status, error code (empty on success) and
+/// `Retry-After` in seconds.
+pub async fn answer(response: reqwest::Response) -> (u16, String, Option<u64>) {
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok()?.parse().ok());
+    let (status, json) = status_and_json(response).await;
+    let code = json["error"].as_str().unwrap_or_default().to_owned();
+    (status, code, retry_after)
+}
+
 pub use test_support::id_pair;
 
 /// Polls `check` every 20 ms until it yields `Some`, or panics after `timeout`.
