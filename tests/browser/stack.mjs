@@ -6,7 +6,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, writeFileSync, rmSync, mkdirSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -104,9 +104,16 @@ export class Stack {
     const bidder = { ...common, AUCTION_TRUST_FORWARDED_FOR: "true", AUCTION_RATE_LIMIT_PER_S: "1000", AUCTION_LIST_RATE_LIMIT_PER_S: "1000" };
     this.service("bidder1", "bidder", { ...bidder, AUCTION_SIM_AUCTIONS: "live", AUCTION_SIM_INTERVAL_MS: "400" });
     this.service("bidder2", "bidder", { ...bidder, AUCTION_SIMULATE: "false" });
-    // Every browser and load script here is one client address.
+    // Every browser and load script here is one client address (but for
+    // `urlFrom`'s), so the cap is out of the way. Behind nginx, as in a
+    // deployment, the edges take the client's address from nginx.
     // Demo controls on: the comparison page drops and refuses through them.
-    const edge = { ...common, AUCTION_MAX_CONNECTIONS_PER_ADDRESS: "100000", AUCTION_DEMO_CONTROLS: "true" };
+    const edge = {
+      ...common,
+      AUCTION_MAX_CONNECTIONS_PER_ADDRESS: "100000",
+      AUCTION_TRUST_FORWARDED_FOR: "true",
+      AUCTION_DEMO_CONTROLS: "true",
+    };
     for (const name of ["sse1", "sse2"]) {
       this.service(name, "sse-edge", { ...edge, AUCTION_SSE_RETRY_MS: "500" });
     }
@@ -275,7 +282,29 @@ export class Stack {
     return { status: response.status, body: await response.json() };
   }
 
+  /** The site (plain HTTP, through nginx) as a client at another address
+   *  sees it: a relay to nginx whose connections leave from `address` (a
+   *  loopback address other than 127.0.0.1), so that nginx, and the edges
+   *  behind it, see another person. Resolves to the relay's base URL. */
+  async urlFrom(address) {
+    const port = await freePort();
+    const relay = createServer((client) => {
+      const upstream = connect({ host: "127.0.0.1", port: this.ports.nginx, localAddress: address });
+      client.pipe(upstream);
+      upstream.pipe(client);
+      const close = () => { client.destroy(); upstream.destroy(); };
+      for (const end of [client, upstream]) {
+        end.on("error", close);
+        end.on("close", close);
+      }
+    });
+    await new Promise((listening) => relay.listen(port, "127.0.0.1", listening));
+    (this.relays ??= []).push(relay);
+    return `http://127.0.0.1:${port}`;
+  }
+
   stop() {
+    for (const relay of this.relays ?? []) relay.close();
     for (const [name, { child }] of this.children) {
       // nginx's master stops its workers on SIGTERM; SIGKILL would orphan them.
       child.kill(name === "nginx" ? "SIGTERM" : "SIGKILL");

@@ -99,9 +99,9 @@ async function newTab(context) {
 }
 
 /** A tab of `context` on `auction`, loaded. */
-async function openTab(context, kind, auction) {
+async function openTab(context, kind, auction, site = stack.url) {
   const page = await newTab(context);
-  await page.goto(`${stack.url}${PAGES[kind]}${auction}`);
+  await page.goto(`${site}${PAGES[kind]}${auction}`);
   return page;
 }
 
@@ -175,8 +175,9 @@ for (const kind of ["sse", "ws"]) {
     const context = await newContext();
     const opener = await openTab(context, kind, first);
     await opener.waitForFunction((live) => live.includes(document.getElementById("connection").dataset.state), LIVE);
-    // Someone else, in another browser, watches the first tab's lot.
-    const elsewhere = await openTab(await newContext(), kind, first);
+    // Someone else, in another browser at another address (one address
+    // is one viewer), watches the first tab's lot.
+    const elsewhere = await openTab(await newContext(), kind, first, await stack.urlFrom("127.0.0.2"));
     const watching = (n) => elsewhere.waitForFunction((c) => document.getElementById("viewers").dataset.count === c, String(n), { timeout: 10000 });
     await watching(2);
     const others = [];

@@ -30,9 +30,11 @@ use crate::codec::{Codec, EncodedEvent, Frame, Framing, Item};
 use crate::feed::{Parked, Position};
 use crate::hub::Hub;
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
+use crate::viewers::Viewer;
 use crate::writer::{self, FrameSocket, Tried, WriteError};
 use auction_domain::{AuctionId, EventId, clock};
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use telemetry::TransportMetrics;
@@ -108,6 +110,9 @@ pub struct Subscription {
     /// The client is written events' alternative frames
     /// ([`EncodedEvent::alt`]), parked or not: as its batch says.
     alt: bool,
+    /// Counts the client's address among the auction's viewers while the
+    /// subscription lives.
+    _viewer: Viewer,
 }
 
 impl Subscription {
@@ -247,11 +252,19 @@ impl<C: Codec> Delivery<C> {
 
     /// Joins the auction's feed and decides how the client starts. Nothing
     /// is written yet: on an error the edge refuses the client its own way.
-    pub async fn open(&self, auction: &AuctionId, resume: Resume) -> Result<Opening, OpenError> {
+    /// `address` is the client's (its key for the per-address cap): the
+    /// auction's viewers count each address once.
+    pub async fn open(
+        &self,
+        auction: &AuctionId,
+        resume: Resume,
+        address: IpAddr,
+    ) -> Result<Opening, OpenError> {
         let opened = session::open(
             &self.hub,
             auction,
             resume,
+            address,
             JOIN_WAIT,
             &self.metrics.replay_reads_shared,
         )
@@ -301,6 +314,7 @@ impl<C: Codec> Delivery<C> {
             position,
             start,
             viewers,
+            viewer,
         } = opening;
         let mut subscription = Subscription {
             auction,
@@ -308,6 +322,7 @@ impl<C: Codec> Delivery<C> {
             position,
             moving: false,
             alt: batch.alt,
+            _viewer: viewer,
         };
         match start {
             Start::Init { frame, last, reset } => {
@@ -430,7 +445,7 @@ impl<C: Codec> Delivery<C> {
     /// receiver holds nothing unread; it is asked under the feed's lock,
     /// and when it says yes the client is parked: it must drop its
     /// receiver right there, under that lock, so that the feed never
-    /// counts it twice (a parked lane and a receiver) as viewers.
+    /// counts it twice (a parked lane and a receiver) among its clients.
     /// `None`: not parked (not caught up, or no live event taken since
     /// it last took its socket back); go on reading the receiver.
     pub fn park<S: FrameSocket>(

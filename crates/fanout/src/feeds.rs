@@ -51,14 +51,6 @@ impl Feeds {
         lock(&self.map).get(auction).cloned()
     }
 
-    /// Each watched auction with its clients on this replica.
-    pub(crate) fn clients(&self) -> Vec<(AuctionId, u64)> {
-        lock(&self.map)
-            .iter()
-            .map(|(auction, feed)| (auction.clone(), feed.clients() as u64))
-            .collect()
-    }
-
     /// Removes the auction's feed and ends it (its clients and group
     /// writers end).
     pub(crate) fn remove(&self, auction: &AuctionId) {

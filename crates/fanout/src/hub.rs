@@ -7,11 +7,13 @@ use crate::feed::{Feed, Position};
 use crate::feeds::Feeds;
 use crate::replays::Replays;
 use crate::subscriber::{Subscriber, Watch};
+use crate::viewers::{Viewer, Watchers};
 use auction_domain::AuctionId;
 use event_log::{EventStore, LiveSource, RedisTarget, StreamReader};
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -52,6 +54,7 @@ pub struct Hub<C: Codec> {
     config: Arc<HubConfig>,
     connected: Arc<AtomicBool>,
     replays: Arc<Replays>,
+    watchers: Arc<Watchers>,
 }
 
 impl<C: Codec> Clone for Hub<C> {
@@ -64,6 +67,7 @@ impl<C: Codec> Clone for Hub<C> {
             config: self.config.clone(),
             connected: self.connected.clone(),
             replays: self.replays.clone(),
+            watchers: self.watchers.clone(),
         }
     }
 }
@@ -89,9 +93,11 @@ impl<C: Codec> Hub<C> {
             replays: Arc::new(Replays::new(config.replay_keep)),
             config: Arc::new(config),
             connected: Arc::new(AtomicBool::new(false)),
+            watchers: Arc::default(),
         };
         tokio::spawn(crate::viewers::report(
             hub.feeds.clone(),
+            hub.watchers.clone(),
             hub.store.clone(),
             (*hub.config).clone(),
             shutdown.clone(),
@@ -164,6 +170,11 @@ impl<C: Codec> Hub<C> {
 
     pub(crate) fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
+    }
+
+    /// Counts `address` as a viewer of `auction` while the result lives.
+    pub(crate) fn viewer(&self, auction: &AuctionId, address: IpAddr) -> Viewer {
+        self.watchers.add(auction, address)
     }
 
     pub(crate) fn replays(&self) -> &Replays {

@@ -407,7 +407,10 @@ mod tests {
     use auction_domain::{BidSource, Bidder, BidderId, BidderName, EventKind};
     use event_log::{AuctionWriter, BidAnswer, StreamReader};
     use prometheus_client::metrics::counter::Counter;
+    use std::net::{IpAddr, Ipv4Addr};
     use std::time::Duration;
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
     use test_support::RedisServer;
     use tokio::sync::oneshot;
     use tokio_util::sync::CancellationToken;
@@ -726,8 +729,15 @@ mod tests {
         let opening = tokio::spawn({
             let (hub, auction, shared) = (hub.clone(), auction.clone(), shared.clone());
             async move {
-                let opening =
-                    session::open(&hub, &auction, Resume::From(resume_from), WAIT, &shared).await;
+                let opening = session::open(
+                    &hub,
+                    &auction,
+                    Resume::From(resume_from),
+                    LOOPBACK,
+                    WAIT,
+                    &shared,
+                )
+                .await;
                 let Ok(opening) = opening else {
                     panic!("the client could not open");
                 };

@@ -15,9 +15,11 @@ use crate::codec::{Codec, EncodedEvent, Frame, Item};
 use crate::feed::{Feed, Position};
 use crate::hub::{Hub, JoinError};
 use crate::replays::{self, Lookup, Page, Unavailable};
+use crate::viewers::Viewer;
 use auction_domain::{AuctionId, EventId, EventKind};
 use event_log::{LogError, Snapshot};
 use prometheus_client::metrics::counter::Counter;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -106,6 +108,8 @@ pub struct Opening {
     pub(crate) start: Start,
     /// The auction's viewers when the client joined (0: not known yet).
     pub(crate) viewers: u32,
+    /// This client counted among the auction's viewers, while it watches.
+    pub(crate) viewer: Viewer,
 }
 
 /// Joins the feed and decides how the client starts (steps 1 and 2).
@@ -115,6 +119,7 @@ pub(crate) async fn open<C: Codec>(
     hub: &Hub<C>,
     auction: &AuctionId,
     resume: Resume,
+    address: IpAddr,
     join_wait: Duration,
     shared: &Counter,
 ) -> Result<Opening, OpenError> {
@@ -170,6 +175,7 @@ pub(crate) async fn open<C: Codec>(
     };
     Ok(Opening {
         auction: auction.clone(),
+        viewer: hub.viewer(auction, address),
         viewers: joined.feed().viewers(),
         rx: joined.rx,
         position: joined.position,

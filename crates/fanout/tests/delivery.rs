@@ -172,7 +172,11 @@ async fn connect(edge: &Edge, auction: &AuctionId, resume: Resume) -> Client {
     let delivery = edge.delivery.clone();
     let auction = auction.clone();
     let served = tokio::spawn(async move {
-        let opening = delivery.open(&auction, resume).await.expect("opened");
+        let address = server.peer_addr().expect("a peer").ip();
+        let opening = delivery
+            .open(&auction, resume, address)
+            .await
+            .expect("opened");
         let stream = Arc::new(server);
         let mut socket = Plain(&stream);
         let (mut subscription, rx) = match delivery.start(&mut socket, opening).await {

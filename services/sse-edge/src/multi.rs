@@ -17,7 +17,7 @@ use crate::stream_id::Positions;
 use auction_domain::{AuctionId, EventId};
 use bytes::{BufMut, BytesMut};
 use fanout::{Codec, Frame, Framing, LiveSet, OpenError, Opening, Resume};
-use service_kit::{RequestHead, refusal};
+use service_kit::{RequestHead, address_key, refusal};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -131,7 +131,8 @@ impl SseEndpoint {
                 Err(refused) => return refusal::refuse(stream, &refused.response()).await,
             };
             let mut set = LiveSet::framed(Box::new(StreamIds(Positions::new(&request.auctions))));
-            match Box::pin(self.start_many(&stream, &request, &mut set)).await {
+            match Box::pin(self.start_many(&stream, &request, &mut set, address_key(client))).await
+            {
                 Ok(()) => self.serve_many(&stream, &mut set).await,
                 Err(Some(refusal)) => return refusal::refuse(stream, &refusal).await,
                 Err(None) => {}
@@ -148,6 +149,7 @@ impl SseEndpoint {
         stream: &TcpStream,
         request: &Request,
         set: &mut LiveSet,
+        address: IpAddr,
     ) -> Result<(), Option<Vec<u8>>> {
         if self.shutdown.is_cancelled() {
             return Err(Some(refusal::draining()));
@@ -155,7 +157,11 @@ impl SseEndpoint {
         let mut openings: Vec<Opening> = Vec::with_capacity(request.auctions.len());
         let mut missing = Vec::new();
         for auction in &request.auctions {
-            match self.delivery.open(auction, request.resume(auction)).await {
+            match self
+                .delivery
+                .open(auction, request.resume(auction), address)
+                .await
+            {
                 Ok(opening) => openings.push(opening),
                 Err(OpenError::NotFound) => missing.push(auction),
                 Err(OpenError::OutOfMemory) => {

@@ -14,7 +14,7 @@ use auction_domain::AuctionId;
 use fanout::{Delivery, Frame, Item, OpenError, Resume, Subscription, Transport};
 use service_kit::client_address::ClientAddress;
 use service_kit::demo::{DemoControls, DemoGuard, linger_zero};
-use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
+use service_kit::{ConnectionGate, FastPath, RequestHead, address_key, refusal};
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
@@ -110,7 +110,7 @@ impl SseEndpoint {
             // The start (Redis reads, the head, the init or replay) is boxed:
             // it is done once, and inline its state would size every open
             // stream's task for the stream's whole life.
-            match Box::pin(self.start(&stream, auction, resume)).await {
+            match Box::pin(self.start(&stream, auction, resume, address_key(client))).await {
                 Ok((mut subscription, feed)) => {
                     // Shared from here: the feed writes to it while the
                     // client is parked.
@@ -157,6 +157,7 @@ impl SseEndpoint {
         stream: &TcpStream,
         auction: Option<AuctionId>,
         resume: Resume,
+        address: IpAddr,
     ) -> Result<(Subscription, broadcast::Receiver<Item>), Option<Vec<u8>>> {
         let Some(auction) = auction else {
             return Err(Some(refusal::not_found("no such auction")));
@@ -167,7 +168,7 @@ impl SseEndpoint {
         if let Some(refusal) = self.demo.refusal() {
             return Err(Some(refusal));
         }
-        let opening = match self.delivery.open(&auction, resume).await {
+        let opening = match self.delivery.open(&auction, resume, address).await {
             Ok(opening) => opening,
             Err(OpenError::NotFound) => {
                 let message = format!("no auction with id {:?}", auction.as_str());

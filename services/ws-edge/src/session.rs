@@ -475,6 +475,7 @@ impl<'a> Session<'a> {
             &mut self.socket,
             auction,
             last_id,
+            service_kit::address_key(self.peer),
         )
         .await?;
         Ok(match subscribed {

@@ -7,6 +7,7 @@ use crate::protocol::{INVALID_ID, LastId, Refusal};
 use crate::socket::WsSocket;
 use auction_domain::AuctionId;
 use fanout::{Delivery, Ended, LiveSet, OpenError, Resume, StartError};
+use std::net::IpAddr;
 
 /// What a `subscribe` came to, when it was not simply done.
 pub enum Subscribed {
@@ -24,6 +25,7 @@ pub async fn subscribe(
     socket: &mut WsSocket,
     auction: &str,
     last_id: LastId,
+    address: IpAddr,
 ) -> Result<Subscribed, Ended> {
     let Ok(id) = AuctionId::parse(auction) else {
         let refusal = Refusal::new(None, "invalid_auction_id", INVALID_ID);
@@ -34,7 +36,7 @@ pub async fn subscribe(
         LastId::Text(text) => Resume::parse(Some(text.as_bytes())),
         LastId::Garbled => Resume::Garbled,
     };
-    let opening = match delivery.open(&id, resume).await {
+    let opening = match delivery.open(&id, resume, address).await {
         Ok(opening) => opening,
         Err(OpenError::NotFound) => {
             let message = format!("no auction with id {auction:?}");

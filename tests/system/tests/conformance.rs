@@ -14,13 +14,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use test_support::conn::{Conn, Received, Transport};
+use test_support::conn::{Conn, Origin, Received, Transport};
 use test_support::{
     RedisCluster, RedisServer, ServiceProcess, TestRedis, TestRedisProcesses, bidder_env, id_pair,
     wait_for,
 };
 
 const QUIET: Duration = Duration::from_secs(10);
+/// Five rounds of viewer counts at `AUCTION_VIEWERS_INTERVAL_MS` 200: a
+/// count that was going to move has moved by then.
+const SETTLED: Duration = Duration::from_secs(1);
 
 fn start_edge(
     transport: Transport,
@@ -857,13 +860,15 @@ async fn viewers_case(redis: &impl TestRedis) {
     let fast = [("AUCTION_VIEWERS_INTERVAL_MS", "200")];
     let sse = start_edge(Transport::Sse, &redis, &fast);
     let ws = start_edge(Transport::Ws, &redis, &fast);
+    // Loopback is 127.0.0.0/8: each source address is a client address.
+    let from = |n: u8| Origin::source(&format!("127.0.0.{n}"));
     let mut conns = Vec::new();
-    for (transport, edge) in [
-        (Transport::Sse, &sse),
-        (Transport::Sse, &sse),
-        (Transport::Ws, &ws),
+    for (transport, edge, address) in [
+        (Transport::Sse, &sse, 11),
+        (Transport::Sse, &sse, 12),
+        (Transport::Ws, &ws, 13),
     ] {
-        conns.push(Conn::open(transport, edge.addr, "watched", None, None).await);
+        conns.push(Conn::open_from(transport, edge.addr, "watched", &from(address)).await);
     }
     for conn in &mut conns {
         assert!(
@@ -882,10 +887,25 @@ async fn viewers_case(redis: &impl TestRedis) {
         );
     }
     // A client that joins later is told the count as it starts.
-    let mut late = Conn::open(Transport::Ws, ws.addr, "watched", None, None).await;
+    let mut late = Conn::open_from(Transport::Ws, ws.addr, "watched", &from(14)).await;
     assert!(
         late.wait_for_viewers(3, QUIET).await,
         "{:?}",
+        late.viewers()
+    );
+    // An address watching twice on one replica (a second tab, or a client
+    // opening more to inflate the count) is still one viewer: a new
+    // address moves the count by one, the second watch not at all.
+    let _again = Conn::open_from(Transport::Sse, sse.addr, "watched", &from(11)).await;
+    let _newcomer = Conn::open_from(Transport::Sse, sse.addr, "watched", &from(15)).await;
+    assert!(
+        late.wait_for_viewers(4, QUIET).await,
+        "{:?}",
+        late.viewers()
+    );
+    assert!(
+        !late.wait_for_viewers(5, SETTLED).await,
+        "a second watch from one address counted as another viewer: {:?}",
         late.viewers()
     );
 }

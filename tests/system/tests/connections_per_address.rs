@@ -1,7 +1,8 @@
 //! One client address holds at most `AUCTION_MAX_CONNECTIONS_PER_ADDRESS`
 //! connections on an edge: past it each new stream or socket is refused
 //! with 429 and `Retry-After`, another address is still served, and the
-//! viewer count does not move. Its place comes back when it closes one.
+//! viewer count does not move: an address is one viewer of an auction
+//! however many watches it holds. Its place comes back when it closes one.
 //! The address is the socket's peer, or the `X-Forwarded-For` of a trusted
 //! proxy only; through nginx, the address nginx saw.
 
@@ -20,6 +21,9 @@ const CAP: usize = 3;
 /// Connections tried past the cap.
 const REFUSED: usize = 4;
 const WAIT: Duration = Duration::from_secs(10);
+/// Ten rounds of viewer counts (`AUCTION_VIEWERS_INTERVAL_MS` 100): a
+/// count that was going to move has moved by then.
+const SETTLED: Duration = Duration::from_secs(1);
 
 fn edge(
     transport: Transport,
@@ -137,6 +141,8 @@ struct Clients {
     other: Origin,
     /// A third, that only reads the viewer count.
     watcher: Origin,
+    /// A fourth, that comes last.
+    newcomer: Origin,
 }
 
 /// The whole story on the edge `metrics` behind `addr` (the edge itself,
@@ -157,11 +163,11 @@ async fn one_address_is_capped(
         greedy.push(open(transport, addr, auction, &clients.greedy).await);
     }
     let _other = open(transport, addr, auction, &clients.other).await;
+    // The greedy address's watches are one viewer: three addresses, three.
     assert!(
-        watcher.wait_for_viewers((CAP + 2) as u32, WAIT).await,
-        "{label}: viewers {:?}, not {}",
+        watcher.wait_for_viewers(3, WAIT).await,
+        "{label}: viewers {:?}, not 3",
         watcher.viewers(),
-        CAP + 2
     );
 
     // Past the cap: refused, with when to retry; kept open meanwhile, so
@@ -184,13 +190,18 @@ async fn one_address_is_capped(
         );
         refused.push(answer);
     }
-    // Another address is served still, and the count moves by it alone.
+    // Another address is served still; a second watch of it leaves the
+    // count as it was, and a new address moves it by one.
     let _another = open(transport, addr, auction, &clients.other).await;
+    let _newcomer = open(transport, addr, auction, &clients.newcomer).await;
     assert!(
-        watcher.wait_for_viewers((CAP + 3) as u32, WAIT).await,
-        "{label}: viewers {:?}, not {}",
+        watcher.wait_for_viewers(4, WAIT).await,
+        "{label}: viewers {:?}, not 4",
         watcher.viewers(),
-        CAP + 3
+    );
+    assert!(
+        !watcher.wait_for_viewers(5, SETTLED).await,
+        "{label}: a second watch from one address counted as another viewer"
     );
     let series = format!(
         "auction_connections_refused_total{{transport=\"{label}\",reason=\"per_address\"}}"
@@ -233,6 +244,7 @@ async fn one_peer_address_is_capped_and_another_served() {
             greedy: Origin::source("127.0.0.1"),
             other: Origin::source("127.0.0.2"),
             watcher: Origin::source("127.0.0.3"),
+            newcomer: Origin::source("127.0.0.4"),
         };
         one_address_is_capped(transport, edge.addr, &edge, "direct", &clients).await;
     }
@@ -253,6 +265,7 @@ async fn a_trusted_proxy_forwards_addresses_that_are_capped_each() {
             greedy: Origin::forwarded_for("203.0.113.1"),
             other: Origin::forwarded_for("203.0.113.2, 127.0.0.1"),
             watcher: Origin::forwarded_for("2001:db8::1"),
+            newcomer: Origin::forwarded_for("203.0.113.3"),
         };
         one_address_is_capped(transport, edge.addr, &edge, "forwarded", &clients).await;
     }
@@ -315,6 +328,7 @@ async fn through_nginx_each_client_address_is_capped() {
         },
         other: Origin::source("127.0.0.2"),
         watcher: Origin::source("127.0.0.3"),
+        newcomer: Origin::source("127.0.0.4"),
     };
     one_address_is_capped(Transport::Sse, front, &sse, "proxied", &clients).await;
     one_address_is_capped(Transport::Ws, front, &ws, "proxied", &clients).await;
