@@ -68,9 +68,17 @@ const MIN_INCREMENT: u64 = 1_000;
 /// A simulated bid goes up to this many whole units above the minimum.
 const MOST_EXTRA_UNITS: u64 = 49;
 /// How far past the start of an interval (by Redis's clock) a replica asks
-/// for its turn, so that a timer that fires a little early, or a
-/// process clock that runs a little fast, still finds the new interval.
-const TURN_MARGIN: Duration = Duration::from_millis(2);
+/// for its turn (at most a quarter of the interval), so that it seldom
+/// asks a moment too early: the wait is counted from before the request
+/// reached Redis. Too early costs one more request, not the turn.
+const TURN_MARGIN: Duration = Duration::from_millis(1);
+
+/// The limits of the round a loop last bid in, known by the round's end
+/// (a new round ends later): one request fewer per bid.
+struct KnownLimits {
+    ends_at: u64,
+    limits: Vec<(String, u64)>,
+}
 
 pub async fn run(ctx: Context, writer: AuctionWriter, settings: BidderSettings) {
     tracing::info!(auctions = ?settings.sim_auctions, "simulator started");
@@ -97,16 +105,19 @@ async fn simulate(
     index: usize,
     settings: BidderSettings,
 ) {
+    let margin = TURN_MARGIN.min(settings.sim_interval / 4);
+    let mut known = None;
     loop {
         let asked_at = Instant::now();
         let next_turn = match writer.take_sim_turn(&auction, settings.sim_interval).await {
             Ok(turn) => {
-                if turn.taken
-                    && let Err(error) = bid_once(&ctx, &writer, &auction, index, &settings).await
-                {
-                    tracing::debug!(%error, %auction, "simulated bid failed");
+                if turn.taken {
+                    let bid = bid_once(&ctx, &writer, &auction, index, &settings, &mut known);
+                    if let Err(error) = bid.await {
+                        tracing::debug!(%error, %auction, "simulated bid failed");
+                    }
                 }
-                asked_at + turn.next_in + TURN_MARGIN
+                asked_at + turn.next_in + margin
             }
             Err(error) => {
                 tracing::debug!(%error, %auction, "simulator turn not taken");
@@ -126,6 +137,7 @@ async fn bid_once(
     auction: &AuctionId,
     index: usize,
     settings: &BidderSettings,
+    known: &mut Option<KnownLimits>,
 ) -> Result<(), LogError> {
     let (title, description, image_url) = LOTS[index % LOTS.len()];
     let spec = AuctionSpec {
@@ -143,12 +155,23 @@ async fn bid_once(
         // The closed round stays on show until the pause is over.
         return Ok(());
     }
-    let draw = draw_limits(settings.sim_limit_range);
-    // Kept past the round and its pause; a new round deletes them anyway.
-    let keep = Duration::from_millis(settings.sim_duration_ms) + settings.sim_pause * 2;
-    let limits = writer.sim_limits(auction, &draw, keep).await?;
+    let limits = match known {
+        Some(round) if round.ends_at == state.ends_at => &round.limits,
+        _ => {
+            let draw = draw_limits(settings.sim_limit_range);
+            // Kept past the round and its pause; a new round deletes them.
+            let keep = Duration::from_millis(settings.sim_duration_ms) + settings.sim_pause * 2;
+            let limits = writer.sim_limits(auction, &draw, keep).await?;
+            &known
+                .insert(KnownLimits {
+                    ends_at: state.ends_at,
+                    limits,
+                })
+                .limits
+        }
+    };
     let leader = state.current.as_ref().map(|bid| bid.bidder_id.as_str());
-    let Some((name, amount)) = next_bid(&limits, leader, state.min_next()) else {
+    let Some((name, amount)) = next_bid(limits, leader, state.min_next()) else {
         // Every simulated bidder is leading or past its limit.
         return Ok(());
     };
