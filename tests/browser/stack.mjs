@@ -102,7 +102,12 @@ export class Stack {
     this.secret = randomBytes(32).toString("hex");
     const common = { AUCTION_REDIS_URL: redisUrl, AUCTION_SESSION_SECRET: this.secret, AUCTION_VIEWERS_INTERVAL_MS: "500" };
     const bidder = { ...common, AUCTION_TRUST_FORWARDED_FOR: "true", AUCTION_RATE_LIMIT_PER_S: "1000", AUCTION_LIST_RATE_LIMIT_PER_S: "1000" };
-    this.service("bidder1", "bidder", { ...bidder, AUCTION_SIM_AUCTIONS: "live", AUCTION_SIM_INTERVAL_MS: "400" });
+    // The "live" auction takes bids for as long as the tests run: one long
+    // round, simulated bidders whose limits are never reached.
+    this.service("bidder1", "bidder", {
+      ...bidder, AUCTION_SIM_AUCTIONS: "live", AUCTION_SIM_INTERVAL_MS: "400",
+      AUCTION_SIM_DURATION_MS: "600000", AUCTION_SIM_LIMIT_RANGE_CENTS: "1000000000000",
+    });
     this.service("bidder2", "bidder", { ...bidder, AUCTION_SIMULATE: "false" });
     // Every browser and load script here is one client address (but for
     // `urlFrom`'s), so the cap is out of the way. Behind nginx, as in a

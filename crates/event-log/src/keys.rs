@@ -17,6 +17,19 @@ pub(crate) fn bidders_key(id: &AuctionId) -> String {
     format!("auction:{{{id}}}:bidders")
 }
 
+/// The simulator's turn on the auction: the last interval of Redis's clock
+/// in which a bidder replica took it (`sim_turn.lua`).
+pub(crate) fn sim_turn_key(id: &AuctionId) -> String {
+    format!("auction:{{{id}}}:sim_turn")
+}
+
+/// The simulated bidders' limits for the auction's current round (a hash,
+/// bidder name to cents): set by the first replica to ask in a round
+/// (`sim_limits.lua`), deleted when a new round opens (`ensure_open.lua`).
+pub(crate) fn sim_limits_key(id: &AuctionId) -> String {
+    format!("auction:{{{id}}}:sim_limits")
+}
+
 /// The auction's pub/sub channel (also built inside the Lua prelude).
 pub(crate) fn live_channel(id: &AuctionId) -> String {
     format!("auction:{{{id}}}:live")
@@ -118,6 +131,8 @@ mod tests {
         assert_eq!(state_key(&id), "auction:{1234}");
         assert_eq!(stream_key(&id), "auction:{1234}:events");
         assert_eq!(live_channel(&id), "auction:{1234}:live");
+        assert_eq!(sim_turn_key(&id), "auction:{1234}:sim_turn");
+        assert_eq!(sim_limits_key(&id), "auction:{1234}:sim_limits");
         let bidder = BidderId::parse("g_1").unwrap();
         assert_eq!(
             idempotency_key(&id, &bidder, "k"),

@@ -29,6 +29,7 @@ mod outcome;
 mod read;
 mod replica_ack;
 mod scripts;
+mod simulation;
 mod source;
 mod spec;
 mod state;
@@ -50,6 +51,7 @@ pub use outcome::{
 };
 pub use read::{Snapshot, StreamReader, StreamWindow};
 pub use replica_ack::ReplicaAck;
+pub use simulation::SimTurn;
 pub use source::{EventStore, LiveFeed, LiveSource};
 pub use spec::{AuctionRules, AuctionSpec};
 pub use write::{AuctionWriter, DEFAULT_RETENTION_MS};

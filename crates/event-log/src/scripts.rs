@@ -70,3 +70,20 @@ pub(crate) static REPORT_VIEWERS: LazyLock<Script> = LazyLock::new(|| {
         include_str!("lua/viewers.lua")
     ))
 });
+
+/// The simulator's turn on an auction (`crate::simulation`): publishes
+/// nothing, one form.
+pub(crate) static SIM_TURN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/sim_turn.lua")
+    ))
+});
+
+/// The simulated bidders' limits in a round: publishes nothing, one form.
+pub(crate) static SIM_LIMITS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/sim_limits.lua")
+    ))
+});

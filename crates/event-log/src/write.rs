@@ -50,6 +50,11 @@ impl AuctionWriter {
         }
     }
 
+    /// The connection, for the writer's methods kept in other modules.
+    pub(crate) fn connection(&self) -> RedisConnection {
+        self.conn.clone()
+    }
+
     /// How long a closed auction and its stream are kept after its close
     /// (`Duration::ZERO`: forever). Set atomically by the close.
     pub fn with_retention(mut self, retention: Duration) -> Self {
@@ -110,6 +115,7 @@ impl AuctionWriter {
         let mut invocation = spec_invocation(ENSURE_OPEN.for_connection(&self.conn), spec);
         let reply: Vec<String> = invocation
             .key(keys::bidders_key(&spec.id))
+            .key(keys::sim_limits_key(&spec.id))
             .arg(self.maxlen)
             .arg(u64::try_from(pause_after_close.as_millis()).unwrap_or(u64::MAX))
             .arg(self.retention_ms)

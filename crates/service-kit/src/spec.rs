@@ -75,15 +75,23 @@ pub mod bidder {
         "2000",
         1,
         3_600_000,
-        "one simulated bid per auction per interval",
+        "one simulated bid per auction per interval, whatever the number of bidder replicas (intervals of Redis's clock: the replicas take turns through Redis)",
     );
     /// Up to `auction_domain::MAX_DURATION_MS`.
     pub const SIM_DURATION_MS: Setting = number(
         "sim_duration_ms",
-        "600000",
+        "180000",
         1000,
         30 * 24 * 3600 * 1000,
         "length of a simulated round",
+    );
+    /// Up to 10^12: amounts stay integers well below 2^53 in the scripts.
+    pub const SIM_LIMIT_RANGE_CENTS: Setting = number(
+        "sim_limit_range_cents",
+        "100000",
+        0,
+        1_000_000_000_000,
+        "each simulated bidder bids up to a limit of its own, drawn each round between the starting price ($100) and this many cents above it; once every limit is passed the simulator waits for the next round, so a person who keeps bidding wins",
     );
     pub const SIM_PAUSE_MS: Setting = number(
         "sim_pause_ms",
@@ -210,6 +218,7 @@ pub mod bidder {
         SIM_AUCTIONS,
         SIM_INTERVAL_MS,
         SIM_DURATION_MS,
+        SIM_LIMIT_RANGE_CENTS,
         SIM_PAUSE_MS,
         STREAM_MAXLEN,
         RETENTION_MS,

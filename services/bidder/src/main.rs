@@ -24,6 +24,9 @@ pub struct BidderSettings {
     pub sim_auctions: Vec<auction_domain::AuctionId>,
     pub sim_interval: Duration,
     pub sim_duration_ms: u64,
+    /// How far above the starting price a simulated bidder's limit may be
+    /// drawn, cents.
+    pub sim_limit_range: u64,
     /// How long a simulated round stays closed before the next one opens.
     pub sim_pause: Duration,
     pub stream_maxlen: u64,
@@ -74,6 +77,7 @@ impl BidderSettings {
             sim_auctions,
             sim_interval: Duration::from_millis(settings.number(&SIM_INTERVAL_MS)?),
             sim_duration_ms: settings.number(&SIM_DURATION_MS)?,
+            sim_limit_range: settings.number(&SIM_LIMIT_RANGE_CENTS)?,
             sim_pause: Duration::from_millis(settings.number(&SIM_PAUSE_MS)?),
             stream_maxlen: settings.number(&STREAM_MAXLEN)?,
             retention: Duration::from_millis(settings.number(&RETENTION_MS)?),

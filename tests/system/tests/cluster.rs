@@ -498,3 +498,77 @@ async fn an_event_whose_notice_died_with_its_primary_reaches_clients_after_the_f
         "the edge noticed the new slot map within seconds, not at the next bid"
     );
 }
+
+/// The simulator's turn and its bidders' limits live in the auction's slot:
+/// two replicas simulating on a cluster bid once per interval between them,
+/// by the clock of the node that owns the auction.
+#[test]
+fn two_simulating_replicas_on_a_cluster_bid_once_per_interval() {
+    use test_support::TestRedis;
+    const INTERVAL_MS: u64 = 1000;
+    const WINDOW_MS: u64 = 20_000;
+    let cluster = RedisCluster::start();
+    let env = test_support::bidder_env(&cluster, "paced", INTERVAL_MS);
+    let bidders = [
+        ServiceProcess::start("bidder", &env),
+        ServiceProcess::start("bidder", &env),
+    ];
+    wait_for(
+        "both replicas to run the simulator",
+        Duration::from_secs(20),
+        || {
+            bidders
+                .iter()
+                .all(|bidder| bidder.logs().contains("simulator started"))
+                .then_some(())
+        },
+    );
+    let owner_now_ms = || {
+        let (seconds, micros): (u64, u64) =
+            redis::from_redis_value(cluster.on_owner("paced", &["TIME"])).unwrap();
+        seconds * 1000 + micros / 1000
+    };
+    let simulated_bid_times = || -> Vec<u64> {
+        cluster
+            .stream("paced")
+            .into_iter()
+            .filter(|entry| {
+                entry.kind == "bid"
+                    && serde_json::from_str::<serde_json::Value>(&entry.data).unwrap()["source"]
+                        == "simulated"
+            })
+            .map(|entry| id_pair(&entry.id).0)
+            .collect()
+    };
+    // The window opens at the third simulated bid placed while both
+    // replicas ran: the first ones after a start are slower (connections
+    // made, scripts loaded), which would shift the window against the turns.
+    let both_running = owner_now_ms();
+    let start = wait_for("three simulated bids", Duration::from_secs(20), || {
+        simulated_bid_times()
+            .into_iter()
+            .filter(|at| *at >= both_running)
+            .nth(2)
+    });
+    let end = start + WINDOW_MS;
+    let times = wait_for(
+        "a simulated bid past the window",
+        Duration::from_secs(40),
+        || {
+            let times = simulated_bid_times();
+            times.iter().any(|at| *at >= end).then_some(times)
+        },
+    );
+    let in_window = times.iter().filter(|at| (start..end).contains(*at)).count() as u64;
+    eprintln!("{in_window} simulated bids in {WINDOW_MS} ms on the cluster");
+    let expected = WINDOW_MS / INTERVAL_MS;
+    assert!(
+        (expected - 1..=expected + 1).contains(&in_window),
+        "{in_window} simulated bids in {WINDOW_MS} ms at one per {INTERVAL_MS} ms \
+         (ms after the window opened: {:?})",
+        times
+            .iter()
+            .map(|at| at.saturating_sub(start))
+            .collect::<Vec<_>>()
+    );
+}

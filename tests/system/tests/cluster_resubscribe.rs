@@ -55,6 +55,8 @@ async fn an_edge_watching_10k_auctions_resubscribes_after_a_primary_failover_wit
             ("AUCTION_SIMULATE", "true".into()),
             ("AUCTION_SIM_AUCTIONS", probe.clone()),
             ("AUCTION_SIM_INTERVAL_MS", "50".into()),
+            // Simulated bidders that never reach their limits: bids all along.
+            ("AUCTION_SIM_LIMIT_RANGE_CENTS", "1000000000000".into()),
             test_support::session_secret_env(),
         ],
     );

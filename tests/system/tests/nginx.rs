@@ -18,6 +18,8 @@ async fn sse_and_websocket_clients_resume_through_nginx_when_an_edge_dies() {
             ("AUCTION_REDIS_URL", redis.url()),
             ("AUCTION_SIM_AUCTIONS", "lb".into()),
             ("AUCTION_SIM_INTERVAL_MS", "20".into()),
+            // Simulated bidders that never reach their limits: bids all along.
+            ("AUCTION_SIM_LIMIT_RANGE_CENTS", "1000000000000".into()),
             test_support::session_secret_env(),
         ],
     );

@@ -1,4 +1,4 @@
--- Keeps a simulated auction open. KEYS: state, stream, bidders.
+-- Keeps a simulated auction open. KEYS: state, stream, bidders, sim_limits.
 -- ARGV: id, title, title_json, starting_price, min_increment, duration_ms,
 -- description_json, image_url_json, soft_close_ms, reserve_price,
 -- buy_now_price (as create.lua), then maxlen, pause_ms, retention_ms.
@@ -11,6 +11,8 @@ local id, maxlen = ARGV[1], ARGV[12]
 local pause_ms = tonumber(ARGV[13]) or 0
 local now = now_ms()
 if redis.call('EXISTS', state) == 0 then
+  -- A round of its own: limits drawn for a deleted one do not carry over.
+  redis.call('DEL', KEYS[4])
   init_state(state, stream, ARGV, now)
   return {'created', auction_json(state)}
 end
@@ -25,10 +27,10 @@ if now < tonumber(st[2]) + pause_ms then
   return {'paused', auction_json(state)}
 end
 -- A new round: the closed one's expiry no longer applies, nor do its
--- maximums and standings.
+-- maximums and standings, nor its simulated bidders' limits.
 redis.call('PERSIST', state)
 redis.call('PERSIST', stream)
-redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('HSET', state, 'status', 'open', 'current', '', 'current_amount', '',
   'ends_at', num(now + tonumber(ARGV[6])),
   'description_json', ARGV[7], 'image_url_json', ARGV[8],

@@ -99,6 +99,35 @@ impl Stack {
         assert_eq!(status, 201, "create failed: {json}");
     }
 
+    /// The strings of a Redis reply that is an array of bulk strings
+    /// (`TIME`, `HGETALL`...), in order.
+    pub fn strings(&self, line: &str) -> Vec<String> {
+        let reply = self.redis.command(line);
+        let mut lines = reply.split("\r\n");
+        let count: usize = lines
+            .next()
+            .and_then(|head| head.strip_prefix('*'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}: {reply:?}"));
+        let strings: Vec<String> = lines
+            .filter(|part| !part.starts_with('$') && !part.is_empty())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(strings.len(), count, "{line}: {reply:?}");
+        strings
+    }
+
+    /// Redis's clock, Unix ms (`TIME`): the clock of stream ids and of the
+    /// scripts.
+    pub fn redis_now_ms(&self) -> u64 {
+        match self.strings("TIME").as_slice() {
+            [seconds, micros] => {
+                seconds.parse::<u64>().unwrap() * 1000 + micros.parse::<u64>().unwrap() / 1000
+            }
+            other => panic!("TIME: {other:?}"),
+        }
+    }
+
     /// Every entry of the auction's stream: (id, kind, data JSON).
     pub async fn stream(&self, auction: &str) -> Vec<(String, String, Value)> {
         self.redis
