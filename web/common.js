@@ -78,12 +78,10 @@ const Auction = (() => {
     return auction.current ? auction.current.amount + auction.min_increment : auction.starting_price;
   }
 
-  /** The quick amounts: the minimum, then 5 and 10 increments above the
-   *  current bid (above the starting price less one increment before any). */
+  /** A quick amount: the minimum and `steps` increments above it. */
   function quickAmount(steps) {
     const min = minNext();
-    if (min === null) return null;
-    return steps === 0 ? min : min + (steps - 1) * auction.min_increment;
+    return min === null ? null : min + steps * auction.min_increment;
   }
 
   // --- the guest session (identity) ---------------------------------------
@@ -211,10 +209,13 @@ const Auction = (() => {
     const min = minNext();
     $("min-next").textContent = `Minimum bid ${formatCents(min)}, in steps of ${formatCents(auction.min_increment)}.`;
     $("bid-amount").placeholder = centsToField(min);
-    for (const button of document.querySelectorAll("[data-raise]")) {
-      const steps = Number(button.dataset.raise);
+    for (const button of document.querySelectorAll("[data-steps]")) {
+      const steps = Number(button.dataset.steps);
       const amount = quickAmount(steps);
-      button.textContent = steps === 0 ? `${formatCents(amount)} (minimum)` : `${formatCents(amount)} (+${steps} steps)`;
+      const label = document.createElement("span");
+      label.className = "steps";
+      label.textContent = steps === 0 ? "minimum" : `min + ${steps} steps`;
+      button.replaceChildren(`${formatCents(amount)} `, label);
       button.dataset.amount = String(amount);
     }
     renderError();
@@ -580,7 +581,7 @@ const Auction = (() => {
     name.value = (session && session.name) || localStorage.getItem("auction.bidder") || "";
     renderSession();
 
-    for (const button of document.querySelectorAll("[data-raise]")) {
+    for (const button of document.querySelectorAll("[data-steps]")) {
       button.addEventListener("click", () => {
         if (!button.dataset.amount) return;
         amountField.value = centsToField(Number(button.dataset.amount));

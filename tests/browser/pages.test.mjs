@@ -229,8 +229,8 @@ test("a bid more than ten increments above the minimum asks first; the minimum i
   const page = await open("sse", "confirm");
   assert.equal(await page.inputValue("#bid-amount"), "", "the page does not fill the amount");
   assert.equal(await page.getAttribute("#bid-amount", "placeholder"), "50.00");
-  // Quick amounts: the minimum, +5 and +10 increments.
-  for (const [button, value] of [["#raise-min", "50.00"], ["#raise-5", "54.00"], ["#raise-10", "59.00"]]) {
+  // Quick amounts: the minimum, and 5 and 10 increments above it.
+  for (const [button, value] of [["#raise-min", "50.00"], ["#raise-5", "55.00"], ["#raise-10", "60.00"]]) {
     await page.click(button);
     assert.equal(await page.inputValue("#bid-amount"), value);
   }

@@ -1,0 +1,173 @@
+// What the auction page tells a bidder (README: "Pages"), in a real
+// browser against the real services behind nginx.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+import { Stack, waitFor } from "./stack.mjs";
+
+const PAGES = { sse: "/?auction=", ws: "/ws.html?auction=" };
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
+const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+const dollars = (cents) => money.format(cents / 100);
+
+let stack;
+let browser;
+
+before(async () => {
+  stack = new Stack();
+  await stack.start();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  stack?.stop();
+});
+
+async function create(fields) {
+  const created = await stack.api("/auctions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ title: "Lot", starting_price: 5000, min_increment: 100, duration_ms: 3600000, ...fields }),
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  return created.body;
+}
+
+/** A bid of `cents` on `auction` by another bidder, through the API. */
+async function bidByApi(auction, cents, token) {
+  const placed = await stack.api(`/auctions/${auction}/bids`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify({ amount: cents }),
+  });
+  assert.equal(placed.status, 201, JSON.stringify(placed.body));
+  return placed.body;
+}
+
+async function minNextOf(auction) {
+  const { body } = await stack.api(`/auctions/${auction}`);
+  return body.current ? body.current.amount + body.min_increment : body.starting_price;
+}
+
+const isLive = () => ["connected", "resumed", "reset"].includes(document.getElementById("connection").dataset.state);
+
+/** A page of `kind` on `auction`, live, in a browser context of its own
+ *  (or in `context`, sharing its storage: its session). */
+async function open(kind, auction, { viewport = DESKTOP, context = null } = {}) {
+  context = context || await browser.newContext({ viewport });
+  const page = await context.newPage();
+  await page.goto(`${stack.url}${PAGES[kind]}${auction}`);
+  await page.waitForFunction(isLive, null, { timeout: 20000 });
+  return page;
+}
+
+/** Bids `amount` (dollars, as typed) from the page, signing in as `name`
+ *  first when signed out; resolves once the page says the bid is in. */
+async function bidFromPage(page, name, amount) {
+  if (await page.isVisible("#bidder-name")) await page.fill("#bidder-name", name);
+  await page.fill("#bid-amount", amount);
+  await page.click("#bid-submit");
+  await page.waitForFunction(() => /is in|is set/.test(document.getElementById("bid-note").textContent)
+    || document.getElementById("bid-error").textContent !== "", null, { timeout: 15000 });
+  assert.equal(await page.textContent("#bid-error"), "");
+}
+
+/** The element's box, and whether it lies wholly inside the viewport. */
+const box = (page, selector) => page.$eval(selector, (element) => {
+  const r = element.getBoundingClientRect();
+  return {
+    top: Math.round(r.top), bottom: Math.round(r.bottom), left: Math.round(r.left), right: Math.round(r.right),
+    inView: r.width > 0 && r.height > 0 && r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight && r.right <= innerWidth,
+  };
+});
+
+async function assertInView(page, selectors, where) {
+  for (const selector of selectors) {
+    const b = await box(page, selector);
+    assert.ok(b.inView, `${where}: ${selector} is out of the viewport: ${JSON.stringify(b)}`);
+  }
+}
+
+test("the bid result shows by the bid button: result and form in the viewport at 390×844 and 1280×800", async () => {
+  for (const [size, viewport, kind] of [["phone", PHONE, "sse"], ["desktop", DESKTOP, "ws"]]) {
+    const id = `view-${size}`;
+    await create({
+      id, title: "Folding camera with its leather case",
+      description: "A 1950s folding camera.\nBellows intact, shutter working, with its original leather case and strap.",
+      image_url: "/assets/lot-camera.svg",
+    });
+    const page = await open(kind, id, { viewport });
+    await page.waitForFunction(() => document.getElementById("item-image").naturalWidth > 0);
+    const where = `${size} ${viewport.width}×${viewport.height}`;
+    // As it opens, without scrolling: the price, the countdown and the form.
+    assert.equal(await page.evaluate(() => scrollY), 0);
+    await assertInView(page, ["#current-amount", "#ends", "#bid-amount", "#raise-10", "#bid-submit"], `${where}, as opened`);
+    if (size === "phone") {
+      // One column: price, countdown and form before the picture,
+      // description and history.
+      const form = await box(page, "#bidding");
+      const summary = await box(page, "#summary");
+      assert.ok(summary.bottom <= form.top, `${where}: the price comes before the form`);
+      for (const later of ["#item", "#item-description", "#bids"]) {
+        assert.ok((await box(page, later)).top >= form.bottom, `${where}: ${later} comes after the form`);
+      }
+    }
+    // A too-low bid: the error right under the button, both in view.
+    await page.fill("#bidder-name", `Viewer ${size}`);
+    await page.fill("#bid-amount", "1.00");
+    await page.click("#bid-submit");
+    await page.waitForFunction(() => document.getElementById("bid-error").textContent !== "");
+    await assertInView(page, ["#bid-amount", "#bid-submit", "#bid-error"], `${where}, refused`);
+    // An accepted bid: "Your bid of $X is in." under the button, in view
+    // with the form and the new price.
+    await page.click("#raise-min");
+    const amount = Math.round(Number(await page.inputValue("#bid-amount")) * 100);
+    await page.click("#bid-submit");
+    await page.waitForFunction((text) => document.getElementById("bid-note").textContent === text,
+      `Your bid of ${dollars(amount)} is in.`, { timeout: 15000 });
+    await page.waitForFunction((text) => document.getElementById("current-amount").textContent === text, dollars(amount));
+    await assertInView(page, ["#current-amount", "#bid-amount", "#bid-submit", "#bid-note"], `${where}, placed`);
+    const [button, note] = [await box(page, "#bid-submit"), await box(page, "#bid-note")];
+    assert.ok(note.top >= button.bottom && note.top - button.bottom <= 40, `${where}: the result is right under the button`);
+    await page.context().close();
+  }
+});
+
+test("quick amounts bid exactly what their labels say: the minimum, and 5 and 10 steps above it", async () => {
+  await create({ id: "quick", starting_price: 5000, min_increment: 100 });
+  const page = await open("sse", "quick");
+  const check = async (where) => {
+    const minimum = await minNextOf("quick");
+    for (const [button, steps] of [["#raise-min", 0], ["#raise-5", 5], ["#raise-10", 10]]) {
+      const label = (await page.textContent(button)).trim();
+      const amount = minimum + steps * 100;
+      assert.equal(label, `${dollars(amount)} ${steps === 0 ? "minimum" : `min + ${steps} steps`}`, `${where}: ${button}`);
+      await page.click(button);
+      assert.equal(await page.inputValue("#bid-amount"), (amount / 100).toFixed(2), `${where}: ${button} fills what it says`);
+    }
+    return minimum;
+  };
+  await check("before any bid");
+  await bidByApi("quick", 5300, stack.token("Somebody"));
+  await page.waitForFunction(() => document.getElementById("current-amount").textContent === "$53.00");
+  const minimum = await check("after a bid");
+  // "+10 steps" is 10 steps above the minimum: placed as labelled, with no
+  // confirmation (that is for more than 10).
+  await page.fill("#bidder-name", "Quick Quinn");
+  await page.click("#raise-10");
+  await page.click("#bid-submit");
+  await page.waitForFunction((text) => document.getElementById("bid-note").textContent === text,
+    `Your bid of ${dollars(minimum + 1000)} is in.`, { timeout: 15000 });
+  assert.equal(await page.isVisible("#confirm"), false);
+  assert.equal(stack.stream("quick").at(-1).data.amount, minimum + 1000);
+  await page.context().close();
+});
