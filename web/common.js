@@ -5,9 +5,12 @@
 //
 // Rules the page keeps (a person bids real money here):
 // - the amount field holds what the person typed or picked; the page never
-//   writes it on its own (only the quick-amount buttons do, when pressed);
-// - an error describes the state as it is now: it is re-worded or cleared
-//   whenever that state changes (a new minimum, the close, a new round);
+//   writes it on its own (only the quick-amount buttons do, when pressed),
+//   except to empty it when a new round opens: an amount typed for the
+//   last round means nothing in the next;
+// - an error or a note describes the state as it is now: it is re-worded
+//   or cleared whenever that state changes (a new minimum, being outbid,
+//   the close, a new round);
 // - only a new bid is announced to screen readers, never the whole list.
 "use strict";
 
@@ -26,6 +29,9 @@ const Auction = (() => {
   const seen = new Set(); // event ids already shown
   let lastId = null;
   let error = null; // {code, amount?, text?}: worded from the state at render time
+  // The result of this page's last bid while it still holds: {kind: "bid"
+  // or "max", amount, leading} (see renderNote).
+  let note = null;
   let confirmed = null; // the amount the person confirmed, if any
   let sawSimulated = false;
   let session = loadSession(); // {token, bidder_id, name, expires_at} or null
@@ -219,6 +225,7 @@ const Auction = (() => {
       button.dataset.amount = String(amount);
     }
     renderError();
+    renderNote();
     renderConfirm();
     tick();
   }
@@ -339,6 +346,8 @@ const Auction = (() => {
 
   /** `init`: replace everything. History entries from init carry no id. */
   function onInit(payload, id) {
+    // After a drop, `init` may bring the next round (missed while away).
+    if (auction && isNewRound(auction, payload.auction)) startRound();
     auction = payload.auction;
     history = (payload.history || []).slice(0, MAX_HISTORY).map((bid) => ({ ...bid }));
     sawSimulated = sawSimulated || history.some((bid) => bid.source === "simulated");
@@ -389,13 +398,31 @@ const Auction = (() => {
     rememberId(id);
     auction = payload.auction;
     if (kind === "opened") {
+      startRound();
       history = [];
-      error = null; // it described the previous round
-      confirmed = null;
       rebuildHistory();
     }
     renderAuction();
     refreshStanding();
+  }
+
+  /** Whether `next` is a later round than `previous`, the same auction as
+   *  this page last drew it: a closed one open again, or its price lower
+   *  (in a round the price only goes up). */
+  function isNewRound(previous, next) {
+    if (!next || previous.id !== next.id) return false;
+    if (previous.status !== "open" && next.status === "open") return true;
+    return Boolean(previous.current && (!next.current || next.current.amount < previous.current.amount));
+  }
+
+  /** A new round: what the page said or held for the last one goes (its
+   *  error, note and confirmation, and the amount typed for it). */
+  function startRound() {
+    error = null;
+    note = null;
+    confirmed = null;
+    $("bid-amount").value = "";
+    $("confirm").hidden = true;
   }
 
   /** An admin acted on the auction (`admin` event): say who did what, in
@@ -508,7 +535,35 @@ const Auction = (() => {
       }
     }
     if (element.textContent !== text) element.textContent = text;
-    if (text) $("bid-note").textContent = "";
+    if (text) note = null;
+    renderNote();
+  }
+
+  function setNote(value) {
+    note = value;
+    renderNote();
+  }
+
+  /** The result of this page's last bid, while it holds. "Your bid of $X
+   *  is in" (or "your maximum is set; you are leading") goes once another
+   *  bidder's bid is above it: in a round a later bid is always higher, so
+   *  that means outbid, whichever came first, the answer or the event. A
+   *  close or a new round clears it. */
+  function renderNote() {
+    if (note && (!auction || auction.status !== "open")) note = null;
+    const current = auction && auction.current;
+    if (note && note.leading && current && !isMine(current) && current.amount > note.amount) note = null;
+    let text = "";
+    if (note) {
+      const amount = formatCents(note.amount);
+      text = {
+        checking: `Checking whether your bid of ${amount} went in…`,
+        bid: note.leading ? `Your bid of ${amount} is in.` : `Your bid of ${amount} is in, but another bidder's maximum is higher.`,
+        max: `Your maximum of ${amount} is set; ${note.leading ? "you are leading" : "another bidder's maximum is higher"}.`,
+      }[note.kind];
+    }
+    const element = $("bid-note");
+    if (element.textContent !== text) element.textContent = text;
   }
 
   function setError(value) {
@@ -622,6 +677,7 @@ const Auction = (() => {
       }
       confirmed = null;
       setError(null);
+      setNote(null);
       $("bid-submit").disabled = true;
       try {
         if (!session) {
@@ -633,9 +689,7 @@ const Auction = (() => {
         if (!intended || intended.amount !== amount || intended.token !== token || intended.max !== max) {
           intended = { amount, token, max, key: null };
         }
-        const onRetry = () => {
-          $("bid-note").textContent = `Checking whether your bid of ${formatCents(amount)} went in…`;
-        };
+        const onRetry = () => setNote({ kind: "checking", amount });
         const result = await send({ amount, bidder, token, key: intended.key, max }, onRetry);
         intended.key = result.key || intended.key;
         if (!result.unsettled) intended = null;
@@ -643,18 +697,19 @@ const Auction = (() => {
         if (!result.ok && result.body && ["invalid_token", "token_expired"].includes(result.body.error)) {
           setSession(null); // the next bid signs in again
         }
-        if (result.ok && max) {
-          const leading = result.body && result.body.leading;
-          $("bid-note").textContent = `Your maximum of ${formatCents(amount)} is set; ${leading ? "you are leading" : "another bidder's maximum is higher"}.`;
-        } else if (result.ok) {
-          $("bid-note").textContent = `Your bid of ${formatCents(amount)} is in.`;
+        if (result.ok) {
+          // Over HTTP the answer says whether this bid leads; a WebSocket
+          // `ack` does not (the stream will say, see renderNote).
+          const leading = !(result.body && result.body.leading === false);
+          setNote({ kind: max ? "max" : "bid", amount, leading });
         } else {
+          setNote(null);
           setError(describeError({ ...result.body, amount }));
         }
       } catch (_) {
+        setNote(null);
         setError({ code: "unavailable", text: "Could not reach the bid service; try again." });
       } finally {
-        if ($("bid-note").textContent.startsWith("Checking")) $("bid-note").textContent = "";
         $("bid-submit").disabled = !auction || auction.status !== "open";
       }
     });

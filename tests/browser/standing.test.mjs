@@ -171,3 +171,61 @@ test("quick amounts bid exactly what their labels say: the minimum, and 5 and 10
   assert.equal(stack.stream("quick").at(-1).data.amount, minimum + 1000);
   await page.context().close();
 });
+
+test("a note that no longer holds is cleared: outbid, and at a new round, which also empties the amount field", async () => {
+  await create({ id: "noted" });
+  const page = await open("sse", "noted");
+  const minimum = await minNextOf("noted");
+  await bidFromPage(page, "Noted Nell", (minimum / 100).toFixed(2));
+  assert.equal(await page.textContent("#bid-note"), `Your bid of ${dollars(minimum)} is in.`);
+  // Outbid by another bidder: the note goes; the standing says outbid.
+  await bidByApi("noted", minimum + 500, stack.token("Rival Rex"));
+  await page.waitForFunction(() => document.getElementById("bid-note").textContent === "");
+  await page.waitForFunction(() => document.getElementById("you").dataset.you === "outbid");
+  assert.equal(await page.isVisible("#bid-note"), false);
+  await page.context().close();
+
+  // A new round of a simulated auction (the only kind that has rounds):
+  // a maximum well above the simulated bidders keeps "you are leading"
+  // true all round; the round closes, the next opens, and neither the
+  // note nor the amount typed for the old round is left.
+  await stack.addBidder("rounds", {
+    AUCTION_SIM_AUCTIONS: "noted-rounds", AUCTION_SIM_INTERVAL_MS: "500",
+    AUCTION_SIM_DURATION_MS: "8000", AUCTION_SIM_PAUSE_MS: "2000", AUCTION_CLOSE_CHECK_MS: "50",
+  });
+  await waitFor("the simulated auction", () => stack.redis("EXISTS", "auction:{noted-rounds}").trim() === "1");
+  const rounds = await open("ws", "noted-rounds");
+  // Bid early in a round, so that it is still open when the bid lands.
+  await rounds.waitForFunction(() => {
+    const left = /(\d+)m (\d+)s/.exec(document.getElementById("countdown").textContent);
+    return document.getElementById("auction-page").dataset.phase === "open" && left && Number(left[1]) * 60 + Number(left[2]) >= 4;
+  }, null, { timeout: 30000 });
+  await rounds.fill("#bidder-name", "Round Rita");
+  await rounds.fill("#bid-amount", "50000.00");
+  await rounds.check("#bid-max");
+  await rounds.click("#bid-submit");
+  await rounds.waitForFunction(() => document.getElementById("bid-note").textContent
+    === "Your maximum of $50,000.00 is set; you are leading.", null, { timeout: 15000 });
+  await rounds.evaluate(() => {
+    window.__openedWith = null;
+    // The page as it shows the next round: the phase goes from closed to open.
+    new MutationObserver((records) => {
+      const reopened = records.some((record) => record.oldValue === "closed" && record.target.dataset.phase === "open");
+      if (window.__openedWith === null && reopened) {
+        window.__openedWith = {
+          note: document.getElementById("bid-note").textContent,
+          amount: document.getElementById("bid-amount").value,
+        };
+      }
+    }).observe(document.getElementById("auction-page"), { attributes: true, attributeOldValue: true, attributeFilter: ["data-phase"] });
+  });
+  await rounds.waitForFunction(() => document.getElementById("auction-page").dataset.phase === "closed", null, { timeout: 20000 });
+  await rounds.waitForFunction(() => document.getElementById("you").dataset.you === "won");
+  assert.equal(await rounds.textContent("#you"), "You won this auction.");
+  await rounds.waitForFunction(() => window.__openedWith !== null, null, { timeout: 20000 });
+  // As the new round showed, and after.
+  assert.deepEqual(await rounds.evaluate(() => window.__openedWith), { note: "", amount: "" });
+  assert.equal(await rounds.textContent("#bid-note"), "");
+  assert.equal(await rounds.inputValue("#bid-amount"), "");
+  await rounds.context().close();
+});
