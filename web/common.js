@@ -11,6 +11,8 @@
 // - an error or a note describes the state as it is now: it is re-worded
 //   or cleared whenever that state changes (a new minimum, being outbid,
 //   the close, a new round);
+// - while the connection is down the price may be out of date: it is
+//   marked so and bidding waits until the page is live again;
 // - only a new bid is announced to screen readers, never the whole list.
 "use strict";
 
@@ -32,6 +34,10 @@ const Auction = (() => {
   // The result of this page's last bid while it still holds: {kind: "bid"
   // or "max", amount, leading} (see renderNote).
   let note = null;
+  let submitting = false; // a bid is on its way
+  // Whether the connection is live: the page then shows the auction as it
+  // is; otherwise it may be out of date.
+  let live = false;
   let confirmed = null; // the amount the person confirmed, if any
   let sawSimulated = false;
   let session = loadSession(); // {token, bidder_id, name, expires_at} or null
@@ -211,7 +217,6 @@ const Auction = (() => {
     renderYou();
 
     show("bidding", open);
-    $("bid-submit").disabled = !open;
     const min = minNext();
     $("min-next").textContent = `Minimum bid ${formatCents(min)}, in steps of ${formatCents(auction.min_increment)}.`;
     $("bid-amount").placeholder = centsToField(min);
@@ -227,7 +232,30 @@ const Auction = (() => {
     renderError();
     renderNote();
     renderConfirm();
+    renderLive();
     tick();
+  }
+
+  /** Whether a bid can be sent now: the auction is open, the page is live
+   *  (its price is the real one) and no other bid is on its way. */
+  function canBid() {
+    return Boolean(auction && auction.status === "open" && live && !submitting);
+  }
+
+  /** Live or not: while the connection is down the price is marked as
+   *  possibly out of date and bidding is paused, with the reason. */
+  function renderLive() {
+    const stale = Boolean(auction) && !live;
+    $("summary").dataset.stale = String(stale);
+    $("stale").textContent = stale ? "Connection lost: this price may be out of date." : "";
+    show("stale", stale);
+    const paused = stale && auction.status === "open";
+    $("bid-paused").textContent = paused
+      ? "Bidding is paused until the connection is back."
+      : "";
+    show("bid-paused", paused);
+    $("bid-submit").disabled = !canBid();
+    $("confirm-yes").disabled = !canBid();
   }
 
   /** "You are winning" / "You have been outbid" / "You won", from bidder ids. */
@@ -499,6 +527,8 @@ const Auction = (() => {
     reset: "Live, reloaded from the latest state",
     stopped: "Disconnected",
   };
+  /** The states in which the page shows the auction as it is now. */
+  const LIVE_STATES = ["connected", "resumed", "reset"];
 
   /** How many people watch this auction, over every edge replica. */
   function onViewers(count) {
@@ -516,6 +546,8 @@ const Auction = (() => {
     element.dataset.transport = over || element.dataset.transport || config.transport;
     const transport = element.dataset.transport === "ws" ? "WebSocket" : "Server-Sent Events";
     element.textContent = `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
+    live = LIVE_STATES.includes(state);
+    renderLive();
   }
 
   // --- the form ------------------------------------------------------------
@@ -660,7 +692,7 @@ const Auction = (() => {
 
     $("bid-form").addEventListener("submit", async (event) => {
       event.preventDefault();
-      if (!auction || auction.status !== "open") return;
+      if (!canBid()) return;
       const bidder = session ? session.name : name.value.trim();
       const amount = parseCents(amountField.value);
       const max = $("bid-max").checked;
@@ -678,7 +710,8 @@ const Auction = (() => {
       confirmed = null;
       setError(null);
       setNote(null);
-      $("bid-submit").disabled = true;
+      submitting = true;
+      renderLive();
       try {
         if (!session) {
           localStorage.setItem("auction.bidder", bidder);
@@ -710,7 +743,8 @@ const Auction = (() => {
         setNote(null);
         setError({ code: "unavailable", text: "Could not reach the bid service; try again." });
       } finally {
-        $("bid-submit").disabled = !auction || auction.status !== "open";
+        submitting = false;
+        renderLive();
       }
     });
   }

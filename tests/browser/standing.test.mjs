@@ -229,3 +229,45 @@ test("a note that no longer holds is cleared: outbid, and at a new round, which 
   assert.equal(await rounds.inputValue("#bid-amount"), "");
   await rounds.context().close();
 });
+
+test("stale marking while disconnected: the price is marked, bidding paused with the reason, until live again", async () => {
+  await create({ id: "cutoff" });
+  const pages = { sse: await open("sse", "cutoff"), ws: await open("ws", "cutoff") };
+  for (const page of Object.values(pages)) {
+    assert.equal(await page.getAttribute("#summary", "data-stale"), "false");
+    assert.equal(await page.isVisible("#stale"), false);
+    assert.equal(await page.isEnabled("#bid-submit"), true);
+  }
+  // Every edge goes (the WebSocket page would otherwise fall back to SSE):
+  // the pages' connections drop for real.
+  const edges = ["sse1", "sse2", "ws1", "ws2"];
+  for (const name of edges) stack.kill(name);
+  for (const [kind, page] of Object.entries(pages)) {
+    await page.waitForFunction(() => document.getElementById("summary").dataset.stale === "true", null, { timeout: 15000 });
+    assert.equal(await page.textContent("#stale"), "Connection lost: this price may be out of date.", kind);
+    assert.equal(await page.isVisible("#stale"), true, kind);
+    assert.equal(await page.isEnabled("#bid-submit"), false, `${kind}: bidding paused`);
+    assert.match(await page.textContent("#bid-paused"), /^Bidding is paused until the connection is back/, kind);
+    assert.equal(await page.isVisible("#bid-paused"), true, kind);
+    assert.notEqual(await page.getAttribute("#connection", "data-state"), "connected", kind);
+  }
+  // Meanwhile a bid the pages cannot see yet.
+  const minimum = await minNextOf("cutoff");
+  await bidByApi("cutoff", minimum, stack.token("Away Ann"));
+  for (const name of edges) await stack.restart(name);
+  // nginx counts the killed edges as failed for a while (its fail_timeout):
+  // wait until it routes to them again, for the pages and the tests after.
+  await waitFor("nginx to route to the edges again", async () =>
+    (await fetch(`${stack.url}/`)).status === 200 && (await fetch(`${stack.url}/ws.html`)).status === 200, 30000);
+  for (const [kind, page] of Object.entries(pages)) {
+    await page.waitForFunction(() => document.getElementById("summary").dataset.stale === "false", null, { timeout: 45000 });
+    assert.equal(await page.evaluate(isLive), true, kind);
+    assert.equal(await page.isVisible("#stale"), false, kind);
+    assert.equal(await page.isVisible("#bid-paused"), false, kind);
+    assert.equal(await page.isEnabled("#bid-submit"), true, `${kind}: bidding again`);
+    await page.waitForFunction((text) => document.getElementById("current-amount").textContent === text, dollars(minimum));
+  }
+  // And a bid from a page goes in.
+  await bidFromPage(pages.ws, "Back Bea", ((minimum + 100) / 100).toFixed(2));
+  for (const page of Object.values(pages)) await page.context().close();
+});
