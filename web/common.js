@@ -258,34 +258,36 @@ const Auction = (() => {
     $("confirm-yes").disabled = !canBid();
   }
 
-  /** "You are winning" / "You have been outbid" / "You won", from bidder ids. */
+  /** Your standing: winning, outbid, won or lost, your last bid and your
+   *  maximum, all from the server (`GET /auctions/{id}/me`), never from the
+   *  visible history, which keeps only the last 30 bids: it holds over any
+   *  number of bids and a reload. Nothing is said until the server has. */
   function renderYou() {
     const element = $("you");
-    let state = "none";
-    if (session && auction && standing && standing.auction === auction.id) {
-      // The server's word: it survives any number of bids and a reload.
-      state = { leading: "winning", outbid: "outbid", won: "won", lost: "lost" }[standing.status] || "none";
-      if (standing.status === "leading" && auction.status !== "open") state = "none";
-    } else if (session && auction) {
-      const mineInRound = history.some(isMine);
-      if (isMine(auction.current)) state = auction.status === "open" ? "winning" : "won";
-      else if (mineInRound) state = auction.status === "open" ? "outbid" : "lost";
-    }
-    const max = session && standing && auction && auction.status === "open" && standing.auction === auction.id
-      ? standing.max_amount : null;
+    const mine = session && auction && standing && standing.auction === auction.id ? standing : null;
+    let state = mine ? { leading: "winning", outbid: "outbid", won: "won", lost: "lost" }[mine.status] || "none" : "none";
+    // A close the server has not answered for yet: no "winning" any more.
+    if (state === "winning" && auction.status !== "open") state = "none";
+    const open = Boolean(auction && auction.status === "open");
+    const max = mine && open ? mine.max_amount : null;
     $("your-max").textContent = max
       ? `Your maximum: ${formatCents(max)} (${state === "winning" ? "leading" : "outbid"}); only you see it.`
       : "";
     show("your-max", Boolean(max));
+    const last = mine && state !== "none" ? mine.last_bid : null;
+    $("your-bids").textContent = last ? `Your last bid: ${formatCents(last)}.` : "";
+    show("your-bids", Boolean(last));
     element.dataset.you = state;
     element.textContent = {
       none: "",
       winning: "You are winning.",
       outbid: "You have been outbid.",
       won: "You won this auction.",
-      lost: auction && auction.sold === false && isMine(auction.current)
-        ? "The reserve was not met; this auction has ended."
-        : "You were outbid; this auction has ended.",
+      lost: auction && auction.status === "cancelled"
+        ? "This auction was cancelled: nobody won it."
+        : auction && auction.sold === false && isMine(auction.current)
+          ? "The reserve was not met: nobody won this auction."
+          : "You lost this auction: you were outbid.",
     }[state];
     element.hidden = state === "none";
   }
@@ -353,11 +355,19 @@ const Auction = (() => {
       return;
     }
     standingBusy = true;
+    const token = session.token;
     try {
       const response = await fetch(`${config.bidderUrl || ""}/auctions/${encodeURIComponent(auctionId)}/me`, {
-        headers: { Authorization: `Bearer ${session.token}` },
+        headers: { Authorization: `Bearer ${token}` },
       });
-      if (response.status === 200) standing = await response.json();
+      const body = response.status === 200 ? await response.json() : null;
+      if (!session || session.token !== token) {
+        // Signed out or in as someone else meanwhile: not theirs.
+      } else if (body) {
+        standing = body;
+      } else if (response.status === 401) {
+        setSession(null); // a token the bidder no longer takes: the next bid signs in again
+      }
     } catch (_) {
       /* kept as it was; the next event asks again */
     } finally {

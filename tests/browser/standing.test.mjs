@@ -271,3 +271,43 @@ test("stale marking while disconnected: the price is marked, bidding paused with
   await bidFromPage(pages.ws, "Back Bea", ((minimum + 100) / 100).toFixed(2));
   for (const page of Object.values(pages)) await page.context().close();
 });
+
+test("A bidder whose bid has scrolled out of the history still sees 'you were outbid' and, at the close, 'you lost'; after a reload too", async () => {
+  await create({ id: "scrolled" });
+  const page = await open("sse", "scrolled");
+  const mine = await minNextOf("scrolled");
+  await bidFromPage(page, "Early Eve", (mine / 100).toFixed(2));
+  await page.waitForFunction(() => document.getElementById("you").dataset.you === "winning");
+  // 35 bids by others: the history keeps 30, so Eve's bid leaves it.
+  const rival = stack.token("Rival Ray");
+  for (let i = 1; i <= 35; i++) await bidByApi("scrolled", mine + i * 100, rival);
+  const top = dollars(mine + 3500);
+  await page.waitForFunction((text) => document.getElementById("current-amount").textContent === text, top);
+  assert.equal(await page.$$eval("#history li", (items) => items.length), 30);
+  assert.equal(await page.$$eval("#history li[data-mine]", (items) => items.length), 0, "Eve's bid is out of the history");
+  const outbid = async (where) => {
+    await page.waitForFunction(() => document.getElementById("you").dataset.you === "outbid", null, { timeout: 10000 });
+    assert.equal(await page.textContent("#you"), "You have been outbid.", where);
+    assert.equal(await page.textContent("#your-bids"), `Your last bid: ${dollars(mine)}.`, where);
+  };
+  await outbid("live");
+  await page.reload();
+  await page.waitForFunction(isLive);
+  await outbid("after a reload");
+  // Closed (by an admin, now): Eve lost.
+  const closed = await stack.api("/admin/auctions/scrolled/close", {
+    method: "POST", headers: { authorization: `Bearer ${stack.token("Olive", ["admin"])}` },
+  });
+  assert.equal(closed.status, 200, JSON.stringify(closed.body));
+  const lost = async (on, where) => {
+    await on.waitForFunction(() => document.getElementById("you").dataset.you === "lost", null, { timeout: 10000 });
+    assert.equal(await on.textContent("#you"), "You lost this auction: you were outbid.", where);
+    assert.equal(await on.textContent("#your-bids"), `Your last bid: ${dollars(mine)}.`, where);
+    assert.equal(await on.textContent("#result-text"), `Sold to Rival Ray for ${top}`, where);
+  };
+  await lost(page, "at the close");
+  // A reload, on the WebSocket page this time (the same session).
+  const again = await open("ws", "scrolled", { context: page.context() });
+  await lost(again, "after a reload");
+  await page.context().close();
+});
