@@ -38,6 +38,7 @@ const Auction = (() => {
   // Whether the connection is live: the page then shows the auction as it
   // is; otherwise it may be out of date.
   let live = false;
+  let notFound = false; // the auction does not exist: nothing to watch
   let confirmed = null; // the amount the person confirmed, if any
   let sawSimulated = false;
   let session = loadSession(); // {token, bidder_id, name, expires_at} or null
@@ -245,7 +246,7 @@ const Auction = (() => {
   /** Live or not: while the connection is down the price is marked as
    *  possibly out of date and bidding is paused, with the reason. */
   function renderLive() {
-    const stale = Boolean(auction) && !live;
+    const stale = Boolean(auction) && !live && !notFound;
     $("summary").dataset.stale = String(stale);
     $("stale").textContent = stale ? "Connection lost: this price may be out of date." : "";
     show("stale", stale);
@@ -512,9 +513,13 @@ const Auction = (() => {
     $("auction-page").dataset.phase = "not-found";
     $("title").textContent = "Auction not found";
     document.title = "Auction not found";
-    for (const id of ["item", "summary", "bidding", "bids"]) show(id, false);
+    for (const id of ["item", "summary", "bidding", "bids", "updates"]) show(id, false);
     show("not-found", true);
     $("bid-submit").disabled = true;
+    notFound = true;
+    // Nothing is watched any more: the status line says so, not
+    // "Disconnected" or "retrying".
+    setConnection("not-found");
   }
 
   /** Asks the bidder whether the auction exists (the transports only see a
@@ -551,11 +556,16 @@ const Auction = (() => {
   /** The connection's state; `over` the transport in use ("sse" or "ws":
    *  the WebSocket page falls back to SSE where WebSockets are refused). */
   function setConnection(state, detail, over) {
+    // An auction that does not exist is not watched: nothing connects or
+    // retries, whatever the transport reports while it winds down.
+    if (notFound && state !== "not-found") return;
     const element = $("connection");
     element.dataset.state = state;
     element.dataset.transport = over || element.dataset.transport || config.transport;
     const transport = element.dataset.transport === "ws" ? "WebSocket" : "Server-Sent Events";
-    element.textContent = `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
+    element.textContent = state === "not-found"
+      ? "Not watching: no such auction"
+      : `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
     live = LIVE_STATES.includes(state);
     renderLive();
   }

@@ -311,3 +311,44 @@ test("A bidder whose bid has scrolled out of the history still sees 'you were ou
   await lost(again, "after a reload");
   await page.context().close();
 });
+
+for (const kind of ["sse", "ws"]) {
+  test(`${kind}: an unknown auction says so plainly, links to the catalogue, and claims no retry it does not make`, async () => {
+    // Through the tabs' shared connection (a SharedWorker, whose requests
+    // the test cannot see) and through the page's own (no SharedWorker),
+    // whose streams and sockets it counts.
+    for (const shared of [true, false]) {
+      const where = `${kind}, ${shared ? "shared connection" : "own connection"}`;
+      const context = await browser.newContext({ viewport: DESKTOP });
+      const page = await context.newPage();
+      await page.addInitScript((withWorker) => {
+        if (!withWorker) delete window.SharedWorker;
+        // Every text the connection line shows, from the start.
+        window.__said = [];
+        new MutationObserver(() => {
+          const text = document.getElementById("connection")?.textContent;
+          if (text && window.__said.at(-1) !== text) window.__said.push(text);
+        }).observe(document, { subtree: true, childList: true, characterData: true });
+      }, shared);
+      const connections = [];
+      page.on("request", (request) => {
+        if (new URL(request.url()).pathname === "/events") connections.push(request.url());
+      });
+      page.on("websocket", (socket) => connections.push(socket.url()));
+      await page.goto(`${stack.url}${PAGES[kind]}no-such-lot`);
+      await page.waitForFunction(() => document.getElementById("auction-page").dataset.phase === "not-found");
+      assert.equal(await page.textContent("#not-found h2"), "No such auction", where);
+      assert.equal(await page.getAttribute("#not-found a", "href"), "catalogue.html", where);
+      assert.equal(await page.isVisible("#bid-form"), false, where);
+      if (!shared) assert.equal(connections.length, 1, `${where}: one stream or socket: ${connections.join(" ")}`);
+      // Longer than the client's first retry pause (at most 1 s after a
+      // refusal): a page that retried would have asked again by then.
+      await page.waitForTimeout(3000);
+      assert.equal(await page.textContent("#connection"), "Not watching: no such auction", where);
+      const said = await page.evaluate(() => window.__said);
+      assert.ok(said.every((text) => !/retrying|Reconnecting/i.test(text)), `${where}: ${said.join(" | ")}`);
+      if (!shared) assert.equal(connections.length, 1, `${where}: no new stream or socket: ${connections.join(" ")}`);
+      await context.close();
+    }
+  });
+}
