@@ -31,8 +31,8 @@ const Auction = (() => {
   const seen = new Set(); // event ids already shown
   let lastId = null;
   let error = null; // {code, amount?, text?}: worded from the state at render time
-  // The result of this page's last bid while it still holds: {kind: "bid"
-  // or "max", amount, leading} (see renderNote).
+  // The result of this page's last bid while it still holds: {kind:
+  // "checking", "bid" or "max", amount, leading} (see renderNote).
   let note = null;
   let submitting = false; // a bid is on its way
   // Whether the connection is live: the page then shows the auction as it
@@ -455,11 +455,13 @@ const Auction = (() => {
   }
 
   /** A new round: what the page said or held for the last one goes (its
-   *  error, note and confirmation, and the amount typed for it). */
+   *  error, note and confirmation, the amount typed for it, and your
+   *  standing in it until the server gives the new one). */
   function startRound() {
     error = null;
     note = null;
     confirmed = null;
+    standing = null;
     $("bid-amount").value = "";
     $("confirm").hidden = true;
   }

@@ -215,6 +215,7 @@ test("a note that no longer holds is cleared: outbid, and at a new round, which 
         window.__openedWith = {
           note: document.getElementById("bid-note").textContent,
           amount: document.getElementById("bid-amount").value,
+          you: document.getElementById("you").dataset.you,
         };
       }
     }).observe(document.getElementById("auction-page"), { attributes: true, attributeOldValue: true, attributeFilter: ["data-phase"] });
@@ -223,8 +224,9 @@ test("a note that no longer holds is cleared: outbid, and at a new round, which 
   await rounds.waitForFunction(() => document.getElementById("you").dataset.you === "won");
   assert.equal(await rounds.textContent("#you"), "You won this auction.");
   await rounds.waitForFunction(() => window.__openedWith !== null, null, { timeout: 20000 });
-  // As the new round showed, and after.
-  assert.deepEqual(await rounds.evaluate(() => window.__openedWith), { note: "", amount: "" });
+  // As the new round showed (no note, no amount, no "You won" of the last
+  // round), and after.
+  assert.deepEqual(await rounds.evaluate(() => window.__openedWith), { note: "", amount: "", you: "none" });
   assert.equal(await rounds.textContent("#bid-note"), "");
   assert.equal(await rounds.inputValue("#bid-amount"), "");
   await rounds.context().close();
