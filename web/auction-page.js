@@ -37,10 +37,14 @@ export function start(kind) {
       Auction.setConnection(everConnected ? "reconnecting" : "connecting", null, transport);
     } else if (state === "stopped") {
       // Refused; the client asks again after a pause. If this auction does
-      // not exist, the page says so and stops watching it.
+      // not exist, the page says so and stops watching it; "retrying" is
+      // said only of an auction that is retried.
       open = false;
-      Auction.setConnection("stopped", "retrying shortly", transport);
-      Auction.checkExists().then((exists) => { if (!exists) connection.unwatch(auctionId); });
+      Auction.setConnection("stopped", null, transport);
+      Auction.checkExists().then((exists) => {
+        if (!exists) connection.unwatch(auctionId);
+        else if (!open) Auction.setConnection("stopped", "retrying shortly", transport);
+      });
     }
   }
 
@@ -80,7 +84,6 @@ export function start(kind) {
   }
 
   function onRefused() {
-    Auction.setConnection("stopped", "no such auction", transport);
     Auction.onNotFound();
   }
 

@@ -5,9 +5,14 @@
 //
 // Rules the page keeps (a person bids real money here):
 // - the amount field holds what the person typed or picked; the page never
-//   writes it on its own (only the quick-amount buttons do, when pressed);
-// - an error describes the state as it is now: it is re-worded or cleared
-//   whenever that state changes (a new minimum, the close, a new round);
+//   writes it on its own (only the quick-amount buttons do, when pressed),
+//   except to empty it when a new round opens: an amount typed for the
+//   last round means nothing in the next;
+// - an error or a note describes the state as it is now: it is re-worded
+//   or cleared whenever that state changes (a new minimum, being outbid,
+//   the close, a new round);
+// - while the connection is down the price may be out of date: it is
+//   marked so and bidding waits until the page is live again;
 // - only a new bid is announced to screen readers, never the whole list.
 "use strict";
 
@@ -26,6 +31,14 @@ const Auction = (() => {
   const seen = new Set(); // event ids already shown
   let lastId = null;
   let error = null; // {code, amount?, text?}: worded from the state at render time
+  // The result of this page's last bid while it still holds: {kind:
+  // "checking", "bid" or "max", amount, leading} (see renderNote).
+  let note = null;
+  let submitting = false; // a bid is on its way
+  // Whether the connection is live: the page then shows the auction as it
+  // is; otherwise it may be out of date.
+  let live = false;
+  let notFound = false; // the auction does not exist: nothing to watch
   let confirmed = null; // the amount the person confirmed, if any
   let sawSimulated = false;
   let session = loadSession(); // {token, bidder_id, name, expires_at} or null
@@ -78,12 +91,10 @@ const Auction = (() => {
     return auction.current ? auction.current.amount + auction.min_increment : auction.starting_price;
   }
 
-  /** The quick amounts: the minimum, then 5 and 10 increments above the
-   *  current bid (above the starting price less one increment before any). */
+  /** A quick amount: the minimum and `steps` increments above it. */
   function quickAmount(steps) {
     const min = minNext();
-    if (min === null) return null;
-    return steps === 0 ? min : min + (steps - 1) * auction.min_increment;
+    return min === null ? null : min + steps * auction.min_increment;
   }
 
   // --- the guest session (identity) ---------------------------------------
@@ -207,49 +218,77 @@ const Auction = (() => {
     renderYou();
 
     show("bidding", open);
-    $("bid-submit").disabled = !open;
     const min = minNext();
     $("min-next").textContent = `Minimum bid ${formatCents(min)}, in steps of ${formatCents(auction.min_increment)}.`;
     $("bid-amount").placeholder = centsToField(min);
-    for (const button of document.querySelectorAll("[data-raise]")) {
-      const steps = Number(button.dataset.raise);
+    for (const button of document.querySelectorAll("[data-steps]")) {
+      const steps = Number(button.dataset.steps);
       const amount = quickAmount(steps);
-      button.textContent = steps === 0 ? `${formatCents(amount)} (minimum)` : `${formatCents(amount)} (+${steps} steps)`;
+      const label = document.createElement("span");
+      label.className = "steps";
+      label.textContent = steps === 0 ? "minimum" : `min + ${steps} steps`;
+      button.replaceChildren(`${formatCents(amount)} `, label);
       button.dataset.amount = String(amount);
     }
     renderError();
+    renderNote();
     renderConfirm();
+    renderLive();
     tick();
   }
 
-  /** "You are winning" / "You have been outbid" / "You won", from bidder ids. */
+  /** Whether a bid can be sent now: the auction is open, the page is live
+   *  (its price is the real one) and no other bid is on its way. */
+  function canBid() {
+    return Boolean(auction && auction.status === "open" && live && !submitting);
+  }
+
+  /** Live or not: while the connection is down the price is marked as
+   *  possibly out of date and bidding is paused, with the reason. */
+  function renderLive() {
+    const stale = Boolean(auction) && !live && !notFound;
+    $("summary").dataset.stale = String(stale);
+    $("stale").textContent = stale ? "Connection lost: this price may be out of date." : "";
+    show("stale", stale);
+    const paused = stale && auction.status === "open";
+    $("bid-paused").textContent = paused
+      ? "Bidding is paused until the connection is back."
+      : "";
+    show("bid-paused", paused);
+    $("bid-submit").disabled = !canBid();
+    $("confirm-yes").disabled = !canBid();
+  }
+
+  /** Your standing: winning, outbid, won or lost, your last bid and your
+   *  maximum, all from the server (`GET /auctions/{id}/me`), never from the
+   *  visible history, which keeps only the last 30 bids: it holds over any
+   *  number of bids and a reload. Nothing is said until the server has. */
   function renderYou() {
     const element = $("you");
-    let state = "none";
-    if (session && auction && standing && standing.auction === auction.id) {
-      // The server's word: it survives any number of bids and a reload.
-      state = { leading: "winning", outbid: "outbid", won: "won", lost: "lost" }[standing.status] || "none";
-      if (standing.status === "leading" && auction.status !== "open") state = "none";
-    } else if (session && auction) {
-      const mineInRound = history.some(isMine);
-      if (isMine(auction.current)) state = auction.status === "open" ? "winning" : "won";
-      else if (mineInRound) state = auction.status === "open" ? "outbid" : "lost";
-    }
-    const max = session && standing && auction && auction.status === "open" && standing.auction === auction.id
-      ? standing.max_amount : null;
+    const mine = session && auction && standing && standing.auction === auction.id ? standing : null;
+    let state = mine ? { leading: "winning", outbid: "outbid", won: "won", lost: "lost" }[mine.status] || "none" : "none";
+    // A close the server has not answered for yet: no "winning" any more.
+    if (state === "winning" && auction.status !== "open") state = "none";
+    const open = Boolean(auction && auction.status === "open");
+    const max = mine && open ? mine.max_amount : null;
     $("your-max").textContent = max
       ? `Your maximum: ${formatCents(max)} (${state === "winning" ? "leading" : "outbid"}); only you see it.`
       : "";
     show("your-max", Boolean(max));
+    const last = mine && state !== "none" ? mine.last_bid : null;
+    $("your-bids").textContent = last ? `Your last bid: ${formatCents(last)}.` : "";
+    show("your-bids", Boolean(last));
     element.dataset.you = state;
     element.textContent = {
       none: "",
       winning: "You are winning.",
       outbid: "You have been outbid.",
       won: "You won this auction.",
-      lost: auction && auction.sold === false && isMine(auction.current)
-        ? "The reserve was not met; this auction has ended."
-        : "You were outbid; this auction has ended.",
+      lost: auction && auction.status === "cancelled"
+        ? "This auction was cancelled: nobody won it."
+        : auction && auction.sold === false && isMine(auction.current)
+          ? "The reserve was not met: nobody won this auction."
+          : "You lost this auction: you were outbid.",
     }[state];
     element.hidden = state === "none";
   }
@@ -317,11 +356,19 @@ const Auction = (() => {
       return;
     }
     standingBusy = true;
+    const token = session.token;
     try {
       const response = await fetch(`${config.bidderUrl || ""}/auctions/${encodeURIComponent(auctionId)}/me`, {
-        headers: { Authorization: `Bearer ${session.token}` },
+        headers: { Authorization: `Bearer ${token}` },
       });
-      if (response.status === 200) standing = await response.json();
+      const body = response.status === 200 ? await response.json() : null;
+      if (!session || session.token !== token) {
+        // Signed out or in as someone else meanwhile: not theirs.
+      } else if (body) {
+        standing = body;
+      } else if (response.status === 401) {
+        setSession(null); // a token the bidder no longer takes: the next bid signs in again
+      }
     } catch (_) {
       /* kept as it was; the next event asks again */
     } finally {
@@ -338,6 +385,8 @@ const Auction = (() => {
 
   /** `init`: replace everything. History entries from init carry no id. */
   function onInit(payload, id) {
+    // After a drop, `init` may bring the next round (missed while away).
+    if (auction && isNewRound(auction, payload.auction)) startRound();
     auction = payload.auction;
     history = (payload.history || []).slice(0, MAX_HISTORY).map((bid) => ({ ...bid }));
     sawSimulated = sawSimulated || history.some((bid) => bid.source === "simulated");
@@ -388,13 +437,33 @@ const Auction = (() => {
     rememberId(id);
     auction = payload.auction;
     if (kind === "opened") {
+      startRound();
       history = [];
-      error = null; // it described the previous round
-      confirmed = null;
       rebuildHistory();
     }
     renderAuction();
     refreshStanding();
+  }
+
+  /** Whether `next` is a later round than `previous`, the same auction as
+   *  this page last drew it: a closed one open again, or its price lower
+   *  (in a round the price only goes up). */
+  function isNewRound(previous, next) {
+    if (!next || previous.id !== next.id) return false;
+    if (previous.status !== "open" && next.status === "open") return true;
+    return Boolean(previous.current && (!next.current || next.current.amount < previous.current.amount));
+  }
+
+  /** A new round: what the page said or held for the last one goes (its
+   *  error, note and confirmation, the amount typed for it, and your
+   *  standing in it until the server gives the new one). */
+  function startRound() {
+    error = null;
+    note = null;
+    confirmed = null;
+    standing = null;
+    $("bid-amount").value = "";
+    $("confirm").hidden = true;
   }
 
   /** An admin acted on the auction (`admin` event): say who did what, in
@@ -446,9 +515,13 @@ const Auction = (() => {
     $("auction-page").dataset.phase = "not-found";
     $("title").textContent = "Auction not found";
     document.title = "Auction not found";
-    for (const id of ["item", "summary", "bidding", "bids"]) show(id, false);
+    for (const id of ["item", "summary", "bidding", "bids", "updates"]) show(id, false);
     show("not-found", true);
     $("bid-submit").disabled = true;
+    notFound = true;
+    // Nothing is watched any more: the status line says so, not
+    // "Disconnected" or "retrying".
+    setConnection("not-found");
   }
 
   /** Asks the bidder whether the auction exists (the transports only see a
@@ -471,6 +544,8 @@ const Auction = (() => {
     reset: "Live, reloaded from the latest state",
     stopped: "Disconnected",
   };
+  /** The states in which the page shows the auction as it is now. */
+  const LIVE_STATES = ["connected", "resumed", "reset"];
 
   /** How many people watch this auction, over every edge replica. */
   function onViewers(count) {
@@ -483,11 +558,18 @@ const Auction = (() => {
   /** The connection's state; `over` the transport in use ("sse" or "ws":
    *  the WebSocket page falls back to SSE where WebSockets are refused). */
   function setConnection(state, detail, over) {
+    // An auction that does not exist is not watched: nothing connects or
+    // retries, whatever the transport reports while it winds down.
+    if (notFound && state !== "not-found") return;
     const element = $("connection");
     element.dataset.state = state;
     element.dataset.transport = over || element.dataset.transport || config.transport;
     const transport = element.dataset.transport === "ws" ? "WebSocket" : "Server-Sent Events";
-    element.textContent = `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
+    element.textContent = state === "not-found"
+      ? "Not watching: no such auction"
+      : `${STATES[state] || state} · ${transport}${detail ? ` · ${detail}` : ""}`;
+    live = LIVE_STATES.includes(state);
+    renderLive();
   }
 
   // --- the form ------------------------------------------------------------
@@ -507,7 +589,35 @@ const Auction = (() => {
       }
     }
     if (element.textContent !== text) element.textContent = text;
-    if (text) $("bid-note").textContent = "";
+    if (text) note = null;
+    renderNote();
+  }
+
+  function setNote(value) {
+    note = value;
+    renderNote();
+  }
+
+  /** The result of this page's last bid, while it holds. "Your bid of $X
+   *  is in" (or "your maximum is set; you are leading") goes once another
+   *  bidder's bid is above it: in a round a later bid is always higher, so
+   *  that means outbid, whichever came first, the answer or the event. A
+   *  close or a new round clears it. */
+  function renderNote() {
+    if (note && (!auction || auction.status !== "open")) note = null;
+    const current = auction && auction.current;
+    if (note && note.leading && current && !isMine(current) && current.amount > note.amount) note = null;
+    let text = "";
+    if (note) {
+      const amount = formatCents(note.amount);
+      text = {
+        checking: `Checking whether your bid of ${amount} went in…`,
+        bid: note.leading ? `Your bid of ${amount} is in.` : `Your bid of ${amount} is in, but another bidder's maximum is higher.`,
+        max: `Your maximum of ${amount} is set; ${note.leading ? "you are leading" : "another bidder's maximum is higher"}.`,
+      }[note.kind];
+    }
+    const element = $("bid-note");
+    if (element.textContent !== text) element.textContent = text;
   }
 
   function setError(value) {
@@ -580,7 +690,7 @@ const Auction = (() => {
     name.value = (session && session.name) || localStorage.getItem("auction.bidder") || "";
     renderSession();
 
-    for (const button of document.querySelectorAll("[data-raise]")) {
+    for (const button of document.querySelectorAll("[data-steps]")) {
       button.addEventListener("click", () => {
         if (!button.dataset.amount) return;
         amountField.value = centsToField(Number(button.dataset.amount));
@@ -604,7 +714,7 @@ const Auction = (() => {
 
     $("bid-form").addEventListener("submit", async (event) => {
       event.preventDefault();
-      if (!auction || auction.status !== "open") return;
+      if (!canBid()) return;
       const bidder = session ? session.name : name.value.trim();
       const amount = parseCents(amountField.value);
       const max = $("bid-max").checked;
@@ -621,7 +731,9 @@ const Auction = (() => {
       }
       confirmed = null;
       setError(null);
-      $("bid-submit").disabled = true;
+      setNote(null);
+      submitting = true;
+      renderLive();
       try {
         if (!session) {
           localStorage.setItem("auction.bidder", bidder);
@@ -632,9 +744,7 @@ const Auction = (() => {
         if (!intended || intended.amount !== amount || intended.token !== token || intended.max !== max) {
           intended = { amount, token, max, key: null };
         }
-        const onRetry = () => {
-          $("bid-note").textContent = `Checking whether your bid of ${formatCents(amount)} went in…`;
-        };
+        const onRetry = () => setNote({ kind: "checking", amount });
         const result = await send({ amount, bidder, token, key: intended.key, max }, onRetry);
         intended.key = result.key || intended.key;
         if (!result.unsettled) intended = null;
@@ -642,19 +752,21 @@ const Auction = (() => {
         if (!result.ok && result.body && ["invalid_token", "token_expired"].includes(result.body.error)) {
           setSession(null); // the next bid signs in again
         }
-        if (result.ok && max) {
-          const leading = result.body && result.body.leading;
-          $("bid-note").textContent = `Your maximum of ${formatCents(amount)} is set; ${leading ? "you are leading" : "another bidder's maximum is higher"}.`;
-        } else if (result.ok) {
-          $("bid-note").textContent = `Your bid of ${formatCents(amount)} is in.`;
+        if (result.ok) {
+          // Over HTTP the answer says whether this bid leads; a WebSocket
+          // `ack` does not (the stream will say, see renderNote).
+          const leading = !(result.body && result.body.leading === false);
+          setNote({ kind: max ? "max" : "bid", amount, leading });
         } else {
+          setNote(null);
           setError(describeError({ ...result.body, amount }));
         }
       } catch (_) {
+        setNote(null);
         setError({ code: "unavailable", text: "Could not reach the bid service; try again." });
       } finally {
-        if ($("bid-note").textContent.startsWith("Checking")) $("bid-note").textContent = "";
-        $("bid-submit").disabled = !auction || auction.status !== "open";
+        submitting = false;
+        renderLive();
       }
     });
   }
