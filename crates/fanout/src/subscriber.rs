@@ -71,6 +71,8 @@ pub(crate) struct Subscriber<C: Codec> {
     /// Watched auctions found missing by the audit task.
     pub(crate) vanished: mpsc::Receiver<Vec<AuctionId>>,
     pub(crate) reconnects: Counter,
+    /// Watched auctions subscribed again (see [`LiveCounters`](crate::LiveCounters)).
+    pub(crate) resubscribes: Counter,
     pub(crate) shutdown: CancellationToken,
     pub(crate) cursors: HashMap<AuctionId, Cursor>,
     /// Feeds watched so far, ever: staggers their first keepalives.
@@ -163,6 +165,8 @@ impl<C: Codec> Subscriber<C> {
                 None => {} // stopped watching meanwhile
             }
         }
+        // A live feed was subscribed before: this is it again.
+        self.resubscribes.inc_by(live.len() as u64);
         for batch in live.chunks(WATCH_BATCH) {
             self.catch_up(connection, batch).await?;
         }

@@ -6,8 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use auction_domain::{AuctionId, Event, EventId};
-use fanout::{Codec, Delivery, Ended, Frame, Hub, HubConfig, Resume, Transport};
-use prometheus_client::metrics::counter::Counter;
+use fanout::{Codec, Delivery, Ended, Frame, Hub, HubConfig, LiveCounters, Resume, Transport};
 use std::sync::Arc;
 use std::time::Duration;
 use telemetry::TransportMetrics;
@@ -102,7 +101,7 @@ fn edge(store: &MemoryStore, setup: Setup) -> Edge {
         store.live(),
         codec,
         config,
-        Counter::default(),
+        LiveCounters::default(),
         shutdown.clone(),
     );
     let metrics = telemetry::Metrics::new().transport(telemetry::Transport::sse);
