@@ -11,7 +11,7 @@ use auction_domain::AuctionId;
 use event_log::{EventStore, LiveSource, RedisTarget, StreamReader};
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -131,6 +131,7 @@ impl<C: Codec> Hub<C> {
             shutdown,
             cursors: HashMap::new(),
             watched: 0,
+            unrecovered: HashSet::new(),
         };
         tokio::spawn(subscriber.run());
         hub
