@@ -4,8 +4,9 @@
 //! primaries every bid is answered 201 throughout (none
 //! `bid_outcome_unknown`, none `redis_unavailable`: the nodes run with
 //! `cluster-require-full-coverage no`, as the project ships them), and
-//! their clients, on both edges, get events with no gap over a second,
-//! also when the edges follow the new slot map: only the killed shard's
+//! their clients, on both edges, get events with no pause over a second
+//! (beyond the gaps a busy machine shows before the kill), also when the
+//! edges follow the new slot map: only the killed shard's
 //! auctions subscribe again (`auction_live_resubscribes_total`). The killed
 //! shard's clients get everything after the promotion. Every client's
 //! events are compared with the stream (`XRANGE`): nothing lost, nothing
@@ -20,9 +21,14 @@ use std::time::{Duration, Instant};
 use test_support::shard_load::{bid_until, follow, one_auction_per_primary};
 use test_support::{RedisCluster, ServiceProcess, wait_for};
 
-/// The largest gap allowed between two events of an auction on a healthy
-/// shard (bids come every 100 ms).
+/// The largest pause the failover may add between two events of an
+/// auction on a healthy shard (bids come every 100 ms): on an idle machine
+/// no gap over about a second.
 const MAX_GAP: Duration = Duration::from_secs(1);
+/// How long events flow before the kill: the run's own largest gap over
+/// as long a time as the failover takes, which a busy machine (other
+/// builds on its 2 cores) makes much more than the 100 ms between bids.
+const BASELINE: Duration = Duration::from_secs(8);
 /// Events each auction gets before the kill, and the killed shard's gets
 /// after the promotion.
 const EVENTS_AROUND: usize = 10;
@@ -74,30 +80,28 @@ async fn a_killed_primary_pauses_only_its_own_auctions_through_the_failover() {
         .iter()
         .map(|id| tokio::spawn(bid_until(bidder.url(), id.clone(), stop.clone())))
         .collect();
-    let events = |cluster: &RedisCluster, id: &str| cluster.stream(id).len();
+    let events =
+        |cluster: &RedisCluster, id: &str| tokio::task::block_in_place(|| cluster.stream(id).len());
     // Events flow on every auction before the kill.
-    tokio::task::block_in_place(|| {
-        wait_for("bids on every auction", SETUP, || {
-            ids.iter()
-                .all(|id| events(&cluster, id) >= EVENTS_AROUND)
-                .then_some(())
-        })
-    });
+    until("bids on every auction", || {
+        ids.iter().all(|id| events(&cluster, id) >= EVENTS_AROUND)
+    })
+    .await;
     let resubscribed_before = resubscribes(&sse, &ws);
+    let baseline_from = Instant::now();
+    tokio::time::sleep(BASELINE).await;
 
     let killed_at = Instant::now();
     cluster.kill(killed_port);
-    let failed_over_at = tokio::task::block_in_place(|| {
-        let failover = cluster.wait_for_failover(killed_port, SETUP);
-        eprintln!("the replica took over {failover:?} after the kill");
-        let failed_over_at = Instant::now();
-        // The killed shard's auction takes bids again.
-        let before = events(&cluster, &killed_auction);
-        wait_for("bids on the killed shard after the failover", SETUP, || {
-            (events(&cluster, &killed_auction) >= before + EVENTS_AROUND).then_some(())
-        });
-        failed_over_at
-    });
+    let failover = tokio::task::block_in_place(|| cluster.wait_for_failover(killed_port, SETUP));
+    let failed_over_at = Instant::now();
+    eprintln!("the replica took over {failover:?} after the kill");
+    // The killed shard's auction takes bids again.
+    let before = events(&cluster, &killed_auction);
+    until("bids on the killed shard after the failover", || {
+        events(&cluster, &killed_auction) >= before + EVENTS_AROUND
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let stopped_at = Instant::now();
     let mut answers = HashMap::new();
@@ -163,15 +167,21 @@ async fn a_killed_primary_pauses_only_its_own_auctions_through_the_failover() {
             );
             continue;
         }
-        // No gap over a second from the kill until bidding stopped, well
-        // after the edges followed the new slot map.
+        // From the kill until bidding stopped, well after the edges
+        // followed the new slot map, no pause over a second beyond the
+        // largest gap the same client saw before the kill.
         let gap = followed
             .largest_gap(killed_at, stopped_at)
             .unwrap_or(stopped_at - killed_at);
-        eprintln!("{transport} client of {auction} (healthy shard): largest gap {gap:?}");
+        let baseline = followed
+            .largest_gap(baseline_from, killed_at)
+            .unwrap_or(BASELINE);
+        eprintln!(
+            "{transport} client of {auction} (healthy shard): largest gap {gap:?} (before the kill: {baseline:?})"
+        );
         assert!(
-            gap <= MAX_GAP,
-            "{transport} client of {auction} (healthy shard): a gap of {gap:?} between events"
+            gap <= baseline + MAX_GAP,
+            "{transport} client of {auction} (healthy shard): a gap of {gap:?} between events (before the kill: {baseline:?})"
         );
     }
 
@@ -189,6 +199,17 @@ async fn a_killed_primary_pauses_only_its_own_auctions_through_the_failover() {
         );
     }
     drop((bidder, sse, ws));
+}
+
+/// Waits until `check` holds, asking every 250 ms (reading streams is not
+/// free, and the cluster's load is part of what the test measures);
+/// panics after `SETUP`.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETUP;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// `auction_live_resubscribes_total` of each edge.
