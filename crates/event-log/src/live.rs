@@ -14,7 +14,8 @@
 //! connection is one connection per primary, each on a task of its own
 //! ([`shards`]): a node that freezes or fails holds up only the auctions in
 //! its slots, which are announced again ([`LiveMessage::Subscribed`]) once
-//! their node answers. A changed slot map ends the whole connection.
+//! their node answers. A changed slot map moves only the auctions whose
+//! slot another primary serves now.
 
 pub(crate) mod shards;
 mod wire;

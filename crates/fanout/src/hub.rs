@@ -12,7 +12,7 @@ use auction_domain::AuctionId;
 use event_log::{EventStore, LiveSource, RedisTarget, StreamReader};
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +24,18 @@ use tokio_util::sync::CancellationToken;
 /// a replica's clients can ask for in one burst (a restart hands a replica
 /// thousands of auctions at once); past it, a client is refused as busy.
 const COMMAND_QUEUE: usize = 16_384;
+
+/// What the hub's live path counts.
+#[derive(Debug, Clone, Default)]
+pub struct LiveCounters {
+    /// Reconnections of the live connection as a whole
+    /// (`auction_redis_reconnects_total`, with the command connection's).
+    pub reconnects: Counter,
+    /// Watched auctions subscribed again (`auction_live_resubscribes_total`):
+    /// after the whole live connection was lost, or in a cluster after
+    /// their primary's connection was or their slot moved.
+    pub resubscribes: Counter,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinError {
@@ -74,14 +86,13 @@ impl<C: Codec> Clone for Hub<C> {
 
 impl<C: Codec> Hub<C> {
     /// Starts a hub on `store` and `live` (Redis in a replica, memory in
-    /// tests); its tasks run until `shutdown`. `reconnects` counts the live
-    /// connection's reconnections.
+    /// tests); its tasks run until `shutdown`, counting in `counters`.
     pub fn start(
         store: Arc<dyn EventStore>,
         live: Arc<dyn LiveSource>,
         codec: C,
         config: HubConfig,
-        reconnects: Counter,
+        counters: LiveCounters,
         shutdown: CancellationToken,
     ) -> Hub<C> {
         let (commands, requests) = mpsc::channel(COMMAND_QUEUE);
@@ -121,32 +132,34 @@ impl<C: Codec> Hub<C> {
             live,
             requests,
             vanished,
-            reconnects,
+            reconnects: counters.reconnects,
+            resubscribes: counters.resubscribes,
             shutdown,
             cursors: HashMap::new(),
             watched: 0,
+            unrecovered: HashSet::new(),
         };
         tokio::spawn(subscriber.run());
         hub
     }
 
-    /// Opens the replica's command connection (reconnects counted in
-    /// `reconnects`) and starts the hub on it.
+    /// Opens the replica's command connection (its reconnects counted in
+    /// `counters.reconnects` too) and starts the hub on it.
     pub fn connect(
         target: &RedisTarget,
         codec: C,
         config: HubConfig,
-        reconnects: Counter,
+        counters: LiveCounters,
         shutdown: CancellationToken,
     ) -> Result<Hub<C>, String> {
-        let counted = reconnects.clone();
+        let counted = counters.reconnects.clone();
         let conn = event_log::connect_manager(target, move || {
             counted.inc();
         })
         .map_err(|error| format!("cannot set up the Redis client: {error}"))?;
         let store = Arc::new(StreamReader::new(conn));
         let live = Arc::new(target.clone());
-        Ok(Hub::start(store, live, codec, config, reconnects, shutdown))
+        Ok(Hub::start(store, live, codec, config, counters, shutdown))
     }
 
     /// Readiness: the subscription is up and Redis answers commands.

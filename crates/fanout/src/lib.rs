@@ -54,7 +54,7 @@ pub use client::{Batch, Delivery, Ended, MAX_BATCH, StartError, Subscription, Tr
 pub use codec::{Codec, EncodedEvent, Frame, Framing, Item, try_take};
 pub use config::HubConfig;
 pub use feed::Parked;
-pub use hub::{Hub, JoinError};
+pub use hub::{Hub, JoinError, LiveCounters};
 pub use live::{Live, Ready};
 pub use live_set::{LiveSet, Park};
 pub use session::{OpenError, Opening, Resume};

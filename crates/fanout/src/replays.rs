@@ -402,7 +402,7 @@ mod tests {
     use super::*;
     use crate::codec::{Frame, Item};
     use crate::config::HubConfig;
-    use crate::hub::Hub;
+    use crate::hub::{Hub, LiveCounters};
     use crate::session::{self, Resume, Start};
     use auction_domain::{BidSource, Bidder, BidderId, BidderName, EventKind};
     use event_log::{AuctionWriter, BidAnswer, StreamReader};
@@ -692,7 +692,14 @@ mod tests {
             replica: "test".into(),
         };
         let shutdown = CancellationToken::new();
-        let hub = Hub::connect(&target, Ids, config, Counter::default(), shutdown.clone()).unwrap();
+        let hub = Hub::connect(
+            &target,
+            Ids,
+            config,
+            LiveCounters::default(),
+            shutdown.clone(),
+        )
+        .unwrap();
         // A client already watching: the feed is live.
         let watcher = hub.join(&auction, WAIT).await.unwrap();
 

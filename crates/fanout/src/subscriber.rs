@@ -18,7 +18,7 @@ use crate::replays::Replays;
 use auction_domain::{AuctionId, Event, EventId};
 use event_log::{EventStore, LiveFeed, LiveMessage, LiveSource, Watching};
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +31,9 @@ const BACKFILL_BATCH: usize = 256;
 /// watching: a replica asked for thousands of auctions at once (a restart,
 /// a load balancer reshuffle) needs a few round trips, not thousands.
 const WATCH_BATCH: usize = 256;
+/// How often feeds that could not be brought in line with their streams
+/// after a subscription was announced are tried again.
+const RECOVERY_RETRY: Duration = Duration::from_millis(500);
 /// How many times per keepalive interval the task looks for feeds due a
 /// keepalive. Each feed ticks an interval after its own last tick, and
 /// feeds started together start apart, so ticks spread over the interval
@@ -71,10 +74,17 @@ pub(crate) struct Subscriber<C: Codec> {
     /// Watched auctions found missing by the audit task.
     pub(crate) vanished: mpsc::Receiver<Vec<AuctionId>>,
     pub(crate) reconnects: Counter,
+    /// Watched auctions subscribed again (see [`LiveCounters`](crate::LiveCounters)).
+    pub(crate) resubscribes: Counter,
     pub(crate) shutdown: CancellationToken,
     pub(crate) cursors: HashMap<AuctionId, Cursor>,
     /// Feeds watched so far, ever: staggers their first keepalives.
     pub(crate) watched: u32,
+    /// Auctions announced subscribed (on a cluster) whose feeds could not
+    /// be brought in line with their streams yet (their primary did not
+    /// answer the reads): tried again every `RECOVERY_RETRY`, their
+    /// notices ignored meanwhile (the stream has them).
+    pub(crate) unrecovered: HashSet<AuctionId>,
 }
 
 /// Why the pump stopped.
@@ -138,6 +148,8 @@ impl<C: Codec> Subscriber<C> {
     /// each feed up to date from the stream (notices sent while we were
     /// away are gone; the stream has the events).
     async fn resume(&mut self, connection: &mut Box<dyn LiveFeed>) -> Result<(), String> {
+        // Every watched auction is recovered here or announced again.
+        self.unrecovered.clear();
         let watched: Vec<AuctionId> = self.cursors.keys().cloned().collect();
         let mut subscribed = Vec::new();
         for batch in watched.chunks(WATCH_BATCH) {
@@ -151,6 +163,58 @@ impl<C: Codec> Subscriber<C> {
     /// Brings the feeds of auctions just subscribed in line with their
     /// streams: live ones catch up, the others go live.
     async fn recover(
+        &mut self,
+        connection: &mut Box<dyn LiveFeed>,
+        auctions: &[AuctionId],
+    ) -> Result<(), String> {
+        // A live feed was subscribed before: this is it again.
+        let again = auctions
+            .iter()
+            .filter(|auction| self.cursors.get(*auction).is_some_and(|c| c.feed.is_live()))
+            .count();
+        self.resubscribes.inc_by(again as u64);
+        self.bring_in_line(connection, auctions).await
+    }
+
+    /// [`recover`](Self::recover) of subscriptions a cluster's node task
+    /// announced: a failure is theirs alone (their primary did not answer
+    /// the reads, or the command connection has not learnt the new slot
+    /// map yet), so the auctions are tried again shortly instead of the
+    /// whole live connection starting over, which would pause every
+    /// other shard's auctions too.
+    async fn recover_announced(
+        &mut self,
+        connection: &mut Box<dyn LiveFeed>,
+        auctions: Vec<AuctionId>,
+    ) -> Result<(), String> {
+        for auction in &auctions {
+            self.unrecovered.remove(auction);
+        }
+        if let Err(error) = self.recover(connection, &auctions).await {
+            tracing::warn!(%error, auctions = auctions.len(), "cannot bring feeds in line with their streams yet; trying again");
+            self.unrecovered.extend(auctions);
+        }
+        Ok(())
+    }
+
+    /// Tries again the feeds [`recover_announced`](Self::recover_announced)
+    /// could not bring in line.
+    async fn retry_unrecovered(
+        &mut self,
+        connection: &mut Box<dyn LiveFeed>,
+    ) -> Result<(), String> {
+        if self.unrecovered.is_empty() {
+            return Ok(());
+        }
+        let auctions: Vec<AuctionId> = self.unrecovered.drain().collect();
+        if let Err(error) = self.bring_in_line(connection, &auctions).await {
+            tracing::debug!(%error, auctions = auctions.len(), "feeds still not in line with their streams");
+            self.unrecovered.extend(auctions);
+        }
+        Ok(())
+    }
+
+    async fn bring_in_line(
         &mut self,
         connection: &mut Box<dyn LiveFeed>,
         auctions: &[AuctionId],
@@ -243,6 +307,8 @@ impl<C: Codec> Subscriber<C> {
         keepalive.reset();
         let mut sweep = tokio::time::interval(config.sweep_interval());
         let mut ping = tokio::time::interval(Duration::from_secs(1));
+        let mut retry = tokio::time::interval(RECOVERY_RETRY);
+        retry.reset();
         loop {
             let result = tokio::select! {
                 _ = self.shutdown.cancelled() => return Stop::Shutdown,
@@ -279,6 +345,7 @@ impl<C: Codec> Subscriber<C> {
                     ended
                 }
                 _ = ping.tick() => timed(connection.ping()).await,
+                _ = retry.tick() => self.retry_unrecovered(connection).await,
             };
             if let Err(error) = result {
                 return Stop::Lost(error);
@@ -341,13 +408,16 @@ impl<C: Codec> Subscriber<C> {
             // Subscribed (first, or again after its cluster node was
             // away): notices sent before may be missing.
             LiveMessage::Subscribed { auctions } => {
-                return self.recover(connection, &auctions).await;
+                return self.recover_announced(connection, auctions).await;
             }
             LiveMessage::Malformed { channel } => {
                 tracing::warn!(%channel, "ignoring a malformed notice");
                 return Ok(());
             }
         };
+        if self.unrecovered.contains(&auction) {
+            return Ok(()); // its recovery reads the stream
+        }
         let Some(cursor) = self.cursors.get_mut(&auction) else {
             return Ok(()); // an auction we stopped watching
         };

@@ -6,8 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use auction_domain::{AuctionId, Event, EventId};
-use fanout::{Codec, Delivery, Ended, Frame, Hub, HubConfig, Resume, Transport};
-use prometheus_client::metrics::counter::Counter;
+use fanout::{Codec, Delivery, Ended, Frame, Hub, HubConfig, LiveCounters, Resume, Transport};
 use std::sync::Arc;
 use std::time::Duration;
 use telemetry::TransportMetrics;
@@ -57,6 +56,7 @@ impl Transport for Plain<'_> {
 struct Edge {
     delivery: Arc<Delivery<Lines>>,
     metrics: TransportMetrics,
+    counters: LiveCounters,
     shutdown: CancellationToken,
 }
 
@@ -97,12 +97,13 @@ fn edge(store: &MemoryStore, setup: Setup) -> Edge {
     };
     let codec = Lines { pad: setup.pad };
     let store_reads = Arc::new(store.clone());
+    let counters = LiveCounters::default();
     let hub = Hub::start(
         store_reads,
         store.live(),
         codec,
         config,
-        Counter::default(),
+        counters.clone(),
         shutdown.clone(),
     );
     let metrics = telemetry::Metrics::new().transport(telemetry::Transport::sse);
@@ -110,6 +111,7 @@ fn edge(store: &MemoryStore, setup: Setup) -> Edge {
     Edge {
         delivery: Arc::new(delivery),
         metrics,
+        counters,
         shutdown,
     }
 }
@@ -431,4 +433,43 @@ async fn clients_behind_a_group_writer_that_fell_a_ring_behind_end_as_slow_and_a
             assert_eq!(client.ended().await, Some(Ended::Slow));
         }
     }
+}
+
+/// On a cluster each primary's subscriptions are announced when made again
+/// (its node answered again, or the auctions' slot moved to a new primary),
+/// and the hub then reads their streams. If those reads fail (the node is
+/// not answering yet, or the command connection has not learnt the new
+/// slot map), only those auctions wait: the live connection does not start
+/// over, other auctions' events flow on, and the feed is caught up once
+/// its reads are answered, the events its notices missed included.
+#[tokio::test]
+async fn a_resubscribed_auction_whose_reads_fail_holds_up_only_itself() {
+    let store = MemoryStore::new();
+    let (failing, healthy) = (store.create("failing"), store.create("healthy"));
+    let edge = edge(&store, Setup::default());
+    let mut failing_client = connect(&edge, &failing, Resume::Fresh).await;
+    let mut healthy_client = connect(&edge, &healthy, Resume::Fresh).await;
+    failing_client.line().await;
+    healthy_client.line().await;
+
+    // The failing auction's primary: its notices missed, its reads failing
+    // as its subscription is made again.
+    store.set_unreadable(&failing, true);
+    let missed = store.append_unannounced(&failing);
+    store.announce(std::slice::from_ref(&failing));
+    for _ in 0..3 {
+        let event = store.append(&healthy);
+        assert_eq!(healthy_client.line().await, event_line(&event));
+    }
+    assert_eq!(
+        edge.counters.reconnects.get(),
+        0,
+        "the live connection went on"
+    );
+    assert_eq!(edge.counters.resubscribes.get(), 1);
+
+    store.set_unreadable(&failing, false);
+    assert_eq!(failing_client.line().await, event_line(&missed));
+    let next = store.append(&failing);
+    assert_eq!(failing_client.line().await, event_line(&next));
 }

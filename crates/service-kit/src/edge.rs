@@ -7,7 +7,7 @@ use crate::health::watch_redis;
 use crate::process::{Context, bind};
 use crate::raw_http::{FastPath, serve_with_fast_path};
 use axum::Router;
-use fanout::{Codec, Delivery, Hub, HubConfig};
+use fanout::{Codec, Delivery, Hub, HubConfig, LiveCounters};
 use settings::{Kind, Setting, SettingError, Settings};
 use std::future::Future;
 use std::sync::Arc;
@@ -183,15 +183,18 @@ impl EdgeSettings {
             replay_keep: self.replay_keep,
             replica: self.replica.clone(),
         };
-        let reconnects = ctx.metrics.redis_reconnects();
+        let metrics = ctx.metrics.transport(transport);
+        let counters = LiveCounters {
+            reconnects: ctx.metrics.redis_reconnects(),
+            resubscribes: metrics.live_resubscribes.clone(),
+        };
         let hub = Hub::connect(
             &ctx.common.redis,
             codec,
             config,
-            reconnects,
+            counters,
             ctx.shutdown.clone(),
         )?;
-        let metrics = ctx.metrics.transport(transport);
         metrics.max_connections.set(self.max_connections as i64);
         let gate = ConnectionGate::new(
             self.max_connections,

@@ -104,6 +104,7 @@ pub struct Metrics {
     delivery_latency: Family<TransportLabels, Histogram, fn() -> Histogram>,
     resumes: Family<ResumeLabels, Counter>,
     replay_reads_shared: Family<TransportLabels, Counter>,
+    live_resubscribes: Family<TransportLabels, Counter>,
     slow_consumer_disconnects: Family<TransportLabels, Counter>,
     direct_clients: Family<TransportLabels, Gauge>,
     bids: Family<BidLabels, Counter>,
@@ -131,6 +132,9 @@ pub struct TransportMetrics {
     /// Replay reads a resuming client took from another client's read of
     /// the same auction and id, in flight, instead of reading itself.
     pub replay_reads_shared: Counter,
+    /// Watched auctions subscribed again after their live connection (in
+    /// a cluster, their primary's) was lost or their slot moved.
+    pub live_resubscribes: Counter,
     pub slow_consumer_disconnects: Counter,
     /// Clients whose events the hub writes itself (parked: caught up, on
     /// a feed small enough).
@@ -159,6 +163,7 @@ impl Metrics {
             );
         let resumes = Family::<ResumeLabels, Counter>::default();
         let replay_reads_shared = Family::<TransportLabels, Counter>::default();
+        let live_resubscribes = Family::<TransportLabels, Counter>::default();
         let slow_consumer_disconnects = Family::<TransportLabels, Counter>::default();
         let direct_clients = Family::<TransportLabels, Gauge>::default();
         let bids = Family::<BidLabels, Counter>::default();
@@ -201,6 +206,11 @@ impl Metrics {
             replay_reads_shared.clone(),
         );
         registry.register(
+            "auction_live_resubscribes",
+            "Watched auctions subscribed again after their live connection (in a cluster, their primary's) was lost or their slot moved",
+            live_resubscribes.clone(),
+        );
+        registry.register(
             "auction_slow_consumer_disconnects",
             "Connections closed because their queue overflowed",
             slow_consumer_disconnects.clone(),
@@ -237,6 +247,7 @@ impl Metrics {
             delivery_latency,
             resumes,
             replay_reads_shared,
+            live_resubscribes,
             slow_consumer_disconnects,
             direct_clients,
             bids,
@@ -270,6 +281,7 @@ impl Metrics {
             resumes_replayed: resume(ResumeOutcome::replayed),
             resumes_reset: resume(ResumeOutcome::reset),
             replay_reads_shared: self.replay_reads_shared.get_or_create(&labels).clone(),
+            live_resubscribes: self.live_resubscribes.get_or_create(&labels).clone(),
             slow_consumer_disconnects: self
                 .slow_consumer_disconnects
                 .get_or_create(&labels)

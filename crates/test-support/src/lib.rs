@@ -19,6 +19,7 @@ mod redis_cluster;
 mod redis_server;
 mod seen;
 mod service;
+pub mod shard_load;
 
 pub use memory::MemoryStore;
 pub use nginx::Nginx;

@@ -38,6 +38,9 @@ struct Inner {
     connections: Vec<Connection>,
     /// While set, every read and every live operation fails.
     down: bool,
+    /// Auctions whose reads fail (as when their cluster primary does not
+    /// answer), while the others are served.
+    unreadable: HashSet<AuctionId>,
     /// Viewers reported, by auction and replica.
     viewers: HashMap<AuctionId, HashMap<String, u64>>,
     /// Reads served, by kind (`read_after`, `read_from`, `snapshot`...).
@@ -190,6 +193,38 @@ impl MemoryStore {
         }
     }
 
+    /// While `unreadable`, every read of the auction's stream fails (its
+    /// cluster primary does not answer); other auctions are served.
+    pub fn set_unreadable(&self, auction: &AuctionId, unreadable: bool) {
+        let mut inner = lock(&self.inner);
+        if unreadable {
+            inner.unreadable.insert(auction.clone());
+        } else {
+            inner.unreadable.remove(auction);
+        }
+    }
+
+    /// Announces the auctions subscribed again on every live connection
+    /// watching them, as a cluster's node task does once its node answers
+    /// again or the auctions' slot moved to another primary
+    /// ([`LiveMessage::Subscribed`]).
+    pub fn announce(&self, auctions: &[AuctionId]) {
+        let inner = lock(&self.inner);
+        for connection in &inner.connections {
+            let watched = lock(&connection.watched);
+            let announced: Vec<AuctionId> = auctions
+                .iter()
+                .filter(|auction| watched.contains(*auction))
+                .cloned()
+                .collect();
+            if !announced.is_empty() {
+                let _ = connection.notices.try_send(LiveMessage::Subscribed {
+                    auctions: announced,
+                });
+            }
+        }
+    }
+
     /// The auction's retained events, oldest first.
     pub fn events(&self, auction: &AuctionId) -> Vec<Event> {
         lock(&self.inner)
@@ -210,11 +245,25 @@ impl MemoryStore {
         lock(&self.inner).connections.len()
     }
 
-    /// The reads below, each counted and failing while the store is down.
-    fn read<T>(&self, kind: &'static str, read: impl FnOnce(&Inner) -> T) -> Result<T, LogError> {
+    /// The reads below of `auctions`, each counted and failing while the
+    /// store is down or one of them is unreadable.
+    fn read<T>(
+        &self,
+        kind: &'static str,
+        auctions: &[AuctionId],
+        read: impl FnOnce(&Inner) -> T,
+    ) -> Result<T, LogError> {
         let mut inner = lock(&self.inner);
         if inner.down {
             return Err(down());
+        }
+        if auctions
+            .iter()
+            .any(|auction| inner.unreadable.contains(auction))
+        {
+            return Err(LogError::Unavailable(
+                "the auction's node does not answer".into(),
+            ));
         }
         let served = inner.reads.entry(kind).or_default();
         *served += 1;
@@ -277,7 +326,7 @@ impl Inner {
 
 impl EventStore for MemoryStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), LogError>> {
-        let result = self.read("ping", |_| ());
+        let result = self.read("ping", &[], |_| ());
         async move { result }.boxed()
     }
 
@@ -287,7 +336,7 @@ impl EventStore for MemoryStore {
         after: EventId,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<Event>, LogError>> {
-        let result = self.read("read_after", |inner| {
+        let result = self.read("read_after", std::slice::from_ref(auction), |inner| {
             inner.stream(auction).map_or_else(Vec::new, |stream| {
                 let events = stream.events.iter().filter(|event| event.id > after);
                 events.take(count).cloned().collect()
@@ -302,7 +351,7 @@ impl EventStore for MemoryStore {
         from: EventId,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<Event>, LogError>> {
-        let result = self.read("read_from", |inner| {
+        let result = self.read("read_from", std::slice::from_ref(auction), |inner| {
             inner.stream(auction).map_or_else(Vec::new, |stream| {
                 let events = stream.events.iter().filter(|event| event.id >= from);
                 events.take(count).cloned().collect()
@@ -315,7 +364,7 @@ impl EventStore for MemoryStore {
         &'a self,
         auctions: &'a [AuctionId],
     ) -> BoxFuture<'a, Result<Vec<StreamWindow>, LogError>> {
-        let result = self.read("windows", |inner| {
+        let result = self.read("windows", auctions, |inner| {
             auctions
                 .iter()
                 .map(|auction| match inner.stream(auction) {
@@ -341,7 +390,7 @@ impl EventStore for MemoryStore {
         &'a self,
         auctions: &'a [AuctionId],
     ) -> BoxFuture<'a, Result<Vec<bool>, LogError>> {
-        let result = self.read("exist", |inner| {
+        let result = self.read("exist", auctions, |inner| {
             auctions
                 .iter()
                 .map(|auction| inner.stream(auction).is_some_and(|stream| stream.exists))
@@ -351,7 +400,7 @@ impl EventStore for MemoryStore {
     }
 
     fn exists<'a>(&'a self, auction: &'a AuctionId) -> BoxFuture<'a, Result<bool, LogError>> {
-        let result = self.read("exists", |inner| {
+        let result = self.read("exists", std::slice::from_ref(auction), |inner| {
             inner.stream(auction).is_some_and(|stream| stream.exists)
         });
         async move { result }.boxed()
@@ -362,7 +411,7 @@ impl EventStore for MemoryStore {
         auction: &'a AuctionId,
         count: usize,
     ) -> BoxFuture<'a, Result<Option<Snapshot>, LogError>> {
-        let result = self.read("snapshot", |inner| {
+        let result = self.read("snapshot", std::slice::from_ref(auction), |inner| {
             let stream = inner.stream(auction).filter(|stream| stream.exists)?;
             Some(Snapshot {
                 auction: stream.auction.clone(),

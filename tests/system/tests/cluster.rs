@@ -374,12 +374,13 @@ async fn survives(
         assert_exact(&seen, cluster, auction);
         *reconnects.entry(seen.reconnects).or_insert(0) += 1;
     }
-    // The edge noticed: its live path started over (and backfilled) at
-    // least once, without a restart of the process.
-    let edge_reconnects = edge.metric("auction_redis_reconnects_total");
-    assert!(edge_reconnects >= 1.0, "the edge never resubscribed");
+    // The edge noticed: it subscribed to the auction again on its new
+    // primary (and backfilled) at least once, without a restart of the
+    // process.
+    let resubscribed = edge.metric(r#"auction_live_resubscribes_total{transport="sse"}"#);
+    assert!(resubscribed >= 1.0, "the edge never resubscribed");
     eprintln!(
-        "{} bids acknowledged, {unavailable} answers 503 on the way, client reconnects {reconnects:?}, edge reconnects {edge_reconnects}",
+        "{} bids acknowledged, {unavailable} answers 503 on the way, client reconnects {reconnects:?}, edge resubscriptions {resubscribed}",
         answered.len()
     );
     drop(edge);

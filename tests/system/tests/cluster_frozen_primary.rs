@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use test_support::{RedisCluster, Seen, ServiceProcess, id_pair, wait_for};
+use test_support::shard_load::{Followed, bid_until, follow, one_auction_per_primary};
+use test_support::{RedisCluster, ServiceProcess, wait_for};
 
 const FREEZE: Duration = Duration::from_secs(10);
 /// Longer than the freeze: the frozen primary stays the owner of its slots.
@@ -21,127 +22,12 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest gap allowed between two events of an auction on a healthy
 /// shard (bids come every 100 ms).
 const MAX_GAP: Duration = Duration::from_secs(1);
-const BID_EVERY: Duration = Duration::from_millis(100);
-
-/// One auction per primary: the first name of `fz-N` whose slot each
-/// primary serves, in the order of `cluster.primaries()`.
-fn one_auction_per_primary(cluster: &RedisCluster) -> Vec<(String, u16)> {
-    let primaries = cluster.primaries();
-    let mut found: HashMap<u16, String> = HashMap::new();
-    for i in 0.. {
-        let name = format!("fz-{i}");
-        let port = cluster.primary_of_auction(&name).port;
-        found.entry(port).or_insert(name);
-        if found.len() == primaries.len() {
-            break;
-        }
-    }
-    primaries
-        .into_iter()
-        .map(|port| (found[&port].clone(), port))
-        .collect()
-}
-
-/// Bids on `auction` every 100 ms until `stop`: (when answered, status,
-/// error code) of each.
-async fn bid_until(
-    url: String,
-    auction: String,
-    stop: Arc<AtomicBool>,
-) -> Vec<(Instant, u16, String)> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let token = test_support::guest_token("Steady");
-    let mut answers = Vec::new();
-    let mut amount = 1_000;
-    while !stop.load(Ordering::Relaxed) {
-        // Above the last by the minimum increment (10).
-        amount += 10;
-        let sent = http
-            .post(format!("{url}/auctions/{auction}/bids"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .header("idempotency-key", format!("{auction}-{amount}"))
-            .body(format!(r#"{{"amount":{amount}}}"#))
-            .send()
-            .await;
-        let Ok(response) = sent else {
-            answers.push((Instant::now(), 0, "no answer".to_owned()));
-            continue;
-        };
-        let status = response.status().as_u16();
-        let json: serde_json::Value = response.json().await.unwrap_or_default();
-        let code = json["error"].as_str().unwrap_or("").to_owned();
-        answers.push((Instant::now(), status, code));
-        tokio::time::sleep(BID_EVERY).await;
-    }
-    answers
-}
-
-/// A client's record: what it saw, and when each event arrived.
-struct Followed {
-    auction: String,
-    transport: &'static str,
-    seen: Seen,
-    arrivals: Vec<Instant>,
-}
-
-/// Follows `auction` on one edge until `until` names an id it has reached.
-fn follow(
-    transport: &'static str,
-    edge: String,
-    auction: String,
-    until: Arc<Mutex<Option<String>>>,
-    ready: Arc<Mutex<usize>>,
-) -> tokio::task::JoinHandle<Followed> {
-    tokio::spawn(async move {
-        let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
-        let counted = Arc::new(AtomicBool::new(false));
-        let done = {
-            let (arrivals, until, ready, counted) = (
-                arrivals.clone(),
-                until.clone(),
-                ready.clone(),
-                counted.clone(),
-            );
-            move |seen: &Seen| {
-                let mut arrivals = arrivals.lock().unwrap();
-                while arrivals.len() < seen.ids.len() {
-                    arrivals.push(Instant::now());
-                }
-                if !seen.inits.is_empty() && !counted.swap(true, Ordering::Relaxed) {
-                    *ready.lock().unwrap() += 1;
-                }
-                until
-                    .lock()
-                    .unwrap()
-                    .as_deref()
-                    .is_some_and(|last| seen.has_reached(last))
-            }
-        };
-        let edges = [edge];
-        let timeout = Duration::from_secs(90);
-        let seen = match transport {
-            "sse" => test_support::clients::sse_follow(&edges, &auction, timeout, done).await,
-            _ => test_support::clients::ws_follow(&edges, &auction, timeout, done).await,
-        };
-        let arrivals = arrivals.lock().unwrap().clone();
-        Followed {
-            auction,
-            transport,
-            seen,
-            arrivals,
-        }
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_primary_holds_up_only_its_own_auctions() {
     let cluster = RedisCluster::start();
     cluster.set_node_timeout(NODE_TIMEOUT);
-    let auctions = one_auction_per_primary(&cluster);
+    let auctions = one_auction_per_primary(&cluster, "fz");
     let ids: Vec<String> = auctions.iter().map(|(id, _)| id.clone()).collect();
     test_support::auctions::create(&cluster.url(), &ids, 3_600_000).await;
     let (frozen_auction, frozen_port) = auctions[0].clone();
@@ -208,7 +94,7 @@ async fn a_frozen_primary_holds_up_only_its_own_auctions() {
         let answered = &answers[id];
         let during = answered
             .iter()
-            .filter(|(at, _, _)| *at > frozen_at && *at < thawed_at)
+            .filter(|answer| answer.at > frozen_at && answer.at < thawed_at)
             .count();
         assert!(
             during >= 20,
@@ -216,8 +102,11 @@ async fn a_frozen_primary_holds_up_only_its_own_auctions() {
         );
         let refused: Vec<_> = answered
             .iter()
-            .filter(|(_, status, _)| *status != 201)
-            .map(|(at, status, code)| (at.saturating_duration_since(frozen_at), *status, code))
+            .filter(|answer| answer.status != 201)
+            .map(|answer| {
+                let after = answer.at.saturating_duration_since(frozen_at);
+                (after, answer.status, &answer.code)
+            })
             .collect();
         assert!(
             refused.is_empty(),
@@ -236,38 +125,15 @@ async fn a_frozen_primary_holds_up_only_its_own_auctions() {
         .collect();
     for client in clients {
         let followed = client.await.unwrap();
+        followed.assert_exact(&streams[&followed.auction]);
         let Followed {
-            auction,
-            transport,
-            seen,
-            arrivals,
-        } = followed;
-        let stream = &streams[&auction];
-        let start = seen.start().to_owned();
-        let expected: Vec<String> = stream
-            .iter()
-            .filter(|id| id_pair(id) > id_pair(&start))
-            .cloned()
-            .collect();
-        assert!(
-            !expected.is_empty(),
-            "{auction}: the run must include events"
-        );
-        assert_eq!(
-            seen.ids, expected,
-            "{transport} client of {auction}: events differ from the stream (inits {:?})",
-            seen.inits
-        );
-        if auction == frozen_auction {
+            auction, transport, ..
+        } = &followed;
+        if *auction == frozen_auction {
             continue;
         }
         // No gap over a second from the freeze until after the thaw.
-        let gap = arrivals
-            .windows(2)
-            .filter(|pair| pair[1] > frozen_at && pair[0] < thawed_at)
-            .map(|pair| pair[1] - pair[0])
-            .max()
-            .unwrap_or(FREEZE);
+        let gap = followed.largest_gap(frozen_at, thawed_at).unwrap_or(FREEZE);
         eprintln!("{transport} client of {auction} (healthy shard): largest gap {gap:?}");
         assert!(
             gap <= MAX_GAP,

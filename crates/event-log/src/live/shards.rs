@@ -14,10 +14,15 @@
 //! tasks go on meanwhile.
 //!
 //! A change of the slot map (a failover, a slot migrated; read every second
-//! by a task of its own, from whichever node answers first) or a node that
-//! refuses a subscription with `MOVED` or drops one (its slot moved) ends
-//! the whole live connection: the hub opens a new one over the new map and
-//! backfills every feed, the one recovery path proven by the prev-id chain.
+//! by a task of its own, from whichever node answers first) moves only the
+//! channels whose slot another primary serves now: they leave the old
+//! primary's task and are subscribed, and announced, by the new one's (a
+//! task starts for a new primary, and stops for a node that serves nothing
+//! any more). Every other subscription stays up, its notices flowing: a
+//! failover pauses only the failed primary's auctions. A node that refuses
+//! a subscription with `MOVED` or drops one (its slot moved) loses its
+//! connection and subscribes again with backoff, until the new map moves
+//! the channel away.
 
 use super::wire::Wire;
 use super::{LiveMessage, auction_of_channel};
@@ -28,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// Connecting (and `AUTH`), one batch of subscriptions, or one ping: a
 /// node that takes longer counts as lost, and only its auctions wait.
@@ -62,13 +67,13 @@ impl fmt::Display for Node {
 /// Slot ranges (inclusive) and the primary serving each, sorted.
 pub(crate) type SlotMap = Vec<(u16, u16, Node)>;
 
-/// What a node task tells the connection.
+/// What the node tasks and the slot map's reader tell the connection.
 enum ShardEvent {
     Message(LiveMessage),
     /// These auctions are subscribed now (first or again).
     Subscribed(Vec<auction_domain::AuctionId>),
-    /// The slot map is not the one the connection opened with.
-    Moved(String),
+    /// The slot map changed (a failover, a slot migrated): the new one.
+    SlotMap(SlotMap),
 }
 
 enum Command {
@@ -76,15 +81,26 @@ enum Command {
     Unwatch(String),
 }
 
+/// One primary's task: where to send it commands, and how to stop it.
+struct NodeTask {
+    commands: mpsc::UnboundedSender<Command>,
+    abort: AbortHandle,
+}
+
 /// The per-primary connections. Dropping it stops every task (and closes
 /// their connections).
 pub(super) struct Shards {
     events: mpsc::Receiver<ShardEvent>,
+    /// For the tasks of primaries that appear later (a promoted replica).
+    sender: mpsc::Sender<ShardEvent>,
+    access: Access,
     /// Each primary's task, by address. Commands are few (one per batch
     /// of auctions the hub starts or stops watching): unbounded.
-    nodes: HashMap<Node, mpsc::UnboundedSender<Command>>,
+    nodes: HashMap<Node, NodeTask>,
     slots: SlotMap,
-    _tasks: JoinSet<()>,
+    /// Every watched channel and the node whose task holds it.
+    assigned: HashMap<String, Node>,
+    tasks: JoinSet<()>,
 }
 
 /// How to reach a node: `redis://[userinfo@]` in front of its address.
@@ -112,45 +128,57 @@ impl Shards {
         let slots = asked.read().await.ok_or_else(|| {
             LogError::Unavailable("no cluster node answered CLUSTER SLOTS".into())
         })?;
-        let (tx, events) = mpsc::channel(EVENT_QUEUE);
-        let mut tasks = JoinSet::new();
-        let mut nodes = HashMap::new();
-        for (_, _, node) in &slots {
-            if nodes.contains_key(node) {
-                continue;
-            }
-            let client = access.client(node)?;
-            let (commands, received) = mpsc::unbounded_channel();
-            tasks.spawn(shard(node.clone(), client, received, tx.clone()));
-            nodes.insert(node.clone(), commands);
-        }
+        let (sender, events) = mpsc::channel(EVENT_QUEUE);
+        let mut shards = Shards {
+            events,
+            sender,
+            access,
+            nodes: HashMap::new(),
+            slots: Vec::new(),
+            assigned: HashMap::new(),
+            tasks: JoinSet::new(),
+        };
+        shards.start_tasks(&slots)?;
+        shards.slots = slots.clone();
         // The primaries first, then the seeds: whichever answers.
-        let mut ask: Vec<Node> = nodes.keys().cloned().collect();
+        let mut ask: Vec<Node> = shards.nodes.keys().cloned().collect();
         ask.sort();
         ask.extend(
             seed_nodes
                 .into_iter()
-                .filter(|node| !nodes.contains_key(node)),
+                .filter(|node| !shards.nodes.contains_key(node)),
         );
-        tasks.spawn(watch_topology(
-            SlotReader::new(access, ask),
-            slots.clone(),
-            tx,
-        ));
-        Ok(Shards {
-            events,
-            nodes,
+        shards.tasks.spawn(watch_topology(
+            SlotReader::new(shards.access.clone(), ask),
             slots,
-            _tasks: tasks,
-        })
+            shards.sender.clone(),
+        ));
+        Ok(shards)
     }
 
-    /// The task of the primary serving `channel`'s slot.
-    fn owner(&self, channel: &str) -> Option<&mpsc::UnboundedSender<Command>> {
+    /// Starts a task for each primary of `slots` that has none.
+    fn start_tasks(&mut self, slots: &SlotMap) -> Result<(), LogError> {
+        for (_, _, node) in slots {
+            if self.nodes.contains_key(node) {
+                continue;
+            }
+            let client = self.access.client(node)?;
+            let (commands, received) = mpsc::unbounded_channel();
+            let abort =
+                self.tasks
+                    .spawn(shard(node.clone(), client, received, self.sender.clone()));
+            self.nodes
+                .insert(node.clone(), NodeTask { commands, abort });
+        }
+        Ok(())
+    }
+
+    /// The primary serving `channel`'s slot in the current map.
+    fn primary_of(&self, channel: &str) -> Option<&Node> {
         let slot = key_slot(channel.as_bytes());
         let index = self.slots.partition_point(|(_, end, _)| *end < slot);
         let (start, _, node) = self.slots.get(index)?;
-        (*start <= slot).then(|| self.nodes.get(node))?
+        (*start <= slot).then_some(node)
     }
 
     /// Hands each channel to its primary's task; returns at once (each
@@ -158,56 +186,126 @@ impl Shards {
     pub(super) fn watch(&mut self, channels: Vec<String>) -> Result<(), LogError> {
         let mut by_node: HashMap<Node, Vec<String>> = HashMap::new();
         for channel in channels {
-            let slot = key_slot(channel.as_bytes());
-            let index = self.slots.partition_point(|(_, end, _)| *end < slot);
-            match self.slots.get(index) {
-                Some((start, _, node)) if *start <= slot => {
-                    by_node.entry(node.clone()).or_default().push(channel);
-                }
+            let Some(node) = self.primary_of(&channel) else {
                 // A slot no primary serves: the map is partial (the cluster
                 // is not fully formed). Start over later with a fresh map.
-                _ => {
-                    return Err(LogError::Unavailable(format!(
-                        "no primary serves slot {slot}"
-                    )));
-                }
-            }
+                let slot = key_slot(channel.as_bytes());
+                return Err(LogError::Unavailable(format!(
+                    "no primary serves slot {slot}"
+                )));
+            };
+            by_node.entry(node.clone()).or_default().push(channel);
         }
         for (node, channels) in by_node {
-            let sent = self
-                .nodes
-                .get(&node)
-                .is_some_and(|task| task.send(Command::Watch(channels)).is_ok());
-            if !sent {
-                return Err(LogError::Unavailable(format!(
-                    "the live connection to {node} ended"
-                )));
+            for channel in &channels {
+                self.assigned.insert(channel.clone(), node.clone());
             }
+            self.send(&node, Command::Watch(channels))?;
         }
         Ok(())
     }
 
     pub(super) fn unwatch(&mut self, channel: String) -> Result<(), LogError> {
-        match self.owner(&channel) {
-            Some(task) if task.send(Command::Unwatch(channel)).is_ok() => Ok(()),
-            _ => Err(LogError::Unavailable(
-                "a cluster node's live connection ended".into(),
-            )),
+        match self.assigned.remove(&channel) {
+            Some(node) => self.send(&node, Command::Unwatch(channel)),
+            None => Ok(()),
         }
     }
 
-    /// The next message; `None` once the connection has ended (the slot
-    /// map changed). Cancel-safe.
+    fn send(&self, node: &Node, command: Command) -> Result<(), LogError> {
+        let sent = self
+            .nodes
+            .get(node)
+            .is_some_and(|task| task.commands.send(command).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            Err(LogError::Unavailable(format!(
+                "the live connection to {node} ended"
+            )))
+        }
+    }
+
+    /// Follows a new slot map: only the channels whose slot is served by
+    /// another primary now move (unsubscribed from the old one's task,
+    /// subscribed by the new one's, and announced again once made); every
+    /// other subscription stays as it is, its notices flowing. Tasks start
+    /// for new primaries and stop for nodes that serve nothing any more. A
+    /// channel whose slot no primary serves in the new map stays where it
+    /// is until one does.
+    fn follow(&mut self, slots: SlotMap) -> Result<(), LogError> {
+        self.start_tasks(&slots)?;
+        self.slots = slots;
+        let mut moved: HashMap<Node, Vec<String>> = HashMap::new();
+        let mut left: Vec<(Node, String)> = Vec::new();
+        for (channel, holder) in &self.assigned {
+            if let Some(primary) = self.primary_of(channel)
+                && primary != holder
+            {
+                moved
+                    .entry(primary.clone())
+                    .or_default()
+                    .push(channel.clone());
+                left.push((holder.clone(), channel.clone()));
+            }
+        }
+        for (holder, channel) in left {
+            // The old holder may be dead: it is stopped below if it serves
+            // nothing now, and otherwise forgets the channel.
+            if let Some(task) = self.nodes.get(&holder) {
+                let _ = task.commands.send(Command::Unwatch(channel));
+            }
+        }
+        let count: usize = moved.values().map(Vec::len).sum();
+        for (node, channels) in moved {
+            for channel in &channels {
+                self.assigned.insert(channel.clone(), node.clone());
+            }
+            self.send(&node, Command::Watch(channels))?;
+        }
+        let serving: HashSet<&Node> = self
+            .slots
+            .iter()
+            .map(|(_, _, node)| node)
+            .chain(self.assigned.values())
+            .collect();
+        let stopped: Vec<Node> = self
+            .nodes
+            .keys()
+            .filter(|node| !serving.contains(node))
+            .cloned()
+            .collect();
+        for node in &stopped {
+            if let Some(task) = self.nodes.remove(node) {
+                task.abort.abort();
+            }
+        }
+        // Reap the tasks that ended (the ones just stopped, on a later map).
+        while self.tasks.try_join_next().is_some() {}
+        tracing::warn!(
+            moved = count,
+            stayed = self.assigned.len() - count,
+            stopped = ?stopped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "the cluster's slot map changed; only the auctions whose primary changed subscribe again"
+        );
+        Ok(())
+    }
+
+    /// The next message; `None` once the connection has ended (a new
+    /// primary's task could not be set up). Cancel-safe.
     pub(super) async fn next(&mut self) -> Option<LiveMessage> {
-        match self.events.recv().await? {
-            ShardEvent::Message(message) => Some(message),
-            ShardEvent::Subscribed(auctions) => Some(LiveMessage::Subscribed { auctions }),
-            ShardEvent::Moved(why) => {
-                tracing::warn!(
-                    why,
-                    "the cluster's slot map changed; the live connection starts over"
-                );
-                None
+        loop {
+            match self.events.recv().await? {
+                ShardEvent::Message(message) => return Some(message),
+                ShardEvent::Subscribed(auctions) => {
+                    return Some(LiveMessage::Subscribed { auctions });
+                }
+                ShardEvent::SlotMap(slots) => {
+                    if let Err(error) = self.follow(slots) {
+                        tracing::warn!(%error, "cannot follow the cluster's new slot map; the live connection starts over");
+                        return None;
+                    }
+                }
             }
         }
     }
@@ -358,32 +456,34 @@ fn parse_slots(reply: Value, asked: &Node) -> Result<SlotMap, LogError> {
     Ok(map)
 }
 
-/// Reads the slot map every second; a map that differs from the one the
-/// connection opened with ends it. A node that does not answer is
-/// skipped (the next is asked); when none answers, the node tasks notice
-/// on their own.
+/// Reads the slot map every second and hands on each map that differs
+/// from the last one handed on. A node that does not answer is skipped
+/// (the next is asked); when none answers, the node tasks notice on their
+/// own.
 async fn watch_topology(mut reader: SlotReader, opened: SlotMap, events: mpsc::Sender<ShardEvent>) {
+    let mut current = opened;
     let mut tick = tokio::time::interval(TOPOLOGY_INTERVAL);
     tick.reset();
     loop {
         tick.tick().await;
         if let Some(map) = reader.read().await
-            && map != opened
+            && map != current
         {
-            let _ = events
-                .send(ShardEvent::Moved("the cluster's slot map changed".into()))
-                .await;
-            return;
+            current = map.clone();
+            if events.send(ShardEvent::SlotMap(map)).await.is_err() {
+                return;
+            }
         }
     }
 }
 
 /// Why a node's connection stopped.
 enum Lost {
-    /// Reconnect and subscribe again.
+    /// Reconnect and subscribe again. A subscription refused with `MOVED`
+    /// (its slot moved) is retried so too, until the slot map's reader
+    /// sees the move and hands the channel to its new primary's task.
     Again(String),
-    /// The node refused a subscription with `MOVED`/`ASK` (the slot is
-    /// elsewhere now) or the connection is gone: the task ends.
+    /// The connection is gone (the hub stopped listening): the task ends.
     Done,
 }
 
@@ -434,9 +534,7 @@ async fn shard(
                 }
                 lost
             }
-            Ok(Err(error)) => refused(&error, &events)
-                .await
-                .unwrap_or(Lost::Again(error.to_string())),
+            Ok(Err(error)) => Lost::Again(error.to_string()),
             Err(_) => Lost::Again(format!("no answer within {NODE_DEADLINE:?}")),
         };
         let why = match lost {
@@ -452,23 +550,6 @@ async fn shard(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-/// A subscription refused with `MOVED` or `ASK`: the slot map changed
-/// (the connection ends); `None` for any other failure.
-async fn refused(error: &LogError, events: &mpsc::Sender<ShardEvent>) -> Option<Lost> {
-    let LogError::Unavailable(message) = error else {
-        return None;
-    };
-    if !(message.starts_with("MOVED") || message.starts_with("ASK")) {
-        return None;
-    }
-    let _ = events
-        .send(ShardEvent::Moved(format!(
-            "a subscription was refused: {message}"
-        )))
-        .await;
-    Some(Lost::Done)
 }
 
 /// `SSUBSCRIBE` each channel (one command each, sent at once).
@@ -533,11 +614,7 @@ async fn serve(
                                 return Lost::Done;
                             }
                         }
-                        Ok(Err(error)) => {
-                            return refused(&error, events)
-                                .await
-                                .unwrap_or(Lost::Again(error.to_string()));
-                        }
+                        Ok(Err(error)) => return Lost::Again(error.to_string()),
                         Err(_) => {
                             return Lost::Again(format!(
                                 "a subscription had no answer within {NODE_DEADLINE:?}"
