@@ -83,9 +83,9 @@ fn mint(name: &str, roles: &[&str]) -> String {
 }
 
 /// Settings for a bidder on `redis`: the simulator on `sim_auctions` (a
-/// comma list; empty turns it off) every `interval_ms`, with limits so high
-/// that its bidders keep bidding for as long as a test watches, and rate
-/// limits high enough for tests.
+/// comma list; empty turns it off) every `interval_ms`, in ten-minute
+/// rounds with limits so high that its bidders keep bidding for as long as
+/// a test watches, and rate limits high enough for tests.
 pub fn bidder_env(
     redis: &impl TestRedis,
     sim_auctions: &str,
@@ -103,6 +103,7 @@ pub fn bidder_env(
             },
         ),
         ("AUCTION_SIM_INTERVAL_MS", interval_ms.to_string()),
+        ("AUCTION_SIM_DURATION_MS", "600000".into()),
         ("AUCTION_SIM_LIMIT_RANGE_CENTS", "1000000000000".into()),
         ("AUCTION_RATE_LIMIT_PER_S", "1000000".into()),
         ("AUCTION_RATE_LIMIT_BURST", "1000000".into()),
