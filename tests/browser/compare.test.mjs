@@ -114,17 +114,25 @@ const panel = (page, name) => page.$eval(`#panel-${name}`, (el) => ({
 }));
 
 /** Waits until `name` has recovered `count` times and has received
- *  events after its latest recovery. */
-function recovered(page, name, count, timeout = PHASE_MS) {
-  return page.waitForFunction(([n, c]) => {
-    const el = document.getElementById(`panel-${n}`);
-    const last = el.querySelectorAll("ol.recoveries li")[c - 1];
-    return el.dataset.state === "connected" && last && last.dataset.firstEventMs !== "";
-  }, [name, count], { timeout });
+ *  events after its latest recovery; if not, fails with what the page
+ *  shows. */
+async function recovered(page, name, count, timeout = PHASE_MS) {
+  try {
+    await page.waitForFunction(([n, c]) => {
+      const el = document.getElementById(`panel-${n}`);
+      const last = el.querySelectorAll("ol.recoveries li")[c - 1];
+      return el.dataset.state === "connected" && last && last.dataset.firstEventMs !== "";
+    }, [name, count], { timeout });
+  } catch (error) {
+    const shown = await panel(page, name);
+    const status = await page.textContent("#demo-status");
+    throw new Error(`${name} did not recover a ${count}th time: ${error.message}; the page shows ${JSON.stringify({ ...shown, status })}`);
+  }
 }
 
 test("the comparison page: SSE back no sooner than its retry delay, the WebSocket within its backoff; through a 503 period EventSource gives up and the library brings it back; the counts agree with the edges' metrics", async (t) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  t.after(() => context.close());
   const page = await context.newPage();
   const errors = [];
   page.on("pageerror", (error) => errors.push(String(error)));
@@ -138,6 +146,9 @@ test("the comparison page: SSE back no sooner than its retry delay, the WebSocke
   // Drops made by the edges: resets (RST) and a drain (SSE: FIN; WebSocket:
   // close 1012). Each transport is dropped 4 times, one at a time or both.
   const count = { sse: 0, ws: 0 };
+  // Abrupt ends (a RST) of each transport's connection: the refusal's
+  // below included.
+  const resets = { sse: 1, ws: 1 };
   for (const [button, dropped] of [
     ["#drop-both", ["sse", "ws"]], ["#drop-sse", ["sse"]], ["#drop-ws", ["ws"]],
     ["#drop-both", ["sse", "ws"]], ["#drain-both", ["sse", "ws"]],
@@ -145,6 +156,7 @@ test("the comparison page: SSE back no sooner than its retry delay, the WebSocke
     await page.click(button);
     for (const name of dropped) {
       count[name] += 1;
+      if (button !== "#drain-both") resets[name] += 1;
       await recovered(page, name, count[name]);
     }
   }
@@ -213,6 +225,7 @@ test("the comparison page: SSE back no sooner than its retry delay, the WebSocke
   await page.waitForFunction((id) => ["sse", "ws"].every((n) => document.getElementById(`panel-${n}`).dataset.lastId === id),
     last, { timeout: PHASE_MS });
   const stream = ids(AUCTION);
+  const lostInFlight = {};
   for (const name of ["sse", "ws"]) {
     const figures = await panel(page, name);
     assert.equal(figures.missed, "0", `${name} missed events`);
@@ -224,9 +237,15 @@ test("the comparison page: SSE back no sooner than its retry delay, the WebSocke
     assert.deepEqual(seen, stream.slice(from), `${name}: every event once, in order`);
     // The edges counted every event frame they wrote to this page's
     // connections (replays included), every resume as replayed (none fell
-    // back to a reset init), and hold its one connection.
+    // back to a reset init), and hold its one connection. An edge counts a
+    // frame once written to the socket: a reset discards one still in
+    // flight (seen: 1 in 20 runs), which the resume then sends again, so
+    // the edges may count at most one more per reset than the page got.
     const delivered = await metric(EDGES[name], "auction_events_delivered_total", { transport: name });
-    assert.equal(Number(figures.delivered), delivered, `${name}: the page received what the edges delivered`);
+    const received = Number(figures.delivered);
+    assert.ok(received <= delivered && delivered <= received + resets[name],
+      `${name}: the page received ${received} event frames, the edges delivered ${delivered}, with ${resets[name]} resets`);
+    lostInFlight[name] = delivered - received;
     const replayed = await metric(EDGES[name], "auction_resumes_total", { transport: name, outcome: "replayed" });
     assert.equal(Number(figures.recoveries), replayed, `${name}: each recovery the page lists is a resume the edges replayed`);
     assert.equal(await metric(EDGES[name], "auction_resumes_total", { transport: name, outcome: "reset" }), 0, `${name}: no resume reset`);
@@ -256,14 +275,15 @@ test("the comparison page: SSE back no sooner than its retry delay, the WebSocke
   t.diagnostic(`WebSocket recoveries after a reset or drain, ms: ${downs(plain.ws).join(", ")} (median ${median(downs(plain.ws))}; pauses ${plain.ws.map((r) => r.pausedMs).join(", ")})`);
   t.diagnostic(`through ${REFUSE_S} s of 503: SSE ${through.sse.downMs} ms (${through.sse.text}); WebSocket ${through.ws.downMs} ms (${through.ws.text})`);
   t.diagnostic(`bytes per bid event: SSE ${bytes.sse} B; WebSocket ${bytes.ws} B uncompressed, ${wire.toFixed(1)} B compressed on the wire against ${plainOfThose.toFixed(1)} B for the same events plain (${(wire / plainOfThose).toFixed(2)}; ${compressed.length} events)`);
+  t.diagnostic(`event frames the edges delivered and the page did not receive (lost in flight at a reset, then resent): SSE ${lostInFlight.sse}, WebSocket ${lostInFlight.ws}`);
   t.diagnostic(`the page concluded: ${conclusion}`);
   mkdirSync(artifacts, { recursive: true });
   await page.screenshot({ path: join(artifacts, "compare-after-the-experiment.png"), fullPage: true });
-  await context.close();
 });
 
 test("the comparison page after a crash of both serving edges: both come back, SSE no sooner than its retry delay, and every event arrives once", async (t) => {
   const context = await browser.newContext();
+  t.after(() => context.close());
   const page = await context.newPage();
   // The stack's own simulated auction, bid on every 400 ms.
   await page.goto(`${stack.url}/compare.html?auction=live`);
@@ -301,5 +321,4 @@ test("the comparison page after a crash of both serving edges: both come back, S
     assert.match(await page.textContent(`#panel-${name} [data-figure="latency"]`), /^\d+ ms \/ \d+ ms$/);
   }
   t.diagnostic(`after a crash (SIGKILL) of the serving edges: SSE back in ${sse.downMs} ms, WebSocket in ${ws.downMs} ms (${ws.text})`);
-  await context.close();
 });
