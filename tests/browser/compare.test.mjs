@@ -239,7 +239,7 @@ test("the comparison page: SSE back no sooner than its retry delay, the WebSocke
     // connections (replays included), every resume as replayed (none fell
     // back to a reset init), and hold its one connection. An edge counts a
     // frame once written to the socket: a reset discards one still in
-    // flight (seen: 1 in 20 runs), which the resume then sends again, so
+    // flight (seen once in 16 runs), which the resume then sends again, so
     // the edges may count at most one more per reset than the page got.
     const delivered = await metric(EDGES[name], "auction_events_delivered_total", { transport: name });
     const received = Number(figures.delivered);
