@@ -106,6 +106,22 @@ export interface ClientOptions {
   bidRetryMs?: number;
   authWaitMs?: number;
   sseDebounceMs?: number;
+  /** Query parameters added to every stream and socket URL, e.g. `{ demo: "<client id>" }` for the edges' demo controls. */
+  connectionParams?: Record<string, string> | null;
+}
+
+/** How a connection came back after the one in use failed. */
+export interface Recovery {
+  /** From the failure (EventSource's `error`, the socket's `close`) to this connection open, ms. */
+  downMs: number;
+  /** Tries, this one included: each EventSource reconnection by the browser, each stream or socket the client opened. */
+  attempts: number;
+  /** The pauses the client waited before its own tries, ms (its backoff); 0 when only the browser retried (EventSource waits the server's `retry:` delay, which a page cannot read). */
+  pausedMs: number;
+  /** The most those pauses could have been (the backoff's bounds, summed), ms. */
+  pauseBoundMs: number;
+  /** The last try's request or handshake, from its start to open, ms; null when it was the browser's own reconnection. */
+  connectMs: number | null;
 }
 
 /** One auction event, once, in order (repeats across reconnects are dropped). */
@@ -116,14 +132,18 @@ export type AuctionEvent = {
 export interface ClientEvents {
   event: AuctionEvent;
   state: { state: ConnectionState; transport: Transport | null; detail?: string };
+  /** A stream or socket opened. `extensions`: the WebSocket's negotiated extensions ("" for none; null for SSE); `recovery`: null for the first connection. */
+  open: { transport: Transport; extensions: string | null; recovery: Recovery | null };
+  /** An event dropped because its id was not past the auction's last one (sent again, or out of order). */
+  repeat: { type: EventType; auction: string; id: EventId; transport: Transport | null };
   transport: { transport: Transport };
   /** "auto" gave a WebSocket up: refused, timeout, or closed before its first message. */
   fallback: { reason: "refused" | "timeout" | "closed_before_message" };
   /** A watch the edge refused (an unknown or invalid auction). */
   refused: { auction: string; error: string };
   session: { authenticated?: { bidder_id: string; name: string }; refused?: string };
-  /** Every message received, as sent (for logs and checks). */
-  message: { transport: "sse"; event: EventType; id: string | null; data: unknown } | { transport: "ws"; message: WsServerMessage };
+  /** Every message received, as sent (for logs and checks); `bytes`: its size as the edge encodes it, before any compression (SSE: its `event:`, `data:` and `id:` lines and blank line; WebSocket: its text and frame header). */
+  message: { transport: "sse"; event: EventType; id: string | null; data: unknown; bytes: number } | { transport: "ws"; message: WsServerMessage; bytes: number };
   /** Every message sent on the socket. */
   send: { transport: "ws"; message: WsClientMessage };
 }

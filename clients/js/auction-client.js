@@ -48,6 +48,9 @@ const DEFAULTS = {
   bidRetryMs: 1000,
   // How long a bid over the socket waits for the edge's `authenticated`.
   authWaitMs: 3000,
+  // Query parameters added to every stream and socket URL (e.g. the edges'
+  // demo controls' `{demo: "<client id>"}`).
+  connectionParams: null,
   // Tabs that watch together make one SSE stream: changes wait this long,
   // so that tabs opening together cost one new stream, and streams being
   // replaced do not pile up at the edge before it sees the old one close.
@@ -116,6 +119,35 @@ function auctionOf(data) {
 
 const wait = (ms) => new Promise((wake) => setTimeout(wake, ms));
 
+/** A monotonic clock in ms, for durations. */
+const now = () => (globalThis.performance ? performance.now() : Date.now());
+
+/** The UTF-8 size of `text` in bytes, without encoding it. */
+function utf8Length(text) {
+  let length = text.length;
+  for (let i = 0; i < text.length; i += 1) {
+    const code = text.charCodeAt(i);
+    // 2 bytes up to U+07FF, 3 above; a surrogate pair (two units) is 4.
+    if (code >= 0x80) length += code < 0x800 || (code >= 0xd800 && code <= 0xdfff) ? 1 : 2;
+  }
+  return length;
+}
+
+/** The bytes of an SSE event as an edge writes it: its `event:` line, a
+ *  `data:` line per line of data, its `id:` line if it has one, and the
+ *  blank line (HTTP's own framing, such as chunks, not included). */
+function sseEventBytes(type, data, id) {
+  const lines = data.split("\n").length;
+  return 8 + type.length + lines * 7 + utf8Length(data) - (lines - 1) + (id ? 5 + id.length : 0) + 1;
+}
+
+/** The bytes of a server's WebSocket text frame of `text`, uncompressed:
+ *  the text and the frame header (server frames are not masked). */
+function wsFrameBytes(text) {
+  const length = utf8Length(text);
+  return length + (length <= 125 ? 2 : length <= 0xffff ? 4 : 10);
+}
+
 export class AuctionClient {
   constructor(options = {}) {
     this.options = { ...DEFAULTS, ...options };
@@ -134,6 +166,9 @@ export class AuctionClient {
     this.closed = false;
     this.wsFailedAt = null; // "auto": when a WebSocket last failed
     this.wsTimedOut = false; // whether that failure took a timeout
+    // Since the connection in use failed, until another opens: what it took
+    // (told with the next "open" event).
+    this.outage = null;
     this.timers = new Set();
     // SSE
     this.source = null;
@@ -151,8 +186,9 @@ export class AuctionClient {
 
   // --- events -----------------------------------------------------------------
 
-  /** Listens to `type`: "event", "state", "transport", "refused",
-   *  "session", "message" or "send". Returns a function that stops. */
+  /** Listens to `type`: "event", "state", "open", "transport",
+   *  "fallback", "refused", "repeat", "session", "message" or "send".
+   *  Returns a function that stops. */
   on(type, listener) {
     if (!this.listeners.has(type)) this.listeners.set(type, new Set());
     this.listeners.get(type).add(listener);
@@ -176,10 +212,56 @@ export class AuctionClient {
     return timer;
   }
 
-  backoff() {
+  /** The pause before the next try: `floorMs` plus `scale` times a
+   *  full-jitter backoff step (random up to min(max, base * 2^attempt)),
+   *  booked on the outage under way. */
+  backoff({ floorMs = 0, scale = 1 } = {}) {
     const ceiling = Math.min(this.options.backoffMaxMs, this.options.backoffBaseMs * 2 ** this.attempt);
     this.attempt += 1;
-    return Math.random() * ceiling;
+    const pause = floorMs + scale * Math.random() * ceiling;
+    if (this.outage) {
+      this.outage.pausedMs += pause;
+      this.outage.pauseBoundMs += floorMs + scale * ceiling;
+    }
+    return pause;
+  }
+
+  /** The connection in use failed: an outage starts, unless one is under way. */
+  failed() {
+    this.outage ??= { since: now(), attempts: 0, pausedMs: 0, pauseBoundMs: 0, triedAt: null };
+  }
+
+  /** A new try to connect during an outage; `triedAt` null: the browser's
+   *  own (EventSource after its retry delay), whose start is not seen. */
+  tried(triedAt = now()) {
+    if (!this.outage) return;
+    this.outage.attempts += 1;
+    this.outage.triedAt = triedAt;
+  }
+
+  /** A connection is open: tells the "open" listeners, with what the
+   *  recovery took when it ends an outage. */
+  opened(transport, extensions) {
+    const outage = this.outage;
+    this.outage = null;
+    const at = now();
+    const recovery = outage && {
+      downMs: at - outage.since,
+      attempts: Math.max(1, outage.attempts),
+      pausedMs: outage.pausedMs,
+      pauseBoundMs: outage.pauseBoundMs,
+      connectMs: outage.triedAt === null ? null : at - outage.triedAt,
+    };
+    this.emit("open", { transport, extensions, recovery });
+  }
+
+  /** `url` with the `connectionParams` option's parameters added. */
+  withConnectionParams(url) {
+    const params = this.options.connectionParams;
+    if (!params) return url;
+    const extra = new URLSearchParams(params).toString();
+    if (!extra) return url;
+    return `${url}${url.includes("?") ? "&" : "?"}${extra}`;
   }
 
   url(path, base = this.options.baseUrl) {
@@ -187,9 +269,9 @@ export class AuctionClient {
   }
 
   wsUrl() {
-    if (this.options.wsUrl) return this.options.wsUrl;
+    if (this.options.wsUrl) return this.withConnectionParams(this.options.wsUrl);
     const base = this.options.baseUrl ? new URL(this.options.baseUrl) : globalThis.location;
-    return `${base.protocol === "https:" ? "wss" : "ws"}://${base.host}/ws`;
+    return this.withConnectionParams(`${base.protocol === "https:" ? "wss" : "ws"}://${base.host}/ws`);
   }
 
   // --- watching -----------------------------------------------------------------
@@ -273,7 +355,11 @@ export class AuctionClient {
     } else {
       if (this.fresh.has(auction)) return;
       const at = this.positions.get(auction);
-      if (id && at && compareIds(id, at) <= 0) return;
+      if (id && at && compareIds(id, at) <= 0) {
+        // Sent again (a replay overlapping what arrived) or out of order.
+        this.emit("repeat", { type, auction, id, transport: this.transport });
+        return;
+      }
       if (id) this.positions.set(auction, id);
     }
     if (type === "gone") {
@@ -306,12 +392,14 @@ export class AuctionClient {
     if (resume) query.set("lastEventId", resume);
     if (switching) this.emit("transport", { transport: "sse" });
     if (this.state !== "open") this.setState(["idle", "connecting"].includes(this.state) ? "connecting" : "reconnecting");
-    const source = new EventSource(this.url(`/events?${query}`));
+    const source = new EventSource(this.withConnectionParams(this.url(`/events?${query}`)));
     this.source = source;
+    this.tried();
     source.addEventListener("open", () => {
       if (source !== this.source) return;
       this.attempt = 0;
       if (this.state !== "open") this.setState("open");
+      this.opened("sse", null);
       if (this.mode === "auto") this.scheduleProbe();
     });
     for (const type of EVENT_TYPES) {
@@ -319,7 +407,9 @@ export class AuctionClient {
         if (source !== this.source) return;
         let data;
         try { data = JSON.parse(event.data); } catch (_) { return; }
-        this.emit("message", { transport: "sse", event: type, id: event.lastEventId || null, data });
+        // `viewers` and `gone` carry no id: lastEventId is still an earlier event's.
+        const id = type === "viewers" || type === "gone" ? null : event.lastEventId || null;
+        this.emit("message", { transport: "sse", event: type, id: event.lastEventId || null, data, bytes: sseEventBytes(type, event.data, id) });
         const auction = auctionOf(data);
         const own = type === "viewers" || type === "gone" ? null : decodeStreamId(event.lastEventId);
         this.deliver(type, auction, data, own ? own.get(auction) || null : null);
@@ -327,6 +417,7 @@ export class AuctionClient {
     }
     source.addEventListener("error", () => {
       if (source !== this.source) return;
+      this.failed();
       const refused = source.readyState === EventSource.CLOSED;
       if (refused || this.mode === "auto") {
         // Refused (404: none of the auctions exists; 503: no replica could
@@ -334,9 +425,11 @@ export class AuctionClient {
         // WebSocket first at a reconnect. Again after a pause.
         this.stopSse();
         this.setState(refused ? "stopped" : "reconnecting");
-        this.later(() => this.connect(), refused ? 500 + this.backoff() * 2 : this.backoff());
+        this.later(() => this.connect(), refused ? this.backoff({ floorMs: 500, scale: 2 }) : this.backoff());
       } else {
-        // EventSource reconnects by itself, sending the last id.
+        // EventSource reconnects by itself after the server's `retry:`
+        // delay, sending the last id.
+        this.tried(null);
         this.setState("reconnecting");
       }
     });
@@ -384,6 +477,7 @@ export class AuctionClient {
     }
     this.socket = socket;
     this.socketOpen = false;
+    if (!handover) this.tried();
     if (!handover) {
       if (this.transport !== "ws") this.emit("transport", { transport: "ws" });
       this.transport = "ws";
@@ -412,6 +506,7 @@ export class AuctionClient {
       if (this.token) this.authenticate(this.token);
       for (const auction of this.watched) this.subscribe(auction);
       this.setState("open");
+      this.opened("ws", socket.extensions);
     });
     socket.addEventListener("message", (event) => {
       if (socket !== this.socket) return;
@@ -421,7 +516,7 @@ export class AuctionClient {
         heard = true;
         this.attempt = 0;
       }
-      this.emit("message", { transport: "ws", message });
+      this.emit("message", { transport: "ws", message, bytes: wsFrameBytes(event.data) });
       this.receive(message);
     });
     socket.addEventListener("close", () => {
@@ -431,6 +526,8 @@ export class AuctionClient {
       this.socket = null;
       this.socketOpen = false;
       this.unsettle();
+      // A socket that was serving (not one tried next to SSE) failed.
+      if (!handover) this.failed();
       if (fallback && !heard) return this.wsFailed(wasOpen ? "closed_before_message" : "refused", handover);
       this.setState("reconnecting");
       this.later(() => this.connect(), this.backoff());

@@ -4,17 +4,12 @@
 //
 // Each page is served by its edge itself (its own transport at `/`).
 // Bytes are counted on the wire, by a pass-through TCP proxy in front of
-// each of two edges (one with AUCTION_WS_COMPRESSION=false): the DevTools
-// protocol reports frames decoded, not their size on the wire. The proxy
-// reads the server's frames as they pass (they are unmasked) and inflates
-// the compressed ones itself, each alone, as server_no_context_takeover
-// allows.
+// each of two edges (one with AUCTION_WS_COMPRESSION=false; wire.mjs).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, connect } from "node:net";
-import { inflateRawSync, constants } from "node:zlib";
 import { chromium } from "playwright-core";
-import { Stack, freePort, waitFor } from "./stack.mjs";
+import { Stack, waitFor } from "./stack.mjs";
+import { countingProxy as countingProxyTo } from "./wire.mjs";
 
 let stack;
 let browser;
@@ -42,57 +37,11 @@ after(async () => {
   stack?.stop();
 });
 
-/**
- * A TCP proxy to `port` that records, for the WebSocket connections through
- * it, the 101's head and every data frame the server sent: its bytes on the
- * wire (header included), whether it was compressed, and its text.
- */
+/** A counting proxy in front of `port`, closed after the tests. */
 async function countingProxy(port) {
-  const seen = { head: null, frames: [] };
-  const server = createServer((client) => {
-    const upstream = connect(port, "127.0.0.1");
-    client.pipe(upstream);
-    let isWebSocket = null;
-    let buffer = Buffer.alloc(0);
-    let inHead = true;
-    client.once("data", (chunk) => { isWebSocket = chunk.toString("latin1").startsWith("GET /ws "); });
-    upstream.on("data", (chunk) => {
-      client.write(chunk);
-      if (!isWebSocket) return;
-      buffer = Buffer.concat([buffer, chunk]);
-      if (inHead) {
-        const end = buffer.indexOf("\r\n\r\n");
-        if (end < 0) return;
-        seen.head = buffer.subarray(0, end).toString("latin1");
-        buffer = buffer.subarray(end + 4);
-        inHead = false;
-      }
-      for (;;) {
-        if (buffer.length < 2) return;
-        let length = buffer[1] & 0x7f;
-        let start = 2;
-        if (length === 126) { if (buffer.length < 4) return; length = buffer.readUInt16BE(2); start = 4; }
-        else if (length === 127) { if (buffer.length < 10) return; length = Number(buffer.readBigUInt64BE(2)); start = 10; }
-        if (buffer.length < start + length) return;
-        const first = buffer[0];
-        const payload = buffer.subarray(start, start + length);
-        buffer = buffer.subarray(start + length);
-        if ((first & 0x0f) !== 0x1) continue; // pings and the like
-        const compressed = (first & 0x40) !== 0;
-        const text = compressed
-          ? inflateRawSync(Buffer.concat([payload, Buffer.from([0, 0, 0xff, 0xff])]), { finishFlush: constants.Z_SYNC_FLUSH }).toString("utf8")
-          : payload.toString("utf8");
-        seen.frames.push({ wire: start + length, compressed, text });
-      }
-    });
-    const end = () => { client.destroy(); upstream.destroy(); };
-    client.on("error", end).on("close", end);
-    upstream.on("error", end).on("close", end);
-  });
-  const listen = await freePort();
-  await new Promise((ok) => server.listen(listen, "127.0.0.1", ok));
-  proxies.push(server);
-  return { url: `http://127.0.0.1:${listen}`, seen };
+  const proxy = await countingProxyTo(port);
+  proxies.push(proxy);
+  return proxy;
 }
 
 /** The bid events among the frames: event id -> {wire, compressed, text}. */

@@ -11,7 +11,9 @@
 //!   `drain` as the transport ends gracefully (SSE: FIN; WebSocket: close
 //!   1012). Answers `{"replica", "ended"}`: a replica holds only its own
 //!   connections, so a caller behind a load balancer asks each replica in
-//!   turn until one ended some.
+//!   turn until one ended some. An SSE replica adds `retry_ms`, the
+//!   `retry:` its streams are sent: the delay after which a browser's
+//!   EventSource reconnects (a page cannot read it from EventSource).
 //! - `POST /demo/{sse,ws}/refuse?seconds=N` (1 to 60) makes this replica
 //!   answer every new stream or upgrade 503 `demo_refusing` with
 //!   `Retry-After` for N seconds. Answers `{"replica", "refusing_s"}`.
@@ -58,6 +60,9 @@ pub enum How {
 pub struct DemoControls {
     enabled: bool,
     replica: String,
+    /// The `retry:` an SSE replica sends its streams, told in its drop
+    /// answers; `None` on a WebSocket replica.
+    retry_ms: Option<u64>,
     state: Mutex<State_>,
 }
 
@@ -92,10 +97,13 @@ impl Drop for DemoGuard {
 }
 
 impl DemoControls {
-    pub fn new(enabled: bool, replica: &str) -> Arc<DemoControls> {
+    /// `retry_ms`: the `retry:` of an SSE replica's streams (`None` for a
+    /// WebSocket replica).
+    pub fn new(enabled: bool, replica: &str, retry_ms: Option<u64>) -> Arc<DemoControls> {
         Arc::new(DemoControls {
             enabled,
             replica: replica.to_owned(),
+            retry_ms,
             state: Mutex::new(State_::default()),
         })
     }
@@ -215,9 +223,11 @@ async fn drop_route(
         _ => return Err(bad("how: reset or drain")),
     };
     let ended = controls.drop_client(client, how);
-    Ok(Json(
-        serde_json::json!({ "replica": controls.replica, "ended": ended }),
-    ))
+    let mut answer = serde_json::json!({ "replica": controls.replica, "ended": ended });
+    if let Some(retry_ms) = controls.retry_ms {
+        answer["retry_ms"] = retry_ms.into();
+    }
+    Ok(Json(answer))
 }
 
 async fn refuse_route(

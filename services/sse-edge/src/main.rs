@@ -65,7 +65,11 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         .edge
         .start_fanout(&ctx, codec::SseCodec, own.keepalive, Transport::sse)?;
     let healthy = fanout.delivery.hub().health_probe();
-    let demo = DemoControls::new(own.edge.demo_controls, &own.edge.replica);
+    let demo = DemoControls::new(
+        own.edge.demo_controls,
+        &own.edge.replica,
+        Some(own.retry_ms),
+    );
     let endpoint = Arc::new(SseEndpoint {
         demo: demo.clone(),
         gate: fanout.gate,

@@ -12,11 +12,12 @@
 
 use crate::SseEndpoint;
 use crate::codec::SseCodec;
-use crate::stream::{SseSocket, client_gone, end, response_head};
+use crate::stream::{SseSocket, client_gone, end, response_head, serve_then_end};
 use crate::stream_id::Positions;
 use auction_domain::{AuctionId, EventId};
 use bytes::{BufMut, BytesMut};
 use fanout::{Codec, Frame, Framing, LiveSet, OpenError, Opening, Resume};
+use service_kit::demo::DemoGuard;
 use service_kit::{RequestHead, address_key, refusal};
 use std::future::Future;
 use std::net::IpAddr;
@@ -113,13 +114,15 @@ impl Framing for StreamIds {
 }
 
 impl SseEndpoint {
-    /// One stream of several auctions, from admission to its FIN.
+    /// One stream of several auctions, from admission to its FIN (or, after
+    /// a demo reset, its RST).
     #[allow(clippy::manual_async_fn)]
     pub(crate) fn stream_many(
         self: Arc<Self>,
         stream: TcpStream,
         client: IpAddr,
         request: Result<Request, Vec<u8>>,
+        demo: Option<Box<DemoGuard>>,
     ) -> impl Future<Output = ()> + Send {
         async move {
             let request = match request {
@@ -133,11 +136,10 @@ impl SseEndpoint {
             let mut set = LiveSet::framed(Box::new(StreamIds(Positions::new(&request.auctions))));
             match Box::pin(self.start_many(&stream, &request, &mut set, address_key(client))).await
             {
-                Ok(()) => self.serve_many(&stream, &mut set).await,
-                Err(Some(refusal)) => return refusal::refuse(stream, &refusal).await,
-                Err(None) => {}
+                Ok(()) => serve_then_end(&stream, self.serve_many(&stream, &mut set), demo).await,
+                Err(Some(refusal)) => refusal::refuse(stream, &refusal).await,
+                Err(None) => end(&stream),
             }
-            end(&stream);
         }
     }
 
@@ -153,6 +155,9 @@ impl SseEndpoint {
     ) -> Result<(), Option<Vec<u8>>> {
         if self.shutdown.is_cancelled() {
             return Err(Some(refusal::draining()));
+        }
+        if let Some(refusal) = self.demo.refusal() {
+            return Err(Some(refusal));
         }
         let mut openings: Vec<Opening> = Vec::with_capacity(request.auctions.len());
         let mut missing = Vec::new();

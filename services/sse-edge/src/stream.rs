@@ -69,21 +69,23 @@ impl FastPath for SseEndpoint {
         // What the stream needs of the request is read here, before the
         // future: an open stream keeps none of the head.
         let client = self.clients.of_stream(&stream, &head);
+        // Boxed: most streams have none, and each keeps this for its life.
+        let demo = self
+            .demo
+            .register(head.query_param("demo"), &self.shutdown)
+            .map(Box::new);
         if head.path() == multi::PATH {
             let request = multi::Request::read(&head, self.max_auctions_per_stream);
             drop(head);
-            return futures_util::future::Either::Left(self.stream_many(stream, client, request));
+            return futures_util::future::Either::Left(
+                self.stream_many(stream, client, request, demo),
+            );
         }
         let auction = AuctionId::parse(events_path(head.path()).unwrap_or(""));
         let resume = Resume::parse(
             head.header("last-event-id")
                 .or_else(|| head.query_param("lastEventId").map(str::as_bytes)),
         );
-        // Boxed: most streams have none, and each keeps this for its life.
-        let demo = self
-            .demo
-            .register(head.query_param("demo"), &self.shutdown)
-            .map(Box::new);
         drop(head);
         futures_util::future::Either::Right(self.stream(stream, client, auction.ok(), resume, demo))
     }
@@ -122,25 +124,7 @@ impl SseEndpoint {
                     let served =
                         self.delivery
                             .serve(socket, &stream, &mut subscription, feed, gone);
-                    let Some(demo) = demo else {
-                        served.await;
-                        return end(&stream);
-                    };
-                    // A demo drop: reset (RST as the socket closes) or drain
-                    // (FIN). Boxed: only demo streams take this path.
-                    let reset = Box::pin(async {
-                        tokio::select! {
-                            _ = served => false,
-                            _ = demo.end.drain.cancelled() => false,
-                            _ = demo.end.reset.cancelled() => true,
-                        }
-                    })
-                    .await;
-                    if reset {
-                        linger_zero(&stream);
-                    } else {
-                        end(&stream);
-                    }
+                    serve_then_end(&stream, served, demo).await;
                 }
                 Err(Some(refusal)) => refusal::refuse(stream, &refusal).await,
                 Err(None) => end(&stream),
@@ -203,6 +187,34 @@ pub(crate) fn response_head(retry_ms: u64) -> Frame {
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nretry: {retry_ms}\n\n"
     )
     .into()
+}
+
+/// Serves a stream until `served` ends, or until a demo drop of its client
+/// (`demo`, when it was opened with `demo=`) ends it, then ends it: with a
+/// RST after a demo reset, else with a FIN. Only demo streams take the
+/// boxed path: the others' futures stay their own size.
+pub(crate) async fn serve_then_end<T>(
+    stream: &TcpStream,
+    served: impl Future<Output = T>,
+    demo: Option<Box<DemoGuard>>,
+) {
+    let Some(demo) = demo else {
+        let _ = served.await;
+        return end(stream);
+    };
+    let reset = Box::pin(async {
+        tokio::select! {
+            _ = served => false,
+            _ = demo.end.drain.cancelled() => false,
+            _ = demo.end.reset.cancelled() => true,
+        }
+    })
+    .await;
+    if reset {
+        linger_zero(stream);
+    } else {
+        end(stream);
+    }
 }
 
 /// Ends the stream cleanly (FIN) whatever ended it: the browser sees the

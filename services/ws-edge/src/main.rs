@@ -91,7 +91,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
     )?;
     let healthy = fanout.delivery.hub().health_probe();
     let suspensions = Arc::new(suspensions::Suspensions::default());
-    let demo = DemoControls::new(own.edge.demo_controls, &own.edge.replica);
+    let demo = DemoControls::new(own.edge.demo_controls, &own.edge.replica, None);
     let endpoint = Arc::new(WsEndpoint {
         demo: demo.clone(),
         gate: fanout.gate,

@@ -40,6 +40,15 @@ client.on("message", (seen) => {
     if (message.type === "error") console.log(message.error, message.ref);
   }
 });
+client.on("open", ({ transport, extensions, recovery }) => {
+  if (recovery) console.log(transport, recovery.downMs, recovery.attempts, recovery.pausedMs, recovery.pauseBoundMs, recovery.connectMs ?? "browser");
+  if (extensions) console.log("compressed:", extensions.includes("permessage-deflate"));
+});
+client.on("repeat", ({ auction, id }) => console.log("repeated", auction, id));
+let bytes = 0;
+client.on("message", (seen) => { bytes += seen.bytes; });
+const watcher = new AuctionClient({ transport: "ws", connectionParams: { demo: "page-1" } });
+watcher.close();
 client.watch(["1234", "lot-7"]);
 client.watch("1234", { lastId: "1700000000000-0" });
 
@@ -57,6 +66,6 @@ void bid();
 const id = encodeStreamId([["1234", "1700000000000-1"]]);
 if (id) console.log(decodeStreamId(id)?.get("1234"), compareIds("1-0", "2-0"));
 const payload: EventData["init"]["history"] = [];
-console.log(payload.length, prices.size);
+console.log(payload.length, prices.size, bytes);
 stop();
 client.close();

@@ -48,11 +48,17 @@ fn ended(body: &str) -> u64 {
     value["ended"].as_u64().unwrap()
 }
 
-/// An SSE stream of auction 1234 opened as `client`, read up to its head
-/// and first event.
-async fn sse_stream(addr: SocketAddr, client: &str) -> TcpStream {
+/// An SSE stream of auction 1234 opened as `client` (on its own, or with
+/// `many`, a stream of several auctions), read up to its head and first
+/// event.
+async fn sse_stream(addr: SocketAddr, client: &str, many: bool) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /auctions/1234/events?demo={client} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let path = if many {
+        format!("/events?auctions=1234&demo={client}")
+    } else {
+        format!("/auctions/1234/events?demo={client}")
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut seen = String::new();
     while !seen.contains("event: init") {
@@ -113,21 +119,28 @@ async fn an_sse_demo_drop_ends_only_that_clients_streams_with_a_reset_or_a_fin()
     let redis = RedisServer::start();
     let _bidder = start_bidder(&redis);
     let sse = edge("sse-edge", &redis, true);
-    let mut page = sse_stream(sse.addr, "page-1").await;
-    let mut other = sse_stream(sse.addr, "page-2").await;
+    // Streams of one auction and of several alike.
+    for many in [false, true] {
+        let mut page = sse_stream(sse.addr, "page-1", many).await;
+        let mut other = sse_stream(sse.addr, "page-2", many).await;
 
-    let (status, body) = post(sse.addr, "/demo/sse/drop?client=page-1&how=reset").await;
-    assert_eq!((status, ended(&body)), (200, 1), "{body}");
-    let error = read_to_end(&mut page)
-        .await
-        .expect_err("a reset, not a FIN");
-    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+        let (status, body) = post(sse.addr, "/demo/sse/drop?client=page-1&how=reset").await;
+        assert_eq!((status, ended(&body)), (200, 1), "{body}");
+        // The answer tells the `retry:` the streams were sent (the
+        // default, 2 s): a page cannot read it from EventSource.
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["retry_ms"], 2000, "{body}");
+        let error = read_to_end(&mut page)
+            .await
+            .expect_err("a reset, not a FIN");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
 
-    // The other client's stream was left alone: a drain now ends it, with
-    // a FIN.
-    let (status, body) = post(sse.addr, "/demo/sse/drop?client=page-2&how=drain").await;
-    assert_eq!((status, ended(&body)), (200, 1), "{body}");
-    read_to_end(&mut other).await.expect("a FIN");
+        // The other client's stream was left alone: a drain now ends it,
+        // with a FIN.
+        let (status, body) = post(sse.addr, "/demo/sse/drop?client=page-2&how=drain").await;
+        assert_eq!((status, ended(&body)), (200, 1), "{body}");
+        read_to_end(&mut other).await.expect("a FIN");
+    }
 
     // Nothing left of either.
     let (_, body) = post(sse.addr, "/demo/sse/drop?client=page-1&how=reset").await;
@@ -205,8 +218,13 @@ async fn a_demo_refusal_answers_new_streams_and_upgrades_503_for_its_period() {
         String::from_utf8_lossy(&buffer[..read]).into_owned()
     };
     let sse_request = "GET /auctions/1234/events HTTP/1.1\r\nHost: x\r\n\r\n".to_owned();
+    let many_request = "GET /events?auctions=1234 HTTP/1.1\r\nHost: x\r\n\r\n".to_owned();
     let ws_request = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_owned();
-    for (addr, request) in [(sse.addr, &sse_request), (ws.addr, &ws_request)] {
+    for (addr, request) in [
+        (sse.addr, &sse_request),
+        (sse.addr, &many_request),
+        (ws.addr, &ws_request),
+    ] {
         let refused = answer(addr, request.clone()).await;
         assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
         assert!(refused.contains("demo_refusing"), "{refused}");
@@ -218,6 +236,7 @@ async fn a_demo_refusal_answers_new_streams_and_upgrades_503_for_its_period() {
     // And only for its period: then served again.
     for (addr, request, served) in [
         (sse.addr, &sse_request, "HTTP/1.1 200"),
+        (sse.addr, &many_request, "HTTP/1.1 200"),
         (ws.addr, &ws_request, "HTTP/1.1 101"),
     ] {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
