@@ -1,6 +1,6 @@
 #!/bin/sh
 # The nginx container's command (docker-compose.yml): TLS from
-# /etc/nginx/tls (README: "TLS and HTTP/2"), the configuration rendered with
+# /etc/nginx/tls (docs/operations.md: "TLS and HTTP/2"), the configuration rendered with
 # render.sh into /tmp/nginx, nginx in the foreground.
 #
 # /etc/nginx/tls/tls.crt and tls.key are the certificate chain and key

@@ -6,7 +6,7 @@
 #
 #   deploy/nginx/dev-cert.sh DIR [NAME...]     # e.g. .run/tls auction.local
 #
-# Trust dev-ca.crt once (README: "TLS and HTTP/2") and every server
+# Trust dev-ca.crt once (docs/operations.md: "TLS and HTTP/2") and every server
 # certificate made with it is accepted, including those made later in the
 # same DIR. A tls.crt that is not ours (no dev-ca.key beside it) is never
 # touched; ours is made again when it expires within a day. The CA lasts

@@ -7,7 +7,7 @@
 #     deploy/nginx/render.sh > "$prefix/nginx.conf"
 #   nginx -p "$prefix/" -c "$prefix/nginx.conf" -e stderr
 #
-# TLS (README: "TLS and HTTP/2"), off unless TLS_LISTEN is set:
+# TLS (docs/operations.md: "TLS and HTTP/2"), off unless TLS_LISTEN is set:
 #   TLS_LISTEN       HTTPS with HTTP/2 on this port or address:port (e.g. 8443)
 #   TLS_CERT         the certificate chain (PEM), required with TLS_LISTEN
 #   TLS_KEY          its private key (PEM), required with TLS_LISTEN

@@ -1,4 +1,4 @@
-// The auction rules on the pages (README: "Auction rules"), against the real
+// The auction rules on the pages (docs/api.md: "Auction rules"), against the real
 // binaries behind nginx: soft close moves the countdown on an SSE and a
 // WebSocket page, a reserve that is not met is said so (and never shown),
 // and a bidder's maximum is shown to them alone.

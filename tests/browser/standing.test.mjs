@@ -1,4 +1,4 @@
-// What the auction page tells a bidder (README: "Pages"), in a real
+// What the auction page tells a bidder (docs/pages.md: "Pages"), in a real
 // browser against the real services behind nginx.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";

@@ -1,4 +1,4 @@
-// TLS and HTTP/2 at the front (README: "TLS and HTTP/2"): the project's nginx
+// TLS and HTTP/2 at the front (docs/operations.md: "TLS and HTTP/2"): the project's nginx
 // with a certificate made for the run (deploy/nginx/dev-cert.sh), the real
 // services behind it, Debian's chromium told to accept that certificate.
 import { test, before, after } from "node:test";

@@ -14,7 +14,7 @@ pub struct AuctionSpec {
     pub rules: AuctionRules,
 }
 
-/// An auction's rules (README: "Auction rules"), fixed at its creation.
+/// An auction's rules (docs/api.md: "Auction rules"), fixed at its creation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuctionRules {
     /// A bid within this many ms of the end moves the end this much later

@@ -228,7 +228,7 @@ impl AuctionWriter {
         // so just before it, with a short deadline: a node that hangs or is
         // down there must not hold up bids on healthy shards. Unanswered,
         // the bid goes on (a suspension is not enforced while the node
-        // holding its marker is out; README, Admin).
+        // holding its marker is out; docs/api.md, Admin).
         let suspension = crate::admin::suspension_key(&bidder.id);
         if self.conn.is_cluster() {
             let check = conn.exists::<_, bool>(&suspension);

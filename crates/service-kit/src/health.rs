@@ -93,7 +93,7 @@ async fn metrics(State(state): State<OpsState>) -> Response {
 }
 
 /// How long Redis must fail every probe before a ready replica turns
-/// unready (README: "Readiness"). A cluster's role change or a node
+/// unready (docs/api.md, "Services"). A cluster's role change or a node
 /// rejoining fails some probes for a moment while the replica goes on
 /// serving; turning unready on each would flap `/readyz` and take the
 /// replica out of its load balancer for nothing.

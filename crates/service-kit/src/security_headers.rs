@@ -1,4 +1,4 @@
-//! The security headers of every answer a service gives (README:
+//! The security headers of every answer a service gives (docs/pages.md:
 //! "Security headers").
 //!
 //! Every answer carries a `Content-Security-Policy` (with
@@ -18,7 +18,7 @@
 //!
 //! `Strict-Transport-Security` is not sent here: the services speak plain
 //! HTTP behind whatever terminates TLS, and only that server knows the
-//! answer went out over TLS; it is the one to send HSTS (README: "HSTS").
+//! answer went out over TLS; it is the one to send HSTS (docs/operations.md, "TLS and HTTP/2").
 //!
 //! [`serve`]: crate::serve
 

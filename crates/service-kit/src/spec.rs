@@ -2,7 +2,7 @@
 //! binaries' own settings declared here. Shared settings are declared where
 //! they are read ([`crate::process`], [`crate::connections`],
 //! [`crate::edge`], `identity`) and listed per binary below. `--help`,
-//! `--print-config`, the check against unknown settings and the README's
+//! `--print-config`, the check against unknown settings and docs/settings.md's
 //! table all come from [`ALL`].
 
 use crate::{client_address, connections, edge, process};
@@ -415,10 +415,10 @@ mod tests {
     use settings::Settings;
     use std::collections::BTreeSet;
 
-    const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/settings.md");
 
     /// `UPDATE_SETTINGS_TABLE=1 cargo test -p service-kit readme` writes the
-    /// table from the spec into the README.
+    /// table from the spec into docs/settings.md.
     #[test]
     fn readme_settings_table_matches_the_spec() {
         let readme = std::fs::read_to_string(README).unwrap();
@@ -466,7 +466,7 @@ mod tests {
         };
         let readme = std::fs::read_to_string(README).unwrap();
         let problem = settings::check_readme(&readme, &[&WITH_NEW, &SSE_EDGE, &WS_EDGE])
-            .expect_err("a setting missing from the README fails the check");
+            .expect_err("a setting missing from docs/settings.md fails the check");
         assert!(
             problem.contains("missing or different: `AUCTION_BRAND_NEW_SETTING`"),
             "{problem}"

@@ -1,7 +1,7 @@
 //! The declarations: one [`Setting`] per setting (its key, kind, default,
 //! help and whether it is secret), grouped where they are read and listed
 //! per binary in a [`Spec`]. Reading, validation, `--help`,
-//! `--print-config` and the README's table all come from them.
+//! `--print-config` and the settings table in docs/settings.md all come from them.
 
 use std::fmt::Write as _;
 
@@ -42,7 +42,7 @@ pub struct Setting {
     /// `None`: unset unless given. A binary may give its own default
     /// ([`Spec::defaults`]).
     pub default: Option<&'static str>,
-    /// One paragraph, the README's "meaning".
+    /// One paragraph, the settings table's "meaning".
     pub help: &'static str,
     /// Never printed: `--print-config` shows only whether it is set.
     pub secret: bool,
@@ -163,7 +163,7 @@ fn wrap(text: &str, indent: usize, width: usize) -> String {
     lines.join("\n")
 }
 
-/// The README's settings table for all of `specs` (every binary of the
+/// The settings table (docs/settings.md) for all of `specs` (every binary of the
 /// project): a row per setting, in the order the binaries declare them,
 /// with the binaries that read it.
 pub fn markdown_table(specs: &[&Spec]) -> String {
@@ -228,13 +228,13 @@ pub fn readme_table(readme: &str) -> Option<&str> {
     Some(readme[start..end].trim_start_matches('\n'))
 }
 
-/// Checks the README's settings table against `specs`: `Err` says which
+/// Checks the settings table in docs/settings.md against `specs`: `Err` says which
 /// rows are missing, extra or different, and gives the table to paste.
 pub fn check_readme(readme: &str, specs: &[&Spec]) -> Result<(), String> {
     let expected = markdown_table(specs);
     let Some(found) = readme_table(readme) else {
         return Err(format!(
-            "the README has no settings table between {TABLE_START:?} and {TABLE_END:?}"
+            "docs/settings.md has no settings table between {TABLE_START:?} and {TABLE_END:?}"
         ));
     };
     if found == expected {
@@ -257,7 +257,7 @@ pub fn check_readme(readme: &str, specs: &[&Spec]) -> Result<(), String> {
         problems.push("rows in another order".into());
     }
     Err(format!(
-        "the README's settings table differs from the spec ({}); the table from the spec:\n{expected}",
+        "the settings table in docs/settings.md differs from the spec ({}); the table from the spec:\n{expected}",
         problems.join("; ")
     ))
 }
@@ -266,7 +266,7 @@ fn row_name(row: &str) -> &str {
     row.split('|').nth(1).map_or(row, str::trim)
 }
 
-/// The markers around the generated table in the README.
+/// The markers around the generated table in docs/settings.md.
 pub const TABLE_START: &str =
     "<!-- settings table: generated from the settings spec; do not edit by hand -->";
 pub const TABLE_END: &str = "<!-- end of settings table -->";

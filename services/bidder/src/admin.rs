@@ -1,4 +1,4 @@
-//! `/admin/...`: what the `admin` role may do (README: "Admin"). Every
+//! `/admin/...`: what the `admin` role may do (docs/api.md: "Admin"). Every
 //! route needs a token with the `admin` role (a guest token minted with
 //! `bidder token --role admin`, or a provider token whose `roles` claim
 //! lists `admin`); any other token is answered 403 `forbidden` and changes

@@ -1,4 +1,4 @@
-//! The bidder's HTTP API (README: "bidder: HTTP API").
+//! The bidder's HTTP API (docs/api.md).
 //!
 //! Reading is open to everyone. Writing needs a bearer token: bids are tied
 //! to the token's bidder (never to anything in the body) and rate-limited
@@ -175,7 +175,7 @@ async fn bearer_challenge(
 }
 
 /// `AUCTION_CORS_ALLOWED_ORIGINS`: which origins' pages may read the
-/// API's answers from a browser (README: "CORS").
+/// API's answers from a browser (docs/pages.md, "Security headers and CORS").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
     /// `*`: any origin (the API uses no cookies; tokens travel in

@@ -1,4 +1,4 @@
-//! The auction rules (README: "Auction rules") against real Redis and real
+//! The auction rules (docs/api.md: "Auction rules") against real Redis and real
 //! bidder replicas: soft close, maximum (proxy) bids checked against an
 //! independent model, the reserve, buy now, and each bidder's standing.
 
@@ -202,7 +202,7 @@ enum Answer {
     NotRaised,
 }
 
-/// The rules of README "Auction rules" (no reserve), written out here on
+/// The rules of docs/api.md "Auction rules" (no reserve), written out here on
 /// their own: the state is the price, the leader and the leader's maximum.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Model {

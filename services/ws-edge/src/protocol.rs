@@ -1,4 +1,4 @@
-//! Client messages in, server replies out (README: "ws-edge").
+//! Client messages in, server replies out (docs/protocol.md: "ws-edge").
 
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
