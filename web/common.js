@@ -194,6 +194,13 @@ const Auction = (() => {
     image.hidden = !auction.image_url;
     $("item-description").textContent = auction.description || "";
     show("item-description", Boolean(auction.description));
+    // The seller and the terms only when the auction has them (older
+    // auctions and the simulator's have neither).
+    const seller = auction.seller && auction.seller.name;
+    $("item-seller").textContent = seller ? `Sold by ${seller}` : "";
+    show("item-seller", Boolean(seller));
+    $("item-terms-text").textContent = auction.terms || "";
+    show("item-terms", Boolean(auction.terms));
     show("demo-note", sawSimulated);
 
     const current = auction.current;

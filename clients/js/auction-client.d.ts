@@ -21,6 +21,12 @@ export interface Bid {
   reserve_met?: boolean;
 }
 
+export interface Seller {
+  id: string;
+  /** The display name. */
+  name: string;
+}
+
 export interface Auction {
   id: string;
   title: string;
@@ -31,6 +37,11 @@ export interface Auction {
   current: Bid | null;
   description?: string;
   image_url?: string;
+  /** Who sells it: the creating token's bidder id and display name. Absent
+   *  on auctions created before sellers were recorded, and on simulated ones. */
+  seller?: Seller;
+  /** The terms of sale; absent when unset. */
+  terms?: string;
   soft_close_ms?: number;
   buy_now_price?: Cents;
   reserve_met?: boolean;

@@ -515,6 +515,12 @@ test("the catalogue lists the open auctions with current prices, live over one S
 const ALL_PAGES = [
   ["auction-sse", "/?auction=live", () => document.querySelectorAll("#history li").length >= 3],
   ["auction-ws", "/ws.html?auction=live", () => document.querySelectorAll("#history li").length >= 3],
+  // A lot with a seller and terms of sale, the terms unfolded.
+  ["auction-seller", "/?auction=sold-by", () => {
+    const terms = document.getElementById("item-terms");
+    terms.open = true;
+    return !terms.hidden && !document.getElementById("item-seller").hidden;
+  }],
   ["auction-not-found", "/?auction=nope", () => document.getElementById("auction-page").dataset.phase === "not-found"],
   ["catalogue", "/catalogue.html", () => document.querySelectorAll("#lots li").length >= 1
     && document.getElementById("connection").dataset.state === "connected"],
@@ -524,6 +530,10 @@ const ALL_PAGES = [
 
 test("every page, desktop and phone width: no axe-core violations, no console error, no overflow or nested scroll box; screenshots", async () => {
   mkdirSync(artifacts, { recursive: true });
+  await createAuction({
+    id: "sold-by", title: "Oak writing desk", description: "Two drawers, brass handles.",
+    terms: "Collection only, within 7 days of the close.\nPayment by bank transfer within 3 days.\nSold as seen: no returns.",
+  });
   for (const [name, path, ready] of ALL_PAGES) {
     for (const [size, viewport] of [["desktop", DESKTOP], ["phone", PHONE]]) {
       const context = await browser.newContext({ viewport });
@@ -567,14 +577,19 @@ test("every page, desktop and phone width: no axe-core violations, no console er
   }
 });
 
-test("a 200-character title and a 1,500-character description without a space wrap on every page, phone and desktop", async () => {
+test("a 200-character title and a 1,500-character description and terms without a space wrap on every page, phone and desktop", async () => {
   const title = "W".repeat(200);
   const description = "Mahogany".repeat(187) + "Oaks";
   assert.equal(description.length, 1500);
-  await createAuction({ id: "longwords", title, description });
+  await createAuction({ id: "longwords", title, description, terms: description });
   const pages = [
-    ["auction-sse", "/?auction=longwords", () => document.getElementById("title").textContent.length === 200
-      && document.getElementById("item-description").textContent.length === 1500],
+    ["auction-sse", "/?auction=longwords", () => {
+      // The terms unfolded: they wrap as the description does.
+      document.getElementById("item-terms").open = true;
+      return document.getElementById("title").textContent.length === 200
+        && document.getElementById("item-description").textContent.length === 1500
+        && document.getElementById("item-terms-text").textContent.length === 1500;
+    }],
     ["auction-ws", "/ws.html?auction=longwords", () => document.getElementById("title").textContent.length === 200],
     ["catalogue", "/catalogue.html", () => [...document.querySelectorAll("#lots li")].some((li) => li.textContent.includes("WWWWWWWWWW"))],
     ["compare", "/compare.html?auction=longwords", () => document.getElementById("auction-name").textContent.length > 0

@@ -45,6 +45,12 @@ test("the schema refuses what the edges never send", () => {
   assert.notDeepEqual(check("sse_bid", { ...bid, source: "robot" }), []);
   assert.notDeepEqual(check("ws_client_message", { type: "subscribe" }), [], "subscribe names an auction");
   assert.notDeepEqual(check("ws_client_message", { type: "dance" }), []);
+  const auction = { id: "a", title: "Lot", status: "open", starting_price: 1, min_increment: 1, ends_at: 1, current: null };
+  assert.deepEqual(check("sse_init", { auction, history: [] }), [], "no seller, no terms");
+  const sold = { ...auction, seller: { id: "g_1", name: "Maison Ada" }, terms: "Collection only." };
+  assert.deepEqual(check("sse_init", { auction: sold, history: [] }), []);
+  assert.notDeepEqual(check("sse_init", { auction: { ...sold, seller: "Maison Ada" }, history: [] }), [], "a seller is {id, name}");
+  assert.notDeepEqual(check("sse_init", { auction: { ...sold, seller: { id: "g_1" } }, history: [] }), [], "a seller has a name");
 });
 
 test("the library's declarations type-check an application's use of it (tsc)", () => {

@@ -1,7 +1,8 @@
 // The auction rules on the pages (docs/api.md: "Auction rules"), against the real
 // binaries behind nginx: soft close moves the countdown on an SSE and a
 // WebSocket page, a reserve that is not met is said so (and never shown),
-// and a bidder's maximum is shown to them alone.
+// a bidder's maximum is shown to them alone, and a lot's seller and terms
+// of sale are shown when it has them.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
@@ -146,3 +147,43 @@ for (const kind of ["sse", "ws"]) {
     await other.context().close();
   });
 }
+
+test("seller and terms: both pages show who sells the lot and its terms when it has them, and nothing when not", async () => {
+  const terms = "Collection only, within 7 days.\nPayment by bank transfer. <b>No returns</b>.";
+  const created = await stack.api("/auctions", {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${stack.token("Maison Ada", ["seller"])}` },
+    body: JSON.stringify({ id: "terms", title: "Oak desk", starting_price: 1000, min_increment: 100, duration_ms: 3600000, terms }),
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  // An auction stored before sellers were recorded: no seller, no terms.
+  await create({ id: "no-terms", duration_ms: 3600000 });
+  stack.redis("HDEL", "auction:{no-terms}", "seller_json", "terms_json");
+  assert.equal((await stack.api("/auctions/no-terms", { method: "GET" })).body.seller, undefined);
+  for (const kind of ["sse", "ws"]) {
+    const page = await open(kind, "terms");
+    await page.waitForFunction(() => !document.getElementById("item-seller").hidden);
+    assert.equal(await page.textContent("#item-seller"), "Sold by Maison Ada");
+    assert.equal(await page.isVisible("#item-terms"), true, kind);
+    // Folded until asked for: the summary shows, the text does not.
+    assert.equal(await page.textContent("#item-terms summary"), "Terms of sale");
+    assert.equal(await page.isVisible("#item-terms-text"), false, kind);
+    await page.click("#item-terms summary");
+    assert.equal(await page.isVisible("#item-terms-text"), true, kind);
+    // The seller's text as text: no markup of theirs reaches the page.
+    assert.equal(await page.textContent("#item-terms-text"), terms);
+    assert.equal(await page.$("#item-terms-text b"), null, kind);
+    await page.context().close();
+
+    // That one, and a simulated lot, show neither.
+    for (const auction of ["no-terms", "live"]) {
+      const plain = await open(kind, auction);
+      await plain.waitForFunction(() => !document.getElementById("item").hidden);
+      for (const id of ["#item-seller", "#item-terms"]) {
+        assert.equal(await plain.isVisible(id), false, `${kind} ${auction} ${id}`);
+      }
+      assert.doesNotMatch(await plain.innerText("#item"), /Sold by|Terms of sale/);
+      await plain.context().close();
+    }
+  }
+});

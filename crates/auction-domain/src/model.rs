@@ -39,6 +39,14 @@ pub struct Bid {
     pub reserve_met: Option<bool>,
 }
 
+/// Who sells an auction: the creating token's bidder id and display name,
+/// named as a bid names its bidder (`bidder_id`, `bidder`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seller {
+    pub id: String,
+    pub name: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuctionStatus {
@@ -64,6 +72,13 @@ pub struct Auction {
     /// A path under `/assets/` or an `https://` URL (see `ImageUrl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
+    /// Who created it; absent for auctions created before sellers were
+    /// recorded, and for the simulator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seller: Option<Seller>,
+    /// The seller's terms of sale; absent when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<String>,
     /// Soft close: a bid within this many ms of the end moves the end this
     /// much later (0: no soft close).
     #[serde(default)]
@@ -165,6 +180,8 @@ mod tests {
             current: None,
             description: None,
             image_url: None,
+            seller: None,
+            terms: None,
             soft_close_ms: 0,
             buy_now_price: None,
             reserve_met: None,

@@ -18,6 +18,8 @@ pub const MAX_BIDDER_ID_LEN: usize = 128;
 /// An auction's optional description and picture address.
 pub const MAX_DESCRIPTION_CHARS: usize = 2000;
 pub const MAX_IMAGE_URL_CHARS: usize = 500;
+/// An auction's optional terms of sale (the description's character rules).
+pub const MAX_TERMS_CHARS: usize = 2000;
 
 /// Why input was refused: the contract's `{"error","message"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +250,8 @@ pub struct CreateAuctionRequest {
     pub duration_ms: u64,
     pub description: Option<String>,
     pub image_url: Option<ImageUrl>,
+    /// The seller's terms of sale.
+    pub terms: Option<String>,
     /// `None`: the deployment's default.
     pub soft_close_ms: Option<u64>,
     pub reserve_price: Option<u64>,
@@ -385,31 +389,23 @@ pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputEr
                 format!("duration_ms must be a whole number from 1 to {MAX_DURATION_MS}"),
             )
         })?;
-    // A description may span lines (tabs and line breaks, a CRLF kept as
-    // one `\n`); other control characters, a lone CR among them, are
-    // refused like everywhere else. Its length is counted in characters,
-    // after that.
-    let description = match optional(&object, "description") {
-        None => None,
-        Some(value) => {
-            let text = value.as_str().map(|text| text.replace("\r\n", "\n"));
-            let valid = text.filter(|text| {
-                (1..=MAX_DESCRIPTION_CHARS).contains(&text.chars().count())
-                    && !text
-                        .chars()
-                        .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
-            });
-            let Some(text) = valid else {
-                return Err(InputError::new(
-                    "invalid_description",
-                    format!(
-                        "description must be 1 to {MAX_DESCRIPTION_CHARS} characters; no control characters but line breaks and tabs"
-                    ),
-                ));
-            };
-            Some(text)
-        }
-    };
+    let description = optional_long_text(&object, "description", MAX_DESCRIPTION_CHARS)
+        .map_err(|()| {
+            InputError::new(
+                "invalid_description",
+                format!(
+                    "description must be 1 to {MAX_DESCRIPTION_CHARS} characters; no control characters but line breaks and tabs"
+                ),
+            )
+        })?;
+    let terms = optional_long_text(&object, "terms", MAX_TERMS_CHARS).map_err(|()| {
+        InputError::new(
+            "invalid_terms",
+            format!(
+                "terms must be 1 to {MAX_TERMS_CHARS} characters; no control characters but line breaks and tabs"
+            ),
+        )
+    })?;
     let image_url = match optional(&object, "image_url") {
         None => None,
         Some(Value::String(text)) => Some(ImageUrl::parse(text)?),
@@ -448,10 +444,34 @@ pub fn parse_create_request(body: &[u8]) -> Result<CreateAuctionRequest, InputEr
         duration_ms,
         description,
         image_url,
+        terms,
         soft_close_ms,
         reserve_price,
         buy_now_price,
     })
+}
+
+/// An optional text that may span lines (a description, terms): tabs and
+/// line breaks allowed, a CRLF kept as one `\n`; other control characters,
+/// a lone CR among them, are refused like everywhere else. Its length is
+/// counted in characters, after that. Absent or null is `None`.
+fn optional_long_text(
+    object: &Map<String, Value>,
+    field: &str,
+    max_chars: usize,
+) -> Result<Option<String>, ()> {
+    let Some(value) = optional(object, field) else {
+        return Ok(None);
+    };
+    let text = value.as_str().map(|text| text.replace("\r\n", "\n"));
+    text.filter(|text| {
+        (1..=max_chars).contains(&text.chars().count())
+            && !text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    })
+    .map(Some)
+    .ok_or(())
 }
 
 fn json_object(body: &[u8]) -> Result<Map<String, Value>, InputError> {
@@ -715,6 +735,37 @@ mod tests {
             br#"{"id":"a b","title":"Lamp","starting_price":1000,"min_increment":100,"duration_ms":5}"#,
         );
         assert_eq!(bad_id.unwrap_err().code, "invalid_auction_id");
+    }
+
+    #[test]
+    fn terms_are_optional_and_follow_the_description_rules() {
+        let create = |extra: &str| {
+            parse_create_request(
+                format!(
+                    r#"{{"title":"Desk","starting_price":100,"min_increment":10,"duration_ms":1000{extra}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        assert_eq!(create("").unwrap().terms, None);
+        assert_eq!(create(r#","terms":null"#).unwrap().terms, None);
+        let crlf = create(r#","terms":"Collection only.\r\nPay within 3 days.""#).unwrap();
+        assert_eq!(
+            crlf.terms.as_deref(),
+            Some("Collection only.\nPay within 3 days.")
+        );
+        let longest = format!(r#","terms":"{}""#, "é".repeat(MAX_TERMS_CHARS));
+        assert!(create(&longest).unwrap().terms.is_some());
+        let long = format!(r#","terms":"{}""#, "x".repeat(MAX_TERMS_CHARS + 1));
+        for bad in [
+            r#","terms":"""#,
+            r#","terms":"a\u0007b""#,
+            r#","terms":"a\rb""#,
+            r#","terms":5"#,
+            &long,
+        ] {
+            assert_eq!(create(bad).unwrap_err().code, "invalid_terms", "{bad}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-use auction_domain::AuctionId;
+use auction_domain::{AuctionId, Seller};
 
 /// What an auction is created (or re-opened) with.
 #[derive(Debug, Clone)]
@@ -11,6 +11,11 @@ pub struct AuctionSpec {
     /// Optional, already validated (`auction_domain` rules).
     pub description: Option<String>,
     pub image_url: Option<String>,
+    /// Who sells it (the creating token's bidder); `None` for the
+    /// simulator's auctions.
+    pub seller: Option<Seller>,
+    /// The seller's terms of sale, already validated.
+    pub terms: Option<String>,
     pub rules: AuctionRules,
 }
 

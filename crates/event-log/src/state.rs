@@ -1,7 +1,7 @@
 //! An auction's state hash read back as the [`Auction`] clients see.
 
 use crate::error::{LogError, corrupt};
-use auction_domain::{Auction, AuctionStatus};
+use auction_domain::{Auction, AuctionStatus, Seller};
 use std::collections::HashMap;
 
 pub(crate) fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auction, LogError> {
@@ -44,6 +44,8 @@ pub(crate) fn auction_from_hash(fields: &HashMap<String, String>) -> Result<Auct
         current,
         description: optional_json_string(fields, "description_json")?,
         image_url: optional_json_string(fields, "image_url_json")?,
+        seller: optional_seller(fields)?,
+        terms: optional_json_string(fields, "terms_json")?,
         soft_close_ms: optional_number(fields, "soft_close_ms")?.unwrap_or(0),
         buy_now_price: optional_number(fields, "buy_now_price")?,
         reserve_met,
@@ -72,5 +74,16 @@ fn optional_json_string(
         Some(json) => serde_json::from_str(json)
             .map(Some)
             .map_err(|error| corrupt(format!("auction field {name}: {error}"))),
+    }
+}
+
+/// The seller, stored JSON-encoded; a hash written before sellers were
+/// recorded (or a simulated auction's) has none.
+fn optional_seller(fields: &HashMap<String, String>) -> Result<Option<Seller>, LogError> {
+    match fields.get("seller_json").map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(json) => serde_json::from_str(json)
+            .map(Some)
+            .map_err(|error| corrupt(format!("auction field seller_json: {error}"))),
     }
 }

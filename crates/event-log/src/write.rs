@@ -484,7 +484,7 @@ impl AuctionWriter {
 /// arguments both take first, in the order the prelude's `init_state`
 /// reads them: id, title, title_json, starting_price, min_increment,
 /// duration_ms, description_json, image_url_json, soft_close_ms,
-/// reserve_price, buy_now_price. A script's own arguments
+/// reserve_price, buy_now_price, seller_json, terms_json. A script's own arguments
 /// go after these.
 fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptInvocation<'a> {
     // The optional fields each as a JSON string, or empty when unset (the
@@ -517,7 +517,14 @@ fn spec_invocation<'a>(script: &'a Script, spec: &AuctionSpec) -> redis::ScriptI
             spec.rules
                 .buy_now_price
                 .map_or(String::new(), |p| p.to_string()),
-        );
+        )
+        .arg(
+            spec.seller
+                .as_ref()
+                .and_then(|seller| serde_json::to_string(seller).ok())
+                .unwrap_or_default(),
+        )
+        .arg(encoded(&spec.terms));
     invocation
 }
 

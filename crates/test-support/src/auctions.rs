@@ -49,6 +49,8 @@ pub async fn create_with(url: &str, ids: &[String], terms: Terms) {
                     duration_ms: terms.duration_ms,
                     description: None,
                     image_url: None,
+                    seller: None,
+                    terms: None,
                     rules: Default::default(),
                 };
                 let outcome = writer.create(&spec).await.expect("the auction is created");

@@ -69,6 +69,12 @@ pub fn seller_token() -> String {
     mint("seller", &[identity::SELLER_ROLE])
 }
 
+/// A guest token named `name` with the `seller` role (a fresh bidder id
+/// each call).
+pub fn seller_token_named(name: &str) -> String {
+    mint(name, &[identity::SELLER_ROLE])
+}
+
 /// A guest token named `name` with the `admin` role, as `bidder token
 /// --name NAME --role admin` mints.
 pub fn admin_token(name: &str) -> String {

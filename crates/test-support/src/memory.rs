@@ -98,6 +98,8 @@ impl MemoryStore {
             current: None,
             description: None,
             image_url: None,
+            seller: None,
+            terms: None,
             soft_close_ms: 0,
             buy_now_price: None,
             reserve_met: None,

@@ -256,6 +256,8 @@ impl Publisher {
                     duration_ms: 3_600_000,
                     description: None,
                     image_url: None,
+                    seller: None,
+                    terms: None,
                     rules: Default::default(),
                 })
                 .await

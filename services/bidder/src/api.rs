@@ -9,7 +9,7 @@
 
 use crate::rate_limit::RateLimiter;
 use auction_domain::{
-    AuctionId, BidRequest, BidSource, BidderId, BidderName, IdempotencyKey, InputError,
+    AuctionId, BidRequest, BidSource, BidderId, BidderName, IdempotencyKey, InputError, Seller,
     parse_bid_request, parse_create_request,
 };
 use axum::Router;
@@ -38,10 +38,10 @@ use tracing::Instrument;
 
 /// Request bodies larger than this get 413 (a bid, a session).
 const MAX_BODY: usize = 4096;
-/// A new auction's body may be larger: its description alone is up to
-/// 2,000 characters, each up to 4 bytes of UTF-8, or 12 as a JSON escape
-/// pair (`\ud83d\ude00`), beside a title and the rest.
-const MAX_CREATE_BODY: usize = 32 * 1024;
+/// A new auction's body may be larger: its description and its terms are
+/// each up to 2,000 characters, each up to 4 bytes of UTF-8, or 12 as a
+/// JSON escape pair (`\ud83d\ude00`), beside a title and the rest.
+const MAX_CREATE_BODY: usize = 64 * 1024;
 /// `GET /auctions` pages: `?limit=` up to this many, this many by default.
 const LIST_MAX_LIMIT: usize = 100;
 const LIST_DEFAULT_LIMIT: usize = 50;
@@ -549,6 +549,13 @@ async fn create_auction(
         duration_ms: request.duration_ms,
         description: request.description,
         image_url: request.image_url.map(|url| url.as_str().to_owned()),
+        // The seller is the token's bidder, as a bid's bidder is: never
+        // anything in the body.
+        seller: Some(Seller {
+            id: caller.bidder.id.as_str().to_owned(),
+            name: caller.bidder.name.as_str().to_owned(),
+        }),
+        terms: request.terms,
         rules: AuctionRules {
             soft_close_ms: request.soft_close_ms.unwrap_or(state.default_soft_close_ms),
             reserve_price: request.reserve_price,

@@ -148,6 +148,8 @@ async fn bid_once(
         duration_ms: settings.sim_duration_ms,
         description: Some(description.to_owned()),
         image_url: Some(image_url.to_owned()),
+        seller: None,
+        terms: None,
         rules: Default::default(),
     };
     let (outcome, state) = writer.ensure_open(&spec, settings.sim_pause).await?;

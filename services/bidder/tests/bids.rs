@@ -408,6 +408,105 @@ async fn description_and_picture_are_stored_and_read_back_everywhere() {
 }
 
 #[tokio::test]
+async fn the_seller_and_terms_are_recorded_and_read_back_and_bad_terms_refused() {
+    let stack = Stack::start(1, &[]);
+    let token = test_support::seller_token_named("Maison Ada");
+    let body = serde_json::json!({
+        "id": "chair", "title": "Chair", "starting_price": 500, "min_increment": 50,
+        "duration_ms": 60000, "terms": "Collection only.\r\nPayment within 3 days.",
+        // Never taken from the body: the seller is the token's.
+        "seller": {"id": "x_someone", "name": "Someone else"},
+    });
+    let (status, created) = stack
+        .post_json_as(&token, "/auctions", &body.to_string())
+        .await;
+    assert_eq!(status, 201, "{created}");
+    // The caller's own bidder id, as the server knows it.
+    let me = stack
+        .http
+        .get(stack.url("/auctions/chair/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (_, me) = common::status_and_json(me).await;
+    let seller_id = me["bidder_id"].as_str().unwrap().to_owned();
+    assert!(seller_id.starts_with("g_"), "{me}");
+    let (_, single) = stack.get("/auctions/chair").await;
+    let (_, page) = stack.get("/auctions").await;
+    // The script's own JSON (create answer) and the hash read agree.
+    for auction in [&created, &single, &page["auctions"][0]] {
+        assert_eq!(
+            auction["seller"],
+            serde_json::json!({"id": seller_id, "name": "Maison Ada"}),
+            "{auction}"
+        );
+        assert_eq!(
+            auction["terms"], "Collection only.\nPayment within 3 days.",
+            "{auction}"
+        );
+    }
+
+    // Without terms: a seller, but no `terms` field at all.
+    let (status, plain) = stack
+        .post_json_as(
+            &token,
+            "/auctions",
+            r#"{"id":"stool","title":"Stool","starting_price":500,"min_increment":50,"duration_ms":60000}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{plain}");
+    let (_, plain) = stack.get("/auctions/stool").await;
+    assert_eq!(plain["seller"]["name"], "Maison Ada");
+    assert!(plain.get("terms").is_none(), "{plain}");
+
+    // An auction stored before sellers were recorded reads without either.
+    assert_eq!(
+        stack
+            .redis
+            .command("HDEL auction:{stool} seller_json terms_json"),
+        ":2\r\n"
+    );
+    let (status, old) = stack.get("/auctions/stool").await;
+    assert_eq!(status, 200);
+    assert!(
+        old.get("seller").is_none() && old.get("terms").is_none(),
+        "{old}"
+    );
+
+    let long = "é".repeat(2001);
+    for bad in [
+        serde_json::json!(""),
+        serde_json::json!("a\u{7}b"),
+        serde_json::json!("a\rb"),
+        serde_json::json!(5),
+        serde_json::json!(long),
+    ] {
+        let body = serde_json::json!({
+            "title": "Desk", "starting_price": 500, "min_increment": 50,
+            "duration_ms": 60000, "terms": bad,
+        });
+        let (status, json) = stack
+            .post_json_as(&token, "/auctions", &body.to_string())
+            .await;
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (400, Some("invalid_terms")),
+            "{body}"
+        );
+    }
+    // 2,000 characters are taken.
+    let body = serde_json::json!({
+        "title": "Desk", "starting_price": 500, "min_increment": 50,
+        "duration_ms": 60000, "terms": "é".repeat(2000),
+    });
+    let (status, _) = stack
+        .post_json_as(&token, "/auctions", &body.to_string())
+        .await;
+    assert_eq!(status, 201);
+}
+
+#[tokio::test]
 async fn a_description_is_counted_in_characters_and_a_crlf_is_a_line_break() {
     let stack = Stack::start(1, &[]);
     // 2,000 two-byte characters: over the 4 KiB a bid's body may have.

@@ -5,7 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use auction_domain::{Auction, AuctionId, BidSource, Bidder, BidderId, BidderName, EventId};
+use auction_domain::{
+    Auction, AuctionId, BidSource, Bidder, BidderId, BidderName, EventId, Seller,
+};
 use event_log::{
     AuctionSpec, AuctionWriter, BidAnswer, Catalogue, CreateOutcome, EnsureOutcome, StreamReader,
 };
@@ -23,6 +25,11 @@ fn spec(id: &str) -> AuctionSpec {
         duration_ms: DURATION_MS,
         description: Some("Hand-wound, with its chain.".into()),
         image_url: Some("/assets/lot-watch.svg".into()),
+        seller: Some(Seller {
+            id: "g_seller1".into(),
+            name: "Ada \"the\" Seller".into(),
+        }),
+        terms: Some("Collection only.\nPayment within 3 days.".into()),
         rules: Default::default(),
     }
 }
@@ -96,6 +103,8 @@ async fn create_and_ensure_open_give_one_spec_the_same_state() {
     assert_eq!(created.min_increment, spec.min_increment);
     assert_eq!(created.description, spec.description);
     assert_eq!(created.image_url, spec.image_url);
+    assert_eq!(created.seller, spec.seller);
+    assert_eq!(created.terms, spec.terms);
     assert_eq!(created.current, None);
     let alike = |auction: &Auction| Auction {
         id: String::new(),
@@ -145,6 +154,8 @@ async fn a_round_reopened_by_ensure_open_keeps_the_specs_fields() {
     assert_eq!(outcome, EnsureOutcome::Reopened);
     assert_eq!(reopened.description, short.description);
     assert_eq!(reopened.image_url, short.image_url);
+    assert_eq!(reopened.seller, short.seller);
+    assert_eq!(reopened.terms, short.terms);
     assert_eq!(reopened.current, None);
     let events = reader
         .read_after(&short.id, EventId::ZERO, 10)

@@ -13,6 +13,9 @@ const stop = client.on("event", (event: AuctionEvent) => {
     case "init":
       prices.set(event.auction, event.data.auction.current?.amount ?? event.data.auction.starting_price);
       for (const bid of event.data.history) console.log(bid.bidder, bid.amount);
+      // Both optional: older auctions and simulated ones have neither.
+      if (event.data.auction.seller) console.log(`Sold by ${event.data.auction.seller.name}`, event.data.auction.seller.id);
+      console.log(event.data.auction.terms ?? "no terms");
       break;
     case "bid":
       prices.set(event.auction, event.data.amount);

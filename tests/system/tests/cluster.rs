@@ -25,6 +25,8 @@ fn spec(id: &str, duration_ms: u64) -> AuctionSpec {
         duration_ms,
         description: None,
         image_url: None,
+        seller: None,
+        terms: None,
         rules: Default::default(),
     }
 }

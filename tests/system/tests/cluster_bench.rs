@@ -58,6 +58,8 @@ async fn run(url: &str, edges: usize, ack: u32, redis_cpu: &dyn Fn() -> f64) -> 
                 duration_ms: 3_600_000,
                 description: None,
                 image_url: None,
+                seller: None,
+                terms: None,
                 rules: Default::default(),
             })
             .await

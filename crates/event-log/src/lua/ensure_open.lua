@@ -1,14 +1,15 @@
 -- Keeps a simulated auction open. KEYS: state, stream, bidders, sim_limits.
 -- ARGV: id, title, title_json, starting_price, min_increment, duration_ms,
 -- description_json, image_url_json, soft_close_ms, reserve_price,
--- buy_now_price (as create.lua), then maxlen, pause_ms, retention_ms.
+-- buy_now_price, seller_json, terms_json (as create.lua), then maxlen,
+-- pause_ms, retention_ms.
 -- Missing: created. Closed: a new round starts (an 'opened' event), but not
 -- before pause_ms past the old round's end, so its result stays visible.
 -- Open but past its end: closed now (exactly once), then reopened (or paused).
 -- Returns {'created'|'reopened'|'open'|'paused', auction_json}.
 local state, stream = KEYS[1], KEYS[2]
-local id, maxlen = ARGV[1], ARGV[12]
-local pause_ms = tonumber(ARGV[13]) or 0
+local id, maxlen = ARGV[1], ARGV[14]
+local pause_ms = tonumber(ARGV[15]) or 0
 local now = now_ms()
 if redis.call('EXISTS', state) == 0 then
   -- A round of its own: limits drawn for a deleted one do not carry over.
@@ -21,7 +22,7 @@ if st[1] == 'open' and now < tonumber(st[2]) then
   return {'open', auction_json(state)}
 end
 if st[1] == 'open' then
-  close_auction(state, stream, id, maxlen, now, ARGV[14])
+  close_auction(state, stream, id, maxlen, now, ARGV[16])
 end
 if now < tonumber(st[2]) + pause_ms then
   return {'paused', auction_json(state)}
@@ -35,6 +36,7 @@ redis.call('HSET', state, 'status', 'open', 'current', '', 'current_amount', '',
   'ends_at', num(now + tonumber(ARGV[6])),
   'description_json', ARGV[7], 'image_url_json', ARGV[8],
   'soft_close_ms', ARGV[9], 'reserve_price', ARGV[10], 'buy_now_price', ARGV[11],
+  'seller_json', ARGV[12], 'terms_json', ARGV[13],
   'leader_id', '', 'leader_name', '', 'leader_max', '')
 local auction = auction_json(state)
 append(state, stream, id, 'opened', '{"auction":' .. auction .. '}', '', maxlen, now)

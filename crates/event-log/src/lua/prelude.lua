@@ -24,21 +24,25 @@ local function meets_reserve(reserve, amount)
 end
 
 -- The auction as clients see it, from the state hash. `title_json`,
--- `current` and the optional `description_json` / `image_url_json` (empty or
--- missing when unset, then left out) are stored already JSON-encoded by the
--- caller. The reserve itself is never shown: only `reserve_met` once there
+-- `current` and the optional `description_json` / `image_url_json` /
+-- `seller_json` / `terms_json` (empty or missing when unset, then left out:
+-- a hash written before sellers were recorded has no seller) are stored
+-- already JSON-encoded by the caller. The reserve itself is never shown: only `reserve_met` once there
 -- is a bid, and `sold` once closed. A hash written before the auction rules
 -- existed has no soft close, reserve or buy-now price.
 local function auction_json(state_key)
   local f = redis.call('HMGET', state_key, 'id', 'title_json', 'status', 'starting_price',
     'min_increment', 'ends_at', 'current', 'description_json', 'image_url_json',
-    'soft_close_ms', 'reserve_price', 'buy_now_price', 'current_amount')
+    'soft_close_ms', 'reserve_price', 'buy_now_price', 'current_amount', 'seller_json',
+    'terms_json')
   local current = f[7]
   local has_bid = current and current ~= ''
   if not has_bid then current = 'null' end
   local optional = ''
   if f[8] and f[8] ~= '' then optional = optional .. ',"description":' .. f[8] end
   if f[9] and f[9] ~= '' then optional = optional .. ',"image_url":' .. f[9] end
+  if f[14] and f[14] ~= '' then optional = optional .. ',"seller":' .. f[14] end
+  if f[15] and f[15] ~= '' then optional = optional .. ',"terms":' .. f[15] end
   local soft = f[10]
   if not soft or soft == '' then soft = '0' end
   optional = optional .. ',"soft_close_ms":' .. soft
@@ -55,7 +59,9 @@ end
 -- arguments create and ensure_open share, in this order: id, title,
 -- title_json, starting_price, min_increment, duration_ms, description_json,
 -- image_url_json (each '' when unset), soft_close_ms, reserve_price,
--- buy_now_price (the last two '' when unset). A stream may outlive its state
+-- buy_now_price (the last two '' when unset), seller_json ('{"id","name"}')
+-- and terms_json (each '' when unset: the simulator's auctions have no
+-- seller). A stream may outlive its state
 -- (state deleted by hand): `last_id` is its newest entry, so the chain goes
 -- on. `leader_id` / `leader_max` (hidden) are the leader's id and maximum.
 local function init_state(state_key, stream_key, spec, now)
@@ -69,6 +75,7 @@ local function init_state(state_key, stream_key, spec, now)
     'current', '', 'current_amount', '', 'last_id', last_id,
     'description_json', spec[7], 'image_url_json', spec[8],
     'soft_close_ms', spec[9], 'reserve_price', spec[10], 'buy_now_price', spec[11],
+    'seller_json', spec[12], 'terms_json', spec[13],
     'leader_id', '', 'leader_name', '', 'leader_max', '')
 end
 
