@@ -38,7 +38,7 @@ pub const DEMO_CONTROLS: Setting = Setting {
     default: Some("false"),
     help: "UNSAFE IN PRODUCTION: anyone reaching the public port may end connections and refuse \
            new ones. `POST /demo/{sse,ws}/drop` and `/demo/{sse,ws}/refuse` for the comparison \
-           page (see [SSE or WebSocket?](#sse-or-websocket)); off: 404",
+           page (see [SSE or WebSocket?](protocol.md#sse-or-websocket)); off: 404",
     secret: false,
 };
 

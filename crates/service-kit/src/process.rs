@@ -38,7 +38,7 @@ pub const REDIS_URL: Setting = Setting {
     help: "`redis://[user:pass@]host:port[/db]`; `rediss://` for TLS (system root \
            certificates; a trailing `#insecure` skips verification, for tests only); \
            `redis+cluster://[user:pass@]host:port,host:port,...` for a Redis Cluster given by \
-           any of its nodes (see [Redis Cluster](#redis-cluster); no TLS there yet)",
+           any of its nodes (see [Redis Cluster](operations.md#redis-cluster); no TLS there yet)",
     secret: false,
 };
 pub const SHUTDOWN_GRACE_MS: Setting = Setting {

@@ -45,7 +45,7 @@ pub mod bidder {
         0,
         16,
         "replicas that must hold an accepted bid before it is answered 201 (`WAIT`); 0 \
-         answers on the primary's word. See [Redis Cluster](#redis-cluster) for the trade-off",
+         answers on the primary's word. See [Redis Cluster](operations.md#redis-cluster) for the trade-off",
     );
     /// Below the Redis response timeout (2 s), so a slow replica is
     /// reported as such, not as an unreachable Redis.
@@ -200,7 +200,7 @@ pub mod bidder {
         0,
         3_600_000,
         "soft close of auctions created without `soft_close_ms`: a bid within this many ms of \
-         the end moves the end this much later (0: none). See [Auction rules](#auction-rules)",
+         the end moves the end this much later (0: none). See [Auction rules](api.md#auction-rules)",
     );
     pub const CORS_ALLOWED_ORIGINS: Setting = Setting {
         key: "cors_allowed_origins",
