@@ -40,7 +40,12 @@ let proxy;
 before(async () => {
   stack = new Stack();
   await stack.start();
-  await stack.addBidder("simulator", { AUCTION_SIM_AUCTIONS: AUCTION, AUCTION_SIM_INTERVAL_MS: String(SIM_INTERVAL_MS) });
+  // Simulated bidders whose limits nobody reaches, in a round longer than
+  // the test: bids flow until the test stops the simulator.
+  await stack.addBidder("simulator", {
+    AUCTION_SIM_AUCTIONS: AUCTION, AUCTION_SIM_INTERVAL_MS: String(SIM_INTERVAL_MS),
+    AUCTION_SIM_DURATION_MS: "600000", AUCTION_SIM_LIMIT_RANGE_CENTS: "1000000000000",
+  });
   await waitFor("the compared auction", () => stack.redis("EXISTS", `auction:{${AUCTION}}`).trim() === "1");
   const created = await stack.api("/auctions", {
     method: "POST",

@@ -282,7 +282,7 @@ test("an edge whose pub/sub is frozen while it holds a client and bids are place
     assert.equal(alert.labels.job, "sse-edge");
     assert.equal(alert.labels.transport, "sse");
     assert.equal(alert.labels.severity, "critical");
-    assert.equal(alert.annotations.runbook_url, "README.md#runbook-auctiondeliverystalled");
+    assert.equal(alert.annotations.runbook_url, "docs/operations.md#runbook-auctiondeliverystalled");
     assert.ok(proxy.dropped > 0, "notices were held back");
     assert.equal(received, frozenAt, "the client got nothing while frozen");
     // Only the frozen edge: the healthy ones keep delivering.
