@@ -14,8 +14,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { chromium } from "playwright-core";
-import { Stack, waitFor } from "./stack.mjs";
+import { Stack, waitFor, launchChromium } from "./stack.mjs";
 import { countingProxy, plainFrameBytes } from "./wire.mjs";
 
 // The auction the page follows, bid on by a simulator of its own (stopped
@@ -54,14 +53,7 @@ before(async () => {
   });
   assert.equal(created.status, 201, JSON.stringify(created.body));
   proxy = await countingProxy(stack.ports.nginx);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -7,8 +7,7 @@
 // each of two edges (one with AUCTION_WS_COMPRESSION=false; wire.mjs).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
-import { Stack, waitFor } from "./stack.mjs";
+import { Stack, waitFor, launchChromium } from "./stack.mjs";
 import { countingProxy as countingProxyTo } from "./wire.mjs";
 
 let stack;
@@ -21,14 +20,7 @@ before(async () => {
   const bidder = { AUCTION_BIDDER_URL: `http://127.0.0.1:${stack.ports.bidder1}` };
   await stack.addEdge("wsDeflate", "ws-edge", bidder);
   await stack.addEdge("wsPlain", "ws-edge", { ...bidder, AUCTION_WS_COMPRESSION: "false" });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

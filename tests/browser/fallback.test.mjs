@@ -9,8 +9,7 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { chromium } from "playwright-core";
-import { Stack, waitFor } from "./stack.mjs";
+import { Stack, waitFor, launchChromium } from "./stack.mjs";
 import { validator } from "./schema.mjs";
 
 const schema = JSON.parse(readFileSync(resolve(import.meta.dirname, "../../docs/protocol.schema.json"), "utf8"));
@@ -22,14 +21,7 @@ let browser;
 before(async () => {
   stack = new Stack();
   await stack.start();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 let contexts = [];

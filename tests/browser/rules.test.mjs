@@ -5,8 +5,7 @@
 // of sale are shown when it has them.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
-import { Stack } from "./stack.mjs";
+import { Stack, launchChromium } from "./stack.mjs";
 
 const PAGES = { sse: "/?auction=", ws: "/ws.html?auction=" };
 const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
@@ -17,14 +16,7 @@ let browser;
 before(async () => {
   stack = new Stack();
   await stack.start();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

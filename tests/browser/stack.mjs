@@ -7,6 +7,7 @@ import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, writeFileSync, rmSync, mkdirSync, readFileSync } from "node:fs";
 import { createServer, connect } from "node:net";
+import { chromium } from "playwright-core";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -49,6 +50,19 @@ function bindable(port) {
     server.unref();
     server.on("error", () => ok(false));
     server.listen(port, "127.0.0.1", () => server.close(() => ok(true)));
+  });
+}
+
+/** Debian's Chromium, headless, as every browser test starts it: without
+ *  its background networking, which this machine's closed network refuses. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
   });
 }
 

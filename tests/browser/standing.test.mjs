@@ -2,8 +2,7 @@
 // browser against the real services behind nginx.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
-import { Stack, waitFor } from "./stack.mjs";
+import { Stack, waitFor, launchChromium } from "./stack.mjs";
 
 const PAGES = { sse: "/?auction=", ws: "/ws.html?auction=" };
 const DESKTOP = { width: 1280, height: 800 };
@@ -17,14 +16,7 @@ let browser;
 before(async () => {
   stack = new Stack();
   await stack.start();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -4,8 +4,7 @@
 // six SSE tabs take every connection and a seventh never loads.
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
-import { Stack, waitFor } from "./stack.mjs";
+import { Stack, waitFor, launchChromium } from "./stack.mjs";
 
 const PAGES = { sse: "/?auction=", ws: "/ws.html?auction=" };
 const EDGES = { sse: ["sse1", "sse2"], ws: ["ws1", "ws2"] };
@@ -18,14 +17,7 @@ let browser;
 before(async () => {
   stack = new Stack();
   await stack.start();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 /** The test's browser contexts, closed after it whatever its outcome. */
