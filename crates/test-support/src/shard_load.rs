@@ -43,6 +43,43 @@ pub struct BidAnswer {
     pub code: String,
 }
 
+/// Asserts that every bid on the auctions of the healthy shards (all of
+/// `answers` but `faulted`'s) was answered 201, and that at least
+/// `at_least` of each were answered between `fault` (the fault began) and
+/// `ended` (it ended): the shards went on serving through it. `what` names
+/// the fault in the messages.
+pub fn assert_healthy_shards_answered(
+    answers: &HashMap<String, Vec<BidAnswer>>,
+    faulted: &str,
+    fault: Instant,
+    ended: Instant,
+    at_least: usize,
+    what: &str,
+) {
+    for (id, answered) in answers.iter().filter(|(id, _)| *id != faulted) {
+        let during = answered
+            .iter()
+            .filter(|answer| answer.at > fault && answer.at < ended)
+            .count();
+        assert!(
+            during >= at_least,
+            "{id}: only {during} bids answered during the {what}"
+        );
+        let refused: Vec<_> = answered
+            .iter()
+            .filter(|answer| answer.status != 201)
+            .map(|answer| {
+                let after = answer.at.saturating_duration_since(fault);
+                (after, answer.status, &answer.code)
+            })
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{id} (healthy shard): bids not answered 201 (time after the {what} began, status, code): {refused:?}"
+        );
+    }
+}
+
 /// Bids on `auction` every [`BID_EVERY`] until `stop`, each above the last
 /// by the minimum increment, each with its own `Idempotency-Key`: the
 /// answer to every bid, in order.

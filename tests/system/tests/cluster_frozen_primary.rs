@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use test_support::shard_load::{Followed, bid_until, follow, one_auction_per_primary};
+use test_support::shard_load::{
+    Followed, assert_healthy_shards_answered, bid_until, follow, one_auction_per_primary,
+};
 use test_support::{RedisCluster, ServiceProcess, wait_for};
 
 const FREEZE: Duration = Duration::from_secs(10);
@@ -90,29 +92,14 @@ async fn a_frozen_primary_holds_up_only_its_own_auctions() {
 
     // Bids on the healthy primaries were all answered 201, also during the
     // freeze.
-    for id in ids.iter().filter(|id| **id != frozen_auction) {
-        let answered = &answers[id];
-        let during = answered
-            .iter()
-            .filter(|answer| answer.at > frozen_at && answer.at < thawed_at)
-            .count();
-        assert!(
-            during >= 20,
-            "{id}: only {during} bids answered during the freeze"
-        );
-        let refused: Vec<_> = answered
-            .iter()
-            .filter(|answer| answer.status != 201)
-            .map(|answer| {
-                let after = answer.at.saturating_duration_since(frozen_at);
-                (after, answer.status, &answer.code)
-            })
-            .collect();
-        assert!(
-            refused.is_empty(),
-            "{id} (healthy shard): bids not answered 201 (time after the freeze, status, code): {refused:?}"
-        );
-    }
+    assert_healthy_shards_answered(
+        &answers,
+        &frozen_auction,
+        frozen_at,
+        thawed_at,
+        20,
+        "freeze",
+    );
 
     // The streams as they are now; each client must reach its head.
     let streams: HashMap<String, Vec<String>> = ids

@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use test_support::shard_load::{bid_until, follow, one_auction_per_primary};
+use test_support::shard_load::{
+    assert_healthy_shards_answered, bid_until, follow, one_auction_per_primary,
+};
 use test_support::{RedisCluster, ServiceProcess, wait_for};
 
 /// The largest pause the failover may add between two events of an
@@ -111,29 +113,14 @@ async fn a_killed_primary_pauses_only_its_own_auctions_through_the_failover() {
 
     // Bids on the healthy primaries were all answered 201, also while the
     // killed primary's slots had no live owner.
-    for id in ids.iter().filter(|id| **id != killed_auction) {
-        let answered = &answers[id];
-        let during = answered
-            .iter()
-            .filter(|answer| answer.at > killed_at && answer.at < failed_over_at)
-            .count();
-        assert!(
-            during >= 10,
-            "{id}: only {during} bids answered between the kill and the failover"
-        );
-        let refused: Vec<_> = answered
-            .iter()
-            .filter(|answer| answer.status != 201)
-            .map(|answer| {
-                let after = answer.at.saturating_duration_since(killed_at);
-                (after, answer.status, &answer.code)
-            })
-            .collect();
-        assert!(
-            refused.is_empty(),
-            "{id} (healthy shard): bids not answered 201 (time after the kill, status, code): {refused:?}"
-        );
-    }
+    assert_healthy_shards_answered(
+        &answers,
+        &killed_auction,
+        killed_at,
+        failed_over_at,
+        10,
+        "kill",
+    );
     let killed_refused = answers[&killed_auction]
         .iter()
         .filter(|answer| answer.status != 201)
