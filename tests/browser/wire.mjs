@@ -12,8 +12,10 @@ import { freePort } from "./stack.mjs";
  * (header included), whether it was compressed, its text and which
  * connection through the proxy carried it (numbered from 1). It reads
  * the server's frames as they pass (they are unmasked) and inflates the
- * compressed ones itself, each alone, as server_no_context_takeover
- * allows. Other connections (pages, streams, API calls) pass untouched.
+ * compressed ones itself as the browser does: after the connection's
+ * compressed messages before it (their last 32 KiB, the window a message
+ * may refer back into), or alone if the 101 said
+ * server_no_context_takeover. Other connections (pages, streams, API calls) pass untouched.
  * A connection's end on one side is passed on to the other.
  */
 export async function countingProxy(port) {
@@ -26,6 +28,9 @@ export async function countingProxy(port) {
     let isWebSocket = null; // then false once an upgrade is refused
     let buffer = Buffer.alloc(0);
     let inHead = true;
+    // What the connection's compressed messages inflated to, as far back
+    // as the server may refer (null: each inflates alone).
+    let window = Buffer.alloc(0);
     client.once("data", (chunk) => { isWebSocket = /^GET \/ws[ ?]/.test(chunk.toString("latin1")); });
     upstream.on("data", (chunk) => {
       if (!client.destroyed) client.write(chunk);
@@ -41,6 +46,7 @@ export async function countingProxy(port) {
         isWebSocket = head.startsWith("HTTP/1.1 101");
         if (!isWebSocket) return;
         seen.head = head;
+        if (/server_no_context_takeover/i.test(head)) window = null;
       }
       for (;;) {
         if (buffer.length < 2) return;
@@ -54,9 +60,14 @@ export async function countingProxy(port) {
         buffer = buffer.subarray(start + length);
         if ((first & 0x0f) !== 0x1) continue; // pings and the like
         const compressed = (first & 0x40) !== 0;
-        const text = compressed
-          ? inflateRawSync(Buffer.concat([payload, Buffer.from([0, 0, 0xff, 0xff])]), { finishFlush: constants.Z_SYNC_FLUSH }).toString("utf8")
-          : payload.toString("utf8");
+        let text = payload.toString("utf8");
+        if (compressed) {
+          const options = { finishFlush: constants.Z_SYNC_FLUSH };
+          if (window?.length) options.dictionary = window;
+          const inflated = inflateRawSync(Buffer.concat([payload, Buffer.from([0, 0, 0xff, 0xff])]), options);
+          if (window) window = Buffer.concat([window, inflated]).subarray(-32 * 1024);
+          text = inflated.toString("utf8");
+        }
         seen.frames.push({ wire: start + length, compressed, text, connection });
       }
     });

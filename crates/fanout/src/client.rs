@@ -26,7 +26,7 @@
 //! ([`Transport`]); its own job is what only it knows: the request, the
 //! response head, and how an ending is told to its clients.
 
-use crate::codec::{Codec, EncodedEvent, Frame, Framing, Item};
+use crate::codec::{AltWindow, Codec, EncodedEvent, Frame, Framing, Item};
 use crate::feed::{Parked, Position};
 use crate::hub::Hub;
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
@@ -108,8 +108,9 @@ pub struct Subscription {
     /// keepalive and viewer count.
     moving: bool,
     /// The client is written events' alternative frames
-    /// ([`EncodedEvent::alt`]), parked or not: as its batch says.
-    alt: bool,
+    /// ([`EncodedEvent::alt`]), parked or not, as its batch says: its
+    /// socket's window.
+    alt: Option<Arc<AltWindow>>,
     /// Counts the client's address among the auction's viewers while the
     /// subscription lives.
     _viewer: Viewer,
@@ -141,8 +142,9 @@ pub struct Batch {
     /// How this client's events are written, if not as the shared frame.
     framing: Option<Box<dyn Framing>>,
     /// Events are written as their alternative frames
-    /// ([`EncodedEvent::alt`]), where they have one.
-    alt: bool,
+    /// ([`EncodedEvent::alt`]), where they have one, as this socket's
+    /// window chooses.
+    alt: Option<Arc<AltWindow>>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -165,18 +167,19 @@ impl Batch {
 
     /// A batch whose events are written as their alternative frames
     /// ([`EncodedEvent::alt`], shared like the plain ones: a WebSocket
-    /// that negotiated compression), where they have one. Its client is
-    /// parked like any other: the feed writes it the same frames.
-    pub fn alt() -> Batch {
+    /// that negotiated compression), where they have one, as `window` (the
+    /// socket's) chooses. Its client is parked like any other: the feed
+    /// writes it the same frames.
+    pub fn alt(window: Arc<AltWindow>) -> Batch {
         Batch {
-            alt: true,
+            alt: Some(window),
             ..Batch::default()
         }
     }
 
     /// Whether events are written as their alternative frames.
     pub fn is_alt(&self) -> bool {
-        self.alt
+        self.alt.is_some()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -195,7 +198,11 @@ impl Batch {
     }
 
     fn push_event(&mut self, auction: &AuctionId, event: &EncodedEvent) {
-        self.push_frame(auction, event.id, event.frame_for(self.alt));
+        let frame = match &self.alt {
+            Some(window) => window.frame(event),
+            None => &event.frame,
+        };
+        self.push_frame(auction, event.id, frame);
         self.events.push(event.placed_at_ms);
     }
 
@@ -321,7 +328,7 @@ impl<C: Codec> Delivery<C> {
             last_sent: EventId::ZERO,
             position,
             moving: false,
-            alt: batch.alt,
+            alt: batch.alt.clone(),
             _viewer: viewer,
         };
         match start {
@@ -465,7 +472,7 @@ impl<C: Codec> Delivery<C> {
         position.feed().park(
             socket.clone(),
             subscription.last_sent,
-            subscription.alt,
+            subscription.alt.clone(),
             &self.metrics,
             caught_up,
         )
@@ -516,7 +523,7 @@ impl<C: Codec> Delivery<C> {
         // What a group writer had not written yet; without it, the client
         // resumes from its last id (here or elsewhere), as after a reset.
         let mut batch = Batch {
-            alt: subscription.alt,
+            alt: subscription.alt.clone(),
             ..Batch::default()
         };
         for event in returned.missed.ok_or(Ended::Reset)? {

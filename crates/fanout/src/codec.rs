@@ -3,6 +3,7 @@
 
 use auction_domain::{AuctionId, Event, EventId};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 /// How a transport encodes what it sends. Implementations are pure and
@@ -14,8 +15,16 @@ pub trait Codec: Send + Sync + 'static {
     /// The event's frame, and a second encoding of it for the clients that
     /// asked for one (WebSocket: compressed), if the transport has one.
     /// Both are shared by every client of the feed: see
-    /// [`EncodedEvent::alt`].
-    fn event_frames(&self, auction: &AuctionId, event: &Event) -> (Frame, Option<Frame>) {
+    /// [`EncodedEvent::alt`]. `previous` is the event the feed sent just
+    /// before, as it was encoded: an alternative frame may be chained to
+    /// its alternative message ([`Alt::chained`]).
+    fn event_frames(
+        &self,
+        auction: &AuctionId,
+        event: &Event,
+        previous: Option<&EncodedEvent>,
+    ) -> (Frame, Option<Alt>) {
+        let _ = previous;
         (self.event(auction, event), None)
     }
 
@@ -58,20 +67,126 @@ pub struct EncodedEvent<F = Frame> {
     pub placed_at_ms: u64,
     pub frame: F,
     /// The same event encoded another way, for the clients that asked for
-    /// it (a WebSocket that negotiated compression): one more encoding per
-    /// event, shared like `frame`, never one per client. `None`: every
-    /// client gets `frame`.
-    pub alt: Option<F>,
+    /// it (a WebSocket that negotiated compression): encoded once or twice
+    /// per event, shared like `frame`, never once per client. `None`:
+    /// every client gets `frame`.
+    pub alt: Option<Alt<F>>,
 }
 
-impl<F> EncodedEvent<F> {
-    /// The frame a client gets: the alternative one if it asked for it
-    /// (`alt`) and there is one.
-    pub fn frame_for(&self, alt: bool) -> &F {
-        match (&self.alt, alt) {
-            (Some(frame), true) => frame,
-            _ => &self.frame,
+/// An event's alternative message (WebSocket: compressed), in the one or
+/// two frames it is written as. Which one a socket gets is
+/// [`AltWindow::frame`]'s to say.
+#[derive(Debug)]
+pub struct Alt<F = Frame> {
+    /// Names this message among every alternative message of the replica
+    /// (never 0): what a socket's [`AltWindow`] remembers.
+    pub key: u64,
+    /// The message's frame on its own: right on any socket.
+    pub alone: F,
+    /// A smaller frame that refers to the alternative message keyed by the
+    /// first value (the feed's previous event's), right only on a socket
+    /// whose last alternative message was that one: a compressed message
+    /// that refers back into the one before it, which the client still
+    /// holds (permessage-deflate with context takeover on the server's
+    /// side). Shared too: every socket that was sent that previous message
+    /// last gets the same bytes.
+    pub chained: Option<(u64, F)>,
+}
+
+/// Which alternative message a socket was written last, so that its next
+/// event gets the frame chained to it when that is right. One per socket
+/// that asked for alternative frames, shared by whatever writes the socket
+/// (the client's task, or its feed while it is parked: they never write it
+/// at once, and hand it over under the lane's lock).
+///
+/// Invariant: `last` is the key of the last alternative message whose
+/// frame was chosen for the socket, and every frame chosen is written, in
+/// the order chosen, or the socket fails. Relaxed atomics are enough:
+/// whoever writes the socket took it over from the last writer through a
+/// lock or a task's hand-over, which orders their accesses. Plain frames (replays, `init`,
+/// replies) leave it as it is: they are not alternative messages (a
+/// compressed socket's plain messages never enter its compression window).
+#[derive(Debug)]
+pub struct AltWindow {
+    last: AtomicU64,
+    /// Chained frames may be written (the client keeps its window: it did
+    /// not ask for `server_no_context_takeover`).
+    chains: bool,
+}
+
+impl AltWindow {
+    /// A socket's window; `chains`: whether it may be written chained
+    /// frames.
+    pub fn new(chains: bool) -> AltWindow {
+        AltWindow {
+            last: AtomicU64::new(0),
+            chains,
         }
+    }
+
+    /// The frame of `event` to write next on this socket, remembered as
+    /// written (see [`AltWindow::choice`]).
+    pub fn frame<'a, F>(&self, event: &'a EncodedEvent<F>) -> &'a F {
+        let frame = self.choice(event);
+        if let Some(alt) = &event.alt {
+            self.wrote(alt.key);
+        }
+        frame
+    }
+
+    /// The frame of `event` right for this socket now: its chained
+    /// alternative frame if the socket's last alternative message is the
+    /// one it refers to, else its alternative frame alone, else (it has
+    /// none) its plain frame.
+    pub fn choice<'a, F>(&self, event: &'a EncodedEvent<F>) -> &'a F {
+        let Some(alt) = &event.alt else {
+            return &event.frame;
+        };
+        match &alt.chained {
+            Some((after, chained)) if self.chains && *after == self.last() => chained,
+            _ => &alt.alone,
+        }
+    }
+
+    /// Remembers `key` as the socket's last alternative message (0: none):
+    /// the frames chosen through [`AltWindow::choice`] up to that
+    /// message's were written.
+    pub fn wrote(&self, key: u64) {
+        self.last.store(key, Ordering::Relaxed);
+    }
+
+    /// The key of the socket's last alternative message (0: none yet).
+    pub fn last(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+
+    /// Whether the socket may be written chained frames.
+    pub fn chains(&self) -> bool {
+        self.chains
+    }
+}
+
+/// The alternative frames of a run of events written one after the other
+/// to every socket of a group: each event's chained frame where it refers
+/// to the event before it in the run, else its frame alone (the plain one
+/// for an event without). The first event's is its chained frame, if it
+/// has one: right for a socket that was sent the feed's event before it
+/// last, which [`AltWindow::choice`] checks for each socket.
+pub(crate) fn alt_run<'a>(
+    previous: Option<&'a EncodedEvent>,
+    event: &'a EncodedEvent,
+) -> &'a Frame {
+    let Some(alt) = &event.alt else {
+        return &event.frame;
+    };
+    match (&alt.chained, previous) {
+        (Some((_, chained)), None) => chained,
+        (Some((after, chained)), Some(previous))
+            if previous.alt.as_ref().is_some_and(|alt| alt.key == *after) =>
+        {
+            chained
+        }
+        _ => &alt.alone,
     }
 }
 

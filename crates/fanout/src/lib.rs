@@ -51,7 +51,7 @@ mod viewers;
 mod writer;
 
 pub use client::{Batch, Delivery, Ended, MAX_BATCH, StartError, Subscription, Transport};
-pub use codec::{Codec, EncodedEvent, Frame, Framing, Item, try_take};
+pub use codec::{Alt, AltWindow, Codec, EncodedEvent, Frame, Framing, Item, try_take};
 pub use config::HubConfig;
 pub use feed::Parked;
 pub use hub::{Hub, JoinError, LiveCounters};

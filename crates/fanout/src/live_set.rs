@@ -7,7 +7,7 @@
 //! (its messages, its control frames).
 
 use crate::client::{Batch, Delivery, Ended, Subscription, Transport};
-use crate::codec::{Codec, Framing, Item};
+use crate::codec::{AltWindow, Codec, Framing, Item};
 use crate::feed::Parked;
 use crate::writer::FrameSocket;
 use auction_domain::AuctionId;
@@ -86,10 +86,11 @@ impl LiveSet {
 
     /// A set whose events are written as their alternative frames
     /// ([`EncodedEvent::alt`](crate::EncodedEvent::alt): a WebSocket that
-    /// negotiated compression); parked like any other.
-    pub fn alt() -> LiveSet {
+    /// negotiated compression), as its socket's `window` chooses; parked
+    /// like any other.
+    pub fn alt(window: Arc<AltWindow>) -> LiveSet {
         LiveSet {
-            batch: Batch::alt(),
+            batch: Batch::alt(window),
             ..LiveSet::default()
         }
     }

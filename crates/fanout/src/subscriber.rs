@@ -53,6 +53,9 @@ pub(crate) struct Cursor {
     feed: Arc<Feed>,
     /// The newest event published to the feed. Only meaningful once live.
     last: EventId,
+    /// That event as it was encoded: the next one's alternative frame may
+    /// be chained to it ([`Codec::event_frames`]).
+    previous: Option<Arc<EncodedEvent>>,
     idle_since: Option<Instant>,
     /// When the feed last sent a keepalive tick (for its first, a made-up
     /// time that staggers it; see `KEEPALIVE_CHECKS`).
@@ -374,6 +377,7 @@ impl<C: Codec> Subscriber<C> {
                 Cursor {
                     feed: request.feed,
                     last: EventId::ZERO,
+                    previous: None,
                     idle_since: None,
                     ticked_at: now.checked_sub(stagger).unwrap_or(now),
                 },
@@ -540,7 +544,7 @@ fn publish<C: Codec>(
         span
     });
     let _entered = span.as_ref().map(tracing::Span::enter);
-    let (mut frame, alt) = codec.event_frames(auction, event);
+    let (mut frame, alt) = codec.event_frames(auction, event, cursor.previous.as_deref());
     if let Some(keepalive) = codec.keepalive() {
         let now = Instant::now();
         if carries_keepalive(now.duration_since(cursor.ticked_at), config.keepalive) {
@@ -558,8 +562,9 @@ fn publish<C: Codec>(
     // the recent events after, so every event is in one or both (the
     // client drops ids it has sent already).
     cursor.feed.recent().push(event.prev, encoded.clone());
-    cursor.feed.send(Item::Event(encoded));
+    cursor.feed.send(Item::Event(encoded.clone()));
     cursor.last = event.id;
+    cursor.previous = Some(encoded);
 }
 
 /// Whether an event carries its feed's keepalive, in front of it in the

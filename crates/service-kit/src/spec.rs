@@ -342,9 +342,9 @@ pub mod ws_edge {
         key: "ws_compression",
         kind: Kind::Flag,
         default: Some("true"),
-        help: "negotiate permessage-deflate with clients that offer it (events compressed once \
-               per replica; see \"Compression (permessage-deflate)\"); `false`: every socket \
-               uncompressed",
+        help: "negotiate permessage-deflate with clients that offer it (each event compressed \
+               twice per replica at most, never per socket; see \"Compression \
+               (permessage-deflate)\"); `false`: every socket uncompressed",
         secret: false,
     };
     pub const SETTINGS: &[Setting] = &[

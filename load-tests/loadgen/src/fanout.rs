@@ -885,8 +885,8 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; if reading { 16 * 1024 } else { 256 }];
     let mut last_message = 256;
-    // Compressed messages, inflated each alone (permessage-deflate without
-    // context takeover).
+    // Compressed messages, inflated in one inflater per connection: the
+    // server may refer back into its previous message (context takeover).
     let mut inflater = flate2::Decompress::new(false);
     let mut inflated = Vec::new();
     while Instant::now() < shared.deadline && !result.done(shared) {
@@ -972,10 +972,10 @@ async fn ws_client(watch: &Watch, shared: &Shared) -> ClientResult {
 }
 
 /// Inflates one compressed message (RFC 7692 7.2.2: its tail put back) into
-/// `out`; `None`: not DEFLATE, or more than 1 MiB. The inflater is not
-/// reset between messages: each ends at a block boundary (the tail is an
-/// empty stored block) and refers to nothing before it, so going on costs
-/// nothing, where a reset clears the inflater's 32 KiB window every time.
+/// `out`; `None`: not DEFLATE, or more than 1 MiB. The inflater is kept
+/// from one message of the connection to the next: each ends at a block
+/// boundary (the tail is an empty stored block), and the next may refer
+/// back into it (the server keeps its context unless asked not to).
 fn inflate(inflater: &mut flate2::Decompress, payload: &[u8], out: &mut Vec<u8>) -> Option<()> {
     out.clear();
     for input in [payload, &[0, 0, 0xff, 0xff][..]] {

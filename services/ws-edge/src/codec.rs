@@ -1,22 +1,29 @@
 //! WebSocket encoding. Server frames are not masked, so an event's whole
 //! frame (header and JSON text) is the same for every socket: it is built
-//! once per replica and written to each socket as shared bytes. So is its
-//! compressed frame, for the sockets that negotiated permessage-deflate
-//! (see `deflate`): compressed once per event, never per socket.
+//! once per replica and written to each socket as shared bytes. So are its
+//! compressed frames, for the sockets that negotiated permessage-deflate
+//! (see `deflate`): compressed alone and chained to the feed's previous
+//! event, once each per event, never per socket.
 
 use crate::deflate;
 use auction_domain::{AuctionId, Event, EventId};
 use bytes::{BufMut, Bytes, BytesMut};
-use fanout::Codec;
+use fanout::{Alt, Codec, EncodedEvent};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct WsCodec {
     /// Events are also encoded compressed (`AUCTION_WS_COMPRESSION`).
     compress: bool,
+    /// The key of the last compressed message made ([`Alt::key`]).
+    keys: AtomicU64,
 }
 
 impl WsCodec {
     pub fn new(compress: bool) -> WsCodec {
-        WsCodec { compress }
+        WsCodec {
+            compress,
+            keys: AtomicU64::new(0),
+        }
     }
 }
 
@@ -25,15 +32,37 @@ impl Codec for WsCodec {
         text_frame(&event_text(auction, event))
     }
 
-    /// The plain frame, and the compressed one when compression is on (and
-    /// it makes the message smaller).
-    fn event_frames(&self, auction: &AuctionId, event: &Event) -> (Bytes, Option<Bytes>) {
+    /// The plain frame, and when compression is on (and it makes the
+    /// message smaller) the compressed ones: alone, and chained to the
+    /// previous event's compressed message if it had one.
+    fn event_frames(
+        &self,
+        auction: &AuctionId,
+        event: &Event,
+        previous: Option<&EncodedEvent>,
+    ) -> (Bytes, Option<Alt>) {
         let text = event_text(auction, event);
-        let compressed = match self.compress {
-            true => deflate::compressed_text_frame(&text),
-            false => None,
+        let plain = text_frame(&text);
+        if !self.compress {
+            return (plain, None);
+        }
+        let Some(alone) = deflate::compressed_text_frame(&text) else {
+            return (plain, None);
         };
-        (text_frame(&text), compressed)
+        let chained = previous.and_then(|previous| {
+            let after = previous.alt.as_ref()?.key;
+            let frame = deflate::compressed_text_frame_after(text_of(&previous.frame)?, &text)?;
+            (frame.len() < alone.len()).then_some((after, frame))
+        });
+        let key = self.keys.fetch_add(1, Ordering::Relaxed) + 1;
+        (
+            plain,
+            Some(Alt {
+                key,
+                alone,
+                chained,
+            }),
+        )
     }
 
     fn init(&self, auction: &AuctionId, last: EventId, init_json: &str) -> Bytes {
@@ -73,6 +102,23 @@ fn envelope(kind: &str, auction: &AuctionId, id: Option<EventId>, payload: &str)
     text.push_str(payload);
     text.push('}');
     text
+}
+
+/// The text of a final, unmasked text frame of this codec's; `None` for
+/// anything else.
+fn text_of(frame: &[u8]) -> Option<&[u8]> {
+    let (&first, rest) = frame.split_first()?;
+    let (&length, rest) = rest.split_first()?;
+    if first != 0x81 {
+        return None;
+    }
+    let header = match length {
+        126 => 2,
+        127 => 8,
+        0..=125 => 0,
+        _ => return None, // masked: not a server's frame
+    };
+    rest.get(header..)
 }
 
 /// A ping with no payload: final, unmasked, opcode 0x9 (RFC 6455 §5.5.2).
@@ -141,7 +187,8 @@ mod tests {
 
     /// What compressing costs per event (`cargo test --release -p ws-edge
     /// --bin ws-edge -- --ignored --nocapture compression_cost`): the
-    /// plain frame alone, then both frames.
+    /// plain frame alone, then all three (plain, compressed alone and
+    /// chained to the event before), with the size of the chained one.
     #[test]
     #[ignore]
     fn compression_cost_per_event() {
@@ -165,9 +212,20 @@ mod tests {
         ] {
             let started = std::time::Instant::now();
             let mut bytes = 0;
+            let mut previous: Option<EncodedEvent> = None;
             for event in &events {
-                let (frame, alt) = codec.event_frames(&auction, event);
-                bytes += alt.map_or(frame.len(), |alt| alt.len());
+                let (frame, alt) = codec.event_frames(&auction, event, previous.as_ref());
+                bytes += alt.as_ref().map_or(frame.len(), |alt| {
+                    alt.chained
+                        .as_ref()
+                        .map_or(alt.alone.len(), |(_, f)| f.len())
+                });
+                previous = Some(EncodedEvent {
+                    id: event.id,
+                    placed_at_ms: 0,
+                    frame,
+                    alt,
+                });
             }
             let each = started.elapsed().as_nanos() as f64 / events.len() as f64;
             println!(
@@ -175,6 +233,19 @@ mod tests {
                 bytes as f64 / events.len() as f64
             );
         }
+        let texts: Vec<String> = events.iter().map(|e| event_text(&auction, e)).collect();
+        let started = std::time::Instant::now();
+        for text in &texts {
+            deflate::compressed_text_frame(text).unwrap();
+        }
+        let each = started.elapsed().as_nanos() as f64 / events.len() as f64;
+        println!("compressed alone only: {each:.0} ns per event");
+        let started = std::time::Instant::now();
+        for pair in texts.windows(2) {
+            deflate::compressed_text_frame_after(pair[0].as_bytes(), &pair[1]).unwrap();
+        }
+        let each = started.elapsed().as_nanos() as f64 / events.len() as f64;
+        println!("chained only: {each:.0} ns per event");
     }
 
     #[test]

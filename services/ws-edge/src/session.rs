@@ -11,7 +11,7 @@ use crate::subscriptions::{self, Subscribed};
 use crate::upgrade::Upgraded;
 use auction_domain::AuctionId;
 use bytes::Bytes;
-use fanout::{Ended, Item, LiveSet, Park, Parked};
+use fanout::{AltWindow, Ended, Item, LiveSet, Park, Parked};
 use futures_util::{FutureExt, StreamExt};
 use identity::TokenError;
 use service_kit::rate::TokenBucket;
@@ -98,10 +98,11 @@ impl<'a> Session<'a> {
             endpoint,
             socket: WsSocket::new(upgraded.ws, upgraded.raw, endpoint.delivery.stall_limit()),
             peer: upgraded.peer,
-            // A compressed socket is written events' compressed frames.
+            // A compressed socket is written events' compressed frames,
+            // chained ones too if its client keeps its context.
             subscriptions: match upgraded.deflate {
-                true => LiveSet::alt(),
-                false => LiveSet::default(),
+                Some(agreed) => LiveSet::alt(Arc::new(AltWindow::new(agreed.chains))),
+                None => LiveSet::default(),
             },
             bids: PendingBids::default(),
             token: None,

@@ -24,9 +24,9 @@ pub struct Upgraded {
     /// The client's address (`ClientAddress`: the peer, or behind a
     /// trusted proxy the address it forwards).
     pub peer: IpAddr,
-    /// permessage-deflate was negotiated: events go out compressed, and
-    /// the client's compressed messages are inflated.
-    pub deflate: bool,
+    /// permessage-deflate was negotiated, as this says: events go out
+    /// compressed, and the client's compressed messages are inflated.
+    pub deflate: Option<deflate::Agreed>,
 }
 
 /// Answers the upgrade (or refuses it) and sets up the WebSocket. The
@@ -50,11 +50,11 @@ pub async fn upgrade(
     let mut early_frames = head.rest.to_vec();
     // Decided here, once: the socket's events are compressed from its
     // first (`LiveSet::alt`), and its client frames inflated.
-    let deflate = endpoint.compression
-        && head
-            .header("sec-websocket-extensions")
-            .and_then(|value| std::str::from_utf8(value).ok())
-            .is_some_and(deflate::accepts);
+    let deflate = head
+        .header("sec-websocket-extensions")
+        .and_then(|value| std::str::from_utf8(value).ok())
+        .and_then(deflate::negotiate)
+        .filter(|_| endpoint.compression);
     drop(head);
     if endpoint.shutdown.is_cancelled() {
         refusal::refuse(stream, &refusal::draining()).await;
@@ -68,10 +68,9 @@ pub async fn upgrade(
     // No security headers on the 101: what follows is a WebSocket, never a
     // document. Every refusal on this path carries them
     // (`error_response_bytes`).
-    let extensions = if deflate {
-        format!("Sec-WebSocket-Extensions: {}\r\n", deflate::ACCEPTED)
-    } else {
-        String::new()
+    let extensions = match deflate {
+        Some(agreed) => format!("Sec-WebSocket-Extensions: {}\r\n", agreed.response()),
+        None => String::new(),
     };
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
@@ -88,12 +87,12 @@ pub async fn upgrade(
     // Early frames go through the inflater too: a compressed one may be
     // among them.
     let inflating = match deflate {
-        true => {
+        Some(_) => {
             let mut inflating = Box::new(Inflating::new(endpoint.max_message));
             inflating.push(&std::mem::take(&mut early_frames)).ok()?;
             Some(inflating)
         }
-        false => None,
+        None => None,
     };
     let socket = SharedSocket(raw.clone(), inflating);
     let ws = WebSocketStream::from_partially_read(socket, early_frames, Role::Server, Some(config))

@@ -30,6 +30,10 @@ struct RawClient {
     head: String,
     /// Bytes of every data frame read (headers included).
     data_bytes: usize,
+    /// The inflater of the server's compressed messages: kept from one to
+    /// the next unless the 101 said `server_no_context_takeover` (then
+    /// each must inflate alone, and does here).
+    inflater: Decompress,
 }
 
 /// One frame from the server: its first byte and payload.
@@ -45,24 +49,6 @@ impl ServerFrame {
 
     fn compressed(&self) -> bool {
         self.first & 0x40 != 0
-    }
-
-    /// The message's text, inflated if it is compressed (alone: no
-    /// context is carried from another message).
-    fn text(&self) -> String {
-        assert_eq!(self.first & 0x80, 0x80, "events are single frames");
-        let bytes = if self.compressed() {
-            let mut input = self.payload.clone();
-            input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-            let mut out = Vec::with_capacity(64 * 1024);
-            Decompress::new(false)
-                .decompress_vec(&input, &mut out, FlushDecompress::Sync)
-                .expect("a compressed frame inflates alone");
-            out
-        } else {
-            self.payload.clone()
-        };
-        String::from_utf8(bytes).unwrap()
     }
 }
 
@@ -81,6 +67,7 @@ impl RawClient {
             buffer: Vec::new(),
             head: String::new(),
             data_bytes: 0,
+            inflater: Decompress::new(false),
         };
         let end = loop {
             if let Some(end) = client.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -155,7 +142,30 @@ impl RawClient {
     }
 
     async fn json(&mut self) -> Value {
-        serde_json::from_str(&self.message().await.text()).unwrap()
+        let message = self.message().await;
+        serde_json::from_str(&self.text(&message)).unwrap()
+    }
+
+    /// A message's text, inflated if it is compressed: after the messages
+    /// before it, or alone if the server was asked to keep no context.
+    fn text(&mut self, frame: &ServerFrame) -> String {
+        assert_eq!(frame.first & 0x80, 0x80, "events are single frames");
+        if !frame.compressed() {
+            return String::from_utf8(frame.payload.clone()).unwrap();
+        }
+        let alone = self
+            .extensions()
+            .is_some_and(|value| value.contains("server_no_context_takeover"));
+        if alone {
+            self.inflater.reset(false);
+        }
+        let mut input = frame.payload.clone();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut out = Vec::with_capacity(64 * 1024);
+        self.inflater
+            .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+            .expect("a compressed frame inflates");
+        String::from_utf8(out).unwrap()
     }
 
     /// Sends a masked frame.
@@ -233,14 +243,25 @@ async fn bid_over_http(stack: &Stack, amount: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_offering_deflate_gets_compressed_events_that_inflate_to_the_plain_ones() {
     let stack = stack(&[]).await;
-    let mut compressed = RawClient::connect(&stack.edge, Some(OFFER)).await;
+    // One that keeps its context (events chained to the one before), one
+    // that asks the server to keep none (each event alone), one plain.
+    let mut chained = RawClient::connect(&stack.edge, Some(OFFER)).await;
+    let mut alone = RawClient::connect(
+        &stack.edge,
+        Some("permessage-deflate; server_no_context_takeover"),
+    )
+    .await;
     let mut plain = RawClient::connect(&stack.edge, None).await;
     assert_eq!(
-        compressed.extensions().as_deref(),
+        chained.extensions().as_deref(),
+        Some("permessage-deflate; client_no_context_takeover")
+    );
+    assert_eq!(
+        alone.extensions().as_deref(),
         Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
     );
     assert_eq!(plain.extensions(), None);
-    for client in [&mut compressed, &mut plain] {
+    for client in [&mut chained, &mut alone, &mut plain] {
         client
             .send_text(json!({"type":"subscribe","auction":"vase"}))
             .await;
@@ -252,25 +273,33 @@ async fn a_client_offering_deflate_gets_compressed_events_that_inflate_to_the_pl
         bid_over_http(&stack, 1000 + n * 100).await;
     }
     for n in 0..bids {
-        let (ours, theirs) = (compressed.message().await, plain.message().await);
-        assert!(ours.compressed(), "bid {n} is compressed");
+        let theirs = plain.message().await;
         assert!(!theirs.compressed(), "bid {n} is plain");
-        assert_eq!(
-            ours.text(),
-            theirs.text(),
-            "bid {n} inflates to the plain event"
-        );
-        let event: Value = serde_json::from_str(&ours.text()).unwrap();
+        let theirs = plain.text(&theirs);
+        for client in [&mut chained, &mut alone] {
+            let ours = client.message().await;
+            assert!(ours.compressed(), "bid {n} is compressed");
+            assert_eq!(
+                client.text(&ours),
+                theirs,
+                "bid {n} inflates to the plain event"
+            );
+        }
+        let event: Value = serde_json::from_str(&theirs).unwrap();
         assert_eq!(event["type"], "bid");
         assert_eq!(event["payload"]["amount"], 1000 + n * 100);
     }
-    let ratio = compressed.data_bytes as f64 / plain.data_bytes as f64;
+    let per_event = |client: &RawClient| client.data_bytes as f64 / bids as f64;
+    let (chained, alone, plain) = (per_event(&chained), per_event(&alone), per_event(&plain));
     println!(
-        "bytes per bid event: {} compressed, {} plain ({ratio:.2})",
-        compressed.data_bytes / bids as usize,
-        plain.data_bytes / bids as usize
+        "bytes per bid event: {chained:.1} chained ({:.2}), {alone:.1} alone ({:.2}), {plain:.1} plain",
+        chained / plain,
+        alone / plain
     );
-    assert!(ratio < 0.85, "compression pays: {ratio:.2}");
+    assert!(alone < 0.85 * plain, "compression pays");
+    // Chained frames refer back into the event before: all but the first
+    // take a fraction of the lone frame.
+    assert!(chained < 0.5 * alone, "chaining pays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use super::Feed;
 use super::lane::Lane;
-use crate::codec::{EncodedEvent, Frame, Item, try_take};
+use crate::codec::{self, EncodedEvent, Frame, Item, try_take};
 use crate::sync::lock;
 use crate::writer;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ pub(super) struct Round {
     pub(super) events: Vec<Arc<EncodedEvent>>,
     pub(super) frames: Vec<Frame>,
     /// Their alternative frames (see `EncodedEvent::alt`), for the lanes
-    /// that asked for them.
+    /// that asked for them, as a run ([`alt_run`](crate::codec::alt_run)).
     pub(super) alts: Vec<Frame>,
     /// A keepalive tick was taken: written after the round's events.
     pub(super) tick: bool,
@@ -51,7 +51,8 @@ pub(super) struct Round {
 impl Round {
     pub(super) fn push(&mut self, event: Arc<EncodedEvent>) {
         self.frames.push(event.frame.clone());
-        self.alts.push(event.frame_for(true).clone());
+        let alt = codec::alt_run(self.events.last().map(|previous| &**previous), &event);
+        self.alts.push(alt.clone());
         self.events.push(event);
     }
 

@@ -1,7 +1,7 @@
 //! One parked client: its socket, how far it was sent, and what it takes
 //! back with it.
 
-use crate::codec::{EncodedEvent, Frame, Item};
+use crate::codec::{AltWindow, EncodedEvent, Frame, Item};
 use crate::sync::{Mutex, lock};
 use crate::writer::{self, FrameSocket};
 use auction_domain::EventId;
@@ -21,8 +21,9 @@ pub(super) struct Lane {
     /// `auction_direct_clients`: one while this lane is claimed.
     pub(super) parked: Gauge,
     /// The client asked for events' alternative frames
-    /// ([`EncodedEvent::alt`]: a compressed WebSocket).
-    alt: bool,
+    /// ([`EncodedEvent::alt`]: a compressed WebSocket): its socket's
+    /// window, which chooses them.
+    alt: Option<Arc<AltWindow>>,
     /// Touched by whoever writes the lane while it is parked, by the
     /// client once it is handed back; the lock only makes the hand-over
     /// visible (and keeps a group writer's write whole against it).
@@ -112,7 +113,7 @@ impl Lane {
     pub(super) fn new(
         socket: Arc<dyn FrameSocket>,
         last_sent: EventId,
-        alt: bool,
+        alt: Option<Arc<AltWindow>>,
         metrics: &TransportMetrics,
     ) -> Lane {
         let lane = Lane {
@@ -148,10 +149,10 @@ impl Lane {
     }
 
     /// Writes the events (`frames` are theirs, in order; `alts` their
-    /// alternative frames, for a lane that asked for them) the client was
-    /// not sent yet, in one try, without waiting. `false`: the lane can
-    /// be written no more (an event is pending, or the socket failed) and
-    /// must be handed back.
+    /// alternative frames as a run, [`alt_run`](crate::codec::alt_run), for a lane that
+    /// asked for them) the client was not sent yet, in one try, without
+    /// waiting. `false`: the lane can be written no more (an event is
+    /// pending, or the socket failed) and must be handed back.
     pub(super) fn write(
         &self,
         events: &[Arc<EncodedEvent>],
@@ -159,7 +160,6 @@ impl Lane {
         alts: &[Frame],
         now_ms: u64,
     ) -> bool {
-        let frames = if self.alt { alts } else { frames };
         let mut state = lock(&self.state);
         if state.gone() {
             return true; // handed or taken back meanwhile: not ours to write
@@ -168,9 +168,30 @@ impl Lane {
             return false;
         }
         let start = events.partition_point(|event| event.id <= state.last_sent);
-        let (events, frames) = (&events[start..], &frames[start..]);
+        let events = &events[start..];
         let Some(newest) = events.last() else {
             return true;
+        };
+        // The run's first alternative frame assumes the socket was last
+        // sent the message it refers to, and its others that it takes
+        // chained frames: when either is not so, this socket's frames are
+        // chosen one by one.
+        let own: Vec<Frame>;
+        let window_before = self.alt.as_ref().map(|window| window.last());
+        let frames = match &self.alt {
+            None => &frames[start..],
+            Some(window) => {
+                let run = &alts[start..];
+                if window.chains() && window.choice(&events[0]).as_ptr() == run[0].as_ptr() {
+                    run
+                } else {
+                    own = events
+                        .iter()
+                        .map(|event| window.frame(event).clone())
+                        .collect();
+                    &own[..]
+                }
+            }
         };
         let written = match writer::try_write_all(&*self.socket, frames) {
             Ok(writer::Tried::All) => {
@@ -188,7 +209,7 @@ impl Lane {
                 let cut = &events[whole];
                 state.last_sent = cut.id;
                 state.pending = Some(Pending {
-                    frame: cut.frame_for(self.alt).clone(),
+                    frame: frames[whole].clone(),
                     written,
                     placed_at_ms: Some(cut.placed_at_ms),
                 });
@@ -199,6 +220,20 @@ impl Lane {
                 0
             }
         };
+        // The socket's last alternative message is the last one written
+        // (a pending one's is as good as written: the client finishes it).
+        if let (Some(window), Some(before)) = (&self.alt, window_before) {
+            let chosen = if state.pending.is_some() {
+                written + 1
+            } else {
+                written
+            };
+            let last = events[..chosen]
+                .iter()
+                .rev()
+                .find_map(|event| event.alt.as_ref());
+            window.wrote(last.map_or(before, |alt| alt.key));
+        }
         if written > 0 {
             let placed_at = events[..written].iter().map(|event| event.placed_at_ms);
             writer::count_delivered(&self.delivered, &self.latency, now_ms, placed_at);

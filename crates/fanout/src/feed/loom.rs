@@ -134,7 +134,7 @@ fn loom_a_client_parking_and_taking_its_socket_back_is_counted_once() {
             .park(
                 Arc::new(Wire::default()),
                 id(1),
-                false,
+                None,
                 &metrics(),
                 caught_up,
             )
@@ -154,7 +154,7 @@ fn loom_an_event_sent_while_the_client_takes_its_socket_back_is_written_once() {
         let feed = feed();
         let wire = Arc::new(Wire::default());
         let parked = feed
-            .park(wire.clone(), id(1), false, &metrics(), || true)
+            .park(wire.clone(), id(1), None, &metrics(), || true)
             .unwrap();
         let sender = {
             let feed = feed.clone();
@@ -185,7 +185,7 @@ fn loom_a_viewer_count_sent_while_the_client_takes_its_socket_back_reaches_it_on
     ::loom::model(|| {
         let feed = feed();
         let parked = feed
-            .park(Arc::new(Wire::default()), id(1), false, &metrics(), || true)
+            .park(Arc::new(Wire::default()), id(1), None, &metrics(), || true)
             .unwrap();
         let sender = {
             let feed = feed.clone();
@@ -210,13 +210,13 @@ fn loom_a_group_writer_never_writes_a_socket_taken_back_after_it_listed_it() {
         // The hub's share is full: the next client goes to a group writer.
         let filler: Vec<Parked> = (0..MAX_PARKED)
             .map(|_| {
-                feed.park(Arc::new(Wire::default()), id(1), false, &metrics(), || true)
+                feed.park(Arc::new(Wire::default()), id(1), None, &metrics(), || true)
                     .unwrap()
             })
             .collect();
         let wire = Arc::new(Wire::default());
         let parked = feed
-            .park(wire.clone(), id(1), false, &metrics(), || true)
+            .park(wire.clone(), id(1), None, &metrics(), || true)
             .unwrap();
         let (group, mut rx, _done) = lock(&feed.state).unstarted.pop().unwrap();
         publish(&feed, 2);

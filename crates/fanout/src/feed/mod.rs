@@ -99,7 +99,7 @@ mod tests;
 pub(crate) use lane::Returned;
 pub use parked::Parked;
 
-use crate::codec::{Frame, Item};
+use crate::codec::{self, AltWindow, Frame, Item};
 use crate::recent::Recent;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, lock};
 use crate::writer::FrameSocket;
@@ -339,7 +339,7 @@ impl Feed {
                 let now = auction_domain::clock::now_ms();
                 let events = std::slice::from_ref(&event);
                 let frames = std::slice::from_ref(&event.frame);
-                let alts = std::slice::from_ref(event.frame_for(true));
+                let alts = std::slice::from_ref(codec::alt_run(None, &event));
                 self.write_hub_lanes(&mut state, taken, |lane| {
                     lane.write(events, frames, alts, now)
                 });
@@ -396,14 +396,15 @@ impl Feed {
     /// Parks a client whose receiver holds nothing unread, as
     /// `caught_up()` (asked under `state`) tells: parked exactly when it
     /// says yes (invariant 2). `alt`: its socket is written events'
-    /// alternative frames ([`EncodedEvent::alt`](crate::EncodedEvent::alt)). `None`: not parked (not caught up, or the
+    /// alternative frames ([`EncodedEvent::alt`](crate::EncodedEvent::alt)),
+    /// as this window of the socket's chooses. `None`: not parked (not caught up, or the
     /// feed ended). Bounded by the clients themselves: one lane per
     /// client, one group per `GROUP_LANES`.
     pub(crate) fn park(
         self: &Arc<Self>,
         socket: Arc<dyn FrameSocket>,
         last_sent: EventId,
-        alt: bool,
+        alt: Option<Arc<AltWindow>>,
         metrics: &TransportMetrics,
         caught_up: impl FnOnce() -> bool,
     ) -> Option<Parked> {

@@ -3,7 +3,7 @@
 
 use super::lane::{Lane, Other};
 use super::*;
-use crate::codec::EncodedEvent;
+use crate::codec::{Alt, AltWindow, EncodedEvent};
 use crate::writer;
 use bytes::Bytes;
 use std::sync::atomic::AtomicBool;
@@ -64,13 +64,29 @@ impl Harness {
         self.publish_item(n, event(n, frame));
     }
 
-    /// Publishes event `n` with an alternative frame too.
+    /// Publishes event `n` with an alternative frame too (keyed `n`).
     fn publish_with_alt(&self, n: u64, frame: &'static [u8], alt: &'static [u8]) {
+        self.publish_chained(n, frame, alt, None);
+    }
+
+    /// Publishes event `n` with an alternative frame (keyed `n`) and, if
+    /// given, one chained to event `n - 1`'s.
+    fn publish_chained(
+        &self,
+        n: u64,
+        frame: &'static [u8],
+        alone: &'static [u8],
+        chained: Option<&'static [u8]>,
+    ) {
         let item = Item::Event(Arc::new(EncodedEvent {
             id: id(n),
             placed_at_ms: 0,
             frame: Bytes::from_static(frame),
-            alt: Some(Bytes::from_static(alt)),
+            alt: Some(Alt {
+                key: n,
+                alone: Bytes::from_static(alone),
+                chained: chained.map(|chained| (n - 1, Bytes::from_static(chained))),
+            }),
         }));
         self.publish_item(n, item);
     }
@@ -94,13 +110,25 @@ impl Harness {
 
     fn park(&self, socket: &Arc<TcpStream>, last: u64) -> Option<Parked> {
         self.feed
-            .park(socket.clone(), id(last), false, &metrics(), || true)
+            .park(socket.clone(), id(last), None, &metrics(), || true)
     }
 
-    /// Parks a client that asked for events' alternative frames.
+    /// Parks a client that asked for events' alternative frames, chained
+    /// ones too.
     fn park_alt(&self, socket: &Arc<TcpStream>, last: u64) -> Option<Parked> {
+        self.park_window(socket, last, Arc::new(AltWindow::new(true)))
+    }
+
+    /// Parks a client that asked for events' alternative frames, chosen
+    /// by `window`.
+    fn park_window(
+        &self,
+        socket: &Arc<TcpStream>,
+        last: u64,
+        window: Arc<AltWindow>,
+    ) -> Option<Parked> {
         self.feed
-            .park(socket.clone(), id(last), true, &metrics(), || true)
+            .park(socket.clone(), id(last), Some(window), &metrics(), || true)
     }
 
     /// Receivers on the ring (clients reading it and group writers).
@@ -233,6 +261,68 @@ async fn a_client_that_asked_for_alternative_frames_is_written_them_by_the_hub_a
         assert_eq!(read_exactly(client, 15).await, b"TWO\nthree\nFOUR\n");
     }
     assert_eq!(feed.feed.parked(), MAX_PARKED + 4);
+}
+
+#[tokio::test]
+async fn a_socket_is_written_an_events_chained_frame_only_after_the_message_it_refers_to() {
+    let feed = Harness::new();
+    // Each socket's window as it starts: sent nothing compressed yet; sent
+    // event 1's alternative message last; one that takes no chained
+    // frames; sent some other message last.
+    let starts: [(bool, u64); 4] = [(true, 0), (true, 1), (false, 1), (true, 99)];
+    let mut clients = Vec::new();
+    let mut plain = Vec::new();
+    // Each kind in the hub's share and in a group writer's.
+    for place in 0..2 {
+        for (chains, last) in starts {
+            let (server, client) = pair().await;
+            let window = Arc::new(AltWindow::new(chains));
+            if last > 0 {
+                window.wrote(last);
+            }
+            let parked = feed.park_window(&server, 1, window.clone()).unwrap();
+            clients.push((place, chains, last, window, parked, client));
+        }
+        if place == 0 {
+            // The rest of the hub's share, plain.
+            for _ in starts.len()..MAX_PARKED {
+                let (server, client) = pair().await;
+                plain.push((feed.park(&server, 1).unwrap(), client));
+            }
+        }
+    }
+    feed.publish_chained(2, b"two\n", b"TWO\n", Some(b"2\n"));
+    feed.publish_chained(3, b"three\n", b"THREE\n", Some(b"3\n"));
+    // Not chained (its previous message was not compressed, say).
+    feed.publish_chained(4, b"four\n", b"FOUR\n", None);
+    feed.publish_chained(5, b"five\n", b"FIVE\n", Some(b"5\n"));
+    for (place, chains, last, window, _, client) in &mut clients {
+        let expected: &[u8] = match (*chains, *last) {
+            (true, 1) => b"2\n3\nFOUR\n5\n",
+            (true, _) => b"TWO\n3\nFOUR\n5\n",
+            (false, _) => b"TWO\nTHREE\nFOUR\nFIVE\n",
+        };
+        let read = read_exactly(client, expected.len()).await;
+        assert_eq!(
+            String::from_utf8_lossy(&read),
+            String::from_utf8_lossy(expected),
+            "written by the {}, window {chains} {last}",
+            ["hub", "group"][*place]
+        );
+        // The next event's chained frame goes to this socket.
+        let next = EncodedEvent {
+            id: id(6),
+            placed_at_ms: 0,
+            frame: Bytes::from_static(b"six"),
+            alt: Some(Alt {
+                key: 6,
+                alone: Bytes::from_static(b"SIX"),
+                chained: Some((5, Bytes::from_static(b"6"))),
+            }),
+        };
+        let six: &[u8] = if *chains { b"6" } else { b"SIX" };
+        assert_eq!(&window.choice(&next)[..], six);
+    }
 }
 
 #[tokio::test]
@@ -525,7 +615,7 @@ async fn a_dropped_claim_leaves_the_feed_and_a_client_with_unread_items_is_not_p
     assert_eq!(feed.feed.parked(), 0);
     let refused = feed
         .feed
-        .park(server.clone(), id(1), false, &metrics(), || false);
+        .park(server.clone(), id(1), None, &metrics(), || false);
     assert!(
         refused.is_none(),
         "a client with unread items is not parked"
@@ -622,7 +712,7 @@ async fn a_client_parking_and_taking_its_socket_back_is_counted_once() {
         };
         let parked = feed
             .feed
-            .park(server.clone(), id(1), false, &metrics(), caught_up)
+            .park(server.clone(), id(1), None, &metrics(), caught_up)
             .unwrap();
         rx = parked.take_back().feed;
     }
