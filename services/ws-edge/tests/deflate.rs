@@ -211,7 +211,7 @@ fn deflate(bytes: &[u8]) -> Vec<u8> {
 }
 
 struct Stack {
-    _redis: RedisServer,
+    redis: RedisServer,
     bidder: ServiceProcess,
     edge: ServiceProcess,
 }
@@ -222,15 +222,19 @@ async fn stack(extra: &[(&'static str, &str)]) -> Stack {
     let edge = start_edge(&redis, Some(&bidder), extra);
     create_auction(&redis, "vase").await;
     Stack {
-        _redis: redis,
+        redis,
         bidder,
         edge,
     }
 }
 
 async fn bid_over_http(stack: &Stack, amount: u64) {
+    bid_on(stack, "vase", amount).await;
+}
+
+async fn bid_on(stack: &Stack, auction: &str, amount: u64) {
     let response = reqwest::Client::new()
-        .post(format!("{}/auctions/vase/bids", stack.bidder.url()))
+        .post(format!("{}/auctions/{auction}/bids", stack.bidder.url()))
         .bearer_auth(test_support::seller_token())
         .header("content-type", "application/json")
         .body(json!({"amount": amount, "bidder": "b"}).to_string())
@@ -300,6 +304,89 @@ async fn a_client_offering_deflate_gets_compressed_events_that_inflate_to_the_pl
     // Chained frames refer back into the event before: all but the first
     // take a fraction of the lone frame.
     assert!(chained < 0.5 * alone, "chaining pays");
+}
+
+/// Every compressed socket decodes each event exactly as a plain socket
+/// reads it, whoever wrote it (the client's task, the hub's direct writes
+/// to the first parked sockets, the group writers of the rest) and
+/// whatever came before it on the socket (another auction's event, which
+/// the next event must not be chained past).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compressed_socket_decodes_each_event_as_a_plain_one_whoever_writes_it() {
+    const CLIENTS: usize = 100; // the hub's 16 and two group writers
+    const BIDS: u64 = 40;
+    let stack = stack(&[]).await;
+    create_auction(&stack.redis, "lamp").await;
+    let mut plain = RawClient::connect(&stack.edge, None).await;
+    let mut chained = Vec::new();
+    for _ in 0..CLIENTS {
+        chained.push(RawClient::connect(&stack.edge, Some(OFFER)).await);
+    }
+    // One socket following both auctions, whose bids alternate.
+    let mut both = RawClient::connect(&stack.edge, Some(OFFER)).await;
+    for client in std::iter::once(&mut plain).chain(chained.iter_mut()) {
+        client
+            .send_text(json!({"type":"subscribe","auction":"vase"}))
+            .await;
+        assert_eq!(client.json().await["type"], "init");
+    }
+    for auction in ["vase", "lamp"] {
+        both.send_text(json!({"type":"subscribe","auction":auction}))
+            .await;
+        assert_eq!(both.json().await["type"], "init");
+    }
+    for n in 0..BIDS {
+        bid_on(&stack, "vase", 1000 + n * 100).await;
+        bid_on(&stack, "lamp", 1000 + n * 100).await;
+    }
+    let mut expected = Vec::new();
+    while expected.len() < BIDS as usize {
+        let message = plain.message().await;
+        let text = plain.text(&message);
+        if serde_json::from_str::<Value>(&text).unwrap()["type"] == "bid" {
+            expected.push(text);
+        }
+    }
+    for (n, client) in chained.iter_mut().enumerate() {
+        let mut texts = Vec::new();
+        let mut compressed = 0;
+        while texts.len() < expected.len() {
+            let message = client.message().await;
+            compressed += usize::from(message.compressed());
+            let text = client.text(&message);
+            if serde_json::from_str::<Value>(&text).unwrap()["type"] == "bid" {
+                texts.push(text);
+            }
+        }
+        assert_eq!(texts, expected, "client {n}");
+        assert_eq!(
+            compressed,
+            expected.len(),
+            "client {n}: every bid compressed"
+        );
+    }
+    let mut by_auction: [Vec<String>; 2] = Default::default();
+    while by_auction.iter().map(Vec::len).sum::<usize>() < 2 * expected.len() {
+        let message = both.message().await;
+        let text = both.text(&message);
+        let event: Value = serde_json::from_str(&text).unwrap();
+        if event["type"] == "bid" {
+            by_auction[usize::from(event["auction"] == "lamp")].push(text);
+        }
+    }
+    assert_eq!(
+        by_auction[0], expected,
+        "the vase's bids on the shared socket"
+    );
+    let lamp: Vec<u64> = by_auction[1]
+        .iter()
+        .map(|text| {
+            serde_json::from_str::<Value>(text).unwrap()["payload"]["amount"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(lamp, (0..BIDS).map(|n| 1000 + n * 100).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
