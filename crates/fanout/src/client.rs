@@ -27,7 +27,7 @@
 //! response head, and how an ending is told to its clients.
 
 use crate::codec::{AltWindow, Codec, EncodedEvent, Frame, Framing, Item};
-use crate::feed::{Parked, Position};
+use crate::feed::{AltClient, Parked, Position};
 use crate::hub::Hub;
 use crate::session::{self, CatchUpError, OpenError, Opening, Resume, Start};
 use crate::viewers::Viewer;
@@ -111,6 +111,9 @@ pub struct Subscription {
     /// ([`EncodedEvent::alt`]), parked or not, as its batch says: its
     /// socket's window.
     alt: Option<Arc<AltWindow>>,
+    /// Counts the client among its feed's that asked for alternative
+    /// frames, while the subscription lives.
+    _alt_client: Option<AltClient>,
     /// Counts the client's address among the auction's viewers while the
     /// subscription lives.
     _viewer: Viewer,
@@ -323,12 +326,17 @@ impl<C: Codec> Delivery<C> {
             viewers,
             viewer,
         } = opening;
+        let alt_client = batch
+            .alt
+            .as_ref()
+            .map(|_| AltClient::new(position.feed().clone()));
         let mut subscription = Subscription {
             auction,
             last_sent: EventId::ZERO,
             position,
             moving: false,
             alt: batch.alt.clone(),
+            _alt_client: alt_client,
             _viewer: viewer,
         };
         match start {

@@ -15,16 +15,18 @@ pub trait Codec: Send + Sync + 'static {
     /// The event's frame, and a second encoding of it for the clients that
     /// asked for one (WebSocket: compressed), if the transport has one.
     /// Both are shared by every client of the feed: see
-    /// [`EncodedEvent::alt`]. `previous` is the event the feed sent just
-    /// before, as it was encoded: an alternative frame may be chained to
-    /// its alternative message ([`Alt::chained`]).
+    /// [`EncodedEvent::alt`]. `alt`: a client of the feed asked for the
+    /// second encoding now (none is wanted otherwise). `previous` is the
+    /// event the feed sent just before, as it was encoded: an alternative
+    /// frame may be chained to its alternative message ([`Alt::chained`]).
     fn event_frames(
         &self,
         auction: &AuctionId,
         event: &Event,
         previous: Option<&EncodedEvent>,
+        alt: bool,
     ) -> (Frame, Option<Alt>) {
-        let _ = previous;
+        let _ = (previous, alt);
         (self.event(auction, event), None)
     }
 

@@ -544,7 +544,9 @@ fn publish<C: Codec>(
         span
     });
     let _entered = span.as_ref().map(tracing::Span::enter);
-    let (mut frame, alt) = codec.event_frames(auction, event, cursor.previous.as_deref());
+    let wants_alt = cursor.feed.wants_alt();
+    let (mut frame, alt) =
+        codec.event_frames(auction, event, cursor.previous.as_deref(), wants_alt);
     if let Some(keepalive) = codec.keepalive() {
         let now = Instant::now();
         if carries_keepalive(now.duration_since(cursor.ticked_at), config.keepalive) {

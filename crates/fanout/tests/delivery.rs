@@ -6,8 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use auction_domain::{AuctionId, Event, EventId};
-use fanout::{Codec, Delivery, Ended, Frame, Hub, HubConfig, LiveCounters, Resume, Transport};
+use fanout::{
+    Alt, AltWindow, Batch, Codec, Delivery, EncodedEvent, Ended, Frame, Hub, HubConfig,
+    LiveCounters, Resume, Transport,
+};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use telemetry::TransportMetrics;
 use test_support::MemoryStore;
@@ -20,14 +24,40 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// One line per message, naming what it is, so a test reads them back.
 /// Events carry `pad` bytes more, to fill sockets when a test needs it.
+/// Its alternative frames (as a compressed WebSocket's) are the same line
+/// in capitals; it counts the events it encoded that way.
 struct Lines {
     pad: usize,
+    alts: Arc<AtomicUsize>,
 }
 
 impl Codec for Lines {
     fn event(&self, _: &AuctionId, event: &Event) -> Frame {
         let pad = "x".repeat(self.pad);
         Frame::from(format!("event {}{pad}\n", event.id))
+    }
+    fn event_frames(
+        &self,
+        auction: &AuctionId,
+        event: &Event,
+        _: Option<&EncodedEvent>,
+        alt: bool,
+    ) -> (Frame, Option<Alt>) {
+        let frame = self.event(auction, event);
+        if !alt {
+            return (frame, None);
+        }
+        let key = self.alts.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        let alone = Frame::from(String::from_utf8_lossy(&frame).to_uppercase());
+        let chained = None;
+        (
+            frame,
+            Some(Alt {
+                key,
+                alone,
+                chained,
+            }),
+        )
     }
     fn init(&self, _: &AuctionId, last: EventId, init_json: &str) -> Frame {
         let reset = init_json.contains("\"reset\":true");
@@ -55,6 +85,8 @@ impl Transport for Plain<'_> {
 /// A replica's hub and delivery on a store in memory.
 struct Edge {
     delivery: Arc<Delivery<Lines>>,
+    /// Events the codec encoded as alternative frames.
+    alts: Arc<AtomicUsize>,
     metrics: TransportMetrics,
     counters: LiveCounters,
     shutdown: CancellationToken,
@@ -95,7 +127,11 @@ fn edge(store: &MemoryStore, setup: Setup) -> Edge {
         replay_keep: Duration::from_secs(2),
         replica: "test".into(),
     };
-    let codec = Lines { pad: setup.pad };
+    let alts = Arc::new(AtomicUsize::new(0));
+    let codec = Lines {
+        pad: setup.pad,
+        alts: alts.clone(),
+    };
     let store_reads = Arc::new(store.clone());
     let counters = LiveCounters::default();
     let hub = Hub::start(
@@ -110,6 +146,7 @@ fn edge(store: &MemoryStore, setup: Setup) -> Edge {
     let delivery = Delivery::new(hub, metrics.clone(), setup.stall, shutdown.clone());
     Edge {
         delivery: Arc::new(delivery),
+        alts,
         metrics,
         counters,
         shutdown,
@@ -472,4 +509,63 @@ async fn a_resubscribed_auction_whose_reads_fail_holds_up_only_itself() {
     assert_eq!(failing_client.line().await, event_line(&missed));
     let next = store.append(&failing);
     assert_eq!(failing_client.line().await, event_line(&next));
+}
+
+#[tokio::test]
+async fn events_are_encoded_a_second_way_only_while_a_client_of_the_feed_asks_for_it() {
+    let store = MemoryStore::new();
+    let auction = store.create("a");
+    let edge = edge(&store, Setup::default());
+    let mut plain = connect(&edge, &auction, Resume::Fresh).await;
+    plain.line().await;
+    for _ in 0..3 {
+        let event = store.append(&auction);
+        assert_eq!(plain.line().await, event_line(&event));
+    }
+    assert_eq!(edge.alts.load(Ordering::Relaxed), 0, "nobody asked");
+
+    // A client asking for them (as a compressed WebSocket does).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reader = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    let opening = edge
+        .delivery
+        .open(&auction, Resume::Fresh, server.peer_addr().unwrap().ip())
+        .await
+        .unwrap();
+    let mut batch = Batch::alt(Arc::new(AltWindow::new(true)));
+    let (subscription, mut rx) = edge
+        .delivery
+        .start_framed(&mut Plain(&server), opening, &mut batch)
+        .await
+        .unwrap();
+    let event = store.append(&auction);
+    assert_eq!(plain.line().await, event_line(&event));
+    assert_eq!(edge.alts.load(Ordering::Relaxed), 1, "encoded for it");
+    let mut subscription = subscription;
+    let item = rx.recv().await;
+    edge.delivery
+        .take(&mut subscription, item, &mut batch)
+        .unwrap();
+    edge.delivery
+        .flush(&mut Plain(&server), &mut batch, || false)
+        .await
+        .unwrap();
+    let mut alt_client = Client {
+        reader: BufReader::new(reader),
+        served: tokio::spawn(async { None }),
+    };
+    alt_client.line().await; // its init
+    assert_eq!(
+        alt_client.line().await,
+        event_line(&event).to_uppercase(),
+        "and written to it"
+    );
+
+    drop((subscription, rx));
+    let event = store.append(&auction);
+    assert_eq!(plain.line().await, event_line(&event));
+    assert_eq!(edge.alts.load(Ordering::Relaxed), 1, "no more once it left");
 }

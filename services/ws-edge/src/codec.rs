@@ -32,18 +32,20 @@ impl Codec for WsCodec {
         text_frame(&event_text(auction, event))
     }
 
-    /// The plain frame, and when compression is on (and it makes the
-    /// message smaller) the compressed ones: alone, and chained to the
-    /// previous event's compressed message if it had one.
+    /// The plain frame, and when compression is on, a socket of the feed
+    /// negotiated it and it makes the message smaller, the compressed
+    /// ones: alone, and chained to the previous event's compressed message
+    /// if it had one.
     fn event_frames(
         &self,
         auction: &AuctionId,
         event: &Event,
         previous: Option<&EncodedEvent>,
+        wanted: bool,
     ) -> (Bytes, Option<Alt>) {
         let text = event_text(auction, event);
         let plain = text_frame(&text);
-        if !self.compress {
+        if !self.compress || !wanted {
             return (plain, None);
         }
         let Some(alone) = deflate::compressed_text_frame(&text) else {
@@ -214,7 +216,7 @@ mod tests {
             let mut bytes = 0;
             let mut previous: Option<EncodedEvent> = None;
             for event in &events {
-                let (frame, alt) = codec.event_frames(&auction, event, previous.as_ref());
+                let (frame, alt) = codec.event_frames(&auction, event, previous.as_ref(), true);
                 bytes += alt.as_ref().map_or(frame.len(), |alt| {
                     alt.chained
                         .as_ref()

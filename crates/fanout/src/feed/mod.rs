@@ -139,6 +139,10 @@ pub(crate) struct Feed {
     /// The auction's viewers over all replicas, as last learned (written
     /// by the viewers task only).
     viewers: AtomicU32,
+    /// Clients that asked for events' alternative frames, while their
+    /// subscriptions live ([`AltClient`]): the hub encodes events that way
+    /// only while there are some.
+    alt_clients: AtomicU32,
     /// Whether the hub follows the auction's stream yet: clients wait for
     /// it before they read anything.
     live: watch::Sender<bool>,
@@ -243,8 +247,17 @@ impl Feed {
             recent: Mutex::new(Recent::new(capacity)),
             keepalive,
             viewers: AtomicU32::new(0),
+            alt_clients: AtomicU32::new(0),
             live: watch::Sender::new(false),
         })
+    }
+
+    /// Whether a client of the feed asked for events' alternative frames
+    /// (a compressed WebSocket): if not, the hub makes none. One that asks
+    /// as an event is encoded gets that event's plain frame, which is
+    /// always allowed.
+    pub(crate) fn wants_alt(&self) -> bool {
+        self.alt_clients.load(Ordering::Relaxed) > 0
     }
 
     /// The ring's capacity: this far behind, a client is lapped.
@@ -506,6 +519,24 @@ impl Feed {
 /// it sends, the client every item it takes. Exact by invariant 1: no item
 /// is counted that the receiver will not get, nor the other way round; a
 /// lap is never reported early or late.
+/// Counts a client among its feed's that asked for alternative frames
+/// ([`Feed::wants_alt`]), for as long as it is kept.
+#[derive(Debug)]
+pub(crate) struct AltClient(Arc<Feed>);
+
+impl AltClient {
+    pub(crate) fn new(feed: Arc<Feed>) -> AltClient {
+        feed.alt_clients.fetch_add(1, Ordering::Relaxed);
+        AltClient(feed)
+    }
+}
+
+impl Drop for AltClient {
+    fn drop(&mut self) {
+        self.0.alt_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Position {
     feed: Arc<Feed>,
