@@ -80,6 +80,45 @@ pub const SOCKET_SEND_BUFFER: Setting = number(
     "`SO_SNDBUF` per client socket, bytes",
 );
 
+pub const TCP_NODELAY: Setting = Setting {
+    key: "tcp_nodelay",
+    kind: Kind::Flag,
+    default: Some("false"),
+    help: "`TCP_NODELAY` on client streams and sockets. `false`: the kernel holds a small write \
+           while the client has not acknowledged the one before (Nagle), so a client that falls \
+           behind gets several events per TCP segment and one that keeps up gets each at once \
+           (see \"Event sockets and TCP_NODELAY\"); `true`: every write goes out at once, for \
+           browsers that reach the edges with no proxy in front on systems that delay their \
+           acknowledgements (Windows: up to 200 ms)",
+    secret: false,
+};
+
+/// How each client's event socket (an SSE stream, a WebSocket) is set up
+/// once it is one: the same on both edges.
+#[derive(Debug, Clone, Copy)]
+pub struct EventSocket {
+    /// `AUCTION_SOCKET_SEND_BUFFER`: `SO_SNDBUF`. Without a cap the kernel
+    /// grows a stuck client's buffer to megabytes, and it would take that
+    /// long to notice.
+    pub send_buffer: usize,
+    /// `AUCTION_TCP_NODELAY`. Off by default: with 1,000 clients that
+    /// read slower than events come (tung200 in BENCHMARKS.md), Nagle's
+    /// algorithm let the kernel put two events in a segment on average and
+    /// halved the edge's CPU, as nginx+nchan's sockets do; clients that
+    /// keep up acknowledge each event as they read it, so nothing waits
+    /// (latency at 50 and 200 events/s unchanged within the runs' spread).
+    pub nodelay: bool,
+}
+
+impl EventSocket {
+    /// Applies both to a client's socket (best effort: a socket that
+    /// refuses keeps the kernel's defaults).
+    pub fn set_up(&self, stream: &tokio::net::TcpStream) {
+        let _ = socket2::SockRef::from(stream).set_send_buffer_size(self.send_buffer);
+        let _ = stream.set_nodelay(self.nodelay);
+    }
+}
+
 /// Connections one client address may hold open on one replica: enough
 /// for a household or a small office behind one NAT address (a tab holds
 /// one stream or socket), far from what it takes to inflate a viewer count
@@ -103,6 +142,7 @@ pub const SETTINGS: &[Setting] = &[
     VIEWERS_INTERVAL_MS,
     REPLAY_KEEP_MS,
     SOCKET_SEND_BUFFER,
+    TCP_NODELAY,
     crate::demo::DEMO_CONTROLS,
 ];
 
@@ -119,8 +159,8 @@ pub struct EdgeSettings {
     pub clients: ClientAddress,
     /// `AUCTION_CLIENT_QUEUE`: events a client may lag behind.
     pub client_queue: usize,
-    /// `AUCTION_SOCKET_SEND_BUFFER`: `SO_SNDBUF` of each client socket.
-    pub send_buffer: usize,
+    /// How each client's event socket is set up.
+    pub event_socket: EventSocket,
     /// `AUCTION_CLIENT_STALL_MS`: a client whose socket accepts nothing for
     /// this long is slow and is cut off.
     pub stall_limit: Duration,
@@ -144,7 +184,10 @@ impl EdgeSettings {
             max_connections_per_address: settings.number(&MAX_CONNECTIONS_PER_ADDRESS)? as u32,
             clients: ClientAddress::read(settings)?,
             client_queue: settings.number(&CLIENT_QUEUE)? as usize,
-            send_buffer: settings.number(&SOCKET_SEND_BUFFER)? as usize,
+            event_socket: EventSocket {
+                send_buffer: settings.number(&SOCKET_SEND_BUFFER)? as usize,
+                nodelay: settings.flag(&TCP_NODELAY)?,
+            },
             stall_limit: Duration::from_millis(settings.number(&CLIENT_STALL_MS)?),
             viewers_interval: Duration::from_millis(settings.number(&VIEWERS_INTERVAL_MS)?),
             replay_keep: Duration::from_millis(settings.number(&REPLAY_KEEP_MS)?),

@@ -77,7 +77,7 @@ async fn run(ctx: Context, own: SseSettings) -> Result<(), String> {
         delivery: fanout.delivery,
         retry_ms: own.retry_ms,
         max_auctions_per_stream: own.max_auctions_per_stream,
-        send_buffer: own.edge.send_buffer,
+        event_socket: own.edge.event_socket,
         shutdown: ctx.shutdown.clone(),
     });
     let routes = pages::routes(pages::Transport::Sse, &own.bidder_public_url);

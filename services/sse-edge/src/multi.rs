@@ -180,7 +180,7 @@ impl SseEndpoint {
         if openings.is_empty() {
             return Err(Some(refusal::not_found("none of these auctions exists")));
         }
-        let _ = socket2::SockRef::from(stream).set_send_buffer_size(self.send_buffer);
+        self.event_socket.set_up(stream);
         let mut socket = SseSocket(stream);
         self.delivery
             .write_head(&mut socket, response_head(self.retry_ms))

@@ -14,6 +14,7 @@ use auction_domain::AuctionId;
 use fanout::{Delivery, Frame, Item, OpenError, Resume, Subscription, Transport};
 use service_kit::client_address::ClientAddress;
 use service_kit::demo::{DemoControls, DemoGuard, linger_zero};
+use service_kit::edge::EventSocket;
 use service_kit::{ConnectionGate, FastPath, RequestHead, address_key, refusal};
 use std::future::Future;
 use std::io;
@@ -32,9 +33,8 @@ pub struct SseEndpoint {
     pub retry_ms: u64,
     /// Auctions one stream of several may carry (`/events?auctions=`).
     pub max_auctions_per_stream: usize,
-    /// SO_SNDBUF of each stream: without a cap the kernel grows a stuck
-    /// client's buffer to megabytes, and it would take that long to notice.
-    pub send_buffer: usize,
+    /// How each stream's socket is set up once it is one.
+    pub event_socket: EventSocket,
     pub shutdown: CancellationToken,
     /// `AUCTION_DEMO_CONTROLS`: streams opened with `demo=<client>`.
     pub demo: Arc<DemoControls>,
@@ -163,7 +163,7 @@ impl SseEndpoint {
                 return Err(Some(refusal::redis_unavailable()));
             }
         };
-        let _ = socket2::SockRef::from(stream).set_send_buffer_size(self.send_buffer);
+        self.event_socket.set_up(stream);
         let mut socket = SseSocket(stream);
         // No security headers here, unlike every other answer: an event
         // stream is never a document (a browser neither renders, frames nor

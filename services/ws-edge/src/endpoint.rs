@@ -10,6 +10,7 @@ use fanout::Delivery;
 use identity::Authenticator;
 use service_kit::client_address::ClientAddress;
 use service_kit::demo::{DemoControls, linger_zero};
+use service_kit::edge::EventSocket;
 use service_kit::rate::Rate;
 use service_kit::{ConnectionGate, FastPath, RequestHead, refusal};
 use std::future::Future;
@@ -38,7 +39,8 @@ pub struct WsEndpoint {
     pub max_subscriptions: usize,
     /// Client messages per socket.
     pub message_rate: Rate,
-    pub send_buffer: usize,
+    /// How each socket is set up once upgraded.
+    pub event_socket: EventSocket,
     /// permessage-deflate is negotiated with the clients that offer it
     /// (`AUCTION_WS_COMPRESSION`).
     pub compression: bool,

@@ -105,7 +105,7 @@ async fn run(ctx: Context, own: WsSettings, identity: IdentityConfig) -> Result<
         allowed_origins: own.allowed_origins,
         max_subscriptions: own.max_subscriptions,
         message_rate: Rate::new(own.rate_per_s, own.rate_burst),
-        send_buffer: own.edge.send_buffer,
+        event_socket: own.edge.event_socket,
         compression: own.compression,
         suspensions: suspensions.clone(),
         shutdown: ctx.shutdown.clone(),

@@ -76,7 +76,7 @@ pub async fn upgrade(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     );
     stream.write_all(response.as_bytes()).await.ok()?;
-    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(endpoint.send_buffer);
+    endpoint.event_socket.set_up(&stream);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
