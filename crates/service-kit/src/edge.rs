@@ -275,3 +275,30 @@ where
     gate.drained().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_event_socket_gets_the_send_buffer_and_nodelay_it_is_set_up_with() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        for nodelay in [false, true] {
+            let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            // As the accept loop leaves every connection, before it is known
+            // to be an event stream.
+            server.set_nodelay(true).unwrap();
+            EventSocket {
+                send_buffer: 65_536,
+                nodelay,
+            }
+            .set_up(&server);
+            assert_eq!(server.nodelay().unwrap(), nodelay);
+            // Linux doubles what it is asked for (its bookkeeping).
+            let buffer = socket2::SockRef::from(&server).send_buffer_size().unwrap();
+            assert!((65_536..=2 * 65_536).contains(&buffer), "{buffer}");
+        }
+    }
+}
