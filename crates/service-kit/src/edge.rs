@@ -87,7 +87,7 @@ pub const TCP_NODELAY: Setting = Setting {
     help: "`TCP_NODELAY` on client streams and sockets. `false`: the kernel holds a small write \
            while the client has not acknowledged the one before (Nagle), so a client that falls \
            behind gets several events per TCP segment and one that keeps up gets each at once \
-           (see \"Event sockets and TCP_NODELAY\"); `true`: every write goes out at once, for \
+           (see [operations](operations.md#event-sockets-and-tcp_nodelay)); `true`: every write goes out at once, for \
            browsers that reach the edges with no proxy in front on systems that delay their \
            acknowledgements (Windows: up to 200 ms)",
     secret: false,
