@@ -105,9 +105,10 @@ pub struct Alt<F = Frame> {
 /// frame was chosen for the socket, and every frame chosen is written, in
 /// the order chosen, or the socket fails. Relaxed atomics are enough:
 /// whoever writes the socket took it over from the last writer through a
-/// lock or a task's hand-over, which orders their accesses. Plain frames (replays, `init`,
-/// replies) leave it as it is: they are not alternative messages (a
-/// compressed socket's plain messages never enter its compression window).
+/// lock or a task's hand-over, which orders their accesses. Plain frames
+/// (replays, `init`, replies) leave it as it is: they are not alternative
+/// messages (a compressed socket's plain messages never enter its
+/// compression window).
 #[derive(Debug)]
 pub struct AltWindow {
     last: AtomicU64,
@@ -141,13 +142,9 @@ impl AltWindow {
     /// one it refers to, else its alternative frame alone, else (it has
     /// none) its plain frame.
     pub fn choice<'a, F>(&self, event: &'a EncodedEvent<F>) -> &'a F {
-        let Some(alt) = &event.alt else {
-            return &event.frame;
-        };
-        match &alt.chained {
-            Some((after, chained)) if self.chains && *after == self.last() => chained,
-            _ => &alt.alone,
-        }
+        // Keys are never 0: a socket that takes no chained frames is
+        // treated as one whose last message is none of them.
+        event.frame_after(Some(if self.chains { self.last() } else { 0 }))
     }
 
     /// Remembers `key` as the socket's last alternative message (0: none):
@@ -178,17 +175,23 @@ pub(crate) fn alt_run<'a>(
     previous: Option<&'a EncodedEvent>,
     event: &'a EncodedEvent,
 ) -> &'a Frame {
-    let Some(alt) = &event.alt else {
-        return &event.frame;
-    };
-    match (&alt.chained, previous) {
-        (Some((_, chained)), None) => chained,
-        (Some((after, chained)), Some(previous))
-            if previous.alt.as_ref().is_some_and(|alt| alt.key == *after) =>
-        {
-            chained
+    event.frame_after(previous.map(|previous| previous.alt.as_ref().map_or(0, |alt| alt.key)))
+}
+
+impl<F> EncodedEvent<F> {
+    /// The event's frame for a socket whose last alternative message is
+    /// keyed `last` (0: none of them; `None`: the one its chained frame
+    /// refers to, whichever that is): its chained alternative frame if
+    /// that is the one it refers to, else its alternative frame alone,
+    /// else (it has none) its plain frame.
+    fn frame_after(&self, last: Option<u64>) -> &F {
+        let Some(alt) = &self.alt else {
+            return &self.frame;
+        };
+        match &alt.chained {
+            Some((after, chained)) if last.is_none_or(|last| last == *after) => chained,
+            _ => &alt.alone,
         }
-        _ => &alt.alone,
     }
 }
 

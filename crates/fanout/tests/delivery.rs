@@ -200,14 +200,20 @@ impl Client {
     }
 }
 
-/// Connects a client resuming as `resume` says: the edge opens, starts and
-/// serves it as an SSE stream's task does.
-async fn connect(edge: &Edge, auction: &AuctionId, resume: Resume) -> Client {
+/// A connected pair on loopback: (the edge's side, the client's).
+async fn pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let reader = TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
     let (server, _) = listener.accept().await.unwrap();
+    (server, reader)
+}
+
+/// Connects a client resuming as `resume` says: the edge opens, starts and
+/// serves it as an SSE stream's task does.
+async fn connect(edge: &Edge, auction: &AuctionId, resume: Resume) -> Client {
+    let (server, reader) = pair().await;
     let delivery = edge.delivery.clone();
     let auction = auction.clone();
     let served = tokio::spawn(async move {
@@ -525,11 +531,7 @@ async fn events_are_encoded_a_second_way_only_while_a_client_of_the_feed_asks_fo
     assert_eq!(edge.alts.load(Ordering::Relaxed), 0, "nobody asked");
 
     // A client asking for them (as a compressed WebSocket does).
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let reader = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
+    let (server, reader) = pair().await;
     let opening = edge
         .delivery
         .open(&auction, Resume::Fresh, server.peer_addr().unwrap().ip())
