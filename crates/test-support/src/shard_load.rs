@@ -3,7 +3,7 @@
 //! auction recording every answer, and streaming clients recording when
 //! each event arrived.
 
-use crate::{RedisCluster, Seen};
+use crate::{RedisCluster, Seen, ServiceProcess, wait_for};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -216,4 +216,72 @@ pub fn follow(
             arrivals,
         }
     })
+}
+
+/// Every auction followed on both edges, each client until its auction's
+/// head: the clients of a shard-failure test, started together and
+/// finished together.
+pub struct Following {
+    /// Each auction's head, set by [`Following::finish`].
+    heads: HashMap<String, Arc<Mutex<Option<String>>>>,
+    clients: Vec<tokio::task::JoinHandle<Followed>>,
+}
+
+impl Following {
+    /// Follows each of `ids` on `sse` and on `ws` (one client each), and
+    /// waits up to `setup` for every client's first `init`. Blocks its
+    /// worker: call it on a multi-threaded runtime.
+    pub fn start(
+        ids: &[String],
+        sse: &ServiceProcess,
+        ws: &ServiceProcess,
+        setup: Duration,
+    ) -> Following {
+        let heads: HashMap<String, Arc<Mutex<Option<String>>>> =
+            ids.iter().map(|id| (id.clone(), Arc::default())).collect();
+        let ready: Arc<Mutex<usize>> = Arc::default();
+        let ws_url = format!("{}/ws", ws.url().replacen("http", "ws", 1));
+        let mut clients = Vec::new();
+        for id in ids {
+            for (transport, edge) in [("sse", sse.url()), ("ws", ws_url.clone())] {
+                clients.push(follow(
+                    transport,
+                    edge,
+                    id.clone(),
+                    heads[id].clone(),
+                    ready.clone(),
+                ));
+            }
+        }
+        let expected = clients.len();
+        tokio::task::block_in_place(|| {
+            wait_for("every client's init", setup, || {
+                (*ready.lock().unwrap() == expected).then_some(())
+            })
+        });
+        Following { heads, clients }
+    }
+
+    /// Reads each auction's stream as it is now, lets every client run
+    /// until it reaches its auction's head, and returns the streams (ids,
+    /// oldest first) and what each client followed.
+    pub async fn finish(
+        self,
+        cluster: &RedisCluster,
+    ) -> (HashMap<String, Vec<String>>, Vec<Followed>) {
+        let streams: HashMap<String, Vec<String>> = self
+            .heads
+            .iter()
+            .map(|(id, head)| {
+                let stream: Vec<String> = cluster.stream(id).into_iter().map(|e| e.id).collect();
+                *head.lock().unwrap() = stream.last().cloned();
+                (id.clone(), stream)
+            })
+            .collect();
+        let mut followed = Vec::with_capacity(self.clients.len());
+        for client in self.clients {
+            followed.push(client.await.unwrap());
+        }
+        (streams, followed)
+    }
 }

@@ -10,13 +10,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_support::shard_load::{
-    Followed, assert_healthy_shards_answered, bid_until, follow, one_auction_per_primary,
+    Followed, Following, assert_healthy_shards_answered, bid_until, one_auction_per_primary,
 };
-use test_support::{RedisCluster, ServiceProcess, wait_for};
+use test_support::{RedisCluster, ServiceProcess};
 
 const FREEZE: Duration = Duration::from_secs(10);
 /// Longer than the freeze: the frozen primary stays the owner of its slots.
@@ -47,28 +47,7 @@ async fn a_frozen_primary_holds_up_only_its_own_auctions() {
     let ws = ServiceProcess::start("ws-edge", &env(&[]));
 
     // Each client follows until its auction's head (set once bidding ends).
-    let heads: HashMap<String, Arc<Mutex<Option<String>>>> =
-        ids.iter().map(|id| (id.clone(), Arc::default())).collect();
-    let ready: Arc<Mutex<usize>> = Arc::default();
-    let ws_url = format!("{}/ws", ws.url().replacen("http", "ws", 1));
-    let mut clients = Vec::new();
-    for id in &ids {
-        for (transport, edge) in [("sse", sse.url()), ("ws", ws_url.clone())] {
-            clients.push(follow(
-                transport,
-                edge,
-                id.clone(),
-                heads[id].clone(),
-                ready.clone(),
-            ));
-        }
-    }
-    let expected_clients = clients.len();
-    tokio::task::block_in_place(|| {
-        wait_for("every client's init", Duration::from_secs(30), || {
-            (*ready.lock().unwrap() == expected_clients).then_some(())
-        })
-    });
+    let following = Following::start(&ids, &sse, &ws, Duration::from_secs(30));
 
     let stop = Arc::new(AtomicBool::new(false));
     let bidders: Vec<_> = ids
@@ -102,16 +81,8 @@ async fn a_frozen_primary_holds_up_only_its_own_auctions() {
     );
 
     // The streams as they are now; each client must reach its head.
-    let streams: HashMap<String, Vec<String>> = ids
-        .iter()
-        .map(|id| {
-            let stream: Vec<String> = cluster.stream(id).into_iter().map(|e| e.id).collect();
-            *heads[id].lock().unwrap() = stream.last().cloned();
-            (id.clone(), stream)
-        })
-        .collect();
-    for client in clients {
-        let followed = client.await.unwrap();
+    let (streams, followed) = following.finish(&cluster).await;
+    for followed in followed {
         followed.assert_exact(&streams[&followed.auction]);
         let Followed {
             auction, transport, ..

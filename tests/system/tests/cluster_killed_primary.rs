@@ -15,13 +15,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_support::shard_load::{
-    assert_healthy_shards_answered, bid_until, follow, one_auction_per_primary,
+    Following, assert_healthy_shards_answered, bid_until, one_auction_per_primary,
 };
-use test_support::{RedisCluster, ServiceProcess, wait_for};
+use test_support::{RedisCluster, ServiceProcess};
 
 /// The largest pause the failover may add between two events of an
 /// auction on a healthy shard (bids come every 100 ms): on an idle machine
@@ -54,28 +54,7 @@ async fn a_killed_primary_pauses_only_its_own_auctions_through_the_failover() {
     let ws = ServiceProcess::start("ws-edge", &env);
 
     // Each client follows until its auction's head (set once bidding ends).
-    let heads: HashMap<String, Arc<Mutex<Option<String>>>> =
-        ids.iter().map(|id| (id.clone(), Arc::default())).collect();
-    let ready: Arc<Mutex<usize>> = Arc::default();
-    let ws_url = format!("{}/ws", ws.url().replacen("http", "ws", 1));
-    let mut clients = Vec::new();
-    for id in &ids {
-        for (transport, edge) in [("sse", sse.url()), ("ws", ws_url.clone())] {
-            clients.push(follow(
-                transport,
-                edge,
-                id.clone(),
-                heads[id].clone(),
-                ready.clone(),
-            ));
-        }
-    }
-    let expected_clients = clients.len();
-    tokio::task::block_in_place(|| {
-        wait_for("every client's init", SETUP, || {
-            (*ready.lock().unwrap() == expected_clients).then_some(())
-        })
-    });
+    let following = Following::start(&ids, &sse, &ws, SETUP);
 
     let stop = Arc::new(AtomicBool::new(false));
     let bidders: Vec<_> = ids
@@ -128,16 +107,8 @@ async fn a_killed_primary_pauses_only_its_own_auctions_through_the_failover() {
     eprintln!("{killed_auction} (killed shard): {killed_refused} bids refused during the failover");
 
     // The streams as they are now; each client must reach its head.
-    let streams: HashMap<String, Vec<String>> = ids
-        .iter()
-        .map(|id| {
-            let stream: Vec<String> = cluster.stream(id).into_iter().map(|e| e.id).collect();
-            *heads[id].lock().unwrap() = stream.last().cloned();
-            (id.clone(), stream)
-        })
-        .collect();
-    for client in clients {
-        let followed = client.await.unwrap();
+    let (streams, followed) = following.finish(&cluster).await;
+    for followed in followed {
         followed.assert_exact(&streams[&followed.auction]);
         let (auction, transport) = (&followed.auction, followed.transport);
         if *auction == killed_auction {
